@@ -1,0 +1,190 @@
+/**
+ * The frame codec of agent/PROTOCOL.md: `u32 BE header length`, `u32 BE
+ * attachment length`, a JSON-RPC 2.0 header, raw attachment bytes.
+ *
+ * The decoder is incremental and never throws on bad input: it yields each
+ * broken frame as a {@link FrameDecodeError} and resynchronises on the next
+ * frame (the lengths are trustworthy even when the JSON is not), so one bad
+ * frame costs only itself.
+ *
+ * @module
+ */
+
+/** Largest header accepted (1 MiB). */
+export const MAX_HEADER = 1 << 20;
+/** Largest attachment accepted (4 MiB). */
+export const MAX_ATTACHMENT = 4 << 20;
+
+/** A JSON-RPC 2.0 message as it appears in a frame header. */
+export interface RpcMessage {
+  jsonrpc: "2.0";
+  id?: number | null;
+  method?: string;
+  params?: Record<string, unknown>;
+  result?: Record<string, unknown>;
+  error?: { code: number; message: string; data?: unknown };
+}
+
+/** One decoded frame. */
+export interface Frame {
+  readonly header: RpcMessage;
+  readonly attachment: Uint8Array;
+}
+
+/** Why a frame could not be decoded. */
+export type FrameErrorKind = "frame_too_large" | "parse_error" | "invalid_request" | "truncated";
+
+/** A frame that could not be decoded; the decoder has skipped it. */
+export interface FrameDecodeError {
+  readonly error: FrameErrorKind;
+  readonly message: string;
+}
+
+const encoder = new TextEncoder();
+const strictDecoder = new TextDecoder("utf-8", { fatal: true });
+
+/**
+ * Encodes one frame.
+ *
+ * @example
+ * ```ts
+ * import { encodeFrame } from "./frame.ts";
+ * const bytes = encodeFrame({ jsonrpc: "2.0", id: 1, method: "ping", params: {} });
+ * console.log(bytes.length);
+ * ```
+ */
+export function encodeFrame(header: RpcMessage, attachment: Uint8Array = new Uint8Array()): Uint8Array {
+  const json = encoder.encode(JSON.stringify(header));
+  if (json.length > MAX_HEADER) throw new RangeError(`frame header of ${json.length} bytes exceeds ${MAX_HEADER}`);
+  if (attachment.length > MAX_ATTACHMENT) {
+    throw new RangeError(`attachment of ${attachment.length} bytes exceeds ${MAX_ATTACHMENT}`);
+  }
+  const out = new Uint8Array(8 + json.length + attachment.length);
+  const view = new DataView(out.buffer);
+  view.setUint32(0, json.length);
+  view.setUint32(4, attachment.length);
+  out.set(json, 8);
+  out.set(attachment, 8 + json.length);
+  return out;
+}
+
+function validate(value: unknown): RpcMessage | string {
+  if (typeof value !== "object" || value === null || Array.isArray(value)) return "header is not a JSON object";
+  const m = value as Record<string, unknown>;
+  if (m.jsonrpc !== "2.0") return 'header lacks "jsonrpc": "2.0"';
+  if (m.id !== undefined && m.id !== null && (typeof m.id !== "number" || !Number.isSafeInteger(m.id) || m.id < 0)) {
+    return "id is not a non-negative integer";
+  }
+  if (m.method === undefined && m.result === undefined && m.error === undefined) {
+    return "neither a request, a notification nor a response";
+  }
+  if (m.method !== undefined && typeof m.method !== "string") return "method is not a string";
+  return m as unknown as RpcMessage;
+}
+
+/**
+ * Incremental frame decoder: `push` bytes as they arrive, then call `next`
+ * until it returns `undefined`; `finish` at end of stream reports a
+ * truncated frame, if any.
+ *
+ * @example
+ * ```ts
+ * import { encodeFrame, FrameDecoder } from "./frame.ts";
+ * const d = new FrameDecoder();
+ * d.push(encodeFrame({ jsonrpc: "2.0", method: "ready", params: {} }));
+ * console.log(d.next());
+ * ```
+ */
+export class FrameDecoder {
+  #buf = new Uint8Array(64 * 1024);
+  #start = 0;
+  #end = 0;
+  /** Bytes of an oversized frame still to drop. */
+  #skip = 0;
+
+  /** Adds received bytes. */
+  push(chunk: Uint8Array): void {
+    if (this.#skip > 0) {
+      const dropped = Math.min(this.#skip, chunk.length);
+      this.#skip -= dropped;
+      chunk = chunk.subarray(dropped);
+      if (chunk.length === 0) return;
+    }
+    if (this.#end + chunk.length > this.#buf.length) {
+      const live = this.#end - this.#start;
+      const need = live + chunk.length;
+      if (need > this.#buf.length || this.#start === 0) {
+        const grown = new Uint8Array(Math.max(need, this.#buf.length * 2));
+        grown.set(this.#buf.subarray(this.#start, this.#end));
+        this.#buf = grown;
+      } else {
+        this.#buf.copyWithin(0, this.#start, this.#end);
+      }
+      this.#start = 0;
+      this.#end = live;
+    }
+    this.#buf.set(chunk, this.#end);
+    this.#end += chunk.length;
+  }
+
+  /** The next complete frame or decode error, or `undefined` if more bytes are needed. */
+  next(): Frame | FrameDecodeError | undefined {
+    const avail = this.#end - this.#start;
+    if (avail < 8) return undefined;
+    const view = new DataView(this.#buf.buffer, this.#buf.byteOffset + this.#start, 8);
+    const h = view.getUint32(0);
+    const b = view.getUint32(4);
+    if (h > MAX_HEADER || b > MAX_ATTACHMENT) {
+      const total = 8 + h + b;
+      const here = Math.min(total, avail);
+      this.#start += here;
+      this.#skip = total - here;
+      this.#compactIfEmpty();
+      return {
+        error: "frame_too_large",
+        message: `frame of ${h} header + ${b} attachment bytes exceeds ${MAX_HEADER} + ${MAX_ATTACHMENT}`,
+      };
+    }
+    if (avail < 8 + h + b) return undefined;
+    const headerBytes = this.#buf.subarray(this.#start + 8, this.#start + 8 + h);
+    // Copy the attachment out: the buffer is reused.
+    const attachment = this.#buf.slice(this.#start + 8 + h, this.#start + 8 + h + b);
+    this.#start += 8 + h + b;
+    this.#compactIfEmpty();
+    if (h === 0) return { error: "invalid_request", message: "empty frame header" };
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(strictDecoder.decode(headerBytes));
+    } catch (e) {
+      return { error: "parse_error", message: `frame header is not UTF-8 JSON: ${(e as Error).message}` };
+    }
+    const header = validate(parsed);
+    if (typeof header === "string") return { error: "invalid_request", message: header };
+    return { header, attachment };
+  }
+
+  /** At end of stream: the truncation error if a partial frame is buffered. */
+  finish(): FrameDecodeError | undefined {
+    const avail = this.#end - this.#start;
+    if (avail === 0 && this.#skip === 0) return undefined;
+    return { error: "truncated", message: `stream ended inside a frame (${avail} bytes buffered)` };
+  }
+
+  #compactIfEmpty() {
+    if (this.#start === this.#end) this.#start = this.#end = 0;
+  }
+}
+
+/**
+ * Tells a decode error from a frame.
+ *
+ * @example
+ * ```ts
+ * import { FrameDecoder, isDecodeError } from "./frame.ts";
+ * const f = new FrameDecoder().next();
+ * if (f && isDecodeError(f)) console.log(f.error);
+ * ```
+ */
+export function isDecodeError(f: Frame | FrameDecodeError): f is FrameDecodeError {
+  return "error" in f;
+}

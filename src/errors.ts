@@ -1,0 +1,368 @@
+/**
+ * Typed errors. Every error krunbox throws is a {@link KrunboxError} with a
+ * stable string `code` a caller can branch on, a message that says what to
+ * do, and the underlying `cause` when there is one.
+ *
+ * @module
+ */
+
+/** Stable error codes. Never renamed once published. */
+export type ErrorCode =
+  | "NOT_FOUND"
+  | "ALREADY_EXISTS"
+  | "STILL_RUNNING"
+  | "NOT_RUNNING"
+  | "INVALID_CONFIG"
+  | "IMAGE_PULL"
+  | "IMAGE_AUTH"
+  | "IMAGE_NOT_FOUND"
+  | "IMAGE_DIGEST_MISMATCH"
+  | "IMAGE_INVALID"
+  | "EXEC_TIMEOUT"
+  | "EXEC_SPAWN_FAILED"
+  | "EXEC_ABORTED"
+  | "FS"
+  | "BACKEND_UNAVAILABLE"
+  | "VM_CRASHED"
+  | "BOOT_TIMEOUT"
+  | "PROTOCOL"
+  | "AGENT"
+  | "LIBKRUN"
+  | "STATE";
+
+/** Options shared by every krunbox error. */
+export interface KrunboxErrorOptions {
+  /** The error that caused this one. */
+  cause?: unknown;
+}
+
+/**
+ * Base class of every error krunbox throws.
+ *
+ * @example
+ * ```ts
+ * import { KrunboxError, Sandbox } from "@krunbox/krunbox";
+ * try {
+ *   await Sandbox.get("nope");
+ * } catch (e) {
+ *   if (e instanceof KrunboxError && e.code === "NOT_FOUND") console.log("no such sandbox");
+ * }
+ * ```
+ */
+export class KrunboxError extends Error {
+  /** Stable machine-readable code. */
+  readonly code: ErrorCode;
+
+  constructor(code: ErrorCode, message: string, options?: KrunboxErrorOptions) {
+    super(message, options?.cause === undefined ? undefined : { cause: options.cause });
+    this.code = code;
+    this.name = new.target.name;
+  }
+}
+
+/**
+ * A named thing (sandbox, image, volume) does not exist.
+ *
+ * @example
+ * ```ts
+ * import { NotFoundError } from "@krunbox/krunbox";
+ * throw new NotFoundError("sandbox", "job-1");
+ * ```
+ */
+export class NotFoundError extends KrunboxError {
+  constructor(readonly kind: string, readonly what: string, options?: KrunboxErrorOptions) {
+    super("NOT_FOUND", `${kind} "${what}" not found`, options);
+  }
+}
+
+/**
+ * A named thing already exists (use `replace()` to replace a sandbox).
+ *
+ * @example
+ * ```ts
+ * import { AlreadyExistsError } from "@krunbox/krunbox";
+ * throw new AlreadyExistsError("sandbox", "job-1");
+ * ```
+ */
+export class AlreadyExistsError extends KrunboxError {
+  constructor(readonly kind: string, readonly what: string, options?: KrunboxErrorOptions) {
+    super(
+      "ALREADY_EXISTS",
+      `${kind} "${what}" already exists; remove it first or call replace() on the builder`,
+      options,
+    );
+  }
+}
+
+/**
+ * The operation needs a stopped sandbox, and this one is running.
+ *
+ * @example
+ * ```ts
+ * import { StillRunningError } from "@krunbox/krunbox";
+ * throw new StillRunningError("job-1");
+ * ```
+ */
+export class StillRunningError extends KrunboxError {
+  constructor(readonly sandbox: string, options?: KrunboxErrorOptions) {
+    super("STILL_RUNNING", `sandbox "${sandbox}" is running; stop it first`, options);
+  }
+}
+
+/**
+ * The operation needs a running sandbox, and this one is not.
+ *
+ * @example
+ * ```ts
+ * import { NotRunningError } from "@krunbox/krunbox";
+ * throw new NotRunningError("job-1", "stopped");
+ * ```
+ */
+export class NotRunningError extends KrunboxError {
+  constructor(readonly sandbox: string, readonly status: string, options?: KrunboxErrorOptions) {
+    super("NOT_RUNNING", `sandbox "${sandbox}" is not running (status: ${status})`, options);
+  }
+}
+
+/**
+ * A configuration value is invalid. `field` names the offending setting.
+ *
+ * @example
+ * ```ts
+ * import { InvalidConfigError } from "@krunbox/krunbox";
+ * throw new InvalidConfigError("cpus", "must be an integer from 1 to 64, got 0");
+ * ```
+ */
+export class InvalidConfigError extends KrunboxError {
+  constructor(readonly field: string, detail: string, options?: KrunboxErrorOptions) {
+    super("INVALID_CONFIG", `invalid ${field}: ${detail}`, options);
+  }
+}
+
+/**
+ * An image could not be pulled, resolved or unpacked. The `code` tells which:
+ * `IMAGE_PULL`, `IMAGE_AUTH`, `IMAGE_NOT_FOUND`, `IMAGE_DIGEST_MISMATCH`,
+ * `IMAGE_INVALID`.
+ *
+ * @example
+ * ```ts
+ * import { ImageError } from "@krunbox/krunbox";
+ * throw new ImageError("IMAGE_NOT_FOUND", "127.0.0.1:5000/busybox:nope: manifest unknown");
+ * ```
+ */
+export class ImageError extends KrunboxError {
+  constructor(
+    code:
+      | "IMAGE_PULL"
+      | "IMAGE_AUTH"
+      | "IMAGE_NOT_FOUND"
+      | "IMAGE_DIGEST_MISMATCH"
+      | "IMAGE_INVALID",
+    message: string,
+    options?: KrunboxErrorOptions,
+  ) {
+    super(code, message, options);
+  }
+}
+
+/**
+ * An exec ran past its timeout; its process group was killed in the guest.
+ *
+ * @example
+ * ```ts
+ * import { ExecTimeoutError } from "@krunbox/krunbox";
+ * throw new ExecTimeoutError("sleep", 1000);
+ * ```
+ */
+export class ExecTimeoutError extends KrunboxError {
+  constructor(readonly cmd: string, readonly timeoutMs: number, options?: KrunboxErrorOptions) {
+    super("EXEC_TIMEOUT", `"${cmd}" timed out after ${timeoutMs} ms and was killed`, options);
+  }
+}
+
+/**
+ * An exec was aborted through its AbortSignal; its process group was killed.
+ *
+ * @example
+ * ```ts
+ * import { ExecAbortedError } from "@krunbox/krunbox";
+ * throw new ExecAbortedError("sleep");
+ * ```
+ */
+export class ExecAbortedError extends KrunboxError {
+  constructor(readonly cmd: string, options?: KrunboxErrorOptions) {
+    super("EXEC_ABORTED", `"${cmd}" was aborted and killed`, options);
+  }
+}
+
+/** Why a process could not be started in the guest. */
+export type SpawnFailureKind =
+  | "not_found"
+  | "permission_denied"
+  | "not_executable"
+  | "bad_cwd"
+  | "unknown_user"
+  | "invalid_argument"
+  | "other";
+
+/**
+ * A process could not be started in the guest (never reported as exit 127).
+ *
+ * @example
+ * ```ts
+ * import { ExecSpawnError } from "@krunbox/krunbox";
+ * throw new ExecSpawnError("nope", "not_found", "ENOENT");
+ * ```
+ */
+export class ExecSpawnError extends KrunboxError {
+  constructor(
+    readonly cmd: string,
+    readonly kind: SpawnFailureKind,
+    readonly errno: string,
+    options?: KrunboxErrorOptions,
+  ) {
+    super("EXEC_SPAWN_FAILED", `cannot start "${cmd}": ${kind.replaceAll("_", " ")} (${errno})`, options);
+  }
+}
+
+/**
+ * A guest filesystem call failed; `errno` is the POSIX error name (ENOENT…).
+ *
+ * @example
+ * ```ts
+ * import { FsError } from "@krunbox/krunbox";
+ * throw new FsError("ENOENT", "/missing");
+ * ```
+ */
+export class FsError extends KrunboxError {
+  constructor(readonly errno: string, readonly path: string, options?: KrunboxErrorOptions) {
+    super("FS", `${errno}: ${path}`, options);
+  }
+}
+
+/**
+ * A backend (libkrun or qemu) cannot run here. `missing` says what is absent
+ * and `fix` how to get it.
+ *
+ * @example
+ * ```ts
+ * import { BackendUnavailableError } from "@krunbox/krunbox";
+ * throw new BackendUnavailableError("qemu", "qemu-system-x86_64", "run `./dev setup`");
+ * ```
+ */
+export class BackendUnavailableError extends KrunboxError {
+  constructor(
+    readonly backend: string,
+    readonly missing: string,
+    readonly fix: string,
+    options?: KrunboxErrorOptions,
+  ) {
+    super("BACKEND_UNAVAILABLE", `${backend} backend unavailable: ${missing}. Fix: ${fix}`, options);
+  }
+}
+
+/**
+ * The VM died without an orderly poweroff (guest panic, VMM crash, runner
+ * killed). `logTail` quotes the end of the console log.
+ *
+ * @example
+ * ```ts
+ * import { VmCrashedError } from "@krunbox/krunbox";
+ * throw new VmCrashedError("job-1", "Kernel panic - not syncing");
+ * ```
+ */
+export class VmCrashedError extends KrunboxError {
+  constructor(readonly sandbox: string, readonly logTail: string, options?: KrunboxErrorOptions) {
+    super(
+      "VM_CRASHED",
+      `sandbox "${sandbox}" VM crashed${logTail ? `; console log ends with:\n${logTail}` : ""}`,
+      options,
+    );
+  }
+}
+
+/**
+ * The guest did not become ready in time. `logTail` quotes the console log.
+ *
+ * @example
+ * ```ts
+ * import { BootTimeoutError } from "@krunbox/krunbox";
+ * throw new BootTimeoutError("job-1", 30000, "");
+ * ```
+ */
+export class BootTimeoutError extends KrunboxError {
+  constructor(
+    readonly sandbox: string,
+    readonly timeoutMs: number,
+    readonly logTail: string,
+    options?: KrunboxErrorOptions,
+  ) {
+    super(
+      "BOOT_TIMEOUT",
+      `sandbox "${sandbox}" did not become ready within ${timeoutMs} ms` +
+        (logTail ? `; console log ends with:\n${logTail}` : "; the console log is empty"),
+      options,
+    );
+  }
+}
+
+/**
+ * A frame or message from the agent broke the protocol (agent/PROTOCOL.md).
+ *
+ * @example
+ * ```ts
+ * import { ProtocolError } from "@krunbox/krunbox";
+ * throw new ProtocolError("frame header of 5000000 bytes exceeds 1 MiB");
+ * ```
+ */
+export class ProtocolError extends KrunboxError {
+  constructor(message: string, options?: KrunboxErrorOptions) {
+    super("PROTOCOL", message, options);
+  }
+}
+
+/**
+ * The agent answered a request with an error this library has no better
+ * type for. `rpcCode` is the JSON-RPC error code.
+ *
+ * @example
+ * ```ts
+ * import { AgentError } from "@krunbox/krunbox";
+ * throw new AgentError(-32601, "method not found");
+ * ```
+ */
+export class AgentError extends KrunboxError {
+  constructor(readonly rpcCode: number, message: string, readonly data?: unknown, options?: KrunboxErrorOptions) {
+    super("AGENT", `agent error ${rpcCode}: ${message}`, options);
+  }
+}
+
+/**
+ * A libkrun call returned a negative errno.
+ *
+ * @example
+ * ```ts
+ * import { LibkrunError } from "@krunbox/krunbox";
+ * throw new LibkrunError("krun_set_vm_config", -22);
+ * ```
+ */
+export class LibkrunError extends KrunboxError {
+  constructor(readonly call: string, readonly errnoNum: number, options?: KrunboxErrorOptions) {
+    super("LIBKRUN", `${call} failed with errno ${-errnoNum}`, options);
+  }
+}
+
+/**
+ * The state home or its database cannot be used (read-only, corrupt, foreign).
+ *
+ * @example
+ * ```ts
+ * import { StateError } from "@krunbox/krunbox";
+ * throw new StateError("state home /ro is not writable; set KRUNBOX_HOME");
+ * ```
+ */
+export class StateError extends KrunboxError {
+  constructor(message: string, options?: KrunboxErrorOptions) {
+    super("STATE", message, options);
+  }
+}

@@ -1,0 +1,99 @@
+/**
+ * Prerequisite checks, shared by the doctor (`deno task doctor`), which
+ * prints them, and the backends, which turn a failed one into a
+ * {@link BackendUnavailableError} carrying the same words and fix.
+ *
+ * @module
+ */
+
+import { BackendUnavailableError } from "../errors.ts";
+import { type AssetName, assetPath, assetVersion } from "../store/assets.ts";
+import { which } from "../util/command.ts";
+
+/** One checked prerequisite. */
+export interface Check {
+  /** What was checked, e.g. "qemu-system-x86_64". */
+  readonly name: string;
+  readonly ok: boolean;
+  /** What was found (a path, a version) or what is wrong. */
+  readonly detail: string;
+  /** How to fix it, when not ok. */
+  readonly fix?: string;
+}
+
+const SETUP_FIX = "run `./dev setup` (or `deno task setup`)";
+
+/** Where Debian's qemu package puts virtiofsd (it is not on PATH). */
+export const VIRTIOFSD_DIRS = ["/usr/lib/qemu", "/usr/libexec"];
+
+/**
+ * Checks one provisioned asset.
+ *
+ * @example
+ * ```ts
+ * import { checkAsset } from "./prereqs.ts";
+ * console.log(await checkAsset("kernel"));
+ * ```
+ */
+export async function checkAsset(name: AssetName, label: string = name): Promise<Check> {
+  const version = await assetVersion(name);
+  const path = assetPath(name);
+  const exists = await Deno.stat(path).then(() => true, () => false);
+  return version && exists
+    ? { name: label, ok: true, detail: `${path} (${version})` }
+    : { name: label, ok: false, detail: `${path} is missing`, fix: SETUP_FIX };
+}
+
+/**
+ * Checks a program on PATH (or in extra directories).
+ *
+ * @example
+ * ```ts
+ * import { checkProgram } from "./prereqs.ts";
+ * console.log(await checkProgram("mkfs.ext4", "e2fsprogs"));
+ * ```
+ */
+export async function checkProgram(program: string, debianPackage: string, extraDirs: string[] = []): Promise<Check> {
+  const path = await which(program, [...extraDirs, "/usr/sbin", "/sbin"]);
+  return path ? { name: program, ok: true, detail: path } : {
+    name: program,
+    ok: false,
+    detail: "not found",
+    fix: `${SETUP_FIX}, or: apt-get install ${debianPackage}`,
+  };
+}
+
+/**
+ * Everything the qemu backend needs.
+ *
+ * @example
+ * ```ts
+ * import { qemuChecks } from "./prereqs.ts";
+ * for (const c of await qemuChecks()) console.log(c.ok, c.name);
+ * ```
+ */
+export async function qemuChecks(): Promise<Check[]> {
+  return await Promise.all([
+    checkProgram("qemu-system-x86_64", "qemu-system-x86"),
+    checkProgram("virtiofsd", "qemu-system-x86", VIRTIOFSD_DIRS),
+    checkProgram("mkfs.ext4", "e2fsprogs"),
+    checkProgram("mkfs.erofs", "erofs-utils"),
+    checkAsset("kernel", "guest kernel"),
+    checkAsset("initramfs", "guest initramfs"),
+    checkAsset("agent", "guest agent"),
+  ]);
+}
+
+/**
+ * Throws the first failed check as a {@link BackendUnavailableError}.
+ *
+ * @example
+ * ```ts
+ * import { qemuChecks, requireChecks } from "./prereqs.ts";
+ * requireChecks("qemu", await qemuChecks());
+ * ```
+ */
+export function requireChecks(backend: string, checks: readonly Check[]): void {
+  const failed = checks.find((c) => !c.ok);
+  if (failed) throw new BackendUnavailableError(backend, `${failed.name}: ${failed.detail}`, failed.fix ?? SETUP_FIX);
+}

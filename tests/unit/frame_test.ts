@@ -1,0 +1,107 @@
+import { assert, assertEquals } from "../util/assert.ts";
+import { encodeFrame, type Frame, FrameDecoder, isDecodeError } from "../../src/agent/frame.ts";
+
+interface Vectors {
+  valid: { name: string; hex: string; header: unknown; attachmentHex: string }[];
+  invalid: { name: string; hex: string; error: string }[];
+  stream: { hex: string; headers: unknown[]; attachmentsHex: string[] };
+}
+
+const vectors: Vectors = JSON.parse(
+  await Deno.readTextFile(new URL("../../agent/vectors/frames.json", import.meta.url)),
+);
+
+const fromHex = (h: string) => new Uint8Array(h.match(/../g)?.map((b) => parseInt(b, 16)) ?? []);
+const toHex = (b: Uint8Array) => Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
+
+function decodeAll(bytes: Uint8Array, chunk = bytes.length || 1) {
+  const d = new FrameDecoder();
+  const out: ReturnType<FrameDecoder["next"]>[] = [];
+  for (let i = 0; i < bytes.length; i += chunk) {
+    d.push(bytes.subarray(i, i + chunk));
+    for (let f = d.next(); f; f = d.next()) out.push(f);
+  }
+  const end = d.finish();
+  if (end) out.push(end);
+  return out;
+}
+
+for (const v of vectors.valid) {
+  Deno.test(`frame vector decodes: ${v.name}`, () => {
+    for (const chunk of [1, 3, 1000]) {
+      const [f, ...rest] = decodeAll(fromHex(v.hex), chunk);
+      assertEquals(rest.length, 0);
+      assert(f && !isDecodeError(f), `decodes (chunk ${chunk})`);
+      assertEquals((f as Frame).header, v.header);
+      assertEquals(toHex((f as Frame).attachment), v.attachmentHex);
+      const again = decodeAll(encodeFrame((f as Frame).header, (f as Frame).attachment));
+      assertEquals(again, [f]);
+    }
+  });
+}
+
+for (const v of vectors.invalid) {
+  Deno.test(`frame vector is rejected: ${v.name}`, () => {
+    // The first report is the vector's error (an oversized frame cut short also ends truncated).
+    const f = decodeAll(fromHex(v.hex))[0]!;
+    assert(isDecodeError(f));
+    assertEquals(f.error, v.error);
+  });
+}
+
+Deno.test("frame stream vector decodes to its frames, in any chunking", () => {
+  for (const chunk of [1, 7, 64, 4096]) {
+    const out = decodeAll(fromHex(vectors.stream.hex), chunk) as Frame[];
+    assertEquals(out.map((f) => f.header), vectors.stream.headers);
+    assertEquals(out.map((f) => toHex(f.attachment)), vectors.stream.attachmentsHex);
+  }
+});
+
+Deno.test("decoder resynchronises after a broken frame", () => {
+  const bad = fromHex(vectors.invalid.find((v) => v.name === "header not JSON")!.hex);
+  const good = encodeFrame({ jsonrpc: "2.0", id: 3, method: "ping", params: {} });
+  const out = decodeAll(new Uint8Array([...bad, ...good]), 5);
+  assertEquals(out.length, 2);
+  assert(isDecodeError(out[0]!));
+  assertEquals((out[1] as Frame).header.id, 3);
+});
+
+Deno.test("decoder skips an oversized frame arriving in pieces and goes on", () => {
+  const big = new Uint8Array(8 + 5_000_000);
+  new DataView(big.buffer).setUint32(4, 5_000_000); // header 0, attachment 5 MB
+  const good = encodeFrame({ jsonrpc: "2.0", id: 9, method: "ping", params: {} });
+  const out = decodeAll(new Uint8Array([...big, ...good]), 65536);
+  assertEquals(out.length, 2);
+  assertEquals((out[0] as { error: string }).error, "frame_too_large");
+  assertEquals((out[1] as Frame).header.id, 9);
+});
+
+Deno.test("fuzz: random bytes and truncated frames never throw", () => {
+  let seed = 0x12345678;
+  const rand = () => {
+    seed ^= seed << 13;
+    seed ^= seed >>> 17;
+    seed ^= seed << 5;
+    return (seed >>> 0) / 0x100000000;
+  };
+  const valid = vectors.valid.map((v) => fromHex(v.hex));
+  for (let i = 0; i < 5000; i++) {
+    let bytes: Uint8Array;
+    if (i % 2 === 0) {
+      bytes = new Uint8Array(Math.floor(rand() * 64));
+      for (let j = 0; j < bytes.length; j++) bytes[j] = Math.floor(rand() * 256);
+      if (bytes.length >= 8 && rand() < 0.7) new DataView(bytes.buffer).setUint32(0, Math.floor(rand() * 40));
+      if (bytes.length >= 8 && rand() < 0.7) new DataView(bytes.buffer).setUint32(4, Math.floor(rand() * 40));
+    } else {
+      const v = valid[Math.floor(rand() * valid.length)];
+      bytes = v.slice(0, Math.floor(rand() * v.length));
+      if (bytes.length > 0 && rand() < 0.5) bytes[Math.floor(rand() * bytes.length)] ^= 0xff;
+    }
+    const out = decodeAll(bytes, 1 + Math.floor(rand() * 9));
+    for (const f of out) {
+      if (f && isDecodeError(f)) {
+        assert(["frame_too_large", "parse_error", "invalid_request", "truncated"].includes(f.error));
+      }
+    }
+  }
+});
