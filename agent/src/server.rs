@@ -183,10 +183,17 @@ fn allowed_during_shutdown(m: &str) -> bool {
 }
 
 fn dispatch(conn: &Arc<Conn>, id: Option<u64>, method: &str, params: Value, attachment: Vec<u8>) {
-    match method {
-        "$/cancel" => cancel(conn, params),
-        "exec.ack" => exec::ack(conn, params),
-        _ => {}
+    // The notifications (answered with {} should they come as requests).
+    if method == "$/cancel" || method == "exec.ack" {
+        if method == "$/cancel" {
+            cancel(conn, params);
+        } else {
+            exec::ack(conn, params);
+        }
+        if let Some(id) = id {
+            conn.reply(id, Ok(json!({})));
+        }
+        return;
     }
     // Notifications of request methods cannot be answered: ignored.
     let Some(id) = id else { return };
@@ -195,7 +202,6 @@ fn dispatch(conn: &Arc<Conn>, id: Option<u64>, method: &str, params: Value, atta
         return conn.reply(id, Err(RpcError::new(rpc::SHUTTING_DOWN, "shutting down")));
     }
     match method {
-        "$/cancel" | "exec.ack" => conn.reply(id, Ok(json!({}))),
         "ping" => conn.reply(id, Ok(json!({"uptimeMs": a.uptime_ms()}))),
         "metrics" => conn.reply(id, Ok(crate::metrics::collect())),
         "exec.start" => exec::start(conn, id, params),

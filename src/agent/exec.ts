@@ -1,0 +1,364 @@
+/**
+ * Processes in the guest: `exec.start` and its stream of output, stdin,
+ * signals and exit (agent/PROTOCOL.md, "exec"), as Web Streams.
+ *
+ * Output is flow-controlled end to end: bytes are acknowledged to the agent
+ * only when the consumer reads them, so a slow reader stalls the guest
+ * process instead of growing host memory. Read (or cancel) both stdout and
+ * stderr of a streaming exec; an unread stream stops the process once the
+ * window (1 MiB) is full.
+ *
+ * @module
+ */
+
+import {
+  AgentError,
+  ExecAbortedError,
+  ExecSpawnError,
+  ExecTimeoutError,
+  KrunboxError,
+  type SpawnFailureKind,
+} from "../errors.ts";
+import type { AgentClient } from "./client.ts";
+import type { Frame } from "./frame.ts";
+
+/** What to run. */
+export interface ExecSpec {
+  readonly cmd: string;
+  readonly args?: readonly string[];
+  /** Merged over the guest's default environment. */
+  readonly env?: Readonly<Record<string, string>>;
+  readonly cwd?: string;
+  /** A user name or uid in the guest. */
+  readonly user?: string | number;
+  /** Run on a pseudo-terminal (stdout and stderr merged). */
+  readonly tty?: boolean | { rows: number; cols: number };
+  /** Open stdin as a pipe (`ExecProcess.stdin`). */
+  readonly stdin?: boolean;
+  /** Kill the process group after this many ms (enforced by the agent, backed by the host). */
+  readonly timeoutMs?: number;
+  /** Kill the process group when aborted. */
+  readonly signal?: AbortSignal;
+}
+
+/** How a process ended. */
+export interface ExitStatus {
+  /** Exit code, or null when killed by a signal. */
+  readonly code: number | null;
+  /** The signal that killed it, or null. */
+  readonly signal: number | null;
+  readonly success: boolean;
+}
+
+/** One event of an exec's life, in order. */
+export type ExecEvent =
+  | { readonly type: "stdout"; readonly data: Uint8Array }
+  | { readonly type: "stderr"; readonly data: Uint8Array }
+  | { readonly type: "exit"; readonly status: ExitStatus };
+
+/** Grace the host adds to a timeout before it kills the process itself. */
+const HOST_TIMEOUT_GRACE_MS = 1000;
+
+class OutputQueue {
+  readonly #chunks: Uint8Array[] = [];
+  #waiter: (() => void) | undefined;
+  #ended = false;
+  #discard = false;
+  constructor(readonly ack: (bytes: number) => void) {}
+  push(data: Uint8Array) {
+    if (this.#discard) return this.ack(data.length);
+    this.#chunks.push(data);
+    this.#wake();
+  }
+  end() {
+    this.#ended = true;
+    this.#wake();
+  }
+  discard() {
+    this.#discard = true;
+    const n = this.#chunks.reduce((a, c) => a + c.length, 0);
+    this.#chunks.length = 0;
+    if (n) this.ack(n);
+  }
+  async take(): Promise<Uint8Array | undefined> {
+    while (this.#chunks.length === 0 && !this.#ended) await new Promise<void>((r) => (this.#waiter = r));
+    const c = this.#chunks.shift();
+    if (c) this.ack(c.length);
+    return c;
+  }
+  #wake() {
+    const w = this.#waiter;
+    this.#waiter = undefined;
+    w?.();
+  }
+}
+
+function toStream(q: OutputQueue): ReadableStream<Uint8Array> {
+  return new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      const c = await q.take();
+      if (c) controller.enqueue(c);
+      else controller.close();
+    },
+    cancel() {
+      q.discard();
+    },
+  }, { highWaterMark: 0 });
+}
+
+/**
+ * Maps an agent error of exec.start to a typed error.
+ *
+ * @example
+ * ```ts
+ * import { spawnError } from "./exec.ts";
+ * import { AgentError } from "../errors.ts";
+ * console.log(spawnError("nope", new AgentError(-32010, "x", { kind: "not_found", errno: "ENOENT" })).message);
+ * ```
+ */
+export function spawnError(cmd: string, e: unknown): unknown {
+  if (e instanceof AgentError && e.rpcCode === -32010) {
+    const d = (e.data ?? {}) as { kind?: SpawnFailureKind; errno?: string };
+    return new ExecSpawnError(cmd, d.kind ?? "other", d.errno ?? "EUNKNOWN", { cause: e });
+  }
+  if (e instanceof AgentError && e.rpcCode === -32602) {
+    return new ExecSpawnError(cmd, "invalid_argument", "EINVAL", { cause: e });
+  }
+  return e;
+}
+
+/**
+ * A running process in the guest.
+ *
+ * @example
+ * ```ts
+ * import { AgentClient } from "./client.ts";
+ * import { ExecProcess } from "./exec.ts";
+ * const agent = await AgentClient.connect("/tmp/agent.sock");
+ * const p = await ExecProcess.start(agent, { cmd: "echo", args: ["hi"] });
+ * for await (const ev of p) if (ev.type === "stdout") console.log(new TextDecoder().decode(ev.data));
+ * ```
+ */
+export class ExecProcess implements AsyncIterable<ExecEvent> {
+  /** The process id in the guest. */
+  readonly pid: number;
+  /** Output bytes as they arrive (tty: everything). */
+  readonly stdout: ReadableStream<Uint8Array>;
+  /** Error bytes as they arrive (empty with a tty). */
+  readonly stderr: ReadableStream<Uint8Array>;
+  /** The process's stdin (a pipe when `stdin: true`; otherwise writes fail). */
+  readonly stdin: WritableStream<Uint8Array>;
+  /** Resolves with the exit status; rejects with a timeout or abort error. */
+  readonly exited: Promise<ExitStatus>;
+
+  readonly #agent: AgentClient;
+  readonly #id: number;
+
+  private constructor(
+    agent: AgentClient,
+    id: number,
+    pid: number,
+    out: OutputQueue,
+    err: OutputQueue,
+    exited: Promise<ExitStatus>,
+    stdinOpen: boolean,
+  ) {
+    this.#agent = agent;
+    this.#id = id;
+    this.pid = pid;
+    this.stdout = toStream(out);
+    this.stderr = toStream(err);
+    this.exited = exited;
+    this.stdin = new WritableStream<Uint8Array>({
+      write: async (chunk) => {
+        if (!stdinOpen) throw new KrunboxError("EXEC_SPAWN_FAILED", "stdin was not opened (pass stdin: true)");
+        for (let off = 0; off < chunk.length; off += 1 << 20) {
+          await agent.request("exec.stdin", { ref: id }, { attachment: chunk.subarray(off, off + (1 << 20)) });
+        }
+      },
+      close: async () => {
+        if (stdinOpen) await agent.request("exec.stdin", { ref: id, eof: true }).catch(() => {});
+      },
+      abort: async () => {
+        if (stdinOpen) await agent.request("exec.stdin", { ref: id, eof: true }).catch(() => {});
+      },
+    });
+  }
+
+  /**
+   * Starts a process. Rejects with {@link ExecSpawnError} when it cannot start.
+   */
+  static async start(agent: AgentClient, spec: ExecSpec): Promise<ExecProcess> {
+    if (spec.signal?.aborted) throw new ExecAbortedError(spec.cmd, { cause: spec.signal.reason });
+    const ack = (bytes: number) => agent.notify("exec.ack", { ref: id, bytes });
+    const out = new OutputQueue(ack);
+    const err = new OutputQueue(ack);
+    let exitResolve!: (s: { code: number | null; signal: number | null; timedOut: boolean }) => void;
+    let exitReject!: (e: Error) => void;
+    const rawExit = new Promise<{ code: number | null; signal: number | null; timedOut: boolean }>((res, rej) => {
+      exitResolve = res;
+      exitReject = rej;
+    });
+    const onFrame = (f: Frame) => {
+      const p = f.header.params as { fd?: number; code?: number | null; signal?: number | null; timedOut?: boolean };
+      if (f.header.method === "exec.out") (p.fd === 2 ? err : out).push(f.attachment);
+      else if (f.header.method === "exec.exit") {
+        out.end();
+        err.end();
+        agent.unsubscribe(id);
+        exitResolve({ code: p.code ?? null, signal: p.signal ?? null, timedOut: p.timedOut ?? false });
+      }
+    };
+    const tty = spec.tty === true ? { rows: 24, cols: 80 } : spec.tty || null;
+    const { id, reply } = agent.requestWithStream<{ pid: number }>("exec.start", {
+      cmd: spec.cmd,
+      args: spec.args ?? [],
+      env: spec.env ?? {},
+      cwd: spec.cwd,
+      user: spec.user,
+      tty,
+      stdin: spec.stdin ? "pipe" : "null",
+      timeoutMs: spec.timeoutMs,
+    }, onFrame);
+    const stopOnClose = agent.onClose((e) => {
+      out.end();
+      err.end();
+      exitReject(e);
+    });
+    let pid: number;
+    try {
+      pid = (await reply).result.pid;
+    } catch (e) {
+      agent.unsubscribe(id);
+      stopOnClose();
+      throw spawnError(spec.cmd, e);
+    }
+    const kill = () => agent.notify("$/cancel", { id });
+    const exited = new Promise<ExitStatus>((resolve, reject) => {
+      let hostTimer: ReturnType<typeof setTimeout> | undefined;
+      const onAbort = () => {
+        kill();
+        reject(new ExecAbortedError(spec.cmd, { cause: spec.signal!.reason }));
+      };
+      spec.signal?.addEventListener("abort", onAbort, { once: true });
+      if (spec.timeoutMs !== undefined) {
+        hostTimer = setTimeout(() => {
+          kill();
+          reject(new ExecTimeoutError(spec.cmd, spec.timeoutMs!));
+        }, spec.timeoutMs + HOST_TIMEOUT_GRACE_MS);
+      }
+      rawExit.then((s) => {
+        if (s.timedOut) reject(new ExecTimeoutError(spec.cmd, spec.timeoutMs ?? 0));
+        else resolve({ code: s.code, signal: s.signal, success: s.code === 0 });
+      }, reject).finally(() => {
+        clearTimeout(hostTimer);
+        stopOnClose();
+        spec.signal?.removeEventListener("abort", onAbort);
+      });
+    });
+    // A caller that only awaits the streams must not see an unhandled rejection.
+    exited.catch(() => {});
+    return new ExecProcess(agent, id, pid, out, err, exited, spec.stdin ?? false);
+  }
+
+  /** Sends a signal (number, e.g. 15) to the process group. */
+  async signal(signal: number): Promise<void> {
+    await this.#agent.request("exec.signal", { ref: this.#id, signal });
+  }
+
+  /** Kills the process group (SIGKILL). */
+  kill(): void {
+    this.#agent.notify("$/cancel", { id: this.#id });
+  }
+
+  /** Resizes the tty. */
+  async resize(rows: number, cols: number): Promise<void> {
+    await this.#agent.request("exec.resize", { ref: this.#id, rows, cols });
+  }
+
+  /** Output and exit as one ordered stream of events (consumes stdout and stderr). */
+  async *[Symbol.asyncIterator](): AsyncIterator<ExecEvent> {
+    const queue: ExecEvent[] = [];
+    let wake: (() => void) | undefined;
+    let pending = 2;
+    const pump = async (s: ReadableStream<Uint8Array>, type: "stdout" | "stderr") => {
+      for await (const data of s) {
+        queue.push({ type, data });
+        wake?.();
+      }
+      pending--;
+      wake?.();
+    };
+    const pumps = Promise.all([pump(this.stdout, "stdout"), pump(this.stderr, "stderr")]);
+    while (pending > 0 || queue.length > 0) {
+      if (queue.length === 0) await new Promise<void>((r) => (wake = r));
+      while (queue.length > 0) yield queue.shift()!;
+    }
+    await pumps;
+    yield { type: "exit", status: await this.exited };
+  }
+}
+
+/** What a finished exec produced. */
+export interface ExecOutput extends ExitStatus {
+  /** stdout decoded as UTF-8 (invalid sequences replaced). */
+  readonly stdout: string;
+  readonly stderr: string;
+  readonly stdoutBytes: Uint8Array;
+  readonly stderrBytes: Uint8Array;
+}
+
+async function readAll(s: ReadableStream<Uint8Array>): Promise<Uint8Array> {
+  const parts: Uint8Array[] = [];
+  let n = 0;
+  for await (const c of s) {
+    parts.push(c);
+    n += c.length;
+  }
+  const out = new Uint8Array(n);
+  let off = 0;
+  for (const p of parts) {
+    out.set(p, off);
+    off += p.length;
+  }
+  return out;
+}
+
+/**
+ * Runs a process to completion, feeding stdin and collecting output.
+ *
+ * @example
+ * ```ts
+ * import { AgentClient } from "./client.ts";
+ * import { runToCompletion } from "./exec.ts";
+ * const agent = await AgentClient.connect("/tmp/agent.sock");
+ * const out = await runToCompletion(agent, { cmd: "cat" }, "hello");
+ * console.log(out.stdout);
+ * ```
+ */
+export async function runToCompletion(
+  agent: AgentClient,
+  spec: ExecSpec,
+  stdin?: Uint8Array | string | ReadableStream<Uint8Array>,
+): Promise<ExecOutput> {
+  const proc = await ExecProcess.start(agent, { ...spec, stdin: stdin !== undefined });
+  const feeding = (async () => {
+    if (stdin === undefined) return;
+    const src = typeof stdin === "string" ? new TextEncoder().encode(stdin) : stdin;
+    if (src instanceof Uint8Array) {
+      const w = proc.stdin.getWriter();
+      await w.write(src).catch(() => {});
+      await w.close().catch(() => {});
+    } else {
+      await src.pipeTo(proc.stdin).catch(() => {});
+    }
+  })();
+  const [stdoutBytes, stderrBytes, status] = await Promise.all([
+    readAll(proc.stdout),
+    readAll(proc.stderr),
+    proc.exited,
+    feeding,
+  ]);
+  const dec = new TextDecoder();
+  return { ...status, stdout: dec.decode(stdoutBytes), stderr: dec.decode(stderrBytes), stdoutBytes, stderrBytes };
+}
