@@ -34,3 +34,21 @@ export {
   VmCrashedError,
 } from "./src/errors.ts";
 export { type BackendChoice, type BackendKind } from "./src/vmm/detect.ts";
+export { Sandbox } from "./src/sandbox/sandbox.ts";
+export type { ExecOptions, ExecStreamOptions, ExitStatus } from "./src/sandbox/sandbox.ts";
+export { type ImageChooser, SandboxBuilder, type VolumeChooser } from "./src/sandbox/builder.ts";
+export { SandboxHandle } from "./src/sandbox/handle.ts";
+export { SandboxFs } from "./src/sandbox/fs.ts";
+export type { SandboxStatus } from "./src/sandbox/lifecycle.ts";
+export type {
+  ImageSource,
+  LogLevel,
+  NetworkConfig,
+  Patch,
+  PortMapping,
+  SandboxConfig,
+  VolumeMount,
+} from "./src/sandbox/config.ts";
+export { type ExecEvent, type ExecOutput, ExecProcess } from "./src/agent/exec.ts";
+export type { EntryKind, FsEntry } from "./src/agent/fs.ts";
+export type { SandboxMetrics } from "./src/metrics/snapshot.ts";

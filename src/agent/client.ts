@@ -8,7 +8,8 @@
  */
 
 import { AgentError, ProtocolError } from "../errors.ts";
-import { encodeFrame, type Frame, FrameDecoder, isDecodeError, type RpcMessage } from "./frame.ts";
+import { type Frame, FrameDecoder, isDecodeError, type RpcMessage } from "./frame.ts";
+import { FrameWriter } from "./writer.ts";
 
 /** The protocol version this client speaks. */
 export const PROTOCOL_VERSION = 1;
@@ -63,7 +64,8 @@ export class AgentClient implements AsyncDisposable {
   readonly #subscribers = new Map<number, RefHandler>();
   readonly #closeHandlers = new Set<(error: Error) => void>();
   #nextId = 1;
-  #writeChain: Promise<void> = Promise.resolve();
+  #unrefWhenIdle = false;
+  readonly #writer: FrameWriter;
   #closedError: Error | undefined;
   #protocolErrors: string[] = [];
   #ready!: ReadyInfo;
@@ -72,6 +74,7 @@ export class AgentClient implements AsyncDisposable {
 
   private constructor(conn: Deno.Conn, onReady: (info: ReadyInfo) => void, onEarlyClose: (e: Error) => void) {
     this.#conn = conn;
+    this.#writer = new FrameWriter(conn);
     this.closed = this.#readLoop(onReady).then(
       () => this.#shutdown(new ProtocolError("the agent connection closed")),
       (e) => this.#shutdown(e instanceof Error ? e : new ProtocolError(String(e))),
@@ -155,6 +158,21 @@ export class AgentClient implements AsyncDisposable {
     return this.#protocolErrors;
   }
 
+  /**
+   * Lets the program exit while nothing waits on the agent: the connection
+   * holds the event loop open only while a request or a stream is pending.
+   */
+  unrefWhenIdle(): void {
+    this.#unrefWhenIdle = true;
+    this.#updateRef();
+  }
+
+  #updateRef() {
+    if (!this.#unrefWhenIdle || this.#closedError) return;
+    if (this.#pending.size > 0 || this.#subscribers.size > 0) this.#conn.ref();
+    else this.#conn.unref();
+  }
+
   /** Whether the connection has ended. */
   get isClosed(): boolean {
     return this.#closedError !== undefined;
@@ -177,6 +195,7 @@ export class AgentClient implements AsyncDisposable {
     return new Promise<Reply<R>>((resolve, reject) => {
       const onAbort = () => {
         this.#pending.delete(id);
+        this.#updateRef();
         this.notify("$/cancel", { id });
         reject(signal!.reason);
       };
@@ -191,8 +210,10 @@ export class AgentClient implements AsyncDisposable {
           reject(e);
         },
       });
+      this.#updateRef();
       this.#send({ jsonrpc: "2.0", id, method, params }, options.attachment).catch((e) => {
         this.#pending.delete(id);
+        this.#updateRef();
         reject(e);
       });
     });
@@ -217,6 +238,7 @@ export class AgentClient implements AsyncDisposable {
   /** Stops routing notifications for a request id. */
   unsubscribe(id: number): void {
     this.#subscribers.delete(id);
+    this.#updateRef();
   }
 
   /** Sends a notification (fire and forget; errors surface as connection close). */
@@ -252,14 +274,8 @@ export class AgentClient implements AsyncDisposable {
   }
 
   #send(header: RpcMessage, attachment?: Uint8Array): Promise<void> {
-    const bytes = encodeFrame(header, attachment);
-    const write = this.#writeChain.then(async () => {
-      if (this.#closedError) throw this.#closedError;
-      let off = 0;
-      while (off < bytes.length) off += await this.#conn.write(bytes.subarray(off));
-    });
-    this.#writeChain = write.catch(() => {});
-    return write;
+    if (this.#closedError) return Promise.reject(this.#closedError);
+    return this.#writer.write(header, attachment);
   }
 
   async #readLoop(onReady: (info: ReadyInfo) => void): Promise<void> {
@@ -307,6 +323,7 @@ export class AgentClient implements AsyncDisposable {
     const p = this.#pending.get(h.id);
     if (!p) return;
     this.#pending.delete(h.id);
+    this.#updateRef();
     if (h.error) p.reject(new AgentError(h.error.code, h.error.message, h.error.data));
     else p.resolve({ result: h.result ?? {}, attachment: f.attachment });
   }

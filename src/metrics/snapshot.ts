@@ -1,0 +1,111 @@
+/**
+ * Metrics snapshots: host-side figures of the VMM process (CPU time → CPU
+ * percent per vCPU, RSS) joined with the agent's guest figures (memory,
+ * disk and network counters, uptime).
+ *
+ * @module
+ */
+
+import type { AgentClient } from "../agent/client.ts";
+
+/** One sample of a sandbox's resource use. Counters are cumulative since boot. */
+export interface SandboxMetrics {
+  /** CPU use of the VM since the previous sample: 100 per busy vCPU (0 to 100 × vCPUs). */
+  readonly cpuPercent: number;
+  /** Guest memory in use (MemTotal − MemAvailable). */
+  readonly memoryBytes: number;
+  /** The sandbox's configured memory. */
+  readonly memoryLimitBytes: number;
+  /** Host memory of the VMM process (RSS). */
+  readonly hostRssBytes: number;
+  readonly diskReadBytes: number;
+  readonly diskWriteBytes: number;
+  readonly netRxBytes: number;
+  readonly netTxBytes: number;
+  readonly timestamp: Date;
+  readonly uptimeMs: number;
+}
+
+interface GuestMetrics {
+  uptimeMs: number;
+  memUsedBytes: number;
+  diskReadBytes: number;
+  diskWriteBytes: number;
+  netRxBytes: number;
+  netTxBytes: number;
+}
+
+/** Clock ticks per second of /proc/<pid>/stat (USER_HZ, 100 on Linux x86). */
+const USER_HZ = 100;
+
+/** CPU seconds and RSS of a host process, read from /proc. */
+export interface ProcessUsage {
+  readonly cpuSeconds: number;
+  readonly rssBytes: number;
+  readonly at: number;
+}
+
+/**
+ * Reads a host process's CPU time and RSS.
+ *
+ * @example
+ * ```ts
+ * import { processUsage } from "./snapshot.ts";
+ * console.log(await processUsage(Deno.pid));
+ * ```
+ */
+export async function processUsage(pid: number): Promise<ProcessUsage> {
+  const at = performance.now();
+  const stat = await Deno.readTextFile(`/proc/${pid}/stat`);
+  // Fields after the command name (which may contain spaces) start at ") ".
+  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  const utime = Number(fields[11]);
+  const stime = Number(fields[12]);
+  const rssPages = Number(fields[21]);
+  return { cpuSeconds: (utime + stime) / USER_HZ, rssBytes: rssPages * 4096, at };
+}
+
+/**
+ * Samples a sandbox; `previous` (the last sample's host usage) gives the
+ * interval for `cpuPercent`; without it the first sample covers a 50 ms window.
+ *
+ * @example
+ * ```ts
+ * import { sampleMetrics } from "./snapshot.ts";
+ * // const { metrics, usage } = await sampleMetrics(agent, vmmPid, 2, 1024, undefined);
+ * ```
+ */
+export async function sampleMetrics(
+  agent: AgentClient,
+  vmmPid: number,
+  cpus: number,
+  memoryMib: number,
+  previous: ProcessUsage | undefined,
+): Promise<{ metrics: SandboxMetrics; usage: ProcessUsage }> {
+  let base = previous;
+  if (!base) {
+    base = await processUsage(vmmPid);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  const [guest, usage] = await Promise.all([
+    agent.request<GuestMetrics>("metrics", {}).then((r) => r.result),
+    processUsage(vmmPid),
+  ]);
+  const wallSeconds = Math.max((usage.at - base.at) / 1000, 1e-3);
+  const cpuPercent = Math.max(0, Math.min(100 * cpus, ((usage.cpuSeconds - base.cpuSeconds) / wallSeconds) * 100));
+  return {
+    usage,
+    metrics: {
+      cpuPercent,
+      memoryBytes: guest.memUsedBytes,
+      memoryLimitBytes: memoryMib * 1024 * 1024,
+      hostRssBytes: usage.rssBytes,
+      diskReadBytes: guest.diskReadBytes,
+      diskWriteBytes: guest.diskWriteBytes,
+      netRxBytes: guest.netRxBytes,
+      netTxBytes: guest.netTxBytes,
+      timestamp: new Date(),
+      uptimeMs: guest.uptimeMs,
+    },
+  };
+}

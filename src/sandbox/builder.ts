@@ -1,0 +1,224 @@
+/**
+ * `SandboxBuilder`: an immutable builder. Every call returns a new builder,
+ * so a half-configured builder can be shared and specialised safely.
+ * Validation happens in `create()` (through `parseConfig`), and every
+ * mistake is an {@link InvalidConfigError} naming the field.
+ *
+ * @module
+ */
+
+import type { BackendChoice } from "../vmm/detect.ts";
+import {
+  type ImageSource,
+  type LogLevel,
+  parseConfig,
+  type PortMapping,
+  type SandboxConfig,
+  validateName,
+  type VolumeMount,
+} from "./config.ts";
+import { createAndLaunch } from "./lifecycle.ts";
+import { Sandbox } from "./sandbox.ts";
+
+type Draft = { -readonly [K in keyof SandboxConfig]?: SandboxConfig[K] } & { replace?: boolean };
+
+/** Chooses an image source explicitly (`imageWith`). */
+export interface ImageChooser {
+  /** An OCI image reference. */
+  oci(reference: string): ImageSource;
+  /** A host directory, shared read-write as the root. */
+  dir(path: string): ImageSource;
+  /** A disk image as the root block device. */
+  disk(path: string, options?: { format?: "raw" | "qcow2"; fstype?: string }): ImageSource;
+}
+
+const chooser: ImageChooser = {
+  oci: (reference) => ({ kind: "oci", reference }),
+  dir: (path) => ({ kind: "dir", path }),
+  disk: (path, o = {}) => ({
+    kind: "disk",
+    path,
+    format: o.format ?? (path.endsWith(".qcow2") ? "qcow2" : "raw"),
+    fstype: o.fstype ?? "ext4",
+  }),
+};
+
+/** Volume choices (`volume(guestPath, fn)`). */
+export interface VolumeChooser {
+  /** A host directory. */
+  bind(hostPath: string, options?: { readonly?: boolean }): VolumeMount;
+  /** A tmpfs of the given size. */
+  tmpfs(sizeMib: number): VolumeMount;
+}
+
+/**
+ * Builds a sandbox.
+ *
+ * @example
+ * ```ts
+ * import { Sandbox } from "@krunbox/krunbox";
+ * const base = Sandbox.builder("job-1").image("/srv/rootfs").memory(256);
+ * await using sb = await base.cpus(2).env("MODE", "test").create();
+ * ```
+ */
+export class SandboxBuilder {
+  readonly #draft: Readonly<Draft>;
+
+  constructor(name: string, draft: Draft = {}) {
+    this.#draft = Object.freeze({ ...draft, name: validateName(name) });
+  }
+
+  #with(patch: Draft): SandboxBuilder {
+    return new SandboxBuilder(this.#draft.name!, { ...this.#draft, ...patch });
+  }
+
+  /** Virtual CPUs (default 1). */
+  cpus(n: number): SandboxBuilder {
+    return this.#with({ cpus: n });
+  }
+
+  /** Memory in MiB (default 512). */
+  memory(mib: number): SandboxBuilder {
+    return this.#with({ memoryMib: mib });
+  }
+
+  /**
+   * The root filesystem: an absolute path to a directory, an absolute path to
+   * a disk image (`.img`, `.raw`, `.ext4`, `.qcow2`), or an OCI reference.
+   */
+  image(source: string): SandboxBuilder {
+    if (source.startsWith("/")) {
+      return this.#with({ image: /\.(img|raw|ext4|qcow2)$/.test(source) ? chooser.disk(source) : chooser.dir(source) });
+    }
+    return this.#with({ image: chooser.oci(source) });
+  }
+
+  /** The root filesystem, chosen explicitly. */
+  imageWith(fn: (i: ImageChooser) => ImageSource): SandboxBuilder {
+    return this.#with({ image: fn(chooser) });
+  }
+
+  /** Size of the writable root disk of OCI images, in MiB (default 4096, sparse). */
+  rootDiskSize(mib: number): SandboxBuilder {
+    return this.#with({ rootDiskMib: mib });
+  }
+
+  /** Sets an environment variable for every process. */
+  env(key: string, value: string): SandboxBuilder {
+    return this.#with({ env: { ...this.#draft.env, [key]: value } });
+  }
+
+  /** The image's entrypoint override. */
+  entrypoint(cmd: readonly string[]): SandboxBuilder {
+    return this.#with({ entrypoint: [...cmd] });
+  }
+
+  /** Default working directory of processes. */
+  workdir(path: string): SandboxBuilder {
+    return this.#with({ workdir: path });
+  }
+
+  /** The shell of `shell()` (default /bin/sh). */
+  shell(path: string): SandboxBuilder {
+    return this.#with({ shell: path });
+  }
+
+  /** Default user of processes (name or uid). */
+  user(user: string | number): SandboxBuilder {
+    return this.#with({ user });
+  }
+
+  /** The guest's hostname (default: the sandbox name). */
+  hostname(name: string): SandboxBuilder {
+    return this.#with({ hostname: name });
+  }
+
+  /** A script installed at `/.msb/scripts/<name>`, executable and on PATH. */
+  script(name: string, content: string): SandboxBuilder {
+    return this.#with({ scripts: { ...this.#draft.scripts, [name]: content } });
+  }
+
+  /** Mounts a host directory or tmpfs at `guestPath`. */
+  volume(guestPath: string, fn: (v: VolumeChooser) => VolumeMount): SandboxBuilder {
+    const v = fn({
+      bind: (hostPath, o = {}) => ({ kind: "bind", guestPath, hostPath, readonly: o.readonly ?? false }),
+      tmpfs: (sizeMib) => ({ kind: "tmpfs", guestPath, sizeMib, readonly: false }),
+    });
+    return this.#with({ volumes: [...(this.#draft.volumes ?? []), v] });
+  }
+
+  /** Publishes a guest TCP port on 127.0.0.1:host. */
+  port(host: number, guest: number): SandboxBuilder {
+    return this.#withPort({ host, guest, protocol: "tcp" });
+  }
+
+  /** Publishes a guest UDP port on 127.0.0.1:host. */
+  portUdp(host: number, guest: number): SandboxBuilder {
+    return this.#withPort({ host, guest, protocol: "udp" });
+  }
+
+  #withPort(p: PortMapping): SandboxBuilder {
+    return this.#with({ ports: [...(this.#draft.ports ?? []), p] });
+  }
+
+  /** No network interface at all (DNS included). */
+  disableNetwork(): SandboxBuilder {
+    return this.#with({ network: { mode: "none" } });
+  }
+
+  /** Stop after this many seconds without exec or fs calls. */
+  idleTimeout(secs: number): SandboxBuilder {
+    return this.#with({ idleTimeoutSecs: secs });
+  }
+
+  /** Stop this many seconds after boot. */
+  maxDuration(secs: number): SandboxBuilder {
+    return this.#with({ maxDurationSecs: secs });
+  }
+
+  /** Log verbosity of the runner and VMM. */
+  logLevel(level: LogLevel): SandboxBuilder {
+    return this.#with({ logLevel: level });
+  }
+
+  /** The VMM: `auto` (default), `libkrun` or `qemu`. */
+  backend(backend: BackendChoice): SandboxBuilder {
+    return this.#with({ backend });
+  }
+
+  /** Replace an existing sandbox of the same name (it is killed and removed). */
+  replace(): SandboxBuilder {
+    return this.#with({ replace: true });
+  }
+
+  /** The validated config this builder describes. */
+  build(): SandboxConfig {
+    const { replace: _replace, ...draft } = this.#draft;
+    return parseConfig(draft);
+  }
+
+  /** Creates and boots the sandbox, attached to this process. */
+  async create(): Promise<Sandbox> {
+    return await this.#create(false);
+  }
+
+  /** Creates and boots the sandbox, detached (it outlives this process). */
+  async createDetached(): Promise<Sandbox> {
+    return await this.#create(true);
+  }
+
+  async #create(detached: boolean): Promise<Sandbox> {
+    const config = this.build();
+    const launched = await createAndLaunch(config, detached, this.#draft.replace ?? false);
+    const sb = Sandbox.fromLaunch(config, launched, !detached);
+    await installScripts(sb, config);
+    return sb;
+  }
+}
+
+async function installScripts(sb: Sandbox, config: SandboxConfig): Promise<void> {
+  const names = Object.keys(config.scripts);
+  if (names.length === 0) return;
+  await sb.fs().mkdir("/.msb/scripts");
+  for (const name of names) await sb.fs().write(`/.msb/scripts/${name}`, config.scripts[name], { mode: 0o755 });
+}

@@ -1,0 +1,228 @@
+/**
+ * `SandboxConfig`: the validated, backend-neutral, JSON-serialisable
+ * description of a sandbox. The builder produces it, the store persists it
+ * (`JSON.stringify` → `parseConfig` round-trips exactly), the runner boots it.
+ *
+ * @module
+ */
+
+import { InvalidConfigError } from "../errors.ts";
+import type { BackendChoice } from "../vmm/detect.ts";
+
+/** Where the root filesystem comes from. */
+export type ImageSource =
+  | { readonly kind: "oci"; readonly reference: string }
+  | { readonly kind: "dir"; readonly path: string }
+  | { readonly kind: "disk"; readonly path: string; readonly format: "raw" | "qcow2"; readonly fstype: string };
+
+/** A host directory, named volume or tmpfs mounted in the guest. */
+export type VolumeMount =
+  | { readonly kind: "bind"; readonly guestPath: string; readonly hostPath: string; readonly readonly: boolean }
+  | { readonly kind: "named"; readonly guestPath: string; readonly name: string; readonly readonly: boolean }
+  | { readonly kind: "tmpfs"; readonly guestPath: string; readonly sizeMib: number; readonly readonly: boolean };
+
+/** A published port. */
+export interface PortMapping {
+  readonly host: number;
+  readonly guest: number;
+  readonly protocol: "tcp" | "udp";
+}
+
+/** A pre-boot edit of the root filesystem. */
+export type Patch =
+  | { readonly op: "text"; readonly path: string; readonly content: string; readonly mode?: number }
+  | { readonly op: "append"; readonly path: string; readonly content: string }
+  | { readonly op: "copy"; readonly hostPath: string; readonly path: string }
+  | { readonly op: "mkdir"; readonly path: string; readonly mode?: number }
+  | { readonly op: "symlink"; readonly target: string; readonly path: string }
+  | { readonly op: "remove"; readonly path: string };
+
+/** Network settings. */
+export interface NetworkConfig {
+  /** `none`: no interface at all (DNS included); `user`: NAT to the host's network. */
+  readonly mode: "none" | "user";
+}
+
+/** Log verbosity of the runner and VMM. */
+export type LogLevel = "error" | "warn" | "info" | "debug" | "trace";
+
+/** The full configuration of a sandbox. */
+export interface SandboxConfig {
+  readonly name: string;
+  readonly backend: BackendChoice;
+  readonly cpus: number;
+  readonly memoryMib: number;
+  readonly image: ImageSource;
+  readonly env: Readonly<Record<string, string>>;
+  readonly entrypoint?: readonly string[];
+  readonly workdir?: string;
+  readonly shell: string;
+  readonly user?: string | number;
+  readonly hostname?: string;
+  readonly scripts: Readonly<Record<string, string>>;
+  readonly patches: readonly Patch[];
+  readonly volumes: readonly VolumeMount[];
+  readonly ports: readonly PortMapping[];
+  readonly network: NetworkConfig;
+  /** Size of the writable root disk of OCI images. */
+  readonly rootDiskMib: number;
+  readonly idleTimeoutSecs?: number;
+  readonly maxDurationSecs?: number;
+  readonly logLevel: LogLevel;
+}
+
+/** Defaults of every optional setting. */
+export const CONFIG_DEFAULTS = {
+  backend: "auto",
+  cpus: 1,
+  memoryMib: 512,
+  env: {},
+  shell: "/bin/sh",
+  scripts: {},
+  patches: [],
+  volumes: [],
+  ports: [],
+  network: { mode: "user" },
+  rootDiskMib: 4096,
+  logLevel: "warn",
+} as const satisfies Partial<SandboxConfig>;
+
+const NAME_RE = /^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$/;
+
+/**
+ * Checks a sandbox name: 1–63 characters of letters, digits, `_`, `.`, `-`,
+ * starting with a letter or digit (it becomes a directory name and a hostname).
+ *
+ * @example
+ * ```ts
+ * import { validateName } from "./config.ts";
+ * validateName("job-1");
+ * ```
+ */
+export function validateName(name: unknown): string {
+  if (typeof name !== "string" || !NAME_RE.test(name)) {
+    throw new InvalidConfigError(
+      "name",
+      `${
+        JSON.stringify(name)
+      } must be 1-63 characters of letters, digits, "_", "." or "-", starting with a letter or digit`,
+    );
+  }
+  return name;
+}
+
+function int(field: string, v: unknown, min: number, max: number): number {
+  if (typeof v !== "number" || !Number.isInteger(v) || v < min || v > max) {
+    throw new InvalidConfigError(field, `must be an integer from ${min} to ${max}, got ${JSON.stringify(v)}`);
+  }
+  return v;
+}
+
+function absPath(field: string, v: unknown): string {
+  if (typeof v !== "string" || !v.startsWith("/") || v.includes("\0")) {
+    throw new InvalidConfigError(field, `must be an absolute path without NUL bytes, got ${JSON.stringify(v)}`);
+  }
+  return v;
+}
+
+function strings(field: string, v: unknown): Record<string, string> {
+  if (typeof v !== "object" || v === null || Array.isArray(v)) throw new InvalidConfigError(field, "must be an object");
+  for (const [k, s] of Object.entries(v)) {
+    if (typeof s !== "string" || k.length === 0 || k.includes("\0") || s.includes("\0")) {
+      throw new InvalidConfigError(
+        field,
+        `entry ${JSON.stringify(k)} must be a non-empty key with a string value, no NUL`,
+      );
+    }
+  }
+  return v as Record<string, string>;
+}
+
+function image(v: unknown): ImageSource {
+  const i = v as ImageSource | undefined;
+  if (!i || typeof i !== "object") {
+    throw new InvalidConfigError("image", "is required (call .image(...) on the builder)");
+  }
+  switch (i.kind) {
+    case "oci":
+      if (typeof i.reference !== "string" || i.reference.length === 0) {
+        throw new InvalidConfigError("image", "OCI reference must be a non-empty string");
+      }
+      return { kind: "oci", reference: i.reference };
+    case "dir":
+      return { kind: "dir", path: absPath("image.path", i.path) };
+    case "disk":
+      if (i.format !== "raw" && i.format !== "qcow2") {
+        throw new InvalidConfigError("image.format", "must be raw or qcow2");
+      }
+      return { kind: "disk", path: absPath("image.path", i.path), format: i.format, fstype: i.fstype ?? "ext4" };
+    default:
+      throw new InvalidConfigError("image", `unknown kind ${JSON.stringify((i as { kind: unknown }).kind)}`);
+  }
+}
+
+/**
+ * Validates a raw object (from the builder or the store) into a
+ * `SandboxConfig`, filling defaults. Throws {@link InvalidConfigError} naming
+ * the first bad field.
+ *
+ * @example
+ * ```ts
+ * import { parseConfig } from "./config.ts";
+ * const cfg = parseConfig({ name: "job-1", image: { kind: "dir", path: "/srv/root" } });
+ * console.log(cfg.cpus, cfg.memoryMib); // 1 512
+ * ```
+ */
+export function parseConfig(raw: unknown): SandboxConfig {
+  if (typeof raw !== "object" || raw === null) throw new InvalidConfigError("config", "must be an object");
+  const r = { ...CONFIG_DEFAULTS, ...(raw as Partial<SandboxConfig>) };
+  if (!["auto", "libkrun", "qemu"].includes(r.backend)) {
+    throw new InvalidConfigError("backend", `must be auto, libkrun or qemu, got ${JSON.stringify(r.backend)}`);
+  }
+  if (typeof r.shell !== "string" || !r.shell.startsWith("/")) {
+    throw new InvalidConfigError("shell", "must be an absolute path");
+  }
+  if (r.workdir !== undefined) absPath("workdir", r.workdir);
+  if (r.hostname !== undefined && !/^[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?$/.test(r.hostname)) {
+    throw new InvalidConfigError("hostname", `${JSON.stringify(r.hostname)} is not a valid hostname`);
+  }
+  if (
+    r.user !== undefined &&
+    !(typeof r.user === "string" ? /^[a-z_][a-z0-9_-]*\$?$/i.test(r.user) : Number.isInteger(r.user) && r.user >= 0)
+  ) {
+    throw new InvalidConfigError("user", `${JSON.stringify(r.user)} is not a user name or uid`);
+  }
+  if (r.entrypoint !== undefined && (!Array.isArray(r.entrypoint) || r.entrypoint.some((s) => typeof s !== "string"))) {
+    throw new InvalidConfigError("entrypoint", "must be an array of strings");
+  }
+  for (const name of Object.keys(strings("scripts", r.scripts))) {
+    if (!/^[a-zA-Z0-9_.-]+$/.test(name) || name === "." || name === "..") {
+      throw new InvalidConfigError("scripts", `script name ${JSON.stringify(name)} must be a plain file name`);
+    }
+  }
+  for (const p of r.ports) {
+    int("ports.host", p.host, 1, 65535);
+    int("ports.guest", p.guest, 1, 65535);
+    if (p.protocol !== "tcp" && p.protocol !== "udp") {
+      throw new InvalidConfigError("ports.protocol", "must be tcp or udp");
+    }
+  }
+  for (const v of r.volumes) absPath("volumes.guestPath", v.guestPath);
+  if (r.network?.mode !== "none" && r.network?.mode !== "user") {
+    throw new InvalidConfigError("network.mode", "must be none or user");
+  }
+  if (!["error", "warn", "info", "debug", "trace"].includes(r.logLevel)) {
+    throw new InvalidConfigError("logLevel", "unknown level");
+  }
+  if (r.idleTimeoutSecs !== undefined) int("idleTimeoutSecs", r.idleTimeoutSecs, 1, 31_536_000);
+  if (r.maxDurationSecs !== undefined) int("maxDurationSecs", r.maxDurationSecs, 1, 31_536_000);
+  return {
+    ...r,
+    name: validateName(r.name),
+    cpus: int("cpus", r.cpus, 1, 64),
+    memoryMib: int("memoryMib", r.memoryMib, 64, 1 << 20),
+    rootDiskMib: int("rootDiskMib", r.rootDiskMib, 64, 16 << 20),
+    image: image(r.image),
+    env: strings("env", r.env),
+  };
+}

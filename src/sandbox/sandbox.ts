@@ -1,0 +1,301 @@
+/**
+ * `Sandbox`: a connection to a running sandbox, with exec, fs, metrics and
+ * lifecycle calls. Attached sandboxes own their VM: when the owner drops
+ * them, exits or dies, the VM goes down. Detached ones outlive their creator.
+ *
+ * @module
+ */
+
+import type { AgentClient } from "../agent/client.ts";
+import { type ExecOutput, ExecProcess, type ExecSpec, runToCompletion } from "../agent/exec.ts";
+import { AgentError, InvalidConfigError, KrunboxError, NotRunningError } from "../errors.ts";
+import { type ProcessUsage, sampleMetrics, type SandboxMetrics } from "../metrics/snapshot.ts";
+import { metricsStream } from "../metrics/stream.ts";
+import type { SandboxConfig } from "./config.ts";
+import { type Launched, openStore, pathsOf, reconcile, requireRow } from "./lifecycle.ts";
+import { SandboxFs } from "./fs.ts";
+import { SandboxBuilder } from "./builder.ts";
+import { getSandbox, listSandboxes, removeSandbox, type SandboxHandle, startSandbox } from "./handle.ts";
+
+/** Options of `execWith`. */
+export interface ExecOptions {
+  readonly args?: readonly string[];
+  /** Merged over the sandbox's env. */
+  readonly env?: Readonly<Record<string, string>>;
+  readonly cwd?: string;
+  /** User name or uid (default: the sandbox's user). */
+  readonly user?: string | number;
+  readonly stdin?: Uint8Array | string | ReadableStream<Uint8Array>;
+  /** Milliseconds; the process group is killed when it passes. */
+  readonly timeout?: number;
+  readonly signal?: AbortSignal;
+  readonly tty?: boolean | { rows: number; cols: number };
+}
+
+/** Options of `execStream`. */
+export interface ExecStreamOptions extends Omit<ExecOptions, "stdin"> {
+  /** Open stdin as a writable stream. */
+  readonly stdin?: boolean;
+}
+
+/** How a sandbox ended. */
+export interface ExitStatus {
+  readonly status: "stopped" | "crashed";
+  /** True for an orderly stop. */
+  readonly success: boolean;
+  /** Why it stopped (e.g. "stopped by request", "idle timeout"). */
+  readonly reason: string;
+}
+
+/**
+ * A running sandbox.
+ *
+ * @example
+ * ```ts
+ * import { Sandbox } from "@krunbox/krunbox";
+ * await using sb = await Sandbox.builder("job-1").image("/srv/rootfs").create();
+ * const out = await sb.exec("echo", ["hello"]);
+ * console.log(out.stdout);
+ * ```
+ */
+export class Sandbox implements AsyncDisposable {
+  readonly #agent: AgentClient;
+  readonly #config: SandboxConfig;
+  #runner: Deno.ChildProcess | undefined;
+  #lifeline: WritableStreamDefaultWriter<Uint8Array> | undefined;
+  #owns: boolean;
+  #vmmPid: number;
+  #lastUsage: ProcessUsage | undefined;
+  #fs: SandboxFs | undefined;
+
+  /** @internal Use `Sandbox.builder(…).create()`, `Sandbox.start` or `SandboxHandle.connect`. */
+  constructor(config: SandboxConfig, agent: AgentClient, vmmPid: number, runner: Deno.ChildProcess | undefined) {
+    this.#config = config;
+    this.#agent = agent;
+    this.#vmmPid = vmmPid;
+    this.#runner = runner;
+    this.#owns = runner !== undefined && !runner.stdin.locked;
+    if (this.#owns) {
+      // Our end of the runner's stdin is its lifeline: closed by the OS when this process dies.
+      this.#lifeline = runner!.stdin.getWriter();
+      runner!.unref();
+    }
+    agent.unrefWhenIdle();
+  }
+
+  /** A builder for a new sandbox; `name` must be unused (or call `replace()`). */
+  static builder(name: string): SandboxBuilder {
+    return new SandboxBuilder(name);
+  }
+
+  /** A handle on a stored sandbox, running or stopped. */
+  static get(name: string): Promise<SandboxHandle> {
+    return getSandbox(name);
+  }
+
+  /** Handles on all stored sandboxes. */
+  static list(): Promise<SandboxHandle[]> {
+    return listSandboxes();
+  }
+
+  /** Deletes a stopped sandbox and its state. */
+  static remove(name: string): Promise<void> {
+    return removeSandbox(name);
+  }
+
+  /** Boots a stopped sandbox, attached to this process. */
+  static start(name: string): Promise<Sandbox> {
+    return startSandbox(name, false);
+  }
+
+  /** Boots a stopped sandbox, detached. */
+  static startDetached(name: string): Promise<Sandbox> {
+    return startSandbox(name, true);
+  }
+
+  /** @internal */
+  static fromLaunch(config: SandboxConfig, launched: Launched, attached: boolean): Sandbox {
+    return new Sandbox(config, launched.agent, launched.ready.vmmPid, attached ? launched.runner : undefined);
+  }
+
+  /** The sandbox's name. */
+  get name(): string {
+    return this.#config.name;
+  }
+
+  /** The sandbox's configuration. */
+  config(): SandboxConfig {
+    return this.#config;
+  }
+
+  /** True when this object owns the VM's lifetime (attached). */
+  ownsLifecycle(): boolean {
+    return this.#owns;
+  }
+
+  /** Turns an attached sandbox into a detached one: it will outlive this process. */
+  async detach(): Promise<void> {
+    if (!this.#owns) return;
+    await this.#agent.request("runner.detach", {});
+    this.#owns = false;
+    await this.#lifeline?.close().catch(() => {});
+    this.#lifeline = undefined;
+    this.#runner = undefined;
+  }
+
+  #spec(cmd: string, o: ExecOptions | ExecStreamOptions, stdin: boolean): ExecSpec {
+    if (typeof cmd !== "string" || cmd.length === 0) {
+      throw new InvalidConfigError("cmd", "must be a non-empty string");
+    }
+    return {
+      cmd,
+      args: o.args,
+      env: o.env,
+      cwd: o.cwd ?? this.#config.workdir,
+      user: o.user ?? this.#config.user,
+      tty: o.tty,
+      stdin,
+      timeoutMs: o.timeout,
+      signal: o.signal,
+    };
+  }
+
+  /** Runs a command to completion. */
+  exec(cmd: string, args: readonly string[] = []): Promise<ExecOutput> {
+    return this.execWith(cmd, { args });
+  }
+
+  /** Runs a command with options (env, cwd, user, stdin, timeout, signal, tty). */
+  async execWith(cmd: string, options: ExecOptions = {}): Promise<ExecOutput> {
+    return await this.#guard(() =>
+      runToCompletion(this.#agent, this.#spec(cmd, options, options.stdin !== undefined), options.stdin)
+    );
+  }
+
+  /** Runs a script with the sandbox's shell (`shell -c script`). */
+  shell(script: string, options: Omit<ExecOptions, "args"> = {}): Promise<ExecOutput> {
+    return this.execWith(this.#config.shell, { ...options, args: ["-c", script] });
+  }
+
+  /** Starts a command and streams its output (Web Streams, or `for await` over events). */
+  async execStream(cmd: string, options: ExecStreamOptions = {}): Promise<ExecProcess> {
+    return await this.#guard(() => ExecProcess.start(this.#agent, this.#spec(cmd, options, options.stdin ?? false)));
+  }
+
+  /** The guest filesystem. */
+  fs(): SandboxFs {
+    return this.#fs ??= new SandboxFs(this.#agent);
+  }
+
+  /** One metrics sample. */
+  async metrics(): Promise<SandboxMetrics> {
+    return await this.#guard(async () => {
+      const { metrics, usage } = await sampleMetrics(
+        this.#agent,
+        this.#vmmPid,
+        this.#config.cpus,
+        this.#config.memoryMib,
+        this.#lastUsage,
+      );
+      this.#lastUsage = usage;
+      return metrics;
+    });
+  }
+
+  /** Samples every `intervalMs` until the sandbox stops, the loop breaks or `signal` aborts. */
+  metricsStream(intervalMs: number, options: { signal?: AbortSignal } = {}): AsyncIterable<SandboxMetrics> {
+    return metricsStream(() => this.metrics(), intervalMs, { signal: options.signal, closed: this.#agent.closed });
+  }
+
+  /** Asks the guest to shut down in order (returns once it has stopped). */
+  async stop(): Promise<void> {
+    await this.#control("runner.stop");
+    await this.#agent.closed;
+    await this.#runner?.status;
+  }
+
+  /** Stops the sandbox and returns how it ended. */
+  async stopAndWait(): Promise<ExitStatus> {
+    await this.stop();
+    return await this.wait();
+  }
+
+  /** Waits until the sandbox has stopped (for any reason) and returns how it ended. */
+  async wait(): Promise<ExitStatus> {
+    const closed = this.#agent.closed;
+    this.#agent.onClose(() => {}); // keep no extra state: closed resolves on any end
+    await closed;
+    await this.#runner?.status;
+    using store = await openStore();
+    const row = store.get(this.name);
+    const status = row ? reconcile(store, row) : "stopped";
+    const final = status === "crashed" ? "crashed" : "stopped";
+    return { status: final, success: final === "stopped", reason: store.get(this.name)?.stopReason ?? "stopped" };
+  }
+
+  /** Kills the VM at once. */
+  async kill(): Promise<void> {
+    await this.#control("runner.kill");
+    await this.#agent.closed;
+    await this.#runner?.status;
+  }
+
+  /** Refuses new execs, lets running ones finish, then stops. */
+  async drain(): Promise<void> {
+    await this.#control("runner.drain");
+  }
+
+  /** Stops the sandbox if needed and deletes its persisted state. */
+  async removePersisted(): Promise<void> {
+    if (!this.#agent.isClosed) await this.stop().catch(() => this.kill().catch(() => {}));
+    await removeSandbox(this.name);
+  }
+
+  /** Attached: stop the VM (kill if it does not stop). Detached: disconnect only. */
+  async [Symbol.asyncDispose](): Promise<void> {
+    if (this.#owns && !this.#agent.isClosed) {
+      await this.stop().catch(() => this.kill().catch(() => {}));
+    }
+    await this.#agent.close();
+    await this.#lifeline?.close().catch(() => {});
+  }
+
+  async #control(method: string): Promise<void> {
+    if (this.#agent.isClosed) return;
+    try {
+      await this.#agent.request(method, {});
+    } catch (e) {
+      if (!this.#agent.isClosed) throw e;
+    }
+  }
+
+  /** Turns "the connection is gone" into a NotRunningError naming the state. */
+  async #guard<T>(fn: () => Promise<T>): Promise<T> {
+    if (this.#agent.isClosed) throw await this.#notRunning();
+    try {
+      return await fn();
+    } catch (e) {
+      if (e instanceof AgentError && e.rpcCode === -32040) {
+        throw new NotRunningError(this.name, "draining", { cause: e });
+      }
+      if (this.#agent.isClosed && !(e instanceof KrunboxError && e.code !== "PROTOCOL")) {
+        throw await this.#notRunning(e);
+      }
+      throw e;
+    }
+  }
+
+  async #notRunning(cause?: unknown): Promise<NotRunningError> {
+    try {
+      using store = await openStore();
+      return new NotRunningError(this.name, reconcile(store, requireRow(store, this.name)), { cause });
+    } catch {
+      return new NotRunningError(this.name, "stopped", { cause });
+    }
+  }
+
+  /** @internal The sandbox directory's console log. */
+  get consoleLogPath(): string {
+    return pathsOf(this.name).consoleLog;
+  }
+}

@@ -1,0 +1,115 @@
+/**
+ * The backend interface. The library turns a `SandboxConfig` into a
+ * {@link VmSpec} (host paths resolved: kernel, disks, shared directories, the
+ * agent's boot config) and writes it into the sandbox directory; the runner
+ * reads it and asks a backend to boot it. A backend returns a running
+ * {@link Vm} whose agent stream is a byte connection to the guest agent.
+ *
+ * @module
+ */
+
+import type { BackendKind } from "./detect.ts";
+
+/** The root filesystem as the VM sees it. */
+export type VmRoot =
+  /** A host directory shared read-write (virtiofs tag `root`). */
+  | { readonly kind: "dir"; readonly path: string }
+  /** An EROFS lower (read-only, shared) and this sandbox's ext4 upper, joined by overlayfs in the guest. */
+  | { readonly kind: "overlay"; readonly lower: string; readonly upper: string }
+  /** A disk image as the root block device. */
+  | { readonly kind: "disk"; readonly path: string; readonly format: "raw" | "qcow2"; readonly fstype: string };
+
+/** A host directory shared into the guest. */
+export interface VmShare {
+  readonly tag: string;
+  readonly hostPath: string;
+  /** Where the guest mounts it. */
+  readonly guestPath: string;
+  readonly readonly: boolean;
+}
+
+/** Everything a backend needs to boot one sandbox. Written as `vm.json`. */
+export interface VmSpec {
+  readonly name: string;
+  readonly backend: BackendKind;
+  readonly cpus: number;
+  readonly memoryMib: number;
+  /** The sandbox directory (sockets, logs, disks). */
+  readonly dir: string;
+  readonly root: VmRoot;
+  readonly shares: readonly VmShare[];
+  /** Published ports (network mode `user` only). */
+  readonly ports: readonly { readonly host: number; readonly guest: number; readonly protocol: "tcp" | "udp" }[];
+  readonly network: "none" | "user";
+  /** The agent's boot config (agent/PROTOCOL.md, "Boot config"), minus what the backend adds. */
+  readonly boot: Record<string, unknown>;
+  /** Give up when the agent is not ready after this long. */
+  readonly bootTimeoutMs: number;
+  /** Stop after this long without exec or fs calls (host-enforced). */
+  readonly idleTimeoutSecs?: number;
+  /** Stop this long after boot (host-enforced). */
+  readonly maxDurationSecs?: number;
+}
+
+/** Files of a sandbox directory. */
+export interface SandboxPaths {
+  readonly dir: string;
+  readonly vmSpec: string;
+  readonly consoleLog: string;
+  readonly runnerLog: string;
+  /** The runner's relay: host clients connect here. */
+  readonly agentSocket: string;
+  /** Held by the runner for its whole life. */
+  readonly runnerLock: string;
+  /** Held briefly while the sandbox is created, started or removed. */
+  readonly nameLock: string;
+  readonly upperDisk: string;
+}
+
+/**
+ * The files of a sandbox directory.
+ *
+ * @example
+ * ```ts
+ * import { sandboxPaths } from "./backend.ts";
+ * console.log(sandboxPaths("/root/.krunbox/sandboxes/job-1").agentSocket);
+ * ```
+ */
+export function sandboxPaths(dir: string): SandboxPaths {
+  return {
+    dir,
+    vmSpec: `${dir}/vm.json`,
+    consoleLog: `${dir}/console.log`,
+    runnerLog: `${dir}/runner.log`,
+    agentSocket: `${dir}/agent.sock`,
+    runnerLock: `${dir}/runner.lock`,
+    nameLock: `${dir}.lock`,
+    upperDisk: `${dir}/upper.ext4`,
+  };
+}
+
+/** How a VM process ended. */
+export interface VmExit {
+  /** True when the VMM exited on its own accord (guest poweroff or guest crash). */
+  readonly code: number | null;
+  readonly signal: string | null;
+}
+
+/** A booting or running VM. */
+export interface Vm {
+  /** The byte stream to the guest agent (the first frame will be `ready`). */
+  readonly agent: Deno.Conn;
+  /** Resolves when the VMM has exited. */
+  readonly exited: Promise<VmExit>;
+  /** The host process that runs the guest (for CPU and memory figures). */
+  readonly vmmPid: number;
+  /** Kills the VMM and its helpers at once. */
+  kill(): void;
+}
+
+/** A backend boots a spec. */
+export interface Backend {
+  readonly kind: BackendKind;
+  /** Boots the VM; resolves once the agent stream is connected (not yet ready). */
+  boot(spec: VmSpec, signal: AbortSignal): Promise<Vm>;
+}

@@ -1,0 +1,320 @@
+/**
+ * The qemu backend: `qemu-system-x86_64 -M microvm` with TCG (or KVM where
+ * hardware virtualization works), Debian's kernel, an initramfs whose
+ * `/init` is the agent, the agent on a virtio-serial port named `agent`, the
+ * root on virtio-blk (OCI images, disk images) or virtiofs (directories,
+ * through `virtiofsd` with memfd guest memory), and the console in the
+ * sandbox's `console.log`.
+ *
+ * qemu connects to the runner's listening socket as a client
+ * (`server=off`): the runner listens before qemu starts, so no side polls.
+ *
+ * @module
+ */
+
+import { join } from "node:path";
+import { BackendUnavailableError } from "../errors.ts";
+import { assetDir, assetPath } from "../store/assets.ts";
+import type { Backend, Vm, VmExit, VmSpec } from "./backend.ts";
+import { encodeCpio } from "./cpio.ts";
+import { probeHost } from "./detect.ts";
+import { GUEST_MODULES, loadOrder, type ModuleIndex } from "./modules.ts";
+import { qemuChecks, requireChecks, VIRTIOFSD_DIRS } from "./prereqs.ts";
+import { which } from "../util/command.ts";
+
+/** The guest address plan of qemu's user-mode network (slirp defaults). */
+export const USER_NET = { iface: "eth0", address: "10.0.2.15/24", gateway: "10.0.2.2", dns: ["10.0.2.3"] } as const;
+
+/** Inputs of {@link qemuArgs} that come from the host. */
+export interface QemuHost {
+  readonly kernel: string;
+  readonly initrd: string;
+  readonly accel: "kvm" | "tcg";
+  /** The host TSC frequency, to skip the guest's TSC calibration (hangs ~1 boot in 8 under TCG otherwise). */
+  readonly tscKhz: number | undefined;
+  /** The runner's socket qemu connects the agent port to. */
+  readonly agentSocket: string;
+  /** vhost-user sockets of virtiofsd, by share tag. */
+  readonly fsSockets: Readonly<Record<string, string>>;
+}
+
+/**
+ * The qemu command line for a spec (pure: no I/O).
+ *
+ * @example
+ * ```ts
+ * import { qemuArgs } from "./qemu.ts";
+ * const args = qemuArgs(
+ *   { name: "a", backend: "qemu", cpus: 1, memoryMib: 512, dir: "/s", root: { kind: "dir", path: "/r" },
+ *     shares: [], ports: [], network: "none", boot: {}, bootTimeoutMs: 30000 },
+ *   { kernel: "/k", initrd: "/i", accel: "tcg", tscKhz: 2300000, agentSocket: "/s/vm.sock", fsSockets: { root: "/s/fs-root.sock" } },
+ * );
+ * console.log(args.join(" "));
+ * ```
+ */
+export function qemuArgs(spec: VmSpec, host: QemuHost): string[] {
+  const usesVirtiofs = Object.keys(host.fsSockets).length > 0;
+  const cmdline = [
+    "console=ttyS0",
+    "panic=-1",
+    // microvm has no PCI bus; saying so spares a probe and a "PCI: Fatal" line.
+    "pci=off",
+    "quiet",
+    "loglevel=4",
+    // Skips the crypto self-tests, a few hundred ms of every TCG boot.
+    "cryptomgr.notests",
+    ...(host.tscKhz ? [`tsc_early_khz=${host.tscKhz}`, "tsc=reliable"] : []),
+  ];
+  const args = [
+    "-M",
+    usesVirtiofs ? "microvm,memory-backend=mem" : "microvm",
+    "-accel",
+    host.accel,
+    "-cpu",
+    host.accel === "kvm" ? "host" : "max",
+    "-smp",
+    String(spec.cpus),
+    "-m",
+    `${spec.memoryMib}M`,
+    "-nodefaults",
+    "-no-user-config",
+    "-nographic",
+    "-no-reboot",
+    "-kernel",
+    host.kernel,
+    "-initrd",
+    host.initrd,
+    "-append",
+    cmdline.join(" "),
+    "-chardev",
+    `file,id=con,path=${join(spec.dir, "console.log")}`,
+    "-serial",
+    "chardev:con",
+    "-global",
+    "virtio-mmio.force-legacy=false",
+    "-device",
+    "virtio-serial-device",
+    "-chardev",
+    `socket,id=agent,path=${host.agentSocket},server=off`,
+    "-device",
+    "virtserialport,chardev=agent,name=agent",
+  ];
+  if (usesVirtiofs) {
+    args.push("-object", `memory-backend-memfd,id=mem,size=${spec.memoryMib}M,share=on`);
+    for (const [tag, sock] of Object.entries(host.fsSockets)) {
+      args.push(
+        "-chardev",
+        `socket,id=fs-${tag},path=${sock}`,
+        "-device",
+        `vhost-user-fs-device,chardev=fs-${tag},tag=${tag}`,
+      );
+    }
+  }
+  const disk = (id: string, file: string, format: string, readonly: boolean) =>
+    args.push(
+      "-drive",
+      `id=${id},file=${file},format=${format},if=none,cache=unsafe${readonly ? ",readonly=on" : ""}`,
+      "-device",
+      `virtio-blk-device,drive=${id},serial=${id}`,
+    );
+  if (spec.root.kind === "overlay") {
+    disk("lower", spec.root.lower, "raw", true);
+    disk("upper", spec.root.upper, "raw", false);
+  } else if (spec.root.kind === "disk") {
+    disk("root", spec.root.path, spec.root.format, false);
+  }
+  if (spec.network === "user") {
+    const fwd = spec.ports.map((p) => `,hostfwd=${p.protocol}:127.0.0.1:${p.host}-:${p.guest}`).join("");
+    args.push("-netdev", `user,id=n0${fwd}`, "-device", "virtio-net-device,netdev=n0");
+  }
+  return args;
+}
+
+/**
+ * The agent's boot config for a qemu guest: the spec's, plus the modules to
+ * load, the root as the guest finds it, the transport and the network.
+ *
+ * @example
+ * ```ts
+ * import { qemuBootConfig } from "./qemu.ts";
+ * const idx = { virtio_console: { file: "modules/virtio_console.ko", deps: [] } };
+ * console.log(qemuBootConfig(
+ *   { name: "a", backend: "qemu", cpus: 1, memoryMib: 512, dir: "/s", root: { kind: "dir", path: "/r" },
+ *     shares: [], ports: [], network: "none", boot: {}, bootTimeoutMs: 30000 },
+ *   idx,
+ *   ["virtio_console"],
+ * ));
+ * ```
+ */
+export function qemuBootConfig(
+  spec: VmSpec,
+  modules: ModuleIndex,
+  wanted: readonly string[] = GUEST_MODULES,
+): Record<string, unknown> {
+  const root = spec.root.kind === "dir"
+    ? { kind: "virtiofs", tag: "root" }
+    : spec.root.kind === "overlay"
+    ? { kind: "overlay", lower: { serial: "lower", fstype: "erofs" }, upper: { serial: "upper", fstype: "ext4" } }
+    : { kind: "block", serial: "root", fstype: spec.root.fstype };
+  return {
+    ...spec.boot,
+    modules: loadOrder(modules, wanted).map((m) => `/lib/modules/${m}.ko`),
+    root,
+    mounts: [
+      ...((spec.boot.mounts as unknown[] | undefined) ?? []),
+      ...spec.shares.map((s) => ({ kind: "virtiofs", tag: s.tag, target: s.guestPath, readonly: s.readonly })),
+    ],
+    transport: { kind: "virtio-port", name: "agent" },
+    network: spec.network === "user" ? USER_NET : null,
+  };
+}
+
+function closeQuietly(c: { close(): void }) {
+  try {
+    c.close();
+  } catch {
+    // already closed
+  }
+}
+
+async function hostTscKhz(): Promise<number | undefined> {
+  try {
+    const mhz = (await Deno.readTextFile("/proc/cpuinfo")).match(/^cpu MHz\s*:\s*([\d.]+)/m)?.[1];
+    return mhz ? Math.round(Number(mhz) * 1000) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+async function waitForSocket(path: string, proc: Deno.ChildProcess, what: string, ms = 5000): Promise<void> {
+  const end = Date.now() + ms;
+  let exited = false;
+  proc.status.then(() => (exited = true));
+  while (Date.now() < end) {
+    if (exited) throw new BackendUnavailableError("qemu", `${what} exited at start`, "see the sandbox's runner.log");
+    try {
+      if ((await Deno.stat(path)).isSocket) return;
+    } catch {
+      // not yet
+    }
+    await new Promise((r) => setTimeout(r, 5));
+  }
+  throw new BackendUnavailableError(
+    "qemu",
+    `${what} did not create ${path} within ${ms} ms`,
+    "see the sandbox's runner.log",
+  );
+}
+
+/**
+ * The qemu backend.
+ *
+ * @example
+ * ```ts
+ * import { qemuBackend } from "./qemu.ts";
+ * console.log(qemuBackend.kind);
+ * ```
+ */
+export const qemuBackend: Backend = {
+  kind: "qemu",
+  async boot(spec: VmSpec, signal: AbortSignal): Promise<Vm> {
+    requireChecks("qemu", await qemuChecks());
+    const qemu = (await which("qemu-system-x86_64"))!;
+    const virtiofsd = (await which("virtiofsd", VIRTIOFSD_DIRS))!;
+    const modules = JSON.parse(await Deno.readTextFile(join(assetDir("kernel"), "modules.json")))
+      .modules as ModuleIndex;
+    const host = await probeHost();
+
+    // The per-boot initramfs: the shared one plus a small archive with boot.json (Linux unpacks both).
+    const boot = new TextEncoder().encode(JSON.stringify(qemuBootConfig(spec, modules)));
+    const initrd = join(spec.dir, "initrd.img");
+    await Deno.copyFile(assetPath("initramfs"), initrd);
+    const extra = encodeCpio([{ kind: "dir", path: "krunbox" }, {
+      kind: "file",
+      path: "krunbox/boot.json",
+      data: boot,
+    }]);
+    await Deno.writeFile(initrd, extra, { append: true });
+
+    const children: Deno.ChildProcess[] = [];
+    const log = await Deno.open(join(spec.dir, "runner.log"), { append: true, create: true });
+    const kill = () => {
+      for (const c of children) {
+        try {
+          c.kill("SIGKILL");
+        } catch {
+          // already gone
+        }
+      }
+    };
+    signal.addEventListener("abort", kill, { once: true });
+    try {
+      const fsSockets: Record<string, string> = {};
+      const shares = spec.root.kind === "dir"
+        ? [{ tag: "root", hostPath: spec.root.path, guestPath: "/", readonly: false }, ...spec.shares]
+        : [...spec.shares];
+      for (const share of shares) {
+        const sock = join(spec.dir, `fs-${share.tag.replaceAll("/", "_")}.sock`);
+        await Deno.remove(sock).catch(() => {});
+        const child = new Deno.Command(virtiofsd, {
+          args: [
+            `--socket-path=${sock}`,
+            "-o",
+            `source=${share.hostPath}`,
+            "-o",
+            "cache=auto",
+            ...(share.readonly ? ["-o", "readonly"] : []),
+          ],
+          stdin: "null",
+          stdout: "null",
+          stderr: "piped",
+        }).spawn();
+        children.push(child);
+        child.stderr.pipeTo(log.writable, { preventClose: true }).catch(() => {});
+        await waitForSocket(sock, child, "virtiofsd");
+        fsSockets[share.tag] = sock;
+      }
+
+      const vmSock = join(spec.dir, "vm.sock");
+      await Deno.remove(vmSock).catch(() => {});
+      const listener = Deno.listen({ transport: "unix", path: vmSock });
+      const args = qemuArgs(spec, {
+        kernel: assetPath("kernel"),
+        initrd,
+        accel: host.hardwareFlag && host.kvmUsable ? "kvm" : "tcg",
+        tscKhz: await hostTscKhz(),
+        agentSocket: vmSock,
+        fsSockets,
+      });
+      await Deno.writeTextFile(join(spec.dir, "runner.log"), `qemu ${args.join(" ")}\n`, { append: true });
+      const vmm = new Deno.Command(qemu, { args, stdin: "null", stdout: "piped", stderr: "piped" }).spawn();
+      children.push(vmm);
+      vmm.stdout.pipeTo(log.writable, { preventClose: true }).catch(() => {});
+      vmm.stderr.pipeTo(log.writable, { preventClose: true }).catch(() => {});
+      const exited: Promise<VmExit> = vmm.status.then(async (s) => {
+        kill();
+        closeQuietly(listener);
+        await Promise.all(children.map((c) => c.status));
+        log.close();
+        // Per-boot files; the next boot makes them anew.
+        for (const f of [vmSock, initrd, ...Object.values(fsSockets)]) await Deno.remove(f).catch(() => {});
+        return { code: s.signal ? null : s.code, signal: s.signal };
+      });
+      const agent = await Promise.race([
+        listener.accept(),
+        exited.then((e) => {
+          throw new BackendUnavailableError(
+            "qemu",
+            `qemu exited at start (code ${e.code})`,
+            "see the sandbox's runner.log",
+          );
+        }),
+      ]);
+      closeQuietly(listener);
+      return { agent, exited, vmmPid: vmm.pid, kill };
+    } catch (e) {
+      kill();
+      throw e;
+    }
+  },
+};

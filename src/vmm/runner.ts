@@ -1,0 +1,226 @@
+/**
+ * The runner: one process per sandbox that owns its VM (DESIGN.md,
+ * "Processes"). Started by the library as
+ * `deno run -A runner.ts <sandbox dir> attached|detached`.
+ *
+ * - Holds `runner.lock` for its whole life: readers that find the lock free
+ *   and no terminal status know the sandbox crashed.
+ * - Boots the VM through its backend, relays host clients on `agent.sock`,
+ *   writes the status (running, draining, stopped, crashed) to the store.
+ * - Tells its starter how boot went with one JSON line on stdout
+ *   (`{"event":"ready",…}` or `{"event":"failed",…}`).
+ * - Attached: EOF on stdin (the owner exited or dropped the sandbox, however
+ *   it died) means orderly shutdown, then kill after a grace period.
+ * - Enforces `maxDurationSecs` and `idleTimeoutSecs` host-side.
+ *
+ * @module
+ */
+
+import { BackendUnavailableError, BootTimeoutError, KrunboxError, VmCrashedError } from "../errors.ts";
+import { Store, type StoredStatus } from "../store/db.ts";
+import { homeLayout } from "../store/home.ts";
+import { tryLock } from "../store/lock.ts";
+import { sandboxPaths, type Vm, type VmSpec } from "./backend.ts";
+import { qemuBackend } from "./qemu.ts";
+import { Relay } from "./relay.ts";
+
+/** Grace between the agent's shutdown request and killing the VMM. */
+const STOP_GRACE_MS = 5000;
+
+/** The lines a runner prints on stdout for its starter. */
+export type RunnerEvent =
+  | { event: "ready"; bootMs: number; boot: Record<string, number>; vmmPid: number }
+  | { event: "failed"; code: string; message: string };
+
+/**
+ * The last lines of a log file (for error messages).
+ *
+ * @example
+ * ```ts
+ * import { logTail } from "./runner.ts";
+ * console.log(await logTail("/var/log/dpkg.log", 5));
+ * ```
+ */
+export async function logTail(path: string, lines = 20): Promise<string> {
+  try {
+    const text = await Deno.readTextFile(path);
+    return text.trimEnd().split("\n").slice(-lines).join("\n");
+  } catch {
+    return "";
+  }
+}
+
+function emit(e: RunnerEvent) {
+  try {
+    Deno.stdout.writeSync(new TextEncoder().encode(JSON.stringify(e) + "\n"));
+  } catch {
+    // the starter is gone: nobody to tell
+  }
+}
+
+async function main(dir: string, mode: string): Promise<number> {
+  const paths = sandboxPaths(dir);
+  const lock = tryLock(paths.runnerLock, true);
+  if (!lock) {
+    emit({ event: "failed", code: "STILL_RUNNING", message: `a runner already owns ${dir}` });
+    return 3;
+  }
+  const spec = JSON.parse(await Deno.readTextFile(paths.vmSpec)) as VmSpec;
+  const store = Store.open(homeLayout().db);
+  let attached = mode === "attached";
+  let status: StoredStatus = "creating";
+  let stopReason: string | null = null;
+  let orderly = false;
+  const setStatus = (s: StoredStatus, reason?: string) => {
+    status = s;
+    if (reason !== undefined) stopReason = reason;
+    store.update(spec.name, { status: s, stopReason, detached: !attached });
+  };
+  const log = (m: string) =>
+    Deno.writeTextFileSync(paths.runnerLog, `${new Date().toISOString()} ${m}\n`, { append: true });
+
+  const abort = new AbortController();
+  let vm: Vm;
+  try {
+    if (spec.backend !== "qemu") {
+      throw new BackendUnavailableError("libkrun", "the libkrun backend cannot boot VMs yet", "use backend qemu");
+    }
+    vm = await qemuBackend.boot(spec, abort.signal);
+  } catch (e) {
+    const err = e instanceof KrunboxError
+      ? e
+      : new KrunboxError("BACKEND_UNAVAILABLE", String((e as Error).message ?? e));
+    emit({ event: "failed", code: err.code, message: err.message });
+    setStatus("crashed", `boot failed: ${err.message}`);
+    log(`boot failed: ${err.message}`);
+    return 1;
+  }
+
+  const stop = async (reason: string, graceMs = STOP_GRACE_MS) => {
+    if (orderly) return;
+    orderly = true;
+    stopReason = reason;
+    log(`stopping: ${reason}`);
+    relay.requestGuest("shutdown", { graceMs: Math.min(graceMs, 2000) }).catch(() => {});
+    const timer = setTimeout(() => {
+      log("the guest did not power off in time: killing the VMM");
+      vm.kill();
+    }, graceMs);
+    await vm.exited;
+    clearTimeout(timer);
+  };
+  const kill = (reason: string) => {
+    orderly = true;
+    stopReason = reason;
+    log(`killing: ${reason}`);
+    vm.kill();
+  };
+
+  const relay: Relay = new Relay(vm.agent, async (method, params) => {
+    switch (method) {
+      case "runner.info":
+        return { status, vmmPid: vm.vmmPid, backend: spec.backend, attached, runningExecs: relay.runningExecs };
+      case "runner.stop":
+        await stop("stopped by request", typeof params.graceMs === "number" ? params.graceMs : STOP_GRACE_MS);
+        return { status: "stopped" };
+      case "runner.kill":
+        kill("killed by request");
+        await vm.exited;
+        return { status: "stopped" };
+      case "runner.drain":
+        relay.startDraining();
+        setStatus("draining", "drained");
+        drainWatch();
+        return { status: "draining" };
+      case "runner.detach":
+        attached = false;
+        store.update(spec.name, { detached: true });
+        return { detached: true };
+      default:
+        throw new Error(`unknown runner method ${method}`);
+    }
+  });
+  const drainWatch = () => {
+    const t = setInterval(() => {
+      if (relay.runningExecs === 0) {
+        clearInterval(t);
+        stop("drained");
+      }
+    }, 50);
+  };
+
+  await Deno.remove(paths.agentSocket).catch(() => {});
+  const listener = Deno.listen({ transport: "unix", path: paths.agentSocket });
+
+  const bootTimer = setTimeout(() => abort.abort(), spec.bootTimeoutMs);
+  const ready = await Promise.race([
+    relay.ready.then((f) => f.header.params as { boot: Record<string, number> }),
+    vm.exited.then(() => undefined),
+    new Promise<undefined>((r) => abort.signal.addEventListener("abort", () => r(undefined))),
+  ]);
+  clearTimeout(bootTimer);
+  if (!ready) {
+    vm.kill();
+    await vm.exited;
+    const tail = await logTail(paths.consoleLog);
+    const err = abort.signal.aborted
+      ? new BootTimeoutError(spec.name, spec.bootTimeoutMs, tail)
+      : new VmCrashedError(spec.name, tail);
+    emit({ event: "failed", code: err.code, message: err.message });
+    setStatus("crashed", `boot failed: ${err.code}`);
+    listener.close();
+    return 1;
+  }
+  const bootMs = ready.boot.readyMs ?? 0;
+  store.update(spec.name, { bootMs });
+  log(`ready: kernel ${ready.boot.kernelMs} ms, agent start ${ready.boot.agentStartMs} ms, ready ${bootMs} ms`);
+  setStatus("running");
+  relay.serve(listener);
+  emit({ event: "ready", bootMs, boot: ready.boot, vmmPid: vm.vmmPid });
+
+  // Attached: the owner holds our stdin; EOF means it is gone.
+  if (attached) {
+    (async () => {
+      const buf = new Uint8Array(64);
+      try {
+        while ((await Deno.stdin.read(buf)) !== null) { /* owner alive */ }
+      } catch {
+        // treated as EOF
+      }
+      if (attached) await stop("the owner exited");
+    })();
+  }
+  const timers: ReturnType<typeof setTimeout>[] = [];
+  if (spec.maxDurationSecs) {
+    timers.push(setTimeout(() => stop("max duration reached"), spec.maxDurationSecs * 1000));
+  }
+  if (spec.idleTimeoutSecs) {
+    const idleMs = spec.idleTimeoutSecs * 1000;
+    timers.push(setInterval(() => {
+      if (relay.idleMs >= idleMs) stop("idle timeout");
+    }, 100));
+  }
+  for (const sig of ["SIGTERM", "SIGINT", "SIGHUP"] as const) {
+    Deno.addSignalListener(sig, () => stop(`runner got ${sig}`));
+  }
+
+  const exit = await vm.exited;
+  for (const t of timers) clearTimeout(t);
+  listener.close();
+  await Deno.remove(paths.agentSocket).catch(() => {});
+  if (orderly) setStatus("stopped", stopReason ?? "stopped");
+  else setStatus("crashed", `the VM exited unexpectedly (code ${exit.code}, signal ${exit.signal})`);
+  log(`exited: ${status} (${stopReason})`);
+  store.close();
+  lock.release();
+  return 0;
+}
+
+if (import.meta.main) {
+  const [dir, mode] = Deno.args;
+  if (!dir || (mode !== "attached" && mode !== "detached")) {
+    console.error("usage: runner.ts <sandbox dir> attached|detached");
+    Deno.exit(2);
+  }
+  Deno.exit(await main(dir, mode));
+}
