@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Boots the agent as PID 1 in a qemu/KVM VM and talks to it (init mode).
 
-Not part of `cargo test` (it needs root, /dev/kvm, qemu and a Debian kernel).
+Not part of `cargo test` (it needs root, qemu and a Debian kernel package).
 Usage:
     python3 scripts/vm_smoke.py AGENT_BINARY [WORKDIR]
 
@@ -17,7 +17,7 @@ AGENT = os.path.abspath(sys.argv[1])
 WORK = sys.argv[2] if len(sys.argv) > 2 else "/tmp/krunbox-vm-smoke"
 os.makedirs(WORK, exist_ok=True)
 MODULES = ["virtio_ring", "virtio", "virtio_pci_legacy_dev", "virtio_pci_modern_dev", "virtio_pci",
-           "virtio_console", "virtio_blk", "overlay", "erofs", "failover", "net_failover", "virtio_net"]
+           "virtio_console", "virtio_blk", "overlay", "libcrc32c", "erofs", "failover", "net_failover", "virtio_net"]
 
 
 def sh(*cmd, **kw):
@@ -142,7 +142,11 @@ def boot_vm(name, boot, modules, busybox, kernel, disks=(), net=False):
     os.makedirs(d)
     initramfs(os.path.join(d, "initrd"), boot, modules, busybox)
     sock = os.path.join(d, "agent.sock")
-    cmd = ["qemu-system-x86_64", "-enable-kvm", "-m", "512", "-smp", "2", "-nographic", "-no-reboot",
+    # KVM when asked (KRUNBOX_SMOKE_ACCEL=kvm); TCG by default, which also
+    # works where nested KVM does not boot.
+    accel = os.environ.get("KRUNBOX_SMOKE_ACCEL", "tcg")
+    cpu = "host" if accel == "kvm" else "max"
+    cmd = ["qemu-system-x86_64", "-accel", accel, "-cpu", cpu, "-m", "512", "-smp", "2", "-nographic", "-no-reboot",
            "-kernel", kernel, "-initrd", os.path.join(d, "initrd"), "-append", "console=ttyS0 panic=-1",
            "-device", "virtio-serial-pci", "-chardev", f"socket,id=agent,path={sock},server=on,wait=off",
            "-device", "virtserialport,chardev=agent,name=agent"]

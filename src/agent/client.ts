@@ -65,6 +65,7 @@ export class AgentClient implements AsyncDisposable {
   readonly #closeHandlers = new Set<(error: Error) => void>();
   #nextId = 1;
   #unrefWhenIdle = false;
+  #waiters = 0;
   readonly #writer: FrameWriter;
   #closedError: Error | undefined;
   #protocolErrors: string[] = [];
@@ -167,9 +168,20 @@ export class AgentClient implements AsyncDisposable {
     this.#updateRef();
   }
 
+  /** Resolves when the connection has ended, keeping the program alive until then. */
+  async waitClosed(): Promise<void> {
+    this.#waiters++;
+    this.#updateRef();
+    try {
+      await this.closed;
+    } finally {
+      this.#waiters--;
+    }
+  }
+
   #updateRef() {
     if (!this.#unrefWhenIdle || this.#closedError) return;
-    if (this.#pending.size > 0 || this.#subscribers.size > 0) this.#conn.ref();
+    if (this.#pending.size > 0 || this.#subscribers.size > 0 || this.#waiters > 0) this.#conn.ref();
     else this.#conn.unref();
   }
 

@@ -31,6 +31,7 @@ import { homeLayout } from "../store/home.ts";
 import { isLocked, lockWait } from "../store/lock.ts";
 import { type SandboxPaths, sandboxPaths, type VmRoot, type VmSpec } from "../vmm/backend.ts";
 import { chooseBackend, probeHost } from "../vmm/detect.ts";
+import { qemuChecks, requireChecks } from "../vmm/prereqs.ts";
 import type { RunnerEvent } from "../vmm/runner.ts";
 import { parseConfig, type SandboxConfig } from "./config.ts";
 
@@ -40,8 +41,14 @@ export type SandboxStatus = "running" | "draining" | "stopped" | "crashed";
 /** PATH of guest processes; `/.msb/scripts` holds the builder's scripts. */
 export const GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/.msb/scripts";
 
-/** How long create/start waits for the agent's ready (TCG boots take seconds). */
-const BOOT_TIMEOUT_MS = 60_000;
+/**
+ * How long create/start waits for the agent's ready (TCG boots take seconds).
+ * `KRUNBOX_BOOT_TIMEOUT_MS` overrides it (slow hosts, tests).
+ */
+function bootTimeoutMs(): number {
+  const v = Number(Deno.env.get("KRUNBOX_BOOT_TIMEOUT_MS"));
+  return Number.isFinite(v) && v > 0 ? v : 60_000;
+}
 /** How long to wait for another process holding a sandbox name. */
 const NAME_LOCK_MS = 60_000;
 
@@ -153,6 +160,15 @@ async function resolveRoot(config: SandboxConfig, paths: SandboxPaths): Promise<
  */
 export async function vmSpecOf(config: SandboxConfig): Promise<VmSpec> {
   const { backend } = chooseBackend(config.backend, await probeHost());
+  if (backend === "libkrun") {
+    throw new BackendUnavailableError(
+      "libkrun",
+      "booting VMs through libkrun is not available yet",
+      "use backend qemu",
+    );
+  }
+  // Fail fast, in the caller, with the doctor's words.
+  requireChecks(backend, await qemuChecks());
   const paths = pathsOf(config.name);
   const root = await resolveRoot(config, paths);
   return {
@@ -176,7 +192,7 @@ export async function vmSpecOf(config: SandboxConfig): Promise<VmSpec> {
         v.kind === "tmpfs" ? [{ kind: "tmpfs", target: v.guestPath, sizeMib: v.sizeMib }] : []
       ),
     },
-    bootTimeoutMs: BOOT_TIMEOUT_MS,
+    bootTimeoutMs: bootTimeoutMs(),
     idleTimeoutSecs: config.idleTimeoutSecs,
     maxDurationSecs: config.maxDurationSecs,
   };
@@ -256,7 +272,7 @@ export async function launchRunner(paths: SandboxPaths, name: string, detached: 
       new Promise<undefined>((r) => setTimeout(() => r(undefined), 2000)),
     ]);
     if (!status) runner.kill("SIGKILL");
-    if (event?.event === "failed") throw runnerError(event, name, BOOT_TIMEOUT_MS);
+    if (event?.event === "failed") throw runnerError(event, name, bootTimeoutMs());
     throw new BackendUnavailableError(
       "runner",
       `the runner of "${name}" exited before the VM was ready (${line ?? "no output"})`,

@@ -210,8 +210,7 @@ export class Sandbox implements AsyncDisposable {
   /** Asks the guest to shut down in order (returns once it has stopped). */
   async stop(): Promise<void> {
     await this.#control("runner.stop");
-    await this.#agent.closed;
-    await this.#runner?.status;
+    await this.#ended();
   }
 
   /** Stops the sandbox and returns how it ended. */
@@ -222,10 +221,7 @@ export class Sandbox implements AsyncDisposable {
 
   /** Waits until the sandbox has stopped (for any reason) and returns how it ended. */
   async wait(): Promise<ExitStatus> {
-    const closed = this.#agent.closed;
-    this.#agent.onClose(() => {}); // keep no extra state: closed resolves on any end
-    await closed;
-    await this.#runner?.status;
+    await this.#ended();
     using store = await openStore();
     const row = store.get(this.name);
     const status = row ? reconcile(store, row) : "stopped";
@@ -236,8 +232,16 @@ export class Sandbox implements AsyncDisposable {
   /** Kills the VM at once. */
   async kill(): Promise<void> {
     await this.#control("runner.kill");
-    await this.#agent.closed;
-    await this.#runner?.status;
+    await this.#ended();
+  }
+
+  /** Waits for the relay connection to end and, when we started it, the runner to exit. */
+  async #ended(): Promise<void> {
+    await this.#agent.waitClosed();
+    if (this.#runner) {
+      this.#runner.ref();
+      await this.#runner.status;
+    }
   }
 
   /** Refuses new execs, lets running ones finish, then stops. */

@@ -1,0 +1,178 @@
+/**
+ * Real qemu-TCG VMs with a busybox root built from Debian's busybox-static.
+ * One VM is shared by the exec/fs tests (boots cost seconds); lifecycle
+ * tests boot their own and check that no process is left behind.
+ */
+
+import { leftovers, processesMentioning, sandboxDir, skipVmReason, testHome } from "../util/e2e.ts";
+import { assert, assertEquals, assertRejects } from "../util/assert.ts";
+import { busyboxRoot } from "../../scripts/roots.ts";
+import {
+  AlreadyExistsError,
+  BackendUnavailableError,
+  BootTimeoutError,
+  ExecSpawnError,
+  ExecTimeoutError,
+  FsError,
+  InvalidConfigError,
+  NotRunningError,
+  Sandbox,
+} from "../../mod.ts";
+
+const ignore = skipVmReason !== undefined;
+const root = ignore ? "" : await busyboxRoot();
+let shared: Sandbox | undefined;
+
+async function sb(): Promise<Sandbox> {
+  return shared ??= await Sandbox.builder("shared").image(root).memory(256).env("GREETING", "hi")
+    .script("hello", "#!/bin/sh\necho hello from a script\n").create();
+}
+
+Deno.test.afterAll(async () => {
+  await shared?.[Symbol.asyncDispose]();
+  if (shared) assertEquals(await leftovers("shared"), []);
+});
+
+Deno.test({ name: "exec returns output and exit codes from a real VM", ignore }, async () => {
+  const s = await sb();
+  const out = await s.exec("sh", ["-c", "echo out; echo err >&2; exit 7"]);
+  assertEquals([out.stdout, out.stderr, out.code, out.success], ["out\n", "err\n", 7, false]);
+  const ok = await s.shell("echo $GREETING from $(hostname)");
+  assertEquals(ok.stdout, "hi from shared\n");
+  assertEquals(ok.success, true);
+});
+
+Deno.test({ name: "builder scripts are on PATH", ignore }, async () => {
+  assertEquals((await (await sb()).exec("hello")).stdout, "hello from a script\n");
+});
+
+Deno.test({ name: "exec options: env merged, cwd, stdin, user", ignore }, async () => {
+  const s = await sb();
+  const out = await s.execWith("sh", {
+    args: ["-c", 'echo "$GREETING $EXTRA $(pwd) $(id -u)"; cat'],
+    env: { EXTRA: "x" },
+    cwd: "/tmp",
+    stdin: "piped in",
+    user: "nobody",
+  });
+  assertEquals(out.stdout, "hi x /tmp 65534\npiped in");
+});
+
+Deno.test({ name: "a missing program is a typed spawn error", ignore }, async () => {
+  const e = await assertRejects(() => sb().then((s) => s.exec("no-such-program")), ExecSpawnError);
+  assertEquals(e.kind, "not_found");
+  await assertRejects(() => sb().then((s) => s.exec("")), InvalidConfigError);
+});
+
+Deno.test({ name: "a timeout kills a process that ignores SIGTERM", ignore }, async () => {
+  const s = await sb();
+  const t0 = performance.now();
+  await assertRejects(
+    () => s.execWith("sh", { args: ["-c", "trap '' TERM; sleep 60"], timeout: 500 }),
+    ExecTimeoutError,
+  );
+  assert(performance.now() - t0 < 1500 + 500, "rejected within a second of the deadline");
+  assertEquals((await s.shell("pgrep -f 'sleep 60' || true")).stdout, "");
+});
+
+Deno.test({ name: "streaming exec delivers output as it comes", ignore }, async () => {
+  const s = await sb();
+  const p = await s.execStream("sh", { args: ["-c", "for i in 1 2 3; do echo $i; sleep 0.1; done"] });
+  const events: string[] = [];
+  for await (const ev of p) {
+    events.push(ev.type === "exit" ? `exit ${ev.status.code}` : new TextDecoder().decode(ev.data));
+  }
+  assertEquals(events.join(""), "1\n2\n3\nexit 0");
+});
+
+Deno.test({ name: "fs round-trips files and reports errno names", ignore }, async () => {
+  const fs = (await sb()).fs();
+  await fs.mkdir("/tmp/d/e");
+  const bytes = new Uint8Array(3 << 20).map((_, i) => i * 7);
+  await fs.write("/tmp/d/e/blob", bytes);
+  assertEquals(await fs.read("/tmp/d/e/blob"), bytes);
+  assertEquals((await fs.stat("/tmp/d/e/blob")).size, bytes.length);
+  assertEquals((await fs.list("/tmp/d")).map((e) => e.name), ["e"]);
+  assertEquals((await assertRejects(() => fs.read("/nope"), FsError)).errno, "ENOENT");
+  const host = await Deno.makeTempDir();
+  await fs.copyToHost("/tmp/d", `${host}/d`);
+  assertEquals(await Deno.readFile(`${host}/d/e/blob`), bytes);
+  await Deno.remove(host, { recursive: true });
+});
+
+Deno.test({ name: "metrics report guest memory and the configured limit", ignore }, async () => {
+  const m = await (await sb()).metrics();
+  assertEquals(m.memoryLimitBytes, 256 * 1024 * 1024);
+  assert(m.memoryBytes > 0 && m.memoryBytes < m.memoryLimitBytes);
+  assert(m.uptimeMs > 0 && m.cpuPercent >= 0);
+});
+
+Deno.test({ name: "a name in use fails fast", ignore }, async () => {
+  await sb();
+  const t0 = performance.now();
+  await assertRejects(() => Sandbox.builder("shared").image(root).create(), AlreadyExistsError);
+  assert(performance.now() - t0 < 1000);
+});
+
+Deno.test({ name: "create → exec → stop leaves no qemu, virtiofsd or runner behind", ignore }, async () => {
+  const s = await Sandbox.builder("lifecycle").image(root).memory(256).create();
+  assert(processesMentioning(sandboxDir("lifecycle")).length >= 3, "runner, qemu and virtiofsd run");
+  assertEquals((await s.exec("true")).code, 0);
+  const status = await s.stopAndWait();
+  assertEquals(status.status, "stopped");
+  assertEquals(await leftovers("lifecycle"), []);
+  assertEquals((await Sandbox.get("lifecycle")).status, "stopped");
+  await assertRejects(() => s.exec("true"), NotRunningError);
+  await Sandbox.remove("lifecycle");
+});
+
+Deno.test({ name: "kill ends the VM at once", ignore }, async () => {
+  const s = await Sandbox.builder("killed").image(root).memory(256).create();
+  await s.kill();
+  assertEquals(await leftovers("killed"), []);
+  await Sandbox.remove("killed");
+});
+
+Deno.test({ name: "the VM goes down when its owner is SIGKILLed", ignore }, async () => {
+  const owner = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", new URL("./fixtures/owner.ts", import.meta.url).pathname, "orphan", root],
+    env: { KRUNBOX_HOME: testHome, KRUNBOX_BACKEND: "qemu" },
+    stdout: "piped",
+    stderr: "inherit",
+  }).spawn();
+  const reader = owner.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  assertEquals((await reader.read()).value?.trim(), "ready");
+  assert(processesMentioning(sandboxDir("orphan")).length >= 3);
+  owner.kill("SIGKILL");
+  await owner.status;
+  reader.releaseLock();
+  await owner.stdout.cancel().catch(() => {});
+  assertEquals(await leftovers("orphan"), []);
+  assertEquals((await Sandbox.get("orphan")).status, "stopped");
+  await Sandbox.remove("orphan");
+});
+
+Deno.test({ name: "a guest that is not ready in time fails create with the console tail", ignore }, async () => {
+  Deno.env.set("KRUNBOX_BOOT_TIMEOUT_MS", "300");
+  try {
+    const e = await assertRejects(() => Sandbox.builder("slow").image(root).create(), BootTimeoutError);
+    assert(e.message.includes("300 ms"));
+  } finally {
+    Deno.env.delete("KRUNBOX_BOOT_TIMEOUT_MS");
+  }
+  assertEquals(await leftovers("slow"), []);
+  await assertRejects(() => Sandbox.get("slow"), Error);
+});
+
+Deno.test({ name: "missing assets give the doctor's message as a typed error", ignore }, async () => {
+  const emptyHome = await Deno.makeTempDir();
+  Deno.env.set("KRUNBOX_HOME", emptyHome);
+  try {
+    const e = await assertRejects(() => Sandbox.builder("nokernel").image(root).create(), BackendUnavailableError);
+    assert(e.message.includes("setup"), e.message);
+  } finally {
+    Deno.env.set("KRUNBOX_HOME", testHome);
+  }
+  assertEquals(processesMentioning(emptyHome), []);
+  await Deno.remove(emptyHome, { recursive: true });
+});

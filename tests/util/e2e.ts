@@ -1,0 +1,61 @@
+/**
+ * Shared setup of the end-to-end tests: an isolated state home per test run
+ * (its own database and sandboxes; the provisioned assets and cached roots
+ * linked from the real home), the prerequisites check that decides whether
+ * VM tests run (with the reason printed when they do not), and process
+ * accounting to prove nothing is left behind.
+ *
+ * @module
+ */
+
+import { join } from "node:path";
+import { homeLayout } from "../../src/store/home.ts";
+import { qemuChecks } from "../../src/vmm/prereqs.ts";
+
+const realHome = homeLayout();
+/** The isolated state home of this test process. */
+export const testHome = await Deno.makeTempDir({ prefix: "krunbox-e2e-home-" });
+await Deno.symlink(realHome.assets, join(testHome, "assets"));
+await Deno.mkdir(realHome.cache, { recursive: true });
+await Deno.symlink(realHome.cache, join(testHome, "cache"));
+Deno.env.set("KRUNBOX_HOME", testHome);
+Deno.env.set("KRUNBOX_BACKEND", "qemu");
+
+const failed = (await qemuChecks()).filter((c) => !c.ok);
+/** Why VM tests cannot run here, or undefined when they can. */
+export const skipVmReason: string | undefined = failed.length
+  ? `qemu prerequisites missing: ${failed.map((c) => `${c.name} (${c.detail})`).join(", ")}`
+  : undefined;
+if (skipVmReason) console.log(`SKIPPING VM tests: ${skipVmReason}`);
+
+/** Pids of processes whose command line mentions `text` (runner, qemu, virtiofsd of a sandbox). */
+export function processesMentioning(text: string): number[] {
+  const pids: number[] = [];
+  for (const e of Deno.readDirSync("/proc")) {
+    if (!/^\d+$/.test(e.name) || Number(e.name) === Deno.pid) continue;
+    try {
+      const cmdline = Deno.readTextFileSync(`/proc/${e.name}/cmdline`);
+      const stat = Deno.readTextFileSync(`/proc/${e.name}/stat`);
+      if (cmdline.includes(text) && !/^\d+ \(.*\) Z/.test(stat)) pids.push(Number(e.name));
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return pids;
+}
+
+/** The sandbox directory of a name in the test home. */
+export function sandboxDir(name: string): string {
+  return join(testHome, "sandboxes", name);
+}
+
+/** Waits until no process mentions the sandbox's directory; returns the leftovers. */
+export async function leftovers(name: string, ms = 15_000): Promise<number[]> {
+  const end = Date.now() + ms;
+  let left = processesMentioning(sandboxDir(name));
+  while (left.length > 0 && Date.now() < end) {
+    await new Promise((r) => setTimeout(r, 100));
+    left = processesMentioning(sandboxDir(name));
+  }
+  return left;
+}
