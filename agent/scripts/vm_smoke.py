@@ -147,7 +147,7 @@ def boot_vm(name, boot, modules, busybox, kernel, disks=(), net=False):
     accel = os.environ.get("KRUNBOX_SMOKE_ACCEL", "tcg")
     cpu = "host" if accel == "kvm" else "max"
     cmd = ["qemu-system-x86_64", "-accel", accel, "-cpu", cpu, "-m", "512", "-smp", "2", "-nographic", "-no-reboot",
-           "-kernel", kernel, "-initrd", os.path.join(d, "initrd"), "-append", "console=ttyS0 panic=-1",
+           "-kernel", kernel, "-initrd", os.path.join(d, "initrd"), "-append", "console=ttyS0 panic=-1 " + os.environ.get("KRUNBOX_SMOKE_APPEND", ""),
            "-device", "virtio-serial-pci", "-chardev", f"socket,id=agent,path={sock},server=on,wait=off",
            "-device", "virtserialport,chardev=agent,name=agent"]
     for i, (serial, img) in enumerate(disks):

@@ -81,6 +81,7 @@ impl ConnIo {
                 io::ErrorKind::Interrupted => {}
                 io::ErrorKind::WouldBlock => {
                     let rev = poll_one(&self.stream.fd, libc::POLLOUT, TICK)?;
+                    if std::env::var_os("KRUNBOX_DEBUG").is_some() { sys::log(&format!("write EAGAIN, poll {rev:#x}")); }
                     if rev & libc::POLLOUT == 0 && rev & libc::POLLHUP != 0 {
                         // Host side not connected: poll does not block then.
                         std::thread::sleep(Duration::from_millis(100));
@@ -194,7 +195,10 @@ pub fn open_port(name: &str, patience: Duration) -> io::Result<Arc<Stream>> {
     loop {
         let err = match find_port(name) {
             Some(dev) => match sys::open(&dev, libc::O_RDWR | libc::O_NOCTTY) {
-                Ok(fd) => return Stream::port(fd),
+                Ok(fd) => {
+                    sys::log(&format!("serving {dev}"));
+                    return Stream::port(fd);
+                }
                 Err(e) => e,
             },
             None => io::Error::new(io::ErrorKind::NotFound, format!("no virtio port named {name}")),
