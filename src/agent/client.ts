@@ -272,6 +272,9 @@ export class AgentClient implements AsyncDisposable {
   /** Closes the connection; pending requests reject. */
   async close(): Promise<void> {
     if (!this.#closedError) {
+      // Keep the loop alive until the read side has seen the close.
+      this.#waiters++;
+      this.#updateRef();
       try {
         this.#conn.close();
       } catch {

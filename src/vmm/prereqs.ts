@@ -75,6 +75,7 @@ export async function checkProgram(program: string, debianPackage: string, extra
 export async function qemuChecks(): Promise<Check[]> {
   return await Promise.all([
     checkProgram("qemu-system-x86_64", "qemu-system-x86"),
+    checkProgram("setpriv", "util-linux"),
     checkProgram("virtiofsd", "qemu-system-x86", VIRTIOFSD_DIRS),
     checkProgram("mkfs.ext4", "e2fsprogs"),
     checkProgram("mkfs.erofs", "erofs-utils"),

@@ -169,6 +169,15 @@ export function qemuBootConfig(
   };
 }
 
+/**
+ * qemu and virtiofsd are started through `setpriv --pdeathsig KILL`: the
+ * kernel kills them when the runner dies, however it dies (a SIGKILLed
+ * runner must not leave an unmanaged VM). Deno spawns from the main thread,
+ * so the "parent" whose death counts is the runner process itself.
+ */
+const SETPRIV = "setpriv";
+const TIE_TO_RUNNER = ["--pdeathsig", "KILL", "--"];
+
 function closeQuietly(c: { close(): void }) {
   try {
     c.close();
@@ -256,8 +265,10 @@ export const qemuBackend: Backend = {
       for (const share of shares) {
         const sock = join(spec.dir, `fs-${share.tag.replaceAll("/", "_")}.sock`);
         await Deno.remove(sock).catch(() => {});
-        const child = new Deno.Command(virtiofsd, {
+        const child = new Deno.Command(SETPRIV, {
           args: [
+            ...TIE_TO_RUNNER,
+            virtiofsd,
             `--socket-path=${sock}`,
             "-o",
             `source=${share.hostPath}`,
@@ -287,7 +298,12 @@ export const qemuBackend: Backend = {
         fsSockets,
       });
       await Deno.writeTextFile(join(spec.dir, "runner.log"), `qemu ${args.join(" ")}\n`, { append: true });
-      const vmm = new Deno.Command(qemu, { args, stdin: "null", stdout: "piped", stderr: "piped" }).spawn();
+      const vmm = new Deno.Command(SETPRIV, {
+        args: [...TIE_TO_RUNNER, qemu, ...args],
+        stdin: "null",
+        stdout: "piped",
+        stderr: "piped",
+      }).spawn();
       children.push(vmm);
       vmm.stdout.pipeTo(log.writable, { preventClose: true }).catch(() => {});
       vmm.stderr.pipeTo(log.writable, { preventClose: true }).catch(() => {});

@@ -1,0 +1,132 @@
+/**
+ * The lifecycle across processes and time: detached sandboxes, reconnects,
+ * stop/start with the root intact, crash detection, drain, host-enforced
+ * timeouts, and racing creators.
+ */
+
+import { leftovers, processesMentioning, sandboxDir, skipVmReason, testHome } from "../util/e2e.ts";
+import { assert, assertEquals, assertRejects } from "../util/assert.ts";
+import { busyboxRoot } from "../../scripts/roots.ts";
+import { NotFoundError, NotRunningError, Sandbox, StillRunningError } from "../../mod.ts";
+
+const ignore = skipVmReason !== undefined;
+const root = ignore ? "" : await busyboxRoot();
+
+/** A private, writable copy of the busybox root. */
+async function privateRoot(): Promise<string> {
+  const dir = await Deno.makeTempDir({ prefix: "krunbox-root-" });
+  await new Deno.Command("cp", { args: ["-a", `${root}/.`, dir] }).output();
+  return dir;
+}
+
+async function runCreator(name: string, rootDir: string, mode: string): Promise<string> {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", new URL("./fixtures/creator.ts", import.meta.url).pathname, name, rootDir, mode],
+    env: { KRUNBOX_HOME: testHome, KRUNBOX_BACKEND: "qemu" },
+    stdout: "piped",
+    stderr: "inherit",
+  }).output();
+  return new TextDecoder().decode(out.stdout).trim();
+}
+
+Deno.test(
+  { name: "a detached sandbox outlives its creator and is reconnected from another process", ignore },
+  async () => {
+    assertEquals(await runCreator("det", root, "detached"), "created");
+    const handle = await Sandbox.get("det");
+    assertEquals(handle.status, "running");
+    assertEquals(handle.config().memoryMib, 256);
+    const sb = await handle.connect();
+    assertEquals(sb.ownsLifecycle(), false);
+    assertEquals((await sb.exec("echo", ["still here"])).stdout, "still here\n");
+    const m = await handle.metrics();
+    assert(m.memoryBytes > 0);
+    await sb[Symbol.asyncDispose](); // a non-owner's dispose only disconnects
+    assertEquals((await Sandbox.get("det")).status, "running");
+    await assertRejects(() => Sandbox.remove("det"), StillRunningError);
+    await assertRejects(() => Sandbox.start("det"), StillRunningError);
+    await handle.stop();
+    assertEquals((await Sandbox.get("det")).status, "stopped");
+    assertEquals(await leftovers("det"), []);
+    await Sandbox.remove("det");
+    await assertRejects(() => Sandbox.get("det"), NotFoundError);
+  },
+);
+
+Deno.test({ name: "detach() hands an attached sandbox over: it survives its creator", ignore }, async () => {
+  assertEquals(await runCreator("handed", root, "detach-later"), "created");
+  assertEquals((await Sandbox.get("handed")).status, "running");
+  await (await Sandbox.get("handed")).kill();
+  assertEquals(await leftovers("handed"), []);
+  await Sandbox.remove("handed");
+});
+
+Deno.test({ name: "files written to the root survive stop and start", ignore }, async () => {
+  const dir = await privateRoot();
+  const sb = await Sandbox.builder("persist").image(dir).memory(256).create();
+  await sb.fs().write("/root/note.txt", "kept");
+  await sb.stopAndWait();
+  const again = await Sandbox.start("persist");
+  assertEquals(await again.fs().readText("/root/note.txt"), "kept");
+  await again.stopAndWait();
+  await Sandbox.remove("persist");
+  await Deno.remove(dir, { recursive: true });
+});
+
+Deno.test({ name: "kill -9 of the runner is reported as crashed and leaves no VM", ignore }, async () => {
+  const sb = await Sandbox.builder("crashy").image(root).memory(256).createDetached();
+  const runner = processesMentioning(sandboxDir("crashy")).find((pid) =>
+    Deno.readTextFileSync(`/proc/${pid}/cmdline`).includes("runner.ts")
+  );
+  assert(runner, "the runner is found");
+  Deno.kill(runner, "SIGKILL");
+  assertEquals(await leftovers("crashy"), []);
+  assertEquals((await Sandbox.get("crashy")).status, "crashed");
+  await assertRejects(() => sb.exec("true"), NotRunningError);
+  await Sandbox.remove("crashy");
+});
+
+Deno.test({ name: "drain lets a running exec finish and refuses new ones", ignore }, async () => {
+  const sb = await Sandbox.builder("drainer").image(root).memory(256).create();
+  const long = sb.shell("sleep 3; echo finished");
+  await new Promise((r) => setTimeout(r, 300));
+  await sb.drain();
+  assertEquals((await Sandbox.get("drainer")).status, "draining");
+  await assertRejects(() => sb.exec("true"), NotRunningError);
+  assertEquals((await long).stdout, "finished\n");
+  const status = await sb.wait();
+  assertEquals([status.status, status.reason], ["stopped", "drained"]);
+  await Sandbox.remove("drainer");
+});
+
+Deno.test({ name: "idle timeout and max duration stop the VM within a second of the deadline", ignore }, async () => {
+  const idle = await Sandbox.builder("idle").image(root).memory(256).idleTimeout(2).create();
+  await idle.exec("true");
+  const lastCall = performance.now();
+  const idleStatus = await idle.wait();
+  const idleLate = performance.now() - lastCall - 2000;
+  assertEquals(idleStatus.reason, "idle timeout");
+  assert(idleLate < 1000, `idle stop came ${idleLate.toFixed(0)} ms after the deadline`);
+
+  const t0 = performance.now();
+  const capped = await Sandbox.builder("capped").image(root).memory(256).maxDuration(4).create();
+  const bootMs = performance.now() - t0;
+  // A running exec does not hold off max duration.
+  capped.shell("sleep 60").catch(() => {});
+  const cappedStatus = await capped.wait();
+  const cappedLate = performance.now() - t0 - 4000;
+  assertEquals(cappedStatus.reason, "max duration reached");
+  assert(cappedLate < 1000 + bootMs, `max-duration stop came ${cappedLate.toFixed(0)} ms late`);
+  await Sandbox.remove("idle");
+  await Sandbox.remove("capped");
+});
+
+Deno.test({ name: "10 processes racing to create one name produce exactly one sandbox", ignore }, async () => {
+  const results = await Promise.all(Array.from({ length: 10 }, () => runCreator("contested", root, "race")));
+  assertEquals(results.filter((r) => r === "created").length, 1, results.join(","));
+  assertEquals(results.filter((r) => r === "ALREADY_EXISTS").length, 9, results.join(","));
+  assertEquals((await Sandbox.list()).filter((h) => h.name === "contested").length, 1);
+  await (await Sandbox.get("contested")).kill();
+  assertEquals(await leftovers("contested"), []);
+  await Sandbox.remove("contested");
+});

@@ -1,0 +1,45 @@
+import { assertEquals, assertThrows } from "../util/assert.ts";
+import { parseConfig } from "../../src/sandbox/config.ts";
+import { SandboxBuilder } from "../../src/sandbox/builder.ts";
+import { InvalidConfigError } from "../../src/errors.ts";
+
+Deno.test("config: defaults and an exact JSON round trip", () => {
+  const cfg = new SandboxBuilder("job-1").image("/srv/root").cpus(2).memory(1024).env("A", "1")
+    .script("s", "echo").port(8080, 80).volume("/data", (v) => v.bind("/tmp", { readonly: true })).build();
+  assertEquals([cfg.cpus, cfg.memoryMib, cfg.shell, cfg.backend], [2, 1024, "/bin/sh", "auto"]);
+  assertEquals(cfg.image, { kind: "dir", path: "/srv/root" });
+  assertEquals(parseConfig(JSON.parse(JSON.stringify(cfg))), cfg);
+});
+
+Deno.test("config: image strings pick OCI, directory or disk", () => {
+  const b = new SandboxBuilder("x");
+  assertEquals(b.image("python:3.12").build().image, { kind: "oci", reference: "python:3.12" });
+  assertEquals(b.image("/img/root.qcow2").build().image, {
+    kind: "disk",
+    path: "/img/root.qcow2",
+    format: "qcow2",
+    fstype: "ext4",
+  });
+});
+
+Deno.test("builder: immutable — a derived builder leaves its base unchanged", () => {
+  const base = new SandboxBuilder("x").image("/r");
+  const big = base.cpus(4);
+  assertEquals(base.build().cpus, 1);
+  assertEquals(big.build().cpus, 4);
+});
+
+Deno.test("config: bad input is an InvalidConfigError naming the field", () => {
+  const cases: [() => unknown, string][] = [
+    [() => new SandboxBuilder("bad name!"), "name"],
+    [() => new SandboxBuilder("x").image("/r").cpus(0).build(), "cpus"],
+    [() => new SandboxBuilder("x").image("/r").memory(1.5).build(), "memoryMib"],
+    [() => new SandboxBuilder("x").build(), "image"],
+    [() => new SandboxBuilder("x").image("/r").workdir("rel").build(), "workdir"],
+    [() => new SandboxBuilder("x").image("/r").port(0, 80).build(), "ports.host"],
+    [() => new SandboxBuilder("x").image("/r").script("../evil", "").build(), "scripts"],
+    [() => new SandboxBuilder("x").image("/r").env("A", "a\0b").build(), "env"],
+    [() => new SandboxBuilder("x").image("/r").idleTimeout(-1).build(), "idleTimeoutSecs"],
+  ];
+  for (const [fn, field] of cases) assertEquals(assertThrows(fn, InvalidConfigError).field, field);
+});
