@@ -212,6 +212,8 @@ def main():
         # Disconnect: the agent kills that connection's processes, then serves again.
         pid = c.call("exec.start", {"cmd": "sleep", "args": ["1000"]})[0]["pid"]
         c.s.close()
+        # The guest only sees a disconnect that lasts (see PROTOCOL.md, Transport).
+        time.sleep(1)
         c = Client(sock)
         time.sleep(0.3)
         out, _ = c.run("sh", "-c", f"test -e /proc/{pid} && echo alive || echo gone")
@@ -237,7 +239,7 @@ def main():
     open(os.path.join(tree, "etc/group"), "w").write("root:x:0:\n")
     open(os.path.join(tree, "etc/lower-marker"), "w").write("from lower\n")
     lower, upper = os.path.join(d, "lower.img"), os.path.join(d, "upper.img")
-    sh("mkfs.erofs", "-q", lower, tree)
+    sh("mkfs.erofs", "--quiet", lower, tree)
     sh("truncate", "-s", "64M", upper)
     sh("mkfs.ext4", "-q", "-F", upper)
     boot = {"modules": mods, "root": {"kind": "overlay", "lower": {"serial": "lower", "fstype": "erofs"},
@@ -253,7 +255,8 @@ def main():
         c.call("shutdown", {"graceMs": 500})
         assert vm.wait(timeout=30) == 0
         # The write went to the upper disk (synced before power off).
-        sh("debugfs", "-R", "cat /data/etc/upper-marker", upper, capture_output=True)
+        got = sh("debugfs", "-R", "cat /data/etc/upper-marker", upper, capture_output=True, text=True).stdout
+        assert got == "new\n", got
         print("overlay boot: ok")
     finally:
         if vm.poll() is None:

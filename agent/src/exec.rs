@@ -61,10 +61,7 @@ impl Exec {
     /// Waits (up to one tick) until the unacked bytes are within the window.
     fn window_open(&self) -> bool {
         let g = lock(&self.unacked);
-        let (g, _) = self
-            .flow
-            .wait_timeout_while(g, TICK, |u| *u > agent::WINDOW)
-            .unwrap_or_else(|e| e.into_inner());
+        let (g, _) = self.flow.wait_timeout_while(g, TICK, |u| *u > agent::WINDOW).unwrap_or_else(|e| e.into_inner());
         *g <= agent::WINDOW
     }
 
@@ -90,11 +87,15 @@ pub fn start(conn: &Arc<Conn>, id: u64, params: Value) {
     if lock(&conn.execs).contains_key(&id) {
         return conn.reply(id, Err(RpcError::invalid_params("an exec with this id is running")));
     }
+    // A timeout too large to represent means no deadline.
+    let deadline = p
+        .timeout_ms
+        .and_then(|t| Duration::try_from_secs_f64(t / 1000.0).ok())
+        .and_then(|d| Instant::now().checked_add(d));
     let s = match spawn::spawn(&p) {
         Ok(s) => s,
         Err(e) => return conn.reply(id, Err(e.to_rpc())),
     };
-    let deadline = p.timeout_ms.filter(|t| *t >= 0.0).map(|t| Instant::now() + Duration::from_secs_f64(t / 1000.0));
     let exec = Arc::new(Exec {
         pid: s.pid,
         unacked: Mutex::new(0),
@@ -125,7 +126,14 @@ pub fn start(conn: &Arc<Conn>, id: u64, params: Value) {
 }
 
 /// The exec thread: output until EOF (or drained), then the exit status.
-fn pump(conn: Arc<Conn>, id: u64, exec: Arc<Exec>, mut outputs: Vec<(OwnedFd, u8)>, exit: Arc<ExitSlot>, deadline: Option<Instant>) {
+fn pump(
+    conn: Arc<Conn>,
+    id: u64,
+    exec: Arc<Exec>,
+    mut outputs: Vec<(OwnedFd, u8)>,
+    exit: Arc<ExitSlot>,
+    deadline: Option<Instant>,
+) {
     let mut buf = vec![0u8; CHUNK];
     let mut exited_at: Option<Instant> = None;
     let mut last_data = Instant::now();

@@ -62,10 +62,9 @@ impl FrameError {
 impl fmt::Display for FrameError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            FrameError::TooLarge { header_len, attachment_len } => write!(
-                f,
-                "frame too large (header {header_len} bytes, attachment {attachment_len} bytes)"
-            ),
+            FrameError::TooLarge { header_len, attachment_len } => {
+                write!(f, "frame too large (header {header_len} bytes, attachment {attachment_len} bytes)")
+            }
             FrameError::Parse(m) => write!(f, "parse error: {m}"),
             FrameError::Invalid { reason, .. } => write!(f, "invalid request: {reason}"),
             FrameError::Truncated => write!(f, "truncated frame"),
@@ -77,18 +76,22 @@ impl fmt::Display for FrameError {
 /// Encodes one frame. Fails with `TooLarge` when the header or the attachment
 /// is above the limits (the peer would refuse it).
 pub fn encode(header: &Value, attachment: &[u8]) -> Result<Vec<u8>, FrameError> {
-    let json = serde_json::to_vec(header).map_err(|e| FrameError::Parse(e.to_string()))?;
-    if json.len() > MAX_HEADER || attachment.len() > MAX_ATTACHMENT {
-        return Err(FrameError::TooLarge {
-            header_len: json.len() as u64,
-            attachment_len: attachment.len() as u64,
-        });
-    }
-    let mut out = Vec::with_capacity(PREFIX_LEN + json.len() + attachment.len());
-    out.extend_from_slice(&(json.len() as u32).to_be_bytes());
-    out.extend_from_slice(&(attachment.len() as u32).to_be_bytes());
-    out.extend_from_slice(&json);
+    let mut out = encode_head(header, attachment.len())?;
     out.extend_from_slice(attachment);
+    Ok(out)
+}
+
+/// Encodes the prefix and header of a frame whose attachment (of
+/// `attachment_len` bytes) the caller writes right after, without copying it.
+pub fn encode_head(header: &Value, attachment_len: usize) -> Result<Vec<u8>, FrameError> {
+    let mut out = vec![0u8; PREFIX_LEN];
+    serde_json::to_writer(&mut out, header).map_err(|e| FrameError::Parse(e.to_string()))?;
+    let h = out.len() - PREFIX_LEN;
+    if h > MAX_HEADER || attachment_len > MAX_ATTACHMENT {
+        return Err(FrameError::TooLarge { header_len: h as u64, attachment_len: attachment_len as u64 });
+    }
+    out[..4].copy_from_slice(&(h as u32).to_be_bytes());
+    out[4..8].copy_from_slice(&(attachment_len as u32).to_be_bytes());
     Ok(out)
 }
 
@@ -111,9 +114,7 @@ pub fn parse_header(bytes: &[u8]) -> Result<Value, FrameError> {
     let v: Value = serde_json::from_slice(bytes).map_err(|e| FrameError::Parse(e.to_string()))?;
     let obj = match v.as_object() {
         Some(o) => o,
-        None => {
-            return Err(FrameError::Invalid { id: Value::Null, reason: "header is not an object".into() })
-        }
+        None => return Err(FrameError::Invalid { id: Value::Null, reason: "header is not an object".into() }),
     };
     let id = obj.get("id").cloned().unwrap_or(Value::Null);
     let invalid = |reason: &str| FrameError::Invalid { id: id.clone(), reason: reason.into() };
@@ -124,8 +125,7 @@ pub fn parse_header(bytes: &[u8]) -> Result<Value, FrameError> {
         Some(Value::String(_)) => {}
         Some(_) => return Err(invalid("method must be a string")),
         None => {
-            let is_response =
-                obj.contains_key("id") && (obj.contains_key("result") || obj.contains_key("error"));
+            let is_response = obj.contains_key("id") && (obj.contains_key("result") || obj.contains_key("error"));
             if !is_response {
                 return Err(invalid("neither a request nor a response"));
             }

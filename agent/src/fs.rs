@@ -321,10 +321,8 @@ fn entry(path: &Path, md: &fs::Metadata) -> Value {
 
 fn list(p: PathParams) -> Out {
     let path = path_param(&p.path)?;
-    let mut names: Vec<_> = fs::read_dir(&path)
-        .map_err(at(&path))?
-        .filter_map(|e| e.ok().map(|e| e.file_name()))
-        .collect();
+    let mut names: Vec<_> =
+        fs::read_dir(&path).map_err(at(&path))?.filter_map(|e| e.ok().map(|e| e.file_name())).collect();
     names.sort();
     let entries: Vec<Value> = names
         .iter()
@@ -348,7 +346,8 @@ fn copy(from: &Path, to: &Path) -> Result<(), FsError> {
         std::os::unix::fs::symlink(target, to).map_err(at(to))
     } else if ft.is_dir() {
         fs::DirBuilder::new().mode(0o700).create(to).map_err(at(to))?;
-        let mut names: Vec<_> = fs::read_dir(from).map_err(at(from))?.filter_map(|e| e.ok().map(|e| e.file_name())).collect();
+        let mut names: Vec<_> =
+            fs::read_dir(from).map_err(at(from))?.filter_map(|e| e.ok().map(|e| e.file_name())).collect();
         names.sort();
         for n in names {
             copy(&from.join(&n), &to.join(&n))?;

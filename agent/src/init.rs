@@ -106,8 +106,8 @@ fn ensure_std_fds() {
         if unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0 {
             continue;
         }
-        let f = sys::open("/dev/console", libc::O_RDWR | libc::O_NOCTTY)
-            .or_else(|_| sys::open("/dev/null", libc::O_RDWR));
+        let f =
+            sys::open("/dev/console", libc::O_RDWR | libc::O_NOCTTY).or_else(|_| sys::open("/dev/null", libc::O_RDWR));
         if let Ok(f) = f {
             let raw = f.into_raw_fd();
             if raw != fd {
@@ -193,13 +193,7 @@ fn assemble_root(root: &Root) -> io::Result<bool> {
             mount_at(&find_disk(&upper.serial)?, "/upper", &upper.fstype, 0, "")?;
             std::fs::create_dir_all("/upper/data")?;
             std::fs::create_dir_all("/upper/work")?;
-            mount_at(
-                "overlay",
-                "/newroot",
-                "overlay",
-                0,
-                "lowerdir=/lower,upperdir=/upper/data,workdir=/upper/work",
-            )?;
+            mount_at("overlay", "/newroot", "overlay", 0, "lowerdir=/lower,upperdir=/upper/data,workdir=/upper/work")?;
         }
     }
     Ok(true)
@@ -293,10 +287,8 @@ fn network(cfg: &BootConfig) {
 }
 
 fn set_nofile(n: u64) -> io::Result<()> {
-    let nr_open: u64 = std::fs::read_to_string("/proc/sys/fs/nr_open")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(0);
+    let nr_open: u64 =
+        std::fs::read_to_string("/proc/sys/fs/nr_open").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
     if n > nr_open {
         std::fs::write("/proc/sys/fs/nr_open", n.to_string())?;
     }

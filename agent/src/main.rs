@@ -20,6 +20,10 @@ const USAGE: &str = "usage: krunbox-agent serve --listen PATH | init [--config F
 
 fn main() {
     let started = Instant::now();
+    sys::tune_malloc();
+    // fs.open/fs.mkdir apply the requested modes exactly; execs get 022 back
+    // in their pre_exec (spawn.rs).
+    unsafe { libc::umask(0) };
     if std::process::id() == 1 {
         pid1(started);
     }

@@ -86,7 +86,9 @@ fn network(netdev: &str) -> (u64, u64) {
 
 fn processes() -> u64 {
     fs::read_dir("/proc")
-        .map(|d| d.flatten().filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit())).count() as u64)
+        .map(|d| {
+            d.flatten().filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit())).count() as u64
+        })
         .unwrap_or(0)
 }
 
@@ -121,7 +123,8 @@ mod tests {
 
     #[test]
     fn parses_proc_text() {
-        let stat = "cpu  100 10 50 1000 20 5 5 2 0 0\ncpu0 50 5 25 500 10 2 3 1 0 0\ncpu1 50 5 25 500 10 3 2 1 0 0\nintr 1\n";
+        let stat =
+            "cpu  100 10 50 1000 20 5 5 2 0 0\ncpu0 50 5 25 500 10 2 3 1 0 0\ncpu1 50 5 25 500 10 3 2 1 0 0\nintr 1\n";
         assert_eq!(cpu(stat, 100.0), (1720.0, 10200.0, 2));
         let mem = "MemTotal:       1000 kB\nMemFree:         100 kB\nMemAvailable:    400 kB\n";
         assert_eq!(memory(mem), (1024000, 409600));

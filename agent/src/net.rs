@@ -53,7 +53,8 @@ pub fn parse_cidr(s: &str) -> Option<(Ipv4Addr, Ipv4Addr)> {
 
 /// Configures `iface` with `cidr`, brings it up and adds the default route.
 pub fn configure(iface: &str, cidr: &str, gateway: Option<&str>) -> io::Result<()> {
-    let (ip, mask) = parse_cidr(cidr).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("bad address {cidr}")))?;
+    let (ip, mask) =
+        parse_cidr(cidr).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("bad address {cidr}")))?;
     let s = socket()?;
     let mut r = ifreq(iface)?;
     r.ifr_ifru.ifru_addr = sockaddr(ip);
@@ -63,7 +64,8 @@ pub fn configure(iface: &str, cidr: &str, gateway: Option<&str>) -> io::Result<(
     check(unsafe { libc::ioctl(s.as_raw_fd(), libc::SIOCSIFNETMASK, &r) })?;
     link_up(iface)?;
     if let Some(gw) = gateway {
-        let gw: Ipv4Addr = gw.parse().map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, format!("bad gateway {gw}")))?;
+        let gw: Ipv4Addr =
+            gw.parse().map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, format!("bad gateway {gw}")))?;
         let mut rt: libc::rtentry = unsafe { std::mem::zeroed() };
         rt.rt_dst = sockaddr(Ipv4Addr::UNSPECIFIED);
         rt.rt_genmask = sockaddr(Ipv4Addr::UNSPECIFIED);
@@ -81,7 +83,10 @@ pub fn configure(iface: &str, cidr: &str, gateway: Option<&str>) -> io::Result<(
 mod tests {
     #[test]
     fn cidr() {
-        assert_eq!(super::parse_cidr("10.0.2.15/24"), Some(("10.0.2.15".parse().unwrap(), "255.255.255.0".parse().unwrap())));
+        assert_eq!(
+            super::parse_cidr("10.0.2.15/24"),
+            Some(("10.0.2.15".parse().unwrap(), "255.255.255.0".parse().unwrap()))
+        );
         assert_eq!(super::parse_cidr("10.0.0.1/0").unwrap().1, std::net::Ipv4Addr::UNSPECIFIED);
         assert_eq!(super::parse_cidr("10.0.0.1/33"), None);
     }

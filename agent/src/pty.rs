@@ -9,9 +9,8 @@ pub fn open(rows: u16, cols: u16) -> io::Result<(OwnedFd, OwnedFd)> {
     let master = sys::open("/dev/ptmx", libc::O_RDWR | libc::O_NOCTTY)?;
     let unlock: libc::c_int = 0;
     check(unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &unlock) })?;
-    let peer = unsafe {
-        libc::ioctl(master.as_raw_fd(), libc::TIOCGPTPEER, libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC)
-    };
+    let peer =
+        unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCGPTPEER, libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC) };
     let slave = if peer >= 0 {
         unsafe { OwnedFd::from_raw_fd(peer) }
     } else {

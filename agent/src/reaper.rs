@@ -104,9 +104,7 @@ fn run() {
                 libc::ECHILD => {
                     // No child at all: sleep until the next spawn.
                     let g = lock(&r.registry);
-                    let _ = r
-                        .spawned
-                        .wait_timeout_while(g, Duration::from_secs(5), |reg| reg.generation == generation);
+                    let _ = r.spawned.wait_timeout_while(g, Duration::from_secs(5), |reg| reg.generation == generation);
                     continue;
                 }
                 _ => {

@@ -50,23 +50,30 @@ impl Conn {
     /// Writes one frame; false when the connection is gone. A header too
     /// large for the peer is replaced by an internal error for the same id.
     pub fn send(&self, header: &Value, attachment: &[u8]) -> bool {
-        let bytes = match frame::encode(header, attachment) {
-            Ok(b) => b,
+        let (head, attachment) = match frame::encode_head(header, attachment.len()) {
+            Ok(h) => (h, attachment),
             Err(e) => {
                 let id = header.get("id").and_then(rpc::valid_id);
                 let err = RpcError::internal(format!("response not sent: {e}"));
-                match frame::encode(&rpc::response(id, &Err(err)), &[]) {
-                    Ok(b) => b,
+                match frame::encode_head(&rpc::response(id, &Err(err)), 0) {
+                    Ok(h) => (h, &[][..]),
                     Err(_) => return false,
                 }
             }
         };
         let _g = lock(&self.write_lock);
-        if self.io.write_all(&bytes).is_err() {
+        // Small attachments go in the same write as the header.
+        let ok = if attachment.len() <= 4096 {
+            let mut b = head;
+            b.extend_from_slice(attachment);
+            self.io.write_all(&b).is_ok()
+        } else {
+            self.io.write_all(&head).is_ok() && self.io.write_all(attachment).is_ok()
+        };
+        if !ok {
             self.io.close();
-            return false;
         }
-        true
+        ok
     }
 
     pub fn reply(&self, id: u64, result: RpcResult) {
@@ -154,15 +161,15 @@ fn handle(conn: &Arc<Conn>, frame: Frame) {
         None => None,
         Some(v) => match rpc::valid_id(v) {
             Some(n) => Some(n),
-            None => {
-                return conn.frame_error(None, RpcError::new(rpc::INVALID_REQUEST, "invalid request: bad id"))
-            }
+            None => return conn.frame_error(None, RpcError::new(rpc::INVALID_REQUEST, "invalid request: bad id")),
         },
     };
     let method = match obj.remove("method") {
         Some(Value::String(m)) => m,
         // A response: the agent never sends requests.
-        _ => return conn.frame_error(None, RpcError::new(rpc::INVALID_REQUEST, "invalid request: unexpected response")),
+        _ => {
+            return conn.frame_error(None, RpcError::new(rpc::INVALID_REQUEST, "invalid request: unexpected response"))
+        }
     };
     let params = match obj.remove("params") {
         None | Some(Value::Null) => json!({}),

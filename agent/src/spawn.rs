@@ -236,9 +236,10 @@ pub fn spawn(p: &StartParams) -> Result<Spawned, SpawnError> {
     check_strings(p)?;
     let user = match &p.user {
         None => None,
-        Some(spec) => Some(users::lookup(spec, Path::new("/")).ok_or_else(|| {
-            SpawnError::new("unknown_user", libc::ENOENT, format!("unknown user {spec:?}"))
-        })?),
+        Some(spec) => Some(
+            users::lookup(spec, Path::new("/"))
+                .ok_or_else(|| SpawnError::new("unknown_user", libc::ENOENT, format!("unknown user {spec:?}")))?,
+        ),
     };
     let env = build_env(p, user.as_ref());
     let cwd = check_cwd(p)?;
@@ -271,6 +272,7 @@ pub fn spawn(p: &StartParams) -> Result<Spawned, SpawnError> {
     // Runs in the forked child: async-signal-safe calls only, no allocation.
     unsafe {
         cmd.pre_exec(move || {
+            libc::umask(0o022);
             if libc::setsid() < 0 {
                 return Err(staged(STAGE_SETSID));
             }

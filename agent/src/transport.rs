@@ -81,7 +81,6 @@ impl ConnIo {
                 io::ErrorKind::Interrupted => {}
                 io::ErrorKind::WouldBlock => {
                     let rev = poll_one(&self.stream.fd, libc::POLLOUT, TICK)?;
-                    if std::env::var_os("KRUNBOX_DEBUG").is_some() { sys::log(&format!("write EAGAIN, poll {rev:#x}")); }
                     if rev & libc::POLLOUT == 0 && rev & libc::POLLHUP != 0 {
                         // Host side not connected: poll does not block then.
                         std::thread::sleep(Duration::from_millis(100));
@@ -163,7 +162,8 @@ pub fn serve_vsock(port: u32) -> io::Result<()> {
     check(unsafe { libc::listen(fd.as_raw_fd(), 16) })?;
     crate::agent::get().mark_ready();
     loop {
-        let c = unsafe { libc::accept4(fd.as_raw_fd(), std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC) };
+        let c =
+            unsafe { libc::accept4(fd.as_raw_fd(), std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC) };
         if c < 0 {
             let e = io::Error::last_os_error();
             if e.kind() != io::ErrorKind::Interrupted {

@@ -113,8 +113,11 @@ mod tests {
             "root:x:0:0:root:/root:/bin/sh\n# comment\nbroken line\nalice:x:1000:1000:Alice:/home/alice:/bin/bash\n",
         )
         .unwrap();
-        std::fs::write(dir.join("etc/group"), "root:x:0:\nalice:x:1000:\nwheel:x:10:root,alice\ndocker:x:999:bob, alice\n")
-            .unwrap();
+        std::fs::write(
+            dir.join("etc/group"),
+            "root:x:0:\nalice:x:1000:\nwheel:x:10:root,alice\ndocker:x:999:bob, alice\n",
+        )
+        .unwrap();
         dir
     }
 

@@ -53,10 +53,7 @@ fn drain(bytes: Vec<u8>) -> (usize, usize) {
 }
 
 fn check_kind(e: &FrameError) {
-    assert!(
-        matches!(e.kind(), "frame_too_large" | "parse_error" | "invalid_request" | "truncated"),
-        "unexpected {e}"
-    );
+    assert!(matches!(e.kind(), "frame_too_large" | "parse_error" | "invalid_request" | "truncated"), "unexpected {e}");
 }
 
 #[test]
@@ -87,7 +84,8 @@ fn json_like_headers() {
         let n = 1 + rng.below(60);
         let mut h: Vec<u8> = (0..n).map(|_| alphabet[rng.below(alphabet.len())]).collect();
         if rng.below(3) == 0 {
-            h = format!(r#"{{"jsonrpc":"2.0","id":{},"method":{}}}"#, rng.below(5), String::from_utf8_lossy(&h)).into_bytes();
+            h = format!(r#"{{"jsonrpc":"2.0","id":{},"method":{}}}"#, rng.below(5), String::from_utf8_lossy(&h))
+                .into_bytes();
         }
         let f = [&(h.len() as u32).to_be_bytes()[..], &0u32.to_be_bytes(), &h].concat();
         match frame::decode(&f) {

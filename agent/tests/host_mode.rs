@@ -26,7 +26,8 @@ fn ready_and_ping() {
 fn echo_exec() {
     let agent = Agent::start();
     let mut c = agent.connect();
-    let (r, pid) = c.start(json!({"cmd": "sh", "args": ["-c", "echo hello; echo oops >&2; exit 3"], "env": {"A": "1"}}));
+    let (r, pid) =
+        c.start(json!({"cmd": "sh", "args": ["-c", "echo hello; echo oops >&2; exit 3"], "env": {"A": "1"}}));
     assert!(pid > 1);
     let (out, err, exit) = c.exec_output(r);
     assert_eq!(out, b"hello\n");
@@ -110,10 +111,15 @@ fn flow_control_pauses_output() {
     // 4 MiB of output; never acknowledge: the agent must stop near the window.
     let (r, _) = c.start(json!({"cmd": "head", "args": ["-c", "4194304", "/dev/zero"]}));
     let mut got = 0usize;
-    c.stream.set_read_timeout(Some(Duration::from_millis(700))).unwrap();
-    while let Ok(Some(f)) = krunbox_agent::frame::FrameReader::new(&c.stream).read_frame() {
+    // Up to the window the output must come; past it, it must stop.
+    while got < 1 << 20 {
+        let f = c.next();
         assert_eq!(f.header["method"], "exec.out");
         assert!(f.attachment.len() <= 64 * 1024);
+        got += f.attachment.len();
+    }
+    c.stream.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    while let Ok(Some(f)) = krunbox_agent::frame::FrameReader::new(&c.stream).read_frame() {
         got += f.attachment.len();
     }
     assert!(((1 << 20)..=(1 << 20) + 3 * 64 * 1024).contains(&got), "sent {got} bytes without acks");
@@ -128,7 +134,9 @@ fn flow_control_pauses_output() {
 fn tty_exec() {
     let agent = Agent::start();
     let mut c = agent.connect();
-    let (r, _) = c.start(json!({"cmd": "sh", "args": ["-c", "test -t 1 && stty size && echo $TERM"], "tty": {"rows": 24, "cols": 100}}));
+    let (r, _) = c.start(
+        json!({"cmd": "sh", "args": ["-c", "test -t 1 && stty size && echo $TERM"], "tty": {"rows": 24, "cols": 100}}),
+    );
     let (out, err, exit) = c.exec_output(r);
     assert_eq!(String::from_utf8_lossy(&out).replace('\r', ""), "24 100\nxterm-256color\n");
     assert!(err.is_empty());
@@ -151,8 +159,18 @@ fn fs_roundtrip() {
     let f = c.response(id);
     assert_eq!(f.header["result"]["eof"], true);
     assert_eq!(f.attachment, data);
+    // Modes are exact (no umask) for fs calls; execs still get umask 022.
+    let h =
+        c.call("fs.open", json!({"path": agent.dir.path("open.txt"), "mode": "w", "perm": 0o666}))["handle"].clone();
+    c.call("fs.close", json!({"handle": h}));
+    assert_eq!(c.call("fs.stat", json!({"path": agent.dir.path("open.txt")}))["mode"], 0o666);
+    let (r, _) = c.start(json!({"cmd": "sh", "args": ["-c", "umask"]}));
+    assert_eq!(c.exec_output(r).0, b"0022\n");
     let st = c.call("fs.stat", json!({"path": path}));
-    assert_eq!((st["kind"].clone(), st["mode"].clone(), st["name"].clone()), (json!("file"), json!(0o600), json!("data.bin")));
+    assert_eq!(
+        (st["kind"].clone(), st["mode"].clone(), st["name"].clone()),
+        (json!("file"), json!(0o600), json!("data.bin"))
+    );
     assert_eq!(c.call_err("fs.read", json!({"handle": 999, "length": 1}))["code"], -32011);
 }
 
@@ -218,8 +236,20 @@ fn metrics_has_every_field() {
     let agent = Agent::start();
     let mut c = agent.connect();
     let m = c.call("metrics", json!({}));
-    for k in ["uptimeMs", "cpus", "cpuBusyMs", "cpuIdleMs", "memTotalBytes", "memUsedBytes", "memAvailableBytes",
-        "diskReadBytes", "diskWriteBytes", "netRxBytes", "netTxBytes", "processes"] {
+    for k in [
+        "uptimeMs",
+        "cpus",
+        "cpuBusyMs",
+        "cpuIdleMs",
+        "memTotalBytes",
+        "memUsedBytes",
+        "memAvailableBytes",
+        "diskReadBytes",
+        "diskWriteBytes",
+        "netRxBytes",
+        "netTxBytes",
+        "processes",
+    ] {
         assert!(m[k].is_number(), "{k} in {m}");
     }
     assert!(m["cpus"].as_u64().unwrap() >= 1 && m["memTotalBytes"].as_u64().unwrap() > 0);
@@ -249,4 +279,59 @@ fn shutdown_exits_zero() {
     assert!(status.success());
     assert!(wait_gone(pid, Duration::from_secs(2)));
     assert!(!std::path::Path::new(&agent.sock).exists());
+}
+
+#[test]
+fn signals_and_stdin_errors() {
+    let agent = Agent::start();
+    let mut c = agent.connect();
+    let (r, _) = c.start(json!({"cmd": "sleep", "args": ["30"]}));
+    assert_eq!(c.call("exec.signal", json!({"ref": r, "signal": 15})), json!({}));
+    assert_eq!(c.exec_output(r).2["signal"], 15);
+    // A process that closed its stdin: the write fails with EPIPE.
+    let (r, _) = c.start(json!({"cmd": "sh", "args": ["-c", "exec 0<&-; sleep 2"], "stdin": "pipe"}));
+    std::thread::sleep(Duration::from_millis(200));
+    let id = c.request("exec.stdin", json!({"ref": r}), b"lost\n");
+    let e = c.response(id).header["error"].clone();
+    assert_eq!((e["code"].clone(), e["data"]["errno"].clone()), (json!(-32011), json!("EPIPE")));
+    c.call("exec.signal", json!({"ref": r, "signal": 9}));
+    c.exec_output(r);
+    assert_eq!(c.call_err("exec.stdin", json!({"ref": r}))["code"], -32011);
+    let (r, _) = c.start(json!({"cmd": "sleep", "args": ["5"]}));
+    assert_eq!(c.call_err("exec.stdin", json!({"ref": r}))["code"], -32602, "stdin was not a pipe");
+    c.notify("$/cancel", json!({"id": r}));
+    assert_eq!(c.exec_output(r).2["signal"], 9);
+}
+
+#[test]
+fn concurrent_execs() {
+    let agent = Agent::start();
+    let mut c = agent.connect();
+    let refs: Vec<u64> = (0..24)
+        .map(|i| c.request("exec.start", json!({"cmd": "sh", "args": ["-c", format!("echo {i}")]}), &[]))
+        .collect();
+    for r in &refs {
+        assert!(c.response(*r).header["result"]["pid"].is_number());
+    }
+    for (i, r) in refs.iter().enumerate() {
+        let (out, _, exit) = c.exec_output(*r);
+        assert_eq!(String::from_utf8_lossy(&out), format!("{i}\n"));
+        assert_eq!(exit["code"], 0);
+    }
+}
+
+#[test]
+fn odd_params_do_not_break_the_agent() {
+    let agent = Agent::start();
+    let mut c = agent.connect();
+    let (r, _) = c.start(json!({"cmd": "true", "timeoutMs": 1e300}));
+    assert_eq!(c.exec_output(r).2["code"], 0);
+    let (r, _) = c.start(json!({"cmd": "true", "timeoutMs": -5}));
+    assert_eq!(c.exec_output(r).2["code"], 0);
+    assert_eq!(c.call_err("exec.start", json!({"cmd": "true", "tty": {"rows": 70000, "cols": 1}}))["code"], -32602);
+    assert_eq!(c.call_err("exec.signal", json!({"ref": 1, "signal": 0}))["code"], -32602);
+    assert_eq!(c.call_err("fs.read", json!({"handle": -1, "length": 1}))["code"], -32602);
+    let id = c.request("ping", json!([1, 2]), &[]);
+    assert_eq!(c.response(id).header["error"]["code"], -32602);
+    assert!(c.call("ping", json!({}))["uptimeMs"].is_number());
 }

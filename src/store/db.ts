@@ -27,6 +27,13 @@ const MIGRATIONS: readonly string[] = [
      created_at  INTEGER NOT NULL,
      updated_at  INTEGER NOT NULL
    ) STRICT;`,
+  `CREATE TABLE images (
+     reference       TEXT PRIMARY KEY,
+     manifest_digest TEXT NOT NULL,
+     size            INTEGER NOT NULL,
+     pulled_at       INTEGER NOT NULL
+   ) STRICT;
+   ALTER TABLE sandboxes ADD COLUMN image_digest TEXT;`,
 ];
 
 /** Lifecycle states as stored. `creating` exists only while booting. */
@@ -69,6 +76,25 @@ function fromRaw(r: RawRow): SandboxRow {
     createdAt: new Date(r.created_at),
     updatedAt: new Date(r.updated_at),
   };
+}
+
+/** One image reference of the images table. */
+export interface ImageRow {
+  readonly reference: string;
+  readonly manifestDigest: string;
+  readonly size: number;
+  readonly pulledAt: Date;
+}
+
+interface RawImage {
+  reference: string;
+  manifest_digest: string;
+  size: number;
+  pulled_at: number;
+}
+
+function imageFromRaw(r: RawImage): ImageRow {
+  return { reference: r.reference, manifestDigest: r.manifest_digest, size: r.size, pulledAt: new Date(r.pulled_at) };
 }
 
 /**
@@ -199,6 +225,45 @@ export class Store implements Disposable {
   /** Deletes a sandbox row. */
   delete(name: string): void {
     this.db.prepare("DELETE FROM sandboxes WHERE name = ?").run(name);
+  }
+
+  /** Records (or re-points) an image reference. */
+  putImage(reference: string, manifestDigest: string, size: number): void {
+    this.db.prepare(
+      "INSERT INTO images (reference, manifest_digest, size, pulled_at) VALUES (?, ?, ?, ?) " +
+        "ON CONFLICT(reference) DO UPDATE SET manifest_digest = excluded.manifest_digest, size = excluded.size, " +
+        "pulled_at = excluded.pulled_at",
+    ).run(reference, manifestDigest, size, Date.now());
+  }
+
+  /** One image reference, or undefined. */
+  getImage(reference: string): ImageRow | undefined {
+    const r = this.db.prepare("SELECT * FROM images WHERE reference = ?").get(reference) as RawImage | undefined;
+    return r && imageFromRaw(r);
+  }
+
+  /** Every image reference. */
+  listImages(): ImageRow[] {
+    return (this.db.prepare("SELECT * FROM images ORDER BY reference").all() as unknown as RawImage[]).map(
+      imageFromRaw,
+    );
+  }
+
+  /** Forgets an image reference. */
+  deleteImage(reference: string): void {
+    this.db.prepare("DELETE FROM images WHERE reference = ?").run(reference);
+  }
+
+  /** Records which image (manifest digest) a sandbox's root comes from. */
+  setSandboxImage(name: string, manifestDigest: string): void {
+    this.db.prepare("UPDATE sandboxes SET image_digest = ? WHERE name = ?").run(manifestDigest, name);
+  }
+
+  /** Manifest digests that some sandbox's root uses. */
+  imagesInUse(): Set<string> {
+    const rows = this.db.prepare("SELECT DISTINCT image_digest AS d FROM sandboxes WHERE image_digest IS NOT NULL")
+      .all() as unknown as { d: string }[];
+    return new Set(rows.map((r) => r.d));
   }
 
   /** Closes the database. */

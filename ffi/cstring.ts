@@ -1,0 +1,52 @@
+/**
+ * C strings and NULL-terminated string arrays for FFI calls. libkrun copies
+ * most arguments, but some it reads later (at `krun_start_enter`), so every
+ * buffer is owned by a {@link CStrings} arena that the caller keeps alive for
+ * as long as the library may read it (the runner keeps it for the VM's life).
+ *
+ * @module
+ */
+
+const encoder = new TextEncoder();
+
+/**
+ * An arena of C strings and pointer arrays that stay alive with it.
+ *
+ * @example
+ * ```ts
+ * import { CStrings } from "./cstring.ts";
+ * const arena = new CStrings();
+ * const path = arena.str("/tmp");
+ * const argv = arena.array(["/init", "--flag"]);
+ * console.log(path.length, argv.length);
+ * ```
+ */
+export class CStrings {
+  readonly #keep: Uint8Array[] = [];
+
+  /** A NUL-terminated UTF-8 copy of `s`; throws on an embedded NUL. */
+  str(s: string): Uint8Array<ArrayBuffer> {
+    if (s.includes("\0")) throw new TypeError(`C string contains a NUL byte: ${JSON.stringify(s)}`);
+    const bytes = encoder.encode(s + "\0");
+    this.#keep.push(bytes);
+    return bytes;
+  }
+
+  /** A `const char *const[]`: pointers to C strings, then NULL. */
+  array(items: readonly string[]): Uint8Array<ArrayBuffer> {
+    const ptrs = new BigUint64Array(items.length + 1);
+    items.forEach((s, i) => {
+      ptrs[i] = BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(this.str(s))));
+    });
+    const bytes = new Uint8Array(ptrs.buffer);
+    this.#keep.push(bytes);
+    return bytes;
+  }
+
+  /** Raw bytes kept alive with the arena (e.g. an overlay file's content). */
+  bytes(data: Uint8Array): Uint8Array<ArrayBuffer> {
+    const copy = new Uint8Array(data);
+    this.#keep.push(copy);
+    return copy;
+  }
+}

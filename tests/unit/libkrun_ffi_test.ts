@@ -1,0 +1,91 @@
+/**
+ * The real libkrun through Deno FFI: it loads, and every configuration call
+ * krunbox uses answers as the header promises, for good and bad arguments.
+ * (krun_start_enter is not called: this host cannot boot a libkrun VM.)
+ * Skipped, with the reason printed, where provisioning could not build it.
+ */
+
+import { assert, assertEquals, assertThrows } from "../util/assert.ts";
+import { libkrunCandidates, loadLibkrun } from "../../ffi/load.ts";
+import { CStrings } from "../../ffi/cstring.ts";
+import { checkKrun, KRUN_DISK_FORMAT, KRUN_FEATURE, KRUN_FS_ROOT_TAG } from "../../ffi/libkrun.ts";
+import { assetPath, assetVersion } from "../../src/store/assets.ts";
+import { BackendUnavailableError, LibkrunError } from "../../src/errors.ts";
+
+const EINVAL = -22;
+const ENOENT = -2;
+const missing = !(await assetVersion("libkrun")) || !(await assetVersion("libkrunfw"));
+if (missing) console.log("SKIPPING libkrun FFI tests: libkrun or libkrunfw is not provisioned (see `./dev doctor`)");
+const ignore = missing;
+
+Deno.test({ name: "libkrun: a bad explicit path falls through to the next candidate", ignore }, () => {
+  assertEquals(libkrunCandidates("/x/libkrun.so.1")[0], "/x/libkrun.so.1");
+  using lib = loadLibkrun("/nonexistent/libkrun.so.1");
+  assert(lib.symbols.krun_create_ctx);
+});
+
+Deno.test("libkrun: when nothing loads, the error lists every path tried and the variable to set", () => {
+  const saved = Deno.env.get("KRUNBOX_HOME");
+  Deno.env.set("KRUNBOX_HOME", "/nonexistent-home");
+  try {
+    let lib: ReturnType<typeof loadLibkrun> | undefined;
+    try {
+      lib = loadLibkrun("/nope/libkrun.so.1");
+    } catch (e) {
+      assert(e instanceof BackendUnavailableError);
+      for (const p of ["/nope/libkrun.so.1", "/nonexistent-home/assets/libkrun/libkrun.so.1", "KRUNBOX_LIBKRUN_PATH"]) {
+        assert(e.message.includes(p), `${p} missing from: ${e.message}`);
+      }
+    }
+    lib?.close(); // a system-wide libkrun.so.1 exists: nothing to assert
+  } finally {
+    if (saved) Deno.env.set("KRUNBOX_HOME", saved);
+    else Deno.env.delete("KRUNBOX_HOME");
+  }
+});
+
+Deno.test({ name: "libkrun: configuration calls return what the header promises", ignore }, () => {
+  // libkrun dlopens libkrunfw by soname at the first context: preload our copy.
+  Deno.dlopen(assetPath("libkrunfw"), {});
+  using lib = loadLibkrun();
+  const k = lib.symbols;
+  const a = new CStrings();
+  const ctx = checkKrun("krun_create_ctx", k.krun_create_ctx());
+  assertEquals(k.krun_set_vm_config(ctx, 2, 512), 0);
+  assertEquals(k.krun_set_vm_config(ctx, 0, 512), EINVAL);
+  assertEquals(k.krun_set_vm_config(ctx, 1, 0), EINVAL);
+  assertEquals(k.krun_set_vm_config(ctx + 1000, 1, 512), ENOENT);
+  assertEquals(k.krun_set_root(ctx, a.str("/tmp")), 0);
+  assertEquals(k.krun_add_disk2!(ctx, a.str("lower"), a.str("/etc/hostname"), KRUN_DISK_FORMAT.raw, true), 0);
+  assertEquals(k.krun_add_disk2!(ctx, a.str("bad"), a.str("/etc/hostname"), 99, true), EINVAL);
+  assertEquals(k.krun_set_port_map(ctx, a.array(["8080:80"])), 0);
+  assertEquals(k.krun_set_port_map(ctx, a.array(["not-a-port"])), EINVAL);
+  assertEquals(k.krun_set_rlimits(ctx, a.array(["7=1024:2048"])), 0);
+  assertEquals(k.krun_set_workdir(ctx, a.str("/")), 0);
+  assertEquals(k.krun_set_exec(ctx, a.str("/init.krun"), a.array(["agent"]), a.array(["A=1"])), 0);
+  assertEquals(k.krun_set_env!(ctx, a.array(["B=2"])), 0);
+  assertEquals(k.krun_set_console_output!(ctx, a.str("/dev/null")), 0);
+  const init = a.bytes(new Uint8Array([0x7f, 0x45, 0x4c, 0x46]));
+  assertEquals(
+    k.krun_fs_add_overlay_file!(ctx, a.str(KRUN_FS_ROOT_TAG), a.str("/init.krun"), init, 4n, 0o755, false),
+    0,
+  );
+  assertEquals(k.krun_disable_implicit_vsock!(ctx), 0);
+  assertEquals(k.krun_add_vsock!(ctx, 0), 0);
+  assertEquals(k.krun_add_vsock_port2!(ctx, 1024, a.str("/tmp/krunbox-test.sock"), false), 0);
+  assertEquals(k.krun_add_virtiofs3!(ctx, a.str("vol0"), a.str("/tmp"), 0n, true), 0);
+  assertEquals(k.krun_has_feature!(KRUN_FEATURE.blk), 1);
+  assertEquals(k.krun_has_feature!(99n), EINVAL);
+  assert(k.krun_get_max_vcpus!() >= 1);
+  assertEquals(k.krun_free_ctx(ctx), 0);
+  assertEquals(k.krun_free_ctx(ctx), ENOENT);
+  const err = assertThrows(() => checkKrun("krun_set_vm_config", k.krun_set_vm_config(ctx, 1, 512)), LibkrunError);
+  assert(err.message.includes("krun_set_vm_config"), err.message);
+});
+
+Deno.test({ name: "C strings refuse embedded NUL bytes", ignore: false }, () => {
+  assertThrows(() => new CStrings().str("a\0b"), TypeError);
+  const arr = new CStrings().array(["x", "yy"]);
+  assertEquals(arr.length, 3 * 8);
+  assertEquals(new BigUint64Array(arr.buffer)[2], 0n);
+});
