@@ -111,7 +111,11 @@ pub fn call(h: &mut Handles, method: &str, params: Value, attachment: Vec<u8>) -
         "fs.mkdir" => {
             let p: MkdirParams = rpc::params(params)?;
             let path = path_param(&p.path)?;
+            let existed = path.is_dir();
             fs::DirBuilder::new().recursive(p.parents).mode(p.mode).create(&path).map_err(at(&path))?;
+            if !existed {
+                fs::set_permissions(&path, fs::Permissions::from_mode(p.mode)).map_err(at(&path))?;
+            }
             ok(json!({}))
         }
         "fs.remove" => {
@@ -245,7 +249,12 @@ fn open(h: &mut Handles, p: OpenParams) -> Out {
         "a" => o.append(true).create(true).mode(p.perm),
         m => return Err(RpcError::invalid_params(format!("bad mode {m:?}"))),
     };
+    // Modes apply on creation only, exactly (the umask is 022): find out whether this open creates.
+    let creates = p.mode != "r" && fs::symlink_metadata(&path).is_err();
     let f = o.open(&path).map_err(at(&path))?;
+    if creates {
+        f.set_permissions(fs::Permissions::from_mode(p.perm)).map_err(at(&path))?;
+    }
     let size = f.metadata().map_err(at(&path))?.len();
     h.next += 1;
     h.files.insert(h.next, f);

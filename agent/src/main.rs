@@ -21,9 +21,9 @@ const USAGE: &str = "usage: krunbox-agent serve --listen PATH | init [--config F
 fn main() {
     let started = Instant::now();
     sys::tune_malloc();
-    // fs.open/fs.mkdir apply the requested modes exactly; execs get 022 back
-    // in their pre_exec (spawn.rs).
-    unsafe { libc::umask(0) };
+    // The conventional umask, inherited by execs (the fast spawn path cannot
+    // set one); fs.open/fs.mkdir apply requested modes exactly with fchmod.
+    unsafe { libc::umask(0o022) };
     if std::process::id() == 1 {
         pid1(started);
     }

@@ -39,7 +39,7 @@ pub fn start(conn: &Arc<Conn>, id: u64, params: Value) {
 /// Waits until `done` or the deadline, in small steps.
 fn wait_until(deadline: Instant, done: impl Fn() -> bool) {
     while !done() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 
@@ -65,7 +65,7 @@ fn run(grace: Duration) {
         Mode::Init => {
             // Every process of the VM but PID 1 itself.
             unsafe { libc::kill(-1, libc::SIGTERM) };
-            wait_until(deadline, || unsafe { libc::kill(-1, 0) } < 0);
+            wait_until(deadline, || !sys::user_processes_left());
             unsafe { libc::kill(-1, libc::SIGKILL) };
             wait_until(Instant::now() + Duration::from_millis(500), || a.live_groups().is_empty());
             crate::init::power_off();

@@ -267,31 +267,43 @@ pub fn spawn(p: &StartParams) -> Result<Spawned, SpawnError> {
     }
 
     let tty = p.tty.is_some();
-    let ids = user.as_ref().map(|u| (u.uid, u.gid, u.groups.clone()));
-    let cwd_c = CString::new(cwd.as_os_str().as_bytes()).map_err(|_| invalid("cwd"))?;
-    // Runs in the forked child: async-signal-safe calls only, no allocation.
-    unsafe {
-        cmd.pre_exec(move || {
-            libc::umask(0o022);
-            if libc::setsid() < 0 {
-                return Err(staged(STAGE_SETSID));
-            }
-            if tty && libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
-                return Err(staged(STAGE_TTY));
-            }
-            if let Some((uid, gid, groups)) = &ids {
-                if libc::setgroups(groups.len(), groups.as_ptr()) < 0
-                    || libc::setgid(*gid) < 0
-                    || libc::setuid(*uid) < 0
-                {
-                    return Err(staged(STAGE_USER));
+    if !tty && user.is_none() {
+        // Fast path: no closure, so std spawns with posix_spawn (clone with
+        // CLONE_VFORK) instead of fork — about half the cost of a `true`.
+        // A new process group instead of a new session: group kills work the
+        // same, and without a tty there is no controlling terminal to leave.
+        // std cannot chdir in posix_spawn from a static binary (it looks the
+        // glibc extension up with dlsym), so only change directory when needed.
+        cmd.process_group(0);
+        if std::env::current_dir().ok().as_deref() != Some(cwd.as_path()) {
+            cmd.current_dir(&cwd);
+        }
+    } else {
+        let ids = user.as_ref().map(|u| (u.uid, u.gid, u.groups.clone()));
+        let cwd_c = CString::new(cwd.as_os_str().as_bytes()).map_err(|_| invalid("cwd"))?;
+        // Runs in the forked child: async-signal-safe calls only, no allocation.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setsid() < 0 {
+                    return Err(staged(STAGE_SETSID));
                 }
-            }
-            if libc::chdir(cwd_c.as_ptr()) < 0 {
-                return Err(staged(STAGE_CWD));
-            }
-            Ok(())
-        });
+                if tty && libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                    return Err(staged(STAGE_TTY));
+                }
+                if let Some((uid, gid, groups)) = &ids {
+                    if libc::setgroups(groups.len(), groups.as_ptr()) < 0
+                        || libc::setgid(*gid) < 0
+                        || libc::setuid(*uid) < 0
+                    {
+                        return Err(staged(STAGE_USER));
+                    }
+                }
+                if libc::chdir(cwd_c.as_ptr()) < 0 {
+                    return Err(staged(STAGE_CWD));
+                }
+                Ok(())
+            });
+        }
     }
 
     let (mut child, exit) = reaper::spawn(&mut cmd).map_err(|e| spawn_error(e, &program))?;

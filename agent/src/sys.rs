@@ -119,3 +119,27 @@ pub fn tune_malloc() {
         libc::mallopt(libc::M_ARENA_MAX, 2);
     }
 }
+
+/// `PF_KTHREAD` in the flags field of `/proc/<pid>/stat`.
+const PF_KTHREAD: u64 = 0x0020_0000;
+
+/// Whether any user-space process other than this one (PID 1) is left.
+/// `kill(-1, 0)` cannot tell: it also "reaches" kernel threads, so it would
+/// report survivors forever and every shutdown would wait its whole grace.
+pub fn user_processes_left() -> bool {
+    let me = std::process::id();
+    let Ok(dir) = std::fs::read_dir("/proc") else { return false };
+    dir.flatten().any(|e| {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { return false };
+        if pid == me || pid == 1 {
+            return false;
+        }
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+        // Fields after the command name, which may contain spaces: state is the first, flags the seventh.
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else { return false };
+        let fields: Vec<&str> = rest.split(' ').collect();
+        let zombie = fields.first() == Some(&"Z");
+        let kthread = fields.get(6).and_then(|f| f.parse::<u64>().ok()).is_some_and(|f| f & PF_KTHREAD != 0);
+        !zombie && !kthread
+    })
+}

@@ -1,0 +1,154 @@
+/**
+ * The few libc calls layer unpacking needs and Deno has no API for:
+ * extended attributes, device nodes, fifos and `lchown`. Loaded lazily
+ * through `Deno.dlopen` (needs `--allow-ffi`); {@link loadLibc} answers
+ * `undefined` where FFI is unavailable so callers can degrade to warnings.
+ * Every call returns 0 on success or the positive `errno` on failure.
+ *
+ * @module
+ */
+
+const SYMBOLS = {
+  // int lsetxattr(const char *path, const char *name, const void *value, size_t size, int flags)
+  lsetxattr: { parameters: ["buffer", "buffer", "buffer", "usize", "i32"], result: "i32", optional: true },
+  // ssize_t lgetxattr(const char *path, const char *name, void *value, size_t size)
+  lgetxattr: { parameters: ["buffer", "buffer", "buffer", "usize"], result: "isize", optional: true },
+  // int mknod(const char *pathname, mode_t mode, dev_t dev)   (exported by glibc >= 2.33)
+  mknod: { parameters: ["buffer", "u32", "u64"], result: "i32", optional: true },
+  // int mkfifo(const char *pathname, mode_t mode)
+  mkfifo: { parameters: ["buffer", "u32"], result: "i32", optional: true },
+  // int lchown(const char *pathname, uid_t owner, gid_t group)
+  lchown: { parameters: ["buffer", "u32", "u32"], result: "i32", optional: true },
+  // int *__errno_location(void)
+  __errno_location: { parameters: [], result: "pointer" },
+} as const satisfies Deno.ForeignLibraryInterface;
+
+const ENOSYS = 38;
+const ERRNO_NAMES: Record<number, string> = {
+  1: "EPERM",
+  2: "ENOENT",
+  5: "EIO",
+  7: "E2BIG",
+  13: "EACCES",
+  17: "EEXIST",
+  20: "ENOTDIR",
+  21: "EISDIR",
+  22: "EINVAL",
+  28: "ENOSPC",
+  30: "EROFS",
+  34: "ERANGE",
+  36: "ENAMETOOLONG",
+  38: "ENOSYS",
+  61: "ENODATA",
+  95: "EOPNOTSUPP",
+  122: "EDQUOT",
+};
+
+/** `errno` of an unsupported operation (`EOPNOTSUPP`, also spelled `ENOTSUP` on Linux). */
+export const EOPNOTSUPP = 95;
+
+/** `errno` of a missing extended attribute (`ENODATA`). */
+export const ENODATA = 61;
+
+/**
+ * The symbolic name of an `errno` value, e.g. `EOPNOTSUPP` for 95.
+ *
+ * @example
+ * ```ts
+ * import { errnoName } from "./libc.ts";
+ * console.log(errnoName(95)); // "EOPNOTSUPP"
+ * ```
+ */
+export function errnoName(errno: number): string {
+  return ERRNO_NAMES[errno] ?? `errno ${errno}`;
+}
+
+/** The libc calls of {@link loadLibc}; each returns 0 or a positive errno. */
+export interface Libc {
+  /** `lsetxattr(2)`: sets an extended attribute without following a symlink at `path`. */
+  setXattr(path: string, name: string, value: Uint8Array): number;
+  /** `lgetxattr(2)`: the value, or the errno (`ENODATA` when absent). */
+  getXattr(path: string, name: string): { value?: Uint8Array; errno: number };
+  /** `mknod(2)` of a character (`S_IFCHR`) or block (`S_IFBLK`) device. */
+  mknod(path: string, kind: "char" | "block", mode: number, major: number, minor: number): number;
+  /** `mkfifo(3)`. */
+  mkfifo(path: string, mode: number): number;
+  /** `lchown(2)`: changes the owner of `path` itself, never of a symlink's target. */
+  lchown(path: string, uid: number, gid: number): number;
+}
+
+const S_IFCHR = 0o020000;
+const S_IFBLK = 0o060000;
+const enc = new TextEncoder();
+const cstr = (s: string) => enc.encode(s + "\0");
+
+/**
+ * Linux `makedev()`: the `dev_t` of a (major, minor) pair.
+ *
+ * @example
+ * ```ts
+ * import { makedev } from "./libc.ts";
+ * console.log(makedev(1, 3)); // 259n, /dev/null
+ * ```
+ */
+export function makedev(major: number, minor: number): bigint {
+  const ma = BigInt(major >>> 0);
+  const mi = BigInt(minor >>> 0);
+  return ((ma & 0xfffff000n) << 32n) | ((ma & 0xfffn) << 8n) | ((mi & 0xffffff00n) << 12n) | (mi & 0xffn);
+}
+
+let cached: Libc | null | undefined;
+
+/**
+ * Opens libc once; `undefined` where FFI is not permitted or libc cannot be
+ * loaded (then extended attributes, device nodes and fifos are skipped).
+ *
+ * @example
+ * ```ts
+ * import { loadLibc } from "./libc.ts";
+ * const libc = loadLibc();
+ * if (libc) console.log(libc.mkfifo("/tmp/my-fifo", 0o644)); // 0 or an errno
+ * ```
+ */
+export function loadLibc(): Libc | undefined {
+  if (cached !== undefined) return cached ?? undefined;
+  let lib: Deno.DynamicLibrary<typeof SYMBOLS>;
+  try {
+    lib = Deno.dlopen("libc.so.6", SYMBOLS);
+  } catch {
+    cached = null;
+    return undefined;
+  }
+  const s = lib.symbols;
+  const errno = (): number => {
+    const p = s.__errno_location();
+    return p === null ? 0 : new Deno.UnsafePointerView(p).getInt32();
+  };
+  const check = (rc: number | bigint): number => (Number(rc) < 0 ? errno() || ENOSYS : 0);
+  cached = {
+    setXattr: (path, name, value) =>
+      s.lsetxattr ? check(s.lsetxattr(cstr(path), cstr(name), value, value.length, 0)) : ENOSYS,
+    getXattr(path, name) {
+      if (!s.lgetxattr) return { errno: ENOSYS };
+      const p = cstr(path);
+      const n = cstr(name);
+      for (let attempt = 0; attempt < 4; attempt++) {
+        const size = Number(s.lgetxattr(p, n, null, 0));
+        if (size < 0) return { errno: errno() || ENOSYS };
+        const buf = new Uint8Array(size);
+        const got = Number(s.lgetxattr(p, n, buf, size));
+        if (got >= 0) return { value: buf.subarray(0, got), errno: 0 };
+        const e = errno();
+        if (e !== 34 /* ERANGE: grew meanwhile */) return { errno: e || ENOSYS };
+      }
+      return { errno: 34 };
+    },
+    mknod: (path, kind, mode, major, minor) =>
+      s.mknod
+        ? check(s.mknod(cstr(path), (kind === "char" ? S_IFCHR : S_IFBLK) | (mode & 0o7777), makedev(major, minor)))
+        : ENOSYS,
+    mkfifo: (path, mode) => (s.mkfifo ? check(s.mkfifo(cstr(path), mode & 0o7777)) : ENOSYS),
+    lchown: (path, uid, gid) => (s.lchown ? check(s.lchown(cstr(path), uid >>> 0, gid >>> 0)) : ENOSYS),
+  };
+  return cached;
+}
