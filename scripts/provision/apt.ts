@@ -111,6 +111,26 @@ export async function preparePrivateSource(src: PrivateSource): Promise<void> {
 }
 
 /**
+ * Runs an apt-cache query; when it fails on a machine whose package lists are
+ * missing or stale, refreshes them once (as root) and asks again.
+ *
+ * @example
+ * ```ts
+ * import { withFreshLists, candidateVersion } from "./apt.ts";
+ * console.log(await withFreshLists(() => candidateVersion("busybox-static")));
+ * ```
+ */
+export async function withFreshLists<T>(query: () => Promise<T>): Promise<T> {
+  try {
+    return await query();
+  } catch (e) {
+    if (Deno.uid() !== 0) throw e;
+    await runCommand("apt-get", ["update", "-q"]);
+    return await query();
+  }
+}
+
+/**
  * The candidate version of a package, from the system's lists or a private source.
  *
  * @example

@@ -9,13 +9,13 @@
 import { join } from "node:path";
 import { GUEST_MODULES, loadOrder, NESTED_HOST_MODULES, parseModulesDep } from "../../src/vmm/modules.ts";
 import { runCommand } from "../../src/util/command.ts";
-import { candidateVersion, downloadAndUnpack, firstDependency } from "./apt.ts";
+import { candidateVersion, downloadAndUnpack, firstDependency, withFreshLists } from "./apt.ts";
 import type { AssetStep } from "./step.ts";
 
 const META_PACKAGE = "linux-image-cloud-amd64";
 
 async function kernelPackage(): Promise<string> {
-  return await firstDependency(META_PACKAGE);
+  return await withFreshLists(() => firstDependency(META_PACKAGE));
 }
 
 /** Provisions `assets/kernel`: vmlinuz, config, modules/*.ko, modules.json. */
@@ -23,7 +23,7 @@ export const kernelStep: AssetStep = {
   asset: "kernel",
   async version() {
     const pkg = await kernelPackage();
-    return `${pkg}=${await candidateVersion(pkg)}`;
+    return `${pkg}=${await withFreshLists(() => candidateVersion(pkg))}`;
   },
   async build(ctx, out) {
     const pkg = await kernelPackage();

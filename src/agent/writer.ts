@@ -25,6 +25,11 @@ export class FrameWriter {
 
   constructor(readonly conn: Deno.Conn) {}
 
+  /** Resolves once every frame queued so far has been written (or failed). */
+  flushed(): Promise<void> {
+    return this.#chain;
+  }
+
   /** Queues a frame; resolves when it was written, rejects if the connection failed. */
   write(header: RpcMessage, attachment?: Uint8Array): Promise<void> {
     if (this.#failed) return Promise.reject(this.#failed);

@@ -127,16 +127,16 @@ export function loadLibc(): Libc | undefined {
   const check = (rc: number | bigint): number => (Number(rc) < 0 ? errno() || ENOSYS : 0);
   cached = {
     setXattr: (path, name, value) =>
-      s.lsetxattr ? check(s.lsetxattr(cstr(path), cstr(name), value, value.length, 0)) : ENOSYS,
+      s.lsetxattr ? check(s.lsetxattr(cstr(path), cstr(name), value, BigInt(value.length), 0)) : ENOSYS,
     getXattr(path, name) {
       if (!s.lgetxattr) return { errno: ENOSYS };
       const p = cstr(path);
       const n = cstr(name);
       for (let attempt = 0; attempt < 4; attempt++) {
-        const size = Number(s.lgetxattr(p, n, null, 0));
+        const size = Number(s.lgetxattr(p, n, null, 0n));
         if (size < 0) return { errno: errno() || ENOSYS };
         const buf = new Uint8Array(size);
-        const got = Number(s.lgetxattr(p, n, buf, size));
+        const got = Number(s.lgetxattr(p, n, buf, BigInt(size)));
         if (got >= 0) return { value: buf.subarray(0, got), errno: 0 };
         const e = errno();
         if (e !== 34 /* ERANGE: grew meanwhile */) return { errno: e || ENOSYS };

@@ -85,7 +85,9 @@ function registryProblem(registry: string): string | undefined {
     if (!IPV6_HOST.test(host)) return `registry "${registry}" is not a valid bracketed IPv6 address`;
   } else {
     const colons = registry.split(":").length - 1;
-    if (colons > 1) return `registry "${registry}" has more than one ":"; write IPv6 addresses in brackets ([::1]:5000)`;
+    if (colons > 1) {
+      return `registry "${registry}" has more than one ":"; write IPv6 addresses in brackets ([::1]:5000)`;
+    }
     if (colons === 1) [host, port] = registry.split(":");
     if (host === "") return `registry "${registry}" has an empty host name`;
     for (const c of host.split(".")) {

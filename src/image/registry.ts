@@ -238,7 +238,9 @@ export class DigestStream extends TransformStream<Uint8Array, Uint8Array> {
         if (options.expectedSize !== undefined && state.bytes > options.expectedSize) {
           throw new ImageError(
             "IMAGE_DIGEST_MISMATCH",
-            `${what}${options.expected ? ` ${options.expected}` : ""} is larger than the expected ${options.expectedSize} bytes`,
+            `${what}${
+              options.expected ? ` ${options.expected}` : ""
+            } is larger than the expected ${options.expectedSize} bytes`,
           );
         }
         hash.update(chunk);
@@ -254,7 +256,9 @@ export class DigestStream extends TransformStream<Uint8Array, Uint8Array> {
         if (options.expectedSize !== undefined && state.bytes !== options.expectedSize) {
           throw new ImageError(
             "IMAGE_DIGEST_MISMATCH",
-            `${what}${options.expected ? ` ${options.expected}` : ""} has ${state.bytes} bytes, expected ${options.expectedSize}`,
+            `${what}${
+              options.expected ? ` ${options.expected}` : ""
+            } has ${state.bytes} bytes, expected ${options.expectedSize}`,
           );
         }
         if (options.expected !== undefined && state.digest !== options.expected) {
@@ -377,16 +381,7 @@ function parseChallenges(header: string | null): Challenge[] {
       const key = token();
       skip(/\s/);
       if (!key || header[i] !== "=") {
-        i = save; // the next challenge's scheme, or a token68 we ignore
-        if (key && header[i] !== "=") {
-          // token68 or next scheme: a scheme is followed by whitespace + param, a token68 ends the challenge
-          const after = header.slice(i + key.length);
-          if (/^\s*=*\s*(,|$)/.test(after) && Object.keys(challenge.params).length === 0) {
-            i += key.length;
-            skip(/=/);
-            continue;
-          }
-        }
+        i = save; // the next challenge's scheme
         break;
       }
       i++; // "="
@@ -535,7 +530,9 @@ export class RegistryClient {
       if ("manifests" in doc.doc) {
         throw new ImageError(
           "IMAGE_INVALID",
-          `${this.ref}: the ${formatPlatform(platform)} entry ${entry.digest} is itself an index; nested indexes are not supported`,
+          `${this.ref}: the ${
+            formatPlatform(platform)
+          } entry ${entry.digest} is itself an index; nested indexes are not supported`,
         );
       }
     }
@@ -670,7 +667,9 @@ export class RegistryClient {
     }
     if (Array.isArray(json.manifests)) {
       for (const m of json.manifests) {
-        if (!isDescriptor(m)) throw new ImageError("IMAGE_INVALID", `${what}: an index entry is not a valid descriptor`);
+        if (!isDescriptor(m)) {
+          throw new ImageError("IMAGE_INVALID", `${what}: an index entry is not a valid descriptor`);
+        }
         checkDigest(m.digest, `index entry digest in ${what}`);
       }
       return { digest, doc: { ...json, mediaType, manifests: json.manifests } as ImageIndex };
@@ -685,19 +684,27 @@ export class RegistryClient {
     }
     throw new ImageError(
       "IMAGE_INVALID",
-      `${what}: unsupported manifest (media type "${mediaType || "none"}"): neither an image index nor an image manifest`,
+      `${what}: unsupported manifest (media type "${
+        mediaType || "none"
+      }"): neither an image index nor an image manifest`,
     );
   }
 
   /** GETs a small blob whole and verifies digest and size. */
   async #fetchBlobBytes(desc: Descriptor, limit: number, kind: string): Promise<Uint8Array> {
     if (desc.size > limit) {
-      throw new ImageError("IMAGE_INVALID", `${this.ref}: ${kind} ${desc.digest} is ${desc.size} bytes (limit ${limit})`);
+      throw new ImageError(
+        "IMAGE_INVALID",
+        `${this.ref}: ${kind} ${desc.digest} is ${desc.size} bytes (limit ${limit})`,
+      );
     }
     const { body } = await this.blob(desc.digest);
     const bytes = await readLimited(body, desc.size, `${kind} ${desc.digest}`).catch((e) => {
       if (e instanceof ImageError && e.code === "IMAGE_INVALID") {
-        throw new ImageError("IMAGE_DIGEST_MISMATCH", `${this.ref}: ${kind} ${desc.digest} is larger than ${desc.size} bytes`);
+        throw new ImageError(
+          "IMAGE_DIGEST_MISMATCH",
+          `${this.ref}: ${kind} ${desc.digest} is larger than ${desc.size} bytes`,
+        );
       }
       throw e;
     });
@@ -851,8 +858,7 @@ export class RegistryClient {
         if (this.#signal?.aborted) throw this.#signal.reason;
         throw new ImageError(
           "IMAGE_PULL",
-          `${what}: cannot reach ${current.origin}: ${(cause as Error)?.message ?? cause}` +
-            (current.protocol === "https:" && isInsecureRegistry(current.host) ? "" : ""),
+          `${what}: cannot reach ${current.origin}: ${(cause as Error)?.message ?? cause}`,
           { cause },
         );
       }

@@ -128,7 +128,12 @@ export class Relay {
     } catch {
       // the VM went away
     }
+  }
+
+  /** Disconnects every client after its pending frames (the runner calls it once the final status is written). */
+  async closeClients(): Promise<void> {
     for (const c of this.#clients) {
+      await c.writer.flushed();
       try {
         c.writer.conn.close();
       } catch {

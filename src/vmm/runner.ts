@@ -96,6 +96,16 @@ async function main(dir: string, mode: string): Promise<number> {
     return 1;
   }
 
+  // The terminal status is written before any client hears that the VM is gone.
+  const timers: ReturnType<typeof setTimeout>[] = [];
+  const finished = vm.exited.then(async (exit) => {
+    for (const t of timers) clearTimeout(t);
+    await Deno.remove(paths.agentSocket).catch(() => {});
+    if (orderly) setStatus("stopped", stopReason ?? "stopped");
+    else setStatus("crashed", `the VM exited unexpectedly (code ${exit.code}, signal ${exit.signal})`);
+    log(`exited: ${status} (${stopReason})`);
+  });
+
   const stop = async (reason: string, graceMs = STOP_GRACE_MS) => {
     if (orderly) return;
     orderly = true;
@@ -122,11 +132,12 @@ async function main(dir: string, mode: string): Promise<number> {
         return { status, vmmPid: vm.vmmPid, backend: spec.backend, attached, runningExecs: relay.runningExecs };
       case "runner.stop":
         await stop("stopped by request", typeof params.graceMs === "number" ? params.graceMs : STOP_GRACE_MS);
-        return { status: "stopped" };
+        await finished;
+        return { status };
       case "runner.kill":
         kill("killed by request");
-        await vm.exited;
-        return { status: "stopped" };
+        await finished;
+        return { status };
       case "runner.drain":
         relay.startDraining();
         setStatus("draining", "drained");
@@ -190,7 +201,6 @@ async function main(dir: string, mode: string): Promise<number> {
       if (attached) await stop("the owner exited");
     })();
   }
-  const timers: ReturnType<typeof setTimeout>[] = [];
   if (spec.maxDurationSecs) {
     timers.push(setTimeout(() => stop("max duration reached"), spec.maxDurationSecs * 1000));
   }
@@ -204,13 +214,11 @@ async function main(dir: string, mode: string): Promise<number> {
     Deno.addSignalListener(sig, () => stop(`runner got ${sig}`));
   }
 
-  const exit = await vm.exited;
-  for (const t of timers) clearTimeout(t);
+  await finished;
+  // Let a runner.stop/kill reply reach its caller before the connections close.
+  await new Promise((r) => setTimeout(r, 0));
+  await relay.closeClients();
   listener.close();
-  await Deno.remove(paths.agentSocket).catch(() => {});
-  if (orderly) setStatus("stopped", stopReason ?? "stopped");
-  else setStatus("crashed", `the VM exited unexpectedly (code ${exit.code}, signal ${exit.signal})`);
-  log(`exited: ${status} (${stopReason})`);
   store.close();
   lock.release();
   return 0;
