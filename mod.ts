@@ -52,3 +52,6 @@ export type {
 export { type ExecEvent, type ExecOutput, ExecProcess } from "./src/agent/exec.ts";
 export type { EntryKind, FsEntry } from "./src/agent/fs.ts";
 export type { SandboxMetrics } from "./src/metrics/snapshot.ts";
+export { Images, type PruneResult, type StoredImage } from "./src/image/images.ts";
+export type { PulledImage, PullEvent, PullOptions, PullPolicy } from "./src/image/pull.ts";
+export type { BasicAuth } from "./src/image/registry.ts";

@@ -34,7 +34,8 @@ async function krunbox(i: number): Promise<number> {
 
 async function plain(i: number): Promise<number> {
   const dir = await Deno.makeTempDir({ prefix: "plain-qemu-" });
-  const spec = { ...(await vmSpecOf(parseConfig({ name: `plain-${i}`, image: { kind: "dir", path: root } }))), dir };
+  const config = parseConfig({ name: `plain-${i}`, image: { kind: "dir", path: root } });
+  const spec = { ...(await vmSpecOf(config, { kind: "dir", path: root })), dir };
   const modules = JSON.parse(await Deno.readTextFile(join(assetDir("kernel"), "modules.json"))).modules;
   const initrd = join(dir, "initrd.img");
   await Deno.copyFile(assetPath("initramfs"), initrd);

@@ -46,7 +46,7 @@ const onlyDeno = Deno.args.length > 0;
 if (!onlyDeno) {
   await single("format", Deno.execPath(), ["fmt", "--check"]);
   await single("lint", Deno.execPath(), ["lint"]);
-  await single("types", Deno.execPath(), ["check", "mod.ts", "scripts/", "tests/", "bench/", "src/", "ffi/"]);
+  await single("types", Deno.execPath(), ["check", "mod.ts", "cli.ts", "scripts/", "tests/", "bench/", "src/", "ffi/"]);
   await single("publish dry-run", Deno.execPath(), ["publish", "--dry-run", "--allow-dirty"]);
 
   const cargo = await run("agent (cargo test)", "cargo", ["test", "--locked", "-q"], `${root}agent`);

@@ -8,10 +8,26 @@
 
 import { ImageError } from "../errors.ts";
 
-/** The registry name Docker Hub references normalize to. */
+/**
+ * The registry name Docker Hub references normalize to.
+ *
+ * @example
+ * ```ts
+ * import { DOCKER_HUB, parseReference } from "./reference.ts";
+ * console.log(parseReference("alpine").registry === DOCKER_HUB); // true
+ * ```
+ */
 export const DOCKER_HUB = "docker.io";
 
-/** The host that serves Docker Hub's registry API. */
+/**
+ * The host that serves Docker Hub's registry API.
+ *
+ * @example
+ * ```ts
+ * import { DOCKER_HUB_API_HOST, parseReference } from "./reference.ts";
+ * console.log(parseReference("alpine").apiHost === DOCKER_HUB_API_HOST); // true
+ * ```
+ */
 export const DOCKER_HUB_API_HOST = "registry-1.docker.io";
 
 /** Aliases of Docker Hub that normalize to {@link DOCKER_HUB}. */
@@ -30,7 +46,15 @@ const DIGEST_HEX: Record<string, RegExp> = {
   sha512: /^[a-f0-9]{128}$/,
 };
 
-/** A digest algorithm krunbox can verify. */
+/**
+ * A digest algorithm krunbox can verify.
+ *
+ * @example
+ * ```ts
+ * import { checkDigest, type DigestAlgorithm } from "./reference.ts";
+ * const algorithm: DigestAlgorithm = checkDigest("sha512:" + "0".repeat(128)); // "sha512"
+ * ```
+ */
 export type DigestAlgorithm = "sha256" | "sha512";
 
 function invalid(input: string, detail: string): ImageError {

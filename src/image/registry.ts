@@ -11,7 +11,15 @@ import { createHash } from "node:crypto";
 import { ImageError } from "../errors.ts";
 import { checkDigest, type DigestAlgorithm, type ImageReference, isInsecureRegistry } from "./reference.ts";
 
-/** Media types of the manifests krunbox understands. */
+/**
+ * Media types of the manifests krunbox understands.
+ *
+ * @example
+ * ```ts
+ * import { MediaType } from "./registry.ts";
+ * const headers = { "content-type": MediaType.OCI_INDEX };
+ * ```
+ */
 export const MediaType = {
   /** OCI image index (multi-platform). */
   OCI_INDEX: "application/vnd.oci.image.index.v1+json",
@@ -42,7 +50,15 @@ const CONFIG_LIMIT = 16 * 1024 * 1024;
 const ERROR_BODY_LIMIT = 64 * 1024;
 const MAX_REDIRECTS = 10;
 
-/** Credentials for a registry. */
+/**
+ * Credentials for a registry.
+ *
+ * @example
+ * ```ts
+ * import type { BasicAuth } from "./registry.ts";
+ * const auth: BasicAuth = { kind: "basic", username: "me", password: Deno.env.get("REGISTRY_TOKEN") ?? "" };
+ * ```
+ */
 export interface BasicAuth {
   /** Always `"basic"`: a user name and password (or access token as password). */
   kind: "basic";
@@ -52,7 +68,15 @@ export interface BasicAuth {
   password: string;
 }
 
-/** Options of {@link RegistryClient}. */
+/**
+ * Options of {@link RegistryClient}.
+ *
+ * @example
+ * ```ts
+ * import type { RegistryClientOptions } from "./registry.ts";
+ * const options: RegistryClientOptions = { insecure: true, signal: AbortSignal.timeout(60_000) };
+ * ```
+ */
 export interface RegistryClientOptions {
   /** Credentials, sent to the registry (Basic) or to its token service (Bearer). */
   auth?: BasicAuth;
@@ -62,7 +86,15 @@ export interface RegistryClientOptions {
   signal?: AbortSignal;
 }
 
-/** An OS and CPU architecture an image is built for. */
+/**
+ * An OS and CPU architecture an image is built for.
+ *
+ * @example
+ * ```ts
+ * import type { Platform } from "./registry.ts";
+ * const arm: Platform = { os: "linux", architecture: "arm64", variant: "v8" };
+ * ```
+ */
 export interface Platform {
   /** `linux`. */
   os: string;
@@ -72,7 +104,19 @@ export interface Platform {
   variant?: string;
 }
 
-/** A content descriptor: what a manifest says about a blob or another manifest. */
+/**
+ * A content descriptor: what a manifest says about a blob or another manifest.
+ *
+ * @example
+ * ```ts
+ * import type { Descriptor } from "./registry.ts";
+ * const layer: Descriptor = {
+ *   mediaType: "application/vnd.oci.image.layer.v1.tar+gzip",
+ *   digest: "sha256:" + "0".repeat(64),
+ *   size: 1234,
+ * };
+ * ```
+ */
 export interface Descriptor {
   /** Media type of the referenced content. */
   mediaType: string;
@@ -86,13 +130,34 @@ export interface Descriptor {
   urls?: string[];
 }
 
-/** An entry of an image index / manifest list. */
+/**
+ * An entry of an image index / manifest list.
+ *
+ * @example
+ * ```ts
+ * import type { IndexEntry } from "./registry.ts";
+ * const entry: IndexEntry = {
+ *   mediaType: "application/vnd.oci.image.manifest.v1+json",
+ *   digest: "sha256:" + "0".repeat(64),
+ *   size: 500,
+ *   platform: { os: "linux", architecture: "amd64" },
+ * };
+ * ```
+ */
 export interface IndexEntry extends Descriptor {
   /** The platform of the referenced manifest. */
   platform?: Platform & { "os.version"?: string; "os.features"?: string[] };
 }
 
-/** An OCI image index or Docker manifest list. */
+/**
+ * An OCI image index or Docker manifest list.
+ *
+ * @example
+ * ```ts
+ * import { type ImageIndex, MediaType } from "./registry.ts";
+ * const index: ImageIndex = { schemaVersion: 2, mediaType: MediaType.OCI_INDEX, manifests: [] };
+ * ```
+ */
 export interface ImageIndex {
   /** Always 2. */
   schemaVersion: 2;
@@ -104,7 +169,17 @@ export interface ImageIndex {
   annotations?: Record<string, string>;
 }
 
-/** An OCI image manifest or Docker manifest v2 schema 2. */
+/**
+ * An OCI image manifest or Docker manifest v2 schema 2.
+ *
+ * @example
+ * ```ts
+ * import { RegistryClient } from "./registry.ts";
+ * import { parseReference } from "./reference.ts";
+ * const { manifest } = await new RegistryClient(parseReference("127.0.0.1:5000/app:v1")).resolve();
+ * for (const layer of manifest.layers) console.log(layer.mediaType, layer.digest, layer.size);
+ * ```
+ */
 export interface ImageManifest {
   /** Always 2. */
   schemaVersion: 2;
@@ -118,7 +193,16 @@ export interface ImageManifest {
   annotations?: Record<string, string>;
 }
 
-/** The runtime defaults of an image (the `config` member of an image config). */
+/**
+ * The runtime defaults of an image (the `config` member of an image config).
+ *
+ * @example
+ * ```ts
+ * import type { ImageRuntimeConfig } from "./registry.ts";
+ * const rc: ImageRuntimeConfig = { Entrypoint: ["/bin/sh", "-c"], Cmd: ["echo hi"], Env: ["PATH=/bin"] };
+ * const argv = [...(rc.Entrypoint ?? []), ...(rc.Cmd ?? [])];
+ * ```
+ */
 export interface ImageRuntimeConfig {
   /** Environment, `KEY=value`. */
   Env?: string[];
@@ -140,7 +224,17 @@ export interface ImageRuntimeConfig {
   StopSignal?: string;
 }
 
-/** A parsed image config (OCI image spec "config"). */
+/**
+ * A parsed image config (OCI image spec "config").
+ *
+ * @example
+ * ```ts
+ * import { RegistryClient } from "./registry.ts";
+ * import { parseReference } from "./reference.ts";
+ * const { config } = await new RegistryClient(parseReference("127.0.0.1:5000/app:v1")).resolve();
+ * console.log(config.architecture, config.config?.Env, config.rootfs?.diff_ids);
+ * ```
+ */
 export interface ImageConfig {
   /** CPU architecture. */
   architecture?: string;
@@ -156,10 +250,22 @@ export interface ImageConfig {
   rootfs?: { type: string; diff_ids: string[] };
   /** Build history. */
   history?: unknown[];
+  /** Any other member of the config document. */
   [key: string]: unknown;
 }
 
-/** What {@link RegistryClient.resolve} found. */
+/**
+ * What {@link RegistryClient.resolve} found.
+ *
+ * @example
+ * ```ts
+ * import { RegistryClient } from "./registry.ts";
+ * import { parseReference } from "./reference.ts";
+ * const ref = parseReference("127.0.0.1:5000/app:v1");
+ * const image = await new RegistryClient(ref).resolve();
+ * console.log(ref.withDigest(image.manifestDigest).toString()); // pinned
+ * ```
+ */
 export interface ResolvedImage {
   /** Digest of the platform manifest (what to pin). */
   manifestDigest: string;
@@ -171,10 +277,23 @@ export interface ResolvedImage {
   config: ImageConfig;
 }
 
-/** A blob download from {@link RegistryClient.blob}. */
+/**
+ * A blob download from {@link RegistryClient.blob}.
+ *
+ * @example
+ * ```ts
+ * import { RegistryClient } from "./registry.ts";
+ * import { parseReference } from "./reference.ts";
+ * const client = new RegistryClient(parseReference("127.0.0.1:5000/app:v1"));
+ * const { body, size, offset } = await client.blob("sha256:" + "0".repeat(64), { offset: 4096 });
+ * if (offset === 0) console.log("range ignored: restart from scratch");
+ * console.log(size);
+ * await body.cancel();
+ * ```
+ */
 export interface BlobResponse {
   /** The bytes, from `offset` to the end. Cancel it if you stop reading. */
-  body: ReadableStream<Uint8Array>;
+  body: ReadableStream<Uint8Array<ArrayBuffer>>;
   /** Total size of the blob in bytes, or -1 when the registry did not say. */
   size: number;
   /**
@@ -184,7 +303,15 @@ export interface BlobResponse {
   offset: number;
 }
 
-/** Options of {@link RegistryClient.blob}. */
+/**
+ * Options of {@link RegistryClient.blob}.
+ *
+ * @example
+ * ```ts
+ * import type { BlobOptions } from "./registry.ts";
+ * const resume: BlobOptions = { offset: (await Deno.stat("/tmp/partial.blob")).size };
+ * ```
+ */
 export interface BlobOptions {
   /** Resume at this byte (sends `Range: bytes=offset-`). */
   offset?: number;
@@ -222,11 +349,12 @@ interface CachedToken {
  * console.log(hasher.digest, hasher.bytes); // sha256:2cf24dba… 5
  * ```
  */
-export class DigestStream extends TransformStream<Uint8Array, Uint8Array> {
+export class DigestStream extends TransformStream<Uint8Array, Uint8Array<ArrayBuffer>> {
   /** Hash algorithm, from `expected` (default sha256). */
   readonly algorithm: DigestAlgorithm;
   readonly #state: { bytes: number; digest?: string; update(chunk: Uint8Array): void };
 
+  /** A pass-through hasher; see {@link DigestStreamOptions}. */
   constructor(options: DigestStreamOptions = {}) {
     const algorithm = options.expected === undefined ? "sha256" : checkDigest(options.expected, "expected digest");
     const hash = createHash(algorithm);
@@ -249,7 +377,8 @@ export class DigestStream extends TransformStream<Uint8Array, Uint8Array> {
     super({
       transform(chunk, controller) {
         state.update(chunk);
-        controller.enqueue(chunk);
+        // fetch bodies and files yield ArrayBuffer-backed chunks; copy the rare shared-memory one
+        controller.enqueue(chunk.buffer instanceof ArrayBuffer ? chunk as Uint8Array<ArrayBuffer> : chunk.slice());
       },
       flush() {
         state.digest = `${algorithm}:${hash.digest("hex")}`;
@@ -308,7 +437,16 @@ export class DigestStream extends TransformStream<Uint8Array, Uint8Array> {
   }
 }
 
-/** Options of {@link DigestStream} / {@link digestStream}. */
+/**
+ * Options of {@link DigestStream} / {@link digestStream}.
+ *
+ * @example
+ * ```ts
+ * import { digestStream, type DigestStreamOptions } from "./registry.ts";
+ * const options: DigestStreamOptions = { expected: "sha256:" + "0".repeat(64), expectedSize: 1234, what: "layer 1" };
+ * const hasher = digestStream(options);
+ * ```
+ */
 export interface DigestStreamOptions {
   /** The digest the bytes must have; also picks the algorithm. */
   expected?: string;
@@ -481,10 +619,15 @@ export class RegistryClient {
   readonly #auth?: BasicAuth;
   readonly #insecure: boolean;
   readonly #signal?: AbortSignal;
+  /** Tokens by `realm service scope`. */
   readonly #tokens = new Map<string, CachedToken>();
+  /** Token requests in flight, so parallel requests share one. */
+  readonly #pendingTokens = new Map<string, Promise<CachedToken>>();
+  /** The key of the token to send. */
   #scope?: string;
   #basic = false;
 
+  /** A client for `ref`'s repository; no request is made until {@link RegistryClient.resolve} or {@link RegistryClient.blob}. */
   constructor(ref: ImageReference, options: RegistryClientOptions = {}) {
     this.ref = ref;
     this.#auth = options.auth;
@@ -760,8 +903,12 @@ export class RegistryClient {
       if (!realm) throw new ImageError("IMAGE_AUTH", `${what}: the registry's Bearer challenge has no realm`);
       const scope = bearer.params.scope ?? `repository:${this.ref.repository}:pull`;
       const key = `${realm} ${bearer.params.service ?? ""} ${scope}`;
-      const header = await this.#token(realm, bearer.params.service, scope, what);
-      this.#tokens.set(key, header);
+      let pending = this.#pendingTokens.get(key);
+      if (!pending) {
+        pending = this.#token(realm, bearer.params.service, scope, what).finally(() => this.#pendingTokens.delete(key));
+        this.#pendingTokens.set(key, pending);
+      }
+      this.#tokens.set(key, await pending);
       this.#scope = key;
       this.#basic = false;
       return;

@@ -19,16 +19,6 @@
 import { join } from "node:path";
 import { homeLayout } from "../store/home.ts";
 
-/** An image in the store. */
-export interface StoredImage {
-  /** The reference it was pulled as (canonical form). */
-  readonly reference: string;
-  readonly manifestDigest: string;
-  /** Bytes on disk of its lower (the flattened root). */
-  readonly size: number;
-  readonly pulledAt: Date;
-}
-
 /**
  * Paths of the image store.
  *

@@ -456,7 +456,11 @@ export async function* readTar(stream: ReadableStream<Uint8Array>): AsyncGenerat
       const what = () => `body of ${where}`;
       if (flag === "x" || flag === "g") {
         try {
-          parsePax(await readMeta(src, h.size, what), flag === "g" ? global : local);
+          const records = flag === "g" ? global : local;
+          parsePax(await readMeta(src, h.size, what), records);
+          let total = 0;
+          for (const [k, v] of records) total += k.length + v.length;
+          if (total > MAX_META) throw new RangeError(`pax records add up to more than ${MAX_META} bytes`);
         } catch (e) {
           if (e instanceof KrunboxError) throw e;
           throw invalid(`${(e as Error).message}: ${where}`, e);

@@ -185,8 +185,11 @@ class Unpacker {
     for (let r = rel; r !== "" && !this.#touched.has(r); r = parentOf(r)) this.#touched.add(r);
   }
 
-  /** Drops every cached fact about `rel` and what was below it. */
-  #forget(rel: string): void {
+  /** Drops every cached fact about `rel` and, for a directory, what was below it. */
+  #forget(rel: string, dir: boolean): void {
+    this.#dirs.delete(rel);
+    this.#deferred.delete(rel);
+    if (!dir) return;
     const prefix = rel + "/";
     for (const d of this.#dirs) if (d === rel || d.startsWith(prefix)) this.#dirs.delete(d);
     for (const d of this.#deferred.keys()) if (d === rel || d.startsWith(prefix)) this.#deferred.delete(d);
@@ -231,7 +234,7 @@ class Unpacker {
   }
 
   async #removeTree(rel: string, abs: string, st: Deno.FileInfo): Promise<void> {
-    this.#forget(rel);
+    this.#forget(rel, st.isDirectory);
     if (!st.isDirectory) return await Deno.remove(abs);
     try {
       await Deno.remove(abs, { recursive: true });

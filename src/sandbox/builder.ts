@@ -18,9 +18,20 @@ import {
   type VolumeMount,
 } from "./config.ts";
 import { createAndLaunch } from "./lifecycle.ts";
+import { InvalidConfigError } from "../errors.ts";
+import type { PullEvent, PullPolicy } from "../image/pull.ts";
+import type { BasicAuth } from "../image/registry.ts";
 import { Sandbox } from "./sandbox.ts";
 
-type Draft = { -readonly [K in keyof SandboxConfig]?: SandboxConfig[K] } & { replace?: boolean };
+type Draft = { -readonly [K in keyof SandboxConfig]?: SandboxConfig[K] };
+
+/** How `create()` behaves; not part of the persisted config (credentials never are). */
+interface CreateOptions {
+  readonly replace?: boolean;
+  readonly pullPolicy?: PullPolicy;
+  readonly auth?: BasicAuth;
+  readonly onPull?: (event: PullEvent) => void;
+}
 
 /** Chooses an image source explicitly (`imageWith`). */
 export interface ImageChooser {
@@ -63,13 +74,19 @@ export interface VolumeChooser {
  */
 export class SandboxBuilder {
   readonly #draft: Readonly<Draft>;
+  readonly #opts: CreateOptions;
 
-  constructor(name: string, draft: Draft = {}) {
+  constructor(name: string, draft: Draft = {}, opts: CreateOptions = {}) {
     this.#draft = Object.freeze({ ...draft, name: validateName(name) });
+    this.#opts = Object.freeze({ ...opts });
   }
 
   #with(patch: Draft): SandboxBuilder {
-    return new SandboxBuilder(this.#draft.name!, { ...this.#draft, ...patch });
+    return new SandboxBuilder(this.#draft.name!, { ...this.#draft, ...patch }, this.#opts);
+  }
+
+  #withOpts(patch: CreateOptions): SandboxBuilder {
+    return new SandboxBuilder(this.#draft.name!, this.#draft, { ...this.#opts, ...patch });
   }
 
   /** Virtual CPUs (default 1). */
@@ -188,13 +205,33 @@ export class SandboxBuilder {
 
   /** Replace an existing sandbox of the same name (it is killed and removed). */
   replace(): SandboxBuilder {
-    return this.#with({ replace: true });
+    return this.#withOpts({ replace: true });
+  }
+
+  /** When to contact the registry for an OCI image (default `if-missing`). */
+  pullPolicy(policy: PullPolicy): SandboxBuilder {
+    if (!["always", "if-missing", "never"].includes(policy)) {
+      throw new InvalidConfigError("pullPolicy", `must be always, if-missing or never, got ${JSON.stringify(policy)}`);
+    }
+    return this.#withOpts({ pullPolicy: policy });
+  }
+
+  /** Credentials for the image's registry (used for the pull, never stored). */
+  registryAuth(auth: BasicAuth): SandboxBuilder {
+    if (auth?.kind !== "basic" || typeof auth.username !== "string" || typeof auth.password !== "string") {
+      throw new InvalidConfigError("registryAuth", 'must be { kind: "basic", username, password }');
+    }
+    return this.#withOpts({ auth });
+  }
+
+  /** Receives image pull progress (resolving, per-layer bytes, unpacking, done). */
+  onPullProgress(fn: (event: PullEvent) => void): SandboxBuilder {
+    return this.#withOpts({ onPull: fn });
   }
 
   /** The validated config this builder describes. */
   build(): SandboxConfig {
-    const { replace: _replace, ...draft } = this.#draft;
-    return parseConfig(draft);
+    return parseConfig(this.#draft);
   }
 
   /** Creates and boots the sandbox, attached to this process. */
@@ -208,8 +245,11 @@ export class SandboxBuilder {
   }
 
   async #create(detached: boolean): Promise<Sandbox> {
-    const config = this.build();
-    const launched = await createAndLaunch(config, detached, this.#draft.replace ?? false);
+    const { launched, config } = await createAndLaunch(this.build(), detached, this.#opts.replace ?? false, {
+      policy: this.#opts.pullPolicy,
+      auth: this.#opts.auth,
+      onProgress: this.#opts.onPull,
+    });
     const sb = Sandbox.fromLaunch(config, launched, !detached);
     await installScripts(sb, config);
     return sb;

@@ -18,7 +18,6 @@ import {
   AlreadyExistsError,
   BackendUnavailableError,
   BootTimeoutError,
-  ImageError,
   InvalidConfigError,
   KrunboxError,
   NotFoundError,
@@ -34,6 +33,9 @@ import { chooseBackend, probeHost } from "../vmm/detect.ts";
 import { qemuChecks, requireChecks } from "../vmm/prereqs.ts";
 import type { RunnerEvent } from "../vmm/runner.ts";
 import { parseConfig, type SandboxConfig } from "./config.ts";
+import { type PulledImage, pullImage, type PullOptions } from "../image/pull.ts";
+import type { ImageConfig } from "../image/registry.ts";
+import { createUpperDisk } from "../image/upper.ts";
 
 /** The status a reader sees. */
 export type SandboxStatus = "running" | "draining" | "stopped" | "crashed";
@@ -127,10 +129,30 @@ export function requireRow(store: Store, name: string): SandboxRow {
   return row;
 }
 
-async function resolveRoot(config: SandboxConfig, paths: SandboxPaths): Promise<VmRoot> {
+/** What a sandbox's root needs at boot, and the image it comes from (OCI). */
+interface PreparedRoot {
+  readonly root: VmRoot;
+  readonly image?: PulledImage;
+}
+
+/**
+ * Resolves a config's root: checks a directory or disk image; for an OCI
+ * image, pulls it (per `pull.policy`) and makes the sandbox's upper disk
+ * unless it exists (a restart keeps what the guest wrote).
+ */
+async function prepareRoot(
+  store: Store,
+  config: SandboxConfig,
+  paths: SandboxPaths,
+  pull: PullOptions,
+): Promise<PreparedRoot> {
   const img = config.image;
   if (img.kind === "oci") {
-    throw new ImageError("IMAGE_INVALID", `cannot use OCI image ${img.reference}: image pulls are not available yet`);
+    const image = await pullImage(store, img.reference, pull);
+    if (!(await Deno.stat(paths.upperDisk).then(() => true, () => false))) {
+      await createUpperDisk(paths.upperDisk, config.rootDiskMib);
+    }
+    return { root: { kind: "overlay", lower: image.lower, upper: paths.upperDisk }, image };
   }
   let st: Deno.FileInfo;
   try {
@@ -140,11 +162,45 @@ async function resolveRoot(config: SandboxConfig, paths: SandboxPaths): Promise<
   }
   if (img.kind === "dir") {
     if (!st.isDirectory) throw new InvalidConfigError("image", `${img.path} is not a directory`);
-    return { kind: "dir", path: img.path };
+    return { root: { kind: "dir", path: img.path } };
   }
   if (!st.isFile) throw new InvalidConfigError("image", `${img.path} is not a disk image file`);
-  void paths;
-  return { kind: "disk", path: img.path, format: img.format, fstype: img.fstype };
+  return { root: { kind: "disk", path: img.path, format: img.format, fstype: img.fstype } };
+}
+
+/**
+ * The config with the image's defaults under it: the image's Env below the
+ * sandbox's env, its WorkingDir, User and Entrypoint/Cmd where the sandbox
+ * sets none.
+ *
+ * @example
+ * ```ts
+ * import { withImageDefaults } from "./lifecycle.ts";
+ * import { parseConfig } from "./config.ts";
+ * const cfg = withImageDefaults(parseConfig({ name: "a", image: { kind: "oci", reference: "x" } }), {
+ *   config: { Env: ["LANG=C.UTF-8"], WorkingDir: "/app" },
+ * });
+ * console.log(cfg.workdir); // /app
+ * ```
+ */
+export function withImageDefaults(config: SandboxConfig, image: ImageConfig): SandboxConfig {
+  const c = image.config ?? {};
+  const env: Record<string, string> = {};
+  for (const kv of c.Env ?? []) {
+    const eq = kv.indexOf("=");
+    if (eq > 0) env[kv.slice(0, eq)] = kv.slice(eq + 1);
+  }
+  const user = c.User
+    ? (/^\d+$/.test(c.User.split(":")[0]) ? Number(c.User.split(":")[0]) : c.User.split(":")[0])
+    : undefined;
+  const entrypoint = [...(c.Entrypoint ?? []), ...(c.Cmd ?? [])];
+  return parseConfig({
+    ...config,
+    env: { ...env, ...config.env },
+    workdir: config.workdir ?? (c.WorkingDir || undefined),
+    user: config.user ?? user,
+    entrypoint: config.entrypoint ?? (entrypoint.length ? entrypoint : undefined),
+  });
 }
 
 /**
@@ -154,11 +210,11 @@ async function resolveRoot(config: SandboxConfig, paths: SandboxPaths): Promise<
  * ```ts
  * import { vmSpecOf } from "./lifecycle.ts";
  * import { parseConfig } from "./config.ts";
- * const spec = await vmSpecOf(parseConfig({ name: "a", image: { kind: "dir", path: "/" } }));
+ * const spec = await vmSpecOf(parseConfig({ name: "a", image: { kind: "dir", path: "/" } }), { kind: "dir", path: "/" });
  * console.log(spec.backend);
  * ```
  */
-export async function vmSpecOf(config: SandboxConfig): Promise<VmSpec> {
+export async function vmSpecOf(config: SandboxConfig, root: VmRoot): Promise<VmSpec> {
   const { backend } = chooseBackend(config.backend, await probeHost());
   if (backend === "libkrun") {
     throw new BackendUnavailableError(
@@ -170,7 +226,6 @@ export async function vmSpecOf(config: SandboxConfig): Promise<VmSpec> {
   // Fail fast, in the caller, with the doctor's words.
   requireChecks(backend, await qemuChecks());
   const paths = pathsOf(config.name);
-  const root = await resolveRoot(config, paths);
   return {
     name: config.name,
     backend,
@@ -339,27 +394,35 @@ export async function withNameLock<T>(name: string, fn: () => Promise<T>): Promi
  * // await createAndLaunch(parseConfig({ name: "a", image: { kind: "dir", path: "/srv/root" } }), false, false);
  * ```
  */
-export async function createAndLaunch(config: SandboxConfig, detached: boolean, replace: boolean): Promise<Launched> {
+export async function createAndLaunch(
+  requested: SandboxConfig,
+  detached: boolean,
+  replace: boolean,
+  pull: PullOptions = {},
+): Promise<{ launched: Launched; config: SandboxConfig }> {
   using store = await openStore();
-  return await withNameLock(config.name, async () => {
-    const existing = store.get(config.name);
+  return await withNameLock(requested.name, async () => {
+    const existing = store.get(requested.name);
     if (existing) {
-      if (!replace) throw new AlreadyExistsError("sandbox", config.name);
+      if (!replace) throw new AlreadyExistsError("sandbox", requested.name);
       await killRunner(store, existing);
-      await deleteState(store, config.name);
+      await deleteState(store, requested.name);
     }
-    const spec = await vmSpecOf(config);
-    const paths = pathsOf(config.name);
+    const paths = pathsOf(requested.name);
     await Deno.mkdir(paths.dir, { recursive: true });
-    await Deno.writeTextFile(paths.vmSpec, JSON.stringify(spec, null, 1));
-    if (!store.insert(config.name, JSON.stringify(config), "creating", detached)) {
-      throw new AlreadyExistsError("sandbox", config.name);
-    }
-    store.update(config.name, { backend: spec.backend });
     try {
-      return await launchRunner(paths, config.name, detached);
+      const { root, image } = await prepareRoot(store, requested, paths, pull);
+      const config = image ? withImageDefaults(requested, image.config) : requested;
+      const spec = await vmSpecOf(config, root);
+      await Deno.writeTextFile(paths.vmSpec, JSON.stringify(spec, null, 1));
+      if (!store.insert(config.name, JSON.stringify(config), "creating", detached)) {
+        throw new AlreadyExistsError("sandbox", config.name);
+      }
+      store.update(config.name, { backend: spec.backend });
+      if (image) store.setSandboxImage(config.name, image.manifestDigest);
+      return { launched: await launchRunner(paths, config.name, detached), config };
     } catch (e) {
-      await deleteState(store, config.name).catch(() => {});
+      await deleteState(store, requested.name).catch(() => {});
       throw e;
     }
   });
@@ -384,8 +447,9 @@ export async function relaunch(
     const status = reconcile(store, row);
     if (status === "running" || status === "draining") throw new StillRunningError(name);
     const config = parseConfig(JSON.parse(row.config));
-    const spec = await vmSpecOf(config);
     const paths = pathsOf(name);
+    const { root } = await prepareRoot(store, config, paths, { policy: "if-missing" });
+    const spec = await vmSpecOf(config, root);
     await Deno.writeTextFile(paths.vmSpec, JSON.stringify(spec, null, 1));
     store.update(name, { status: "creating", stopReason: null, detached });
     try {

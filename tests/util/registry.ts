@@ -67,11 +67,21 @@ function pemBody(pem: string): string {
   return pem.replace(/-----[^-]+-----/g, "").replace(/\s+/g, "");
 }
 
+/** One request to the token service. */
+export interface TokenRequest {
+  /** The `scope` parameters. */
+  scope: string[];
+  /** The user of the Basic credentials, if any were sent. */
+  user?: string;
+  /** Whether a token was issued. */
+  ok: boolean;
+}
+
 /** A token service for distribution's `auth.token`: ES256 JWTs with the signing cert in `x5c`. */
 class TokenService {
-  /** Token requests served, by outcome. */
-  readonly requests: { scope: string[]; user?: string; ok: boolean }[] = [];
   private constructor(
+    /** Token requests served, by outcome. */
+    readonly requests: TokenRequest[],
     readonly server: Deno.HttpServer<Deno.NetAddr>,
     readonly realm: string,
     readonly certPath: string,
@@ -100,7 +110,7 @@ class TokenService {
     const der = Uint8Array.from(atob(pemBody(await Deno.readTextFile(keyPath))), (c) => c.charCodeAt(0));
     const key = await crypto.subtle.importKey("pkcs8", der, { name: "ECDSA", namedCurve: "P-256" }, false, ["sign"]);
     const x5c = [pemBody(await Deno.readTextFile(certPath))];
-    let self: TokenService | undefined;
+    const requests: TokenRequest[] = [];
     const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, async (req) => {
       const url = new URL(req.url);
       const scope = url.searchParams.getAll("scope");
@@ -109,12 +119,12 @@ class TokenService {
       if (authz) {
         const [u, ...p] = atob(authz.replace(/^Basic /, "")).split(":");
         if (u !== user.username || p.join(":") !== user.password) {
-          self?.requests.push({ scope, user: u, ok: false });
+          requests.push({ scope, user: u, ok: false });
           return Response.json({ details: "incorrect username or password" }, { status: 401 });
         }
         subject = u;
       }
-      self?.requests.push({ scope, user: subject || undefined, ok: true });
+      requests.push({ scope, user: subject || undefined, ok: true });
       // anonymous callers get a token without access: the registry then answers 401 again
       const access = subject
         ? scope.map((s) => {
@@ -144,8 +154,7 @@ class TokenService {
       );
       return Response.json({ token: `${header}.${claims}.${b64url(signature)}`, expires_in: 300 });
     });
-    self = new TokenService(server, `http://127.0.0.1:${server.addr.port}/token`, certPath);
-    return self;
+    return new TokenService(requests, server, `http://127.0.0.1:${server.addr.port}/token`, certPath);
   }
 
   async stop(): Promise<void> {
