@@ -53,32 +53,32 @@ async function sizeOf(path: string): Promise<number> {
  * await Images.prune();
  * ```
  */
-export const Images = {
+export class Images {
   /** Pulls an image into the store (default policy `always`: asks the registry). */
-  async pull(reference: string, options: PullOptions = {}): Promise<PulledImage> {
+  static async pull(reference: string, options: PullOptions = {}): Promise<PulledImage> {
     using store = await openStore();
     return await pullImage(store, reference, { policy: "always", ...options });
-  },
+  }
 
   /** Every image reference in the store. */
-  async list(): Promise<StoredImage[]> {
+  static async list(): Promise<StoredImage[]> {
     using store = await openStore();
     return store.listImages();
-  },
+  }
 
   /** Forgets a reference; its data goes at the next `prune()` if nothing else uses it. */
-  async remove(reference: string): Promise<void> {
+  static async remove(reference: string): Promise<void> {
     const canonical = parseReference(reference).toString();
     using store = await openStore();
     if (!store.getImage(canonical)) throw new ImageError("IMAGE_NOT_FOUND", `${canonical} is not in the image store`);
     store.deleteImage(canonical);
-  },
+  }
 
   /**
    * Deletes images no reference and no sandbox uses, and layer blobs no
    * remaining image needs.
    */
-  async prune(): Promise<PruneResult> {
+  static async prune(): Promise<PruneResult> {
     using store = await openStore();
     const paths = imagePaths();
     const keep = new Set([...store.listImages().map((i) => i.manifestDigest), ...store.imagesInUse()]);
@@ -107,5 +107,5 @@ export const Images = {
       blobs++;
     }
     return { images, blobs, bytesFreed };
-  },
-};
+  }
+}

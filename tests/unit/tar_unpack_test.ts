@@ -321,6 +321,39 @@ Deno.test("unpack: entries replace paths of another type; dirs over dirs merge",
   });
 });
 
+Deno.test("unpack: read-only and locked lower directories still take a later layer", async () => {
+  await withScratch(async (root) => {
+    try {
+      await unpack(
+        writeTar([
+          { name: "ro/", type: "dir", mode: 0o555, mtime: 1500000000 },
+          { name: "ro/old", data: "old" },
+          { name: "ro/sub/", type: "dir", mode: 0o500 },
+          { name: "ro/sub/deep", data: "d", mode: 0o400 },
+          { name: "locked/", type: "dir", mode: 0o000 },
+          { name: "locked/f", data: "f" },
+        ]),
+        root,
+      );
+      assertEquals((await Deno.lstat(`${root}/ro`)).mode! & 0o7777, 0o555);
+      assertEquals((await Deno.lstat(`${root}/locked`)).mode! & 0o7777, 0o000);
+      await unpack(
+        writeTar([{ name: "ro/new", data: "new" }, { name: "ro/.wh.sub" }, { name: "locked/g", data: "g" }]),
+        root,
+      );
+      const ro = await Deno.lstat(`${root}/ro`);
+      assertEquals(ro.mode! & 0o7777, 0o555, "lower mode restored after the layer");
+      assertEquals((await Deno.lstat(`${root}/locked`)).mode! & 0o7777, 0o000);
+      await Deno.chmod(`${root}/locked`, 0o755);
+      assertEquals([await text(`${root}/ro/old`), await text(`${root}/ro/new`)], ["old", "new"]);
+      assertEquals(await exists(`${root}/ro/sub`), false);
+      assertEquals([await text(`${root}/locked/f`), await text(`${root}/locked/g`)], ["f", "g"]);
+    } finally {
+      for (const d of ["ro", "ro/sub", "locked"]) await Deno.chmod(`${root}/${d}`, 0o755).catch(() => {});
+    }
+  });
+});
+
 Deno.test("unpack: hostile names and links never escape the root", async () => {
   await withScratch(async (base) => {
     const root = `${base}/root`;
