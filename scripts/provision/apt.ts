@@ -18,6 +18,8 @@ export const HOST_PACKAGES: Readonly<Record<string, string>> = {
   "docker-registry": "the local OCI registry of the tests",
   "skopeo": "building test images",
   "umoci": "building test images",
+  "apache2-utils": "htpasswd for the tests' authenticated registry",
+  "openssl": "certificates for the tests' token-auth registry",
   "kmod": "depmod, for the guest kernel's module index",
   "cpio": "tests: reading initramfs archives back",
 };

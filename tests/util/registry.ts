@@ -312,7 +312,7 @@ export interface PushOptions {
 export async function pushImage(
   host: string,
   nameTag: string,
-  rootfsDirs: string[],
+  layers: (string | ((rootfs: string) => Promise<void>))[],
   options: PushOptions = {},
 ): Promise<{ digest: string }> {
   const colon = nameTag.lastIndexOf(":");
@@ -325,9 +325,12 @@ export async function pushImage(
     const bundle = `${work}/bundle`;
     await run("umoci", ["init", "--layout", layout]);
     await run("umoci", ["new", "--image", image]);
-    for (const dir of rootfsDirs) {
+    // A layer is a directory copied over the root, or an edit of the root
+    // (deletions become whiteouts in the repacked layer).
+    for (const layer of layers) {
       await run("umoci", ["unpack", "--image", image, bundle]);
-      await run("cp", ["-a", `${dir}/.`, `${bundle}/rootfs/`]);
+      if (typeof layer === "string") await run("cp", ["-a", `${layer}/.`, `${bundle}/rootfs/`]);
+      else await layer(`${bundle}/rootfs`);
       await run("umoci", ["repack", "--image", image, bundle]);
       await Deno.remove(bundle, { recursive: true });
     }
