@@ -49,7 +49,7 @@ async function plain(i: number): Promise<number> {
   const fsSock = join(dir, "fs.sock");
   const t0 = performance.now();
   const virtiofsd = new Deno.Command("/usr/lib/qemu/virtiofsd", {
-    args: [`--socket-path=${fsSock}`, "-o", `source=${root}`, "-o", "cache=auto"],
+    args: [`--socket-path=${fsSock}`, "-o", `source=${root}`, "-o", "cache=always"],
     stderr: "null",
   }).spawn();
   while (!(await Deno.stat(fsSock).then((s) => s.isSocket, () => false))) await new Promise((r) => setTimeout(r, 2));

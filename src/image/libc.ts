@@ -44,10 +44,29 @@ const ERRNO_NAMES: Record<number, string> = {
   122: "EDQUOT",
 };
 
-/** `errno` of an unsupported operation (`EOPNOTSUPP`, also spelled `ENOTSUP` on Linux). */
+/**
+ * `errno` of an unsupported operation (`EOPNOTSUPP`, also spelled `ENOTSUP`
+ * on Linux), e.g. user xattrs on a filesystem without them.
+ *
+ * @example
+ * ```ts
+ * import { EOPNOTSUPP, loadLibc } from "./libc.ts";
+ * const rc = loadLibc()?.setXattr("/tmp/f", "user.k", new Uint8Array([1]));
+ * if (rc === EOPNOTSUPP) console.log("no user xattrs here");
+ * ```
+ */
 export const EOPNOTSUPP = 95;
 
-/** `errno` of a missing extended attribute (`ENODATA`). */
+/**
+ * `errno` of a missing extended attribute (`ENODATA`).
+ *
+ * @example
+ * ```ts
+ * import { ENODATA, loadLibc } from "./libc.ts";
+ * const got = loadLibc()?.getXattr("/tmp/f", "user.absent");
+ * if (got?.errno === ENODATA) console.log("not set");
+ * ```
+ */
 export const ENODATA = 61;
 
 /**
@@ -63,7 +82,17 @@ export function errnoName(errno: number): string {
   return ERRNO_NAMES[errno] ?? `errno ${errno}`;
 }
 
-/** The libc calls of {@link loadLibc}; each returns 0 or a positive errno. */
+/**
+ * The libc calls of {@link loadLibc}; each returns 0 or a positive errno.
+ *
+ * @example
+ * ```ts
+ * import { errnoName, type Libc, loadLibc } from "./libc.ts";
+ * const libc: Libc | undefined = loadLibc();
+ * const rc = libc?.lchown("/tmp/link", 0, 0) ?? -1;
+ * console.log(rc === 0 ? "ok" : rc > 0 ? errnoName(rc) : "no FFI");
+ * ```
+ */
 export interface Libc {
   /** `lsetxattr(2)`: sets an extended attribute without following a symlink at `path`. */
   setXattr(path: string, name: string, value: Uint8Array): number;

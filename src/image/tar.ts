@@ -10,13 +10,32 @@
 
 import { ImageError, KrunboxError } from "../errors.ts";
 
-/** The kinds of entries a layer can hold. */
+/**
+ * The kinds of entries a layer can hold.
+ *
+ * @example
+ * ```ts
+ * import type { TarEntryType } from "./tar.ts";
+ * const special: TarEntryType[] = ["char", "block", "fifo"];
+ * ```
+ */
 export type TarEntryType = "file" | "hardlink" | "symlink" | "char" | "block" | "dir" | "fifo";
 
 /**
  * One archive member: its header fields (pax and GNU overrides applied) and
  * its body. The body must be read before asking the iterator for the next
  * entry, or it is skipped; reading it afterwards throws.
+ *
+ * @example
+ * ```ts
+ * import { readTar, type TarEntry } from "./tar.ts";
+ * async function sizeOf(entry: TarEntry): Promise<number> {
+ *   let n = 0;
+ *   for (let c = await entry.read(); c !== null; c = await entry.read()) n += c.length;
+ *   return n;
+ * }
+ * for await (const e of readTar((await Deno.open("layer.tar")).readable)) console.log(e.name, await sizeOf(e));
+ * ```
  */
 export interface TarEntry {
   /** The member name as stored (not normalized; may start with `./` or `/`). */

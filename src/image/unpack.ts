@@ -21,7 +21,18 @@ import { ImageError, KrunboxError } from "../errors.ts";
 import { errnoName, type Libc, loadLibc } from "./libc.ts";
 import type { TarEntry } from "./tar.ts";
 
-/** Options of {@link unpackLayer}. */
+/**
+ * Options of {@link unpackLayer}.
+ *
+ * @example
+ * ```ts
+ * import type { UnpackOptions } from "./unpack.ts";
+ * const options: UnpackOptions = {
+ *   onEntry: (entry, path) => console.log(entry.type, path),
+ *   warn: (message) => console.warn(message),
+ * };
+ * ```
+ */
 export interface UnpackOptions {
   /** Called before each entry is applied with its normalized path; must not read the body. */
   onEntry?: (entry: TarEntry, path: string) => void | Promise<void>;
@@ -29,7 +40,17 @@ export interface UnpackOptions {
   warn?: (message: string) => void;
 }
 
-/** What {@link unpackLayer} did. */
+/**
+ * What {@link unpackLayer} did.
+ *
+ * @example
+ * ```ts
+ * import type { UnpackStats } from "./unpack.ts";
+ * function report(s: UnpackStats): string {
+ *   return `${s.files} files, ${s.bytes} bytes, ${s.whiteouts} whiteouts, ${s.warnings.length} warnings`;
+ * }
+ * ```
+ */
 export interface UnpackStats {
   /** Archive entries seen (whiteouts included). */
   entries: number;
@@ -120,6 +141,15 @@ async function writeAll(f: Deno.FsFile, data: Uint8Array): Promise<void> {
   for (let off = 0; off < data.length;) off += await f.write(data.subarray(off));
 }
 
+/** The process uid/gid, or -1 where unknown (no `--allow-sys`): then treated as not root. */
+function currentId(get: () => number | null): number {
+  try {
+    return get() ?? -1;
+  } catch {
+    return -1;
+  }
+}
+
 const depth = (rel: string) => (rel === "" ? 0 : rel.split("/").length);
 const parentOf = (rel: string) => rel.slice(0, Math.max(0, rel.lastIndexOf("/")));
 
@@ -148,9 +178,9 @@ class Unpacker {
   };
   readonly #root: string;
   readonly #warn?: (message: string) => void;
-  readonly #isRoot = Deno.uid() === 0;
-  readonly #uid = Deno.uid() ?? -1;
-  readonly #gid = Deno.gid() ?? -1;
+  readonly #uid = currentId(() => Deno.uid());
+  readonly #gid = currentId(() => Deno.gid());
+  readonly #isRoot = this.#uid === 0;
   #libc: Libc | null | undefined;
   /** Relative paths verified to be real directories (invalidated on removal). */
   readonly #dirs = new Set<string>();

@@ -273,7 +273,10 @@ export const qemuBackend: Backend = {
             "-o",
             `source=${share.hostPath}`,
             "-o",
-            "cache=auto",
+            // The root is the guest's alone: caching it fully makes a spawn ~15x
+            // faster under TCG (no FUSE round trip per lookup). Volumes stay
+            // coherent with host-side changes.
+            share.tag === "root" ? "cache=always" : "cache=auto",
             ...(share.readonly ? ["-o", "readonly"] : []),
           ],
           stdin: "null",

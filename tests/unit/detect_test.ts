@@ -6,9 +6,9 @@ const withHw = { hardwareFlag: "svm" as const, kvmUsable: true, kvmProblem: unde
 const noHw = { hardwareFlag: undefined, kvmUsable: true, kvmProblem: undefined };
 
 Deno.test("auto picks libkrun only with vmx/svm and a usable /dev/kvm", () => {
-  assertEquals(chooseBackend("auto", withHw, undefined).backend, "libkrun");
-  assertEquals(chooseBackend("auto", noHw, undefined).backend, "qemu");
-  assertEquals(chooseBackend("auto", { ...withHw, kvmUsable: false, kvmProblem: "x" }, undefined).backend, "qemu");
+  assertEquals(chooseBackend("auto", withHw, "").backend, "libkrun");
+  assertEquals(chooseBackend("auto", noHw, "").backend, "qemu");
+  assertEquals(chooseBackend("auto", { ...withHw, kvmUsable: false, kvmProblem: "x" }, "").backend, "qemu");
 });
 
 Deno.test("explicit choice and KRUNBOX_BACKEND override auto", () => {

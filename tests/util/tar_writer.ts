@@ -6,7 +6,15 @@
  * @module
  */
 
-/** One member to write. */
+/**
+ * One member to write.
+ *
+ * @example
+ * ```ts
+ * import type { TarSpec } from "./tar_writer.ts";
+ * const hostile: TarSpec[] = [{ name: "evil", type: "symlink", linkname: "/" }, { name: "evil/etc/x", data: "x" }];
+ * ```
+ */
 export interface TarSpec {
   /** Member name, written verbatim (may hold `..`, a leading `/`, …). */
   name: string;
@@ -65,6 +73,7 @@ function putOctal(b: Uint8Array, off: number, len: number, v: number): void {
  *
  * @example
  * ```ts
+ * import { fixChecksum } from "./tar_writer.ts";
  * const block = new Uint8Array(512);
  * fixChecksum(block);
  * ```
@@ -186,6 +195,7 @@ function member(s: TarSpec): Uint8Array[] {
  *
  * @example
  * ```ts
+ * import { writeTar } from "./tar_writer.ts";
  * const tar = writeTar([{ name: "etc/", type: "dir" }, { name: "etc/hostname", data: "box\n" }]);
  * console.log(tar.length); // 2048
  * ```
@@ -202,6 +212,7 @@ export function writeTar(specs: readonly TarSpec[], options: { end?: boolean } =
  *
  * @example
  * ```ts
+ * import { chunkedStream } from "./tar_writer.ts";
  * const s = chunkedStream(new Uint8Array(10), [1, 3]);
  * ```
  */
