@@ -74,6 +74,12 @@ pub enum Transport {
     VirtioPort { name: String },
     #[serde(rename = "vsock")]
     Vsock { port: u32 },
+    /// The agent connects out to the host (CID 2) on `port`; libkrun maps
+    /// guest-initiated connections to a unix socket the runner listens on,
+    /// which avoids the stall of a first host-to-guest vsock connection
+    /// (libkrun issue 684).
+    #[serde(rename = "vsock-connect")]
+    VsockConnect { port: u32 },
 }
 
 impl Default for Transport {

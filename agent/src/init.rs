@@ -92,6 +92,7 @@ fn serve_forever(t: &Transport) -> ! {
                 Ok(()) => continue,
                 Err(e) => e,
             },
+            Transport::VsockConnect { port } => crate::transport::serve_vsock_connect(*port),
         };
         log(&format!("transport {t:?}: {err}; retrying"));
         std::thread::sleep(Duration::from_secs(1));

@@ -176,6 +176,43 @@ pub fn serve_vsock(port: u32) -> io::Result<()> {
     }
 }
 
+/// Connects to the host (CID 2) on vsock `port` and serves that stream; when
+/// it ends, connects again (the runner may come back). Returns only the
+/// error of a connect that keeps failing.
+pub fn serve_vsock_connect(port: u32) -> io::Error {
+    const VMADDR_CID_HOST: u32 = 2;
+    crate::agent::get().mark_ready();
+    let mut failures = 0;
+    loop {
+        let fd = match check(unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) }) {
+            Ok(fd) => unsafe { OwnedFd::from_raw_fd(fd) },
+            Err(e) => return e,
+        };
+        let mut addr: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
+        addr.svm_family = libc::AF_VSOCK as libc::sa_family_t;
+        addr.svm_port = port;
+        addr.svm_cid = VMADDR_CID_HOST;
+        let rc = unsafe {
+            libc::connect(
+                fd.as_raw_fd(),
+                &addr as *const libc::sockaddr_vm as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t,
+            )
+        };
+        if rc < 0 {
+            failures += 1;
+            if failures > 100 {
+                return io::Error::last_os_error();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+            continue;
+        }
+        failures = 0;
+        crate::server::serve(Stream::socket(fd));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// `/dev/vportNpM` whose sysfs name is `name`.
 pub fn find_port(name: &str) -> Option<String> {
     let dir = std::fs::read_dir("/sys/class/virtio-ports").ok()?;

@@ -18,7 +18,7 @@
  */
 
 import { ImageError, KrunboxError } from "../errors.ts";
-import { errnoName, type Libc, loadLibc } from "./libc.ts";
+import { errnoName, type Libc, loadLibc } from "../../ffi/libc.ts";
 import type { TarEntry } from "./tar.ts";
 
 /**

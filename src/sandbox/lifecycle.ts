@@ -30,8 +30,9 @@ import { homeLayout } from "../store/home.ts";
 import { isLocked, lockWait } from "../store/lock.ts";
 import { type SandboxPaths, sandboxPaths, type VmRoot, type VmSpec } from "../vmm/backend.ts";
 import { chooseBackend, probeHost } from "../vmm/detect.ts";
-import { qemuChecks, requireChecks } from "../vmm/prereqs.ts";
+import { libkrunChecks, qemuChecks, requireChecks } from "../vmm/prereqs.ts";
 import type { RunnerEvent } from "../vmm/runner.ts";
+import { logTail } from "../util/logs.ts";
 import { parseConfig, type SandboxConfig } from "./config.ts";
 import { type PulledImage, pullImage, type PullOptions } from "../image/pull.ts";
 import type { ImageConfig } from "../image/registry.ts";
@@ -216,15 +217,8 @@ export function withImageDefaults(config: SandboxConfig, image: ImageConfig): Sa
  */
 export async function vmSpecOf(config: SandboxConfig, root: VmRoot): Promise<VmSpec> {
   const { backend } = chooseBackend(config.backend, await probeHost());
-  if (backend === "libkrun") {
-    throw new BackendUnavailableError(
-      "libkrun",
-      "booting VMs through libkrun is not available yet",
-      "use backend qemu",
-    );
-  }
   // Fail fast, in the caller, with the doctor's words.
-  requireChecks(backend, await qemuChecks());
+  requireChecks(backend, backend === "qemu" ? await qemuChecks() : await libkrunChecks());
   const paths = pathsOf(config.name);
   return {
     name: config.name,
@@ -328,10 +322,11 @@ export async function launchRunner(paths: SandboxPaths, name: string, detached: 
     ]);
     if (!status) runner.kill("SIGKILL");
     if (event?.event === "failed") throw runnerError(event, name, bootTimeoutMs());
+    const tail = [await logTail(paths.runnerLog, 5), await logTail(paths.consoleLog, 10)].filter(Boolean).join("\n");
     throw new BackendUnavailableError(
       "runner",
-      `the runner of "${name}" exited before the VM was ready (${line ?? "no output"})`,
-      `see ${paths.runnerLog}`,
+      `the runner of "${name}" exited before the VM was ready${tail ? `; its logs end with:\n${tail}\n` : ""}`,
+      `see ${paths.runnerLog} and run \`./dev doctor\``,
     );
   }
   let agent: AgentClient;

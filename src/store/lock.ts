@@ -1,36 +1,20 @@
 /**
- * Advisory file locks (`flock(2)` through libc). A runner holds an exclusive
- * lock on its sandbox's `runner.lock` for its whole life: the kernel drops it
- * when the process dies, however it dies, so "is the runner alive?" is a
- * non-blocking lock attempt, immune to pid reuse. Deno's own `FsFile.lock`
- * only blocks, hence libc (needs `--allow-ffi`).
+ * Advisory file locks (`flock(2)` through libc, see ffi/libc.ts). A runner
+ * holds an exclusive lock on its sandbox's `runner.lock` for its whole life:
+ * the kernel drops it when the process dies, however it dies, so "is the
+ * runner alive?" is a non-blocking lock attempt, immune to pid reuse.
+ * Deno's own `FsFile.lock` only blocks, hence libc (needs `--allow-ffi`).
  *
  * @module
  */
 
-const LOCK_SH = 1;
-const LOCK_EX = 2;
-const LOCK_NB = 4;
-const LOCK_UN = 8;
-const O_RDWR = 0o2;
-const O_CREAT = 0o100;
-const O_CLOEXEC = 0o2000000;
+import { type Libc, loadLibc, LOCK } from "../../ffi/libc.ts";
+import { StateError } from "../errors.ts";
 
-const LIBC_SYMBOLS = {
-  // int open(const char *pathname, int flags, mode_t mode)
-  open: {
-    parameters: ["buffer", /* const char *pathname */ "i32", /* int flags */ "u32" /* mode_t mode */],
-    result: "i32",
-  },
-  // int flock(int fd, int operation)
-  flock: { parameters: ["i32", /* int fd */ "i32" /* int operation */], result: "i32" },
-  // int close(int fd)
-  close: { parameters: ["i32" /* int fd */], result: "i32" },
-} as const satisfies Deno.ForeignLibraryInterface;
-
-let libc: Deno.DynamicLibrary<typeof LIBC_SYMBOLS> | undefined;
-function lib() {
-  return libc ??= Deno.dlopen("libc.so.6", LIBC_SYMBOLS);
+function libc(): Libc {
+  const l = loadLibc();
+  if (!l) throw new StateError("krunbox needs FFI for its locks: run Deno with --allow-ffi (or -A)");
+  return l;
 }
 
 /**
@@ -51,19 +35,13 @@ export class FileLock implements Disposable {
   /** Releases the lock and closes its descriptor. */
   release(): void {
     if (this.#fd < 0) return;
-    lib().symbols.flock(this.#fd, LOCK_UN);
-    lib().symbols.close(this.#fd);
+    libc().flock(this.#fd, LOCK.un);
+    libc().close(this.#fd);
     this.#fd = -1;
   }
   [Symbol.dispose](): void {
     this.release();
   }
-}
-
-function openLockFile(path: string): number {
-  const fd = lib().symbols.open(new TextEncoder().encode(path + "\0"), O_RDWR | O_CREAT | O_CLOEXEC, 0o644);
-  if (fd < 0) throw new Deno.errors.PermissionDenied(`cannot open lock file ${path}`);
-  return fd;
 }
 
 /**
@@ -77,9 +55,10 @@ function openLockFile(path: string): number {
  * ```
  */
 export function tryLock(path: string, exclusive: boolean): FileLock | undefined {
-  const fd = openLockFile(path);
-  if (lib().symbols.flock(fd, (exclusive ? LOCK_EX : LOCK_SH) | LOCK_NB) !== 0) {
-    lib().symbols.close(fd);
+  const fd = libc().openForLock(path, 0o644);
+  if (fd < 0) throw new StateError(`cannot open lock file ${path} (errno ${-fd}); check that KRUNBOX_HOME is writable`);
+  if (libc().flock(fd, (exclusive ? LOCK.ex : LOCK.sh) | LOCK.nb) !== 0) {
+    libc().close(fd);
     return undefined;
   }
   return new FileLock(fd);

@@ -103,6 +103,11 @@ export interface Vm {
   readonly exited: Promise<VmExit>;
   /** The host process that runs the guest (for CPU and memory figures). */
   readonly vmmPid: number;
+  /**
+   * The VMM runs inside this (the runner's) process and ends it with the
+   * guest (libkrun): a terminal status must be written before a shutdown.
+   */
+  readonly inProcess?: boolean;
   /** Kills the VMM and its helpers at once. */
   kill(): void;
 }

@@ -86,6 +86,19 @@ export async function qemuChecks(): Promise<Check[]> {
 }
 
 /**
+ * Everything the libkrun backend needs besides KVM.
+ *
+ * @example
+ * ```ts
+ * import { libkrunChecks } from "./prereqs.ts";
+ * for (const c of await libkrunChecks()) console.log(c.ok, c.name);
+ * ```
+ */
+export async function libkrunChecks(): Promise<Check[]> {
+  return await Promise.all([checkAsset("libkrun"), checkAsset("libkrunfw"), checkAsset("agent", "guest agent")]);
+}
+
+/**
  * Throws the first failed check as a {@link BackendUnavailableError}.
  *
  * @example

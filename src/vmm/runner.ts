@@ -16,13 +16,14 @@
  * @module
  */
 
-import { BackendUnavailableError, BootTimeoutError, KrunboxError, VmCrashedError } from "../errors.ts";
+import { BootTimeoutError, KrunboxError, VmCrashedError } from "../errors.ts";
 import { Store, type StoredStatus } from "../store/db.ts";
 import { homeLayout } from "../store/home.ts";
 import { tryLock } from "../store/lock.ts";
 import { sandboxPaths, type Vm, type VmSpec } from "./backend.ts";
 import { qemuBackend } from "./qemu.ts";
 import { Relay } from "./relay.ts";
+import { logTail } from "../util/logs.ts";
 
 /** Grace between the agent's shutdown request and killing the VMM. */
 const STOP_GRACE_MS = 5000;
@@ -31,24 +32,6 @@ const STOP_GRACE_MS = 5000;
 export type RunnerEvent =
   | { event: "ready"; bootMs: number; boot: Record<string, number>; vmmPid: number }
   | { event: "failed"; code: string; message: string };
-
-/**
- * The last lines of a log file (for error messages).
- *
- * @example
- * ```ts
- * import { logTail } from "./runner.ts";
- * console.log(await logTail("/var/log/dpkg.log", 5));
- * ```
- */
-export async function logTail(path: string, lines = 20): Promise<string> {
-  try {
-    const text = await Deno.readTextFile(path);
-    return text.trimEnd().split("\n").slice(-lines).join("\n");
-  } catch {
-    return "";
-  }
-}
 
 function emit(e: RunnerEvent) {
   try {
@@ -82,10 +65,8 @@ async function main(dir: string, mode: string): Promise<number> {
   const abort = new AbortController();
   let vm: Vm;
   try {
-    if (spec.backend !== "qemu") {
-      throw new BackendUnavailableError("libkrun", "the libkrun backend cannot boot VMs yet", "use backend qemu");
-    }
-    vm = await qemuBackend.boot(spec, abort.signal);
+    const backend = spec.backend === "qemu" ? qemuBackend : (await import("./libkrun.ts")).libkrunBackend;
+    vm = await backend.boot(spec, abort.signal);
   } catch (e) {
     const err = e instanceof KrunboxError
       ? e
@@ -111,6 +92,8 @@ async function main(dir: string, mode: string): Promise<number> {
     orderly = true;
     stopReason = reason;
     log(`stopping: ${reason}`);
+    // An in-process VMM ends this process with the guest: the status cannot wait.
+    if (vm.inProcess) setStatus("stopped", reason);
     relay.requestGuest("shutdown", { graceMs: Math.min(graceMs, 2000) }).catch(() => {});
     const timer = setTimeout(() => {
       log("the guest did not power off in time: killing the VMM");
@@ -119,10 +102,14 @@ async function main(dir: string, mode: string): Promise<number> {
     await vm.exited;
     clearTimeout(timer);
   };
-  const kill = (reason: string) => {
+  const kill = async (reason: string) => {
     orderly = true;
     stopReason = reason;
     log(`killing: ${reason}`);
+    if (vm.inProcess) {
+      setStatus("stopped", reason);
+      await relay.closeClients();
+    }
     vm.kill();
   };
 
@@ -135,7 +122,7 @@ async function main(dir: string, mode: string): Promise<number> {
         await finished;
         return { status };
       case "runner.kill":
-        kill("killed by request");
+        await kill("killed by request");
         await finished;
         return { status };
       case "runner.drain":

@@ -3,7 +3,7 @@ import { chunkedStream, fixChecksum, type TarSpec, writeTar } from "../util/tar_
 import { ImageError } from "../../src/errors.ts";
 import { readTar, type TarEntry } from "../../src/image/tar.ts";
 import { normalizeEntryPath, unpackLayer, type UnpackStats } from "../../src/image/unpack.ts";
-import { EOPNOTSUPP, errnoName, loadLibc } from "../../src/image/libc.ts";
+import { EOPNOTSUPP, errnoName, loadLibc } from "../../ffi/libc.ts";
 
 const isRoot = Deno.uid() === 0;
 const enc = new TextEncoder();

@@ -44,6 +44,17 @@ export function processesMentioning(text: string): number[] {
   return pids;
 }
 
+// A failed test may leave a detached sandbox running: end them all with the test process.
+globalThis.addEventListener("unload", () => {
+  for (const pid of processesMentioning(testHome)) {
+    try {
+      Deno.kill(pid, "SIGKILL");
+    } catch {
+      // gone
+    }
+  }
+});
+
 /** The sandbox directory of a name in the test home. */
 export function sandboxDir(name: string): string {
   return join(testHome, "sandboxes", name);

@@ -1,6 +1,8 @@
 /**
- * The few libc calls layer unpacking needs and Deno has no API for:
- * extended attributes, device nodes, fifos and `lchown`. Loaded lazily
+ * The few libc calls krunbox needs and Deno has no API for: advisory locks
+ * that can be tried without blocking (`flock`, for the sandbox locks), and
+ * for layer unpacking extended attributes, device nodes, fifos and
+ * `lchown`. One symbols table, C signature beside each entry. Loaded lazily
  * through `Deno.dlopen` (needs `--allow-ffi`); {@link loadLibc} answers
  * `undefined` where FFI is unavailable so callers can degrade to warnings.
  * Every call returns 0 on success or the positive `errno` on failure.
@@ -19,6 +21,12 @@ const SYMBOLS = {
   mkfifo: { parameters: ["buffer", "u32"], result: "i32", optional: true },
   // int lchown(const char *pathname, uid_t owner, gid_t group)
   lchown: { parameters: ["buffer", "u32", "u32"], result: "i32", optional: true },
+  // int open(const char *pathname, int flags, mode_t mode)
+  open: { parameters: ["buffer", "i32", "u32"], result: "i32" },
+  // int flock(int fd, int operation)
+  flock: { parameters: ["i32", "i32"], result: "i32" },
+  // int close(int fd)
+  close: { parameters: ["i32"], result: "i32" },
   // int *__errno_location(void)
   __errno_location: { parameters: [], result: "pointer" },
 } as const satisfies Deno.ForeignLibraryInterface;
@@ -104,7 +112,19 @@ export interface Libc {
   mkfifo(path: string, mode: number): number;
   /** `lchown(2)`: changes the owner of `path` itself, never of a symlink's target. */
   lchown(path: string, uid: number, gid: number): number;
+  /** `open(2)` with `O_RDWR | O_CREAT | O_CLOEXEC`: a file descriptor, or minus the errno. */
+  openForLock(path: string, mode: number): number;
+  /** `flock(2)`: 0, or the errno (`EWOULDBLOCK` when held elsewhere with `LOCK_NB`). */
+  flock(fd: number, operation: number): number;
+  /** `close(2)`. */
+  close(fd: number): void;
 }
+
+/** `flock(2)` operations. */
+export const LOCK = { sh: 1, ex: 2, nb: 4, un: 8 } as const;
+const O_RDWR = 0o2;
+const O_CREAT = 0o100;
+const O_CLOEXEC = 0o2000000;
 
 const S_IFCHR = 0o020000;
 const S_IFBLK = 0o060000;
@@ -178,6 +198,12 @@ export function loadLibc(): Libc | undefined {
         : ENOSYS,
     mkfifo: (path, mode) => (s.mkfifo ? check(s.mkfifo(cstr(path), mode & 0o7777)) : ENOSYS),
     lchown: (path, uid, gid) => (s.lchown ? check(s.lchown(cstr(path), uid >>> 0, gid >>> 0)) : ENOSYS),
+    openForLock(path, mode) {
+      const fd = s.open(cstr(path), O_RDWR | O_CREAT | O_CLOEXEC, mode);
+      return fd < 0 ? -(errno() || ENOSYS) : fd;
+    },
+    flock: (fd, operation) => check(s.flock(fd, operation)),
+    close: (fd) => void s.close(fd),
   };
   return cached;
 }
