@@ -204,6 +204,17 @@ export function withImageDefaults(config: SandboxConfig, image: ImageConfig): Sa
   });
 }
 
+/** The real path of a volume's host directory (virtiofsd wants a directory, not a link to one). */
+async function realDir(path: string): Promise<string> {
+  try {
+    const real = await Deno.realPath(path);
+    if ((await Deno.stat(real)).isDirectory) return real;
+  } catch (cause) {
+    throw new InvalidConfigError("volumes", `${path} does not exist`, { cause });
+  }
+  throw new InvalidConfigError("volumes", `${path} is not a directory`);
+}
+
 /**
  * Builds the VM spec of a config (resolving the backend and the root).
  *
@@ -227,8 +238,13 @@ export async function vmSpecOf(config: SandboxConfig, root: VmRoot): Promise<VmS
     memoryMib: config.memoryMib,
     dir: paths.dir,
     root,
-    shares: config.volumes.flatMap((v, i) =>
-      v.kind === "bind" ? [{ tag: `vol${i}`, hostPath: v.hostPath, guestPath: v.guestPath, readonly: v.readonly }] : []
+    shares: await Promise.all(
+      config.volumes.flatMap((v, i) => v.kind === "bind" ? [{ ...v, tag: `vol${i}` }] : []).map(async (v) => ({
+        tag: v.tag,
+        hostPath: await realDir(v.hostPath),
+        guestPath: v.guestPath,
+        readonly: v.readonly,
+      })),
     ),
     ports: config.ports,
     network: config.network.mode,
@@ -242,6 +258,8 @@ export async function vmSpecOf(config: SandboxConfig, root: VmRoot): Promise<VmS
       ),
     },
     bootTimeoutMs: bootTimeoutMs(),
+    // Advanced: extra guest kernel modules (qemu), e.g. "kvm-amd" for a nested test host.
+    extraModules: Deno.env.get("KRUNBOX_GUEST_MODULES")?.split(",").map((m) => m.trim()).filter(Boolean),
     idleTimeoutSecs: config.idleTimeoutSecs,
     maxDurationSecs: config.maxDurationSecs,
   };

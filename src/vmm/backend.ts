@@ -49,6 +49,8 @@ export interface VmSpec {
   readonly idleTimeoutSecs?: number;
   /** Stop this long after boot (host-enforced). */
   readonly maxDurationSecs?: number;
+  /** Kernel modules the guest loads besides the usual ones (qemu; e.g. kvm-amd for a nested host). */
+  readonly extraModules?: readonly string[];
 }
 
 /** Files of a sandbox directory. */

@@ -21,6 +21,7 @@ import { probeHost } from "./detect.ts";
 import { GUEST_MODULES, loadOrder, type ModuleIndex } from "./modules.ts";
 import { qemuChecks, requireChecks, VIRTIOFSD_DIRS } from "./prereqs.ts";
 import { which } from "../util/command.ts";
+import { logTail } from "../util/logs.ts";
 
 /** The guest address plan of qemu's user-mode network (slirp defaults). */
 export const USER_NET = { iface: "eth0", address: "10.0.2.15/24", gateway: "10.0.2.2", dns: ["10.0.2.3"] } as const;
@@ -149,7 +150,7 @@ export function qemuArgs(spec: VmSpec, host: QemuHost): string[] {
 export function qemuBootConfig(
   spec: VmSpec,
   modules: ModuleIndex,
-  wanted: readonly string[] = GUEST_MODULES,
+  wanted: readonly string[] = [...GUEST_MODULES, ...(spec.extraModules ?? [])],
 ): Record<string, unknown> {
   const root = spec.root.kind === "dir"
     ? { kind: "virtiofs", tag: "root" }
@@ -195,12 +196,21 @@ async function hostTscKhz(): Promise<number | undefined> {
   }
 }
 
-async function waitForSocket(path: string, proc: Deno.ChildProcess, what: string, ms = 5000): Promise<void> {
+async function waitForSocket(
+  path: string,
+  proc: Deno.ChildProcess,
+  what: string,
+  log: string,
+  ms = 5000,
+): Promise<void> {
   const end = Date.now() + ms;
   let exited = false;
   proc.status.then(() => (exited = true));
   while (Date.now() < end) {
-    if (exited) throw new BackendUnavailableError("qemu", `${what} exited at start`, "see the sandbox's runner.log");
+    if (exited) {
+      await new Promise((r) => setTimeout(r, 50)); // let its stderr reach the log
+      throw new BackendUnavailableError("qemu", `${what} exited at start:\n${await logTail(log, 5)}\n`, `see ${log}`);
+    }
     try {
       if ((await Deno.stat(path)).isSocket) return;
     } catch {
@@ -246,7 +256,12 @@ export const qemuBackend: Backend = {
     await Deno.writeFile(initrd, extra, { append: true });
 
     const children: Deno.ChildProcess[] = [];
-    const log = await Deno.open(join(spec.dir, "runner.log"), { append: true, create: true });
+    const logPath = join(spec.dir, "runner.log");
+    // One append handle per stream: a pipe locks its destination for its whole life.
+    const toLog = async (stream: ReadableStream<Uint8Array>) => {
+      const file = await Deno.open(logPath, { append: true, create: true });
+      await stream.pipeTo(file.writable).catch(() => {});
+    };
     const kill = () => {
       for (const c of children) {
         try {
@@ -277,15 +292,14 @@ export const qemuBackend: Backend = {
             // faster under TCG (no FUSE round trip per lookup). Volumes stay
             // coherent with host-side changes.
             share.tag === "root" ? "cache=always" : "cache=auto",
-            ...(share.readonly ? ["-o", "readonly"] : []),
           ],
           stdin: "null",
           stdout: "null",
           stderr: "piped",
         }).spawn();
         children.push(child);
-        child.stderr.pipeTo(log.writable, { preventClose: true }).catch(() => {});
-        await waitForSocket(sock, child, "virtiofsd");
+        toLog(child.stderr);
+        await waitForSocket(sock, child, "virtiofsd", logPath);
         fsSockets[share.tag] = sock;
       }
 
@@ -308,13 +322,12 @@ export const qemuBackend: Backend = {
         stderr: "piped",
       }).spawn();
       children.push(vmm);
-      vmm.stdout.pipeTo(log.writable, { preventClose: true }).catch(() => {});
-      vmm.stderr.pipeTo(log.writable, { preventClose: true }).catch(() => {});
+      toLog(vmm.stdout);
+      toLog(vmm.stderr);
       const exited: Promise<VmExit> = vmm.status.then(async (s) => {
         kill();
         closeQuietly(listener);
         await Promise.all(children.map((c) => c.status));
-        log.close();
         // Per-boot files; the next boot makes them anew.
         for (const f of [vmSock, initrd, ...Object.values(fsSockets)]) await Deno.remove(f).catch(() => {});
         return { code: s.signal ? null : s.code, signal: s.signal };
