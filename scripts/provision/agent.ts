@@ -16,7 +16,7 @@ export const agentStep: AssetStep = {
   asset: "agent",
   async version(ctx) {
     const dir = join(ctx.projectDir, "agent");
-    return `src-${await hashFiles(await listFiles(dir))}`;
+    return `src-${await hashFiles(await listFiles(dir), dir + "/")}`;
   },
   async build(ctx, out) {
     const dir = join(ctx.projectDir, "agent");

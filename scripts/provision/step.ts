@@ -86,14 +86,16 @@ export async function runStep(step: AssetStep, ctx: StepContext): Promise<StepOu
  * @example
  * ```ts
  * import { hashFiles } from "./step.ts";
- * console.log(await hashFiles(["deno.json"]));
+ * console.log(await hashFiles(["/src/deno.json"], "/src/"));
  * ```
  */
-export async function hashFiles(paths: string[]): Promise<string> {
+export async function hashFiles(paths: string[], base = ""): Promise<string> {
   const parts: Uint8Array[] = [];
   const enc = new TextEncoder();
+  // Names relative to `base`: the same sources hash the same in any checkout.
   for (const p of [...paths].sort()) {
-    parts.push(enc.encode(p + "\0"), await Deno.readFile(p), enc.encode("\0"));
+    const name = base && p.startsWith(base) ? p.slice(base.length) : p;
+    parts.push(enc.encode(name + "\0"), await Deno.readFile(p), enc.encode("\0"));
   }
   const all = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
   let off = 0;
