@@ -57,7 +57,9 @@ if (!onlyDeno) {
   }
 }
 
-const deno = await run("deno test", Deno.execPath(), ["test", "-A", "--no-check=remote", ...denoArgs]);
+// deno colours its summary; count from the plain text.
+const deno = (await run("deno test", Deno.execPath(), ["test", "-A", "--no-check=remote", ...denoArgs]))
+  .replace(/\x1b\[[0-9;]*m/g, "");
 const summary = [
   ...deno.matchAll(
     /(?:ok|FAILED) \| (\d+) passed(?: \(\d+ steps?\))? \| (\d+) failed(?: \(\d+ steps?\))?(?: \| (\d+) ignored)?/g,
