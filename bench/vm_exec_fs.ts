@@ -9,6 +9,7 @@
 
 import { busyboxRoot } from "../scripts/roots.ts";
 import { Sandbox } from "../mod.ts";
+import { repeatedChunks } from "../tests/util/streams.ts";
 
 const n = Number(Deno.args[0] ?? 200);
 const pct = (xs: number[], p: number) =>
@@ -40,14 +41,7 @@ const SIZE = 256 << 20;
 const chunk = new Uint8Array(1 << 20).map((_, i) => i);
 for (let round = 0; round < 3; round++) {
   let t0 = performance.now();
-  let sent = 0;
-  await new ReadableStream<Uint8Array>({
-    pull(c) {
-      if (sent >= SIZE) return c.close();
-      c.enqueue(chunk);
-      sent += chunk.length;
-    },
-  }).pipeTo(sb.fs().writeStream("/tmp/big"));
+  await repeatedChunks(chunk, SIZE).pipeTo(sb.fs().writeStream("/tmp/big"));
   const writeMBs = SIZE / 1e6 / ((performance.now() - t0) / 1000);
   t0 = performance.now();
   let got = 0;

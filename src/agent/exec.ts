@@ -21,6 +21,7 @@ import {
 } from "../errors.ts";
 import type { AgentClient } from "./client.ts";
 import type { Frame } from "./frame.ts";
+import { readAllBytes } from "../util/bytes.ts";
 
 /** What to run. */
 export interface ExecSpec {
@@ -308,22 +309,6 @@ export interface ExecOutput extends ExitStatus {
   readonly stderrBytes: Uint8Array;
 }
 
-async function readAll(s: ReadableStream<Uint8Array>): Promise<Uint8Array> {
-  const parts: Uint8Array[] = [];
-  let n = 0;
-  for await (const c of s) {
-    parts.push(c);
-    n += c.length;
-  }
-  const out = new Uint8Array(n);
-  let off = 0;
-  for (const p of parts) {
-    out.set(p, off);
-    off += p.length;
-  }
-  return out;
-}
-
 /**
  * Runs a process to completion, feeding stdin and collecting output.
  *
@@ -354,8 +339,8 @@ export async function runToCompletion(
     }
   })();
   const [stdoutBytes, stderrBytes, status] = await Promise.all([
-    readAll(proc.stdout),
-    readAll(proc.stderr),
+    readAllBytes(proc.stdout),
+    readAllBytes(proc.stderr),
     proc.exited,
     feeding,
   ]);

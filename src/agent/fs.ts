@@ -9,6 +9,7 @@
 
 import { AgentError, FsError } from "../errors.ts";
 import type { AgentClient } from "./client.ts";
+import { readAllBytes } from "../util/bytes.ts";
 
 /** Kinds of guest filesystem entries. */
 export type EntryKind = "file" | "dir" | "symlink" | "fifo" | "socket" | "char" | "block";
@@ -77,19 +78,7 @@ export class GuestFs {
 
   /** Reads a whole file. */
   async read(path: string): Promise<Uint8Array> {
-    const parts: Uint8Array[] = [];
-    let n = 0;
-    for await (const c of this.readStream(path)) {
-      parts.push(c);
-      n += c.length;
-    }
-    const out = new Uint8Array(n);
-    let off = 0;
-    for (const p of parts) {
-      out.set(p, off);
-      off += p.length;
-    }
-    return out;
+    return await readAllBytes(this.readStream(path));
   }
 
   /** Reads a whole file as UTF-8 text (invalid sequences replaced). */

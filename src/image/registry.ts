@@ -10,6 +10,7 @@
 import { createHash } from "node:crypto";
 import { ImageError } from "../errors.ts";
 import { checkDigest, type DigestAlgorithm, type ImageReference, isInsecureRegistry } from "./reference.ts";
+import { concatBytes } from "../util/bytes.ts";
 
 /**
  * Media types of the manifests krunbox understands.
@@ -580,13 +581,7 @@ async function readLimited(body: ReadableStream<Uint8Array> | null, limit: numbe
   } finally {
     reader.releaseLock();
   }
-  const out = new Uint8Array(total);
-  let at = 0;
-  for (const c of chunks) {
-    out.set(c, at);
-    at += c.byteLength;
-  }
-  return out;
+  return concatBytes(chunks);
 }
 
 /**

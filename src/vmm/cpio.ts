@@ -6,6 +6,8 @@
  * @module
  */
 
+import { concatBytes } from "../util/bytes.ts";
+
 /** One entry of an archive. */
 export type CpioEntry =
   | { kind: "dir"; path: string; mode?: number }
@@ -56,12 +58,5 @@ export function encodeCpio(entries: readonly CpioEntry[]): Uint8Array {
     else push(path, S_IFLNK | 0o777, enc.encode(e.target));
   }
   push("TRAILER!!!", 0, new Uint8Array());
-  const total = chunks.reduce((n, c) => n + c.length, 0);
-  const out = new Uint8Array(total);
-  let off = 0;
-  for (const c of chunks) {
-    out.set(c, off);
-    off += c.length;
-  }
-  return out;
+  return concatBytes(chunks);
 }

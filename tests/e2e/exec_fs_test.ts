@@ -7,6 +7,7 @@
 import { leftovers, skipVmReason } from "../util/e2e.ts";
 import { assert, assertEquals, assertRejects } from "../util/assert.ts";
 import { busyboxRoot } from "../../scripts/roots.ts";
+import { repeatedChunks } from "../util/streams.ts";
 import { ExecAbortedError, ExecSpawnError, FsError, InvalidConfigError, Sandbox } from "../../mod.ts";
 
 const ignore = skipVmReason !== undefined;
@@ -143,15 +144,9 @@ Deno.test({ name: "a 1 GiB file streams in and out with host RSS growth under 64
   const chunk = new Uint8Array(1 << 20).map((_, i) => (i * 13) & 0xff);
   const before = rss();
   let peak = before;
-  let sent = 0;
-  await new ReadableStream<Uint8Array>({
-    pull(c) {
-      if (sent >= SIZE) return c.close();
-      c.enqueue(chunk);
-      sent += chunk.length;
-      if ((sent & 0x3ffffff) === 0) peak = Math.max(peak, rss());
-    },
-  }, { highWaterMark: 0 }).pipeTo(s.fs().writeStream("/root/big"));
+  await repeatedChunks(chunk, SIZE, (sent) => {
+    if ((sent & 0x3ffffff) === 0) peak = Math.max(peak, rss());
+  }).pipeTo(s.fs().writeStream("/root/big"));
   assertEquals((await s.fs().stat("/root/big")).size, SIZE);
   let got = 0;
   for await (const c of s.fs().readStream("/root/big")) {
