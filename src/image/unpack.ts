@@ -128,17 +128,23 @@ export function normalizeEntryPath(name: string): string {
   return parts.join("/");
 }
 
+/**
+ * File-system calls here are the synchronous ones: each is short, the event
+ * loop still runs between entries (the tar stream is read asynchronously),
+ * and an image has tens of thousands of entries, where async ops cost about
+ * five times as much (measured: 9.9 s → see bench/pull_vs_msb.ts).
+ */
 async function lstatOrNull(path: string): Promise<Deno.FileInfo | null> {
   try {
-    return await Deno.lstat(path);
+    return Deno.lstatSync(path);
   } catch (e) {
     if (e instanceof Deno.errors.NotFound) return null;
     throw e;
   }
 }
 
-async function writeAll(f: Deno.FsFile, data: Uint8Array): Promise<void> {
-  for (let off = 0; off < data.length;) off += await f.write(data.subarray(off));
+function writeAll(f: Deno.FsFile, data: Uint8Array): void {
+  for (let off = 0; off < data.length;) off += f.writeSync(data.subarray(off));
 }
 
 /** The process uid/gid, or -1 where unknown (no `--allow-sys`): then treated as not root. */
@@ -147,6 +153,15 @@ function currentId(get: () => number | null): number {
     return get() ?? -1;
   } catch {
     return -1;
+  }
+}
+
+/** The process umask (what `open` takes off a create mode); all bits when unknown. */
+function processUmask(): number {
+  try {
+    return Deno.umask();
+  } catch {
+    return 0o777;
   }
 }
 
@@ -181,6 +196,7 @@ class Unpacker {
   readonly #uid = currentId(() => Deno.uid());
   readonly #gid = currentId(() => Deno.gid());
   readonly #isRoot = this.#uid === 0;
+  readonly #umask = processUmask();
   #libc: Libc | null | undefined;
   /** Relative paths verified to be real directories (invalidated on removal). */
   readonly #dirs = new Set<string>();
@@ -188,6 +204,13 @@ class Unpacker {
   readonly #touched = new Set<string>();
   /** Directory mode and mtime, applied deepest first once the layer is done. */
   readonly #deferred = new Map<string, DirMeta>();
+  /**
+   * Directories this unpacker created (empty then) and the leaves it made in
+   * them: a new leaf in a fresh directory needs no lstat (most entries of a
+   * first layer), which saves a syscall and a thrown NotFound per entry.
+   */
+  readonly #fresh = new Set<string>();
+  readonly #made = new Set<string>();
 
   constructor(root: string, warn?: (message: string) => void) {
     this.#root = root;
@@ -219,8 +242,11 @@ class Unpacker {
   #forget(rel: string, dir: boolean): void {
     this.#dirs.delete(rel);
     this.#deferred.delete(rel);
+    this.#made.delete(rel);
     if (!dir) return;
     const prefix = rel + "/";
+    for (const d of this.#fresh) if (d === rel || d.startsWith(prefix)) this.#fresh.delete(d);
+    for (const d of this.#made) if (d.startsWith(prefix)) this.#made.delete(d);
     for (const d of this.#dirs) if (d === rel || d.startsWith(prefix)) this.#dirs.delete(d);
     for (const d of this.#deferred.keys()) if (d === rel || d.startsWith(prefix)) this.#deferred.delete(d);
   }
@@ -232,7 +258,7 @@ class Unpacker {
     if (!this.#deferred.has(rel)) {
       this.#deferred.set(rel, { mode, mtime: st.mtime ? st.mtime.getTime() / 1000 : undefined });
     }
-    await Deno.chmod(abs, mode | 0o700);
+    Deno.chmodSync(abs, mode | 0o700);
   }
 
   /**
@@ -248,9 +274,10 @@ class Unpacker {
       const st = await lstatOrNull(abs);
       if (st === null) {
         if (!create) return false;
-        await Deno.mkdir(abs, { mode: 0o755 });
-        await Deno.chmod(abs, 0o755);
+        Deno.mkdirSync(abs, { mode: 0o755 });
+        Deno.chmodSync(abs, 0o755);
         this.#touch(rel);
+        this.#fresh.add(rel);
       } else if (st.isSymlink) {
         throw invalid(`${what}: parent "${rel}" is a symlink; refusing to follow it`);
       } else if (!st.isDirectory) {
@@ -265,18 +292,21 @@ class Unpacker {
 
   async #removeTree(rel: string, abs: string, st: Deno.FileInfo): Promise<void> {
     this.#forget(rel, st.isDirectory);
-    if (!st.isDirectory) return await Deno.remove(abs);
+    if (!st.isDirectory) return Deno.removeSync(abs);
     try {
-      await Deno.remove(abs, { recursive: true });
+      Deno.removeSync(abs, { recursive: true });
     } catch (e) {
       if (this.#isRoot || !(e instanceof Deno.errors.PermissionDenied)) throw e;
       await makeTreeWritable(abs);
-      await Deno.remove(abs, { recursive: true });
+      Deno.removeSync(abs, { recursive: true });
     }
   }
 
   /** Clears the leaf for a new node; true when an existing directory is kept (merge). */
   async #clearLeaf(rel: string, abs: string, keepDir: boolean): Promise<boolean> {
+    const fresh = this.#fresh.has(parentOf(rel)) && !this.#made.has(rel);
+    this.#made.add(rel);
+    if (fresh) return false;
     const st = await lstatOrNull(abs);
     if (st === null) return false;
     if (keepDir && st.isDirectory) {
@@ -326,6 +356,7 @@ class Unpacker {
       if (e.uid !== this.#uid || e.gid !== this.#gid) this.stats.ownershipSkipped++;
       return;
     }
+    if (e.uid === this.#uid && e.gid === this.#gid) return; // created as ours already
     let err = "";
     if (symlink) {
       const libc = this.#lib();
@@ -333,7 +364,7 @@ class Unpacker {
       if (rc !== 0) err = rc < 0 ? "no FFI" : errnoName(rc);
     } else {
       try {
-        await Deno.chown(abs, e.uid, e.gid);
+        Deno.chownSync(abs, e.uid, e.gid);
       } catch (x) {
         err = (x as Error).message;
       }
@@ -360,16 +391,17 @@ class Unpacker {
 
   async #utime(abs: string, e: TarEntry): Promise<void> {
     try {
-      await Deno.utime(abs, e.mtime, e.mtime);
+      Deno.utimeSync(abs, e.mtime, e.mtime);
     } catch (x) {
       this.warn(`cannot set mtime of "${e.name}": ${(x as Error).message}`);
     }
   }
 
   /** Owner, then mode (chown clears setuid), then xattrs (chown clears capabilities), then mtime. */
-  async #meta(abs: string, e: TarEntry): Promise<void> {
+  async #meta(abs: string, e: TarEntry, createdWith: number): Promise<void> {
     await this.#owner(abs, e, false);
-    await Deno.chmod(abs, e.mode);
+    // chown clears setuid/setgid, so special bits always get their chmod.
+    if (createdWith !== e.mode || (e.mode & 0o7000) !== 0) Deno.chmodSync(abs, e.mode);
     this.#xattrs(abs, e);
     await this.#utime(abs, e);
   }
@@ -418,21 +450,23 @@ class Unpacker {
     await this.#clearLeaf(rel, abs, false);
     switch (e.type) {
       case "file": {
-        const f = await Deno.open(abs, { write: true, createNew: true, mode: 0o600 });
+        // Created with its final permission bits where the umask keeps them.
+        const createMode = e.mode & 0o777 & ~this.#umask;
+        const f = Deno.openSync(abs, { write: true, createNew: true, mode: createMode });
         try {
           for (let c = await e.read(); c !== null; c = await e.read()) {
-            await writeAll(f, c);
+            writeAll(f, c);
             this.stats.bytes += c.length;
           }
         } finally {
           f.close();
         }
-        await this.#meta(abs, e);
+        await this.#meta(abs, e, createMode);
         this.stats.files++;
         return;
       }
       case "symlink":
-        await Deno.symlink(e.linkname, abs);
+        Deno.symlinkSync(e.linkname, abs);
         await this.#owner(abs, e, true);
         this.#xattrs(abs, e);
         this.stats.symlinks++;
@@ -445,7 +479,10 @@ class Unpacker {
   }
 
   async #dir(rel: string, abs: string, e: TarEntry): Promise<void> {
-    if (!(await this.#clearLeaf(rel, abs, true))) await Deno.mkdir(abs, { mode: 0o700 });
+    if (!(await this.#clearLeaf(rel, abs, true))) {
+      Deno.mkdirSync(abs, { mode: 0o700 });
+      this.#fresh.add(rel);
+    }
     this.#dirs.add(rel);
     await this.#owner(abs, e, false);
     this.#xattrs(abs, e);
@@ -473,7 +510,7 @@ class Unpacker {
     await this.#parents(parts, true, what);
     this.#touch(rel);
     await this.#clearLeaf(rel, abs, false);
-    await Deno.link(tabs, abs);
+    Deno.linkSync(tabs, abs);
     this.stats.hardlinks++;
   }
 
@@ -495,7 +532,7 @@ class Unpacker {
       this.stats.devicesSkipped++;
       return this.warn(`cannot create ${e.type} ${what}: ${errnoName(rc)}`);
     }
-    await this.#meta(abs, e);
+    await this.#meta(abs, e, -1);
     if (fifo) this.stats.fifos++;
     else this.stats.devices++;
   }
@@ -513,8 +550,8 @@ class Unpacker {
       const st = await lstatOrNull(abs);
       if (st === null || !st.isDirectory) continue;
       try {
-        await Deno.chmod(abs, m.mode);
-        if (m.mtime !== undefined) await Deno.utime(abs, m.mtime, m.mtime);
+        Deno.chmodSync(abs, m.mode);
+        if (m.mtime !== undefined) Deno.utimeSync(abs, m.mtime, m.mtime);
       } catch (x) {
         this.warn(`cannot set mode/mtime of directory "${rel || "/"}": ${(x as Error).message}`);
       }
@@ -529,7 +566,7 @@ class Unpacker {
 async function makeTreeWritable(abs: string): Promise<void> {
   const st = await lstatOrNull(abs);
   if (st === null || !st.isDirectory) return;
-  await Deno.chmod(abs, ((st.mode ?? 0) & 0o7777) | 0o700);
+  Deno.chmodSync(abs, ((st.mode ?? 0) & 0o7777) | 0o700);
   for await (const e of Deno.readDir(abs)) if (e.isDirectory) await makeTreeWritable(`${abs}/${e.name}`);
 }
 
@@ -547,7 +584,7 @@ async function makeTreeWritable(abs: string): Promise<void> {
  * import { unpackLayer } from "./unpack.ts";
  * const rootfs = await Deno.makeTempDir();
  * for (const layer of ["base.tar.gz", "app.tar.gz"]) {
- *   const file = await Deno.open(layer);
+ *   const file = Deno.openSync(layer);
  *   const stream = file.readable.pipeThrough(new DecompressionStream("gzip"));
  *   const stats = await unpackLayer(readTar(stream), rootfs, { warn: console.warn });
  *   console.log(layer, stats.files, "files,", stats.whiteouts, "whiteouts");
@@ -560,7 +597,7 @@ export async function unpackLayer(
   options: UnpackOptions = {},
 ): Promise<UnpackStats> {
   const root = await Deno.realPath(rootDir);
-  const st = await Deno.lstat(root);
+  const st = Deno.lstatSync(root);
   if (!st.isDirectory) throw new Deno.errors.NotADirectory(`unpack root ${rootDir} is not a directory`);
   const u = new Unpacker(root, options.warn);
   await u.start(st);
