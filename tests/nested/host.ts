@@ -39,7 +39,10 @@ const L1_PACKAGES = ["busybox-static", "erofs-utils", "e2fsprogs", "ca-certifica
  * console.log((await l1.exec("ls", ["-l", "/dev/kvm"])).stdout);
  * ```
  */
-export async function bootNestedHost(name: string): Promise<Sandbox> {
+export async function bootNestedHost(
+  name: string,
+  extraShares: readonly { guestPath: string; hostPath: string }[] = [],
+): Promise<Sandbox> {
   const root = await debianRoot(L1_PACKAGES, "nested-host");
   const work = await Deno.makeTempDir({ prefix: "krunbox-l1-" });
   const disk = join(work, "root.ext4");
@@ -48,11 +51,12 @@ export async function bootNestedHost(name: string): Promise<Sandbox> {
   Deno.env.set("KRUNBOX_GUEST_MODULES", "kvm-amd");
   try {
     const project = fileURLToPath(new URL("../..", import.meta.url));
-    const sb = await Sandbox.builder(name).image(disk).cpus(2).memory(3072).backend("qemu").replace()
+    let builder = Sandbox.builder(name).image(disk).cpus(2).memory(3072).backend("qemu").replace()
       .volume(L1.project, (v) => v.bind(project, { readonly: true }))
       .volume(L1.assets, (v) => v.bind(homeLayout().assets, { readonly: true }))
-      .volume(L1.denoDir, (v) => v.bind(dirname(Deno.execPath()), { readonly: true }))
-      .create();
+      .volume(L1.denoDir, (v) => v.bind(dirname(Deno.execPath()), { readonly: true }));
+    for (const s of extraShares) builder = builder.volume(s.guestPath, (v) => v.bind(s.hostPath, { readonly: true }));
+    const sb = await builder.create();
     const setup = await sb.shell(
       `mkdir -p ${L1.home} && ln -sfn ${L1.assets} ${L1.home}/assets && test -c /dev/kvm && grep -qw svm /proc/cpuinfo`,
     );

@@ -1,0 +1,44 @@
+/**
+ * Issue 9's comparison: the same workload (create a sandbox from a busybox
+ * root directory, run `true`, take the time to its result) through krunbox's
+ * libkrun backend and through microsandbox's `msb` (npm `microsandbox`),
+ * side by side in one nested test host (an L1 VM with emulated SVM: the only
+ * place libkrun boots on these machines). Goal: krunbox at most msb's time.
+ *
+ *   deno run -A bench/libkrun_vs_msb_nested.ts [runs=2]
+ */
+
+import { join } from "node:path";
+import { bootNestedHost, L1 } from "../tests/nested/host.ts";
+import { homeLayout } from "../src/store/home.ts";
+import { runCommand } from "../src/util/command.ts";
+
+const MSB_VERSION = "0.6.18";
+const runs = Deno.args[0] ?? "2";
+const msbDir = join(homeLayout().root, "tools", `microsandbox-${MSB_VERSION}`);
+const msbPkg = join(msbDir, "node_modules/@superradcompany/microsandbox-linux-x64-gnu");
+if (!(await Deno.stat(join(msbPkg, "bin/msb")).then(() => true, () => false))) {
+  await runCommand("npm", [
+    "install",
+    "--prefix",
+    msbDir,
+    "--no-audit",
+    "--no-fund",
+    `microsandbox@${MSB_VERSION}`,
+    `@superradcompany/microsandbox-linux-x64-gnu@${MSB_VERSION}`,
+  ]);
+}
+
+await using l1 = await bootNestedHost("bench-l1", [{ guestPath: "/opt/msb", hostPath: msbPkg }]);
+const out = await l1.execWith(`${L1.denoDir}/deno`, {
+  args: ["run", "-A", "--no-check", "--no-lock", "bench/nested/create_exec.ts", "/opt/msb/bin/msb", runs],
+  cwd: L1.project,
+  env: { KRUNBOX_HOME: L1.home, DENO_DIR: `${L1.home}/deno`, HOME: "/root", NO_COLOR: "1" },
+  timeout: 20 * 60_000,
+});
+if (!out.success) throw new Error(`the nested workload failed:\n${out.stdout}\n${out.stderr}`);
+const { krunbox, msb } = JSON.parse(out.stdout.trim().split("\n").at(-1)!) as { krunbox: number[]; msb: number[] };
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+const fmt = (xs: number[]) => xs.map((x) => (x / 1000).toFixed(1)).join(", ");
+console.log(`in the L1: krunbox (libkrun) create → first exec: ${fmt(krunbox)} s; msb create + exec: ${fmt(msb)} s`);
+console.log(`median ratio krunbox/msb = ${(median(krunbox) / median(msb)).toFixed(2)} (goal <= 1.0)`);
