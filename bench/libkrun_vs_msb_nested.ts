@@ -8,26 +8,11 @@
  *   deno run -A bench/libkrun_vs_msb_nested.ts [runs=2]
  */
 
-import { join } from "node:path";
 import { bootNestedHost, L1 } from "../tests/nested/host.ts";
-import { homeLayout } from "../src/store/home.ts";
-import { runCommand } from "../src/util/command.ts";
+import { ensureMsb } from "./msb.ts";
 
-const MSB_VERSION = "0.6.18";
 const runs = Deno.args[0] ?? "2";
-const msbDir = join(homeLayout().root, "tools", `microsandbox-${MSB_VERSION}`);
-const msbPkg = join(msbDir, "node_modules/@superradcompany/microsandbox-linux-x64-gnu");
-if (!(await Deno.stat(join(msbPkg, "bin/msb")).then(() => true, () => false))) {
-  await runCommand("npm", [
-    "install",
-    "--prefix",
-    msbDir,
-    "--no-audit",
-    "--no-fund",
-    `microsandbox@${MSB_VERSION}`,
-    `@superradcompany/microsandbox-linux-x64-gnu@${MSB_VERSION}`,
-  ]);
-}
+const msbPkg = await ensureMsb();
 
 await using l1 = await bootNestedHost("bench-l1", [{ guestPath: "/opt/msb", hostPath: msbPkg }]);
 const out = await l1.execWith(`${L1.denoDir}/deno`, {

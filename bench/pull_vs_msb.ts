@@ -17,33 +17,14 @@ import { LocalRegistry, pushImage } from "../tests/util/registry.ts";
 import { pullImage } from "../src/image/pull.ts";
 import { createUpperDisk } from "../src/image/upper.ts";
 import { Store } from "../src/store/db.ts";
-import { homeLayout } from "../src/store/home.ts";
 import { runCommand } from "../src/util/command.ts";
+import { ensureMsb } from "./msb.ts";
 
 const runs = Number(Deno.args[0] ?? 3);
-const MSB_VERSION = "0.6.18";
-
-async function msbBinary(): Promise<string> {
-  const dir = join(homeLayout().root, "tools", `microsandbox-${MSB_VERSION}`);
-  const bin = join(dir, "node_modules/@superradcompany/microsandbox-linux-x64-gnu/bin/msb");
-  if (!(await Deno.stat(bin).then(() => true, () => false))) {
-    console.log(`installing microsandbox ${MSB_VERSION} from npm into ${dir}`);
-    await runCommand("npm", [
-      "install",
-      "--prefix",
-      dir,
-      "--no-audit",
-      "--no-fund",
-      `microsandbox@${MSB_VERSION}`,
-      `@superradcompany/microsandbox-linux-x64-gnu@${MSB_VERSION}`,
-    ]);
-  }
-  return bin;
-}
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
-const msb = await msbBinary();
+const msb = join(await ensureMsb(), "bin/msb");
 await using registry = await LocalRegistry.start();
 console.log("building the Debian + python3 image (mmdebstrap, cached) and pushing it");
 const root = await debianRoot(["python3"], "debian-python");

@@ -6,6 +6,8 @@
  * @module
  */
 
+import { concatBytes } from "../../src/util/bytes.ts";
+
 /**
  * One member to write.
  *
@@ -49,15 +51,7 @@ export interface TarSpec {
 const enc = new TextEncoder();
 const TYPEFLAGS = { file: "0", hardlink: "1", symlink: "2", char: "3", block: "4", dir: "5", fifo: "6" };
 
-function concat(parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let off = 0;
-  for (const p of parts) {
-    out.set(p, off);
-    off += p.length;
-  }
-  return out;
-}
+const concat = concatBytes;
 
 function putString(b: Uint8Array, off: number, len: number, s: string | Uint8Array): void {
   const bytes = typeof s === "string" ? enc.encode(s) : s;
