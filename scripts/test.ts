@@ -58,8 +58,9 @@ if (!onlyDeno) {
 }
 
 // deno colours its summary; count from the plain text.
+const ANSI_COLOURS = new RegExp(`${String.fromCharCode(27)}\\[[0-9;]*m`, "g");
 const deno = (await run("deno test", Deno.execPath(), ["test", "-A", "--no-check=remote", ...denoArgs]))
-  .replace(/\x1b\[[0-9;]*m/g, "");
+  .replace(ANSI_COLOURS, "");
 const summary = [
   ...deno.matchAll(
     /(?:ok|FAILED) \| (\d+) passed(?: \(\d+ steps?\))? \| (\d+) failed(?: \(\d+ steps?\))?(?: \| (\d+) ignored)?/g,

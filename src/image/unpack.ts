@@ -134,7 +134,7 @@ export function normalizeEntryPath(name: string): string {
  * and an image has tens of thousands of entries, where async ops cost about
  * five times as much (measured: 9.9 s → see bench/pull_vs_msb.ts).
  */
-async function lstatOrNull(path: string): Promise<Deno.FileInfo | null> {
+function lstatOrNull(path: string): Deno.FileInfo | null {
   try {
     return Deno.lstatSync(path);
   } catch (e) {
@@ -252,7 +252,7 @@ class Unpacker {
   }
 
   /** Without root, keeps a directory owner-writable until the end of the layer. */
-  async #writable(rel: string, abs: string, st: Deno.FileInfo): Promise<void> {
+  #writable(rel: string, abs: string, st: Deno.FileInfo): void {
     const mode = (st.mode ?? 0o755) & 0o7777;
     if (this.#isRoot || (mode & 0o700) === 0o700) return;
     if (!this.#deferred.has(rel)) {
@@ -265,13 +265,13 @@ class Unpacker {
    * Checks that every parent of `parts` is a real directory, creating missing
    * ones (0755) when `create`. False when one is missing and not created.
    */
-  async #parents(parts: string[], create: boolean, what: string): Promise<boolean> {
+  #parents(parts: string[], create: boolean, what: string): boolean {
     let rel = "";
     for (let i = 0; i < parts.length - 1; i++) {
       rel = rel === "" ? parts[i] : `${rel}/${parts[i]}`;
       if (this.#dirs.has(rel)) continue;
       const abs = this.#abs(rel);
-      const st = await lstatOrNull(abs);
+      const st = lstatOrNull(abs);
       if (st === null) {
         if (!create) return false;
         Deno.mkdirSync(abs, { mode: 0o755 });
@@ -283,7 +283,7 @@ class Unpacker {
       } else if (!st.isDirectory) {
         throw invalid(`${what}: parent "${rel}" is not a directory`);
       } else {
-        await this.#writable(rel, abs, st);
+        this.#writable(rel, abs, st);
       }
       this.#dirs.add(rel);
     }
@@ -307,10 +307,10 @@ class Unpacker {
     const fresh = this.#fresh.has(parentOf(rel)) && !this.#made.has(rel);
     this.#made.add(rel);
     if (fresh) return false;
-    const st = await lstatOrNull(abs);
+    const st = lstatOrNull(abs);
     if (st === null) return false;
     if (keepDir && st.isDirectory) {
-      await this.#writable(rel, abs, st);
+      this.#writable(rel, abs, st);
       return true;
     }
     await this.#removeTree(rel, abs, st);
@@ -320,11 +320,11 @@ class Unpacker {
   /** Removes what lower layers put at `rel`, sparing paths this layer touched. */
   async #removeLower(rel: string): Promise<void> {
     const abs = this.#abs(rel);
-    const st = await lstatOrNull(abs);
+    const st = lstatOrNull(abs);
     if (st === null) return;
     if (!this.#touched.has(rel)) return await this.#removeTree(rel, abs, st);
     if (!st.isDirectory) return;
-    await this.#writable(rel, abs, st);
+    this.#writable(rel, abs, st);
     const names: string[] = [];
     for await (const e of Deno.readDir(abs)) names.push(e.name);
     for (const name of names) await this.#removeLower(rel === "" ? name : `${rel}/${name}`);
@@ -335,9 +335,9 @@ class Unpacker {
     const base = parts[parts.length - 1];
     const dir = parts.slice(0, -1);
     if (base === OPAQUE) {
-      if (!(await this.#parents(dir, false, what))) return;
+      if (!(this.#parents(dir, false, what))) return;
       const drel = dir.join("/");
-      const st = await lstatOrNull(this.#abs(drel));
+      const st = lstatOrNull(this.#abs(drel));
       if (st === null || !st.isDirectory) return; // nothing below a non-directory to hide
       this.#dirs.add(drel);
       const names: string[] = [];
@@ -348,10 +348,10 @@ class Unpacker {
     const name = base.slice(WHITEOUT.length);
     if (name === "" || name === "." || name === "..") throw invalid(`${what}: malformed whiteout`);
     const target = [...dir, name];
-    if (await this.#parents(target, false, what)) await this.#removeLower(target.join("/"));
+    if (this.#parents(target, false, what)) await this.#removeLower(target.join("/"));
   }
 
-  async #owner(abs: string, e: TarEntry, symlink: boolean): Promise<void> {
+  #owner(abs: string, e: TarEntry, symlink: boolean): void {
     if (!this.#isRoot) {
       if (e.uid !== this.#uid || e.gid !== this.#gid) this.stats.ownershipSkipped++;
       return;
@@ -389,7 +389,7 @@ class Unpacker {
     }
   }
 
-  async #utime(abs: string, e: TarEntry): Promise<void> {
+  #utime(abs: string, e: TarEntry): void {
     try {
       Deno.utimeSync(abs, e.mtime, e.mtime);
     } catch (x) {
@@ -398,12 +398,12 @@ class Unpacker {
   }
 
   /** Owner, then mode (chown clears setuid), then xattrs (chown clears capabilities), then mtime. */
-  async #meta(abs: string, e: TarEntry, createdWith: number): Promise<void> {
-    await this.#owner(abs, e, false);
+  #meta(abs: string, e: TarEntry, createdWith: number): void {
+    this.#owner(abs, e, false);
     // chown clears setuid/setgid, so special bits always get their chmod.
     if (createdWith !== e.mode || (e.mode & 0o7000) !== 0) Deno.chmodSync(abs, e.mode);
     this.#xattrs(abs, e);
-    await this.#utime(abs, e);
+    this.#utime(abs, e);
   }
 
   async apply(e: TarEntry, options: UnpackOptions): Promise<void> {
@@ -444,7 +444,7 @@ class Unpacker {
       return await this.#dir("", abs, e);
     }
     if (e.type === "hardlink") return await this.#hardlink(e, rel, parts, abs, what);
-    await this.#parents(parts, true, what);
+    this.#parents(parts, true, what);
     this.#touch(rel);
     if (e.type === "dir") return await this.#dir(rel, abs, e);
     await this.#clearLeaf(rel, abs, false);
@@ -461,20 +461,20 @@ class Unpacker {
         } finally {
           f.close();
         }
-        await this.#meta(abs, e, createMode);
+        this.#meta(abs, e, createMode);
         this.stats.files++;
         return;
       }
       case "symlink":
         Deno.symlinkSync(e.linkname, abs);
-        await this.#owner(abs, e, true);
+        this.#owner(abs, e, true);
         this.#xattrs(abs, e);
         this.stats.symlinks++;
         return;
       case "char":
       case "block":
       case "fifo":
-        return await this.#special(e, abs, what);
+        return this.#special(e, abs, what);
     }
   }
 
@@ -484,7 +484,7 @@ class Unpacker {
       this.#fresh.add(rel);
     }
     this.#dirs.add(rel);
-    await this.#owner(abs, e, false);
+    this.#owner(abs, e, false);
     this.#xattrs(abs, e);
     this.#deferred.set(rel, { mode: e.mode, mtime: e.mtime });
     this.stats.dirs++;
@@ -504,17 +504,17 @@ class Unpacker {
     }
     const tparts = target.split("/");
     const tabs = this.#abs(target);
-    const tst = (await this.#parents(tparts, false, `${what} link target`)) ? await lstatOrNull(tabs) : null;
+    const tst = (this.#parents(tparts, false, `${what} link target`)) ? lstatOrNull(tabs) : null;
     if (tst === null) throw invalid(`${what}: hard link target "${e.linkname}" does not exist`);
     if (tst.isDirectory) throw invalid(`${what}: hard link target "${e.linkname}" is a directory`);
-    await this.#parents(parts, true, what);
+    this.#parents(parts, true, what);
     this.#touch(rel);
     await this.#clearLeaf(rel, abs, false);
     Deno.linkSync(tabs, abs);
     this.stats.hardlinks++;
   }
 
-  async #special(e: TarEntry, abs: string, what: string): Promise<void> {
+  #special(e: TarEntry, abs: string, what: string): void {
     const fifo = e.type === "fifo";
     if (!fifo && !this.#isRoot) {
       this.stats.devicesSkipped++;
@@ -532,22 +532,22 @@ class Unpacker {
       this.stats.devicesSkipped++;
       return this.warn(`cannot create ${e.type} ${what}: ${errnoName(rc)}`);
     }
-    await this.#meta(abs, e, -1);
+    this.#meta(abs, e, -1);
     if (fifo) this.stats.fifos++;
     else this.stats.devices++;
   }
 
   /** Makes the root itself writable for the layer (without root privileges). */
-  async start(st: Deno.FileInfo): Promise<void> {
-    await this.#writable("", this.#root, st);
+  start(st: Deno.FileInfo): void {
+    this.#writable("", this.#root, st);
   }
 
   /** Applies directory modes and mtimes, deepest first, after their contents. */
-  async finish(): Promise<void> {
+  finish(): void {
     const dirs = [...this.#deferred].sort((a, b) => depth(b[0]) - depth(a[0]));
     for (const [rel, m] of dirs) {
       const abs = this.#abs(rel);
-      const st = await lstatOrNull(abs);
+      const st = lstatOrNull(abs);
       if (st === null || !st.isDirectory) continue;
       try {
         Deno.chmodSync(abs, m.mode);
@@ -564,7 +564,7 @@ class Unpacker {
 
 /** Makes every directory under `abs` owner-writable (never following symlinks), so it can be removed. */
 async function makeTreeWritable(abs: string): Promise<void> {
-  const st = await lstatOrNull(abs);
+  const st = lstatOrNull(abs);
   if (st === null || !st.isDirectory) return;
   Deno.chmodSync(abs, ((st.mode ?? 0) & 0o7777) | 0o700);
   for await (const e of Deno.readDir(abs)) if (e.isDirectory) await makeTreeWritable(`${abs}/${e.name}`);
@@ -600,8 +600,8 @@ export async function unpackLayer(
   const st = Deno.lstatSync(root);
   if (!st.isDirectory) throw new Deno.errors.NotADirectory(`unpack root ${rootDir} is not a directory`);
   const u = new Unpacker(root, options.warn);
-  await u.start(st);
+  u.start(st);
   for await (const e of entries) await u.apply(e, options);
-  await u.finish();
+  u.finish();
   return u.stats;
 }
