@@ -2,14 +2,13 @@
  * Finding and loading libkrun. Search order: an explicit path, then
  * `KRUNBOX_LIBKRUN_PATH`, then krunbox's provisioned copy
  * (`$KRUNBOX_HOME/assets/libkrun/libkrun.so.1`), then the system's
- * `libkrun.so.1`. libkrun dlopens `libkrunfw.so.5` itself, so the
- * provisioned libkrunfw directory must be on `LD_LIBRARY_PATH` of the process
- * (the runner is started with it; see {@link libkrunEnv}).
+ * `libkrun.so.1`. libkrun dlopens `libkrunfw.so.5` itself by soname: the
+ * libkrun backend preloads the provisioned copy by absolute path before the
+ * first context, which glibc then reuses (no `LD_LIBRARY_PATH` needed).
  *
  * @module
  */
 
-import { dirname } from "node:path";
 import { BackendUnavailableError } from "../src/errors.ts";
 import { assetPath } from "../src/store/assets.ts";
 import { LIBKRUN_SYMBOLS } from "./libkrun.ts";
@@ -58,19 +57,4 @@ export function loadLibkrun(explicitPath?: string): Libkrun & Disposable {
     `libkrun.so.1 could not be loaded; tried:\n  ${tried.join("\n  ")}\n`,
     "run `./dev setup` to build it, or set KRUNBOX_LIBKRUN_PATH to a libkrun.so.1",
   );
-}
-
-/**
- * Environment for a process that will load libkrun: the provisioned
- * libkrunfw directory first on `LD_LIBRARY_PATH`.
- *
- * @example
- * ```ts
- * import { libkrunEnv } from "./load.ts";
- * console.log(libkrunEnv().LD_LIBRARY_PATH);
- * ```
- */
-export function libkrunEnv(): Record<string, string> {
-  const dirs = [dirname(assetPath("libkrunfw")), Deno.env.get("LD_LIBRARY_PATH")].filter(Boolean);
-  return { LD_LIBRARY_PATH: dirs.join(":") };
 }

@@ -6,7 +6,7 @@
  * @module
  */
 
-import { libkrunEnv, loadLibkrun } from "../ffi/load.ts";
+import { loadLibkrun } from "../ffi/load.ts";
 import { assetPath } from "../src/store/assets.ts";
 import { homeLayout } from "../src/store/home.ts";
 import { chooseBackend, probeHost } from "../src/vmm/detect.ts";
@@ -120,9 +120,6 @@ async function main(): Promise<number> {
   }
   const decision = chooseBackend("auto", host);
   console.log(`\nbackend auto → ${decision.backend}: ${decision.reason}`);
-  if (!Deno.env.get("LD_LIBRARY_PATH")?.includes("libkrunfw")) {
-    console.log(`(the runner loads libkrun with LD_LIBRARY_PATH=${libkrunEnv().LD_LIBRARY_PATH})`);
-  }
   const qemuOk = (await qemuChecks()).every((c) => c.ok);
   const libkrunOk = checks.find((c) => c.name === "libkrun loads")?.ok && host.hardwareFlag && host.kvmUsable;
   return qemuOk || libkrunOk ? 0 : 1;

@@ -12,7 +12,7 @@ import { AgentError, InvalidConfigError, KrunboxError, NotRunningError } from ".
 import { type ProcessUsage, sampleMetrics, type SandboxMetrics } from "../metrics/snapshot.ts";
 import { metricsStream } from "../metrics/stream.ts";
 import type { SandboxConfig } from "./config.ts";
-import { type Launched, openStore, pathsOf, reconcile, requireRow } from "./lifecycle.ts";
+import { type Launched, openStore, reconcile, requireRow } from "./lifecycle.ts";
 import { SandboxFs } from "./fs.ts";
 import { SandboxBuilder } from "./builder.ts";
 import { getSandbox, listSandboxes, removeSandbox, type SandboxHandle, startSandbox } from "./handle.ts";
@@ -296,10 +296,5 @@ export class Sandbox implements AsyncDisposable {
     } catch {
       return new NotRunningError(this.name, "stopped", { cause });
     }
-  }
-
-  /** @internal The sandbox directory's console log. */
-  get consoleLogPath(): string {
-    return pathsOf(this.name).consoleLog;
   }
 }
