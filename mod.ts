@@ -36,7 +36,7 @@ export {
 export { type BackendChoice, type BackendKind } from "./src/vmm/detect.ts";
 export { Sandbox } from "./src/sandbox/sandbox.ts";
 export type { ExecOptions, ExecStreamOptions, ExitStatus } from "./src/sandbox/sandbox.ts";
-export { type ImageChooser, SandboxBuilder, type VolumeChooser } from "./src/sandbox/builder.ts";
+export { type ImageChooser, type PatchChooser, SandboxBuilder, type VolumeChooser } from "./src/sandbox/builder.ts";
 export { SandboxHandle } from "./src/sandbox/handle.ts";
 export { SandboxFs } from "./src/sandbox/fs.ts";
 export type { SandboxStatus } from "./src/sandbox/lifecycle.ts";

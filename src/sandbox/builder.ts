@@ -12,6 +12,7 @@ import {
   type ImageSource,
   type LogLevel,
   parseConfig,
+  type Patch,
   type PortMapping,
   type SandboxConfig,
   validateName,
@@ -52,6 +53,31 @@ const chooser: ImageChooser = {
     format: o.format ?? (path.endsWith(".qcow2") ? "qcow2" : "raw"),
     fstype: o.fstype ?? "ext4",
   }),
+};
+
+/** Pre-boot edits of the root (`patch(fn)`); each returns the patch to apply. */
+export interface PatchChooser {
+  /** Writes a file with this text (mode default 0644). */
+  text(path: string, content: string, mode?: number): Patch;
+  /** Appends text to a file (created when missing). */
+  append(path: string, content: string): Patch;
+  /** Copies a host file or directory tree to `path`. */
+  copy(hostPath: string, path: string): Patch;
+  /** Creates a directory and its parents. */
+  mkdir(path: string, mode?: number): Patch;
+  /** Creates a symlink at `path` pointing to `target`. */
+  symlink(target: string, path: string): Patch;
+  /** Removes a file or a directory tree. */
+  remove(path: string): Patch;
+}
+
+const patchChooser: PatchChooser = {
+  text: (path, content, mode) => ({ op: "text", path, content, mode }),
+  append: (path, content) => ({ op: "append", path, content }),
+  copy: (hostPath, path) => ({ op: "copy", hostPath, path }),
+  mkdir: (path, mode) => ({ op: "mkdir", path, mode }),
+  symlink: (target, path) => ({ op: "symlink", target, path }),
+  remove: (path) => ({ op: "remove", path }),
 };
 
 /** Volume choices (`volume(guestPath, fn)`). */
@@ -155,6 +181,14 @@ export class SandboxBuilder {
     return this.#with({ scripts: { ...this.#draft.scripts, [name]: content } });
   }
 
+  /**
+   * Edits the root before any of your code runs in it (applied once, at
+   * create, before `create()` returns; kept in the root afterwards).
+   */
+  patch(fn: (p: PatchChooser) => Patch): SandboxBuilder {
+    return this.#with({ patches: [...(this.#draft.patches ?? []), fn(patchChooser)] });
+  }
+
   /** Mounts a host directory or tmpfs at `guestPath`. */
   volume(guestPath: string, fn: (v: VolumeChooser) => VolumeMount): SandboxBuilder {
     const v = fn({
@@ -251,8 +285,42 @@ export class SandboxBuilder {
       onProgress: this.#opts.onPull,
     });
     const sb = Sandbox.fromLaunch(config, launched, !detached);
-    await installScripts(sb, config);
+    try {
+      await applyPatches(sb, config.patches);
+      await installScripts(sb, config);
+    } catch (e) {
+      await sb.kill().catch(() => {});
+      throw e;
+    }
     return sb;
+  }
+}
+
+async function applyPatches(sb: Sandbox, patches: readonly Patch[]): Promise<void> {
+  const fs = sb.fs();
+  for (const p of patches) {
+    switch (p.op) {
+      case "text":
+        await fs.write(p.path, p.content, { mode: p.mode ?? 0o644 });
+        break;
+      case "append":
+        await fs.write(p.path, p.content, { append: true });
+        break;
+      case "copy":
+        await fs.copyFromHost(p.hostPath, p.path);
+        break;
+      case "mkdir":
+        await fs.mkdir(p.path, { mode: p.mode ?? 0o755 });
+        break;
+      case "symlink":
+        await fs.symlink(p.target, p.path);
+        break;
+      case "remove":
+        if (!(await fs.exists(p.path))) break;
+        if ((await fs.stat(p.path)).kind === "dir") await fs.removeDir(p.path);
+        else await fs.remove(p.path);
+        break;
+    }
   }
 }
 

@@ -208,6 +208,16 @@ export function parseConfig(raw: unknown): SandboxConfig {
     }
   }
   for (const v of r.volumes) absPath("volumes.guestPath", v.guestPath);
+  for (const p of r.patches) {
+    if (!["text", "append", "copy", "mkdir", "symlink", "remove"].includes(p?.op)) {
+      throw new InvalidConfigError("patches", `unknown op ${JSON.stringify((p as { op?: unknown })?.op)}`);
+    }
+    absPath("patches.path", p.path);
+    if (p.op === "copy") absPath("patches.hostPath", p.hostPath);
+    if ((p.op === "text" || p.op === "append") && typeof p.content !== "string") {
+      throw new InvalidConfigError("patches.content", "must be a string");
+    }
+  }
   if (r.network?.mode !== "none" && r.network?.mode !== "user") {
     throw new InvalidConfigError("network.mode", "must be none or user");
   }

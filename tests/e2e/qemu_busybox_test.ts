@@ -25,7 +25,14 @@ let shared: Sandbox | undefined;
 
 async function sb(): Promise<Sandbox> {
   return shared ??= await Sandbox.builder("shared").image(root).memory(256).env("GREETING", "hi")
-    .script("hello", "#!/bin/sh\necho hello from a script\n").create();
+    .script("hello", "#!/bin/sh\necho hello from a script\n")
+    .patch((p) => p.mkdir("/tmp/patched/dir"))
+    .patch((p) => p.text("/tmp/patched/motd", "line 1\n", 0o600))
+    .patch((p) => p.append("/tmp/patched/motd", "line 2\n"))
+    .patch((p) => p.symlink("motd", "/tmp/patched/link"))
+    .patch((p) => p.copy(`${root}/etc/passwd`, "/tmp/patched/passwd"))
+    .patch((p) => p.remove("/tmp/patched/dir"))
+    .create();
 }
 
 Deno.test.afterAll(async () => {
@@ -40,6 +47,15 @@ Deno.test({ name: "exec returns output and exit codes from a real VM", ignore },
   const ok = await s.shell("echo $GREETING from $(hostname)");
   assertEquals(ok.stdout, "hi from shared\n");
   assertEquals(ok.success, true);
+});
+
+Deno.test({ name: "builder patches edit the root before create() returns", ignore }, async () => {
+  const s = await sb();
+  const out = await s.shell(
+    "cat /tmp/patched/link; stat -c %a /tmp/patched/motd; test -d /tmp/patched/dir || echo removed",
+  );
+  assertEquals(out.stdout, "line 1\nline 2\n600\nremoved\n");
+  assertEquals(await s.fs().readText("/tmp/patched/passwd"), await Deno.readTextFile(`${root}/etc/passwd`));
 });
 
 Deno.test({ name: "builder scripts are on PATH", ignore }, async () => {

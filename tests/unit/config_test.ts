@@ -40,6 +40,7 @@ Deno.test("config: bad input is an InvalidConfigError naming the field", () => {
     [() => new SandboxBuilder("x").image("/r").script("../evil", "").build(), "scripts"],
     [() => new SandboxBuilder("x").image("/r").env("A", "a\0b").build(), "env"],
     [() => new SandboxBuilder("x").image("/r").idleTimeout(-1).build(), "idleTimeoutSecs"],
+    [() => new SandboxBuilder("x").image("/r").patch((p) => p.text("relative", "")).build(), "patches.path"],
   ];
   for (const [fn, field] of cases) assertEquals(assertThrows(fn, InvalidConfigError).field, field);
 });
