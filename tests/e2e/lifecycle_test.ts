@@ -81,6 +81,11 @@ Deno.test({ name: "kill -9 of the runner is reported as crashed and leaves no VM
   assert(runner, "the runner is found");
   Deno.kill(runner, "SIGKILL");
   assertEquals(await leftovers("crashy"), []);
+  // A killed process drops its lock a moment after its command line is gone.
+  const deadline = Date.now() + 5000;
+  while ((await Sandbox.get("crashy")).status !== "crashed" && Date.now() < deadline) {
+    await new Promise((r) => setTimeout(r, 20));
+  }
   assertEquals((await Sandbox.get("crashy")).status, "crashed");
   await assertRejects(() => sb.exec("true"), NotRunningError);
   await Sandbox.remove("crashy");
