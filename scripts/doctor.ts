@@ -87,6 +87,7 @@ function libkrunLoadable(): Check {
 
 async function main(): Promise<number> {
   const host = await probeHost();
+  const qemu = await qemuChecks();
   const checks: Check[] = [
     denoCheck(),
     await homeCheck(),
@@ -108,7 +109,7 @@ async function main(): Promise<number> {
     await checkAsset("libkrunfw"),
     libkrunfwLoadable(),
     libkrunLoadable(),
-    ...await qemuChecks(),
+    ...qemu,
   ];
   const width = Math.max(...checks.map((c) => c.name.length));
   for (const c of checks) {
@@ -120,7 +121,7 @@ async function main(): Promise<number> {
   }
   const decision = chooseBackend("auto", host);
   console.log(`\nbackend auto → ${decision.backend}: ${decision.reason}`);
-  const qemuOk = (await qemuChecks()).every((c) => c.ok);
+  const qemuOk = qemu.every((c) => c.ok);
   const libkrunOk = checks.find((c) => c.name === "libkrun loads")?.ok && host.hardwareFlag && host.kvmUsable;
   return qemuOk || libkrunOk ? 0 : 1;
 }

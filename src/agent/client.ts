@@ -10,6 +10,7 @@
 import { AgentError, ProtocolError } from "../errors.ts";
 import { type Frame, FrameDecoder, isDecodeError, type RpcMessage } from "./frame.ts";
 import { FrameWriter } from "./writer.ts";
+import { closeQuietly } from "../util/close.ts";
 
 /** The protocol version this client speaks. */
 export const PROTOCOL_VERSION = 1;
@@ -275,11 +276,7 @@ export class AgentClient implements AsyncDisposable {
       // Keep the loop alive until the read side has seen the close.
       this.#waiters++;
       this.#updateRef();
-      try {
-        this.#conn.close();
-      } catch {
-        // already closed
-      }
+      closeQuietly(this.#conn);
     }
     await this.closed.catch(() => {});
   }
@@ -346,11 +343,7 @@ export class AgentClient implements AsyncDisposable {
   #shutdown(error: Error) {
     if (this.#closedError) return;
     this.#closedError = error;
-    try {
-      this.#conn.close();
-    } catch {
-      // already closed
-    }
+    closeQuietly(this.#conn);
     for (const p of this.#pending.values()) p.reject(error);
     this.#pending.clear();
     for (const h of this.#closeHandlers) h(error);

@@ -224,9 +224,10 @@ export class Sandbox implements AsyncDisposable {
     await this.#ended();
     using store = await openStore();
     const row = store.get(this.name);
-    const status = row ? reconcile(store, row) : "stopped";
-    const final = status === "crashed" ? "crashed" : "stopped";
-    return { status: final, success: final === "stopped", reason: store.get(this.name)?.stopReason ?? "stopped" };
+    const final = row && reconcile(store, row) === "crashed" ? "crashed" : "stopped";
+    // reconcile may have just written the crash reason: read the row once more only then.
+    const reason = (final === "crashed" ? store.get(this.name) : row)?.stopReason ?? "stopped";
+    return { status: final, success: final === "stopped", reason };
   }
 
   /** Kills the VM at once. */

@@ -23,6 +23,8 @@ export interface HostVirtualization {
   readonly kvmUsable: boolean;
   /** Why /dev/kvm is not usable, when it is not. */
   readonly kvmProblem: string | undefined;
+  /** The CPU clock in kHz ("cpu MHz"), for guests that should skip TSC calibration. */
+  readonly tscKhz?: number;
 }
 
 /**
@@ -37,10 +39,13 @@ export interface HostVirtualization {
  */
 export async function probeHost(): Promise<HostVirtualization> {
   let hardwareFlag: "vmx" | "svm" | undefined;
+  let tscKhz: number | undefined;
   try {
     const cpuinfo = await Deno.readTextFile("/proc/cpuinfo");
     const flags = cpuinfo.match(/^flags\s*:(.*)$/m)?.[1].split(/\s+/) ?? [];
     hardwareFlag = flags.includes("vmx") ? "vmx" : flags.includes("svm") ? "svm" : undefined;
+    const mhz = cpuinfo.match(/^cpu MHz\s*:\s*([\d.]+)/m)?.[1];
+    tscKhz = mhz ? Math.round(Number(mhz) * 1000) : undefined;
   } catch {
     hardwareFlag = undefined;
   }
@@ -56,7 +61,7 @@ export async function probeHost(): Promise<HostVirtualization> {
       ? "/dev/kvm is not read-write for this user (add the user to the kvm group)"
       : `/dev/kvm cannot be opened: ${(e as Error).message}`;
   }
-  return { hardwareFlag, kvmUsable, kvmProblem };
+  return { hardwareFlag, kvmUsable, kvmProblem, tscKhz };
 }
 
 /** The backend `auto` resolves to, with the reason in words. */

@@ -22,6 +22,7 @@ import { GUEST_MODULES, loadOrder, type ModuleIndex } from "./modules.ts";
 import { qemuChecks, requireChecks, VIRTIOFSD_DIRS } from "./prereqs.ts";
 import { which } from "../util/command.ts";
 import { logTail } from "../util/logs.ts";
+import { closeQuietly } from "../util/close.ts";
 
 /** The guest address plan of qemu's user-mode network (slirp defaults). */
 export const USER_NET = { iface: "eth0", address: "10.0.2.15/24", gateway: "10.0.2.2", dns: ["10.0.2.3"] } as const;
@@ -179,23 +180,6 @@ export function qemuBootConfig(
 const SETPRIV = "setpriv";
 const TIE_TO_RUNNER = ["--pdeathsig", "KILL", "--"];
 
-function closeQuietly(c: { close(): void }) {
-  try {
-    c.close();
-  } catch {
-    // already closed
-  }
-}
-
-async function hostTscKhz(): Promise<number | undefined> {
-  try {
-    const mhz = (await Deno.readTextFile("/proc/cpuinfo")).match(/^cpu MHz\s*:\s*([\d.]+)/m)?.[1];
-    return mhz ? Math.round(Number(mhz) * 1000) : undefined;
-  } catch {
-    return undefined;
-  }
-}
-
 async function waitForSocket(
   path: string,
   proc: Deno.ChildProcess,
@@ -310,7 +294,7 @@ export const qemuBackend: Backend = {
         kernel: assetPath("kernel"),
         initrd,
         accel: host.hardwareFlag && host.kvmUsable ? "kvm" : "tcg",
-        tscKhz: await hostTscKhz(),
+        tscKhz: host.tscKhz,
         agentSocket: vmSock,
         fsSockets,
       });

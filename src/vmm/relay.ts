@@ -15,6 +15,7 @@
 
 import { type Frame, FrameDecoder, isDecodeError, type RpcMessage } from "../agent/frame.ts";
 import { FrameWriter } from "../agent/writer.ts";
+import { closeQuietly } from "../util/close.ts";
 
 /** Handles `runner.*` requests. */
 export type ControlHandler = (
@@ -134,11 +135,7 @@ export class Relay {
   async closeClients(): Promise<void> {
     for (const c of this.#clients) {
       await c.writer.flushed();
-      try {
-        c.writer.conn.close();
-      } catch {
-        // closed
-      }
+      closeQuietly(c.writer.conn);
     }
   }
 
@@ -205,11 +202,7 @@ export class Relay {
     } finally {
       this.#clients.delete(client);
       this.#release(client);
-      try {
-        conn.close();
-      } catch {
-        // closed
-      }
+      closeQuietly(conn);
     }
   }
 

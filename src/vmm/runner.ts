@@ -87,13 +87,16 @@ async function main(dir: string, mode: string): Promise<number> {
     log(`exited: ${status} (${stopReason})`);
   });
 
-  const stop = async (reason: string, graceMs = STOP_GRACE_MS) => {
-    if (orderly) return;
+  /** Marks an orderly end; an in-process VMM ends this process with the guest, so its status cannot wait. */
+  const beginEnd = (reason: string, verb: string) => {
     orderly = true;
     stopReason = reason;
-    log(`stopping: ${reason}`);
-    // An in-process VMM ends this process with the guest: the status cannot wait.
+    log(`${verb}: ${reason}`);
     if (vm.inProcess) setStatus("stopped", reason);
+  };
+  const stop = async (reason: string, graceMs = STOP_GRACE_MS) => {
+    if (orderly) return;
+    beginEnd(reason, "stopping");
     relay.requestGuest("shutdown", { graceMs: Math.min(graceMs, 2000) }).catch(() => {});
     const timer = setTimeout(() => {
       log("the guest did not power off in time: killing the VMM");
@@ -103,13 +106,8 @@ async function main(dir: string, mode: string): Promise<number> {
     clearTimeout(timer);
   };
   const kill = async (reason: string) => {
-    orderly = true;
-    stopReason = reason;
-    log(`killing: ${reason}`);
-    if (vm.inProcess) {
-      setStatus("stopped", reason);
-      await relay.closeClients();
-    }
+    beginEnd(reason, "killing");
+    if (vm.inProcess) await relay.closeClients();
     vm.kill();
   };
 
