@@ -1,9 +1,13 @@
 /**
- * Pulling an image into the store: resolve the reference, download every
- * layer blob concurrently (verified by digest while streaming, resumed from
- * a `.partial` file after an interruption), apply the layers in order onto
- * one flattened directory as each becomes available, and turn it into the
- * image's read-only EROFS lower. Progress is reported as events.
+ * Pulling an image into the store: resolve the reference, then stream every
+ * layer (at most three at once) from the registry through its digest check
+ * into the blob store and, in the same pass, through gzip and the tar
+ * reader into the image's EROFS lower: large files land in its data area
+ * as they arrive, the rest is held as records. The layers are applied in
+ * order to an in-memory tree, whose metadata completes the lower. Nothing
+ * is unpacked onto the host. A `.partial` download is resumed after an
+ * interruption; a cached blob is read from the store. Progress is reported
+ * as events.
  *
  * One image directory per manifest digest, built under a lock and renamed
  * into place when complete, so concurrent pulls of one image build it once
@@ -12,11 +16,10 @@
  * @module
  */
 
-import { dirname, join } from "node:path";
+import { join } from "node:path";
 import { ImageError, KrunboxError } from "../errors.ts";
 import type { Store } from "../store/db.ts";
 import { lockWait } from "../store/lock.ts";
-import { runCommand } from "../util/command.ts";
 import { parseReference } from "./reference.ts";
 import {
   type BasicAuth,
@@ -26,9 +29,12 @@ import {
   RegistryClient,
   type ResolvedImage,
 } from "./registry.ts";
+import { DataArea, writeErofs } from "./erofs.ts";
+import { gunzip } from "./gunzip.ts";
+import { MemoryBudget, readLayer } from "./layer.ts";
 import { imagePaths } from "./store.ts";
 import { readTar } from "./tar.ts";
-import { unpackLayer } from "./unpack.ts";
+import { type LayerEntry, LayerTree } from "./tree.ts";
 
 /** When to contact the registry. */
 export type PullPolicy = "always" | "if-missing" | "never";
@@ -80,6 +86,8 @@ export interface PulledImage {
 
 /** Layer downloads running at once. */
 const CONCURRENT_DOWNLOADS = 3;
+/** Bytes a download may run ahead of its blob file and of its decompressor. */
+const QUEUE_BYTES = 16 << 20;
 /** How often (bytes) a layer reports progress. */
 const PROGRESS_STEP = 1 << 20;
 
@@ -95,65 +103,99 @@ async function loadPulled(reference: string, manifestDigest: string): Promise<Pu
 }
 
 /**
- * Downloads one blob into the store unless it is there, verifying its
- * digest and size as it streams; resumes a `.partial` download with a Range
- * request (or restarts when the registry ignores it).
+ * Streams one blob into `into`: from the store when it is there, otherwise
+ * from the registry, verifying its digest and size and saving it to the
+ * store as it streams; resumes a `.partial` download with a Range request
+ * (or restarts when the registry ignores it). Stops when `stop` aborts.
  */
-async function fetchBlob(
+async function streamBlob(
   client: RegistryClient,
   layer: Descriptor,
+  into: WritableStream<Uint8Array>,
+  stop: AbortSignal,
   report: (downloaded: number, cached: boolean) => void,
-): Promise<string> {
+): Promise<void> {
   const paths = imagePaths();
   const final = paths.blob(layer.digest);
-  if (await exists(final)) {
-    report(layer.size, true);
-    return final;
-  }
-  await Deno.mkdir(paths.blobs, { recursive: true });
-  const partial = `${final}.partial`;
-  const have = await Deno.stat(partial).then((s) => s.size, () => 0);
-  const { body, offset } = await client.blob(layer.digest, { offset: have });
-  // The hash covers the whole blob: feed it what is already on disk first.
-  const hasher = digestStream({ expected: layer.digest, expectedSize: layer.size, what: `layer ${layer.digest}` });
-  const file = await Deno.open(partial, { write: true, create: true, truncate: offset === 0, append: offset > 0 });
-  let downloaded = offset;
-  let reported = 0;
-  // Resuming: the bytes already on disk go through the hasher first (and are not written again).
-  const prefix = offset > 0 ? (await Deno.open(partial, { read: true })).readable : ReadableStream.from<Uint8Array>([]);
+  const out = queued(into.getWriter(), stop);
+  let file: Deno.FsFile | undefined;
   try {
-    let skip = offset; // bytes of the prefix that are already in the file
-    await ReadableStream.from(chain(prefix, body)).pipeThrough(hasher).pipeTo(
-      new WritableStream({
-        async write(chunk) {
-          let c = chunk;
-          if (skip > 0) {
-            const drop = Math.min(skip, c.length);
-            skip -= drop;
-            c = c.subarray(drop);
-            if (c.length === 0) return;
-          }
-          for (let off = 0; off < c.length;) off += await file.write(c.subarray(off));
-          downloaded += c.length;
-          if (downloaded - reported >= PROGRESS_STEP) {
-            reported = downloaded;
-            report(downloaded, false);
-          }
-        },
-      }),
-    );
-  } catch (e) {
+    if (await exists(final)) {
+      report(layer.size, true);
+      for await (const chunk of (await Deno.open(final, { read: true })).readable) await out.write(chunk);
+      await out.close();
+      return;
+    }
+    await Deno.mkdir(paths.blobs, { recursive: true });
+    const partial = `${final}.partial`;
+    const have = await Deno.stat(partial).then((s) => s.size, () => 0);
+    const { body, offset } = await client.blob(layer.digest, { offset: have });
+    // The hash covers the whole blob: what is already on disk goes through it
+    // (and on to the decompressor) first, and is not written again.
+    const hasher = digestStream({ expected: layer.digest, expectedSize: layer.size, what: `layer ${layer.digest}` });
+    file = await Deno.open(partial, { write: true, create: true, truncate: offset === 0, append: offset > 0 });
+    const prefix = offset > 0 ? (await Deno.open(partial, { read: true })).readable : ReadableStream.from<Uint8Array>([]);
+    let skip = offset;
+    let downloaded = offset;
+    let reported = 0;
+    for await (const chunk of ReadableStream.from(chain(prefix, body)).pipeThrough(hasher)) {
+      await out.write(chunk);
+      const drop = Math.min(skip, chunk.length);
+      skip -= drop;
+      // Synchronous: a 64 KiB write to the page cache costs less than the hop of an async op.
+      for (let off = drop; off < chunk.length;) off += file.writeSync(chunk.subarray(off));
+      downloaded += chunk.length - drop;
+      if (downloaded - reported >= PROGRESS_STEP) {
+        reported = downloaded;
+        report(downloaded, false);
+      }
+    }
     file.close();
+    file = undefined;
+    await Deno.rename(partial, final);
+    await out.close();
+    report(layer.size, false);
+  } catch (e) {
+    file?.close();
+    await out.abort(e);
     // A corrupt download must not be resumed: start over next time.
-    if (e instanceof ImageError && e.code === "IMAGE_DIGEST_MISMATCH") await Deno.remove(partial).catch(() => {});
-    throw e instanceof KrunboxError
+    if (e instanceof ImageError && e.code === "IMAGE_DIGEST_MISMATCH") {
+      await Deno.remove(`${final}.partial`).catch(() => {});
+    }
+    throw e instanceof KrunboxError || stop.aborted
       ? e
       : new ImageError("IMAGE_PULL", `downloading ${layer.digest} failed: ${e}`, { cause: e });
   }
-  file.close();
-  await Deno.rename(partial, final);
-  report(layer.size, false);
-  return final;
+}
+
+/**
+ * A writer that queues instead of waiting for each chunk to be processed
+ * (up to the stream's high-water mark), so the download, the blob file and
+ * the decompressor run side by side. The first failure of a queued write
+ * is thrown by the next call.
+ */
+function queued(writer: WritableStreamDefaultWriter<Uint8Array>, stop: AbortSignal) {
+  let failure: { error: unknown } | undefined;
+  const check = () => {
+    if (failure) throw failure.error;
+    stop.throwIfAborted();
+  };
+  return {
+    async write(chunk: Uint8Array): Promise<void> {
+      check();
+      await writer.ready;
+      check();
+      writer.write(chunk).catch((error) => failure ??= { error });
+    },
+    async close(): Promise<void> {
+      check();
+      await writer.close();
+      check();
+    },
+    async abort(reason: unknown): Promise<void> {
+      await writer.abort(reason).catch(() => {});
+    },
+  };
 }
 
 async function* chain(...streams: ReadableStream<Uint8Array>[]): AsyncGenerator<Uint8Array> {
@@ -173,11 +215,33 @@ function checkLayerType(layer: Descriptor): void {
   }
 }
 
-/** The layer's tar stream from its (possibly compressed) blob. */
-function tarStream(layer: Descriptor, blob: ReadableStream<Uint8Array>): ReadableStream<Uint8Array> {
-  checkLayerType(layer);
-  if (!GZIP_LAYERS.includes(layer.mediaType)) return blob;
-  return blob.pipeThrough(new DecompressionStream("gzip") as unknown as TransformStream<Uint8Array, Uint8Array>);
+/**
+ * Streams one layer into the image: blob → (gzip) → tar → records, with
+ * large files written to `area`. A failed download or digest check wins
+ * over the tar error it causes downstream; a broken tar stops the download.
+ */
+async function pullLayer(
+  client: RegistryClient,
+  layer: Descriptor,
+  area: DataArea,
+  budget: MemoryBudget,
+  cancel: AbortSignal,
+  report: (downloaded: number, cached: boolean) => void,
+): Promise<LayerEntry[]> {
+  const what = `layer ${layer.digest}`;
+  const plain = !GZIP_LAYERS.includes(layer.mediaType);
+  const codec = plain
+    ? new TransformStream<Uint8Array, Uint8Array>(undefined, new ByteLengthQueuingStrategy({ highWaterMark: QUEUE_BYTES }))
+    : gunzip(what);
+  const badTar = new AbortController();
+  const stop = AbortSignal.any([cancel, badTar.signal]);
+  const download = streamBlob(client, layer, codec.writable, stop, report);
+  const entries = readLayer(readTar(codec.readable), area, budget);
+  entries.catch((e) => badTar.abort(e));
+  const [d, t] = await Promise.allSettled([download, entries]);
+  if (d.status === "rejected" && !badTar.signal.aborted) throw d.reason;
+  if (t.status === "rejected") throw t.reason;
+  return (t as PromiseFulfilledResult<LayerEntry[]>).value;
 }
 
 /** Runs `work` over items with at most `limit` at once; results in order. */
@@ -196,72 +260,54 @@ function limited<T, R>(items: readonly T[], limit: number, work: (item: T) => Pr
   });
 }
 
-async function build(client: RegistryClient, resolved: ResolvedImage, options: PullOptions): Promise<number> {
+/** Bytes of small files a pull may hold in memory (past it they go to the data area too). */
+const SMALL_FILE_MEMORY = 256 << 20;
+
+async function build(client: RegistryClient, resolved: ResolvedImage, options: PullOptions): Promise<void> {
   const paths = imagePaths();
   const dir = paths.image(resolved.manifestDigest);
   const staging = `${dir}.building-${Deno.pid}`;
   const layers = resolved.manifest.layers;
   await Deno.remove(staging, { recursive: true }).catch(() => {});
   await Deno.mkdir(staging, { recursive: true });
-  // The flattened tree only lives until mkfs.erofs has read it: build it in
-  // memory when it fits easily (file creation on tmpfs is ~3x cheaper here).
-  const scratch = await scratchDir(layers.reduce((n, l) => n + l.size, 0));
-  const rootfs = scratch ?? join(staging, "rootfs");
-  await Deno.mkdir(rootfs, { recursive: true, mode: 0o755 });
   const emit = options.onProgress ?? (() => {});
+  const failed = new AbortController(); // stops the other layers when one fails
+  const cancel = options.signal ? AbortSignal.any([options.signal, failed.signal]) : failed.signal;
+  let read: Promise<LayerEntry[]>[] = [];
   try {
     layers.forEach(checkLayerType); // refuse unsupported layers before downloading
-    const downloads = limited(
-      layers,
-      CONCURRENT_DOWNLOADS,
-      (layer) =>
-        fetchBlob(
-          client,
-          layer,
-          (downloadedBytes, cached) =>
-            emit({ phase: "layer", digest: layer.digest, downloadedBytes, totalBytes: layer.size, cached }),
-        ),
-    );
-    downloads.forEach((d) => d.catch(() => {})); // each is awaited in order below
+    using area = await DataArea.create(join(staging, "lower.erofs"));
+    const budget = new MemoryBudget(SMALL_FILE_MEMORY);
+    read = limited(layers, CONCURRENT_DOWNLOADS, (layer) => {
+      cancel.throwIfAborted();
+      emit({ phase: "unpacking", digest: layer.digest, index: layers.indexOf(layer), count: layers.length });
+      return pullLayer(
+        client,
+        layer,
+        area,
+        budget,
+        cancel,
+        (downloadedBytes, cached) =>
+          emit({ phase: "layer", digest: layer.digest, downloadedBytes, totalBytes: layer.size, cached }),
+      );
+    });
+    read.forEach((r) => r.catch(() => {})); // each is awaited in order below
+    const tree = new LayerTree();
     for (let i = 0; i < layers.length; i++) {
-      const blob = await downloads[i];
-      emit({ phase: "unpacking", digest: layers[i].digest, index: i, count: layers.length });
-      const file = await Deno.open(blob, { read: true });
-      await unpackLayer(readTar(tarStream(layers[i], file.readable)), rootfs);
+      for (const entry of await read[i]) tree.apply(i, entry);
     }
     emit({ phase: "building", manifestDigest: resolved.manifestDigest });
-    await runCommand("mkfs.erofs", ["--quiet", join(staging, "lower.erofs"), rootfs]);
-    await Deno.remove(rootfs, { recursive: true });
-    if (scratch) await Deno.remove(dirname(scratch), { recursive: true }).catch(() => {});
+    await writeErofs(area, tree.root);
     await Deno.writeTextFile(join(staging, "manifest.json"), JSON.stringify(resolved.manifest));
     await Deno.writeTextFile(join(staging, "config.json"), JSON.stringify(resolved.config));
     await Deno.writeTextFile(join(staging, ".complete"), "");
     await Deno.remove(dir, { recursive: true }).catch(() => {});
     await Deno.rename(staging, dir);
-    return (await Deno.stat(paths.lower(resolved.manifestDigest))).size;
   } catch (e) {
+    failed.abort(e);
+    await Promise.allSettled(read);
     await Deno.remove(staging, { recursive: true }).catch(() => {});
-    if (scratch) await Deno.remove(dirname(scratch), { recursive: true }).catch(() => {});
     throw e;
-  }
-}
-
-/**
- * A directory on /dev/shm for the flattened tree when the image (estimated
- * at 4x its compressed size) takes under a quarter of the available memory;
- * undefined otherwise (then it is built on disk beside the image). tmpfs on
- * older kernels keeps no `user.*` xattrs; the unpacker warns about those.
- */
-async function scratchDir(compressedBytes: number): Promise<string | undefined> {
-  if (Deno.env.get("KRUNBOX_UNPACK_ON_DISK")) return undefined;
-  try {
-    const meminfo = await Deno.readTextFile("/proc/meminfo");
-    const available = Number(meminfo.match(/^MemAvailable:\s+(\d+) kB/m)?.[1] ?? 0) * 1024;
-    if (compressedBytes * 4 > available / 4) return undefined;
-    const dir = await Deno.makeTempDir({ dir: "/dev/shm", prefix: "krunbox-unpack-" });
-    return join(dir, "rootfs");
-  } catch {
-    return undefined;
   }
 }
 

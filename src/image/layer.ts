@@ -1,0 +1,104 @@
+/**
+ * Reads one layer's tar stream into {@link LayerEntry} records: names
+ * normalized (a `..` is refused before anything is stored), small files
+ * kept in memory, larger ones written straight to the image's data area
+ * as they stream in. Applying the records to a {@link LayerTree} is a
+ * separate step, so layers can be read concurrently and applied in order.
+ *
+ * @module
+ */
+
+import { ImageError } from "../errors.ts";
+import { BLOCK_SIZE, type DataArea, INLINE_MAX } from "./erofs.ts";
+import type { TarEntry } from "./tar.ts";
+import { type LayerEntry, type NodeData, normalizeEntryPath } from "./tree.ts";
+
+/**
+ * How many bytes of small files may be held in memory across the layers of
+ * one pull; past it, small files go to the data area like large ones.
+ *
+ * @example
+ * ```ts
+ * import { MemoryBudget } from "./layer.ts";
+ * const budget = new MemoryBudget(64 << 20);
+ * console.log(budget.take(4000)); // true
+ * ```
+ */
+export class MemoryBudget {
+  #left: number;
+
+  constructor(bytes: number) {
+    this.#left = bytes;
+  }
+
+  /** Takes `bytes` from the budget; false (and nothing taken) when it would run out. */
+  take(bytes: number): boolean {
+    if (bytes > this.#left) return false;
+    this.#left -= bytes;
+    return true;
+  }
+}
+
+/**
+ * Reads every entry of a layer; file contents end up in memory or in
+ * `area`. Throws `ImageError("IMAGE_INVALID")` on a name with `..` or a NUL
+ * byte, and whatever the tar reader throws on a broken archive.
+ *
+ * @example
+ * ```ts
+ * import { DataArea } from "./erofs.ts";
+ * import { MemoryBudget, readLayer } from "./layer.ts";
+ * import { readTar } from "./tar.ts";
+ * using area = await DataArea.create("/tmp/lower.erofs");
+ * const file = await Deno.open("layer.tar");
+ * const entries = await readLayer(readTar(file.readable), area, new MemoryBudget(1 << 30));
+ * console.log(entries.length);
+ * ```
+ */
+export async function readLayer(
+  tar: AsyncIterable<TarEntry>,
+  area: DataArea,
+  budget: MemoryBudget,
+): Promise<LayerEntry[]> {
+  using sink = await area.sink();
+  const out: LayerEntry[] = [];
+  for await (const e of tar) {
+    let path: string;
+    try {
+      path = normalizeEntryPath(e.name);
+    } catch (x) {
+      throw new ImageError("IMAGE_INVALID", `${(x as Error).message} at offset ${e.offset}`, { cause: x });
+    }
+    let data: NodeData | undefined;
+    if (e.type === "file") {
+      if (e.size <= INLINE_MAX && budget.take(e.size)) {
+        data = { kind: "memory", bytes: await e.bytes() };
+      } else {
+        const block = area.reserve(e.size);
+        let at = block * BLOCK_SIZE;
+        for (let c = await e.read(); c !== null; c = await e.read()) {
+          sink.write(at, c);
+          at += c.length;
+        }
+        data = { kind: "blocks", block, size: e.size };
+      }
+    }
+    out.push({
+      path,
+      name: e.name,
+      offset: e.offset,
+      type: e.type,
+      mode: e.mode,
+      uid: e.uid,
+      gid: e.gid,
+      mtime: e.mtime,
+      xattrs: e.xattrs,
+      linkname: e.linkname,
+      devmajor: e.devmajor,
+      devminor: e.devminor,
+      data,
+    });
+  }
+  sink.flush();
+  return out;
+}
