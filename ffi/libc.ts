@@ -1,10 +1,9 @@
 /**
  * The few libc calls krunbox needs and Deno has no API for: advisory locks
  * that can be tried without blocking (`flock`, for the sandbox locks), and
- * for layer unpacking extended attributes, device nodes, fifos and
- * `lchown`. One symbols table, C signature beside each entry. Loaded lazily
+ * extended attributes (tests read image xattrs back with them). One symbols table, C signature beside each entry. Loaded lazily
  * through `Deno.dlopen` (needs `--allow-ffi`); {@link loadLibc} answers
- * `undefined` where FFI is unavailable so callers can degrade to warnings.
+ * `undefined` where FFI is unavailable so callers can degrade.
  * Every call returns 0 on success or the positive `errno` on failure.
  *
  * @module
@@ -15,12 +14,6 @@ const SYMBOLS = {
   lsetxattr: { parameters: ["buffer", "buffer", "buffer", "usize", "i32"], result: "i32", optional: true },
   // ssize_t lgetxattr(const char *path, const char *name, void *value, size_t size)
   lgetxattr: { parameters: ["buffer", "buffer", "buffer", "usize"], result: "isize", optional: true },
-  // int mknod(const char *pathname, mode_t mode, dev_t dev)   (exported by glibc >= 2.33)
-  mknod: { parameters: ["buffer", "u32", "u64"], result: "i32", optional: true },
-  // int mkfifo(const char *pathname, mode_t mode)
-  mkfifo: { parameters: ["buffer", "u32"], result: "i32", optional: true },
-  // int lchown(const char *pathname, uid_t owner, gid_t group)
-  lchown: { parameters: ["buffer", "u32", "u32"], result: "i32", optional: true },
   // int open(const char *pathname, int flags, mode_t mode)
   open: { parameters: ["buffer", "i32", "u32"], result: "i32" },
   // int flock(int fd, int operation)
@@ -97,7 +90,7 @@ export function errnoName(errno: number): string {
  * ```ts
  * import { errnoName, type Libc, loadLibc } from "./libc.ts";
  * const libc: Libc | undefined = loadLibc();
- * const rc = libc?.lchown("/tmp/link", 0, 0) ?? -1;
+ * const rc = libc?.setXattr("/tmp/f", "user.k", new Uint8Array([1])) ?? -1;
  * console.log(rc === 0 ? "ok" : rc > 0 ? errnoName(rc) : "no FFI");
  * ```
  */
@@ -106,12 +99,6 @@ export interface Libc {
   setXattr(path: string, name: string, value: Uint8Array): number;
   /** `lgetxattr(2)`: the value, or the errno (`ENODATA` when absent). */
   getXattr(path: string, name: string): { value?: Uint8Array; errno: number };
-  /** `mknod(2)` of a character (`S_IFCHR`) or block (`S_IFBLK`) device. */
-  mknod(path: string, kind: "char" | "block", mode: number, major: number, minor: number): number;
-  /** `mkfifo(3)`. */
-  mkfifo(path: string, mode: number): number;
-  /** `lchown(2)`: changes the owner of `path` itself, never of a symlink's target. */
-  lchown(path: string, uid: number, gid: number): number;
   /** `open(2)` with `O_RDWR | O_CREAT | O_CLOEXEC`: a file descriptor, or minus the errno. */
   openForLock(path: string, mode: number): number;
   /** `flock(2)`: 0, or the errno (`EWOULDBLOCK` when held elsewhere with `LOCK_NB`). */
@@ -126,37 +113,20 @@ const O_RDWR = 0o2;
 const O_CREAT = 0o100;
 const O_CLOEXEC = 0o2000000;
 
-const S_IFCHR = 0o020000;
-const S_IFBLK = 0o060000;
 const enc = new TextEncoder();
 const cstr = (s: string) => enc.encode(s + "\0");
-
-/**
- * Linux `makedev()`: the `dev_t` of a (major, minor) pair.
- *
- * @example
- * ```ts
- * import { makedev } from "./libc.ts";
- * console.log(makedev(1, 3)); // 259n, /dev/null
- * ```
- */
-export function makedev(major: number, minor: number): bigint {
-  const ma = BigInt(major >>> 0);
-  const mi = BigInt(minor >>> 0);
-  return ((ma & 0xfffff000n) << 32n) | ((ma & 0xfffn) << 8n) | ((mi & 0xffffff00n) << 12n) | (mi & 0xffn);
-}
 
 let cached: Libc | null | undefined;
 
 /**
  * Opens libc once; `undefined` where FFI is not permitted or libc cannot be
- * loaded (then extended attributes, device nodes and fifos are skipped).
+ * loaded.
  *
  * @example
  * ```ts
  * import { loadLibc } from "./libc.ts";
  * const libc = loadLibc();
- * if (libc) console.log(libc.mkfifo("/tmp/my-fifo", 0o644)); // 0 or an errno
+ * if (libc) console.log(libc.setXattr("/tmp/f", "user.k", new Uint8Array([1]))); // 0 or an errno
  * ```
  */
 export function loadLibc(): Libc | undefined {
@@ -192,12 +162,6 @@ export function loadLibc(): Libc | undefined {
       }
       return { errno: 34 };
     },
-    mknod: (path, kind, mode, major, minor) =>
-      s.mknod
-        ? check(s.mknod(cstr(path), (kind === "char" ? S_IFCHR : S_IFBLK) | (mode & 0o7777), makedev(major, minor)))
-        : ENOSYS,
-    mkfifo: (path, mode) => (s.mkfifo ? check(s.mkfifo(cstr(path), mode & 0o7777)) : ENOSYS),
-    lchown: (path, uid, gid) => (s.lchown ? check(s.lchown(cstr(path), uid >>> 0, gid >>> 0)) : ENOSYS),
     openForLock(path, mode) {
       const fd = s.open(cstr(path), O_RDWR | O_CREAT | O_CLOEXEC, mode);
       return fd < 0 ? -(errno() || ENOSYS) : fd;

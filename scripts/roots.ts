@@ -54,8 +54,9 @@ export async function busyboxRoot(dir = join(homeLayout().cache, "roots", "busyb
 }
 
 /**
- * Builds (once) a Debian minbase root with extra packages via mmdebstrap
- * (needs root and Debian's mirror; a minute or two the first time).
+ * Builds (once per package list) a Debian minbase root with extra packages
+ * via mmdebstrap (needs root and Debian's mirror; a minute or two the first
+ * time).
  *
  * @example
  * ```ts
@@ -65,7 +66,8 @@ export async function busyboxRoot(dir = join(homeLayout().cache, "roots", "busyb
  */
 export async function debianRoot(packages: readonly string[] = [], name = "debian"): Promise<string> {
   const dir = join(homeLayout().cache, "roots", name);
-  if (await exists(join(dir, ".complete"))) return dir;
+  const stamp = `bookworm minbase ${[...packages].sort().join(",")}`;
+  if (await Deno.readTextFile(join(dir, ".complete")).then((s) => s === stamp, () => false)) return dir;
   await Deno.remove(dir, { recursive: true }).catch(() => {});
   await Deno.mkdir(join(homeLayout().cache, "roots"), { recursive: true });
   await runCommand("mmdebstrap", [
@@ -76,6 +78,6 @@ export async function debianRoot(packages: readonly string[] = [], name = "debia
     "bookworm",
     dir,
   ]);
-  await Deno.writeTextFile(join(dir, ".complete"), "");
+  await Deno.writeTextFile(join(dir, ".complete"), stamp);
   return dir;
 }

@@ -12,7 +12,8 @@ import { runCommand } from "../../src/util/command.ts";
 export const HOST_PACKAGES: Readonly<Record<string, string>> = {
   "qemu-system-x86": "qemu backend (qemu-system-x86_64, virtiofsd)",
   "e2fsprogs": "per-sandbox writable ext4 disks (mkfs.ext4)",
-  "erofs-utils": "read-only image lowers (mkfs.erofs)",
+  "libisal2": "ISA-L inflate: fast layer decompression for image pulls",
+  "erofs-utils": "tests: reading image lowers back (fsck.erofs)",
   "busybox-static": "the demo's and tests' busybox root",
   "mmdebstrap": "Debian roots for tests and the nested test host",
   "docker-registry": "the local OCI registry of the tests",

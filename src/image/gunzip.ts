@@ -3,15 +3,16 @@
  * inflate through FFI ({@link loadIsal}) when the library is there, each
  * call on a worker thread so inflating overlaps the tar reader, otherwise
  * the runtime's `DecompressionStream`. Broken input errors the stream with
- * `ImageError("IMAGE_INVALID")`. Concatenated gzip members are read on,
- * trailing zero padding is ignored.
+ * `ImageError("IMAGE_INVALID")`. With ISA-L, concatenated gzip members are
+ * read on and trailing zero padding is ignored; the built-in decompressor
+ * refuses both (a typed error, never a short layer).
  *
  * @module
  */
 
 import { ImageError } from "../errors.ts";
 import { concatBytes } from "../util/bytes.ts";
-import { INFLATE_STATE, ISAL_BLOCK_FINISH, ISAL_GZIP, type Isal, loadIsal } from "../../ffi/isal.ts";
+import { INFLATE_STATE, type Isal, ISAL_BLOCK_FINISH, ISAL_GZIP, loadIsal } from "../../ffi/isal.ts";
 
 /** Compressed bytes queued ahead of inflate. */
 const IN_QUEUE = 16 << 20;
@@ -128,15 +129,19 @@ function isalInflate(isal: Isal, what: string): TransformStream<Uint8Array, Uint
     await feed(input, ctl);
   }
 
-  return new TransformStream<Uint8Array, Uint8Array>({
-    async transform(chunk, ctl) {
-      pending.push(chunk);
-      pendingBytes += chunk.length;
-      if (pendingBytes >= IN_BATCH) await drain(ctl);
+  return new TransformStream<Uint8Array, Uint8Array>(
+    {
+      async transform(chunk, ctl) {
+        pending.push(chunk);
+        pendingBytes += chunk.length;
+        if (pendingBytes >= IN_BATCH) await drain(ctl);
+      },
+      async flush(ctl) {
+        await drain(ctl);
+        if (!finished) throw invalid(what, "the stream is truncated");
+      },
     },
-    async flush(ctl) {
-      await drain(ctl);
-      if (!finished) throw invalid(what, "the stream is truncated");
-    },
-  }, new ByteLengthQueuingStrategy({ highWaterMark: IN_QUEUE }), { highWaterMark: READ_AHEAD });
+    new ByteLengthQueuingStrategy({ highWaterMark: IN_QUEUE }),
+    { highWaterMark: READ_AHEAD },
+  );
 }

@@ -29,12 +29,10 @@ import {
   RegistryClient,
   type ResolvedImage,
 } from "./registry.ts";
-import { DataArea, writeErofs } from "./erofs.ts";
 import { gunzip } from "./gunzip.ts";
-import { MemoryBudget, readLayer } from "./layer.ts";
+import { LowerBuilder } from "./lower.ts";
 import { imagePaths } from "./store.ts";
-import { readTar } from "./tar.ts";
-import { type LayerEntry, LayerTree } from "./tree.ts";
+import type { LayerEntry } from "./tree.ts";
 
 /** When to contact the registry. */
 export type PullPolicy = "always" | "if-missing" | "never";
@@ -107,6 +105,7 @@ async function loadPulled(reference: string, manifestDigest: string): Promise<Pu
  * from the registry, verifying its digest and size and saving it to the
  * store as it streams; resumes a `.partial` download with a Range request
  * (or restarts when the registry ignores it). Stops when `stop` aborts.
+ * Throws only for the download itself (network, digest, abort).
  */
 async function streamBlob(
   client: RegistryClient,
@@ -117,12 +116,16 @@ async function streamBlob(
 ): Promise<void> {
   const paths = imagePaths();
   const final = paths.blob(layer.digest);
-  const out = queued(into.getWriter(), stop);
+  const out = feeder(into.getWriter());
   let file: Deno.FsFile | undefined;
   try {
     if (await exists(final)) {
       report(layer.size, true);
-      for await (const chunk of (await Deno.open(final, { read: true })).readable) await out.write(chunk);
+      for await (const chunk of (await Deno.open(final, { read: true })).readable) {
+        stop.throwIfAborted();
+        if (out.dead) break;
+        await out.write(chunk);
+      }
       await out.close();
       return;
     }
@@ -134,11 +137,14 @@ async function streamBlob(
     // (and on to the decompressor) first, and is not written again.
     const hasher = digestStream({ expected: layer.digest, expectedSize: layer.size, what: `layer ${layer.digest}` });
     file = await Deno.open(partial, { write: true, create: true, truncate: offset === 0, append: offset > 0 });
-    const prefix = offset > 0 ? (await Deno.open(partial, { read: true })).readable : ReadableStream.from<Uint8Array>([]);
+    const prefix = offset > 0
+      ? (await Deno.open(partial, { read: true })).readable
+      : ReadableStream.from<Uint8Array>([]);
     let skip = offset;
     let downloaded = offset;
     let reported = 0;
     for await (const chunk of ReadableStream.from(chain(prefix, body)).pipeThrough(hasher)) {
+      stop.throwIfAborted();
       await out.write(chunk);
       const drop = Math.min(skip, chunk.length);
       skip -= drop;
@@ -169,28 +175,30 @@ async function streamBlob(
 }
 
 /**
- * A writer that queues instead of waiting for each chunk to be processed
+ * Feeds the decompressor without waiting for each chunk to be processed
  * (up to the stream's high-water mark), so the download, the blob file and
- * the decompressor run side by side. The first failure of a queued write
- * is thrown by the next call.
+ * inflate run side by side. Once the decompressor or the tar reader has
+ * failed, chunks are dropped: the download goes on to its digest check,
+ * so a corrupt download is reported as such rather than as a broken tar.
  */
-function queued(writer: WritableStreamDefaultWriter<Uint8Array>, stop: AbortSignal) {
-  let failure: { error: unknown } | undefined;
-  const check = () => {
-    if (failure) throw failure.error;
-    stop.throwIfAborted();
-  };
+function feeder(writer: WritableStreamDefaultWriter<Uint8Array>) {
+  let dead = false;
   return {
+    get dead(): boolean {
+      return dead;
+    },
     async write(chunk: Uint8Array): Promise<void> {
-      check();
-      await writer.ready;
-      check();
-      writer.write(chunk).catch((error) => failure ??= { error });
+      if (dead) return;
+      try {
+        await writer.ready;
+      } catch {
+        dead = true;
+        return;
+      }
+      writer.write(chunk).catch(() => dead = true);
     },
     async close(): Promise<void> {
-      check();
-      await writer.close();
-      check();
+      if (!dead) await writer.close().catch(() => {});
     },
     async abort(reason: unknown): Promise<void> {
       await writer.abort(reason).catch(() => {});
@@ -217,29 +225,28 @@ function checkLayerType(layer: Descriptor): void {
 
 /**
  * Streams one layer into the image: blob → (gzip) → tar → records, with
- * large files written to `area`. A failed download or digest check wins
- * over the tar error it causes downstream; a broken tar stops the download.
+ * large files written to the lower's data area. A failed download or
+ * digest check wins over the tar error it causes downstream.
  */
 async function pullLayer(
   client: RegistryClient,
   layer: Descriptor,
-  area: DataArea,
-  budget: MemoryBudget,
+  lower: LowerBuilder,
   cancel: AbortSignal,
   report: (downloaded: number, cached: boolean) => void,
 ): Promise<LayerEntry[]> {
   const what = `layer ${layer.digest}`;
   const plain = !GZIP_LAYERS.includes(layer.mediaType);
   const codec = plain
-    ? new TransformStream<Uint8Array, Uint8Array>(undefined, new ByteLengthQueuingStrategy({ highWaterMark: QUEUE_BYTES }))
+    ? new TransformStream<Uint8Array, Uint8Array>(
+      undefined,
+      new ByteLengthQueuingStrategy({ highWaterMark: QUEUE_BYTES }),
+    )
     : gunzip(what);
-  const badTar = new AbortController();
-  const stop = AbortSignal.any([cancel, badTar.signal]);
-  const download = streamBlob(client, layer, codec.writable, stop, report);
-  const entries = readLayer(readTar(codec.readable), area, budget);
-  entries.catch((e) => badTar.abort(e));
+  const download = streamBlob(client, layer, codec.writable, cancel, report);
+  const entries = lower.read(codec.readable);
   const [d, t] = await Promise.allSettled([download, entries]);
-  if (d.status === "rejected" && !badTar.signal.aborted) throw d.reason;
+  if (d.status === "rejected") throw d.reason; // the cause of whatever the tar reader saw
   if (t.status === "rejected") throw t.reason;
   return (t as PromiseFulfilledResult<LayerEntry[]>).value;
 }
@@ -260,9 +267,6 @@ function limited<T, R>(items: readonly T[], limit: number, work: (item: T) => Pr
   });
 }
 
-/** Bytes of small files a pull may hold in memory (past it they go to the data area too). */
-const SMALL_FILE_MEMORY = 256 << 20;
-
 async function build(client: RegistryClient, resolved: ResolvedImage, options: PullOptions): Promise<void> {
   const paths = imagePaths();
   const dir = paths.image(resolved.manifestDigest);
@@ -276,28 +280,26 @@ async function build(client: RegistryClient, resolved: ResolvedImage, options: P
   let read: Promise<LayerEntry[]>[] = [];
   try {
     layers.forEach(checkLayerType); // refuse unsupported layers before downloading
-    using area = await DataArea.create(join(staging, "lower.erofs"));
-    const budget = new MemoryBudget(SMALL_FILE_MEMORY);
-    read = limited(layers, CONCURRENT_DOWNLOADS, (layer) => {
+    using lower = await LowerBuilder.create(join(staging, "lower.erofs"));
+    // A blob listed twice (empty layers often are) is read once; its records are applied at each place.
+    const unique = [...new Map(layers.map((l) => [l.digest, l])).values()];
+    read = limited(unique, CONCURRENT_DOWNLOADS, (layer) => {
       cancel.throwIfAborted();
       emit({ phase: "unpacking", digest: layer.digest, index: layers.indexOf(layer), count: layers.length });
       return pullLayer(
         client,
         layer,
-        area,
-        budget,
+        lower,
         cancel,
         (downloadedBytes, cached) =>
           emit({ phase: "layer", digest: layer.digest, downloadedBytes, totalBytes: layer.size, cached }),
       );
     });
     read.forEach((r) => r.catch(() => {})); // each is awaited in order below
-    const tree = new LayerTree();
-    for (let i = 0; i < layers.length; i++) {
-      for (const entry of await read[i]) tree.apply(i, entry);
-    }
+    const byDigest = new Map(unique.map((l, i) => [l.digest, read[i]]));
+    for (let i = 0; i < layers.length; i++) lower.apply(i, await byDigest.get(layers[i].digest)!);
     emit({ phase: "building", manifestDigest: resolved.manifestDigest });
-    await writeErofs(area, tree.root);
+    await lower.finish();
     await Deno.writeTextFile(join(staging, "manifest.json"), JSON.stringify(resolved.manifest));
     await Deno.writeTextFile(join(staging, "config.json"), JSON.stringify(resolved.config));
     await Deno.writeTextFile(join(staging, ".complete"), "");

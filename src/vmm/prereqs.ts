@@ -78,7 +78,6 @@ export async function qemuChecks(): Promise<Check[]> {
     checkProgram("setpriv", "util-linux"),
     checkProgram("virtiofsd", "qemu-system-x86", VIRTIOFSD_DIRS),
     checkProgram("mkfs.ext4", "e2fsprogs"),
-    checkProgram("mkfs.erofs", "erofs-utils"),
     checkAsset("kernel", "guest kernel"),
     checkAsset("initramfs", "guest initramfs"),
     checkAsset("agent", "guest agent"),

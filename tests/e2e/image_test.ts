@@ -8,10 +8,9 @@
 import { join } from "node:path";
 import { leftovers, skipVmReason, testHome } from "../util/e2e.ts";
 import { assert, assertEquals, assertRejects } from "../util/assert.ts";
-import { LocalRegistry, missingRegistryTools, pushImage } from "../util/registry.ts";
+import { LocalRegistry, missingRegistryTools, pushImage, pushLayers } from "../util/registry.ts";
 import { busyboxRoot } from "../../scripts/roots.ts";
 import { ImageError, Images, type PullEvent, Sandbox } from "../../mod.ts";
-import { digestOf } from "../../src/image/registry.ts";
 import { type TarSpec, writeTar } from "../util/tar_writer.ts";
 
 const missingTools = await missingRegistryTools();
@@ -185,41 +184,6 @@ Deno.test({ name: "images list, remove and prune", ignore }, async () => {
 });
 
 /** Pushes a one-layer image made of raw (gzipped) tar bytes through the registry API. */
-async function pushRawImage(reg: LocalRegistry, repo: string, tar: Uint8Array): Promise<void> {
-  const gz = new Uint8Array(
-    await new Response(new Blob([tar as Uint8Array<ArrayBuffer>]).stream().pipeThrough(new CompressionStream("gzip")))
-      .arrayBuffer(),
-  );
-  const config = new TextEncoder().encode(JSON.stringify({
-    architecture: "amd64",
-    os: "linux",
-    rootfs: { type: "layers", diff_ids: [digestOf(tar)] },
-    config: {},
-  }));
-  const upload = async (bytes: Uint8Array) => {
-    const start = await fetch(`${reg.url}/v2/${repo}/blobs/uploads/`, { method: "POST" });
-    await start.body?.cancel();
-    const location = new URL(start.headers.get("location")!, reg.url);
-    location.searchParams.set("digest", digestOf(bytes));
-    const put = await fetch(location, { method: "PUT", body: bytes as Uint8Array<ArrayBuffer> });
-    await put.body?.cancel();
-    assertEquals(put.status, 201);
-  };
-  await upload(gz);
-  await upload(config);
-  await reg.putManifest(
-    repo,
-    "1",
-    JSON.stringify({
-      schemaVersion: 2,
-      mediaType: "application/vnd.oci.image.manifest.v1+json",
-      config: { mediaType: "application/vnd.oci.image.config.v1+json", digest: digestOf(config), size: config.length },
-      layers: [{ mediaType: "application/vnd.oci.image.layer.v1.tar+gzip", digest: digestOf(gz), size: gz.length }],
-    }),
-    "application/vnd.oci.image.manifest.v1+json",
-  );
-}
-
 Deno.test({ name: "a layer with ../ entries or a symlinked parent is refused, nothing escapes", ignore }, async () => {
   const reg = await LocalRegistry.start();
   const outside = join(await Deno.makeTempDir(), "escaped");
@@ -232,7 +196,7 @@ Deno.test({ name: "a layer with ../ entries or a symlinked parent is refused, no
       }],
     };
     for (const [name, specs] of Object.entries(cases)) {
-      await pushRawImage(reg, `hostile/${name}`, writeTar(specs));
+      await pushLayers(reg, `hostile/${name}:1`, [writeTar(specs)]);
       const e = await assertRejects(() => Images.pull(`${reg.host}/hostile/${name}:1`), ImageError);
       assertEquals(e.code, "IMAGE_INVALID", `${name}: ${e.message}`);
       assertEquals(await Deno.stat(outside).then(() => true, () => false), false, `${name} wrote outside`);

@@ -27,7 +27,7 @@ export const L1 = {
 } as const;
 
 /** Packages of the L1's Debian root besides minbase. */
-const L1_PACKAGES = ["busybox-static", "erofs-utils", "e2fsprogs", "ca-certificates"];
+const L1_PACKAGES = ["busybox-static", "libisal2", "e2fsprogs", "ca-certificates"];
 
 /**
  * Boots an L1 with kvm-amd loaded. The caller owns the returned sandbox.

@@ -10,6 +10,7 @@
  */
 
 import { which } from "../../src/util/command.ts";
+import { digestOf } from "../../src/image/registry.ts";
 
 const REALM = "krunbox-test";
 const SERVICE = "krunbox-test-registry";
@@ -358,4 +359,74 @@ export async function pushImage(
   } finally {
     await Deno.remove(work, { recursive: true }).catch(() => {});
   }
+}
+
+/** A layer for {@link pushLayers}: a tar, gzipped unless `plain`. */
+export type RawLayer = Uint8Array | { tar: Uint8Array; plain?: boolean };
+
+/**
+ * Pushes an image made of raw tar layers (lowest first) straight through
+ * the registry API, so tests can publish archives umoci would never write:
+ * hostile names, repeated blobs, plain (uncompressed) layers. Returns the
+ * manifest digest and each layer's blob digest.
+ *
+ * @example
+ * ```ts
+ * import { LocalRegistry, pushLayers } from "./registry.ts";
+ * import { writeTar } from "./tar_writer.ts";
+ * await using reg = await LocalRegistry.start();
+ * await pushLayers(reg, "raw/one:1", [writeTar([{ name: "hello", data: "hi" }])]);
+ * ```
+ */
+export async function pushLayers(
+  reg: LocalRegistry,
+  nameTag: string,
+  layers: readonly RawLayer[],
+): Promise<{ digest: string; blobs: string[] }> {
+  const [repo, tag] = nameTag.split(":");
+  const upload = async (bytes: Uint8Array) => {
+    const start = await fetch(`${reg.url}/v2/${repo}/blobs/uploads/`, { method: "POST" });
+    await start.body?.cancel();
+    const location = new URL(start.headers.get("location")!, reg.url);
+    location.searchParams.set("digest", digestOf(bytes));
+    const put = await fetch(location, { method: "PUT", body: bytes as Uint8Array<ArrayBuffer> });
+    await put.body?.cancel();
+    if (put.status !== 201) throw new Error(`blob upload to ${repo}: HTTP ${put.status}`);
+  };
+  const descriptors = [];
+  const diffIds = [];
+  for (const layer of layers) {
+    const { tar, plain } = layer instanceof Uint8Array ? { tar: layer, plain: false } : layer;
+    const blob = plain ? tar : new Uint8Array(
+      await new Response(
+        new Blob([tar as Uint8Array<ArrayBuffer>]).stream().pipeThrough(new CompressionStream("gzip")),
+      ).arrayBuffer(),
+    );
+    await upload(blob);
+    diffIds.push(digestOf(tar));
+    descriptors.push({
+      mediaType: `application/vnd.oci.image.layer.v1.tar${plain ? "" : "+gzip"}`,
+      digest: digestOf(blob),
+      size: blob.length,
+    });
+  }
+  const config = new TextEncoder().encode(JSON.stringify({
+    architecture: "amd64",
+    os: "linux",
+    rootfs: { type: "layers", diff_ids: diffIds },
+    config: {},
+  }));
+  await upload(config);
+  const digest = await reg.putManifest(
+    repo,
+    tag,
+    JSON.stringify({
+      schemaVersion: 2,
+      mediaType: "application/vnd.oci.image.manifest.v1+json",
+      config: { mediaType: "application/vnd.oci.image.config.v1+json", digest: digestOf(config), size: config.length },
+      layers: descriptors,
+    }),
+    "application/vnd.oci.image.manifest.v1+json",
+  );
+  return { digest, blobs: descriptors.map((d) => d.digest) };
 }

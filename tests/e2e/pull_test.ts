@@ -1,0 +1,257 @@
+/**
+ * Pulls against a real docker-registry on 127.0.0.1, no VM: the streamed
+ * layer pipeline (download → digest → inflate → tar → EROFS lower), read
+ * back with erofs-utils' fsck.erofs. Each test pulls into its own empty
+ * `KRUNBOX_HOME`.
+ */
+
+import { join } from "node:path";
+import { assert, assertEquals, assertRejects } from "../util/assert.ts";
+import { LocalRegistry, missingRegistryTools, pushLayers } from "../util/registry.ts";
+import { extractLower, missingFsckErofs } from "../util/erofs.ts";
+import { writeTar } from "../util/tar_writer.ts";
+import { ImageError } from "../../src/errors.ts";
+import { type PullEvent, pullImage } from "../../src/image/pull.ts";
+import { imagePaths } from "../../src/image/store.ts";
+import { Store } from "../../src/store/db.ts";
+
+const skip = (await missingRegistryTools()) ?? (await missingFsckErofs());
+if (skip) console.log(`SKIPPING pull tests: ${skip}`);
+const ignore = skip !== undefined;
+
+const enc = new TextEncoder();
+const dec = new TextDecoder();
+
+/** Deterministic, compressible bytes. */
+function text(size: number, seed: number): Uint8Array {
+  const words = ["layer", "krunbox", "erofs", "inflate", "digest", "tar", "\n"];
+  const out = new Uint8Array(size);
+  let x = seed;
+  for (let i = 0; i < size;) {
+    x = (x * 1103515245 + 12345) & 0x7fffffff;
+    const w = enc.encode(words[x % words.length] + " ");
+    out.set(w.subarray(0, size - i), i);
+    i += w.length;
+  }
+  return out;
+}
+
+/** Runs `fn` with an empty KRUNBOX_HOME and a store in it. */
+async function withHome(fn: (store: Store, home: string) => Promise<void>): Promise<void> {
+  const home = await Deno.makeTempDir({ prefix: "krunbox-pull-test-" });
+  const saved = Deno.env.get("KRUNBOX_HOME");
+  Deno.env.set("KRUNBOX_HOME", home);
+  try {
+    using store = Store.open(join(home, "db.sqlite"));
+    await fn(store, home);
+  } finally {
+    if (saved === undefined) Deno.env.delete("KRUNBOX_HOME");
+    else Deno.env.set("KRUNBOX_HOME", saved);
+    await Deno.remove(home, { recursive: true });
+  }
+}
+
+/** Every path of an extracted lower with its type and (for files) content or (for links) target. */
+async function listing(dir: string): Promise<Record<string, string>> {
+  const out: Record<string, string> = {};
+  const walk = async (rel: string) => {
+    for await (const e of Deno.readDir(rel ? `${dir}/${rel}` : dir)) {
+      const p = rel ? `${rel}/${e.name}` : e.name;
+      const abs = `${dir}/${p}`;
+      if (e.isSymlink) out[p] = `-> ${await Deno.readLink(abs)}`;
+      else if (e.isFile) out[p] = dec.decode(await Deno.readFile(abs));
+      else if (e.isDirectory) {
+        out[p] = "dir";
+        await walk(p);
+      } else out[p] = "special";
+    }
+  };
+  await walk("");
+  return out;
+}
+
+async function extracted(lower: string, fn: (dir: string) => Promise<void>): Promise<void> {
+  const base = await Deno.makeTempDir({ dir: "/var/tmp", prefix: "krunbox-pull-x-" });
+  try {
+    await extractLower(lower, `${base}/root`);
+    await fn(`${base}/root`);
+  } finally {
+    await Deno.remove(base, { recursive: true });
+  }
+}
+
+async function leftovers(home: string): Promise<string[]> {
+  const found: string[] = [];
+  const paths = imagePaths(join(home, "cache"));
+  for (const dir of [paths.blobs, paths.images]) {
+    try {
+      for await (const e of Deno.readDir(dir)) {
+        if (e.name.includes(".partial") || e.name.includes(".building")) found.push(e.name);
+      }
+    } catch (e) {
+      if (!(e instanceof Deno.errors.NotFound)) throw e;
+    }
+  }
+  return found;
+}
+
+/** The registry's stored file of a blob. */
+function registryBlob(reg: LocalRegistry, digest: string): string {
+  const hex = digest.slice("sha256:".length);
+  return `${reg.dir}/data/docker/registry/v2/blobs/sha256/${hex.slice(0, 2)}/${hex}/data`;
+}
+
+const big = text(3 << 20, 7);
+const base = writeTar([
+  { name: "etc/", type: "dir" },
+  { name: "etc/os-release", data: "ID=test\n" },
+  { name: "etc/gone", data: "deleted above\n" },
+  { name: "opt/", type: "dir" },
+  { name: "opt/old/a", data: "a\n" },
+  { name: "opt/old/b", data: "b\n" },
+  { name: "usr/lib/big.bin", data: big },
+  { name: "usr/lib/link", type: "hardlink", linkname: "usr/lib/big.bin" },
+  { name: "bin", type: "symlink", linkname: "usr/bin" },
+]);
+const empty = writeTar([]);
+const upper = writeTar([
+  { name: "etc/.wh.gone" },
+  { name: "etc/os-release", data: "ID=upper\n" },
+  { name: "opt/old/", type: "dir" },
+  { name: "opt/old/.wh..wh..opq" },
+  { name: "opt/old/c", data: "c\n" },
+]);
+const plain = writeTar([{ name: "srv/plain.txt", data: "from an uncompressed layer\n" }]);
+
+Deno.test({ name: "pull: layers (gzip, plain, a repeated blob) merge into exactly one tree", ignore }, async () => {
+  await using reg = await LocalRegistry.start();
+  await pushLayers(reg, "merge/img:1", [base, empty, upper, empty, { tar: plain, plain: true }]);
+  await withHome(async (store, home) => {
+    const events: PullEvent[] = [];
+    const img = await pullImage(store, `${reg.host}/merge/img:1`, { onProgress: (e) => events.push(e) });
+    await extracted(img.lower, async (root) => {
+      const got = await listing(root);
+      assertEquals(got["usr/lib/big.bin"], dec.decode(big));
+      assertEquals(got["usr/lib/link"], dec.decode(big));
+      delete got["usr/lib/big.bin"];
+      delete got["usr/lib/link"];
+      assertEquals(got, {
+        "bin": "-> usr/bin",
+        "etc": "dir",
+        "etc/os-release": "ID=upper\n",
+        "opt": "dir",
+        "opt/old": "dir",
+        "opt/old/c": "c\n",
+        "srv": "dir",
+        "srv/plain.txt": "from an uncompressed layer\n",
+        "usr": "dir",
+        "usr/lib": "dir",
+      });
+    });
+    // Progress: resolving, resolved, per-layer work (the repeated blob once), building, done.
+    const phases = events.map((e) => e.phase);
+    assertEquals(phases.slice(0, 2), ["resolving", "resolved"]);
+    assertEquals(phases.slice(-2), ["building", "done"]);
+    const resolved = events[1] as Extract<PullEvent, { phase: "resolved" }>;
+    assertEquals(resolved.layers, 5);
+    const unpacking = events.filter((e) => e.phase === "unpacking");
+    assertEquals(unpacking.length, 4, "the repeated blob is read once");
+    const finals = events.filter((e) => e.phase === "layer" && e.downloadedBytes === e.totalBytes);
+    assertEquals(finals.length, 4);
+    assertEquals(await leftovers(home), []);
+    // Pulled again: nothing is fetched.
+    const again: PullEvent[] = [];
+    await pullImage(store, `${reg.host}/merge/img:1`, { onProgress: (e) => again.push(e) });
+    assertEquals(again.map((e) => e.phase), ["done"]);
+  });
+});
+
+Deno.test(
+  { name: "pull: a corrupted compressible blob is a digest mismatch, never a broken tar", ignore },
+  async () => {
+    await using reg = await LocalRegistry.start();
+    const { blobs } = await pushLayers(reg, "corrupt/img:1", [
+      writeTar([{ name: "data.txt", data: text(2 << 20, 3) }]),
+    ]);
+    const file = registryBlob(reg, blobs[0]);
+    const bytes = await Deno.readFile(file);
+    for (let i = 0; i < 64; i++) bytes[(bytes.length >> 2) + i] ^= 0xa5; // early: inflate trips long before the end
+    await Deno.writeFile(file, bytes);
+    await withHome(async (store, home) => {
+      const e = await assertRejects(() => pullImage(store, `${reg.host}/corrupt/img:1`), ImageError);
+      assertEquals(e.code, "IMAGE_DIGEST_MISMATCH", e.message);
+      assertEquals(await leftovers(home), [], "no .partial to resume, no half-built image");
+      assertEquals(store.listImages().length, 0);
+    });
+  },
+);
+
+Deno.test(
+  { name: "pull: an interrupted download resumes from its .partial; a bad .partial starts over", ignore },
+  async () => {
+    await using reg = await LocalRegistry.start();
+    const tar = writeTar([{ name: "data.txt", data: text(1 << 20, 5) }, { name: "small", data: "s\n" }]);
+    const { blobs } = await pushLayers(reg, "resume/img:1", [tar]);
+    const blob = await Deno.readFile(registryBlob(reg, blobs[0]));
+    for (
+      const [what, prefix, fine] of [["good", blob.subarray(0, blob.length >> 1), true], [
+        "bad",
+        text(1000, 9),
+        false,
+      ]] as const
+    ) {
+      await withHome(async (store, home) => {
+        const paths = imagePaths(join(home, "cache"));
+        await Deno.mkdir(paths.blobs, { recursive: true });
+        await Deno.writeFile(`${paths.blob(blobs[0])}.partial`, prefix);
+        const ref = `${reg.host}/resume/img:1`;
+        if (!fine) {
+          const e = await assertRejects(() => pullImage(store, ref), ImageError);
+          assertEquals(e.code, "IMAGE_DIGEST_MISMATCH");
+          assertEquals(await leftovers(home), [], "the bad .partial is gone");
+        }
+        const img = await pullImage(store, ref);
+        assertEquals(await Deno.readFile(paths.blob(blobs[0])), blob, `${what}: the stored blob is the registry's`);
+        await extracted(img.lower, async (root) => {
+          assertEquals(await Deno.readFile(`${root}/data.txt`), text(1 << 20, 5));
+          assertEquals(await Deno.readTextFile(`${root}/small`), "s\n");
+        });
+      });
+    }
+  },
+);
+
+Deno.test(
+  { name: "pull: a hostile layer is IMAGE_INVALID; its verified blob is kept, no image is", ignore },
+  async () => {
+    await using reg = await LocalRegistry.start();
+    const { blobs } = await pushLayers(reg, "hostile/img:1", [
+      writeTar([{ name: "pad.bin", data: text(1 << 20, 11) }, { name: "../../escape", data: "x" }]),
+    ]);
+    await withHome(async (store, home) => {
+      const e = await assertRejects(() => pullImage(store, `${reg.host}/hostile/img:1`), ImageError);
+      assertEquals(e.code, "IMAGE_INVALID");
+      assert(e.message.includes(".."), e.message);
+      assertEquals(await leftovers(home), []);
+      assert(await Deno.stat(imagePaths(join(home, "cache")).blob(blobs[0])).then(() => true, () => false));
+      assertEquals(store.listImages().length, 0);
+    });
+  },
+);
+
+Deno.test({ name: "pull: blobs already in the store are reused by another image", ignore }, async () => {
+  await using reg = await LocalRegistry.start();
+  await pushLayers(reg, "share/a:1", [base]);
+  await pushLayers(reg, "share/b:1", [base, upper]);
+  await withHome(async (store) => {
+    await pullImage(store, `${reg.host}/share/a:1`);
+    const events: PullEvent[] = [];
+    const img = await pullImage(store, `${reg.host}/share/b:1`, { onProgress: (e) => events.push(e) });
+    const layers = events.filter((e) => e.phase === "layer") as Extract<PullEvent, { phase: "layer" }>[];
+    assertEquals(layers.filter((e) => e.cached).length, 1, "the shared base layer comes from the store");
+    await extracted(img.lower, async (root) => {
+      assertEquals(await Deno.readTextFile(`${root}/etc/os-release`), "ID=upper\n");
+      assertEquals(await Deno.readFile(`${root}/usr/lib/big.bin`), big);
+    });
+  });
+});
