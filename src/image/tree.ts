@@ -344,7 +344,7 @@ export class LayerTree {
     }
     const tparts = target.split("/");
     const tdir = this.#parent(tparts, `${what} link target`);
-    const t = tdir?.children!.get(tparts[tparts.length - 1]);
+    const t = tdir ? tdir.children!.get(tparts[tparts.length - 1]) : undefined;
     if (!t) throw invalid(`${what}: hard link target "${e.linkname}" does not exist`);
     if (t.inode.type === "dir") throw invalid(`${what}: hard link target "${e.linkname}" is a directory`);
     const dir = this.#parent(parts, what, layer)!;
