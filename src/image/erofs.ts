@@ -31,6 +31,8 @@ const MAGIC = 0xe0f5e1e2;
 const INODE_SIZE = 64; // erofs_inode_extended
 const XATTR_HEADER = 12; // erofs_xattr_ibody_header
 const DIRENT_SIZE = 12; // erofs_dirent
+/** The most inline xattr bytes an inode can describe (i_xattr_icount is 16 bits). */
+const XATTR_BODY_MAX = XATTR_HEADER + 0xfffe * 4;
 /** i_format data layouts. */
 const FLAT_PLAIN = 0;
 const FLAT_INLINE = 2;
@@ -238,7 +240,7 @@ function compareBytes(a: Uint8Array, b: Uint8Array): number {
 }
 
 function xattrBody(inode: Inode, skipped: string[]): Uint8Array {
-  const entries: { index: number; name: Uint8Array; value: Uint8Array }[] = [];
+  const entries: { full: string; index: number; name: Uint8Array; value: Uint8Array }[] = [];
   for (const [name, value] of inode.xattrs) {
     const p = XATTR_PREFIXES.find(([prefix]) => name.startsWith(prefix));
     const suffix = p ? enc.encode(name.slice(p[0].length)) : undefined;
@@ -247,15 +249,23 @@ function xattrBody(inode: Inode, skipped: string[]): Uint8Array {
       if (skipped.length < 1000) skipped.push(name);
       continue;
     }
-    entries.push({ index: p[1], name: suffix, value });
+    entries.push({ full: name, index: p[1], name: suffix, value });
   }
-  if (entries.length === 0) return new Uint8Array(0);
   let size = XATTR_HEADER;
-  for (const e of entries) size += align(4 + e.name.length + e.value.length, 4);
+  const kept = entries.filter((e) => {
+    const add = align(4 + e.name.length + e.value.length, 4);
+    if (size + add > XATTR_BODY_MAX) {
+      if (skipped.length < 1000) skipped.push(e.full);
+      return false;
+    }
+    size += add;
+    return true;
+  });
+  if (kept.length === 0) return new Uint8Array(0);
   const out = new Uint8Array(size);
   const view = new DataView(out.buffer);
   let off = XATTR_HEADER;
-  for (const e of entries) {
+  for (const e of kept) {
     out[off] = e.name.length;
     out[off + 1] = e.index;
     view.setUint16(off + 2, e.value.length, true);

@@ -7,8 +7,9 @@
  * hostile entry can reach the host's file system.
  *
  * Hostile archives are still refused, so an image means the same thing here
- * as under `tar -x`: any `..` component or NUL byte in a name, a parent that
- * is a symlink or not a directory, a hard link to a missing path or to a
+ * as under `tar -x`: any `..` component or NUL byte in a name, a name
+ * component over 255 bytes, an empty or over-long symlink target, a parent
+ * that is a symlink or not a directory, a hard link to a missing path or to a
  * directory, a root that is not a directory. Whiteouts (`.wh.name`,
  * `.wh..wh..opq`) only remove what lower layers put there, never the
  * entries of their own layer.
@@ -124,6 +125,11 @@ export interface TreeStats {
 }
 
 const WHITEOUT = ".wh.";
+/** Longest name of one path component (bytes), as Linux and EROFS allow. */
+const NAME_MAX = 255;
+/** Longest symlink target (bytes): PATH_MAX less its NUL. */
+const SYMLINK_MAX = 4095;
+const enc = new TextEncoder();
 const OPAQUE = ".wh..wh..opq";
 const MAX_WARNINGS = 1000;
 
@@ -149,6 +155,10 @@ export function normalizeEntryPath(name: string): string {
   for (const p of name.split("/")) {
     if (p === "" || p === ".") continue;
     if (p === "..") throw invalid(`entry name ${JSON.stringify(name)} has a ".." component (escapes the root)`);
+    // A UTF-16 length up to 85 cannot reach 256 UTF-8 bytes: only long names are encoded.
+    if (p.length > 85 && enc.encode(p).length > NAME_MAX) {
+      throw invalid(`entry name ${JSON.stringify(name)} has a component longer than ${NAME_MAX} bytes`);
+    }
     parts.push(p);
   }
   return parts.join("/");
@@ -289,6 +299,9 @@ export class LayerTree {
       return;
     }
     if (e.type === "hardlink") return this.#hardlink(layer, e, parts, what);
+    if (e.type === "symlink" && (e.linkname === "" || enc.encode(e.linkname).length > SYMLINK_MAX)) {
+      throw invalid(`${what}: symlink target is empty or longer than ${SYMLINK_MAX} bytes`);
+    }
     const dir = this.#parent(parts, what, layer)!;
     const existing = dir.children!.get(base);
     if (e.type === "dir") {

@@ -95,7 +95,11 @@ export async function withMountedLower(
     try {
       await fn(dir);
     } finally {
-      await new Deno.Command("umount", { args: [dir], stdout: "null", stderr: "null" }).output();
+      // A readdir the kernel failed can leave a descriptor open (Deno keeps it): then detach lazily.
+      const umount = await new Deno.Command("umount", { args: [dir], stdout: "null", stderr: "null" }).output();
+      if (!umount.success) {
+        await new Deno.Command("umount", { args: ["-l", dir], stdout: "null", stderr: "null" }).output();
+      }
     }
     return undefined;
   } finally {
