@@ -84,6 +84,11 @@ const patchChooser: PatchChooser = {
 export interface VolumeChooser {
   /** A host directory. */
   bind(hostPath: string, options?: { readonly?: boolean }): VolumeMount;
+  /**
+   * A named volume: a directory krunbox keeps under `$KRUNBOX_HOME/volumes/<name>`,
+   * created on first use and shared by every sandbox that names it; it outlives them.
+   */
+  named(name: string, options?: { readonly?: boolean }): VolumeMount;
   /** A tmpfs of the given size. */
   tmpfs(sizeMib: number): VolumeMount;
 }
@@ -189,10 +194,11 @@ export class SandboxBuilder {
     return this.#with({ patches: [...(this.#draft.patches ?? []), fn(patchChooser)] });
   }
 
-  /** Mounts a host directory or tmpfs at `guestPath`. */
+  /** Mounts a host directory, a named volume or a tmpfs at `guestPath`. */
   volume(guestPath: string, fn: (v: VolumeChooser) => VolumeMount): SandboxBuilder {
     const v = fn({
       bind: (hostPath, o = {}) => ({ kind: "bind", guestPath, hostPath, readonly: o.readonly ?? false }),
+      named: (name, o = {}) => ({ kind: "named", guestPath, name, readonly: o.readonly ?? false }),
       tmpfs: (sizeMib) => ({ kind: "tmpfs", guestPath, sizeMib, readonly: false }),
     });
     return this.#with({ volumes: [...(this.#draft.volumes ?? []), v] });

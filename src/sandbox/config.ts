@@ -125,6 +125,32 @@ function absPath(field: string, v: unknown): string {
   return v;
 }
 
+function volume(v: VolumeMount): void {
+  absPath("volumes.guestPath", v?.guestPath);
+  if (v.guestPath.split("/").includes("..")) throw new InvalidConfigError("volumes.guestPath", "must not contain ..");
+  if (typeof v.readonly !== "boolean") throw new InvalidConfigError("volumes.readonly", "must be a boolean");
+  switch (v.kind) {
+    case "bind":
+      absPath("volumes.hostPath", v.hostPath);
+      return;
+    case "named":
+      if (typeof v.name !== "string" || !NAME_RE.test(v.name)) {
+        throw new InvalidConfigError(
+          "volumes.name",
+          `${
+            JSON.stringify(v.name)
+          } must be 1-63 characters of letters, digits, "_", "." or "-", starting with a letter or digit`,
+        );
+      }
+      return;
+    case "tmpfs":
+      int("volumes.sizeMib", v.sizeMib, 1, 1 << 20);
+      return;
+    default:
+      throw new InvalidConfigError("volumes.kind", `unknown kind ${JSON.stringify((v as { kind?: unknown }).kind)}`);
+  }
+}
+
 function strings(field: string, v: unknown): Record<string, string> {
   if (typeof v !== "object" || v === null || Array.isArray(v)) throw new InvalidConfigError(field, "must be an object");
   for (const [k, s] of Object.entries(v)) {
@@ -207,7 +233,7 @@ export function parseConfig(raw: unknown): SandboxConfig {
       throw new InvalidConfigError("ports.protocol", "must be tcp or udp");
     }
   }
-  for (const v of r.volumes) absPath("volumes.guestPath", v.guestPath);
+  for (const v of r.volumes) volume(v);
   for (const p of r.patches) {
     if (!["text", "append", "copy", "mkdir", "symlink", "remove"].includes(p?.op)) {
       throw new InvalidConfigError("patches", `unknown op ${JSON.stringify((p as { op?: unknown })?.op)}`);

@@ -215,6 +215,13 @@ async function realDir(path: string): Promise<string> {
   throw new InvalidConfigError("volumes", `${path} is not a directory`);
 }
 
+/** The directory of a named volume, created on first use. */
+async function namedVolume(name: string): Promise<string> {
+  const dir = join(homeLayout().volumes, name);
+  await Deno.mkdir(dir, { recursive: true });
+  return await Deno.realPath(dir);
+}
+
 /**
  * Builds the VM spec of a config (resolving the backend and the root).
  *
@@ -239,13 +246,15 @@ export async function vmSpecOf(config: SandboxConfig, root: VmRoot): Promise<VmS
     dir: paths.dir,
     root,
     shares: await Promise.all(
-      config.volumes.flatMap((v, i) => v.kind === "bind" ? [{ ...v, tag: `vol${i}` }] : []).map(async (v) => ({
-        tag: v.tag,
-        hostPath: await realDir(v.hostPath),
-        guestPath: v.guestPath,
-        readonly: v.readonly,
-      })),
-    ),
+      config.volumes.map(async (v, i) =>
+        v.kind === "tmpfs" ? [] : [{
+          tag: `vol${i}`,
+          hostPath: v.kind === "bind" ? await realDir(v.hostPath) : await namedVolume(v.name),
+          guestPath: v.guestPath,
+          readonly: v.readonly,
+        }]
+      ),
+    ).then((s) => s.flat()),
     ports: config.ports,
     network: config.network.mode,
     boot: {

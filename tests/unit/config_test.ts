@@ -44,3 +44,34 @@ Deno.test("config: bad input is an InvalidConfigError naming the field", () => {
   ];
   for (const [fn, field] of cases) assertEquals(assertThrows(fn, InvalidConfigError).field, field);
 });
+
+Deno.test("config: volumes — bind, named and tmpfs round-trip; bad ones are INVALID_CONFIG naming the field", () => {
+  const cfg = new SandboxBuilder("v").image("/r")
+    .volume("/data", (v) => v.bind("/srv/data"))
+    .volume("/cache", (v) => v.named("pip-cache", { readonly: true }))
+    .volume("/scratch", (v) => v.tmpfs(64)).build();
+  assertEquals(cfg.volumes.map((v) => v.kind), ["bind", "named", "tmpfs"]);
+  assertEquals(parseConfig(JSON.parse(JSON.stringify(cfg))), cfg);
+  const bad: [string, (b: SandboxBuilder) => SandboxBuilder][] = [
+    ["volumes.name", (b) => b.volume("/x", (v) => v.named("../escape"))],
+    ["volumes.name", (b) => b.volume("/x", (v) => v.named(""))],
+    ["volumes.hostPath", (b) => b.volume("/x", (v) => v.bind("relative/dir"))],
+    ["volumes.guestPath", (b) => b.volume("relative", (v) => v.tmpfs(1))],
+    ["volumes.guestPath", (b) => b.volume("/a/../etc", (v) => v.tmpfs(1))],
+    ["volumes.sizeMib", (b) => b.volume("/x", (v) => v.tmpfs(0))],
+  ];
+  for (const [field, edit] of bad) {
+    const e = assertThrows(() => edit(new SandboxBuilder("v").image("/r")).build(), InvalidConfigError);
+    assertEquals((e as InvalidConfigError).field, field, e.message);
+  }
+  const e = assertThrows(
+    () =>
+      parseConfig({
+        name: "v",
+        image: { kind: "dir", path: "/r" },
+        volumes: [{ kind: "nfs", guestPath: "/x", readonly: false }],
+      }),
+    InvalidConfigError,
+  );
+  assertEquals((e as InvalidConfigError).field, "volumes.kind");
+});
