@@ -16,7 +16,7 @@
  * @module
  */
 
-import { join } from "node:path";
+import { basename, dirname, join } from "node:path";
 import { ImageError, KrunboxError } from "../errors.ts";
 import type { Store } from "../store/db.ts";
 import { lockWait } from "../store/lock.ts";
@@ -267,12 +267,24 @@ function limited<T, R>(items: readonly T[], limit: number, work: (item: T) => Pr
   });
 }
 
+/**
+ * Removes what killed builds of this image left (`<dir>.building-<pid>`).
+ * Only called under the image's lock, so no live build is among them.
+ */
+async function removeStaleBuilds(dir: string): Promise<void> {
+  const parent = dirname(dir);
+  const prefix = `${basename(dir)}.building-`;
+  for await (const e of Deno.readDir(parent)) {
+    if (e.name.startsWith(prefix)) await Deno.remove(join(parent, e.name), { recursive: true }).catch(() => {});
+  }
+}
+
 async function build(client: RegistryClient, resolved: ResolvedImage, options: PullOptions): Promise<void> {
   const paths = imagePaths();
   const dir = paths.image(resolved.manifestDigest);
   const staging = `${dir}.building-${Deno.pid}`;
   const layers = resolved.manifest.layers;
-  await Deno.remove(staging, { recursive: true }).catch(() => {});
+  await removeStaleBuilds(dir);
   await Deno.mkdir(staging, { recursive: true });
   const emit = options.onProgress ?? (() => {});
   const failed = new AbortController(); // stops the other layers when one fails

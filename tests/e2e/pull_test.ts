@@ -221,6 +221,19 @@ Deno.test(
   },
 );
 
+Deno.test({ name: "pull: what a killed build left is cleared by the next pull of that image", ignore }, async () => {
+  await using reg = await LocalRegistry.start();
+  const { digest } = await pushLayers(reg, "stale/img:1", [writeTar([{ name: "f", data: "f\n" }])]);
+  await withHome(async (store, home) => {
+    const image = imagePaths(join(home, "cache")).image(digest);
+    await Deno.mkdir(`${image}.building-999999/rootfs`, { recursive: true });
+    await Deno.writeTextFile(`${image}.building-999999/lower.erofs`, "half");
+    const img = await pullImage(store, `${reg.host}/stale/img:1`);
+    assertEquals(await leftovers(home), []);
+    await extracted(img.lower, async (root) => assertEquals(await Deno.readTextFile(`${root}/f`), "f\n"));
+  });
+});
+
 Deno.test(
   { name: "pull: a hostile layer is IMAGE_INVALID; its verified blob is kept, no image is", ignore },
   async () => {
