@@ -58,6 +58,8 @@ export class Relay {
   #readyFrame: Frame | undefined;
   #draining = false;
   #lastActivity = Date.now();
+  /** Callers of {@link execsDone} waiting for the last exec to end. */
+  readonly #execsDoneWaiters: (() => void)[] = [];
   /** Resolves with the agent's ready frame. */
   readonly ready: Promise<Frame>;
   /** Resolves when the guest stream ends. */
@@ -83,6 +85,18 @@ export class Relay {
     let n = 0;
     for (const c of this.#clients) n += c.execs.size;
     return n;
+  }
+
+  /** Resolves once no exec is running (at once when none is). */
+  execsDone(): Promise<void> {
+    if (this.runningExecs === 0) return Promise.resolve();
+    return new Promise((resolve) => this.#execsDoneWaiters.push(resolve));
+  }
+
+  #execsChanged(): void {
+    if (this.#execsDoneWaiters.length > 0 && this.runningExecs === 0) {
+      for (const resolve of this.#execsDoneWaiters.splice(0)) resolve();
+    }
   }
 
   /** Refuse new execs from now on (in-flight ones finish). */
@@ -150,6 +164,7 @@ export class Relay {
         this.#routes.delete(p.ref);
         route.client.execs.delete(p.ref);
         route.client.ids.delete(route.clientId);
+        this.#execsChanged();
       }
       route.client.writer.write({ ...h, params: { ...h.params, ref: route.clientId } }, f.attachment).catch(() => {});
       return;
@@ -170,7 +185,10 @@ export class Relay {
       this.#routes.delete(h.id);
       route.client.ids.delete(route.clientId);
     }
-    if (route.method === "exec.start" && h.error) route.client.execs.delete(h.id);
+    if (route.method === "exec.start" && h.error) {
+      route.client.execs.delete(h.id);
+      this.#execsChanged();
+    }
     if (route.method === "fs.open" && h.result) route.client.handles.add(h.result.handle as number);
     route.client.writer.write({ ...h, id: route.clientId }, f.attachment).catch(() => {});
   }
@@ -202,6 +220,7 @@ export class Relay {
     } finally {
       this.#clients.delete(client);
       this.#release(client);
+      this.#execsChanged();
       closeQuietly(conn);
     }
   }

@@ -126,7 +126,7 @@ async function main(dir: string, mode: string): Promise<number> {
       case "runner.drain":
         relay.startDraining();
         setStatus("draining", "drained");
-        drainWatch();
+        relay.execsDone().then(() => stop("drained"));
         return { status: "draining" };
       case "runner.detach":
         attached = false;

@@ -102,6 +102,14 @@ Deno.test({ name: "drain lets a running exec finish and refuses new ones", ignor
   const status = await sb.wait();
   assertEquals([status.status, status.reason], ["stopped", "drained"]);
   await Sandbox.remove("drainer");
+  // With nothing running, drain answers and stops at once.
+  const idle = await Sandbox.builder("drainer").image(root).memory(256).create();
+  const t0 = performance.now();
+  await idle.drain();
+  const idleStatus = await idle.wait();
+  assertEquals([idleStatus.status, idleStatus.reason], ["stopped", "drained"]);
+  assert(performance.now() - t0 < 5000, "an idle drain stops without waiting");
+  await Sandbox.remove("drainer");
 });
 
 Deno.test({ name: "idle timeout and max duration stop the VM within a second of the deadline", ignore }, async () => {
