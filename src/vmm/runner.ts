@@ -136,14 +136,6 @@ async function main(dir: string, mode: string): Promise<number> {
         throw new Error(`unknown runner method ${method}`);
     }
   });
-  const drainWatch = () => {
-    const t = setInterval(() => {
-      if (relay.runningExecs === 0) {
-        clearInterval(t);
-        stop("drained");
-      }
-    }, 50);
-  };
 
   await Deno.remove(paths.agentSocket).catch(() => {});
   const listener = Deno.listen({ transport: "unix", path: paths.agentSocket });
