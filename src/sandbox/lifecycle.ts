@@ -30,7 +30,7 @@ import { homeLayout } from "../store/home.ts";
 import { isLocked, lockWait } from "../store/lock.ts";
 import { type SandboxPaths, sandboxPaths, type VmRoot, type VmSpec } from "../vmm/backend.ts";
 import { chooseBackend, probeHost } from "../vmm/detect.ts";
-import { libkrunChecks, qemuChecks, requireChecks } from "../vmm/prereqs.ts";
+import { checkedPrograms, libkrunChecks, qemuChecks } from "../vmm/prereqs.ts";
 import type { RunnerEvent } from "../vmm/runner.ts";
 import { logTail } from "../util/logs.ts";
 import { parseConfig, type SandboxConfig } from "./config.ts";
@@ -236,7 +236,7 @@ async function namedVolume(name: string): Promise<string> {
 export async function vmSpecOf(config: SandboxConfig, root: VmRoot): Promise<VmSpec> {
   const { backend } = chooseBackend(config.backend, await probeHost());
   // Fail fast, in the caller, with the doctor's words.
-  requireChecks(backend, backend === "qemu" ? await qemuChecks() : await libkrunChecks());
+  const programs = checkedPrograms(backend, backend === "qemu" ? await qemuChecks() : await libkrunChecks());
   const paths = pathsOf(config.name);
   return {
     name: config.name,
@@ -271,6 +271,7 @@ export async function vmSpecOf(config: SandboxConfig, root: VmRoot): Promise<VmS
     extraModules: Deno.env.get("KRUNBOX_GUEST_MODULES")?.split(",").map((m) => m.trim()).filter(Boolean),
     idleTimeoutSecs: config.idleTimeoutSecs,
     maxDurationSecs: config.maxDurationSecs,
+    programs,
   };
 }
 

@@ -51,6 +51,11 @@ export interface VmSpec {
   readonly maxDurationSecs?: number;
   /** Kernel modules the guest loads besides the usual ones (qemu; e.g. kvm-amd for a nested host). */
   readonly extraModules?: readonly string[];
+  /**
+   * Host programs by name, resolved by the caller while it checked the
+   * prerequisites; a backend given none checks and resolves them itself.
+   */
+  readonly programs?: Readonly<Record<string, string>>;
 }
 
 /** Files of a sandbox directory. */

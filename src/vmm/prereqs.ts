@@ -19,6 +19,8 @@ export interface Check {
   readonly detail: string;
   /** How to fix it, when not ok. */
   readonly fix?: string;
+  /** A program found on the host: `detail` is its path. */
+  readonly program?: boolean;
 }
 
 const SETUP_FIX = "run `./dev setup` (or `deno task setup`)";
@@ -55,7 +57,7 @@ export async function checkAsset(name: AssetName, label: string = name): Promise
  */
 export async function checkProgram(program: string, debianPackage: string, extraDirs: string[] = []): Promise<Check> {
   const path = await which(program, [...extraDirs, "/usr/sbin", "/sbin"]);
-  return path ? { name: program, ok: true, detail: path } : {
+  return path ? { name: program, ok: true, detail: path, program: true } : {
     name: program,
     ok: false,
     detail: "not found",
@@ -95,6 +97,22 @@ export async function qemuChecks(): Promise<Check[]> {
  */
 export async function libkrunChecks(): Promise<Check[]> {
   return await Promise.all([checkAsset("libkrun"), checkAsset("libkrunfw"), checkAsset("agent", "guest agent")]);
+}
+
+/**
+ * Throws the first failed check as a {@link BackendUnavailableError};
+ * otherwise returns the paths of the programs checked, by name.
+ *
+ * @example
+ * ```ts
+ * import { checkedPrograms, qemuChecks } from "./prereqs.ts";
+ * const programs = checkedPrograms("qemu", await qemuChecks());
+ * console.log(programs["qemu-system-x86_64"]);
+ * ```
+ */
+export function checkedPrograms(backend: string, checks: readonly Check[]): Record<string, string> {
+  requireChecks(backend, checks);
+  return Object.fromEntries(checks.filter((c) => c.program).map((c) => [c.name, c.detail]));
 }
 
 /**

@@ -19,8 +19,7 @@ import type { Backend, Vm, VmExit, VmSpec } from "./backend.ts";
 import { encodeCpio } from "./cpio.ts";
 import { probeHost } from "./detect.ts";
 import { GUEST_MODULES, loadOrder, type ModuleIndex } from "./modules.ts";
-import { qemuChecks, requireChecks, VIRTIOFSD_DIRS } from "./prereqs.ts";
-import { which } from "../util/command.ts";
+import { checkedPrograms, qemuChecks } from "./prereqs.ts";
 import { logTail } from "../util/logs.ts";
 import { closeQuietly } from "../util/close.ts";
 
@@ -221,9 +220,9 @@ async function waitForSocket(
 export const qemuBackend: Backend = {
   kind: "qemu",
   async boot(spec: VmSpec, signal: AbortSignal): Promise<Vm> {
-    requireChecks("qemu", await qemuChecks());
-    const qemu = (await which("qemu-system-x86_64"))!;
-    const virtiofsd = (await which("virtiofsd", VIRTIOFSD_DIRS))!;
+    const programs = spec.programs ?? await checkedPrograms("qemu", await qemuChecks());
+    const qemu = programs["qemu-system-x86_64"];
+    const virtiofsd = programs["virtiofsd"];
     const modules = JSON.parse(await Deno.readTextFile(join(assetDir("kernel"), "modules.json")))
       .modules as ModuleIndex;
     const host = await probeHost();
