@@ -17,18 +17,12 @@
  */
 
 import { basename, dirname, join } from "node:path";
-import { ImageError, KrunboxError } from "../errors.ts";
+import { ImageError } from "../errors.ts";
 import type { Store } from "../store/db.ts";
 import { lockWait } from "../store/lock.ts";
 import { parseReference } from "./reference.ts";
-import {
-  type BasicAuth,
-  type Descriptor,
-  digestStream,
-  type ImageConfig,
-  RegistryClient,
-  type ResolvedImage,
-} from "./registry.ts";
+import { type BasicAuth, type Descriptor, type ImageConfig, RegistryClient, type ResolvedImage } from "./registry.ts";
+import { type BlobProgress, StoredBlobDamagedError, streamBlob } from "./blobs.ts";
 import { gunzip } from "./gunzip.ts";
 import { LowerBuilder } from "./lower.ts";
 import { imagePaths } from "./store.ts";
@@ -84,10 +78,8 @@ export interface PulledImage {
 
 /** Layer downloads running at once. */
 const CONCURRENT_DOWNLOADS = 3;
-/** Bytes a download may run ahead of its blob file and of its decompressor. */
+/** Bytes a download may run ahead of the tar reader (plain layers). */
 const QUEUE_BYTES = 16 << 20;
-/** How often (bytes) a layer reports progress. */
-const PROGRESS_STEP = 1 << 20;
 
 async function exists(path: string): Promise<boolean> {
   return await Deno.lstat(path).then(() => true, () => false);
@@ -98,116 +90,6 @@ async function loadPulled(reference: string, manifestDigest: string): Promise<Pu
   if (!(await exists(join(dir, ".complete")))) return undefined;
   const config = JSON.parse(await Deno.readTextFile(join(dir, "config.json"))) as ImageConfig;
   return { reference, manifestDigest, lower: imagePaths().lower(manifestDigest), config };
-}
-
-/**
- * Streams one blob into `into`: from the store when it is there, otherwise
- * from the registry, verifying its digest and size and saving it to the
- * store as it streams; resumes a `.partial` download with a Range request
- * (or restarts when the registry ignores it). Stops when `stop` aborts.
- * Throws only for the download itself (network, digest, abort).
- */
-async function streamBlob(
-  client: RegistryClient,
-  layer: Descriptor,
-  into: WritableStream<Uint8Array>,
-  stop: AbortSignal,
-  report: (downloaded: number, cached: boolean) => void,
-): Promise<void> {
-  const paths = imagePaths();
-  const final = paths.blob(layer.digest);
-  const out = feeder(into.getWriter());
-  let file: Deno.FsFile | undefined;
-  try {
-    if (await exists(final)) {
-      report(layer.size, true);
-      for await (const chunk of (await Deno.open(final, { read: true })).readable) {
-        stop.throwIfAborted();
-        if (out.dead) break;
-        await out.write(chunk);
-      }
-      await out.close();
-      return;
-    }
-    await Deno.mkdir(paths.blobs, { recursive: true });
-    const partial = `${final}.partial`;
-    const have = await Deno.stat(partial).then((s) => s.size, () => 0);
-    const { body, offset } = await client.blob(layer.digest, { offset: have });
-    // The hash covers the whole blob: what is already on disk goes through it
-    // (and on to the decompressor) first, and is not written again.
-    const hasher = digestStream({ expected: layer.digest, expectedSize: layer.size, what: `layer ${layer.digest}` });
-    file = await Deno.open(partial, { write: true, create: true, truncate: offset === 0, append: offset > 0 });
-    const prefix = offset > 0
-      ? (await Deno.open(partial, { read: true })).readable
-      : ReadableStream.from<Uint8Array>([]);
-    let skip = offset;
-    let downloaded = offset;
-    let reported = 0;
-    for await (const chunk of ReadableStream.from(chain(prefix, body)).pipeThrough(hasher)) {
-      stop.throwIfAborted();
-      await out.write(chunk);
-      const drop = Math.min(skip, chunk.length);
-      skip -= drop;
-      // Synchronous: a 64 KiB write to the page cache costs less than the hop of an async op.
-      for (let off = drop; off < chunk.length;) off += file.writeSync(chunk.subarray(off));
-      downloaded += chunk.length - drop;
-      if (downloaded - reported >= PROGRESS_STEP) {
-        reported = downloaded;
-        report(downloaded, false);
-      }
-    }
-    file.close();
-    file = undefined;
-    await Deno.rename(partial, final);
-    await out.close();
-    report(layer.size, false);
-  } catch (e) {
-    file?.close();
-    await out.abort(e);
-    // A corrupt download must not be resumed: start over next time.
-    if (e instanceof ImageError && e.code === "IMAGE_DIGEST_MISMATCH") {
-      await Deno.remove(`${final}.partial`).catch(() => {});
-    }
-    throw e instanceof KrunboxError || stop.aborted
-      ? e
-      : new ImageError("IMAGE_PULL", `downloading ${layer.digest} failed: ${e}`, { cause: e });
-  }
-}
-
-/**
- * Feeds the decompressor without waiting for each chunk to be processed
- * (up to the stream's high-water mark), so the download, the blob file and
- * inflate run side by side. Once the decompressor or the tar reader has
- * failed, chunks are dropped: the download goes on to its digest check,
- * so a corrupt download is reported as such rather than as a broken tar.
- */
-function feeder(writer: WritableStreamDefaultWriter<Uint8Array>) {
-  let dead = false;
-  return {
-    get dead(): boolean {
-      return dead;
-    },
-    async write(chunk: Uint8Array): Promise<void> {
-      if (dead) return;
-      try {
-        await writer.ready;
-      } catch {
-        dead = true;
-        return;
-      }
-      writer.write(chunk).catch(() => dead = true);
-    },
-    async close(): Promise<void> {
-      if (!dead) await writer.close().catch(() => {});
-    },
-    async abort(reason: unknown): Promise<void> {
-      await writer.abort(reason).catch(() => {});
-    },
-  };
-}
-
-async function* chain(...streams: ReadableStream<Uint8Array>[]): AsyncGenerator<Uint8Array> {
-  for (const s of streams) yield* s;
 }
 
 /** Layer media types krunbox applies. zstd layers are refused with a clear error. */
@@ -226,29 +108,34 @@ function checkLayerType(layer: Descriptor): void {
 /**
  * Streams one layer into the image: blob → (gzip) → tar → records, with
  * large files written to the lower's data area. A failed download or
- * digest check wins over the tar error it causes downstream.
+ * digest check wins over the tar error it causes downstream. A damaged
+ * stored blob is fetched again from the registry, once.
  */
 async function pullLayer(
   client: RegistryClient,
   layer: Descriptor,
   lower: LowerBuilder,
   cancel: AbortSignal,
-  report: (downloaded: number, cached: boolean) => void,
+  report: BlobProgress,
 ): Promise<LayerEntry[]> {
-  const what = `layer ${layer.digest}`;
-  const plain = !GZIP_LAYERS.includes(layer.mediaType);
-  const codec = plain
-    ? new TransformStream<Uint8Array, Uint8Array>(
-      undefined,
-      new ByteLengthQueuingStrategy({ highWaterMark: QUEUE_BYTES }),
-    )
-    : gunzip(what);
-  const download = streamBlob(client, layer, codec.writable, cancel, report);
-  const entries = lower.read(codec.readable);
-  const [d, t] = await Promise.allSettled([download, entries]);
-  if (d.status === "rejected") throw d.reason; // the cause of whatever the tar reader saw
-  if (t.status === "rejected") throw t.reason;
-  return (t as PromiseFulfilledResult<LayerEntry[]>).value;
+  for (let attempt = 0;; attempt++) {
+    const codec = GZIP_LAYERS.includes(layer.mediaType)
+      ? gunzip(`layer ${layer.digest}`)
+      : new TransformStream<Uint8Array, Uint8Array>(
+        undefined,
+        new ByteLengthQueuingStrategy({ highWaterMark: QUEUE_BYTES }),
+      );
+    const entries = lower.read(codec.readable);
+    const consumerFailed = entries.then(() => new Promise<never>(() => {}), (e: unknown) => e);
+    const download = streamBlob(client, layer, codec.writable, cancel, consumerFailed, report);
+    const [d, t] = await Promise.allSettled([download, entries]);
+    if (d.status === "rejected") {
+      if (attempt === 0 && d.reason instanceof StoredBlobDamagedError) continue;
+      throw d.reason; // the cause of whatever the tar reader saw
+    }
+    if (t.status === "rejected") throw t.reason;
+    return t.value;
+  }
 }
 
 /** Runs `work` over items with at most `limit` at once; results in order. */
@@ -284,15 +171,17 @@ async function build(client: RegistryClient, resolved: ResolvedImage, options: P
   const dir = paths.image(resolved.manifestDigest);
   const staging = `${dir}.building-${Deno.pid}`;
   const layers = resolved.manifest.layers;
+  layers.forEach(checkLayerType); // refuse unsupported layers before downloading
   await removeStaleBuilds(dir);
   await Deno.mkdir(staging, { recursive: true });
   const emit = options.onProgress ?? (() => {});
-  const failed = new AbortController(); // stops the other layers when one fails
+  // The first layer to fail stops the others at once, and its error is the one reported.
+  const failed = new AbortController();
+  let firstFailure: { error: unknown } | undefined;
   const cancel = options.signal ? AbortSignal.any([options.signal, failed.signal]) : failed.signal;
   let read: Promise<LayerEntry[]>[] = [];
+  const lower = await LowerBuilder.create(join(staging, "lower.erofs"));
   try {
-    layers.forEach(checkLayerType); // refuse unsupported layers before downloading
-    using lower = await LowerBuilder.create(join(staging, "lower.erofs"));
     // A blob listed twice (empty layers often are) is read once; its records are applied at each place.
     const unique = [...new Map(layers.map((l) => [l.digest, l])).values()];
     read = limited(unique, CONCURRENT_DOWNLOADS, (layer) => {
@@ -307,21 +196,30 @@ async function build(client: RegistryClient, resolved: ResolvedImage, options: P
           emit({ phase: "layer", digest: layer.digest, downloadedBytes, totalBytes: layer.size, cached }),
       );
     });
-    read.forEach((r) => r.catch(() => {})); // each is awaited in order below
+    for (const r of read) {
+      r.catch((error) => {
+        if (firstFailure || cancel.aborted) return;
+        firstFailure = { error };
+        failed.abort(error);
+      });
+    }
     const byDigest = new Map(unique.map((l, i) => [l.digest, read[i]]));
     for (let i = 0; i < layers.length; i++) lower.apply(i, await byDigest.get(layers[i].digest)!);
     emit({ phase: "building", manifestDigest: resolved.manifestDigest });
     await lower.finish();
+    lower[Symbol.dispose]();
     await Deno.writeTextFile(join(staging, "manifest.json"), JSON.stringify(resolved.manifest));
     await Deno.writeTextFile(join(staging, "config.json"), JSON.stringify(resolved.config));
     await Deno.writeTextFile(join(staging, ".complete"), "");
     await Deno.remove(dir, { recursive: true }).catch(() => {});
     await Deno.rename(staging, dir);
   } catch (e) {
+    if (!firstFailure) firstFailure = { error: e };
     failed.abort(e);
     await Promise.allSettled(read);
+    lower[Symbol.dispose]();
     await Deno.remove(staging, { recursive: true }).catch(() => {});
-    throw e;
+    throw firstFailure.error;
   }
 }
 
@@ -358,6 +256,14 @@ export async function pullImage(store: Store, reference: string, options: PullOp
   emit({ phase: "resolving", reference: canonical });
   const client = new RegistryClient(ref, { auth: options.auth, insecure: options.insecure, signal: options.signal });
   const resolved = await client.resolve();
+  for (const digest of [resolved.manifestDigest, ...resolved.manifest.layers.map((l) => l.digest)]) {
+    if (!/^sha256:[0-9a-f]{64}$/.test(digest)) {
+      throw new ImageError(
+        "IMAGE_INVALID",
+        `${canonical}: ${digest} is not a sha256 digest (the store keeps sha256 only)`,
+      );
+    }
+  }
   emit({
     phase: "resolved",
     reference: canonical,

@@ -316,6 +316,8 @@ export interface BlobResponse {
 export interface BlobOptions {
   /** Resume at this byte (sends `Range: bytes=offset-`). */
   offset?: number;
+  /** Aborts this request and its body (besides the client's own signal). */
+  signal?: AbortSignal;
 }
 
 interface RegistryErrorBody {
@@ -719,7 +721,7 @@ export class RegistryClient {
     const headers: Record<string, string> = { "accept-encoding": "identity" };
     if (offset > 0) headers.range = `bytes=${offset}-`;
     const what = `blob ${digest} of ${this.ref.name}`;
-    const res = await this.#request(`blobs/${digest}`, headers, what);
+    const res = await this.#request(`blobs/${digest}`, headers, what, options.signal);
     const length = res.headers.get("content-length");
     const contentLength = length !== null && /^\d+$/.test(length) ? Number(length) : undefined;
     if (res.status === 200) {
@@ -858,13 +860,18 @@ export class RegistryClient {
   }
 
   /** A GET of `/v2/<repo>/<path>` with authentication: on 401 answer the challenge once and retry. */
-  async #request(path: string, headers: Record<string, string>, what: string): Promise<Response> {
+  async #request(
+    path: string,
+    headers: Record<string, string>,
+    what: string,
+    signal?: AbortSignal,
+  ): Promise<Response> {
     const url = `${this.baseUrl}/v2/${this.ref.repository}/${path}`;
     for (let attempt = 0;; attempt++) {
       const h = new Headers(headers);
       const authorization = this.#authorization();
       if (authorization) h.set("authorization", authorization);
-      const res = await this.#fetch(url, h, what);
+      const res = await this.#fetch(url, h, what, signal);
       if (res.status !== 401) return res;
       const challenges = parseChallenges(res.headers.get("www-authenticate"));
       const body = await this.#readError(res);
@@ -987,7 +994,10 @@ export class RegistryClient {
   }
 
   /** fetch with manual redirects: Authorization only to the first origin, never https → http. */
-  async #fetch(url: string, headers: Headers, what: string): Promise<Response> {
+  async #fetch(url: string, headers: Headers, what: string, callSignal?: AbortSignal): Promise<Response> {
+    const signal = callSignal && this.#signal
+      ? AbortSignal.any([callSignal, this.#signal])
+      : callSignal ?? this.#signal;
     let current = new URL(url);
     const origin = current.origin;
     for (let hop = 0; hop <= MAX_REDIRECTS; hop++) {
@@ -995,9 +1005,9 @@ export class RegistryClient {
       if (current.origin !== origin) h.delete("authorization");
       let res: Response;
       try {
-        res = await fetch(current, { method: "GET", headers: h, redirect: "manual", signal: this.#signal });
+        res = await fetch(current, { method: "GET", headers: h, redirect: "manual", signal });
       } catch (cause) {
-        if (this.#signal?.aborted) throw this.#signal.reason;
+        if (signal?.aborted) throw signal.reason;
         throw new ImageError(
           "IMAGE_PULL",
           `${what}: cannot reach ${current.origin}: ${(cause as Error)?.message ?? cause}`,

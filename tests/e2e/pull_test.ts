@@ -13,6 +13,7 @@ import { writeTar } from "../util/tar_writer.ts";
 import { ImageError } from "../../src/errors.ts";
 import { type PullEvent, pullImage } from "../../src/image/pull.ts";
 import { imagePaths } from "../../src/image/store.ts";
+import { digestOf } from "../../src/image/registry.ts";
 import { Store } from "../../src/store/db.ts";
 
 const skip = (await missingRegistryTools()) ?? (await missingFsckErofs());
@@ -265,6 +266,148 @@ Deno.test({ name: "pull: blobs already in the store are reused by another image"
     await extracted(img.lower, async (root) => {
       assertEquals(await Deno.readTextFile(`${root}/etc/os-release`), "ID=upper\n");
       assertEquals(await Deno.readFile(`${root}/usr/lib/big.bin`), big);
+    });
+  });
+});
+
+Deno.test({ name: "pull: two images sharing a layer, pulled at once, store it once and intact", ignore }, async () => {
+  await using reg = await LocalRegistry.start();
+  const shared = writeTar([{ name: "shared.bin", data: text(2 << 20, 21) }]);
+  const a = await pushLayers(reg, "race/a:1", [shared, writeTar([{ name: "a", data: "a\n" }])]);
+  await pushLayers(reg, "race/b:1", [shared, writeTar([{ name: "b", data: "b\n" }])]);
+  const blob = await Deno.readFile(registryBlob(reg, a.blobs[0]));
+  await withHome(async (store, home) => {
+    const [ia, ib] = await Promise.all([
+      pullImage(store, `${reg.host}/race/a:1`),
+      pullImage(store, `${reg.host}/race/b:1`),
+    ]);
+    assertEquals(await Deno.readFile(imagePaths(join(home, "cache")).blob(a.blobs[0])), blob);
+    for (const [img, own] of [[ia, "a"], [ib, "b"]] as const) {
+      await extracted(img.lower, async (root) => {
+        assertEquals(await Deno.readFile(`${root}/shared.bin`), text(2 << 20, 21));
+        assertEquals(await Deno.readTextFile(`${root}/${own}`), `${own}\n`);
+      });
+    }
+  });
+});
+
+Deno.test(
+  { name: "pull: a damaged stored blob is fetched again; an over-long .partial starts over", ignore },
+  async () => {
+    await using reg = await LocalRegistry.start();
+    const { blobs } = await pushLayers(reg, "damaged/img:1", [writeTar([{ name: "d.txt", data: text(1 << 20, 8) }])]);
+    const ref = `${reg.host}/damaged/img:1`;
+    await withHome(async (store, home) => {
+      const paths = imagePaths(join(home, "cache"));
+      await pullImage(store, ref);
+      const good = await Deno.readFile(paths.blob(blobs[0]));
+      const bad = good.slice();
+      bad[bad.length >> 1] ^= 0xff;
+      await Deno.writeFile(paths.blob(blobs[0]), bad);
+      await Deno.remove(paths.images, { recursive: true }); // the image must be built again from its blobs
+      const img = await pullImage(store, ref);
+      assertEquals(await Deno.readFile(paths.blob(blobs[0])), good, "the damaged copy was replaced");
+      await extracted(img.lower, async (root) => assertEquals(await Deno.readFile(`${root}/d.txt`), text(1 << 20, 8)));
+      // A .partial longer than the blob cannot be its prefix.
+      await Deno.remove(paths.blob(blobs[0]));
+      await Deno.writeFile(`${paths.blob(blobs[0])}.partial`, new Uint8Array(good.length + 100));
+      await Deno.remove(paths.images, { recursive: true });
+      await pullImage(store, ref);
+      assertEquals(await Deno.readFile(paths.blob(blobs[0])), good);
+      assertEquals(await leftovers(home), []);
+    });
+  },
+);
+
+/**
+ * A registry in this process serving one image whose blobs come from
+ * `serveBlob` (digest → response), for failures docker-registry never makes.
+ */
+async function withFakeRegistry(
+  layers: { mediaType?: string; digest: string; size: number }[],
+  serveBlob: (digest: string, req: Request) => Response,
+  fn: (ref: string) => Promise<void>,
+): Promise<void> {
+  const config = enc.encode(JSON.stringify({ architecture: "amd64", os: "linux", config: {} }));
+  const manifest = JSON.stringify({
+    schemaVersion: 2,
+    mediaType: "application/vnd.oci.image.manifest.v1+json",
+    config: { mediaType: "application/vnd.oci.image.config.v1+json", digest: digestOf(config), size: config.length },
+    layers: layers.map((l) => ({ mediaType: "application/vnd.oci.image.layer.v1.tar+gzip", ...l })),
+  });
+  await using server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, (req) => {
+    const path = new URL(req.url).pathname;
+    if (path === "/v2/") return new Response("{}");
+    if (path.includes("/manifests/")) {
+      return new Response(manifest, {
+        headers: {
+          "content-type": "application/vnd.oci.image.manifest.v1+json",
+          "docker-content-digest": digestOf(enc.encode(manifest)),
+        },
+      });
+    }
+    const digest = path.slice(path.lastIndexOf("/") + 1);
+    if (digest === digestOf(config)) return new Response(config);
+    return serveBlob(digest, req);
+  });
+  await fn(`127.0.0.1:${server.addr.port}/fake/img:1`);
+}
+
+async function gz(tar: Uint8Array): Promise<Uint8Array<ArrayBuffer>> {
+  const cs = new CompressionStream("gzip") as unknown as TransformStream<Uint8Array, Uint8Array>;
+  return new Uint8Array(await new Response(ReadableStream.from([tar]).pipeThrough(cs)).arrayBuffer());
+}
+
+Deno.test({
+  name: "pull: a registry that stops sending fails the pull; a failing layer stops the others at once",
+  ignore,
+}, async () => {
+  const good = await gz(writeTar([{ name: "f", data: text(200_000, 4) }]));
+  const broken = await gz(enc.encode("not a tar archive at all".repeat(100)));
+  const stalled = (bytes: Uint8Array) =>
+    new Response(
+      new ReadableStream({ start: (ctl) => ctl.enqueue(bytes.subarray(0, 100)) }), // then nothing, ever
+      { headers: { "content-length": String(bytes.length) } },
+    );
+  const saved = Deno.env.get("KRUNBOX_PULL_STALL_MS");
+  try {
+    Deno.env.set("KRUNBOX_PULL_STALL_MS", "700");
+    await withFakeRegistry([{ digest: digestOf(good), size: good.length }], () => stalled(good), async (ref) => {
+      await withHome(async (store, home) => {
+        const t0 = performance.now();
+        const e = await assertRejects(() => pullImage(store, ref), ImageError);
+        assertEquals(e.code, "IMAGE_PULL");
+        assert(e.message.includes("sent nothing"), e.message);
+        assert(performance.now() - t0 < 10_000);
+        void home; // the .partial stays: the next pull resumes it
+      });
+    });
+    Deno.env.set("KRUNBOX_PULL_STALL_MS", "60000");
+    const layers = [{ digest: digestOf(broken), size: broken.length }, { digest: digestOf(good), size: good.length }];
+    await withFakeRegistry(
+      layers,
+      (d) => d === digestOf(broken) ? new Response(broken) : stalled(good),
+      async (ref) => {
+        await withHome(async (store) => {
+          const t0 = performance.now();
+          const e = await assertRejects(() => pullImage(store, ref), ImageError);
+          assertEquals(e.code, "IMAGE_INVALID", e.message);
+          assert(performance.now() - t0 < 10_000, "the stalled sibling was cancelled, not waited for");
+        });
+      },
+    );
+  } finally {
+    if (saved === undefined) Deno.env.delete("KRUNBOX_PULL_STALL_MS");
+    else Deno.env.set("KRUNBOX_PULL_STALL_MS", saved);
+  }
+});
+
+Deno.test({ name: "pull: digests other than sha256 are IMAGE_INVALID, not a hang", ignore }, async () => {
+  const digest = `sha512:${"ab".repeat(64)}`;
+  await withFakeRegistry([{ digest, size: 10 }], () => new Response("x"), async (ref) => {
+    await withHome(async (store) => {
+      const e = await assertRejects(() => pullImage(store, ref), ImageError);
+      assertEquals(e.code, "IMAGE_INVALID", e.message);
     });
   });
 });
