@@ -16,8 +16,6 @@ import { INFLATE_STATE, type Isal, ISAL_BLOCK_FINISH, ISAL_GZIP, loadIsal } from
 
 /** Compressed bytes queued ahead of inflate. */
 const IN_QUEUE = 16 << 20;
-/** Input is handed to inflate in batches of at least this many bytes. */
-const IN_BATCH = 512 << 10;
 /** Output chunk size. */
 const OUT_CHUNK = 2 << 20;
 /** Output chunks inflated ahead of the reader. */
@@ -75,73 +73,115 @@ function builtinInflate(what: string): TransformStream<Uint8Array, Uint8Array> {
   return { writable: ds.writable, readable };
 }
 
+/**
+ * ISA-L inflate driven by the reader: each `pull` of the readable side
+ * fills at most one output chunk, so at most {@link READ_AHEAD} chunks are
+ * ever inflated ahead of the reader however well the input compresses.
+ * Compressed input waits in a queue of up to {@link IN_QUEUE} bytes; the
+ * writer waits beyond that.
+ */
 function isalInflate(isal: Isal, what: string): TransformStream<Uint8Array, Uint8Array> {
   const state = new Uint8Array(INFLATE_STATE.size);
   const view = new DataView(state.buffer);
   const setPtr = (at: number, bytes: Uint8Array) =>
     view.setBigUint64(at, BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(bytes))), true);
-  const start = () => {
-    view.setUint32(INFLATE_STATE.crcFlag, ISAL_GZIP, true);
-  };
   isal.symbols.isal_inflate_init(state);
-  start();
-  let finished = false; // the last member ended with its trailer
-  let pending: Uint8Array[] = [];
-  let pendingBytes = 0;
+  view.setUint32(INFLATE_STATE.crcFlag, ISAL_GZIP, true);
 
-  async function feed(input: Uint8Array, ctl: TransformStreamDefaultController<Uint8Array>): Promise<void> {
-    let rest = input;
-    while (rest.length > 0) {
-      if (finished) {
-        if (rest.every((b) => b === 0)) return; // padding after the last member
-        if (rest[0] !== 0x1f || (rest.length > 1 && rest[1] !== 0x8b)) {
-          throw invalid(what, "unexpected data after the end of the gzip stream");
-        }
-        isal.symbols.isal_inflate_reset(state);
-        start();
-        finished = false;
-      }
-      setPtr(INFLATE_STATE.nextIn, rest);
-      view.setUint32(INFLATE_STATE.availIn, rest.length, true);
-      for (;;) {
-        const out = new Uint8Array(OUT_CHUNK);
-        setPtr(INFLATE_STATE.nextOut, out);
-        view.setUint32(INFLATE_STATE.availOut, OUT_CHUNK, true);
-        const rc = await isal.symbols.isal_inflate(state);
-        if (rc < 0) throw invalid(what, `ISA-L inflate error ${rc}`);
-        const produced = OUT_CHUNK - view.getUint32(INFLATE_STATE.availOut, true);
-        if (produced > 0) ctl.enqueue(out.subarray(0, produced));
-        const left = view.getUint32(INFLATE_STATE.availIn, true);
-        rest = rest.subarray(rest.length - left);
-        if (view.getUint32(INFLATE_STATE.blockState, true) === ISAL_BLOCK_FINISH) {
-          finished = true;
-          break;
-        }
-        if (produced < OUT_CHUNK && left === 0) return;
+  let rest: Uint8Array = new Uint8Array(0); // input handed to inflate, not consumed yet
+  let queue: Uint8Array[] = [];
+  let queued = 0;
+  let ended = false;
+  let failure: { reason: unknown } | undefined;
+  let finished = false; // the last member ended with its trailer
+  let wakeReader: (() => void) | undefined;
+  let wakeWriter: (() => void) | undefined;
+  const fail = (reason: unknown) => {
+    failure ??= { reason };
+    wakeReader?.();
+    wakeWriter?.();
+  };
+  const throwIfFailed = () => {
+    if (failure) throw failure.reason;
+  };
+
+  const writable = new WritableStream<Uint8Array>({
+    async write(chunk) {
+      throwIfFailed();
+      queue.push(chunk);
+      queued += chunk.length;
+      wakeReader?.();
+      while (queued >= IN_QUEUE && !failure) await new Promise<void>((r) => wakeWriter = r);
+      throwIfFailed();
+    },
+    close() {
+      ended = true;
+      wakeReader?.();
+    },
+    abort: fail,
+  });
+
+  /** Makes `rest` non-empty; false at the end of the input. */
+  async function input(): Promise<boolean> {
+    while (rest.length === 0) {
+      throwIfFailed();
+      if (queue.length > 0) {
+        rest = queue.length === 1 ? queue[0] : concatBytes(queue);
+        queue = [];
+        queued = 0;
+        wakeWriter?.();
+      } else if (ended) {
+        return false;
+      } else {
+        await new Promise<void>((r) => wakeReader = r);
+        wakeReader = undefined;
       }
     }
+    return true;
   }
 
-  async function drain(ctl: TransformStreamDefaultController<Uint8Array>): Promise<void> {
-    const input = pending.length === 1 ? pending[0] : concatBytes(pending);
-    pending = [];
-    pendingBytes = 0;
-    await feed(input, ctl);
-  }
-
-  return new TransformStream<Uint8Array, Uint8Array>(
-    {
-      async transform(chunk, ctl) {
-        pending.push(chunk);
-        pendingBytes += chunk.length;
-        if (pendingBytes >= IN_BATCH) await drain(ctl);
-      },
-      async flush(ctl) {
-        await drain(ctl);
-        if (!finished) throw invalid(what, "the stream is truncated");
-      },
+  const readable = new ReadableStream<Uint8Array>({
+    async pull(ctl) {
+      try {
+        // Fill one output chunk; hand over what there is rather than wait for more input.
+        const out = new Uint8Array(OUT_CHUNK);
+        let filled = 0;
+        while (filled < OUT_CHUNK) {
+          if (filled > 0 && rest.length === 0 && queue.length === 0) break;
+          if (!(await input())) {
+            if (filled > 0) break;
+            if (!finished) throw invalid(what, "the stream is truncated");
+            return ctl.close();
+          }
+          if (finished) {
+            if (rest.every((b) => b === 0)) { // padding after the last member
+              rest = new Uint8Array(0);
+              continue;
+            }
+            if (rest[0] !== 0x1f || (rest.length > 1 && rest[1] !== 0x8b)) {
+              throw invalid(what, "unexpected data after the end of the gzip stream");
+            }
+            isal.symbols.isal_inflate_reset(state);
+            view.setUint32(INFLATE_STATE.crcFlag, ISAL_GZIP, true);
+            finished = false;
+          }
+          setPtr(INFLATE_STATE.nextIn, rest);
+          view.setUint32(INFLATE_STATE.availIn, rest.length, true);
+          setPtr(INFLATE_STATE.nextOut, out.subarray(filled));
+          view.setUint32(INFLATE_STATE.availOut, OUT_CHUNK - filled, true);
+          const rc = await isal.symbols.isal_inflate(state);
+          if (rc < 0) throw invalid(what, `ISA-L inflate error ${rc}`);
+          filled = OUT_CHUNK - view.getUint32(INFLATE_STATE.availOut, true);
+          rest = rest.subarray(rest.length - view.getUint32(INFLATE_STATE.availIn, true));
+          finished = view.getUint32(INFLATE_STATE.blockState, true) === ISAL_BLOCK_FINISH;
+        }
+        ctl.enqueue(out.subarray(0, filled));
+      } catch (e) {
+        fail(e);
+        throw e;
+      }
     },
-    new ByteLengthQueuingStrategy({ highWaterMark: IN_QUEUE }),
-    { highWaterMark: READ_AHEAD },
-  );
+    cancel: fail,
+  }, { highWaterMark: READ_AHEAD });
+  return { writable, readable };
 }

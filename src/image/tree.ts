@@ -7,8 +7,9 @@
  * hostile entry can reach the host's file system.
  *
  * Hostile archives are still refused, so an image means the same thing here
- * as under `tar -x`: any `..` component or NUL byte in a name, a name
- * component over 255 bytes, an empty or over-long symlink target, a parent
+ * as under `tar -x`: any `..` component or NUL byte in a name, a name over
+ * 4096 or a component over 255 bytes, an empty or over-long symlink
+ * target, a device number Linux cannot hold, a parent
  * that is a symlink or not a directory, a hard link to a missing path or to a
  * directory, a root that is not a directory. Whiteouts (`.wh.name`,
  * `.wh..wh..opq`) only remove what lower layers put there, never the
@@ -127,6 +128,8 @@ export interface TreeStats {
 const WHITEOUT = ".wh.";
 /** Longest name of one path component (bytes), as Linux and EROFS allow. */
 const NAME_MAX = 255;
+/** Longest entry name (UTF-16 units; at least as many UTF-8 bytes), as `tar -x` can create. */
+const PATH_MAX = 4096;
 /** Longest symlink target (bytes): PATH_MAX less its NUL. */
 const SYMLINK_MAX = 4095;
 const enc = new TextEncoder();
@@ -151,6 +154,9 @@ function invalid(message: string): ImageError {
  */
 export function normalizeEntryPath(name: string): string {
   if (name.includes("\0")) throw invalid(`entry name ${JSON.stringify(name)} contains a NUL byte`);
+  if (name.length > PATH_MAX) {
+    throw invalid(`entry name ${JSON.stringify(name.slice(0, 64))}… is longer than ${PATH_MAX}`);
+  }
   const parts: string[] = [];
   for (const p of name.split("/")) {
     if (p === "" || p === ".") continue;
@@ -242,9 +248,11 @@ export class LayerTree {
         d = { inode: newDir(0o755, 0), layer };
         dir.children!.set(name, d);
       }
-      const at = parts.slice(0, i + 1).join("/");
-      if (d.inode.type === "symlink") throw invalid(`${what}: parent "${at}" is a symlink; refusing to follow it`);
-      if (d.inode.type !== "dir") throw invalid(`${what}: parent "${at}" is not a directory`);
+      if (d.inode.type !== "dir") {
+        const at = parts.slice(0, i + 1).join("/");
+        if (d.inode.type === "symlink") throw invalid(`${what}: parent "${at}" is a symlink; refusing to follow it`);
+        throw invalid(`${what}: parent "${at}" is not a directory`);
+      }
       if (layer !== undefined) d.layer = layer;
       dir = d.inode;
     }
@@ -253,14 +261,18 @@ export class LayerTree {
 
   /** Removes what layers below `layer` put at `name` in `dir`, sparing what `layer` itself put there. */
   #removeLower(dir: Inode, name: string, layer: number): void {
-    const d = dir.children!.get(name);
-    if (!d) return;
-    if (d.layer !== layer) {
-      dir.children!.delete(name);
-      return;
+    // Iterative: a hostile layer may nest directories deeper than the call stack.
+    const work: [Inode, string][] = [[dir, name]];
+    for (let item = work.pop(); item; item = work.pop()) {
+      const [parent, child] = item;
+      const d = parent.children!.get(child);
+      if (!d) continue;
+      if (d.layer !== layer) {
+        parent.children!.delete(child);
+        continue;
+      }
+      if (d.inode.type === "dir") { for (const n of d.inode.children!.keys()) work.push([d.inode, n]); }
     }
-    if (d.inode.type !== "dir") return;
-    for (const child of [...d.inode.children!.keys()]) this.#removeLower(d.inode, child, layer);
   }
 
   #whiteout(parts: string[], layer: number, what: string): void {
@@ -299,6 +311,9 @@ export class LayerTree {
       return;
     }
     if (e.type === "hardlink") return this.#hardlink(layer, e, parts, what);
+    if ((e.type === "char" || e.type === "block") && (e.devmajor > 0xfff || e.devminor > 0xfffff)) {
+      throw invalid(`${what}: device ${e.devmajor}:${e.devminor} is out of range (major < 4096, minor < 1048576)`);
+    }
     if (e.type === "symlink" && (e.linkname === "" || enc.encode(e.linkname).length > SYMLINK_MAX)) {
       throw invalid(`${what}: symlink target is empty or longer than ${SYMLINK_MAX} bytes`);
     }

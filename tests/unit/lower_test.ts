@@ -1437,3 +1437,28 @@ function* readNames(tar: Uint8Array): Generator<string> {
     off += Math.ceil(size / 512) * 512;
   }
 }
+
+Deno.test("lower: hostile depth and device numbers are IMAGE_INVALID or handled, never a crash or a stall", async () => {
+  await withScratch(async (dir) => {
+    // A name past PATH_MAX is refused before any work on its components.
+    const t0 = performance.now();
+    await rejectsInvalid(() => build(dir, [[{ name: "a/".repeat(40_000) + "f", data: "x" }]]), "longer than 4096");
+    assert(performance.now() - t0 < 2000, "refused without walking 40000 components");
+    // 2000 nested directories (as deep as a 4096-byte name goes), then a whiteout of the top one
+    // in a later layer, and one in the same layer (which spares that layer's entries).
+    const deep = Array.from({ length: 2000 }, () => "a").join("/");
+    const built = await build(dir, [[{ name: `${deep}/f`, data: "deep" }], [{ name: ".wh.a" }, {
+      name: "b",
+      data: "b",
+    }]]);
+    assertEquals(built.stats.whiteouts, 1);
+    await build(dir, [[{ name: `${deep}/f`, data: "deep" }, { name: ".wh.a" }]]);
+    // Device numbers Linux cannot hold would wrap into other devices (or a 0:0 whiteout) in the guest.
+    for (const [devmajor, devminor] of [[4096, 0], [1, 1 << 20]]) {
+      await rejectsInvalid(
+        () => build(dir, [[{ name: "dev/x", type: "char", devmajor, devminor }]]),
+        "out of range",
+      );
+    }
+  });
+});
