@@ -21,6 +21,7 @@
  * @module
  */
 
+import { encodeName } from "./names.ts";
 import type { Inode, NodeType } from "./tree.ts";
 
 /** Block size (bytes). */
@@ -59,6 +60,8 @@ const XATTR_PREFIXES: readonly [string, number][] = [
 ];
 
 const enc = new TextEncoder();
+const DOT = enc.encode(".");
+const DOTDOT = enc.encode("..");
 
 /**
  * The data area of an image being built: reserves block-aligned extents in
@@ -342,12 +345,12 @@ export async function writeErofs(area: DataArea, root: Inode): Promise<ErofsSumm
     slotOf.set(inode, slot);
     if (inode.type !== "dir") continue;
     const items: DirItem[] = [
-      { name: enc.encode("."), inode },
-      { name: enc.encode(".."), inode: parentOf.get(inode)! },
+      { name: DOT, inode },
+      { name: DOTDOT, inode: parentOf.get(inode)! },
     ];
     for (const [name, d] of inode.children!) {
       const child = d.inode;
-      items.push({ name: enc.encode(name), inode: child });
+      items.push({ name: encodeName(name), inode: child });
       if (child.type === "dir") {
         slot.nlink++;
         parentOf.set(child, inode);
@@ -373,7 +376,7 @@ export async function writeErofs(area: DataArea, root: Inode): Promise<ErofsSumm
     }
     if (inode.type === "fifo") continue;
     let bytes: Uint8Array | undefined;
-    if (inode.type === "symlink") bytes = enc.encode(inode.target);
+    if (inode.type === "symlink") bytes = encodeName(inode.target);
     else if (inode.type === "file") {
       const data = inode.data!;
       if (data.kind === "blocks") {

@@ -8,6 +8,7 @@
  * @module
  */
 
+import { decodeName } from "./names.ts";
 import { ImageError, KrunboxError } from "../errors.ts";
 
 /**
@@ -271,7 +272,7 @@ interface Header {
 function cstring(b: Uint8Array, start: number, len: number): string {
   const field = b.subarray(start, start + len);
   const nul = field.indexOf(0);
-  return dec.decode(nul < 0 ? field : field.subarray(0, nul));
+  return decodeName(nul < 0 ? field : field.subarray(0, nul));
 }
 
 /** Parses an octal (ASCII) or base-256 (GNU binary) numeric header field. */
@@ -366,7 +367,7 @@ function applyPax(h: Header, records: Map<string, Uint8Array>): void {
       if (name) h.xattrs.set(name, raw);
       continue;
     }
-    const v = dec.decode(raw);
+    const v = decodeName(raw);
     if (v === "") continue; // an empty value unsets a global record: keep the header field
     switch (key) {
       case "path":
@@ -489,7 +490,7 @@ export async function* readTar(stream: ReadableStream<Uint8Array>): AsyncGenerat
       if (flag === "L" || flag === "K") {
         const body = await readMeta(src, h.size, what);
         const nul = body.indexOf(0);
-        const value = dec.decode(nul < 0 ? body : body.subarray(0, nul));
+        const value = decodeName(nul < 0 ? body : body.subarray(0, nul));
         if (flag === "L") longName = value;
         else longLink = value;
         continue;

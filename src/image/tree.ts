@@ -18,6 +18,7 @@
  * @module
  */
 
+import { encodeName } from "./names.ts";
 import { ImageError } from "../errors.ts";
 
 /** Kinds of file the tree holds. */
@@ -132,7 +133,6 @@ const NAME_MAX = 255;
 const PATH_MAX = 4096;
 /** Longest symlink target (bytes): PATH_MAX less its NUL. */
 const SYMLINK_MAX = 4095;
-const enc = new TextEncoder();
 const OPAQUE = ".wh..wh..opq";
 const MAX_WARNINGS = 1000;
 
@@ -162,7 +162,7 @@ export function normalizeEntryPath(name: string): string {
     if (p === "" || p === ".") continue;
     if (p === "..") throw invalid(`entry name ${JSON.stringify(name)} has a ".." component (escapes the root)`);
     // A UTF-16 length up to 85 cannot reach 256 UTF-8 bytes: only long names are encoded.
-    if (p.length > 85 && enc.encode(p).length > NAME_MAX) {
+    if (p.length > 85 && encodeName(p).length > NAME_MAX) {
       throw invalid(`entry name ${JSON.stringify(name)} has a component longer than ${NAME_MAX} bytes`);
     }
     parts.push(p);
@@ -314,7 +314,7 @@ export class LayerTree {
     if ((e.type === "char" || e.type === "block") && (e.devmajor > 0xfff || e.devminor > 0xfffff)) {
       throw invalid(`${what}: device ${e.devmajor}:${e.devminor} is out of range (major < 4096, minor < 1048576)`);
     }
-    if (e.type === "symlink" && (e.linkname === "" || enc.encode(e.linkname).length > SYMLINK_MAX)) {
+    if (e.type === "symlink" && (e.linkname === "" || encodeName(e.linkname).length > SYMLINK_MAX)) {
       throw invalid(`${what}: symlink target is empty or longer than ${SYMLINK_MAX} bytes`);
     }
     const dir = this.#parent(parts, what, layer)!;
