@@ -6,7 +6,10 @@ Deno.test("names: any bytes decode to a string that encodes back to exactly thos
   const rand = () => (seed = (seed * 1103515245 + 12345) & 0x7fffffff);
   const pool = [0x61, 0x2e, 0xc3, 0xa9, 0xe2, 0x82, 0xac, 0xf0, 0x9f, 0x98, 0x80, 0xed, 0xa0, 0x80, 0xff, 0xe9, 0x80];
   for (let n = 0; n < 3000; n++) {
-    const bytes = Uint8Array.from({ length: rand() % 24 }, () => rand() % 3 ? pool[rand() % pool.length] : rand() % 256);
+    const bytes = Uint8Array.from(
+      { length: rand() % 24 },
+      () => rand() % 3 ? pool[rand() % pool.length] : rand() % 256,
+    );
     assertEquals(encodeName(decodeName(bytes)), bytes, `bytes ${[...bytes].map((b) => b.toString(16))}`);
   }
 });
