@@ -151,7 +151,7 @@ export async function streamBlob(
     const paths = imagePaths();
     const final = paths.blob(layer.digest);
     await Deno.mkdir(paths.blobs, { recursive: true });
-    const lock = await lockWait(`${final}.lock`, BLOB_LOCK_WAIT_MS);
+    const lock = await lockWait(`${final}.lock`, BLOB_LOCK_WAIT_MS, stop);
     if (!lock) throw new ImageError("IMAGE_PULL", `another process has been downloading ${layer.digest} for 30 min`);
     try {
       const hasher = digestStream({ expected: layer.digest, expectedSize: layer.size, what: `layer ${layer.digest}` });

@@ -273,7 +273,7 @@ export async function pullImage(store: Store, reference: string, options: PullOp
   });
   const paths = imagePaths();
   await Deno.mkdir(paths.images, { recursive: true });
-  const lock = await lockWait(`${paths.image(resolved.manifestDigest)}.lock`, 30 * 60_000);
+  const lock = await lockWait(`${paths.image(resolved.manifestDigest)}.lock`, 30 * 60_000, options.signal);
   if (!lock) {
     throw new ImageError("IMAGE_PULL", `another process has been building ${resolved.manifestDigest} for 30 min`);
   }

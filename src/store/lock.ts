@@ -65,8 +65,10 @@ export function tryLock(path: string, exclusive: boolean): FileLock | undefined 
 }
 
 /**
- * Takes an exclusive lock, waiting up to `timeoutMs` (polling, for locks
- * that are held briefly such as a sandbox name during create or remove).
+ * Takes an exclusive lock, waiting up to `timeoutMs` (polling, every few
+ * milliseconds at first and at most every 100 ms later; locks such as a
+ * sandbox name are held briefly, an image being pulled for longer).
+ * Rejects with the signal's reason when `signal` aborts first.
  *
  * @example
  * ```ts
@@ -74,12 +76,13 @@ export function tryLock(path: string, exclusive: boolean): FileLock | undefined 
  * using l = await lockWait("/tmp/z.lock", 1000);
  * ```
  */
-export async function lockWait(path: string, timeoutMs: number): Promise<FileLock | undefined> {
+export async function lockWait(path: string, timeoutMs: number, signal?: AbortSignal): Promise<FileLock | undefined> {
   const end = Date.now() + timeoutMs;
-  for (;;) {
+  for (let delay = 5;; delay = Math.min(delay * 1.5, 100)) {
+    signal?.throwIfAborted();
     const l = tryLock(path, true);
     if (l || Date.now() >= end) return l;
-    await new Promise((r) => setTimeout(r, 5 + Math.random() * 10));
+    await new Promise((r) => setTimeout(r, delay + Math.random() * delay));
   }
 }
 
