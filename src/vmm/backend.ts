@@ -117,6 +117,8 @@ export interface Vm {
   readonly inProcess?: boolean;
   /** Kills the VMM and its helpers at once. */
   kill(): void;
+  /** Called once the guest agent is ready: per-boot files the VMM has loaded can go. */
+  booted?(): Promise<void>;
 }
 
 /** A backend boots a spec. */

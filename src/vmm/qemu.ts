@@ -326,7 +326,9 @@ export const qemuBackend: Backend = {
         }),
       ]);
       closeQuietly(listener);
-      return { agent, exited, vmmPid: vmm.pid, kill };
+      // qemu copied the initrd into guest memory at start: its 6 MB need not stay on disk.
+      const booted = () => Deno.remove(initrd).catch(() => {});
+      return { agent, exited, vmmPid: vmm.pid, kill, booted };
     } catch (e) {
       kill();
       throw e;

@@ -159,6 +159,7 @@ async function main(dir: string, mode: string): Promise<number> {
     listener.close();
     return 1;
   }
+  await vm.booted?.();
   const bootMs = ready.boot.readyMs ?? 0;
   store.update(spec.name, { bootMs });
   log(`ready: kernel ${ready.boot.kernelMs} ms, agent start ${ready.boot.agentStartMs} ms, ready ${bootMs} ms`);

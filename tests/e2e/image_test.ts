@@ -91,7 +91,7 @@ Deno.test({ name: "a second sandbox of the same image adds no copy of it", ignor
   const createMs = performance.now() - t0;
   assertEquals(await du(cache), imagesBefore, "no new image data");
   const sandboxDisk = await du(join(testHome, "sandboxes", "img-b"));
-  assert(sandboxDisk < 16 << 20, `the second sandbox uses ${sandboxDisk} bytes on disk`);
+  assert(sandboxDisk < 4 << 20, `the second sandbox uses ${sandboxDisk} bytes on disk`);
   console.log(
     `second sandbox: ${(sandboxDisk / 1048576).toFixed(1)} MiB on disk, create+boot ${createMs.toFixed(0)} ms`,
   );
