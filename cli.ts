@@ -21,7 +21,7 @@
  * @module
  */
 
-import { Images, KrunboxError, Sandbox, type SandboxBuilder } from "./mod.ts";
+import { Images, KrunboxError, type PullEvent, Sandbox, type SandboxBuilder } from "./mod.ts";
 
 const USAGE = `usage:
   krunbox run <image> [--name N] [--cpus N] [--memory MiB] [--env K=V]... [-- cmd args...]
@@ -70,13 +70,19 @@ function configure(b: SandboxBuilder, p: Parsed): SandboxBuilder {
     if (eq <= 0) throw new KrunboxError("INVALID_CONFIG", `--env wants KEY=VALUE, got ${kv}`);
     b = b.env(kv.slice(0, eq), kv.slice(eq + 1));
   }
-  return b.onPullProgress((e) => {
-    if (e.phase === "layer" && !e.cached) {
-      console.error(
-        `pull ${e.digest.slice(7, 19)} ${(e.downloadedBytes / 1e6).toFixed(1)}/${(e.totalBytes / 1e6).toFixed(1)} MB`,
-      );
-    } else if (e.phase !== "layer") console.error(`pull: ${e.phase}`);
-  });
+  return b.onPullProgress(printPullProgress);
+}
+
+/** One stderr line per pull event: bytes per layer, the other phases by name. */
+function printPullProgress(e: PullEvent): void {
+  if (e.phase === "layer") {
+    const size = `${(e.downloadedBytes / 1e6).toFixed(1)}/${(e.totalBytes / 1e6).toFixed(1)} MB`;
+    console.error(`pull: layer ${e.digest.slice(7, 19)} ${e.cached ? "in the store" : size}`);
+  } else if (e.phase === "resolved") {
+    console.error(`pull: ${e.reference}: ${e.layers} layers, ${(e.totalBytes / 1e6).toFixed(1)} MB`);
+  } else if (e.phase !== "unpacking") {
+    console.error(`pull: ${e.phase}${e.phase === "done" && e.cached ? " (already in the store)" : ""}`);
+  }
 }
 
 function need(p: Parsed, n: number, what: string): string[] {
@@ -165,7 +171,7 @@ export async function main(args: string[]): Promise<number> {
       const [image] = need(p, 1, "<image>");
       const img = await Images.pull(image, {
         insecure: p.flags.has("insecure") || undefined,
-        onProgress: (e) => console.error(`pull: ${e.phase}${"digest" in e ? ` ${e.digest.slice(7, 19)}` : ""}`),
+        onProgress: printPullProgress,
       });
       console.log(img.manifestDigest);
       return 0;
