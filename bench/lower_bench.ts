@@ -10,6 +10,8 @@
  */
 
 import { gunzip } from "../src/image/gunzip.ts";
+import { unzstd, zstdSupport } from "../src/image/unzstd.ts";
+import { zstdCompress } from "../tests/util/zstd.ts";
 import { LowerBuilder } from "../src/image/lower.ts";
 import { loadIsal } from "../ffi/isal.ts";
 import { type TarSpec, writeTar } from "../tests/util/tar_writer.ts";
@@ -63,6 +65,17 @@ for (const engine of ["isal", "builtin"] as const) {
     },
   });
 }
+
+// The same layer as tar+zstd (level 3, the zstd CLI's default), when the CLI is there.
+const zst = await zstdCompress(tar);
+Deno.bench({
+  name: `zstd ${((zst?.length ?? 0) / 1e6).toFixed(0)} MB → ${(tar.length / 1e6).toFixed(0)} MB (libzstd)`,
+  group: "inflate",
+  ignore: !zst || !zstdSupport().ok,
+  async fn() {
+    await drain(chunks(zst!).pipeThrough(unzstd("bench")));
+  },
+});
 
 Deno.bench(`tar → EROFS lower, ${specs.length} files, ${(tar.length / 1e6).toFixed(0)} MB`, async () => {
   using lower = await LowerBuilder.create(`${dir}/lower.erofs`);

@@ -6,6 +6,7 @@
  * @module
  */
 
+import { loadZstd, zstdCandidates, zstdLoadErrors } from "../ffi/zstd.ts";
 import { isalCandidates, isalLoadErrors, loadIsal } from "../ffi/isal.ts";
 import { loadLibkrun } from "../ffi/load.ts";
 import { assetPath } from "../src/store/assets.ts";
@@ -97,6 +98,17 @@ function isalLoadable(): Check {
   };
 }
 
+/** libzstd reads tar+zstd layers; pulls of gzip images work without it. */
+function zstdLoadable(): Check {
+  if (loadZstd()) return { name: "libzstd", ok: true, detail: `${zstdCandidates().at(-1)} (tar+zstd layers)` };
+  return {
+    name: "libzstd",
+    ok: false,
+    detail: `not loadable (${zstdLoadErrors().join("; ")}); images with zstd layers cannot be pulled`,
+    fix: "apt-get install libzstd1, or set KRUNBOX_LIBZSTD_PATH to a libzstd.so.1",
+  };
+}
+
 async function main(): Promise<number> {
   const host = await probeHost();
   const qemu = await qemuChecks();
@@ -123,6 +135,7 @@ async function main(): Promise<number> {
     libkrunLoadable(),
     ...qemu,
     isalLoadable(),
+    zstdLoadable(),
   ];
   const width = Math.max(...checks.map((c) => c.name.length));
   for (const c of checks) {

@@ -13,6 +13,8 @@ export const HOST_PACKAGES: Readonly<Record<string, string>> = {
   "qemu-system-x86": "qemu backend (qemu-system-x86_64, virtiofsd)",
   "e2fsprogs": "per-sandbox writable ext4 disks (mkfs.ext4)",
   "libisal2": "ISA-L inflate: fast layer decompression for image pulls",
+  "libzstd1": "tar+zstd image layers",
+  "zstd": "tests: building tar+zstd layers",
   "erofs-utils": "tests: reading image lowers back (fsck.erofs)",
   "busybox-static": "the demo's and tests' busybox root",
   "mmdebstrap": "Debian roots for tests and the nested test host",

@@ -24,6 +24,7 @@ import { parseReference } from "./reference.ts";
 import { type BasicAuth, type Descriptor, type ImageConfig, RegistryClient, type ResolvedImage } from "./registry.ts";
 import { type BlobProgress, StoredBlobDamagedError, streamBlob } from "./blobs.ts";
 import { gunzip } from "./gunzip.ts";
+import { unzstd } from "./unzstd.ts";
 import { LowerBuilder } from "./lower.ts";
 import { imagePaths } from "./store.ts";
 import type { LayerEntry } from "./tree.ts";
@@ -92,16 +93,24 @@ async function loadPulled(reference: string, manifestDigest: string): Promise<Pu
   return { reference, manifestDigest, lower: imagePaths().lower(manifestDigest), config };
 }
 
-/** Layer media types krunbox applies. zstd layers are refused with a clear error. */
-const GZIP_LAYERS: readonly string[] = [
-  "application/vnd.oci.image.layer.v1.tar+gzip",
-  "application/vnd.docker.image.rootfs.diff.tar.gzip",
-];
-const PLAIN_LAYERS: readonly string[] = ["application/vnd.oci.image.layer.v1.tar"];
+/** Layer media types krunbox applies, and how each is decompressed. */
+const LAYER_CODECS: Readonly<Record<string, (what: string) => TransformStream<Uint8Array, Uint8Array>>> = {
+  "application/vnd.oci.image.layer.v1.tar+gzip": gunzip,
+  "application/vnd.docker.image.rootfs.diff.tar.gzip": gunzip,
+  "application/vnd.oci.image.layer.v1.tar+zstd": unzstd,
+  "application/vnd.oci.image.layer.v1.tar": () =>
+    new TransformStream<Uint8Array, Uint8Array>(
+      undefined,
+      new ByteLengthQueuingStrategy({ highWaterMark: QUEUE_BYTES }),
+    ),
+};
 
 function checkLayerType(layer: Descriptor): void {
-  if (!GZIP_LAYERS.includes(layer.mediaType) && !PLAIN_LAYERS.includes(layer.mediaType)) {
-    throw new ImageError("IMAGE_INVALID", `layer ${layer.digest} has unsupported media type ${layer.mediaType}`);
+  if (!Object.hasOwn(LAYER_CODECS, layer.mediaType)) {
+    throw new ImageError(
+      "IMAGE_INVALID",
+      `layer ${layer.digest} has unsupported media type ${layer.mediaType} (krunbox reads tar, tar+gzip and tar+zstd)`,
+    );
   }
 }
 
@@ -119,12 +128,7 @@ async function pullLayer(
   report: BlobProgress,
 ): Promise<LayerEntry[]> {
   for (let attempt = 0;; attempt++) {
-    const codec = GZIP_LAYERS.includes(layer.mediaType)
-      ? gunzip(`layer ${layer.digest}`)
-      : new TransformStream<Uint8Array, Uint8Array>(
-        undefined,
-        new ByteLengthQueuingStrategy({ highWaterMark: QUEUE_BYTES }),
-      );
+    const codec = LAYER_CODECS[layer.mediaType](`layer ${layer.digest}`);
     const entries = lower.read(codec.readable);
     const consumerFailed = entries.then(() => new Promise<never>(() => {}), (e: unknown) => e);
     const download = streamBlob(client, layer, codec.writable, cancel, consumerFailed, report);

@@ -126,7 +126,7 @@ const plain = writeTar([{ name: "srv/plain.txt", data: "from an uncompressed lay
 
 Deno.test({ name: "pull: layers (gzip, plain, a repeated blob) merge into exactly one tree", ignore }, async () => {
   await using reg = await LocalRegistry.start();
-  await pushLayers(reg, "merge/img:1", [base, empty, upper, empty, { tar: plain, plain: true }]);
+  await pushLayers(reg, "merge/img:1", [base, empty, upper, empty, { tar: plain, compression: "none" }]);
   await withHome(async (store, home) => {
     const events: PullEvent[] = [];
     const img = await pullImage(store, `${reg.host}/merge/img:1`, { onProgress: (e) => events.push(e) });
@@ -408,6 +408,22 @@ Deno.test({ name: "pull: digests other than sha256 are IMAGE_INVALID, not a hang
     await withHome(async (store) => {
       const e = await assertRejects(() => pullImage(store, ref), ImageError);
       assertEquals(e.code, "IMAGE_INVALID", e.message);
+    });
+  });
+});
+
+Deno.test({ name: "pull: tar+zstd layers (over a gzip one) are read like the others", ignore }, async () => {
+  const hasZstd = await new Deno.Command("zstd", { args: ["--version"], stdout: "null", stderr: "null" }).output()
+    .then((o) => o.success, () => false);
+  if (!hasZstd) return console.log("skipped: the zstd CLI is missing (apt-get install zstd)");
+  await using reg = await LocalRegistry.start();
+  await pushLayers(reg, "zstd/img:1", [base, { tar: upper, compression: "zstd" }]);
+  await withHome(async (store) => {
+    const img = await pullImage(store, `${reg.host}/zstd/img:1`);
+    await extracted(img.lower, async (root) => {
+      assertEquals(await Deno.readTextFile(`${root}/etc/os-release`), "ID=upper\n");
+      assertEquals(await Deno.readFile(`${root}/usr/lib/big.bin`), big);
+      assertEquals(await Deno.stat(`${root}/etc/gone`).then(() => true, () => false), false);
     });
   });
 });

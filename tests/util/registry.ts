@@ -11,6 +11,7 @@
 
 import { which } from "../../src/util/command.ts";
 import { digestOf } from "../../src/image/registry.ts";
+import { zstdCompress } from "./zstd.ts";
 
 const REALM = "krunbox-test";
 const SERVICE = "krunbox-test-registry";
@@ -361,13 +362,32 @@ export async function pushImage(
   }
 }
 
-/** A layer for {@link pushLayers}: a tar, gzipped unless `plain`. */
-export type RawLayer = Uint8Array | { tar: Uint8Array; plain?: boolean };
+/** A layer for {@link pushLayers}: a tar, gzipped unless told otherwise (zstd needs the `zstd` CLI). */
+export type RawLayer = Uint8Array | { tar: Uint8Array; compression?: "gzip" | "zstd" | "none" };
+
+async function compress(tar: Uint8Array, how: "gzip" | "zstd" | "none"): Promise<Uint8Array> {
+  if (how === "none") return tar;
+  if (how === "zstd") {
+    const z = await zstdCompress(tar);
+    if (!z) throw new Error("zstd failed (apt-get install zstd)");
+    return z;
+  }
+  return new Uint8Array(
+    await new Response(new Blob([tar as Uint8Array<ArrayBuffer>]).stream().pipeThrough(new CompressionStream("gzip")))
+      .arrayBuffer(),
+  );
+}
+
+const LAYER_TYPES = {
+  gzip: "application/vnd.oci.image.layer.v1.tar+gzip",
+  zstd: "application/vnd.oci.image.layer.v1.tar+zstd",
+  none: "application/vnd.oci.image.layer.v1.tar",
+} as const;
 
 /**
  * Pushes an image made of raw tar layers (lowest first) straight through
  * the registry API, so tests can publish archives umoci would never write:
- * hostile names, repeated blobs, plain (uncompressed) layers. Returns the
+ * hostile names, repeated blobs, plain (uncompressed) and zstd layers. Returns the
  * manifest digest and each layer's blob digest.
  *
  * @example
@@ -396,19 +416,11 @@ export async function pushLayers(
   const descriptors = [];
   const diffIds = [];
   for (const layer of layers) {
-    const { tar, plain } = layer instanceof Uint8Array ? { tar: layer, plain: false } : layer;
-    const blob = plain ? tar : new Uint8Array(
-      await new Response(
-        new Blob([tar as Uint8Array<ArrayBuffer>]).stream().pipeThrough(new CompressionStream("gzip")),
-      ).arrayBuffer(),
-    );
+    const { tar, compression = "gzip" } = layer instanceof Uint8Array ? { tar: layer } : layer;
+    const blob = await compress(tar, compression);
     await upload(blob);
     diffIds.push(digestOf(tar));
-    descriptors.push({
-      mediaType: `application/vnd.oci.image.layer.v1.tar${plain ? "" : "+gzip"}`,
-      digest: digestOf(blob),
-      size: blob.length,
-    });
+    descriptors.push({ mediaType: LAYER_TYPES[compression], digest: digestOf(blob), size: blob.length });
   }
   const config = new TextEncoder().encode(JSON.stringify({
     architecture: "amd64",

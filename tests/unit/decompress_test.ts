@@ -1,6 +1,8 @@
 import { assert, assertEquals, assertRejects } from "../util/assert.ts";
 import { ImageError } from "../../src/errors.ts";
 import { gunzip, gunzipEngine } from "../../src/image/gunzip.ts";
+import { unzstd, zstdSupport } from "../../src/image/unzstd.ts";
+import { zstdCompress } from "../util/zstd.ts";
 import { loadIsal } from "../../ffi/isal.ts";
 import { concatBytes } from "../../src/util/bytes.ts";
 import { chunkedStream } from "../util/tar_writer.ts";
@@ -118,5 +120,40 @@ Deno.test("gunzip: ISA-L inflates only a few chunks ahead of a slow reader, howe
     assertEquals(total, 512 << 20);
   } finally {
     if (saved !== undefined) Deno.env.set("KRUNBOX_GUNZIP", saved);
+  }
+});
+
+async function unzstdAll(bytes: Uint8Array, sizes = [1, 100, 70000, 3]): Promise<Uint8Array> {
+  const chunks: Uint8Array[] = [];
+  for await (const c of chunkedStream(bytes, sizes).pipeThrough(unzstd("layer z"))) chunks.push(c.slice());
+  return concatBytes(chunks);
+}
+
+Deno.test("unzstd: frames decode byte-exact in any chunking; concatenated frames read on; bad input is IMAGE_INVALID", async (t) => {
+  if (!zstdSupport().ok) return console.log(`skipped: ${zstdSupport().why}`);
+  const a = sample(5 << 20, 5);
+  const b = sample(300_000, 6);
+  const za = await zstdCompress(a);
+  const zb = await zstdCompress(b, ["-19"]);
+  if (!za || !zb) return console.log("skipped: the zstd CLI is missing (apt-get install zstd)");
+  await t.step("one frame, two frames", async () => {
+    assertEquals(await unzstdAll(za), a);
+    assertEquals(await unzstdAll(za, [za.length]), a);
+    assertEquals(await unzstdAll(concatBytes([za, zb])), concatBytes([a, b]));
+  });
+  const corrupt = za.slice();
+  for (let i = 200; i < 260; i++) corrupt[i] ^= 0x5a;
+  const cases: [string, Uint8Array][] = [
+    ["truncated", za.subarray(0, za.length >> 1)],
+    ["corrupt", corrupt],
+    ["not zstd", new TextEncoder().encode("plain tar, not zstd".repeat(50))],
+    ["empty", new Uint8Array(0)],
+  ];
+  for (const [what, bytes] of cases) {
+    await t.step(what, async () => {
+      const e = await assertRejects(() => unzstdAll(bytes), ImageError);
+      assertEquals(e.code, "IMAGE_INVALID");
+      assert(e.message.includes("layer z") && e.message.includes("zstd"), e.message);
+    });
   }
 });
