@@ -12,6 +12,7 @@ import { type PulledImage, pullImage, type PullOptions } from "./pull.ts";
 import { parseReference } from "./reference.ts";
 import { imagePaths } from "./store.ts";
 import type { ImageRow } from "../store/db.ts";
+import { isLocked } from "../store/lock.ts";
 
 /** An image reference in the store. */
 export type StoredImage = ImageRow;
@@ -100,8 +101,10 @@ export class Images {
     }
     let blobs = 0;
     for await (const e of entries(paths.blobs)) {
-      const digest = `sha256:${e.name.replace(/\.partial$/, "")}`;
-      if (keepBlobs.has(digest)) continue;
+      if (e.name.endsWith(".lock")) continue;
+      const hex = e.name.replace(/\.partial$/, "");
+      if (keepBlobs.has(`sha256:${hex}`)) continue;
+      if (isLocked(join(paths.blobs, `${hex}.lock`))) continue; // being downloaded right now
       bytesFreed += await sizeOf(join(paths.blobs, e.name));
       await Deno.remove(join(paths.blobs, e.name));
       blobs++;

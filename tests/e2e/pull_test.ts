@@ -15,6 +15,8 @@ import { type PullEvent, pullImage } from "../../src/image/pull.ts";
 import { imagePaths } from "../../src/image/store.ts";
 import { digestOf } from "../../src/image/registry.ts";
 import { Store } from "../../src/store/db.ts";
+import { lockWait } from "../../src/store/lock.ts";
+import { Images } from "../../src/image/images.ts";
 
 const skip = (await missingRegistryTools()) ?? (await missingFsckErofs());
 if (skip) console.log(`SKIPPING pull tests: ${skip}`);
@@ -427,3 +429,26 @@ Deno.test({ name: "pull: tar+zstd layers (over a gzip one) are read like the oth
     });
   });
 });
+
+Deno.test(
+  { name: "pull: prune deletes unreferenced blobs, not lock files or a download in progress", ignore },
+  async () => {
+    await using reg = await LocalRegistry.start();
+    const { blobs } = await pushLayers(reg, "prune/img:1", [base, upper]);
+    await withHome(async (store, home) => {
+      const ref = `${reg.host}/prune/img:1`;
+      await pullImage(store, ref);
+      const paths = imagePaths(join(home, "cache"));
+      // Another process downloading a blob: its lock is held and its .partial must stay.
+      const busy = `sha256:${"ab".repeat(32)}`;
+      await Deno.writeFile(`${paths.blob(busy)}.partial`, new Uint8Array(10));
+      using _held = await lockWait(`${paths.blob(busy)}.lock`, 1000);
+      await Images.remove(ref);
+      const pruned = await Images.prune();
+      assertEquals(pruned.blobs, blobs.length, "the image's two blobs, nothing else");
+      const left = [];
+      for await (const e of Deno.readDir(paths.blobs)) left.push(e.name);
+      assertEquals(left.filter((n) => !n.endsWith(".lock")).sort(), [`${"ab".repeat(32)}.partial`]);
+    });
+  },
+);
