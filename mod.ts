@@ -39,6 +39,7 @@ export type { ExecOptions, ExecStreamOptions, ExitStatus } from "./src/sandbox/s
 export { type ImageChooser, type PatchChooser, SandboxBuilder, type VolumeChooser } from "./src/sandbox/builder.ts";
 export { SandboxHandle } from "./src/sandbox/handle.ts";
 export { SandboxFs } from "./src/sandbox/fs.ts";
+export type { GuestFs } from "./src/agent/fs.ts";
 export type { SandboxStatus } from "./src/sandbox/lifecycle.ts";
 export type {
   ImageSource,
@@ -49,9 +50,9 @@ export type {
   SandboxConfig,
   VolumeMount,
 } from "./src/sandbox/config.ts";
-export { type ExecEvent, type ExecOutput, ExecProcess } from "./src/agent/exec.ts";
+export { type ExecEvent, type ExecOutput, ExecProcess, type ExitStatus as ExecExitStatus } from "./src/agent/exec.ts";
 export type { EntryKind, FsEntry } from "./src/agent/fs.ts";
 export type { SandboxMetrics } from "./src/metrics/snapshot.ts";
 export { Images, type PruneResult, type StoredImage } from "./src/image/images.ts";
 export type { PulledImage, PullEvent, PullOptions, PullPolicy } from "./src/image/pull.ts";
-export type { BasicAuth } from "./src/image/registry.ts";
+export type { BasicAuth, ImageConfig, ImageRuntimeConfig } from "./src/image/registry.ts";

@@ -1,6 +1,6 @@
 /**
  * The whole test suite, as the README's test command runs it: static checks
- * (fmt, lint, types, publish dry-run), the agent's Rust tests, and the Deno
+ * (fmt, lint, types, publish dry-run, `deno doc --lint` of the public API), the agent's Rust tests, and the Deno
  * tests (unit, agent in host mode, e2e with real VMs). Ends with one plain
  * line `N passed, N failed, N skipped` for CI.
  *
@@ -48,6 +48,7 @@ if (!onlyDeno) {
   await single("lint", Deno.execPath(), ["lint"]);
   await single("types", Deno.execPath(), ["check", "mod.ts", "cli.ts", "scripts/", "tests/", "bench/", "src/", "ffi/"]);
   await single("publish dry-run", Deno.execPath(), ["publish", "--dry-run", "--allow-dirty"]);
+  await single("docs of the public API", Deno.execPath(), ["doc", "--lint", "mod.ts", "cli.ts"]);
 
   const cargo = await run("agent (cargo test)", "cargo", ["test", "--locked", "-q"], `${root}agent`);
   for (const m of cargo.matchAll(/test result: \w+\. (\d+) passed; (\d+) failed; (\d+) ignored/g)) {

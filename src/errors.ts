@@ -53,6 +53,7 @@ export class KrunboxError extends Error {
   /** Stable machine-readable code. */
   readonly code: ErrorCode;
 
+  /** An error with a stable `code`; `options.cause` becomes its `cause`. */
   constructor(code: ErrorCode, message: string, options?: KrunboxErrorOptions) {
     super(message, options?.cause === undefined ? undefined : { cause: options.cause });
     this.code = code;
@@ -70,6 +71,7 @@ export class KrunboxError extends Error {
  * ```
  */
 export class NotFoundError extends KrunboxError {
+  /** `kind` is what was looked up (`sandbox`, `image`, `volume`); `what` is its name. */
   constructor(readonly kind: string, readonly what: string, options?: KrunboxErrorOptions) {
     super("NOT_FOUND", `${kind} "${what}" not found`, options);
   }
@@ -85,6 +87,7 @@ export class NotFoundError extends KrunboxError {
  * ```
  */
 export class AlreadyExistsError extends KrunboxError {
+  /** `kind` is what was being created (`sandbox`, …); `what` is the name already taken. */
   constructor(readonly kind: string, readonly what: string, options?: KrunboxErrorOptions) {
     super(
       "ALREADY_EXISTS",
@@ -104,6 +107,7 @@ export class AlreadyExistsError extends KrunboxError {
  * ```
  */
 export class StillRunningError extends KrunboxError {
+  /** `sandbox` names the running sandbox. */
   constructor(readonly sandbox: string, options?: KrunboxErrorOptions) {
     super("STILL_RUNNING", `sandbox "${sandbox}" is running; stop it first`, options);
   }
@@ -119,6 +123,7 @@ export class StillRunningError extends KrunboxError {
  * ```
  */
 export class NotRunningError extends KrunboxError {
+  /** `sandbox` names the sandbox; `status` is its status at the time (e.g. `stopped`, `crashed`, `draining`). */
   constructor(readonly sandbox: string, readonly status: string, options?: KrunboxErrorOptions) {
     super("NOT_RUNNING", `sandbox "${sandbox}" is not running (status: ${status})`, options);
   }
@@ -134,6 +139,7 @@ export class NotRunningError extends KrunboxError {
  * ```
  */
 export class InvalidConfigError extends KrunboxError {
+  /** `field` names the setting (e.g. `cpus`, `volumes.hostPath`); `detail` says what is wrong with it. */
   constructor(readonly field: string, detail: string, options?: KrunboxErrorOptions) {
     super("INVALID_CONFIG", `invalid ${field}: ${detail}`, options);
   }
@@ -151,6 +157,7 @@ export class InvalidConfigError extends KrunboxError {
  * ```
  */
 export class ImageError extends KrunboxError {
+  /** `code` says which image failure it is; `message` says what happened. */
   constructor(
     code:
       | "IMAGE_PULL"
@@ -175,6 +182,7 @@ export class ImageError extends KrunboxError {
  * ```
  */
 export class ExecTimeoutError extends KrunboxError {
+  /** `cmd` is the program; `timeoutMs` the timeout it ran past, in milliseconds. */
   constructor(readonly cmd: string, readonly timeoutMs: number, options?: KrunboxErrorOptions) {
     super("EXEC_TIMEOUT", `"${cmd}" timed out after ${timeoutMs} ms and was killed`, options);
   }
@@ -190,6 +198,7 @@ export class ExecTimeoutError extends KrunboxError {
  * ```
  */
 export class ExecAbortedError extends KrunboxError {
+  /** `cmd` is the program that was aborted. */
   constructor(readonly cmd: string, options?: KrunboxErrorOptions) {
     super("EXEC_ABORTED", `"${cmd}" was aborted and killed`, options);
   }
@@ -215,6 +224,7 @@ export type SpawnFailureKind =
  * ```
  */
 export class ExecSpawnError extends KrunboxError {
+  /** `cmd` is the program; `kind` why it could not start; `errno` the POSIX error name (e.g. `ENOENT`). */
   constructor(
     readonly cmd: string,
     readonly kind: SpawnFailureKind,
@@ -235,6 +245,7 @@ export class ExecSpawnError extends KrunboxError {
  * ```
  */
 export class FsError extends KrunboxError {
+  /** `errno` is the POSIX error name (e.g. `ENOENT`); `path` the guest (or host) path it concerns. */
   constructor(readonly errno: string, readonly path: string, options?: KrunboxErrorOptions) {
     super("FS", `${errno}: ${path}`, options);
   }
@@ -251,6 +262,7 @@ export class FsError extends KrunboxError {
  * ```
  */
 export class BackendUnavailableError extends KrunboxError {
+  /** `backend` is `libkrun` or `qemu`; `missing` says what is absent; `fix` how to get it. */
   constructor(
     readonly backend: string,
     readonly missing: string,
@@ -272,6 +284,7 @@ export class BackendUnavailableError extends KrunboxError {
  * ```
  */
 export class VmCrashedError extends KrunboxError {
+  /** `sandbox` names the sandbox; `logTail` is the end of its console log (may be empty). */
   constructor(readonly sandbox: string, readonly logTail: string, options?: KrunboxErrorOptions) {
     super(
       "VM_CRASHED",
@@ -291,6 +304,7 @@ export class VmCrashedError extends KrunboxError {
  * ```
  */
 export class BootTimeoutError extends KrunboxError {
+  /** `sandbox` names the sandbox; `timeoutMs` is the boot timeout in ms; `logTail` the end of its console log. */
   constructor(
     readonly sandbox: string,
     readonly timeoutMs: number,
@@ -316,6 +330,7 @@ export class BootTimeoutError extends KrunboxError {
  * ```
  */
 export class ProtocolError extends KrunboxError {
+  /** `message` says what broke the protocol. */
   constructor(message: string, options?: KrunboxErrorOptions) {
     super("PROTOCOL", message, options);
   }
@@ -332,6 +347,7 @@ export class ProtocolError extends KrunboxError {
  * ```
  */
 export class AgentError extends KrunboxError {
+  /** `rpcCode` is the JSON-RPC error code; `data` the error's `data` member, if any. */
   constructor(readonly rpcCode: number, message: string, readonly data?: unknown, options?: KrunboxErrorOptions) {
     super("AGENT", `agent error ${rpcCode}: ${message}`, options);
   }
@@ -347,6 +363,7 @@ export class AgentError extends KrunboxError {
  * ```
  */
 export class LibkrunError extends KrunboxError {
+  /** `call` is the libkrun function; `errnoNum` its negative return value (−errno). */
   constructor(readonly call: string, readonly errnoNum: number, options?: KrunboxErrorOptions) {
     super("LIBKRUN", `${call} failed with errno ${-errnoNum}`, options);
   }
@@ -362,6 +379,7 @@ export class LibkrunError extends KrunboxError {
  * ```
  */
 export class StateError extends KrunboxError {
+  /** `message` says what is wrong with the state home and how to fix it. */
   constructor(message: string, options?: KrunboxErrorOptions) {
     super("STATE", message, options);
   }

@@ -42,12 +42,24 @@ export interface ExecSpec {
   readonly signal?: AbortSignal;
 }
 
-/** How a process ended. */
+/**
+ * How a process ended (exported as `ExecExitStatus`).
+ *
+ * @example
+ * ```ts
+ * import { Sandbox } from "@krunbox/krunbox";
+ * await using sb = await Sandbox.builder("job-1").image("/srv/rootfs").create();
+ * const p = await sb.execStream("false");
+ * const { code, signal, success } = await p.exited;
+ * console.log(code, signal, success); // 1 null false
+ * ```
+ */
 export interface ExitStatus {
   /** Exit code, or null when killed by a signal. */
   readonly code: number | null;
   /** The signal that killed it, or null. */
   readonly signal: number | null;
+  /** True when the exit code is 0. */
   readonly success: boolean;
 }
 
@@ -304,8 +316,11 @@ export class ExecProcess implements AsyncIterable<ExecEvent> {
 export interface ExecOutput extends ExitStatus {
   /** stdout decoded as UTF-8 (invalid sequences replaced). */
   readonly stdout: string;
+  /** stderr decoded as UTF-8 (invalid sequences replaced); empty with a tty. */
   readonly stderr: string;
+  /** stdout as raw bytes. */
   readonly stdoutBytes: Uint8Array;
+  /** stderr as raw bytes. */
   readonly stderrBytes: Uint8Array;
 }
 

@@ -16,14 +16,21 @@ export type EntryKind = "file" | "dir" | "symlink" | "fifo" | "socket" | "char" 
 
 /** A guest filesystem entry. */
 export interface FsEntry {
+  /** Last component of `path` (`/` for the root). */
   readonly name: string;
+  /** Absolute guest path. */
   readonly path: string;
+  /** File type (`symlink` for a link itself, unless `stat` follows it). */
   readonly kind: EntryKind;
+  /** Size in bytes (`st_size`). */
   readonly size: number;
   /** Permission bits (`st_mode & 0o7777`). */
   readonly mode: number;
+  /** Owner's numeric user id in the guest. */
   readonly uid: number;
+  /** Owner's numeric group id in the guest. */
   readonly gid: number;
+  /** Last modification time. */
   readonly mtime: Date;
   /** The link text, for symlinks. */
   readonly target?: string;
@@ -66,7 +73,8 @@ function toEntry(raw: Record<string, unknown>): FsEntry {
  * ```
  */
 export class GuestFs {
-  constructor(readonly agent: AgentClient) {}
+  /** @internal Use `Sandbox.fs()`. */
+  constructor(/** @internal */ readonly agent: AgentClient) {}
 
   async #call<R>(method: string, path: string, params: Record<string, unknown>): Promise<R> {
     try {

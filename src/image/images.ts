@@ -23,6 +23,7 @@ export interface PruneResult {
   readonly images: string[];
   /** Layer blobs deleted. */
   readonly blobs: number;
+  /** Bytes on disk freed by deleting those images and blobs. */
   readonly bytesFreed: number;
 }
 

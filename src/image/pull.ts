@@ -60,20 +60,27 @@ export type PullEvent =
 
 /** Options of {@link pullImage}. */
 export interface PullOptions {
+  /** When to contact the registry (default `if-missing`). */
   readonly policy?: PullPolicy;
+  /** Credentials for the registry (used for this pull only, never stored). */
   readonly auth?: BasicAuth;
   /** Plain HTTP (default: only for localhost and 127.0.0.0/8). */
   readonly insecure?: boolean;
+  /** Called with each progress event, in order. */
   readonly onProgress?: (event: PullEvent) => void;
+  /** Aborts the pull. */
   readonly signal?: AbortSignal;
 }
 
 /** A pulled image. */
 export interface PulledImage {
+  /** The canonical reference, e.g. `docker.io/library/alpine:3.20`. */
   readonly reference: string;
+  /** Digest of the platform manifest (`sha256:…`), which identifies the image in the store. */
   readonly manifestDigest: string;
   /** The shared read-only root. */
   readonly lower: string;
+  /** The image config (its runtime defaults are under `config`). */
   readonly config: ImageConfig;
 }
 

@@ -18,11 +18,17 @@ export interface SandboxMetrics {
   readonly memoryLimitBytes: number;
   /** Host memory of the VMM process (RSS). */
   readonly hostRssBytes: number;
+  /** Bytes read from the guest's virtio disks. */
   readonly diskReadBytes: number;
+  /** Bytes written to the guest's virtio disks. */
   readonly diskWriteBytes: number;
+  /** Bytes received on the guest's network interfaces (all but `lo`). */
   readonly netRxBytes: number;
+  /** Bytes sent on the guest's network interfaces (all but `lo`). */
   readonly netTxBytes: number;
+  /** When the sample was taken (host clock). */
   readonly timestamp: Date;
+  /** Milliseconds since the guest booted. */
   readonly uptimeMs: number;
 }
 

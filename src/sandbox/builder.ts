@@ -107,6 +107,7 @@ export class SandboxBuilder {
   readonly #draft: Readonly<Draft>;
   readonly #opts: CreateOptions;
 
+  /** A builder for a sandbox named `name` (checked at once); use `Sandbox.builder(name)`. */
   constructor(name: string, draft: Draft = {}, opts: CreateOptions = {}) {
     this.#draft = Object.freeze({ ...draft, name: validateName(name) });
     this.#opts = Object.freeze({ ...opts });

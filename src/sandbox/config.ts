@@ -23,8 +23,11 @@ export type VolumeMount =
 
 /** A published port. */
 export interface PortMapping {
+  /** Host port (1–65535), bound on 127.0.0.1. */
   readonly host: number;
+  /** Guest port (1–65535) it forwards to. */
   readonly guest: number;
+  /** Transport protocol of the port. */
   readonly protocol: "tcp" | "udp";
 }
 
@@ -48,26 +51,45 @@ export type LogLevel = "error" | "warn" | "info" | "debug" | "trace";
 
 /** The full configuration of a sandbox. */
 export interface SandboxConfig {
+  /** Unique sandbox name: 1–63 letters, digits, `_`, `.`, `-` (see {@link validateName}). */
   readonly name: string;
+  /** The VMM: `auto` (default), `libkrun` or `qemu`. */
   readonly backend: BackendChoice;
+  /** Virtual CPUs, 1–64 (default 1). */
   readonly cpus: number;
+  /** Guest memory in MiB, at least 64 (default 512). */
   readonly memoryMib: number;
+  /** Where the root filesystem comes from. */
   readonly image: ImageSource;
+  /** Environment variables of every process; they override the image's `Env`. */
   readonly env: Readonly<Record<string, string>>;
+  /** The image's command, as argv (default: its `Entrypoint` + `Cmd`); `krunbox run` runs it when given none. */
   readonly entrypoint?: readonly string[];
+  /** Default working directory of processes (default: the image's `WorkingDir`, else `/`). */
   readonly workdir?: string;
+  /** Absolute path of the shell that `Sandbox.shell()` runs (default `/bin/sh`). */
   readonly shell: string;
+  /** Default user of processes, name or uid (default: the image's `User`, else root). */
   readonly user?: string | number;
+  /** The guest's hostname (default: the sandbox name). */
   readonly hostname?: string;
+  /** Scripts by file name, installed executable in `/.msb/scripts` (on PATH). */
   readonly scripts: Readonly<Record<string, string>>;
+  /** Edits applied to the root once, at create, before any process runs. */
   readonly patches: readonly Patch[];
+  /** Mounts in the guest, in order. */
   readonly volumes: readonly VolumeMount[];
+  /** Ports published on the host (network mode `user` only). */
   readonly ports: readonly PortMapping[];
+  /** Network settings (default mode `user`). */
   readonly network: NetworkConfig;
-  /** Size of the writable root disk of OCI images. */
+  /** Size of the writable root disk of OCI images, in MiB (default 4096, sparse). */
   readonly rootDiskMib: number;
+  /** Stop after this many seconds without exec or fs calls (default: never). */
   readonly idleTimeoutSecs?: number;
+  /** Stop this many seconds after boot (default: never). */
   readonly maxDurationSecs?: number;
+  /** Log verbosity of the runner and VMM (default `warn`). */
   readonly logLevel: LogLevel;
 }
 

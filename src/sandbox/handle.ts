@@ -45,12 +45,15 @@ export class SandboxHandle {
     this.stopReason = row.stopReason;
   }
 
+  /** The sandbox's name. */
   readonly name: string;
   /** The status when this handle was read. */
   readonly status: SandboxStatus;
   /** The persisted config, as JSON. */
   readonly configJson: string;
+  /** When the sandbox was created. */
   readonly createdAt: Date;
+  /** When its stored state (status, config, stop reason) last changed. */
   readonly updatedAt: Date;
   /** Why it last stopped (null while running). */
   readonly stopReason: string | null;

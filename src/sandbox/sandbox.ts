@@ -19,16 +19,21 @@ import { getSandbox, listSandboxes, removeSandbox, type SandboxHandle, startSand
 
 /** Options of `execWith`. */
 export interface ExecOptions {
+  /** Arguments after `cmd` (argv[1..]). */
   readonly args?: readonly string[];
   /** Merged over the sandbox's env. */
   readonly env?: Readonly<Record<string, string>>;
+  /** Working directory (default: the sandbox's `workdir`, else `/`). */
   readonly cwd?: string;
   /** User name or uid (default: the sandbox's user). */
   readonly user?: string | number;
+  /** Written to the process's stdin, then closed (strings as UTF-8); without it stdin is /dev/null. */
   readonly stdin?: Uint8Array | string | ReadableStream<Uint8Array>;
   /** Milliseconds; the process group is killed when it passes. */
   readonly timeout?: number;
+  /** Aborting it kills the process group; the call rejects with `ExecAbortedError`. */
   readonly signal?: AbortSignal;
+  /** Run on a pseudo-terminal (`true`: 24 rows × 80 columns); stdout and stderr are merged. */
   readonly tty?: boolean | { rows: number; cols: number };
 }
 
@@ -40,6 +45,7 @@ export interface ExecStreamOptions extends Omit<ExecOptions, "stdin"> {
 
 /** How a sandbox ended. */
 export interface ExitStatus {
+  /** `crashed` when the VM or its runner ended without an orderly stop, else `stopped`. */
   readonly status: "stopped" | "crashed";
   /** True for an orderly stop. */
   readonly success: boolean;
