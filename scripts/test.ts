@@ -2,8 +2,8 @@
  * The whole test suite, as the README's test command runs it: static checks
  * (fmt, lint, types, publish dry-run, `deno doc --lint` of the public API),
  * the agent's Rust tests, and the Deno tests (unit, agent in host mode, e2e
- * with real VMs). Ends with one plain
- * line `N passed, N failed, N skipped` for CI.
+ * with real VMs). Ends with one plain line `N passed, N failed, N skipped`
+ * for CI.
  *
  * Usage: deno task test [deno test args…]   (extra args go to `deno test`,
  * e.g. `deno task test tests/unit` or `--filter exec`).
