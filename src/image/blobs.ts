@@ -104,7 +104,7 @@ async function* chain(...streams: ReadableStream<Uint8Array>[]): AsyncGenerator<
   for (const s of streams) yield* s;
 }
 
-/** A timer that aborts a signal when `touch` is not called for `ms`. */
+/** A timer that aborts a signal when `touch` is not called for `ms` (`pause` stops it until the next `touch`). */
 function stallGuard(ms: number, what: string) {
   const ctl = new AbortController();
   let timer: ReturnType<typeof setTimeout> | undefined;
@@ -116,7 +116,8 @@ function stallGuard(ms: number, what: string) {
     );
   };
   touch();
-  return { signal: ctl.signal, touch, [Symbol.dispose]: () => clearTimeout(timer) };
+  const pause = () => clearTimeout(timer);
+  return { signal: ctl.signal, touch, pause, [Symbol.dispose]: pause };
 }
 
 /**
@@ -214,8 +215,10 @@ async function download(
     let reported = 0;
     for await (const chunk of ReadableStream.from(chain(prefix, body)).pipeThrough(hasher)) {
       signal.throwIfAborted();
-      stall.touch();
+      // Only the registry's silence counts: the time the consumer takes to accept a chunk does not.
+      stall.pause();
       await out.write(chunk);
+      stall.touch();
       const drop = Math.min(skip, chunk.length);
       skip -= drop;
       // Synchronous: a 64 KiB write to the page cache costs less than the hop of an async op.

@@ -71,13 +71,20 @@ export function decoderStream(codec: Codec, what: string, format: string): Trans
   let failure: { reason: unknown } | undefined;
   let wakeReader: (() => void) | undefined;
   let wakeWriter: (() => void) | undefined;
+  // The decoder is freed exactly once, and never under a call still running on the worker thread:
+  // close() while a call runs leaves the freeing to the pull that made the call.
   let closed = false;
-  let inflight: Promise<unknown> = Promise.resolve();
-  // Never free the decoder under a call still running on the worker thread.
+  let running = false;
+  let freed = false;
+  const free = () => {
+    if (!freed) {
+      freed = true;
+      codec.close();
+    }
+  };
   const close = () => {
-    if (closed) return;
     closed = true;
-    inflight.finally(() => codec.close()).catch(() => {});
+    if (!running) free();
   };
   const fail = (reason: unknown) => {
     failure ??= { reason };
@@ -106,6 +113,7 @@ export function decoderStream(codec: Codec, what: string, format: string): Trans
 
   /** Makes `rest` non-empty; false at the end of the input. */
   async function input(): Promise<boolean> {
+    throwIfFailed();
     while (rest.length === 0) {
       throwIfFailed();
       if (queue.length > 0) {
@@ -139,16 +147,25 @@ export function decoderStream(codec: Codec, what: string, format: string): Trans
             close();
             return ctl.close();
           }
-          const step = codec.run(rest, out.subarray(filled));
-          inflight = step;
-          const { consumed, produced } = await step;
+          if (closed) throwIfFailed();
+          running = true;
+          let step: { consumed: number; produced: number };
+          try {
+            step = await codec.run(rest, out.subarray(filled));
+          } finally {
+            running = false;
+            if (closed) free();
+          }
+          throwIfFailed(); // cancelled or aborted during the call
+          const { consumed, produced } = step;
           rest = rest.subarray(consumed);
           filled += produced;
         }
         ctl.enqueue(out.subarray(0, filled));
       } catch (e) {
         close();
-        const error = e instanceof ImageError
+        // An abort's or cancel's own reason passes through as it is (a network error is not a corrupt layer).
+        const error = e instanceof ImageError || (failure && e === failure.reason)
           ? e
           : new ImageError("IMAGE_INVALID", `${what} is not valid ${format}: ${(e as Error).message}`, { cause: e });
         fail(error);

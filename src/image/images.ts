@@ -91,7 +91,8 @@ export class Images {
       if (!e.isDirectory || !/^[0-9a-f]{64}$/.test(e.name)) continue;
       const digest = `sha256:${e.name}`;
       const dir = paths.image(digest);
-      if (keep.has(digest)) {
+      // Locked: being pulled, and perhaps not registered yet.
+      if (keep.has(digest) || isLocked(`${dir}.lock`)) {
         const manifest = await Deno.readTextFile(join(dir, "manifest.json")).then(JSON.parse, () => undefined);
         for (const l of manifest?.layers ?? []) keepBlobs.add(l.digest);
         continue;

@@ -10,7 +10,8 @@
  * @module
  */
 
-const strict = new TextDecoder("utf-8", { fatal: true });
+// ignoreBOM: a leading U+FEFF is part of a name, not a byte-order mark to drop.
+const strict = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
 const enc = new TextEncoder();
 
 /**

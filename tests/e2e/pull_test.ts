@@ -444,7 +444,15 @@ Deno.test(
       await Deno.writeFile(`${paths.blob(busy)}.partial`, new Uint8Array(10));
       using _held = await lockWait(`${paths.blob(busy)}.lock`, 1000);
       await Images.remove(ref);
+      // While a pull holds the image's lock (it may not have registered the image yet), prune leaves it.
+      const manifestDigest = (await pullImage(store, ref)).manifestDigest;
+      await Images.remove(ref);
+      {
+        using _pulling = await lockWait(`${paths.image(manifestDigest)}.lock`, 1000);
+        assertEquals((await Images.prune()).images, []);
+      }
       const pruned = await Images.prune();
+      assertEquals(pruned.images, [manifestDigest]);
       assertEquals(pruned.blobs, blobs.length, "the image's two blobs, nothing else");
       const left = [];
       for await (const e of Deno.readDir(paths.blobs)) left.push(e.name);

@@ -2,6 +2,7 @@ import { assert, assertEquals, assertRejects } from "../util/assert.ts";
 import { ImageError } from "../../src/errors.ts";
 import { gunzip, gunzipEngine } from "../../src/image/gunzip.ts";
 import { unzstd, zstdSupport } from "../../src/image/unzstd.ts";
+import { type Codec, decoderStream } from "../../src/image/decoder.ts";
 import { zstdCompress } from "../util/zstd.ts";
 import { loadIsal } from "../../ffi/isal.ts";
 import { concatBytes } from "../../src/util/bytes.ts";
@@ -156,4 +157,51 @@ Deno.test("unzstd: frames decode byte-exact in any chunking; concatenated frames
       assert(e.message.includes("layer z") && e.message.includes("zstd"), e.message);
     });
   }
+});
+
+Deno.test("decoder: a cancel during a decoder call never lets the decoder run or be freed under it", async (t) => {
+  await t.step("a codec that stops with input left (a zstd frame end)", async () => {
+    let closed = 0;
+    let runsAfterClose = 0;
+    let running = false;
+    const codec: Codec = {
+      async run(input, out) {
+        if (closed) runsAfterClose++;
+        running = true;
+        await new Promise((r) => setTimeout(r, 20));
+        running = false;
+        const n = Math.min(1000, input.length, out.length);
+        return { consumed: n, produced: n };
+      },
+      complete: () => true,
+      close() {
+        assert(!running, "freed while a call was running");
+        closed++;
+      },
+    };
+    const ts = decoderStream(codec, "layer m", "mock");
+    const w = ts.writable.getWriter();
+    w.write(new Uint8Array(1000)).catch(() => {});
+    const r = ts.readable.getReader();
+    await r.read();
+    w.write(new Uint8Array(100_000)).catch(() => {}); // the read-ahead pull starts a call
+    await new Promise((res) => setTimeout(res, 5));
+    await r.cancel(new Error("the tar reader gave up"));
+    await new Promise((res) => setTimeout(res, 100));
+    assertEquals([closed, runsAfterClose], [1, 0]);
+  });
+  await t.step("libzstd, many frames, cancelled after the first chunk", async () => {
+    if (!zstdSupport().ok) return console.log(`skipped: ${zstdSupport().why}`);
+    const frames: Uint8Array[] = [];
+    for (let i = 0; i < 50; i++) {
+      const z = await zstdCompress(sample(40_000, i + 1));
+      if (!z) return console.log("skipped: the zstd CLI is missing (apt-get install zstd)");
+      frames.push(z);
+    }
+    for (let trial = 0; trial < 20; trial++) {
+      const r = ReadableStream.from([concatBytes(frames)]).pipeThrough(unzstd("layer z")).getReader();
+      await r.read();
+      await r.cancel(new Error("the tar reader gave up")); // a use-after-free here crashes the process
+    }
+  });
 });

@@ -25,3 +25,17 @@ Deno.test("names: valid UTF-8 decodes as usual; invalid bytes stay distinct", ()
   // A surrogate encoded in UTF-8 (CESU-style) is not valid UTF-8: its bytes are kept one by one.
   assertEquals(encodeName(decodeName(new Uint8Array([0xed, 0xa0, 0x80]))), new Uint8Array([0xed, 0xa0, 0x80]));
 });
+
+Deno.test("names: a U+FEFF in a name is a character like any other, not a byte-order mark", () => {
+  for (
+    const bytes of [[0xef, 0xbb, 0xbf, 0x61], [0xef, 0xbb, 0xbf], [0xff, 0xef, 0xbb, 0xbf, 0x61], [
+      0x61,
+      0xef,
+      0xbb,
+      0xbf,
+    ]]
+  ) {
+    assertEquals(encodeName(decodeName(new Uint8Array(bytes))), new Uint8Array(bytes));
+  }
+  assert(decodeName(new Uint8Array([0xef, 0xbb, 0xbf, 0x61])) !== "a");
+});
