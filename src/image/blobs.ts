@@ -202,7 +202,10 @@ async function download(
   }
   using stall = stallGuard(stallTimeoutMs(), `layer ${layer.digest}`);
   const signal = AbortSignal.any([stop, stall.signal]);
-  const { body, offset } = await client.blob(layer.digest, { offset: have, signal });
+  // A .partial as long as the blob needs no request: it is checked like any other.
+  const { body, offset } = have > 0 && have === layer.size
+    ? { body: ReadableStream.from<Uint8Array>([]), offset: have }
+    : await client.blob(layer.digest, { offset: have, signal });
   const file = await Deno.open(partial, { write: true, create: true, truncate: offset === 0, append: offset > 0 });
   try {
     // The hash covers the whole blob: what is already on disk goes through it

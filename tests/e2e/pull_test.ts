@@ -197,11 +197,12 @@ Deno.test(
     const { blobs } = await pushLayers(reg, "resume/img:1", [tar]);
     const blob = await Deno.readFile(registryBlob(reg, blobs[0]));
     for (
-      const [what, prefix, fine] of [["good", blob.subarray(0, blob.length >> 1), true], [
-        "bad",
-        text(1000, 9),
-        false,
-      ]] as const
+      const [what, prefix, fine] of [
+        ["half", blob.subarray(0, blob.length >> 1), true],
+        ["whole", blob, true],
+        ["bad", text(1000, 9), false],
+        ["whole but wrong", text(blob.length, 9), false],
+      ] as const
     ) {
       await withHome(async (store, home) => {
         const paths = imagePaths(join(home, "cache"));
