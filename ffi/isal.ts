@@ -14,6 +14,8 @@
  * @module
  */
 
+import { OptionalLibrary } from "./load.ts";
+
 const SYMBOLS = {
   // void isal_inflate_init(struct inflate_state *state)
   isal_inflate_init: { parameters: ["buffer"], result: "void" },
@@ -49,24 +51,23 @@ export const ISAL_BLOCK_FINISH = 5;
 export const ISAL_GZIP = 1;
 
 /**
- * Where {@link loadIsal} looks, in order.
+ * ISA-L as an optional library (`KRUNBOX_LIBISAL_PATH`, then `libisal.so.2`).
  *
  * @example
  * ```ts
- * import { isalCandidates } from "./isal.ts";
- * console.log(isalCandidates());
+ * import { isalLibrary } from "./isal.ts";
+ * console.log(isalLibrary.load() ? isalLibrary.path : isalLibrary.errors());
  * ```
  */
-export function isalCandidates(): string[] {
-  const env = Deno.env.get("KRUNBOX_LIBISAL_PATH");
-  return [...(env ? [env] : []), "libisal.so.2"];
-}
-
-let loaded: { lib?: Isal; tried: string[]; errors: string[] } | undefined;
+export const isalLibrary: OptionalLibrary<typeof SYMBOLS> = new OptionalLibrary(
+  "KRUNBOX_LIBISAL_PATH",
+  "libisal.so.2",
+  SYMBOLS,
+);
 
 /**
  * ISA-L, loaded once; undefined when it cannot be loaded (not installed, or
- * no `--allow-ffi`): see {@link isalLoadErrors} for why.
+ * no `--allow-ffi`): see `isalLibrary.errors()` for why.
  *
  * @example
  * ```ts
@@ -75,31 +76,5 @@ let loaded: { lib?: Isal; tried: string[]; errors: string[] } | undefined;
  * ```
  */
 export function loadIsal(): Isal | undefined {
-  if (!loaded) {
-    loaded = { tried: [], errors: [] };
-    for (const path of isalCandidates()) {
-      loaded.tried.push(path);
-      try {
-        loaded.lib = Deno.dlopen(path, SYMBOLS);
-        break;
-      } catch (e) {
-        loaded.errors.push(`${path}: ${(e as Error).message}`);
-      }
-    }
-  }
-  return loaded.lib;
-}
-
-/**
- * Why {@link loadIsal} found nothing: every path tried, with its error.
- *
- * @example
- * ```ts
- * import { isalLoadErrors, loadIsal } from "./isal.ts";
- * if (!loadIsal()) console.log(isalLoadErrors().join("\n"));
- * ```
- */
-export function isalLoadErrors(): string[] {
-  loadIsal();
-  return loaded!.errors;
+  return isalLibrary.load();
 }

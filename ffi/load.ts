@@ -1,5 +1,9 @@
 /**
- * Finding and loading libkrun. Search order: an explicit path, then
+ * Finding and loading shared libraries: {@link openFirst} (the first of
+ * several candidate paths that opens, with why each other one failed) and
+ * {@link OptionalLibrary} (a library krunbox can do without, opened once).
+ *
+ * libkrun's search order: an explicit path, then
  * `KRUNBOX_LIBKRUN_PATH`, then krunbox's provisioned copy
  * (`$KRUNBOX_HOME/assets/libkrun/libkrun.so.1`), then the system's
  * `libkrun.so.1`. libkrun dlopens `libkrunfw.so.5` itself by soname: the
@@ -43,18 +47,76 @@ export function libkrunCandidates(explicitPath?: string): string[] {
  * ```
  */
 export function loadLibkrun(explicitPath?: string): Libkrun & Disposable {
-  const tried: string[] = [];
-  for (const path of libkrunCandidates(explicitPath)) {
-    try {
-      const lib = Deno.dlopen(path, LIBKRUN_SYMBOLS);
-      return Object.assign(lib, { [Symbol.dispose]: () => lib.close() });
-    } catch (e) {
-      tried.push(`${path}: ${(e as Error).message.split("\n")[0]}`);
-    }
-  }
+  const { lib, errors } = openFirst(libkrunCandidates(explicitPath), LIBKRUN_SYMBOLS);
+  if (lib) return Object.assign(lib, { [Symbol.dispose]: () => lib.close() });
   throw new BackendUnavailableError(
     "libkrun",
-    `libkrun.so.1 could not be loaded; tried:\n  ${tried.join("\n  ")}\n`,
+    `libkrun.so.1 could not be loaded; tried:\n  ${errors.join("\n  ")}\n`,
     "run `./dev setup` to build it, or set KRUNBOX_LIBKRUN_PATH to a libkrun.so.1",
   );
+}
+
+/**
+ * Opens the first of `candidates` that loads; `errors` says, one line
+ * each, why the ones tried before it failed.
+ *
+ * @example
+ * ```ts
+ * import { openFirst } from "./load.ts";
+ * const { lib, path, errors } = openFirst(["/opt/libz.so.1", "libz.so.1"], {});
+ * console.log(lib ? `opened ${path}` : errors.join("\n"));
+ * ```
+ */
+export function openFirst<S extends Deno.ForeignLibraryInterface>(
+  candidates: readonly string[],
+  symbols: S,
+): { lib?: Deno.DynamicLibrary<S>; path?: string; errors: string[] } {
+  const errors: string[] = [];
+  for (const path of candidates) {
+    try {
+      return { lib: Deno.dlopen(path, symbols), path, errors };
+    } catch (e) {
+      errors.push(`${path}: ${(e as Error).message.split("\n")[0]}`);
+    }
+  }
+  return { errors };
+}
+
+/**
+ * A library krunbox works without (or with less): looked for at `$envVar`,
+ * then by `soname`, opened once on first use; `undefined` when it cannot be
+ * loaded (not installed, or no `--allow-ffi`), with {@link errors} saying why.
+ *
+ * @example
+ * ```ts
+ * import { OptionalLibrary } from "./load.ts";
+ * const zlib = new OptionalLibrary("MY_LIBZ_PATH", "libz.so.1", {
+ *   // const char *zlibVersion(void)
+ *   zlibVersion: { parameters: [], result: "pointer" },
+ * });
+ * console.log(zlib.load() ? `zlib at ${zlib.path}` : zlib.errors().join("; "));
+ * ```
+ */
+export class OptionalLibrary<S extends Deno.ForeignLibraryInterface> {
+  #opened?: { lib?: Deno.DynamicLibrary<S>; path?: string; errors: string[] };
+
+  constructor(readonly envVar: string, readonly soname: string, readonly symbols: S) {}
+
+  /** The library, opened on the first call. */
+  load(): Deno.DynamicLibrary<S> | undefined {
+    const env = Deno.env.get(this.envVar);
+    this.#opened ??= openFirst(env ? [env, this.soname] : [this.soname], this.symbols);
+    return this.#opened.lib;
+  }
+
+  /** The path it was opened from (after {@link load}). */
+  get path(): string | undefined {
+    return this.#opened?.path;
+  }
+
+  /** Why {@link load} found nothing: every path tried, with its error. */
+  errors(): string[] {
+    this.load();
+    return this.#opened!.errors;
+  }
 }

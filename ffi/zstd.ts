@@ -11,6 +11,8 @@
  * @module
  */
 
+import { OptionalLibrary } from "./load.ts";
+
 const SYMBOLS = {
   // ZSTD_DStream *ZSTD_createDStream(void)
   ZSTD_createDStream: { parameters: [], result: "pointer" },
@@ -33,24 +35,23 @@ export type Zstd = Deno.DynamicLibrary<typeof SYMBOLS>;
 export const ZSTD_BUFFER = { size: 24, ptr: 0, length: 8, pos: 16 } as const;
 
 /**
- * Where {@link loadZstd} looks, in order.
+ * libzstd as an optional library (`KRUNBOX_LIBZSTD_PATH`, then `libzstd.so.1`).
  *
  * @example
  * ```ts
- * import { zstdCandidates } from "./zstd.ts";
- * console.log(zstdCandidates());
+ * import { zstdLibrary } from "./zstd.ts";
+ * console.log(zstdLibrary.load() ? zstdLibrary.path : zstdLibrary.errors());
  * ```
  */
-export function zstdCandidates(): string[] {
-  const env = Deno.env.get("KRUNBOX_LIBZSTD_PATH");
-  return [...(env ? [env] : []), "libzstd.so.1"];
-}
-
-let loaded: { lib?: Zstd; errors: string[] } | undefined;
+export const zstdLibrary: OptionalLibrary<typeof SYMBOLS> = new OptionalLibrary(
+  "KRUNBOX_LIBZSTD_PATH",
+  "libzstd.so.1",
+  SYMBOLS,
+);
 
 /**
  * libzstd, loaded once; undefined when it cannot be loaded (see
- * {@link zstdLoadErrors}).
+ * `zstdLibrary.errors()`).
  *
  * @example
  * ```ts
@@ -59,30 +60,5 @@ let loaded: { lib?: Zstd; errors: string[] } | undefined;
  * ```
  */
 export function loadZstd(): Zstd | undefined {
-  if (!loaded) {
-    loaded = { errors: [] };
-    for (const path of zstdCandidates()) {
-      try {
-        loaded.lib = Deno.dlopen(path, SYMBOLS);
-        break;
-      } catch (e) {
-        loaded.errors.push(`${path}: ${(e as Error).message}`);
-      }
-    }
-  }
-  return loaded.lib;
-}
-
-/**
- * Why {@link loadZstd} found nothing: every path tried, with its error.
- *
- * @example
- * ```ts
- * import { loadZstd, zstdLoadErrors } from "./zstd.ts";
- * if (!loadZstd()) console.log(zstdLoadErrors().join("\n"));
- * ```
- */
-export function zstdLoadErrors(): string[] {
-  loadZstd();
-  return loaded!.errors;
+  return zstdLibrary.load();
 }

@@ -6,8 +6,9 @@
  * @module
  */
 
-import { loadZstd, zstdCandidates, zstdLoadErrors } from "../ffi/zstd.ts";
-import { isalCandidates, isalLoadErrors, loadIsal } from "../ffi/isal.ts";
+import { zstdLibrary } from "../ffi/zstd.ts";
+import { isalLibrary } from "../ffi/isal.ts";
+import type { OptionalLibrary } from "../ffi/load.ts";
 import { loadLibkrun } from "../ffi/load.ts";
 import { assetPath } from "../src/store/assets.ts";
 import { homeLayout } from "../src/store/home.ts";
@@ -87,25 +88,20 @@ function libkrunLoadable(): Check {
   }
 }
 
-/** ISA-L makes layer decompression ~2.5x faster; pulls work without it. */
-function isalLoadable(): Check {
-  if (loadIsal()) return { name: "ISA-L inflate", ok: true, detail: `${isalCandidates().at(-1)} (image pulls)` };
+/** An optional library: without it krunbox works, with `without` as the consequence. */
+function libraryCheck(
+  name: string,
+  library: OptionalLibrary<Deno.ForeignLibraryInterface>,
+  use: string,
+  without: string,
+  debianPackage: string,
+): Check {
+  if (library.load()) return { name, ok: true, detail: `${library.path} (${use})` };
   return {
-    name: "ISA-L inflate",
+    name,
     ok: false,
-    detail: `not loadable (${isalLoadErrors().join("; ")}); pulls use the slower built-in gunzip`,
-    fix: "apt-get install libisal2, or set KRUNBOX_LIBISAL_PATH to a libisal.so.2",
-  };
-}
-
-/** libzstd reads tar+zstd layers; pulls of gzip images work without it. */
-function zstdLoadable(): Check {
-  if (loadZstd()) return { name: "libzstd", ok: true, detail: `${zstdCandidates().at(-1)} (tar+zstd layers)` };
-  return {
-    name: "libzstd",
-    ok: false,
-    detail: `not loadable (${zstdLoadErrors().join("; ")}); images with zstd layers cannot be pulled`,
-    fix: "apt-get install libzstd1, or set KRUNBOX_LIBZSTD_PATH to a libzstd.so.1",
+    detail: `not loadable (${library.errors().join("; ")}); ${without}`,
+    fix: `apt-get install ${debianPackage}, or set ${library.envVar} to a ${library.soname}`,
   };
 }
 
@@ -134,8 +130,8 @@ async function main(): Promise<number> {
     libkrunfwLoadable(),
     libkrunLoadable(),
     ...qemu,
-    isalLoadable(),
-    zstdLoadable(),
+    libraryCheck("ISA-L inflate", isalLibrary, "image pulls", "pulls use the slower built-in gunzip", "libisal2"),
+    libraryCheck("libzstd", zstdLibrary, "tar+zstd layers", "images with zstd layers cannot be pulled", "libzstd1"),
   ];
   const width = Math.max(...checks.map((c) => c.name.length));
   for (const c of checks) {

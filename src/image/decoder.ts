@@ -147,7 +147,7 @@ export function decoderStream(codec: Codec, what: string, format: string): Trans
             close();
             return ctl.close();
           }
-          if (closed) throwIfFailed();
+          throwIfFailed(); // a cancel may have come while input() resumed
           running = true;
           let step: { consumed: number; produced: number };
           try {

@@ -23,6 +23,7 @@ import { lockWait } from "../store/lock.ts";
 import { parseReference } from "./reference.ts";
 import { type BasicAuth, type Descriptor, type ImageConfig, RegistryClient, type ResolvedImage } from "./registry.ts";
 import { type BlobProgress, StoredBlobDamagedError, streamBlob } from "./blobs.ts";
+import { IN_QUEUE } from "./decoder.ts";
 import { gunzip } from "./gunzip.ts";
 import { unzstd } from "./unzstd.ts";
 import { LowerBuilder } from "./lower.ts";
@@ -86,8 +87,6 @@ export interface PulledImage {
 
 /** Layer downloads running at once. */
 const CONCURRENT_DOWNLOADS = 3;
-/** Bytes a download may run ahead of the tar reader (plain layers). */
-const QUEUE_BYTES = 16 << 20;
 
 async function exists(path: string): Promise<boolean> {
   return await Deno.lstat(path).then(() => true, () => false);
@@ -108,7 +107,7 @@ const LAYER_CODECS: Readonly<Record<string, (what: string) => TransformStream<Ui
   "application/vnd.oci.image.layer.v1.tar": () =>
     new TransformStream<Uint8Array, Uint8Array>(
       undefined,
-      new ByteLengthQueuingStrategy({ highWaterMark: QUEUE_BYTES }),
+      new ByteLengthQueuingStrategy({ highWaterMark: IN_QUEUE }),
     ),
 };
 

@@ -8,7 +8,7 @@
  */
 
 import { ImageError } from "../errors.ts";
-import { loadZstd, type Zstd, ZSTD_BUFFER, zstdLoadErrors } from "../../ffi/zstd.ts";
+import { loadZstd, type Zstd, ZSTD_BUFFER, zstdLibrary } from "../../ffi/zstd.ts";
 import { type Codec, decoderStream } from "./decoder.ts";
 
 function zstdCodec(zstd: Zstd): Codec {
@@ -61,7 +61,7 @@ function zstdCodec(zstd: Zstd): Codec {
  * ```
  */
 export function zstdSupport(): { ok: boolean; why?: string } {
-  return loadZstd() ? { ok: true } : { ok: false, why: `libzstd cannot be loaded: ${zstdLoadErrors().join("; ")}` };
+  return loadZstd() ? { ok: true } : { ok: false, why: `libzstd cannot be loaded: ${zstdLibrary.errors().join("; ")}` };
 }
 
 /**
