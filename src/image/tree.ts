@@ -196,7 +196,7 @@ function newDir(mode: number, mtime: number): Inode {
  *   path: "tmp", name: "tmp/", offset: 0, type: "dir", mode: 0o1777, uid: 0, gid: 0, mtime: 0,
  *   xattrs: new Map(), linkname: "", devmajor: 0, devminor: 0,
  * });
- * console.log(tree.lookup("tmp")?.mode.toString(8)); // "1777"
+ * console.log(tree.root.children!.get("tmp")?.inode.mode.toString(8)); // "1777"
  * ```
  */
 export class LayerTree {
@@ -219,13 +219,6 @@ export class LayerTree {
   /** @param warn called with each warning as it happens (they are also kept in {@link stats}) */
   constructor(warn?: (message: string) => void) {
     this.#warn = warn;
-  }
-
-  /** The inode at a normalized path, or undefined; never follows symlinks. */
-  lookup(path: string): Inode | undefined {
-    let node: Inode | undefined = this.root;
-    for (const part of path === "" ? [] : path.split("/")) node = node?.children?.get(part)?.inode;
-    return node;
   }
 
   #warning(message: string): void {
