@@ -16,6 +16,7 @@
 import { BackendUnavailableError } from "../src/errors.ts";
 import { assetPath } from "../src/store/assets.ts";
 import { LIBKRUN_SYMBOLS } from "./libkrun.ts";
+import { settings } from "../src/settings.ts";
 
 /** A loaded libkrun. Close it (or `using`) to unload. */
 export type Libkrun = Deno.DynamicLibrary<typeof LIBKRUN_SYMBOLS>;
@@ -30,7 +31,7 @@ export type Libkrun = Deno.DynamicLibrary<typeof LIBKRUN_SYMBOLS>;
  * ```
  */
 export function libkrunCandidates(explicitPath?: string): string[] {
-  const env = Deno.env.get("KRUNBOX_LIBKRUN_PATH");
+  const env = settings.libkrunPath();
   return [explicitPath, env, assetPath("libkrun"), "libkrun.so.1"].filter((p): p is string => !!p);
 }
 
@@ -100,11 +101,15 @@ export function openFirst<S extends Deno.ForeignLibraryInterface>(
 export class OptionalLibrary<S extends Deno.ForeignLibraryInterface> {
   #opened?: { lib?: Deno.DynamicLibrary<S>; path?: string; errors: string[] };
 
-  constructor(readonly envVar: string, readonly soname: string, readonly symbols: S) {}
+  constructor(
+    readonly envVar: "KRUNBOX_LIBISAL_PATH" | "KRUNBOX_LIBZSTD_PATH",
+    readonly soname: string,
+    readonly symbols: S,
+  ) {}
 
   /** The library, opened on the first call. */
   load(): Deno.DynamicLibrary<S> | undefined {
-    const env = Deno.env.get(this.envVar);
+    const env = settings.libraryPath(this.envVar);
     this.#opened ??= openFirst(env ? [env, this.soname] : [this.soname], this.symbols);
     return this.#opened.lib;
   }

@@ -14,11 +14,12 @@ import { ImageError, KrunboxError } from "../errors.ts";
 import { lockWait } from "../store/lock.ts";
 import { type Descriptor, digestStream, type RegistryClient } from "./registry.ts";
 import { imagePaths } from "./store.ts";
+import { DEFAULTS, settings } from "../settings.ts";
 
 /** How often (bytes) a download reports progress. */
 const PROGRESS_STEP = 1 << 20;
 /** Give up on a blob another process has been downloading this long. */
-const BLOB_LOCK_WAIT_MS = 30 * 60_000;
+const BLOB_LOCK_WAIT_MS = DEFAULTS.blobLockWaitMs;
 
 /**
  * How long a download may go without a byte before it fails with
@@ -31,8 +32,7 @@ const BLOB_LOCK_WAIT_MS = 30 * 60_000;
  * ```
  */
 export function stallTimeoutMs(): number {
-  const v = Number(Deno.env.get("KRUNBOX_PULL_STALL_MS"));
-  return Number.isFinite(v) && v > 0 ? v : 60_000;
+  return settings.pullStallMs();
 }
 
 /**

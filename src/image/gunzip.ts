@@ -13,6 +13,7 @@
 import { ImageError } from "../errors.ts";
 import { INFLATE_STATE, type Isal, ISAL_BLOCK_FINISH, ISAL_GZIP, loadIsal } from "../../ffi/isal.ts";
 import { type Codec, decoderStream } from "./decoder.ts";
+import { settings } from "../settings.ts";
 
 /**
  * Which inflate {@link gunzip} uses: `"isal"` or `"builtin"`.
@@ -25,7 +26,7 @@ import { type Codec, decoderStream } from "./decoder.ts";
  * ```
  */
 export function gunzipEngine(): "isal" | "builtin" {
-  if (Deno.env.get("KRUNBOX_GUNZIP") === "builtin") return "builtin";
+  if (settings.builtinGunzip()) return "builtin";
   return loadIsal() ? "isal" : "builtin";
 }
 

@@ -37,6 +37,7 @@ import { parseConfig, type SandboxConfig } from "./config.ts";
 import { type PulledImage, pullImage, type PullOptions } from "../image/pull.ts";
 import type { ImageConfig } from "../image/registry.ts";
 import { createUpperDisk } from "../image/upper.ts";
+import { DEFAULTS, settings } from "../settings.ts";
 
 /** The status a reader sees. */
 export type SandboxStatus = "running" | "draining" | "stopped" | "crashed";
@@ -44,16 +45,10 @@ export type SandboxStatus = "running" | "draining" | "stopped" | "crashed";
 /** PATH of guest processes; `/.msb/scripts` holds the builder's scripts. */
 export const GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/.msb/scripts";
 
-/**
- * How long create/start waits for the agent's ready (TCG boots take seconds).
- * `KRUNBOX_BOOT_TIMEOUT_MS` overrides it (slow hosts, tests).
- */
-function bootTimeoutMs(): number {
-  const v = Number(Deno.env.get("KRUNBOX_BOOT_TIMEOUT_MS"));
-  return Number.isFinite(v) && v > 0 ? v : 60_000;
-}
+/** How long create/start waits for the agent's ready (`KRUNBOX_BOOT_TIMEOUT_MS`). */
+const bootTimeoutMs = settings.bootTimeoutMs;
 /** How long to wait for another process holding a sandbox name. */
-const NAME_LOCK_MS = 60_000;
+const NAME_LOCK_MS = DEFAULTS.nameLockMs;
 
 /**
  * Opens the store, creating the state home. A read-only or unusable home is
@@ -268,7 +263,7 @@ export async function vmSpecOf(config: SandboxConfig, root: VmRoot): Promise<VmS
     },
     bootTimeoutMs: bootTimeoutMs(),
     // Advanced: extra guest kernel modules (qemu), e.g. "kvm-amd" for a nested test host.
-    extraModules: Deno.env.get("KRUNBOX_GUEST_MODULES")?.split(",").map((m) => m.trim()).filter(Boolean),
+    extraModules: settings.guestModules(),
     idleTimeoutSecs: config.idleTimeoutSecs,
     maxDurationSecs: config.maxDurationSecs,
     programs,

@@ -7,6 +7,7 @@
 
 import { join } from "node:path";
 import { StateError } from "../errors.ts";
+import { settings } from "../settings.ts";
 
 /**
  * The state home directory (not created).
@@ -18,7 +19,7 @@ import { StateError } from "../errors.ts";
  * ```
  */
 export function krunboxHome(): string {
-  const fromEnv = Deno.env.get("KRUNBOX_HOME");
+  const fromEnv = settings.home();
   if (fromEnv) return fromEnv;
   const home = Deno.env.get("HOME");
   if (!home) throw new StateError("neither KRUNBOX_HOME nor HOME is set; set KRUNBOX_HOME to a writable directory");

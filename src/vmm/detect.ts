@@ -8,6 +8,7 @@
  */
 
 import { InvalidConfigError } from "../errors.ts";
+import { settings } from "../settings.ts";
 
 /** The backends krunbox has. */
 export type BackendKind = "libkrun" | "qemu";
@@ -84,7 +85,7 @@ export interface BackendDecision {
 export function chooseBackend(
   requested: BackendChoice,
   host: HostVirtualization,
-  env: string | undefined = Deno.env.get("KRUNBOX_BACKEND"),
+  env: string | undefined = settings.backend(),
 ): BackendDecision {
   if (requested !== "auto") return { backend: requested, reason: "requested explicitly" };
   if (env !== undefined && env !== "" && env !== "auto") {
