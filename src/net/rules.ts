@@ -207,7 +207,7 @@ function destinationOf(rule: RuleSpec, raw: string, bracketed: boolean): Destina
     return { kind: "ip", ip };
   }
   if (text.includes(":")) fail(rule, `${JSON.stringify(raw)} is not an IPv6 address`);
-  if (/^[\d.]+$/.test(text)) fail(rule, `${JSON.stringify(raw)} is not a valid IPv4 address`);
+  if (/^\d[\d.]*$/.test(text)) fail(rule, `${JSON.stringify(raw)} is not a valid IPv4 address`);
   if (text.startsWith("*.")) fail(rule, `wildcards are written as a suffix: .${text.slice(2)}`);
   if (text.startsWith(".")) {
     const suffix = `.${domainOf(rule, text.slice(1))}`;
@@ -330,11 +330,11 @@ function parseString(rule: string): Rule {
     if (rest !== "" && !rest.startsWith(":")) fail(rule, `unexpected ${JSON.stringify(rest)} after "]"`);
     rest = rest.slice(1);
   } else {
-    if (rest.includes("::")) fail(rule, "an IPv6 address goes in brackets: allow@[ADDRESS]:…");
+    if (/^[0-9a-f:.]*::/i.test(rest)) fail(rule, "an IPv6 address goes in brackets: allow@[ADDRESS]:…");
     const parts = rest.split(":");
     for (let k = Math.min(8, parts.length); k >= 3; k--) {
       const six = canonicalIp(parts.slice(0, k).join(":").split("/")[0]);
-      if (six) fail(rule, `an IPv6 address goes in brackets: [${six}]`);
+      if (six?.includes(":")) fail(rule, `an IPv6 address goes in brackets: [${six}]`);
     }
     const colon = rest.indexOf(":");
     destination = destinationOf(rule, colon < 0 ? rest : rest.slice(0, colon), false);
