@@ -87,12 +87,15 @@ export const DEFAULTS = {
   secretMaxBytes: 16 * 1024,
   /** The most secrets a sandbox can have. */
   secretMaxCount: 64,
-  /** The largest PEM certificate `trustCa` takes, and how many. */
+  /** The largest certificate (DER bytes) `trustCa` takes. */
   trustCaMaxBytes: 16 * 1024,
+  /** The most certificates `trustCa` takes. */
   trustCaMaxCount: 64,
-  /** The most rules, `dns.hosts` entries and upstream resolvers a policy can have. */
+  /** The most rules a policy can have. */
   netMaxRules: 1024,
+  /** The most names `dns({ hosts })` can fix. */
   netMaxDnsHosts: 1024,
+  /** The most resolvers `dns({ upstream })` can name. */
   netMaxUpstreams: 8,
 } as const;
 

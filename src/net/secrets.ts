@@ -125,12 +125,14 @@ const STATES = new WeakMap<SecretBuilder, State>();
  */
 export class SecretBuilder {
   /** An empty secret; `SandboxBuilder.secret(fn)` hands one to `fn`. */
-  constructor(state: State = { hosts: [], patterns: [], inBody: false, inQuery: false }) {
-    STATES.set(this, Object.freeze({ ...state }));
+  constructor() {
+    STATES.set(this, Object.freeze({ hosts: [], patterns: [], inBody: false, inQuery: false }));
   }
 
   #with(patch: Partial<State>): SecretBuilder {
-    return new SecretBuilder({ ...STATES.get(this)!, ...patch });
+    const next = new SecretBuilder();
+    STATES.set(next, Object.freeze({ ...STATES.get(this)!, ...patch }));
+    return next;
   }
 
   /** The guest environment variable that holds the placeholder. */
@@ -285,5 +287,6 @@ export function secretValues(
 ): { secret: SecretConfig; value: string }[] {
   const missing = secrets.filter((s) => values?.get(s.env) === undefined).map((s) => s.env);
   if (missing.length > 0) throw new SecretUnavailableError(sandbox, missing);
-  return secrets.map((secret) => ({ secret, value: values!.get(secret.env)! }));
+  // Checked again where the value leaves for netd: it goes into HTTP headers.
+  return secrets.map((secret) => ({ secret, value: value(values!.get(secret.env), secret.env) }));
 }

@@ -109,6 +109,9 @@ Deno.test("engine: the value goes only into the netd line; without it compiling 
   assert(line.includes(cfg.secrets[0].placeholder));
   assertThrows(() => compileNetd(cfg, undefined, PLACE), SecretUnavailableError);
   assertThrows(() => compileNetd(cfg, new Map([["OTHER", "x"]]), PLACE), SecretUnavailableError);
+  // A value that did not come through SecretBuilder is checked again on its way out (it goes into HTTP headers).
+  assertThrows(() => compileNetd(cfg, new Map([["TOKEN", "tok\r\nX-Injected: 1"]]), PLACE), InvalidConfigError);
+  assertThrows(() => compileNetd(cfg, new Map([["TOKEN", ""]]), PLACE), InvalidConfigError);
   // No secrets: an empty list (netd intercepts no TLS at all).
   const plain = compileNetd(new SandboxBuilder("p").image("/r").build(), undefined, PLACE);
   assertEquals([plain.secrets, plain.policy.rules.map((r) => r.id)], [[], ["allow@public"]]);
