@@ -1,0 +1,256 @@
+/**
+ * Starting and ending a sandbox's runner: the one boot path shared by
+ * create and start (root → config → VM spec → stored row → runner), the
+ * runner process itself (its ready line, its stdio), and killing it.
+ *
+ * @module
+ */
+
+import { AgentClient } from "../agent/client.ts";
+import {
+  AlreadyExistsError,
+  BackendUnavailableError,
+  BootTimeoutError,
+  KrunboxError,
+  StillRunningError,
+  VmCrashedError,
+} from "../errors.ts";
+import type { PullOptions } from "../image/pull.ts";
+import type { SandboxRow, Store, StoredStatus } from "../store/db.ts";
+import { homeLayout } from "../store/home.ts";
+import { isLocked } from "../store/lock.ts";
+import { openStore } from "../store/open.ts";
+import type { SandboxPaths } from "../vmm/backend.ts";
+import type { RunnerEvent } from "../vmm/runner.ts";
+import { logTail } from "../util/logs.ts";
+import { settings } from "../settings.ts";
+import { parseConfig, type SandboxConfig } from "./config.ts";
+import { prepareRoot, vmSpecOf, withImageDefaults } from "./spec.ts";
+import { deleteState, isLive, pathsOf, reconcile, requireRow, withNameLock } from "./state.ts";
+
+/** A launched runner: its ready event and a client connected to its relay. */
+export interface Launched {
+  /** A client connected to the runner's relay. */
+  readonly agent: AgentClient;
+  /** The runner process (attached launches keep its stdin: the lifeline). */
+  readonly runner: Deno.ChildProcess;
+  /** The runner's ready line. */
+  readonly ready: Extract<RunnerEvent, { event: "ready" }>;
+}
+
+/** A booted sandbox: its runner and the config it runs (with the image's defaults). */
+export interface Booted {
+  /** The runner, ready. */
+  readonly launched: Launched;
+  /** The config as stored. */
+  readonly config: SandboxConfig;
+}
+
+/**
+ * Creates the stored sandbox and its directory, then boots it. With
+ * `replace`, an existing sandbox of that name is killed and removed first.
+ * Anything that fails leaves no trace of the new sandbox.
+ *
+ * @example
+ * ```ts
+ * import { createAndLaunch } from "./launch.ts";
+ * import { parseConfig } from "./config.ts";
+ * const { launched } = await createAndLaunch(parseConfig({ name: "a", image: { kind: "dir", path: "/srv/root" } }), false, false);
+ * await launched.agent.request("runner.stop", {});
+ * ```
+ */
+export async function createAndLaunch(
+  requested: SandboxConfig,
+  detached: boolean,
+  replace: boolean,
+  pull: PullOptions = {},
+): Promise<Booted> {
+  using store = await openStore();
+  return await withNameLock(requested.name, async () => {
+    const existing = store.get(requested.name);
+    if (existing) {
+      if (!replace) throw new AlreadyExistsError("sandbox", requested.name);
+      await killRunner(store, existing);
+      await deleteState(store, requested.name);
+    }
+    await Deno.mkdir(pathsOf(requested.name).dir, { recursive: true });
+    try {
+      return await boot(store, requested, { fresh: true, detached, pull });
+    } catch (e) {
+      await deleteState(store, requested.name).catch(() => {});
+      throw e;
+    }
+  });
+}
+
+/**
+ * Boots a stopped (or crashed) sandbox from its persisted config.
+ *
+ * @example
+ * ```ts
+ * import { relaunch } from "./launch.ts";
+ * const { launched } = await relaunch("job-1", true);
+ * console.log(launched.ready.vmmPid);
+ * ```
+ */
+export async function relaunch(name: string, detached: boolean): Promise<Booted> {
+  using store = await openStore();
+  return await withNameLock(name, async () => {
+    const row = requireRow(store, name);
+    if (isLive(reconcile(store, row))) throw new StillRunningError(name);
+    const config = parseConfig(JSON.parse(row.config));
+    return await boot(store, config, { fresh: false, detached, pull: { policy: "if-missing" } });
+  });
+}
+
+/** How {@link boot} runs: for a new sandbox (create) or a stored one (start). */
+interface BootPlan {
+  /** True at create: the image's defaults join the config, and the row is inserted. */
+  readonly fresh: boolean;
+  readonly detached: boolean;
+  readonly pull: PullOptions;
+}
+
+/**
+ * The one boot sequence, under the name lock: root, config, VM spec,
+ * stored row, runner. A fresh sandbox's caller deletes everything on
+ * failure; a stored one is marked crashed when its runner fails to start.
+ */
+async function boot(store: Store, requested: SandboxConfig, plan: BootPlan): Promise<Booted> {
+  const name = requested.name;
+  const paths = pathsOf(name);
+  const { root, image } = await prepareRoot(store, requested, paths, plan.pull);
+  const config = plan.fresh && image ? withImageDefaults(requested, image.config) : requested;
+  const spec = await vmSpecOf(config, root);
+  await Deno.writeTextFile(paths.vmSpec, JSON.stringify(spec, null, 1));
+  if (plan.fresh) {
+    if (!store.insert(name, JSON.stringify(config), "creating", plan.detached)) {
+      throw new AlreadyExistsError("sandbox", name);
+    }
+    store.update(name, { backend: spec.backend });
+    if (image) store.setSandboxImage(name, image.manifestDigest);
+  } else {
+    store.update(name, { status: "creating", stopReason: null, detached: plan.detached });
+  }
+  try {
+    return { launched: await launchRunner(paths, name, plan.detached), config };
+  } catch (e) {
+    if (!plan.fresh) store.update(name, { status: "crashed", stopReason: `start failed: ${(e as Error).message}` });
+    throw e;
+  }
+}
+
+/**
+ * Starts the runner of a sandbox whose `vm.json` is written, waits for its
+ * ready event and connects to its relay.
+ *
+ * @example
+ * ```ts
+ * import { launchRunner } from "./launch.ts";
+ * import { pathsOf } from "./state.ts";
+ * const { agent } = await launchRunner(pathsOf("job-1"), "job-1", false);
+ * await agent.request("runner.stop", {});
+ * ```
+ */
+export async function launchRunner(paths: SandboxPaths, name: string, detached: boolean): Promise<Launched> {
+  const runnerUrl = new URL("../vmm/runner.ts", import.meta.url).href;
+  const runner = new Deno.Command(Deno.execPath(), {
+    args: ["run", "--allow-all", "--no-prompt", runnerUrl, paths.dir, detached ? "detached" : "attached"],
+    stdin: detached ? "null" : "piped",
+    stdout: "piped",
+    stderr: "inherit",
+    detached,
+    env: { KRUNBOX_HOME: homeLayout().root },
+  }).spawn();
+  const line = await firstLine(runner.stdout);
+  let event: RunnerEvent | undefined;
+  try {
+    event = line ? JSON.parse(line) : undefined;
+  } catch {
+    event = undefined;
+  }
+  // Keep draining the runner's stdout so it never blocks on a full pipe.
+  runner.stdout.pipeTo(new WritableStream()).catch(() => {});
+  if (!event || event.event !== "ready") {
+    const status = await Promise.race([
+      runner.status,
+      new Promise<undefined>((r) => setTimeout(() => r(undefined), 2000)),
+    ]);
+    if (!status) runner.kill("SIGKILL");
+    if (event?.event === "failed") throw runnerError(event, name, settings.bootTimeoutMs());
+    const tail = [await logTail(paths.runnerLog, 5), await logTail(paths.consoleLog, 10)].filter(Boolean).join("\n");
+    throw new BackendUnavailableError(
+      "runner",
+      `the runner of "${name}" exited before the VM was ready${tail ? `; its logs end with:\n${tail}\n` : ""}`,
+      `see ${paths.runnerLog} and run \`./dev doctor\``,
+    );
+  }
+  let agent: AgentClient;
+  try {
+    agent = await AgentClient.connect(paths.agentSocket, { timeoutMs: 10_000 });
+  } catch (e) {
+    runner.kill("SIGKILL");
+    throw e;
+  }
+  if (detached) runner.unref();
+  return { agent, runner, ready: event };
+}
+
+/**
+ * Kills a sandbox's runner if it is alive and waits for its lock to drop.
+ *
+ * @example
+ * ```ts
+ * import { killRunner } from "./launch.ts";
+ * import { requireRow } from "./state.ts";
+ * import { openStore } from "../store/open.ts";
+ * using store = await openStore();
+ * await killRunner(store, requireRow(store, "job-1"));
+ * ```
+ */
+export async function killRunner(store: Store, row: SandboxRow): Promise<void> {
+  const paths = pathsOf(row.name);
+  if (!isLocked(paths.runnerLock)) return;
+  try {
+    await using agent = await AgentClient.connect(paths.agentSocket, { timeoutMs: 5000 });
+    await agent.request("runner.kill", {}).catch(() => {});
+  } catch {
+    // the relay is not answering: nothing more we can do politely
+  }
+  const end = Date.now() + 10_000;
+  while (isLocked(paths.runnerLock) && Date.now() < end) await new Promise((r) => setTimeout(r, 20));
+  if (isLocked(paths.runnerLock)) throw new StillRunningError(row.name);
+  const fresh = store.get(row.name);
+  if (fresh && (fresh.status as StoredStatus) !== "stopped") reconcile(store, fresh);
+}
+
+function runnerError(e: Extract<RunnerEvent, { event: "failed" }>, name: string, timeoutMs: number): KrunboxError {
+  switch (e.code) {
+    case "BOOT_TIMEOUT":
+      return new BootTimeoutError(name, timeoutMs, e.message);
+    case "VM_CRASHED":
+      return new VmCrashedError(name, e.message);
+    case "STILL_RUNNING":
+      return new StillRunningError(name);
+    case "BACKEND_UNAVAILABLE":
+      return new KrunboxError("BACKEND_UNAVAILABLE", e.message);
+    default:
+      return new KrunboxError(e.code as KrunboxError["code"], e.message);
+  }
+}
+
+async function firstLine(stream: ReadableStream<Uint8Array>): Promise<string | undefined> {
+  const reader = stream.pipeThrough(new TextDecoderStream()).getReader();
+  let buf = "";
+  try {
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) return buf || undefined;
+      buf += value;
+      const nl = buf.indexOf("\n");
+      if (nl >= 0) return buf.slice(0, nl);
+    }
+  } finally {
+    reader.releaseLock();
+  }
+}
