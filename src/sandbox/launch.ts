@@ -3,6 +3,11 @@
  * create and start (root → config → VM spec → stored row → runner), the
  * runner process itself (its ready line, its stdio), and killing it.
  *
+ * A runner never keeps its starter's stdio: its stderr goes to the
+ * sandbox's `runner.log` and its stdout is a pipe the starter reads only
+ * for the ready line, so a caller capturing the starter's output (a shell's
+ * `$(…)`, `Deno.Command#output()`) is not held open by a detached sandbox.
+ *
  * @module
  */
 
@@ -141,6 +146,15 @@ async function boot(store: Store, requested: SandboxConfig, plan: BootPlan): Pro
 }
 
 /**
+ * The shell line that starts the runner with its stderr appended to
+ * `runner.log` (`$0`), the rest of its arguments being the runner's command.
+ * Deno's spawn can only inherit, pipe or discard a child's stdio; a pipe
+ * would break when a detached runner's starter exits, and discarding would
+ * lose a crashing runner's last words, which the starter quotes.
+ */
+const STDERR_TO_LOG = 'exec "$@" 2>>"$0"';
+
+/**
  * Starts the runner of a sandbox whose `vm.json` is written, waits for its
  * ready event and connects to its relay.
  *
@@ -154,11 +168,13 @@ async function boot(store: Store, requested: SandboxConfig, plan: BootPlan): Pro
  */
 export async function launchRunner(paths: SandboxPaths, name: string, detached: boolean): Promise<Launched> {
   const runnerUrl = new URL("../vmm/runner.ts", import.meta.url).href;
-  const runner = new Deno.Command(Deno.execPath(), {
-    args: ["run", "--allow-all", "--no-prompt", runnerUrl, paths.dir, detached ? "detached" : "attached"],
+  const runnerArgs = ["run", "--allow-all", "--no-prompt", runnerUrl, paths.dir, detached ? "detached" : "attached"];
+  const runner = new Deno.Command("/bin/sh", {
+    args: ["-c", STDERR_TO_LOG, paths.runnerLog, Deno.execPath(), ...runnerArgs],
+    // Attached: stdin is the lifeline (EOF: the owner is gone). Detached: nothing of ours.
     stdin: detached ? "null" : "piped",
     stdout: "piped",
-    stderr: "inherit",
+    stderr: "null",
     detached,
     env: { KRUNBOX_HOME: homeLayout().root },
   }).spawn();
