@@ -15,6 +15,7 @@ import { parseConfig, type SandboxConfig } from "./config.ts";
 import { killRunner, relaunch } from "./launch.ts";
 import type { Sandbox } from "./sandbox.ts";
 import { pathsOf, reconcile, removeSandbox, requireRow, type SandboxStatus } from "./state.ts";
+import { DEFAULTS } from "../settings.ts";
 
 /**
  * A stored sandbox.
@@ -103,7 +104,7 @@ export class SandboxHandle {
 
   async #connectAgent(): Promise<AgentClient> {
     try {
-      return await AgentClient.connect(pathsOf(this.name).agentSocket, { timeoutMs: 10_000 });
+      return await AgentClient.connect(pathsOf(this.name).agentSocket, { timeoutMs: DEFAULTS.relayConnectMs });
     } catch (cause) {
       using store = await openStore();
       throw new NotRunningError(this.name, reconcile(store, requireRow(store, this.name)), { cause });

@@ -28,7 +28,7 @@ import { openStore } from "../store/open.ts";
 import type { SandboxPaths } from "../vmm/backend.ts";
 import type { RunnerEvent } from "../vmm/runner.ts";
 import { logTail } from "../util/logs.ts";
-import { settings } from "../settings.ts";
+import { DEFAULTS, settings } from "../settings.ts";
 import { parseConfig, type SandboxConfig } from "./config.ts";
 import { prepareRoot, vmSpecOf, withImageDefaults } from "./spec.ts";
 import { deleteState, isLive, pathsOf, reconcile, requireRow, withNameLock } from "./state.ts";
@@ -190,7 +190,7 @@ export async function launchRunner(paths: SandboxPaths, name: string, detached: 
   if (!event || event.event !== "ready") {
     const status = await Promise.race([
       runner.status,
-      new Promise<undefined>((r) => setTimeout(() => r(undefined), 2000)),
+      new Promise<undefined>((r) => setTimeout(() => r(undefined), DEFAULTS.runnerExitMs)),
     ]);
     if (!status) runner.kill("SIGKILL");
     if (event?.event === "failed") throw runnerError(event, name, settings.bootTimeoutMs());
@@ -203,7 +203,7 @@ export async function launchRunner(paths: SandboxPaths, name: string, detached: 
   }
   let agent: AgentClient;
   try {
-    agent = await AgentClient.connect(paths.agentSocket, { timeoutMs: 10_000 });
+    agent = await AgentClient.connect(paths.agentSocket, { timeoutMs: DEFAULTS.relayConnectMs });
   } catch (e) {
     runner.kill("SIGKILL");
     throw e;
@@ -228,12 +228,12 @@ export async function killRunner(store: Store, row: SandboxRow): Promise<void> {
   const paths = pathsOf(row.name);
   if (!isLocked(paths.runnerLock)) return;
   try {
-    await using agent = await AgentClient.connect(paths.agentSocket, { timeoutMs: 5000 });
+    await using agent = await AgentClient.connect(paths.agentSocket, { timeoutMs: DEFAULTS.killConnectMs });
     await agent.request("runner.kill", {}).catch(() => {});
   } catch {
     // the relay is not answering: nothing more we can do politely
   }
-  const end = Date.now() + 10_000;
+  const end = Date.now() + DEFAULTS.killWaitMs;
   while (isLocked(paths.runnerLock) && Date.now() < end) await new Promise((r) => setTimeout(r, 20));
   if (isLocked(paths.runnerLock)) throw new StillRunningError(row.name);
   const fresh = store.get(row.name);
