@@ -3,10 +3,11 @@
  * create and start (root → config → VM spec → stored row → runner), the
  * runner process itself (its ready line, its stdio), and killing it.
  *
- * A runner never keeps its starter's stdio: its stderr goes to the
- * sandbox's `runner.log` and its stdout is a pipe the starter reads only
- * for the ready line, so a caller capturing the starter's output (a shell's
- * `$(…)`, `Deno.Command#output()`) is not held open by a detached sandbox.
+ * A runner keeps nothing of its starter's: its stderr goes to the
+ * sandbox's `runner.log`, its stdout is a pipe the starter reads only for the
+ * ready line, and no other descriptor is inherited, so a caller capturing
+ * the starter's output (a shell's `$(…)`, `Deno.Command#output()`) is not
+ * held open by a detached sandbox.
  *
  * @module
  */
@@ -146,13 +147,32 @@ async function boot(store: Store, requested: SandboxConfig, plan: BootPlan): Pro
 }
 
 /**
- * The shell line that starts the runner with its stderr appended to
- * `runner.log` (`$0`), the rest of its arguments being the runner's command.
- * Deno's spawn can only inherit, pipe or discard a child's stdio; a pipe
- * would break when a detached runner's starter exits, and discarding would
- * lose a crashing runner's last words, which the starter quotes.
+ * The shell script that starts the runner (`"$@"`) with nothing of its
+ * starter's but what it is given: stderr appended to `runner.log` (`$0`),
+ * and every other inherited descriptor above 2 closed — a caller's own
+ * inherited descriptors without close-on-exec (a pipe a test harness or a
+ * shell's `$(…)` waits on) would otherwise stay open in the runner, and in
+ * qemu and virtiofsd after it, for the sandbox's whole life. Deno's spawn
+ * can only inherit, pipe or discard stdio and closes nothing else, hence a
+ * shell; bash, because dash cannot name a descriptor above 9. A node IPC
+ * channel the caller may have is not the runner's either.
  */
-const STDERR_TO_LOG = 'exec "$@" 2>>"$0"';
+const RUNNER_EXEC = `exec 2>>"$0" || exit 70
+for fd in /proc/self/fd/*; do
+  fd=\${fd##*/}
+  if [ "$fd" -gt 2 ] && { [ -n "$BASH_VERSION" ] || [ "$fd" -lt 10 ]; }; then eval "exec $fd>&-"; fi
+done
+unset NODE_CHANNEL_FD
+exec "$@"`;
+
+/** bash where it exists (every Debian system), else sh, which closes only descriptors 3–9. */
+const RUNNER_SHELL = (() => {
+  try {
+    return Deno.statSync("/bin/bash").isFile ? "/bin/bash" : "/bin/sh";
+  } catch {
+    return "/bin/sh";
+  }
+})();
 
 /**
  * Starts the runner of a sandbox whose `vm.json` is written, waits for its
@@ -169,8 +189,8 @@ const STDERR_TO_LOG = 'exec "$@" 2>>"$0"';
 export async function launchRunner(paths: SandboxPaths, name: string, detached: boolean): Promise<Launched> {
   const runnerUrl = new URL("../vmm/runner.ts", import.meta.url).href;
   const runnerArgs = ["run", "--allow-all", "--no-prompt", runnerUrl, paths.dir, detached ? "detached" : "attached"];
-  const runner = new Deno.Command("/bin/sh", {
-    args: ["-c", STDERR_TO_LOG, paths.runnerLog, Deno.execPath(), ...runnerArgs],
+  const runner = new Deno.Command(RUNNER_SHELL, {
+    args: ["-c", RUNNER_EXEC, paths.runnerLog, Deno.execPath(), ...runnerArgs],
     // Attached: stdin is the lifeline (EOF: the owner is gone). Detached: nothing of ours.
     stdin: detached ? "null" : "piped",
     stdout: "piped",

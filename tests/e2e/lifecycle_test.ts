@@ -87,11 +87,14 @@ Deno.test(
     assert(await within(leaky, 10_000), "output() returns once that child is gone");
     await Deno.remove(pidFile);
 
-    // The creator pipes both streams to us and ends on its own (no Deno.exit),
-    // through createDetached() and through create() + detach().
+    // The creator pipes both streams to us, holds one more copy of its stderr
+    // on fd 12 without close-on-exec (as a caller's inherited descriptor would
+    // be), and ends on its own (no Deno.exit); through createDetached() and
+    // through create() + detach().
+    const creatorTs = new URL("./fixtures/creator.ts", import.meta.url).pathname;
     for (const [name, mode] of [["freed", "detached"], ["freed-later", "detach-later"]]) {
-      const creator = new Deno.Command(Deno.execPath(), {
-        args: ["run", "-A", new URL("./fixtures/creator.ts", import.meta.url).pathname, name, root, mode, "return"],
+      const creator = new Deno.Command("/bin/bash", {
+        args: ["-c", 'exec "$@" 12>&2', "bash", Deno.execPath(), "run", "-A", creatorTs, name, root, mode, "return"],
         env: { KRUNBOX_HOME: testHome, KRUNBOX_BACKEND: "qemu" },
         stdin: "null",
         stdout: "piped",
