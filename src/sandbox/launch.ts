@@ -166,13 +166,13 @@ unset NODE_CHANNEL_FD
 exec "$@"`;
 
 /** bash where it exists (every Debian system), else sh, which closes only descriptors 3–9. */
-const RUNNER_SHELL = (() => {
+function runnerShell(): string {
   try {
     return Deno.statSync("/bin/bash").isFile ? "/bin/bash" : "/bin/sh";
   } catch {
     return "/bin/sh";
   }
-})();
+}
 
 /**
  * Starts the runner of a sandbox whose `vm.json` is written, waits for its
@@ -189,7 +189,7 @@ const RUNNER_SHELL = (() => {
 export async function launchRunner(paths: SandboxPaths, name: string, detached: boolean): Promise<Launched> {
   const runnerUrl = new URL("../vmm/runner.ts", import.meta.url).href;
   const runnerArgs = ["run", "--allow-all", "--no-prompt", runnerUrl, paths.dir, detached ? "detached" : "attached"];
-  const runner = new Deno.Command(RUNNER_SHELL, {
+  const runner = new Deno.Command(runnerShell(), {
     args: ["-c", RUNNER_EXEC, paths.runnerLog, Deno.execPath(), ...runnerArgs],
     // Attached: stdin is the lifeline (EOF: the owner is gone). Detached: nothing of ours.
     stdin: detached ? "null" : "piped",
