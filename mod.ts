@@ -47,7 +47,7 @@ export {
 export { SandboxHandle } from "./src/sandbox/handle.ts";
 export { SandboxFs } from "./src/sandbox/fs.ts";
 export type { GuestFs } from "./src/agent/fs.ts";
-export type { SandboxStatus } from "./src/sandbox/lifecycle.ts";
+export type { SandboxStatus } from "./src/sandbox/state.ts";
 export type {
   ImageSource,
   LogLevel,

@@ -73,6 +73,14 @@ export const DEFAULTS = {
   bootTimeoutMs: 60_000,
   /** How long to wait for another process holding a sandbox name. */
   nameLockMs: 60_000,
+  /** How long a host client waits to connect to a sandbox runner's relay. */
+  relayConnectMs: 10_000,
+  /** How long a runner that failed to boot gets to exit before it is killed. */
+  runnerExitMs: 2_000,
+  /** How long `kill` waits for the relay to take its request before going on without it. */
+  killConnectMs: 5_000,
+  /** How long `kill` waits for the runner to let go of its lock. */
+  killWaitMs: 10_000,
   /** How long a download may go without a byte. */
   pullStallMs: 60_000,
   /** Give up on a blob another process has been downloading this long. */

@@ -18,11 +18,12 @@ import {
   validateName,
   type VolumeMount,
 } from "./config.ts";
-import { createAndLaunch } from "./lifecycle.ts";
-import { InvalidConfigError } from "../errors.ts";
+import { createAndLaunch } from "./launch.ts";
+import { applyRootEdits } from "./patches.ts";
+import { InvalidConfigError, StateError } from "../errors.ts";
 import type { PullEvent, PullPolicy } from "../image/pull.ts";
 import type { BasicAuth } from "../image/registry.ts";
-import { Sandbox } from "./sandbox.ts";
+import type { Sandbox } from "./sandbox.ts";
 import { NETWORK_DEFAULTS, NetworkBuilder, parseNetwork } from "../net/policy.ts";
 import { DEFAULT_BIND } from "../net/ports.ts";
 import { newPlaceholder, SecretBuilder, secretEnv, type SecretSpec, secretSpec } from "../net/secrets.ts";
@@ -31,6 +32,12 @@ type Draft = { -readonly [K in keyof SandboxConfig]?: SandboxConfig[K] };
 
 /** How `create()` behaves; not part of the persisted config (credentials never are). */
 interface CreateOptions {
+  /**
+   * The class `create()` returns, given by `Sandbox.builder()`: sandbox.ts
+   * imports this module, so this one takes the class instead of importing it
+   * back (no import cycle).
+   */
+  readonly sandbox?: typeof Sandbox;
   readonly replace?: boolean;
   readonly pullPolicy?: PullPolicy;
   readonly auth?: BasicAuth;
@@ -124,7 +131,11 @@ export class SandboxBuilder {
   readonly #draft: Readonly<Draft>;
   readonly #opts: CreateOptions;
 
-  /** A builder for a sandbox named `name` (checked at once); use `Sandbox.builder(name)`. */
+  /**
+   * A builder for a sandbox named `name` (checked at once); use
+   * `Sandbox.builder(name)`: a builder made here can `build()` a config but
+   * not `create()` one.
+   */
   constructor(name: string, draft: Draft = {}, opts: CreateOptions = {}) {
     this.#draft = Object.freeze({ ...draft, name: validateName(name) });
     this.#opts = Object.freeze({ ...opts });
@@ -398,54 +409,20 @@ export class SandboxBuilder {
   }
 
   async #create(detached: boolean): Promise<Sandbox> {
+    const sandbox = this.#opts.sandbox;
+    if (!sandbox) throw new StateError("this builder was made with `new SandboxBuilder`: use `Sandbox.builder(name)`");
     const { launched, config } = await createAndLaunch(this.build(), detached, this.#opts.replace ?? false, {
       policy: this.#opts.pullPolicy,
       auth: this.#opts.auth,
       onProgress: this.#opts.onPull,
     });
-    const sb = Sandbox.fromLaunch(config, launched, !detached);
+    const sb = sandbox.fromLaunch(config, launched, !detached);
     try {
-      await applyPatches(sb, config.patches);
-      await installScripts(sb, config);
+      await applyRootEdits(sb.fs(), config);
     } catch (e) {
       await sb.kill().catch(() => {});
       throw e;
     }
     return sb;
   }
-}
-
-async function applyPatches(sb: Sandbox, patches: readonly Patch[]): Promise<void> {
-  const fs = sb.fs();
-  for (const p of patches) {
-    switch (p.op) {
-      case "text":
-        await fs.write(p.path, p.content, { mode: p.mode ?? 0o644 });
-        break;
-      case "append":
-        await fs.write(p.path, p.content, { append: true });
-        break;
-      case "copy":
-        await fs.copyFromHost(p.hostPath, p.path);
-        break;
-      case "mkdir":
-        await fs.mkdir(p.path, { mode: p.mode ?? 0o755 });
-        break;
-      case "symlink":
-        await fs.symlink(p.target, p.path);
-        break;
-      case "remove":
-        if (!(await fs.exists(p.path))) break;
-        if ((await fs.stat(p.path)).kind === "dir") await fs.removeDir(p.path);
-        else await fs.remove(p.path);
-        break;
-    }
-  }
-}
-
-async function installScripts(sb: Sandbox, config: SandboxConfig): Promise<void> {
-  const names = Object.keys(config.scripts);
-  if (names.length === 0) return;
-  await sb.fs().mkdir("/.msb/scripts");
-  for (const name of names) await sb.fs().write(`/.msb/scripts/${name}`, config.scripts[name], { mode: 0o755 });
 }

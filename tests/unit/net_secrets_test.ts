@@ -3,7 +3,9 @@ import { assert, assertEquals, assertRejects, assertThrows } from "../util/asser
 import { SecretBuilder, secretSpec, secretValues } from "../../src/net/secrets.ts";
 import { SandboxBuilder } from "../../src/sandbox/builder.ts";
 import { parseConfig, type SandboxConfig } from "../../src/sandbox/config.ts";
-import { openStore, pathsOf, vmSpecOf } from "../../src/sandbox/lifecycle.ts";
+import { openStore } from "../../src/store/open.ts";
+import { pathsOf } from "../../src/sandbox/state.ts";
+import { vmSpecOf } from "../../src/sandbox/spec.ts";
 import { Sandbox } from "../../src/sandbox/sandbox.ts";
 import { homeLayout } from "../../src/store/home.ts";
 import { BackendUnavailableError, InvalidConfigError, SecretUnavailableError } from "../../src/errors.ts";
