@@ -25,7 +25,7 @@
 import { join } from "node:path";
 import { CStrings } from "../../ffi/cstring.ts";
 import { checkKrun, KRUN_DISK_FORMAT, KRUN_FS_ROOT_TAG, KRUN_LOG_LEVEL, KRUN_TSI } from "../../ffi/libkrun.ts";
-import { type Libkrun, loadLibkrun } from "../../ffi/load.ts";
+import { type Libkrun, loadLibkrun, loadLibkrunfw } from "../../ffi/load.ts";
 import { BackendUnavailableError } from "../errors.ts";
 import { assetPath } from "../store/assets.ts";
 import type { Backend, Vm, VmExit, VmSpec } from "./backend.ts";
@@ -59,19 +59,7 @@ let loaded: { lib: Libkrun; fw: Deno.DynamicLibrary<Record<string, never>> } | u
 /** Loads libkrunfw then libkrun once per process (libkrun's logger can be set only once). */
 function load(): Libkrun {
   if (loaded) return loaded.lib;
-  let fw: Deno.DynamicLibrary<Record<string, never>>;
-  try {
-    fw = Deno.dlopen(assetPath("libkrunfw"), {});
-  } catch (cause) {
-    throw new BackendUnavailableError(
-      "libkrun",
-      `libkrunfw cannot be loaded from ${assetPath("libkrunfw")}`,
-      "run `./dev setup`",
-      {
-        cause,
-      },
-    );
-  }
+  const fw = loadLibkrunfw(assetPath("libkrunfw"));
   const lib = loadLibkrun();
   checkKrun("krun_set_log_level", lib.symbols.krun_set_log_level(KRUN_LOG_LEVEL.warn));
   loaded = { lib, fw };
