@@ -18,6 +18,7 @@ import {
   AlreadyExistsError,
   BackendUnavailableError,
   BootTimeoutError,
+  errorFromWire,
   InvalidConfigError,
   KrunboxError,
   NotFoundError,
@@ -279,6 +280,7 @@ export interface Launched {
 }
 
 function runnerError(e: Extract<RunnerEvent, { event: "failed" }>, name: string, timeoutMs: number): KrunboxError {
+  if (e.error) return errorFromWire(e.error);
   switch (e.code) {
     case "BOOT_TIMEOUT":
       return new BootTimeoutError(name, timeoutMs, e.message);
