@@ -6,8 +6,32 @@
  * @module
  */
 
-/** Every stable error code, for checks at run time (a wire form names one). */
-export const ERROR_CODES = [
+/** Stable error codes. Never renamed once published. */
+export type ErrorCode =
+  | "NOT_FOUND"
+  | "ALREADY_EXISTS"
+  | "STILL_RUNNING"
+  | "NOT_RUNNING"
+  | "INVALID_CONFIG"
+  | "IMAGE_PULL"
+  | "IMAGE_AUTH"
+  | "IMAGE_NOT_FOUND"
+  | "IMAGE_DIGEST_MISMATCH"
+  | "IMAGE_INVALID"
+  | "EXEC_TIMEOUT"
+  | "EXEC_SPAWN_FAILED"
+  | "EXEC_ABORTED"
+  | "FS"
+  | "BACKEND_UNAVAILABLE"
+  | "VM_CRASHED"
+  | "BOOT_TIMEOUT"
+  | "PROTOCOL"
+  | "AGENT"
+  | "LIBKRUN"
+  | "STATE";
+
+/** Every code, for checks at run time (a wire form names one); the type below fails to compile if one is missing. */
+const ERROR_CODES = [
   "NOT_FOUND",
   "ALREADY_EXISTS",
   "STILL_RUNNING",
@@ -29,10 +53,10 @@ export const ERROR_CODES = [
   "AGENT",
   "LIBKRUN",
   "STATE",
-] as const;
-
-/** Stable error codes. Never renamed once published. */
-export type ErrorCode = typeof ERROR_CODES[number];
+] as const satisfies readonly ErrorCode[];
+/** `true` only while {@link ERROR_CODES} lists every {@link ErrorCode}. */
+const EVERY_CODE_LISTED: Exclude<ErrorCode, typeof ERROR_CODES[number]> extends never ? true : never = true;
+void EVERY_CODE_LISTED;
 
 /** Options shared by every krunbox error. */
 export interface KrunboxErrorOptions {

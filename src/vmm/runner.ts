@@ -34,6 +34,7 @@ import { DEFAULTS } from "../settings.ts";
 import { Store, type StoredStatus } from "../store/db.ts";
 import { homeLayout } from "../store/home.ts";
 import { tryLock } from "../store/lock.ts";
+import { closeQuietly } from "../util/close.ts";
 import { logTail } from "../util/logs.ts";
 import { type SandboxPaths, sandboxPaths, type Vm, type VmExit, type VmSpec } from "./backend.ts";
 import { listenFresh } from "./channel.ts";
@@ -124,7 +125,7 @@ export class Runner {
       await relay.closeClients();
       return 0;
     } finally {
-      listener.close();
+      closeQuietly(listener);
     }
   }
 
