@@ -144,7 +144,7 @@ export function openFirst<S extends Deno.ForeignLibraryInterface>(
  * @example
  * ```ts
  * import { OptionalLibrary } from "./load.ts";
- * const zlib = new OptionalLibrary("MY_LIBZ_PATH", "libz.so.1", {
+ * const zlib = new OptionalLibrary(undefined, "libz.so.1", {
  *   // const char *zlibVersion(void)
  *   zlibVersion: { parameters: [], result: "pointer" },
  * });
