@@ -105,6 +105,14 @@ export const DEFAULTS = {
   netMaxDnsHosts: 1024,
   /** The most resolvers `dns({ upstream })` can name. */
   netMaxUpstreams: 8,
+  /** How long the runner waits for the guest to power off after asking for a shutdown, before killing the VMM. */
+  stopGraceMs: 5_000,
+  /** The most of that grace the agent gets to end its processes before it syncs and powers off. */
+  guestShutdownGraceMs: 2_000,
+  /** How long a VMM helper (virtiofsd) may take to create its socket. */
+  helperSocketMs: 5_000,
+  /** How often the runner checks the idle timeout. */
+  idleCheckMs: 100,
 } as const;
 
 /**

@@ -17,6 +17,7 @@ import {
   AlreadyExistsError,
   BackendUnavailableError,
   BootTimeoutError,
+  errorFromWire,
   KrunboxError,
   StillRunningError,
   VmCrashedError,
@@ -264,6 +265,7 @@ export async function killRunner(store: Store, row: SandboxRow): Promise<void> {
 }
 
 function runnerError(e: Extract<RunnerEvent, { event: "failed" }>, name: string, timeoutMs: number): KrunboxError {
+  if (e.error) return errorFromWire(e.error);
   switch (e.code) {
     case "BOOT_TIMEOUT":
       return new BootTimeoutError(name, timeoutMs, e.message);

@@ -6,8 +6,8 @@
  */
 
 import { assert, assertEquals, assertThrows } from "../util/assert.ts";
-import { libkrunCandidates, loadLibkrun } from "../../ffi/load.ts";
-import { CStrings } from "../../ffi/cstring.ts";
+import { libkrunCandidates, LIBKRUNFW_SONAME, loadLibkrun, loadLibkrunfw } from "../../ffi/load.ts";
+import { cstr, CStrings } from "../../ffi/cstring.ts";
 import { checkKrun, KRUN_DISK_FORMAT, KRUN_FEATURE, KRUN_FS_ROOT_TAG } from "../../ffi/libkrun.ts";
 import { assetPath, assetVersion } from "../../src/store/assets.ts";
 import { BackendUnavailableError, LibkrunError } from "../../src/errors.ts";
@@ -61,9 +61,28 @@ Deno.test("libkrun: when nothing loads, the error lists every path tried and the
   }
 });
 
+Deno.test("libkrunfw: when nothing loads, the error lists every path tried", () => {
+  let fw: ReturnType<typeof loadLibkrunfw> | undefined;
+  try {
+    fw = loadLibkrunfw("/nonexistent/libkrunfw.so.5");
+  } catch (e) {
+    assert(e instanceof BackendUnavailableError);
+    assertEquals(e.backend, "libkrun");
+    for (const p of ["/nonexistent/libkrunfw.so.5", `${LIBKRUNFW_SONAME}:`, "./dev setup"]) {
+      assert(e.message.includes(p), `${p} missing from: ${e.message}`);
+    }
+  }
+  fw?.close(); // a system-wide libkrunfw.so.5 exists: nothing to assert
+});
+
+Deno.test({ name: "libkrunfw: the provisioned copy loads", ignore }, () => {
+  using fw = loadLibkrunfw(assetPath("libkrunfw"));
+  assert(fw);
+});
+
 Deno.test({ name: "libkrun: configuration calls return what the header promises", ignore }, () => {
   // libkrun dlopens libkrunfw by soname at the first context: preload our copy.
-  Deno.dlopen(assetPath("libkrunfw"), {});
+  using _fw = loadLibkrunfw(assetPath("libkrunfw"));
   using lib = loadLibkrun({ provisioned: assetPath("libkrun") });
   const k = lib.symbols;
   const a = new CStrings();
@@ -102,6 +121,8 @@ Deno.test({ name: "libkrun: configuration calls return what the header promises"
 
 Deno.test({ name: "C strings refuse embedded NUL bytes", ignore: false }, () => {
   assertThrows(() => new CStrings().str("a\0b"), TypeError);
+  assertThrows(() => cstr("/tmp/x\0/etc/passwd"), TypeError);
+  assertEquals([...cstr("ab")], [0x61, 0x62, 0]);
   const arr = new CStrings().array(["x", "yy"]);
   assertEquals(arr.length, 3 * 8);
   assertEquals(new BigUint64Array(arr.buffer)[2], 0n);
