@@ -12,11 +12,13 @@
 
 export {
   AgentError,
+  AgentTimeoutError,
   AlreadyExistsError,
   BackendUnavailableError,
   BootTimeoutError,
   type ErrorCode,
   ExecAbortedError,
+  ExecOutputLimitError,
   ExecSpawnError,
   ExecTimeoutError,
   FsError,

@@ -176,6 +176,84 @@ export class FrameDecoder {
 }
 
 /**
+ * The one frame reader: bytes in, frames and decode errors out, in order. The
+ * decoder state is private to the stream. A decode error is yielded, never
+ * thrown, so each reader chooses its policy (the client ends the connection
+ * on an oversized frame; the relay skips one from the guest and counts it);
+ * an oversized frame is reported from its 8-byte prefix alone, before any of
+ * it is buffered. At end of input a partial frame is yielded as `truncated`.
+ *
+ * @example
+ * ```ts
+ * import { encodeFrame, FrameStream } from "./frame.ts";
+ * const bytes = encodeFrame({ jsonrpc: "2.0", method: "ready", params: {} });
+ * for await (const f of new Blob([bytes]).stream().pipeThrough(new FrameStream())) console.log(f);
+ * ```
+ */
+export class FrameStream extends TransformStream<Uint8Array, Frame | FrameDecodeError> {
+  constructor() {
+    const decoder = new FrameDecoder();
+    super({
+      transform(chunk, controller) {
+        decoder.push(chunk);
+        for (let f = decoder.next(); f; f = decoder.next()) controller.enqueue(f);
+      },
+      flush(controller) {
+        const tail = decoder.finish();
+        if (tail) controller.enqueue(tail);
+      },
+    });
+  }
+}
+
+/** What {@link FrameErrorCounts} keeps: totals per kind and the first few messages. */
+export interface FrameErrorSummary {
+  /** Broken frames (and error responses about ours) seen in all. */
+  readonly total: number;
+  /** The same, per kind (`agent` for id-less error responses the peer sent). */
+  readonly byKind: Readonly<Partial<Record<FrameErrorKind | "agent", number>>>;
+  /** The first {@link FrameErrorCounts.SAMPLES} messages, for diagnosis. */
+  readonly samples: readonly string[];
+}
+
+/**
+ * Bounded accounting of broken frames: counters and a few samples, so a
+ * peer flooding garbage costs a fixed number of bytes, not one per frame.
+ *
+ * @example
+ * ```ts
+ * import { FrameErrorCounts } from "./frame.ts";
+ * const c = new FrameErrorCounts();
+ * for (let i = 0; i < 1000; i++) c.record("invalid_request", "empty frame header");
+ * console.log(c.summary.total, c.summary.samples.length); // 1000 4
+ * ```
+ */
+export class FrameErrorCounts {
+  /** How many messages are kept. */
+  static readonly SAMPLES = 4;
+  #total = 0;
+  readonly #byKind: Partial<Record<FrameErrorKind | "agent", number>> = {};
+  readonly #samples: string[] = [];
+
+  /** Counts one broken frame. */
+  record(kind: FrameErrorKind | "agent", message: string): void {
+    this.#total++;
+    this.#byKind[kind] = (this.#byKind[kind] ?? 0) + 1;
+    if (this.#samples.length < FrameErrorCounts.SAMPLES) this.#samples.push(`${kind}: ${message.slice(0, 200)}`);
+  }
+
+  /** Broken frames so far. */
+  get total(): number {
+    return this.#total;
+  }
+
+  /** A snapshot of the counters. */
+  get summary(): FrameErrorSummary {
+    return { total: this.#total, byKind: { ...this.#byKind }, samples: [...this.#samples] };
+  }
+}
+
+/**
  * Tells a decode error from a frame.
  *
  * @example

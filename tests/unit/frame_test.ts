@@ -1,5 +1,12 @@
 import { assert, assertEquals } from "../util/assert.ts";
-import { encodeFrame, type Frame, FrameDecoder, isDecodeError } from "../../src/agent/frame.ts";
+import {
+  encodeFrame,
+  type Frame,
+  FrameDecoder,
+  FrameErrorCounts,
+  FrameStream,
+  isDecodeError,
+} from "../../src/agent/frame.ts";
 
 interface Vectors {
   valid: { name: string; hex: string; header: unknown; attachmentHex: string }[];
@@ -104,4 +111,42 @@ Deno.test("fuzz: random bytes and truncated frames never throw", () => {
       }
     }
   }
+});
+
+Deno.test("FrameStream yields frames and errors in order, whatever the chunking, and a truncated tail", async () => {
+  const good = encodeFrame({ jsonrpc: "2.0", id: 1, method: "ping", params: {} }, new Uint8Array([7, 8]));
+  const empty = new Uint8Array(8); // header length 0
+  const bytes = new Uint8Array([...good, ...empty, ...good, ...good.subarray(0, 5)]);
+  for (const chunk of [1, 3, bytes.length]) {
+    const pieces = Array.from(
+      { length: Math.ceil(bytes.length / chunk) },
+      (_, i) => bytes.slice(i * chunk, (i + 1) * chunk),
+    );
+    const out = await Array.fromAsync(ReadableStream.from(pieces).pipeThrough(new FrameStream()));
+    assertEquals(
+      out.map((f) => (isDecodeError(f) ? f.error : f.header.id)),
+      [1, "invalid_request", 1, "truncated"],
+    );
+    assertEquals((out[0] as Frame).attachment, new Uint8Array([7, 8]));
+  }
+});
+
+Deno.test("a 4 GiB frame is reported from its 8-byte prefix, before any of it is buffered", async () => {
+  const prefix = new Uint8Array(8);
+  new DataView(prefix.buffer).setUint32(0, 0xffffffff);
+  new DataView(prefix.buffer).setUint32(4, 0xffffffff);
+  const reader = ReadableStream.from([prefix]).pipeThrough(new FrameStream()).getReader();
+  const first = await reader.read();
+  assert(!first.done && isDecodeError(first.value) && first.value.error === "frame_too_large");
+  await reader.cancel();
+});
+
+Deno.test("FrameErrorCounts keeps counters and a few samples, not one entry per frame", () => {
+  const c = new FrameErrorCounts();
+  for (let i = 0; i < 100_000; i++) c.record(i % 2 ? "invalid_request" : "parse_error", `frame ${i}`);
+  c.record("agent", "-32600 empty frame header");
+  const s = c.summary;
+  assertEquals([s.total, s.byKind.invalid_request, s.byKind.parse_error, s.byKind.agent], [100_001, 50_000, 50_000, 1]);
+  assertEquals(s.samples.length, FrameErrorCounts.SAMPLES);
+  assertEquals(s.samples[0], "parse_error: frame 0");
 });
