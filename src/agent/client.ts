@@ -367,7 +367,11 @@ export class AgentClient implements AsyncDisposable {
         this.#dispatch(f);
       }
     } catch (e) {
-      if (!(e instanceof Deno.errors.BadResource || e instanceof Deno.errors.ConnectionReset)) throw e;
+      if (e instanceof ProtocolError) throw e;
+      // A close (ours or the peer's) ends the read with one of these; anything else is a failure, typed.
+      const closed = e instanceof Deno.errors.BadResource || e instanceof Deno.errors.ConnectionReset ||
+        e instanceof Deno.errors.Interrupted;
+      if (!closed) throw new ProtocolError(`reading from the agent failed: ${(e as Error).message}`, { cause: e });
     }
   }
 

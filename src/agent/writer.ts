@@ -31,19 +31,10 @@ export interface FrameWriterOptions {
  * @example
  * ```ts
  * import { FrameWriter } from "./writer.ts";
- * const [a, b] = await (async () => {
- *   const path = Deno.makeTempFileSync() + ".sock";
- *   const l = Deno.listen({ transport: "unix", path });
- *   const c = await Deno.connect({ transport: "unix", path });
- *   const s = await l.accept();
- *   l.close();
- *   return [c, s];
- * })();
- * const w = new FrameWriter(a, { maxQueuedBytes: 1 << 20 });
+ * const conn = await Deno.connect({ transport: "unix", path: "/tmp/agent.sock" });
+ * const w = new FrameWriter(conn, { maxQueuedBytes: 8 << 20, onOverflow: (e) => console.error(e.message) });
  * await w.write({ jsonrpc: "2.0", id: 1, method: "ping", params: {} });
  * console.log(w.queuedBytes); // 0
- * a.close();
- * b.close();
  * ```
  */
 export class FrameWriter {
