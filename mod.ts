@@ -53,7 +53,7 @@ export type {
   VolumeMount,
 } from "./src/sandbox/config.ts";
 export { type ExecEvent, type ExecOutput, ExecProcess, type ExitStatus as ExecExitStatus } from "./src/agent/exec.ts";
-export type { EntryKind, FsEntry } from "./src/agent/fs.ts";
+export type { EntryKind, FsCallOptions, FsEntry, FsReadOptions, FsWriteOptions } from "./src/agent/fs.ts";
 export type { SandboxMetrics } from "./src/metrics/snapshot.ts";
 export { Images, type PruneResult, type StoredImage } from "./src/image/images.ts";
 export type { PulledImage, PullEvent, PullOptions, PullPolicy } from "./src/image/pull.ts";

@@ -93,6 +93,8 @@ export const DEFAULTS = {
   runnerControlTimeoutMs: 120_000,
   /** Output `exec`/`shell`/`execWith` collect per stream before failing with EXEC_OUTPUT_LIMIT. */
   execMaxOutputBytes: 64 << 20,
+  /** Bytes `fs().read()`/`readText()` collect before failing with FS EFBIG (a guest file can be endless). */
+  fsReadMaxBytes: 1 << 30,
   /** Broken frames an agent connection survives; one more ends it (an honest agent sends none). */
   agentMaxBrokenFrames: 256,
   /** Bytes queued for one connection's writer (a relay client, or the agent) before it is cut off. */

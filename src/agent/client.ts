@@ -404,7 +404,7 @@ export class AgentClient implements AsyncDisposable {
     this.#pending.delete(h.id);
     this.#updateRef();
     if (h.error) p.reject(new AgentError(Number(h.error.code), String(h.error.message), h.error.data));
-    else p.resolve({ result: h.result ?? {}, attachment: f.attachment });
+    else p.resolve({ result: isObject(h.result) ? h.result : {}, attachment: f.attachment });
   }
 
   #shutdown(error: Error) {
@@ -428,4 +428,8 @@ function readyProblem(info: ReadyInfo): string | undefined {
     return `the agent announced an exec window of ${info.window} bytes (accepted: 1 to ${MAX_EXEC_WINDOW})`;
   }
   return undefined;
+}
+
+function isObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === "object" && v !== null && !Array.isArray(v);
 }

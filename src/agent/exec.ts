@@ -31,7 +31,7 @@ import { settings } from "../settings.ts";
 import type { AgentClient } from "./client.ts";
 import type { Frame } from "./frame.ts";
 import { execWindowLimit, type NotificationParams, RPC_ERROR } from "./rpc.ts";
-import { concatBytes } from "../util/bytes.ts";
+import { collectBytes } from "./collect.ts";
 
 /** What to run. */
 export interface ExecSpec {
@@ -394,27 +394,11 @@ export interface CollectOptions {
 }
 
 /** Reads a stream to its end, or kills the exec and fails once it passes `limit` bytes. */
-async function collect(
-  proc: ExecProcess,
-  stream: "stdout" | "stderr",
-  cmd: string,
-  limit: number,
-): Promise<Uint8Array> {
-  const chunks: Uint8Array[] = [];
-  let total = 0;
-  const reader = proc[stream].getReader();
-  for (;;) {
-    const { value, done } = await reader.read();
-    if (done) return concatBytes(chunks);
-    total += value.length;
-    if (total > limit) {
-      proc.kill();
-      chunks.length = 0;
-      await reader.cancel().catch(() => {});
-      throw new ExecOutputLimitError(cmd, stream, limit);
-    }
-    chunks.push(value);
-  }
+async function collect(proc: ExecProcess, stream: "stdout" | "stderr", cmd: string, limit: number) {
+  const bytes = await collectBytes(proc[stream], limit);
+  if (bytes) return bytes;
+  proc.kill();
+  throw new ExecOutputLimitError(cmd, stream, limit);
 }
 
 /**

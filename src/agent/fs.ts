@@ -14,9 +14,10 @@
  */
 
 import { AgentError, FsError } from "../errors.ts";
+import { DEFAULTS } from "../settings.ts";
 import type { AgentClient } from "./client.ts";
 import { type Method, type Params, type Result, RPC_ERROR, type WireEntry } from "./rpc.ts";
-import { readAllBytes } from "../util/bytes.ts";
+import { collectBytes } from "./collect.ts";
 
 /** Kinds of guest filesystem entries. */
 export type EntryKind = "file" | "dir" | "symlink" | "fifo" | "socket" | "char" | "block";
@@ -58,6 +59,15 @@ export interface FsCallOptions {
   readonly signal?: AbortSignal;
   /** Deadline of each request of the call (default `KRUNBOX_AGENT_TIMEOUT_MS`); past it, `AgentTimeoutError`. */
   readonly timeoutMs?: number;
+}
+
+/** Options of `read` and `readText`. */
+export interface FsReadOptions extends FsCallOptions {
+  /**
+   * Bytes collected before the read fails with `FsError` `EFBIG` (default 1 GiB): the guest decides
+   * what a path holds (a link to /dev/zero never ends). `readStream` has no such limit.
+   */
+  readonly maxBytes?: number;
 }
 
 /** Options of `write` and `writeStream`. */
@@ -125,13 +135,16 @@ export class GuestFs {
     }
   }
 
-  /** Reads a whole file. */
-  async read(path: string, options: FsCallOptions = {}): Promise<Uint8Array> {
-    return await readAllBytes(this.readStream(path, options));
+  /** Reads a whole file (at most `maxBytes`, default 1 GiB). */
+  async read(path: string, options: FsReadOptions = {}): Promise<Uint8Array> {
+    const max = options.maxBytes ?? DEFAULTS.fsReadMaxBytes;
+    const bytes = await collectBytes(this.readStream(path, options), max);
+    if (bytes) return bytes;
+    throw new FsError("EFBIG", path, { cause: new RangeError(`more than ${max} bytes; use readStream()`) });
   }
 
-  /** Reads a whole file as UTF-8 text (invalid sequences replaced). */
-  async readText(path: string, options: FsCallOptions = {}): Promise<string> {
+  /** Reads a whole file as UTF-8 text (invalid sequences replaced; at most `maxBytes`, default 1 GiB). */
+  async readText(path: string, options: FsReadOptions = {}): Promise<string> {
     return new TextDecoder().decode(await this.read(path, options));
   }
 

@@ -18,7 +18,7 @@ import { ExecProcess, runToCompletion } from "../../src/agent/exec.ts";
 import { encodeFrame } from "../../src/agent/frame.ts";
 import { GuestFs } from "../../src/agent/fs.ts";
 import { Relay } from "../../src/vmm/relay.ts";
-import { AgentTimeoutError, ExecOutputLimitError, ExecTimeoutError, ProtocolError } from "../../src/errors.ts";
+import { AgentTimeoutError, ExecOutputLimitError, ExecTimeoutError, FsError, ProtocolError } from "../../src/errors.ts";
 import { DEFAULTS } from "../../src/settings.ts";
 import { closeQuietly } from "../../src/util/close.ts";
 import { FLOOD_BYTES, type Mode, PUSH_BYTES } from "./hostile_agent.ts";
@@ -222,6 +222,20 @@ Deno.test("a collecting call stops at maxOutputBytes against a flooding agent an
     maxOutputBytes: MiB,
   });
   assertEquals(ok.stdoutBytes.length, MiB);
+});
+
+Deno.test("fs.read stops at maxBytes on a file that never ends (a guest path can be /dev/zero)", async () => {
+  await using real = await honest.connect();
+  const fs = new GuestFs(real);
+  const m = await measured(() => fs.read("/dev/zero", { maxBytes: 8 * MiB }));
+  assert(m.error instanceof FsError && m.error.errno === "EFBIG", String(m.error));
+  console.log(`fs.read("/dev/zero", 8 MiB cap): EFBIG in ${m.ms.toFixed(0)} ms, host RSS +${mib(m.growth)} MiB`);
+  assert(m.growth < 64 * MiB, `host RSS grew ${mib(m.growth)} MiB`);
+  // Positive control: a file under the cap reads whole; the handle of the failed read was closed.
+  assertEquals(
+    (await fs.read("/etc/hostname", { maxBytes: 8 * MiB })).length,
+    (await Deno.readFile("/etc/hostname")).length,
+  );
 });
 
 /** Whether a child of `parent` runs `comm`. */
