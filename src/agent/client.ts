@@ -352,7 +352,7 @@ export class AgentClient implements AsyncDisposable {
           if (f.error === "frame_too_large" || f.error === "truncated") {
             throw new ProtocolError(`the agent broke the framing: ${f.message}; connection closed`);
           }
-          this.#countBroken(f.error, f.message);
+          this.#countBroken(f.error, f.message, f.count);
           continue;
         }
         if (!gotReady) {
@@ -376,8 +376,8 @@ export class AgentClient implements AsyncDisposable {
   }
 
   /** Counts a broken frame; past the limit the peer is not an honest agent and the connection ends. */
-  #countBroken(kind: Parameters<FrameErrorCounts["record"]>[0], message: string) {
-    this.#brokenFrames.record(kind, message);
+  #countBroken(kind: Parameters<FrameErrorCounts["record"]>[0], message: string, count = 1) {
+    this.#brokenFrames.record(kind, message, count);
     if (this.#brokenFrames.total > DEFAULTS.agentMaxBrokenFrames) {
       const { samples } = this.#brokenFrames.summary;
       throw new ProtocolError(

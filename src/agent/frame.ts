@@ -38,6 +38,8 @@ export type FrameErrorKind = "frame_too_large" | "parse_error" | "invalid_reques
 export interface FrameDecodeError {
   readonly error: FrameErrorKind;
   readonly message: string;
+  /** How many consecutive broken frames of this kind it stands for ({@link FrameStream} merges them; default 1). */
+  readonly count?: number;
 }
 
 const encoder = new TextEncoder();
@@ -182,6 +184,8 @@ export class FrameDecoder {
  * on an oversized frame; the relay skips one from the guest and counts it);
  * an oversized frame is reported from its 8-byte prefix alone, before any of
  * it is buffered. At end of input a partial frame is yielded as `truncated`.
+ * Consecutive broken frames of one kind in one chunk are yielded as one
+ * error whose `count` says how many.
  *
  * @example
  * ```ts
@@ -196,7 +200,20 @@ export class FrameStream extends TransformStream<Uint8Array, Frame | FrameDecode
     super({
       transform(chunk, controller) {
         decoder.push(chunk);
-        for (let f = decoder.next(); f; f = decoder.next()) controller.enqueue(f);
+        // Consecutive broken frames of one kind go out as one error with a count: a flood of
+        // 8-byte garbage frames costs one stream item per chunk, not one per frame.
+        let run: { error: FrameErrorKind; message: string; count: number } | undefined;
+        for (let f = decoder.next(); f; f = decoder.next()) {
+          if (isDecodeError(f) && run?.error === f.error) {
+            run.count++;
+            continue;
+          }
+          if (run) controller.enqueue(run);
+          run = undefined;
+          if (isDecodeError(f)) run = { error: f.error, message: f.message, count: 1 };
+          else controller.enqueue(f);
+        }
+        if (run) controller.enqueue(run);
       },
       flush(controller) {
         const tail = decoder.finish();
@@ -235,10 +252,10 @@ export class FrameErrorCounts {
   readonly #byKind: Partial<Record<FrameErrorKind | "agent", number>> = {};
   readonly #samples: string[] = [];
 
-  /** Counts one broken frame. */
-  record(kind: FrameErrorKind | "agent", message: string): void {
-    this.#total++;
-    this.#byKind[kind] = (this.#byKind[kind] ?? 0) + 1;
+  /** Counts `count` broken frames of one kind. */
+  record(kind: FrameErrorKind | "agent", message: string, count = 1): void {
+    this.#total += count;
+    this.#byKind[kind] = (this.#byKind[kind] ?? 0) + count;
     if (this.#samples.length < FrameErrorCounts.SAMPLES) this.#samples.push(`${kind}: ${message.slice(0, 200)}`);
   }
 

@@ -215,7 +215,7 @@ export class Relay {
       for await (const f of guest.readable.pipeThrough(new FrameStream())) {
         if (isDecodeError(f)) {
           // Skipped (an oversized one without being buffered) and counted; the guest only hurts itself.
-          this.#guestErrors.record(f.error, f.message);
+          this.#guestErrors.record(f.error, f.message, f.count);
           continue;
         }
         if (!this.#readyFrame && f.header.method === "ready") {

@@ -7,8 +7,13 @@
  * never the peer's word. The positive control, in the same run, is the real
  * agent binary in host mode on the same client and relay code.
  *
- * Figures measured on the CI machine are in each test's log line; the bounds
- * asserted are far above them.
+ * Each test logs what it measured. RSS growth is the peak during the case
+ * over the RSS before it; it includes garbage V8 has not collected yet (it
+ * frees ArrayBuffer memory in steps of tens of MiB), so the bounds sit well
+ * above what is retained and far below what an unbounded host holds (before
+ * this change 16 MB of empty frames took the heap from 3 to 202 MB, and
+ * 256 MB of unacknowledged output was all kept). Time bounds are at least
+ * 5x what was measured.
  */
 
 import { assert, assertEquals, assertRejects } from "../util/assert.ts";
@@ -128,7 +133,7 @@ Deno.test("positive control: the real agent serves the same client and relay cod
 });
 
 for (const mode of ["empty-flood", "garbage-flood"] as const) {
-  Deno.test(`${mode}: the client counts ${DEFAULTS.agentMaxBrokenFrames} broken frames, then ends the connection`, async () => {
+  Deno.test(`${mode}: past ${DEFAULTS.agentMaxBrokenFrames} broken frames the client ends the connection`, async () => {
     const m = await measured(async () => {
       const client = await connect(mode);
       const e = await assertRejects(() => client.request("ping", {}), ProtocolError);
@@ -139,7 +144,8 @@ for (const mode of ["empty-flood", "garbage-flood"] as const) {
     const { client, e } = m.value;
     assert(e.message.includes("broken frames"), e.message);
     const summary = client.protocolErrors;
-    assertEquals(summary.total, DEFAULTS.agentMaxBrokenFrames + 1);
+    // Counted per chunk read, so the count passes the limit by at most one read's worth of frames.
+    assert(summary.total > DEFAULTS.agentMaxBrokenFrames && summary.total < FLOOD_BYTES / 8, `${summary.total}`);
     assert(summary.samples.length <= 4);
     console.log(`${mode}: call ended in ${m.ms.toFixed(0)} ms, host RSS +${mib(m.growth)} MiB`);
     assert(m.ms < 10_000, `took ${m.ms} ms`);
@@ -159,7 +165,8 @@ Deno.test("the relay reads a 16 MB flood of empty frames from the guest into cou
   assertEquals(m.value.byKind.invalid_request, FLOOD_BYTES / 8);
   assertEquals(m.value.samples.length, 4);
   console.log(`relay, ${FLOOD_BYTES / 8} empty frames: ${m.ms.toFixed(0)} ms, host RSS +${mib(m.growth)} MiB`);
-  assert(m.growth < 32 * MiB, `host RSS grew ${mib(m.growth)} MiB`);
+  // Before: one string per frame, the heap went from 3 to 202 MB.
+  assert(m.growth < 96 * MiB, `host RSS grew ${mib(m.growth)} MiB`);
 });
 
 Deno.test("a frame announcing 4 GiB ends the connection at once, nothing allocated", async () => {
@@ -195,7 +202,8 @@ Deno.test("an agent that ignores the window loses that exec; the host stays boun
     "the exec was cancelled on the wire",
   );
   console.log(`window-flood: ${PUSH_BYTES / MiB} MiB pushed in ${m.ms.toFixed(0)} ms, host RSS +${mib(m.growth)} MiB`);
-  assert(m.growth < 64 * MiB, `host RSS grew ${mib(m.growth)} MiB`);
+  // At most the window limit (9 MiB) is held; the rest is read, dropped and left to the GC.
+  assert(m.growth < 128 * MiB, `host RSS grew ${mib(m.growth)} MiB`);
   assertEquals((await client.request("ping", {})).result.uptimeMs, 1);
 });
 
@@ -308,7 +316,8 @@ Deno.test("a guest that never sends exec.exit holds neither the idle time nor dr
   const drained = await measured(() => r.relay.execsDone());
   await assertRejects(() => timed.exited, ExecTimeoutError);
   console.log(`no-exit: drain ended ${drained.ms.toFixed(0)} ms after an exec with a 300 ms timeout`);
-  assert(drained.ms < 300 + DEFAULTS.execAbandonGraceMs + 5000, `drain took ${drained.ms} ms`);
+  // By design about 300 ms + the grace; bounded, never forever.
+  assert(drained.ms >= 300 && drained.ms < 5 * (300 + DEFAULTS.execAbandonGraceMs), `drain took ${drained.ms} ms`);
   assertEquals(r.relay.runningExecs, 0);
 
   // No timeout: the exec "runs" on the guest's word, and silence is still idle time.
@@ -329,7 +338,7 @@ Deno.test("positive control: the relay counts a real exec as running until its e
   assertEquals([r.relay.runningExecs, r.relay.idleMs], [1, 0]);
   const drained = await measured(() => r.relay.execsDone());
   assertEquals((await p.exited).code, 0);
-  assert(drained.ms < 3000, `drain took ${drained.ms} ms after a 1 s exec`);
+  assert(drained.ms < 5000, `drain took ${drained.ms} ms after a 1 s exec`);
   assertEquals(r.relay.runningExecs, 0);
 });
 
@@ -359,7 +368,7 @@ Deno.test("a relay client that does not read is cut off at its queue cap; anothe
     `relay queue cap ${mib(DEFAULTS.writeQueueBytes)} MiB: a non-reading client cut off after ${m.ms.toFixed(0)} ms, ` +
       `host RSS +${mib(m.growth)} MiB, ${mib(m.value!.got)} MiB left in its socket`,
   );
-  assert(m.growth < DEFAULTS.writeQueueBytes + 48 * MiB, `host RSS grew ${mib(m.growth)} MiB`);
+  assert(m.growth < DEFAULTS.writeQueueBytes + 96 * MiB, `host RSS grew ${mib(m.growth)} MiB`);
   assert(m.value!.got < DEFAULTS.writeQueueBytes + 16 * MiB);
   assertEquals((await reader.request("ping", {})).result.uptimeMs, 1);
 });

@@ -131,6 +131,17 @@ Deno.test("FrameStream yields frames and errors in order, whatever the chunking,
   }
 });
 
+Deno.test("FrameStream merges consecutive broken frames of one kind into one error with a count", async () => {
+  const good = encodeFrame({ jsonrpc: "2.0", id: 2, method: "ping", params: {} });
+  const bytes = new Uint8Array([...new Uint8Array(8 * 1000), ...good, ...new Uint8Array(8 * 3)]);
+  const out = await Array.fromAsync(ReadableStream.from([bytes]).pipeThrough(new FrameStream()));
+  assertEquals(out.map((f) => (isDecodeError(f) ? `${f.error}x${f.count}` : f.header.id)), [
+    "invalid_requestx1000",
+    2,
+    "invalid_requestx3",
+  ]);
+});
+
 Deno.test("a 4 GiB frame is reported from its 8-byte prefix, before any of it is buffered", async () => {
   const prefix = new Uint8Array(8);
   new DataView(prefix.buffer).setUint32(0, 0xffffffff);
