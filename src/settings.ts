@@ -97,8 +97,14 @@ export const DEFAULTS = {
   fsReadMaxBytes: 1 << 30,
   /** Broken frames an agent connection survives; one more ends it (an honest agent sends none). */
   agentMaxBrokenFrames: 256,
-  /** Bytes queued for one connection's writer (a relay client, or the agent) before it is cut off. */
-  writeQueueBytes: 32 << 20,
+  /** Bytes the relay queues for one client before it cuts that client off (an AgentClient drains its socket at once). */
+  relayClientQueueBytes: 64 << 20,
+  /**
+   * Bytes queued towards an agent (the client's, the relay's guest writer) before the connection is given up: the
+   * host's requests are awaited by their callers, so what piles up there is acks and cancels to a peer that stopped
+   * reading, plus the callers' own concurrent writes.
+   */
+  agentWriteQueueBytes: 256 << 20,
   /** How long the relay still counts an exec after it was cancelled or ran past its timeout, awaiting exec.exit. */
   execAbandonGraceMs: 5_000,
 } as const;

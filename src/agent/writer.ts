@@ -17,7 +17,7 @@ import { encodeFrame, type RpcMessage } from "./frame.ts";
 
 /** Options of a {@link FrameWriter}. */
 export interface FrameWriterOptions {
-  /** Bytes queued and not yet written before the writer gives up (default `DEFAULTS.writeQueueBytes`). */
+  /** Bytes queued and not yet written before the writer gives up (default `DEFAULTS.agentWriteQueueBytes`). */
   readonly maxQueuedBytes?: number;
   /** Called once when the queue overflowed, with the error every later write rejects with. */
   readonly onOverflow?: (error: ProtocolError) => void;
@@ -46,7 +46,7 @@ export class FrameWriter {
 
   constructor(readonly conn: Deno.Conn, options: FrameWriterOptions = {}) {
     this.#options = options;
-    this.#max = options.maxQueuedBytes ?? DEFAULTS.writeQueueBytes;
+    this.#max = options.maxQueuedBytes ?? DEFAULTS.agentWriteQueueBytes;
   }
 
   /** Bytes accepted and not yet written. */
@@ -64,10 +64,19 @@ export class FrameWriter {
     return this.#chain;
   }
 
-  /** Queues a frame; resolves when it was written, rejects if the connection failed or the queue is full. */
+  /**
+   * Queues a frame; resolves when it was written, rejects if the connection
+   * failed, the queue is full or the frame is over the size limits (never
+   * throws: a relayed header grown past 1 MiB fails only its own write).
+   */
   write(header: RpcMessage, attachment?: Uint8Array): Promise<void> {
     if (this.#failed) return Promise.reject(this.#failed);
-    const bytes = encodeFrame(header, attachment);
+    let bytes: Uint8Array;
+    try {
+      bytes = encodeFrame(header, attachment);
+    } catch (e) {
+      return Promise.reject(new ProtocolError(`frame not sent: ${(e as Error).message}`, { cause: e }));
+    }
     if (this.#queued + bytes.length > this.#max) {
       const error = new ProtocolError(
         `${this.#options.peer ?? "the peer"} did not read ${this.#queued} queued bytes ` +

@@ -8,7 +8,7 @@
  *
  * Writes to clients are queued, not awaited, so one slow client never stalls
  * the guest stream; each client's queue is capped in bytes
- * (`DEFAULTS.writeQueueBytes`) and a client that does not read is cut off
+ * (`DEFAULTS.relayClientQueueBytes`) and a client that does not read is cut off
  * (its execs killed, its handles closed), the others unaffected.
  *
  * The host keeps its own account of time and of execs, whatever the guest
@@ -278,7 +278,7 @@ export class Relay {
 
   async #serveClient(conn: Deno.Conn) {
     const client: Client = {
-      writer: new FrameWriter(conn, { peer: "a relay client", maxQueuedBytes: DEFAULTS.writeQueueBytes }),
+      writer: new FrameWriter(conn, { peer: "a relay client", maxQueuedBytes: DEFAULTS.relayClientQueueBytes }),
       ids: new Map(),
       execs: new Set(),
       handles: new Set(),

@@ -365,10 +365,12 @@ Deno.test("a relay client that does not read is cut off at its queue cap; anothe
   });
   assert(m.value?.cut, `the stuck client was not cut off: ${m.error}`);
   console.log(
-    `relay queue cap ${mib(DEFAULTS.writeQueueBytes)} MiB: a non-reading client cut off after ${m.ms.toFixed(0)} ms, ` +
+    `relay queue cap ${mib(DEFAULTS.relayClientQueueBytes)} MiB: a non-reading client cut off after ${
+      m.ms.toFixed(0)
+    } ms, ` +
       `host RSS +${mib(m.growth)} MiB, ${mib(m.value!.got)} MiB left in its socket`,
   );
-  assert(m.growth < DEFAULTS.writeQueueBytes + 96 * MiB, `host RSS grew ${mib(m.growth)} MiB`);
-  assert(m.value!.got < DEFAULTS.writeQueueBytes + 16 * MiB);
+  assert(m.growth < DEFAULTS.relayClientQueueBytes + 96 * MiB, `host RSS grew ${mib(m.growth)} MiB`);
+  assert(m.value!.got < DEFAULTS.relayClientQueueBytes + 16 * MiB);
   assertEquals((await reader.request("ping", {})).result.uptimeMs, 1);
 });

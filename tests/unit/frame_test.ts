@@ -1,4 +1,6 @@
-import { assert, assertEquals } from "../util/assert.ts";
+import { assert, assertEquals, assertRejects } from "../util/assert.ts";
+import { FrameWriter } from "../../src/agent/writer.ts";
+import { ProtocolError } from "../../src/errors.ts";
 import {
   encodeFrame,
   type Frame,
@@ -6,6 +8,8 @@ import {
   FrameErrorCounts,
   FrameStream,
   isDecodeError,
+  MAX_ATTACHMENT,
+  MAX_HEADER,
 } from "../../src/agent/frame.ts";
 
 interface Vectors {
@@ -160,4 +164,30 @@ Deno.test("FrameErrorCounts keeps counters and a few samples, not one entry per 
   assertEquals([s.total, s.byKind.invalid_request, s.byKind.parse_error, s.byKind.agent], [100_001, 50_000, 50_000, 1]);
   assertEquals(s.samples.length, FrameErrorCounts.SAMPLES);
   assertEquals(s.samples[0], "parse_error: frame 0");
+});
+
+Deno.test("FrameWriter: an oversized frame fails only its own write; past its byte cap the writer closes the connection", async () => {
+  const path = `${await Deno.makeTempDir()}/w.sock`;
+  const listener = Deno.listen({ transport: "unix", path });
+  const [conn, peer] = await Promise.all([Deno.connect({ transport: "unix", path }), listener.accept()]);
+  listener.close();
+  let overflow: Error | undefined;
+  const w = new FrameWriter(conn, {
+    maxQueuedBytes: 8 << 20,
+    peer: "the test peer",
+    onOverflow: (e) => (overflow = e),
+  });
+  const big = { jsonrpc: "2.0" as const, method: "x", params: { pad: "x".repeat(MAX_HEADER) } };
+  await assertRejects(() => w.write(big), ProtocolError);
+  await w.write({ jsonrpc: "2.0", method: "ping", params: {} }); // still usable
+  // The peer reads nothing: the kernel buffer fills, then the queue; past 8 MiB the writer gives up.
+  const chunk = new Uint8Array(MAX_ATTACHMENT);
+  const writes: Promise<void>[] = [];
+  for (let i = 0; i < 64 && !w.failed; i++) writes.push(w.write({ jsonrpc: "2.0", method: "x", params: {} }, chunk));
+  await Promise.allSettled(writes);
+  assert(overflow instanceof ProtocolError && overflow.message.includes("the test peer"), String(overflow));
+  assert(w.failed && w.queuedBytes === 0);
+  await assertRejects(() => w.write({ jsonrpc: "2.0", method: "ping", params: {} }), ProtocolError);
+  peer.close();
+  await Deno.remove(path.slice(0, path.lastIndexOf("/")), { recursive: true });
 });
