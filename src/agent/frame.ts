@@ -191,7 +191,7 @@ export class FrameDecoder {
  * ```ts
  * import { encodeFrame, FrameStream } from "./frame.ts";
  * const bytes = encodeFrame({ jsonrpc: "2.0", method: "ready", params: {} });
- * for await (const f of new Blob([bytes]).stream().pipeThrough(new FrameStream())) console.log(f);
+ * for await (const f of ReadableStream.from([bytes]).pipeThrough(new FrameStream())) console.log(f);
  * ```
  */
 export class FrameStream extends TransformStream<Uint8Array, Frame | FrameDecodeError> {

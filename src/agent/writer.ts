@@ -31,10 +31,13 @@ export interface FrameWriterOptions {
  * @example
  * ```ts
  * import { FrameWriter } from "./writer.ts";
- * const conn = await Deno.connect({ transport: "unix", path: "/tmp/agent.sock" });
+ * const path = `${await Deno.makeTempDir()}/peer.sock`;
+ * const listener = Deno.listen({ transport: "unix", path });
+ * const [conn, peer] = await Promise.all([Deno.connect({ transport: "unix", path }), listener.accept()]);
  * const w = new FrameWriter(conn, { maxQueuedBytes: 8 << 20, onOverflow: (e) => console.error(e.message) });
  * await w.write({ jsonrpc: "2.0", id: 1, method: "ping", params: {} });
  * console.log(w.queuedBytes); // 0
+ * [conn, peer, listener].forEach((r) => r.close());
  * ```
  */
 export class FrameWriter {
