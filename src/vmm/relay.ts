@@ -158,6 +158,8 @@ export class Relay {
     for (const [id, route] of this.#routes) {
       if (!route.client) continue;
       if (route.expiresAt === undefined && route.dueAt !== undefined && now >= route.dueAt) {
+        // The exec was activity up to its timeout; idle time runs from there.
+        this.#lastActivity = Math.max(this.#lastActivity, route.dueAt);
         route.expiresAt = route.dueAt + DEFAULTS.execAbandonGraceMs;
       }
       if (route.expiresAt !== undefined && now >= route.expiresAt) this.#forget(id, route);
@@ -252,6 +254,10 @@ export class Relay {
       const route = this.#routes.get(p.ref);
       if (!route?.client) return;
       if (h.method === "exec.exit") {
+        // An exec with a timeout was activity until it ended (never past its timeout).
+        if (route.dueAt !== undefined && route.expiresAt === undefined) {
+          this.#lastActivity = Math.max(this.#lastActivity, Math.min(Date.now(), route.dueAt));
+        }
         this.#forget(p.ref, route);
         this.#execsChanged();
       }

@@ -319,6 +319,8 @@ Deno.test("a guest that never sends exec.exit holds neither the idle time nor dr
   // By design about 300 ms + the grace; bounded, never forever.
   assert(drained.ms >= 300 && drained.ms < 5 * (300 + DEFAULTS.execAbandonGraceMs), `drain took ${drained.ms} ms`);
   assertEquals(r.relay.runningExecs, 0);
+  // Idle since the client's last frame (its cancel, ~1.3 s in), although the guest never said the exec ended.
+  assert(r.relay.idleMs > 2000, `idle ${r.relay.idleMs} ms`);
 
   // No timeout: the exec "runs" on the guest's word, and silence is still idle time.
   const silent = await ExecProcess.start(client, { cmd: "sleep", args: ["1000"] });
@@ -340,6 +342,8 @@ Deno.test("positive control: the relay counts a real exec as running until its e
   assertEquals((await p.exited).code, 0);
   assert(drained.ms < 5000, `drain took ${drained.ms} ms after a 1 s exec`);
   assertEquals(r.relay.runningExecs, 0);
+  // Idle time runs from the exec's end, not from its start.
+  assert(r.relay.idleMs < 500, `idle ${r.relay.idleMs} ms right after the exec ended`);
 });
 
 Deno.test("a relay client that does not read is cut off at its queue cap; another client is unaffected", async () => {
