@@ -87,6 +87,8 @@ export const DEFAULTS = {
   pullStallMs: 60_000,
   /** Give up on a blob another process has been downloading this long. */
   blobLockWaitMs: 30 * 60_000,
+  /** How long a new agent connection waits for the agent's `ready`. */
+  agentReadyTimeoutMs: 30_000,
   /** Deadline of one agent request (fs calls, exec.start, exec.signal, metrics, ping). */
   agentTimeoutMs: 60_000,
   /** Deadline of a `runner.*` request: `runner.stop` waits for the guest's poweroff and then a kill. */
@@ -105,6 +107,8 @@ export const DEFAULTS = {
    * reading, plus the callers' own concurrent writes.
    */
   agentWriteQueueBytes: 256 << 20,
+  /** Grace the host adds to an exec's timeout before it kills the process itself (the agent kills at the timeout). */
+  execHostTimeoutGraceMs: 1_000,
   /** How long the relay still counts an exec after it was cancelled or ran past its timeout, awaiting exec.exit. */
   execAbandonGraceMs: 5_000,
 } as const;

@@ -149,7 +149,7 @@ export class AgentClient implements AsyncDisposable {
    * ```
    */
   static fromConn(conn: Deno.Conn, options: { timeoutMs?: number; signal?: AbortSignal } = {}): Promise<AgentClient> {
-    const timeoutMs = options.timeoutMs ?? 30_000;
+    const timeoutMs = options.timeoutMs ?? DEFAULTS.agentReadyTimeoutMs;
     return new Promise((resolve, reject) => {
       let settled = false;
       const timer = setTimeout(

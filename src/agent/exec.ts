@@ -27,7 +27,7 @@ import {
   ProtocolError,
   type SpawnFailureKind,
 } from "../errors.ts";
-import { settings } from "../settings.ts";
+import { DEFAULTS, settings } from "../settings.ts";
 import type { AgentClient } from "./client.ts";
 import type { Frame } from "./frame.ts";
 import { execWindowLimit, type NotificationParams, RPC_ERROR } from "./rpc.ts";
@@ -78,9 +78,6 @@ export type ExecEvent =
   | { readonly type: "stdout"; readonly data: Uint8Array }
   | { readonly type: "stderr"; readonly data: Uint8Array }
   | { readonly type: "exit"; readonly status: ExitStatus };
-
-/** Grace the host adds to a timeout before it kills the process itself. */
-const HOST_TIMEOUT_GRACE_MS = 1000;
 
 class OutputQueue {
   readonly #chunks: Uint8Array[] = [];
@@ -310,7 +307,7 @@ export class ExecProcess implements AsyncIterable<ExecEvent> {
         hostTimer = setTimeout(() => {
           kill();
           reject(new ExecTimeoutError(spec.cmd, spec.timeoutMs!));
-        }, spec.timeoutMs + HOST_TIMEOUT_GRACE_MS);
+        }, spec.timeoutMs + DEFAULTS.execHostTimeoutGraceMs);
       }
       rawExit.then((s) => {
         if (s.timedOut) reject(new ExecTimeoutError(spec.cmd, spec.timeoutMs ?? 0));
