@@ -4,8 +4,9 @@
  * frames, a 4 GiB frame, output pushed past the window, requests never
  * answered, execs that never exit. Each case checks the host — its calls end
  * with the typed error, its RSS stays bounded, the relay's own accounting —
- * never the peer's word. The positive control, in the same run, is the real
- * agent binary in host mode on the same client and relay code.
+ * never the peer's word. The positive control, in every test, is the real
+ * agent binary in host mode on the same client code (and, where a relay is
+ * tested, on the same relay code).
  *
  * Each test logs what it measured. RSS growth is the peak during the case
  * over the RSS before it; it includes garbage V8 has not collected yet (it
@@ -112,6 +113,13 @@ async function relayTo(agentSocket: string) {
   };
 }
 
+/** The positive control of each case: the real agent, on a fresh connection of the same client code, still works. */
+async function honestStillWorks() {
+  await using c = await honest.connect();
+  assert((await c.request("ping", {})).result.uptimeMs >= 0);
+  assertEquals((await runToCompletion(c, { cmd: "echo", args: ["ok"] })).stdout, "ok\n");
+}
+
 Deno.test("positive control: the real agent serves the same client and relay code", async () => {
   await using direct = await honest.connect();
   const fs = new GuestFs(direct);
@@ -151,6 +159,7 @@ for (const mode of ["empty-flood", "garbage-flood"] as const) {
     assert(m.ms < 10_000, `took ${m.ms} ms`);
     assert(m.growth < 32 * MiB, `host RSS grew ${mib(m.growth)} MiB`);
     await client.close();
+    await honestStillWorks();
   });
 }
 
@@ -167,6 +176,7 @@ Deno.test("the relay reads a 16 MB flood of empty frames from the guest into cou
   console.log(`relay, ${FLOOD_BYTES / 8} empty frames: ${m.ms.toFixed(0)} ms, host RSS +${mib(m.growth)} MiB`);
   // Before: one string per frame, the heap went from 3 to 202 MB.
   assert(m.growth < 96 * MiB, `host RSS grew ${mib(m.growth)} MiB`);
+  await honestStillWorks();
 });
 
 Deno.test("a frame announcing 4 GiB ends the connection at once, nothing allocated", async () => {
@@ -181,6 +191,7 @@ Deno.test("a frame announcing 4 GiB ends the connection at once, nothing allocat
   console.log(`huge-frame: call ended in ${m.ms.toFixed(0)} ms, host RSS +${mib(m.growth)} MiB`);
   assert(m.ms < 5000, `took ${m.ms} ms`);
   assert(m.growth < 16 * MiB, `host RSS grew ${mib(m.growth)} MiB`);
+  await honestStillWorks();
 });
 
 Deno.test("an agent that ignores the window loses that exec; the host stays bounded and the connection lives", async () => {
@@ -205,6 +216,7 @@ Deno.test("an agent that ignores the window loses that exec; the host stays boun
   // At most the window limit (9 MiB) is held; the rest is read, dropped and left to the GC.
   assert(m.growth < 128 * MiB, `host RSS grew ${mib(m.growth)} MiB`);
   assertEquals((await client.request("ping", {})).result.uptimeMs, 1);
+  await honestStillWorks();
 });
 
 Deno.test("a collecting call stops at maxOutputBytes against a flooding agent and against the real one", async () => {
@@ -230,6 +242,7 @@ Deno.test("a collecting call stops at maxOutputBytes against a flooding agent an
     maxOutputBytes: MiB,
   });
   assertEquals(ok.stdoutBytes.length, MiB);
+  await honestStillWorks();
 });
 
 Deno.test("fs.read stops at maxBytes on a file that never ends (a guest path can be /dev/zero)", async () => {
@@ -244,6 +257,7 @@ Deno.test("fs.read stops at maxBytes on a file that never ends (a guest path can
     (await fs.read("/etc/hostname", { maxBytes: 8 * MiB })).length,
     (await Deno.readFile("/etc/hostname")).length,
   );
+  await honestStillWorks();
 });
 
 /** Whether a child of `parent` runs `comm`. */
@@ -296,6 +310,7 @@ Deno.test("an agent that never answers: every call ends with AGENT_TIMEOUT and i
     await waitFor(() => cancelsMissing("silent").length === 0, 2000);
     assertEquals(cancelsMissing("silent"), []);
     assert(wire.filter((l) => l.mode === "silent" && l.id !== null).length >= calls.length + 1);
+    await honestStillWorks();
   } finally {
     Deno.env.delete("KRUNBOX_AGENT_TIMEOUT_MS");
   }
@@ -330,6 +345,7 @@ Deno.test("a guest that never sends exec.exit holds neither the idle time nor dr
   await client.close();
   await assertRejects(() => silent.exited, ProtocolError);
   assert(await waitFor(() => r.relay.runningExecs === 0, 2000), "a gone client's exec stops counting");
+  await honestStillWorks();
 });
 
 Deno.test("positive control: the relay counts a real exec as running until its exit, and idle from then", async () => {
@@ -377,4 +393,5 @@ Deno.test("a relay client that does not read is cut off at its queue cap; anothe
   assert(m.growth < DEFAULTS.relayClientQueueBytes + 96 * MiB, `host RSS grew ${mib(m.growth)} MiB`);
   assert(m.value!.got < DEFAULTS.relayClientQueueBytes + 16 * MiB);
   assertEquals((await reader.request("ping", {})).result.uptimeMs, 1);
+  await honestStillWorks();
 });
