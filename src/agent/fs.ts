@@ -252,7 +252,7 @@ export class GuestFs {
   async list(path: string, options: FsCallOptions = {}): Promise<FsEntry[]> {
     checkPath(path);
     const r = await this.#call("fs.list", path, { path }, options);
-    return (Array.isArray(r.entries) ? r.entries : []).map(toEntry);
+    return (Array.isArray(r.entries) ? r.entries : []).filter((e) => typeof e === "object" && e !== null).map(toEntry);
   }
 
   /** Stats a path (does not follow a final symlink unless `follow`). */
