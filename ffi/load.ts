@@ -4,8 +4,9 @@
  * {@link OptionalLibrary} (a library krunbox can do without, opened once).
  *
  * libkrun's search order: an explicit path, then
- * `KRUNBOX_LIBKRUN_PATH`, then krunbox's provisioned copy
- * (`$KRUNBOX_HOME/assets/libkrun/libkrun.so.1`), then the system's
+ * `KRUNBOX_LIBKRUN_PATH`, then krunbox's provisioned copy (its path is
+ * given by the caller, `assetPath("libkrun")` in src/store/assets.ts: ffi is
+ * the bottom layer and knows nothing of the state home), then the system's
  * `libkrun.so.1`. libkrun dlopens `libkrunfw.so.5` itself by soname: the
  * libkrun backend preloads the provisioned copy by absolute path before the
  * first context, which glibc then reuses (no `LD_LIBRARY_PATH` needed).
@@ -14,12 +15,19 @@
  */
 
 import { BackendUnavailableError } from "../src/errors.ts";
-import { assetPath } from "../src/store/assets.ts";
 import { LIBKRUN_SYMBOLS } from "./libkrun.ts";
 import { settings } from "../src/settings.ts";
 
 /** A loaded libkrun. Close it (or `using`) to unload. */
 export type Libkrun = Deno.DynamicLibrary<typeof LIBKRUN_SYMBOLS>;
+
+/** Where to look for libkrun, besides `KRUNBOX_LIBKRUN_PATH` and the system's soname. */
+export interface LibkrunSearch {
+  /** Tried first: a path the caller insists on. */
+  readonly path?: string;
+  /** krunbox's provisioned copy (`assetPath("libkrun")`), tried after `KRUNBOX_LIBKRUN_PATH`. */
+  readonly provisioned: string;
+}
 
 /**
  * The candidate paths, in search order.
@@ -27,12 +35,12 @@ export type Libkrun = Deno.DynamicLibrary<typeof LIBKRUN_SYMBOLS>;
  * @example
  * ```ts
  * import { libkrunCandidates } from "./load.ts";
- * console.log(libkrunCandidates());
+ * console.log(libkrunCandidates({ path: "/opt/libkrun.so.1", provisioned: "/home/me/.krunbox/assets/libkrun/libkrun.so.1" }));
  * ```
  */
-export function libkrunCandidates(explicitPath?: string): string[] {
+export function libkrunCandidates(search: LibkrunSearch): string[] {
   const env = settings.libkrunPath();
-  return [explicitPath, env, assetPath("libkrun"), "libkrun.so.1"].filter((p): p is string => !!p);
+  return [search.path, env, search.provisioned, "libkrun.so.1"].filter((p): p is string => !!p);
 }
 
 /**
@@ -42,13 +50,14 @@ export function libkrunCandidates(explicitPath?: string): string[] {
  * @example
  * ```ts
  * import { loadLibkrun } from "./load.ts";
- * using lib = loadLibkrun();
+ * import { assetPath } from "../src/store/assets.ts";
+ * using lib = loadLibkrun({ provisioned: assetPath("libkrun") });
  * const ctx = lib.symbols.krun_create_ctx();
  * lib.symbols.krun_free_ctx(ctx);
  * ```
  */
-export function loadLibkrun(explicitPath?: string): Libkrun & Disposable {
-  const { lib, errors } = openFirst(libkrunCandidates(explicitPath), LIBKRUN_SYMBOLS);
+export function loadLibkrun(search: LibkrunSearch): Libkrun & Disposable {
+  const { lib, errors } = openFirst(libkrunCandidates(search), LIBKRUN_SYMBOLS);
   if (lib) return Object.assign(lib, { [Symbol.dispose]: () => lib.close() });
   throw new BackendUnavailableError(
     "libkrun",

@@ -72,7 +72,7 @@ function load(): Libkrun {
       },
     );
   }
-  const lib = loadLibkrun();
+  const lib = loadLibkrun({ provisioned: assetPath("libkrun") });
   checkKrun("krun_set_log_level", lib.symbols.krun_set_log_level(KRUN_LOG_LEVEL.warn));
   loaded = { lib, fw };
   return lib;

@@ -18,9 +18,26 @@ const missing = !(await assetVersion("libkrun")) || !(await assetVersion("libkru
 if (missing) console.log("SKIPPING libkrun FFI tests: libkrun or libkrunfw is not provisioned (see `./dev doctor`)");
 const ignore = missing;
 
+Deno.test("libkrun: the search order is the explicit path, KRUNBOX_LIBKRUN_PATH, the provisioned copy, the soname", () => {
+  const saved = Deno.env.get("KRUNBOX_LIBKRUN_PATH");
+  Deno.env.set("KRUNBOX_LIBKRUN_PATH", "/env/libkrun.so.1");
+  try {
+    assertEquals(libkrunCandidates({ path: "/x/libkrun.so.1", provisioned: "/p/libkrun.so.1" }), [
+      "/x/libkrun.so.1",
+      "/env/libkrun.so.1",
+      "/p/libkrun.so.1",
+      "libkrun.so.1",
+    ]);
+    Deno.env.delete("KRUNBOX_LIBKRUN_PATH");
+    assertEquals(libkrunCandidates({ provisioned: "/p/libkrun.so.1" }), ["/p/libkrun.so.1", "libkrun.so.1"]);
+  } finally {
+    if (saved) Deno.env.set("KRUNBOX_LIBKRUN_PATH", saved);
+    else Deno.env.delete("KRUNBOX_LIBKRUN_PATH");
+  }
+});
+
 Deno.test({ name: "libkrun: a bad explicit path falls through to the next candidate", ignore }, () => {
-  assertEquals(libkrunCandidates("/x/libkrun.so.1")[0], "/x/libkrun.so.1");
-  using lib = loadLibkrun("/nonexistent/libkrun.so.1");
+  using lib = loadLibkrun({ path: "/nonexistent/libkrun.so.1", provisioned: assetPath("libkrun") });
   assert(lib.symbols.krun_create_ctx);
 });
 
@@ -30,7 +47,7 @@ Deno.test("libkrun: when nothing loads, the error lists every path tried and the
   try {
     let lib: ReturnType<typeof loadLibkrun> | undefined;
     try {
-      lib = loadLibkrun("/nope/libkrun.so.1");
+      lib = loadLibkrun({ path: "/nope/libkrun.so.1", provisioned: assetPath("libkrun") });
     } catch (e) {
       assert(e instanceof BackendUnavailableError);
       for (const p of ["/nope/libkrun.so.1", "/nonexistent-home/assets/libkrun/libkrun.so.1", "KRUNBOX_LIBKRUN_PATH"]) {
@@ -47,7 +64,7 @@ Deno.test("libkrun: when nothing loads, the error lists every path tried and the
 Deno.test({ name: "libkrun: configuration calls return what the header promises", ignore }, () => {
   // libkrun dlopens libkrunfw by soname at the first context: preload our copy.
   Deno.dlopen(assetPath("libkrunfw"), {});
-  using lib = loadLibkrun();
+  using lib = loadLibkrun({ provisioned: assetPath("libkrun") });
   const k = lib.symbols;
   const a = new CStrings();
   const ctx = checkKrun("krun_create_ctx", k.krun_create_ctx());
