@@ -1,0 +1,107 @@
+package engine
+
+import (
+	"context"
+	"io"
+	"net"
+	"net/netip"
+	"sync"
+
+	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
+	"gvisor.dev/gvisor/pkg/waiter"
+)
+
+func (e *Engine) installTCP() {
+	inFlight := e.cfg.MaxConnections
+	if inFlight < 64 {
+		inFlight = 64
+	}
+	fwd := tcp.NewForwarder(e.stack, 0, inFlight, e.handleTCP)
+	e.stack.SetTransportProtocolHandler(tcp.ProtocolNumber, fwd.HandlePacket)
+}
+
+// handleTCP decides one guest connection (its SYN): a denial or a full table
+// is a RST at once; an allowed flow is dialled from the host first (a failed
+// dial is a RST too) and only then accepted and spliced.
+func (e *Engine) handleTCP(r *tcp.ForwarderRequest) {
+	id := r.ID()
+	dst, port := netipAddr(id.LocalAddress), int(id.LocalPort)
+	d, target, name := e.egress("tcp", dst, port)
+	if !d.Allow {
+		r.Complete(true)
+		e.emit("tcp", dst, port, d, name)
+		return
+	}
+	if !e.flows.acquire() {
+		r.Complete(true)
+		e.emit("tcp", dst, port, limited, name)
+		return
+	}
+	e.emit("tcp", dst, port, d, name)
+	ctx, cancel := context.WithTimeout(e.ctx, DialTimeout)
+	var dialer net.Dialer
+	host, err := dialer.DialContext(ctx, "tcp", netip.AddrPortFrom(target, uint16(port)).String())
+	cancel()
+	if err != nil {
+		e.flows.release()
+		r.Complete(true)
+		return
+	}
+	var wq waiter.Queue
+	ep, terr := r.CreateEndpoint(&wq)
+	if terr != nil {
+		e.flows.release()
+		r.Complete(true)
+		_ = host.Close()
+		return
+	}
+	r.Complete(false)
+	guest := gonet.NewTCPConn(&wq, ep)
+	e.wg.Add(1)
+	go func() {
+		defer e.wg.Done()
+		defer e.flows.release()
+		e.splice(guest, host.(*net.TCPConn))
+	}()
+}
+
+// halfCloser is a stream whose write side closes alone.
+type halfCloser interface {
+	net.Conn
+	CloseWrite() error
+}
+
+// splice copies both ways; an EOF one way is passed on as a half-close the
+// same way; both ends close when both directions are done (or Close runs).
+func (e *Engine) splice(a, b halfCloser) {
+	var once sync.Once
+	closeBoth := func() {
+		once.Do(func() {
+			_ = a.Close()
+			_ = b.Close()
+		})
+	}
+	untrack := e.track(closeBoth)
+	defer untrack()
+	defer closeBoth()
+	var wg sync.WaitGroup
+	pipe := func(dst, src halfCloser) {
+		defer wg.Done()
+		buf := make([]byte, 64<<10)
+		_, err := io.CopyBuffer(onlyWriter{dst}, onlyReader{src}, buf)
+		if err != nil {
+			closeBoth() // a reset or an error ends the flow both ways
+			return
+		}
+		_ = dst.CloseWrite()
+	}
+	wg.Add(2)
+	go pipe(a, b)
+	go pipe(b, a)
+	wg.Wait()
+}
+
+// onlyReader/onlyWriter hide ReadFrom/WriteTo so CopyBuffer uses its buffer.
+type onlyReader struct{ io.Reader }
+type onlyWriter struct{ io.Writer }
