@@ -348,6 +348,13 @@ func (e *Engine) track(f func()) (untrack func()) {
 	}
 }
 
+// liveFlows counts the flows Close would end.
+func (e *Engine) liveFlows() int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return len(e.live)
+}
+
 // inbound filters frames from the guest: ARP requests are answered here;
 // only IPv4 from the guest's own address reaches the stack; ICMP echo beyond
 // netd's own addresses is decided (and, not being forwarded, dropped) here.

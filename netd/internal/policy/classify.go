@@ -114,3 +114,6 @@ func (c *Classifier) Classify(a netip.Addr) Group {
 	}
 	return Public
 }
+
+// HostAddrs returns the addresses classified as host.
+func (c *Classifier) HostAddrs() map[netip.Addr]bool { return c.host }

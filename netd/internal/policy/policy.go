@@ -57,6 +57,9 @@ func New(p config.Policy, c *Classifier) *Policy {
 	return &Policy{rules: p.Rules, defaultAllow: p.Default == "allow", classifier: c}
 }
 
+// Classifier returns the policy's classifier.
+func (p *Policy) Classifier() *Classifier { return p.classifier }
+
 // Classify returns the group of an address.
 func (p *Policy) Classify(a netip.Addr) Group { return p.classifier.Classify(a) }
 
