@@ -27,6 +27,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
 
 	"krunbox.dev/netd/internal/config"
+	"krunbox.dev/netd/internal/frames"
 	"krunbox.dev/netd/internal/policy"
 )
 
@@ -90,7 +91,7 @@ type Engine struct {
 	wg     sync.WaitGroup
 
 	mu      sync.Mutex
-	fc      *frameConn
+	fc      *frames.Conn
 	closers []func()
 	live    map[uint64]func()
 	liveSeq uint64
@@ -276,13 +277,13 @@ func (e *Engine) Serve(ctx context.Context) error {
 		break
 	}
 	_ = e.ln.Close() // exactly one peer
-	fc := newFrameConn(conn, e.cfg.MTU+header.EthernetMinimumSize)
+	fc := frames.NewConn(conn, e.cfg.MTU+header.EthernetMinimumSize)
 	e.mu.Lock()
 	e.fc = fc
 	e.mu.Unlock()
-	l := &link{fc: fc, ep: e.ep, in: e.inbound}
-	err := l.run(ctx)
-	if errors.Is(err, errFrame) {
+	l := &frames.Link{FC: fc, EP: e.ep, In: e.inbound}
+	err := l.Run(ctx)
+	if errors.Is(err, frames.ErrFrame) {
 		e.out.Error(err.Error())
 	}
 	return err
@@ -294,7 +295,7 @@ func (e *Engine) Stats() Stats {
 	st := Stats{Type: "stats", Connections: open, Flows: total}
 	e.mu.Lock()
 	if e.fc != nil {
-		st.RxBytes, st.TxBytes = e.fc.rx.Load(), e.fc.tx.Load()
+		st.RxBytes, st.TxBytes = e.fc.Rx.Load(), e.fc.Tx.Load()
 	}
 	e.mu.Unlock()
 	return st
@@ -366,8 +367,8 @@ func (e *Engine) inbound(frame []byte) bool {
 			e.mu.Lock()
 			fc := e.fc
 			e.mu.Unlock()
-			if fc != nil && fc.write(rep) == nil {
-				_ = fc.flush()
+			if fc != nil && fc.Write(rep) == nil {
+				_ = fc.Flush()
 			}
 		}
 		return false

@@ -13,19 +13,11 @@ import (
 	"testing"
 	"time"
 
-	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
-	"gvisor.dev/gvisor/pkg/tcpip/header"
-	"gvisor.dev/gvisor/pkg/tcpip/link/channel"
-	"gvisor.dev/gvisor/pkg/tcpip/link/ethernet"
-	"gvisor.dev/gvisor/pkg/tcpip/network/arp"
-	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
-	"gvisor.dev/gvisor/pkg/tcpip/transport/icmp"
-	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
-	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
 
 	"krunbox.dev/netd/internal/config"
+	"krunbox.dev/netd/internal/guest"
 )
 
 // The guest side of every integration test is a second, real gVisor netstack
@@ -68,6 +60,7 @@ type harness struct {
 	t      testing.TB
 	e      *Engine
 	g      *stack.Stack
+	guest  *guest.Guest
 	mu     sync.Mutex
 	events []Event
 	served chan error
@@ -103,47 +96,27 @@ func start(t testing.TB, cfg *config.Config) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h.g = guestStack(t, conn, cfg)
+	g, err := guest.New(conn, cfg.GuestMAC, netip.PrefixFrom(cfg.GuestIP, cfg.Subnet.Bits()), cfg.GatewayIP, cfg.MTU)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.g = g.Stack
+	h.guest = g
 	t.Cleanup(func() {
-		h.g.Close()
+		g.Close()
 		e.Close()
 	})
 	return h
 }
 
-func guestStack(t testing.TB, conn net.Conn, cfg *config.Config) *stack.Stack {
-	s := stack.New(stack.Options{
-		NetworkProtocols:   []stack.NetworkProtocolFactory{ipv4.NewProtocol, arp.NewProtocol},
-		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol, udp.NewProtocol, icmp.NewProtocol4},
-	})
-	sack := tcpip.TCPSACKEnabled(true)
-	s.SetTransportProtocolOption(tcp.ProtocolNumber, &sack)
-	ep := channel.New(1024, uint32(cfg.MTU), tcpip.LinkAddress(cfg.GuestMAC))
-	if err := s.CreateNIC(1, ethernet.New(ep)); err != nil {
-		t.Fatal(err)
-	}
-	pa := tcpip.ProtocolAddress{Protocol: ipv4.ProtocolNumber, AddressWithPrefix: tcpip.AddressWithPrefix{Address: tcpipAddr(cfg.GuestIP), PrefixLen: cfg.Subnet.Bits()}}
-	if err := s.AddProtocolAddress(1, pa, stack.AddressProperties{}); err != nil {
-		t.Fatal(err)
-	}
-	subnet, _ := tcpip.NewSubnet(tcpipAddr(cfg.Subnet.Addr()), tcpip.MaskFromBytes(net.CIDRMask(cfg.Subnet.Bits(), 32)))
-	s.SetRouteTable([]tcpip.Route{{Destination: subnet, NIC: 1}, {Destination: header.IPv4EmptySubnet, Gateway: tcpipAddr(cfg.GatewayIP), NIC: 1}})
-	l := &link{fc: newFrameConn(conn, cfg.MTU+header.EthernetMinimumSize), ep: ep}
-	ctx, cancel := context.WithCancel(context.Background())
-	go func() { _ = l.run(ctx) }()
-	t.Cleanup(cancel)
-	return s
-}
-
 func (h *harness) dial(addr string, port int) (*gonet.TCPConn, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	return gonet.DialContextTCP(ctx, h.g, tcpip.FullAddress{NIC: 1, Addr: tcpipAddr(netip.MustParseAddr(addr)), Port: uint16(port)}, ipv4.ProtocolNumber)
+	return h.guest.DialTCP(ctx, addr, port)
 }
 
 func (h *harness) udp(addr string, port int) *gonet.UDPConn {
-	ra := tcpip.FullAddress{NIC: 1, Addr: tcpipAddr(netip.MustParseAddr(addr)), Port: uint16(port)}
-	c, err := gonet.DialUDP(h.g, nil, &ra, ipv4.ProtocolNumber)
+	c, err := h.guest.DialUDP(addr, port)
 	if err != nil {
 		h.t.Fatal(err)
 	}

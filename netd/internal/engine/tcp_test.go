@@ -8,6 +8,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"krunbox.dev/netd/internal/frames"
 )
 
 // refusedFast dials and expects a refusal (a RST) well under a second.
@@ -324,7 +326,7 @@ func TestFrameTooLongEndsTheLink(t *testing.T) {
 	_, _ = c.Write([]byte{0, 0, 0x05, 0xef}) // 1519 > mtu + 14
 	select {
 	case err := <-done:
-		if !errors.Is(err, errFrame) {
+		if !errors.Is(err, frames.ErrFrame) {
 			t.Fatalf("serve: %v", err)
 		}
 	case <-time.After(5 * time.Second):
