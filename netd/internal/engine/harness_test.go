@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -13,8 +14,13 @@ import (
 	"testing"
 	"time"
 
+	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/icmp"
+	"gvisor.dev/gvisor/pkg/waiter"
 
 	"krunbox.dev/netd/internal/config"
 	"krunbox.dev/netd/internal/guest"
@@ -241,3 +247,38 @@ const (
 	rulesHost   = `[{"action":"allow","direction":"egress","dest":{"kind":"group","group":"host"},"id":"allow@host"},` +
 		`{"action":"allow","direction":"egress","dest":{"kind":"group","group":"public"},"id":"allow@public"}]`
 )
+
+// ping sends one ICMP echo from the guest and reports whether a reply came
+// within 300 ms.
+func (h *harness) ping(t *testing.T, addr string) bool {
+	t.Helper()
+	var wq waiter.Queue
+	ep, err := h.g.NewEndpoint(icmp.ProtocolNumber4, ipv4.ProtocolNumber, &wq)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ep.Close()
+	echo := make([]byte, header.ICMPv4MinimumSize+4)
+	hdr := header.ICMPv4(echo)
+	hdr.SetType(header.ICMPv4Echo)
+	copy(echo[header.ICMPv4MinimumSize:], "ping")
+	to := guest.Full(addr, 0)
+	if _, err := ep.Write(bytes.NewReader(echo), tcpip.WriteOptions{To: &to}); err != nil {
+		t.Fatal(err)
+	}
+	we, ch := waiter.NewChannelEntry(waiter.ReadableEvents)
+	wq.EventRegister(&we)
+	defer wq.EventUnregister(&we)
+	deadline := time.After(300 * time.Millisecond)
+	for {
+		var out bytes.Buffer
+		if _, err := ep.Read(&out, tcpip.ReadOptions{}); err == nil {
+			return true
+		}
+		select {
+		case <-ch:
+		case <-deadline:
+			return false
+		}
+	}
+}
