@@ -273,3 +273,29 @@ func TestAPeerThatIsNotTheVMMIsRefused(t *testing.T) {
 		t.Fatalf("exit %d after the peer left", code)
 	}
 }
+
+func TestShutdownCommandAndUnknownCommands(t *testing.T) {
+	line, sock := testConfig(t, "")
+	p := startNetd(t, line)
+	if m := p.next(t); m["type"] != "ready" {
+		t.Fatalf("first line: %v", m)
+	}
+	_, _ = io.WriteString(p.stdin, `{"cmd":"dance"}`+"\n")
+	if m := p.next(t); m["type"] != "error" || !strings.Contains(m["message"].(string), "unknown command") {
+		t.Fatalf("unknown command: %v", m)
+	}
+	_, _ = io.WriteString(p.stdin, `{"cmd":"shutdown"}`+"\n")
+	if code := p.exit(t, 5*time.Second); code != 0 {
+		t.Fatalf("exit %d after shutdown", code)
+	}
+	if _, err := os.Stat(sock); err == nil {
+		t.Fatal("the socket outlived netd")
+	}
+}
+
+func TestVersionFlag(t *testing.T) {
+	out, err := exec.Command(netdBin, "--version").Output()
+	if err != nil || strings.TrimSpace(string(out)) != "netd "+version {
+		t.Fatalf("%q %v", out, err)
+	}
+}

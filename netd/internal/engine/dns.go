@@ -79,8 +79,8 @@ func (e *Engine) startDNS() error {
 }
 
 func (e *Engine) serveDNSUDP(uc *gonet.UDPConn, local netip.Addr, sem chan struct{}) {
+	buf := make([]byte, 65536)
 	for {
-		buf := make([]byte, 65536)
 		n, from, err := uc.ReadFrom(buf)
 		if err != nil {
 			return
@@ -90,10 +90,11 @@ func (e *Engine) serveDNSUDP(uc *gonet.UDPConn, local netip.Addr, sem chan struc
 		default:
 			continue // too many queries at once: this one is dropped (the client retries)
 		}
+		query := append([]byte(nil), buf[:n]...)
 		go func() {
 			defer func() { <-sem }()
 			req := new(dns.Msg)
-			if req.Unpack(buf[:n]) != nil {
+			if req.Unpack(query) != nil {
 				return
 			}
 			resp := e.answer(req, "udp", local)
