@@ -200,11 +200,9 @@ func (e *Engine) answer(req *dns.Msg, proto string, local netip.Addr) *dns.Msg {
 			e.Events.Emit(Event{Direction: policy.Egress, Protocol: proto, Address: a.String(), Port: 53, Name: name, Action: "denied", Rule: rule, Reason: policy.ReasonRebinding})
 			continue
 		}
-		ttl := time.Duration(rr.Header().Ttl) * time.Second
-		e.names.Add(name, a, ttl)
-		if owner, err := config.NormalizeName(rr.Header().Name); err == nil && owner != name {
-			e.names.Add(owner, a, ttl)
-		}
+		// Bound to the name the guest asked for only (through any CNAME
+		// chain): an answer cannot bind an address to some other name.
+		e.names.Add(name, a, time.Duration(rr.Header().Ttl)*time.Second)
 		kept = append(kept, rr)
 	}
 	up.Answer = kept

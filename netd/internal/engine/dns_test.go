@@ -38,6 +38,15 @@ func newUpstream(t *testing.T, records map[string][]string) *upstream {
 		m := new(dns.Msg)
 		m.SetReply(req)
 		for _, a := range records[strings.ToLower(q.Name)] {
+			if target, ok := strings.CutPrefix(a, "cname:"); ok {
+				m.Answer = append(m.Answer, &dns.CNAME{Hdr: dns.RR_Header{Name: q.Name, Rrtype: dns.TypeCNAME, Class: dns.ClassINET, Ttl: 5}, Target: target})
+				continue
+			}
+			if owner, addr, ok := strings.Cut(a, "="); ok {
+				ip := netip.MustParseAddr(addr)
+				m.Answer = append(m.Answer, &dns.A{Hdr: dns.RR_Header{Name: owner, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 5}, A: net.IP(ip.AsSlice())})
+				continue
+			}
 			ip := netip.MustParseAddr(a)
 			if ip.Is4() && q.Qtype == dns.TypeA {
 				m.Answer = append(m.Answer, &dns.A{Hdr: dns.RR_Header{Name: q.Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 5}, A: net.IP(ip.AsSlice())})
@@ -110,9 +119,11 @@ func TestDNSUnderPolicy(t *testing.T) {
 		"allowed.test.": {"203.0.113.7"},
 		"denied.test.":  {"203.0.113.8"},
 		"rebind.test.":  {"127.0.0.1", "203.0.113.9", "10.1.2.3", "169.254.169.254"},
+		"chain.test.":   {"cname:target.test.", "target.test.=203.0.113.20"},
 	})
 	rules := `[{"action":"allow","dest":{"kind":"domain","name":"allowed.test"},"id":"allow@allowed.test"},
-		{"action":"allow","dest":{"kind":"domain","name":"rebind.test"},"id":"allow@rebind.test"}]`
+		{"action":"allow","dest":{"kind":"domain","name":"rebind.test"},"id":"allow@rebind.test"},
+		{"action":"allow","dest":{"kind":"domain","name":"chain.test"},"id":"allow@chain.test"}]`
 	h := start(t, baseConfig(t, rules, "deny", map[string]any{"dns": map[string]any{"upstream": []string{up.addr.String()}}}))
 
 	// A name no rule could allow: NXDOMAIN, and the upstream never sees it
@@ -148,6 +159,14 @@ func TestDNSUnderPolicy(t *testing.T) {
 	// The answer is bound to the name in the sandbox's table.
 	if names := h.e.names.Lookup(netip.MustParseAddr("203.0.113.7")); len(names) != 1 || names[0] != "allowed.test" {
 		t.Fatalf("name table: %v", names)
+	}
+	// A CNAME chain binds its address to the name asked, never to a name the
+	// answer chose.
+	if got := strings.Join(answers(h.query("10.0.2.3", "udp", "chain.test")), ","); got != "203.0.113.20" {
+		t.Fatalf("chain.test: %q", got)
+	}
+	if names := h.e.names.Lookup(netip.MustParseAddr("203.0.113.20")); len(names) != 1 || names[0] != "chain.test" {
+		t.Fatalf("chain binding: %v", names)
 	}
 	// Rebinding: an allowed public name pointing at loopback, private or
 	// metadata addresses keeps only its public answer.

@@ -7,8 +7,12 @@ import (
 	"time"
 )
 
-// MinTTL is the shortest time a resolved name stays bound to its address.
-const MinTTL = 60 * time.Second
+// MinTTL is the shortest time a resolved name stays bound to its address,
+// MaxTTL the longest (an answer's TTL is clamped to MinTTL..MaxTTL).
+const (
+	MinTTL = 60 * time.Second
+	MaxTTL = 24 * time.Hour
+)
 
 // maxNames bounds the table (a guest resolving without end cannot grow it
 // past this; the entries closest to expiry go first).
@@ -32,11 +36,9 @@ func NewNames(now func() time.Time) *Names {
 	return &Names{now: now, byIP: map[netip.Addr]map[string]time.Time{}}
 }
 
-// Add binds name to addr for ttl (at least MinTTL).
+// Add binds name to addr for ttl (clamped to MinTTL..MaxTTL).
 func (t *Names) Add(name string, addr netip.Addr, ttl time.Duration) {
-	if ttl < MinTTL {
-		ttl = MinTTL
-	}
+	ttl = min(max(ttl, MinTTL), MaxTTL)
 	name = strings.ToLower(strings.TrimSuffix(name, "."))
 	addr = addr.Unmap()
 	t.mu.Lock()

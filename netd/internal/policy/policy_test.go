@@ -186,4 +186,10 @@ func TestNamesTTL(t *testing.T) {
 	if got := n.Lookup(netip.MustParseAddr("::ffff:203.0.113.7")); len(got) != 1 {
 		t.Fatalf("mapped lookup: %v", got)
 	}
+	b := netip.MustParseAddr("203.0.113.8")
+	n.Add("forever.test", b, 1<<31*time.Second)
+	now = now.Add(MaxTTL + time.Second)
+	if len(n.Lookup(b)) != 0 {
+		t.Fatal("a huge TTL outlived MaxTTL")
+	}
 }
