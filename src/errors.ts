@@ -28,7 +28,8 @@ export type ErrorCode =
   | "PROTOCOL"
   | "AGENT"
   | "LIBKRUN"
-  | "STATE";
+  | "STATE"
+  | "SECRET_UNAVAILABLE";
 
 /** Options shared by every krunbox error. */
 export interface KrunboxErrorOptions {
@@ -382,5 +383,30 @@ export class StateError extends KrunboxError {
   /** `message` says what is wrong with the state home and how to fix it. */
   constructor(message: string, options?: KrunboxErrorOptions) {
     super("STATE", message, options);
+  }
+}
+
+/**
+ * A sandbox with secrets was asked to start from its stored config, which
+ * holds only the secrets' placeholders: krunbox never stores a secret's
+ * value. Create the sandbox again (with `replace()`) and the same
+ * `secret(...)` calls. Nothing was changed.
+ *
+ * @example
+ * ```ts
+ * import { SecretUnavailableError } from "@krunbox/krunbox";
+ * throw new SecretUnavailableError("job-1", ["OPENAI_API_KEY"]);
+ * ```
+ */
+export class SecretUnavailableError extends KrunboxError {
+  /** `sandbox` names the sandbox; `envs` the secrets whose values are missing. */
+  constructor(readonly sandbox: string, readonly envs: readonly string[], options?: KrunboxErrorOptions) {
+    super(
+      "SECRET_UNAVAILABLE",
+      `sandbox "${sandbox}" has secrets (${envs.join(", ")}) whose values krunbox never stores, so it cannot ` +
+        `start from its stored config; create it again with Sandbox.builder("${sandbox}").replace() and the same ` +
+        `secret(...) calls`,
+      options,
+    );
   }
 }

@@ -77,6 +77,26 @@ export const DEFAULTS = {
   pullStallMs: 60_000,
   /** Give up on a blob another process has been downloading this long. */
   blobLockWaitMs: 30 * 60_000,
+  /** Concurrent guest flows (TCP + UDP) netd admits per sandbox (`n.maxConnections`). */
+  netMaxConnections: 256,
+  /** TLS ports netd intercepts in a sandbox with secrets (`n.tls({ ports })`). */
+  netTlsPorts: [443] as readonly number[],
+  /** The longest line netd may write on stdout (a longer one is discarded as a protocol error). */
+  netdLineMaxBytes: 64 * 1024,
+  /** The longest secret value (it is substituted in HTTP headers). */
+  secretMaxBytes: 16 * 1024,
+  /** The most secrets a sandbox can have. */
+  secretMaxCount: 64,
+  /** The largest certificate (DER bytes) `trustCa` takes. */
+  trustCaMaxBytes: 16 * 1024,
+  /** The most certificates `trustCa` takes. */
+  trustCaMaxCount: 64,
+  /** The most rules a policy can have. */
+  netMaxRules: 1024,
+  /** The most names `dns({ hosts })` can fix. */
+  netMaxDnsHosts: 1024,
+  /** The most resolvers `dns({ upstream })` can name. */
+  netMaxUpstreams: 8,
 } as const;
 
 /**

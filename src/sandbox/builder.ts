@@ -23,6 +23,9 @@ import { InvalidConfigError } from "../errors.ts";
 import type { PullEvent, PullPolicy } from "../image/pull.ts";
 import type { BasicAuth } from "../image/registry.ts";
 import { Sandbox } from "./sandbox.ts";
+import { NETWORK_DEFAULTS, NetworkBuilder, parseNetwork } from "../net/policy.ts";
+import { DEFAULT_BIND } from "../net/ports.ts";
+import { newPlaceholder, SecretBuilder, secretEnv, type SecretSpec, secretSpec } from "../net/secrets.ts";
 
 type Draft = { -readonly [K in keyof SandboxConfig]?: SandboxConfig[K] };
 
@@ -32,6 +35,20 @@ interface CreateOptions {
   readonly pullPolicy?: PullPolicy;
   readonly auth?: BasicAuth;
   readonly onPull?: (event: PullEvent) => void;
+  /** Secrets with their values (memory only: `build()` stores placeholders, never these values). */
+  readonly secrets?: readonly SecretSpec[];
+}
+
+/** A published port in object form (`port({ host, guest, bind })`). */
+export interface PortOptions {
+  /** Host port (1–65535). */
+  readonly host: number;
+  /** Guest port (1–65535). */
+  readonly guest: number;
+  /** The host address to listen on (default 127.0.0.1). */
+  readonly bind?: string;
+  /** `tcp` (default) or `udp`. */
+  readonly protocol?: "tcp" | "udp";
 }
 
 /** Chooses an image source explicitly (`imageWith`). */
@@ -205,23 +222,105 @@ export class SandboxBuilder {
     return this.#with({ volumes: [...(this.#draft.volumes ?? []), v] });
   }
 
-  /** Publishes a guest TCP port on 127.0.0.1:host. */
-  port(host: number, guest: number): SandboxBuilder {
-    return this.#withPort({ host, guest, protocol: "tcp" });
+  /**
+   * Publishes a guest TCP port on 127.0.0.1:host, or, in object form, on the
+   * address `bind` says (`{ host, guest, bind, protocol }`). Connections to
+   * it are checked against the network's ingress rules.
+   *
+   * @example
+   * ```ts
+   * import { Sandbox } from "@krunbox/krunbox";
+   * const b = Sandbox.builder("web").image("/srv/root").port(8080, 80).port({ host: 8443, guest: 443, bind: "::1" });
+   * ```
+   */
+  port(host: number, guest: number): SandboxBuilder;
+  /** Publishes a guest port as `{ host, guest, bind, protocol }` says (bind default 127.0.0.1, protocol tcp). */
+  port(options: PortOptions): SandboxBuilder;
+  port(hostOrOptions: number | PortOptions, guest?: number): SandboxBuilder {
+    if (typeof hostOrOptions === "object" && hostOrOptions !== null) {
+      const o = hostOrOptions;
+      return this.#withPort({
+        host: o.host,
+        guest: o.guest,
+        protocol: o.protocol ?? "tcp",
+        bind: o.bind ?? DEFAULT_BIND,
+      });
+    }
+    return this.#withPort({ host: hostOrOptions, guest: guest as number, protocol: "tcp", bind: DEFAULT_BIND });
   }
 
   /** Publishes a guest UDP port on 127.0.0.1:host. */
   portUdp(host: number, guest: number): SandboxBuilder {
-    return this.#withPort({ host, guest, protocol: "udp" });
+    return this.#withPort({ host, guest, protocol: "udp", bind: DEFAULT_BIND });
   }
 
   #withPort(p: PortMapping): SandboxBuilder {
     return this.#with({ ports: [...(this.#draft.ports ?? []), p] });
   }
 
-  /** No network interface at all (DNS included). */
+  /** No network interface at all (DNS included). A later `network(fn)` turns it back on. */
   disableNetwork(): SandboxBuilder {
-    return this.#with({ network: { mode: "none" } });
+    return this.#with({ network: { ...(this.#draft.network ?? NETWORK_DEFAULTS), mode: "none" } });
+  }
+
+  /**
+   * The network policy, DNS and limits, starting from what this builder has
+   * (default: the `public` profile). See {@link NetworkBuilder}.
+   *
+   * @example
+   * ```ts
+   * import { Sandbox } from "@krunbox/krunbox";
+   * const b = Sandbox.builder("pip").image("python:3.12-slim")
+   *   .network((n) => n.policy("none").allow(".pypi.org:tcp:443").allow(".pythonhosted.org:tcp:443"));
+   * ```
+   */
+  network(fn: (n: NetworkBuilder) => NetworkBuilder): SandboxBuilder {
+    const n = fn(new NetworkBuilder(parseNetwork(this.#draft.network ?? NETWORK_DEFAULTS)));
+    if (!(n instanceof NetworkBuilder)) {
+      throw new InvalidConfigError(
+        "network",
+        "network(fn): fn must return the NetworkBuilder (or one derived from it)",
+      );
+    }
+    return this.#with({ network: n.build() });
+  }
+
+  /**
+   * A secret: the guest's env holds a placeholder; the engine puts the value
+   * only into TLS requests to the allowed hosts. The value is never stored:
+   * `Sandbox.start(name)` of a stopped sandbox with secrets throws
+   * `SecretUnavailableError` (create it again with `replace()`).
+   *
+   * @example
+   * ```ts
+   * import { Sandbox } from "@krunbox/krunbox";
+   * const b = Sandbox.builder("agent").image("python:3.12-slim")
+   *   .secret((s) => s.env("OPENAI_API_KEY").value("sk-example").allowHost("api.openai.com"));
+   * ```
+   */
+  secret(fn: (s: SecretBuilder) => SecretBuilder): SandboxBuilder {
+    return this.#withSecret(secretSpec(fn(new SecretBuilder())));
+  }
+
+  /**
+   * The short form of {@link secret}: `env` holds a placeholder for `value`, sent only to `host`.
+   *
+   * @example
+   * ```ts
+   * import { Sandbox } from "@krunbox/krunbox";
+   * const b = Sandbox.builder("gh").image("/srv/root").secretEnv("GITHUB_TOKEN", "ghp_example", "api.github.com");
+   * ```
+   */
+  secretEnv(env: string, value: string, host: string): SandboxBuilder {
+    return this.#withSecret(secretEnv(env, value, host));
+  }
+
+  #withSecret(spec: SecretSpec): SandboxBuilder {
+    const secrets = this.#opts.secrets ?? [];
+    if (secrets.some((s) => s.env === spec.env)) {
+      throw new InvalidConfigError("secrets.env", `${spec.env} is a secret twice`);
+    }
+    return this.#withOpts({ secrets: [...secrets, spec] });
   }
 
   /** Stop after this many seconds without exec or fs calls. */
@@ -270,9 +369,22 @@ export class SandboxBuilder {
     return this.#withOpts({ onPull: fn });
   }
 
-  /** The validated config this builder describes. */
+  /**
+   * The validated config this builder describes. Each call gives each
+   * secret a new placeholder (the config holds placeholders, never values).
+   */
   build(): SandboxConfig {
-    return parseConfig(this.#draft);
+    const secrets = (this.#opts.secrets ?? []).map(({ value: _value, ...s }) => ({
+      ...s,
+      placeholder: newPlaceholder(),
+    }));
+    if (this.#draft.network?.mode === "none" && (this.#draft.ports ?? []).length > 0) {
+      throw new InvalidConfigError(
+        "ports",
+        "a sandbox without a network cannot publish ports; drop disableNetwork() or the ports",
+      );
+    }
+    return parseConfig({ ...this.#draft, secrets });
   }
 
   /** Creates and boots the sandbox, attached to this process. */

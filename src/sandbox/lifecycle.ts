@@ -38,6 +38,7 @@ import { type PulledImage, pullImage, type PullOptions } from "../image/pull.ts"
 import type { ImageConfig } from "../image/registry.ts";
 import { createUpperDisk } from "../image/upper.ts";
 import { DEFAULTS, settings } from "../settings.ts";
+import { secretValues } from "../net/secrets.ts";
 
 /** The status a reader sees. */
 export type SandboxStatus = "running" | "draining" | "stopped" | "crashed";
@@ -465,6 +466,8 @@ export async function relaunch(
     const status = reconcile(store, row);
     if (status === "running" || status === "draining") throw new StillRunningError(name);
     const config = parseConfig(JSON.parse(row.config));
+    // Secret values are never stored: without them the sandbox cannot start (it stays as it was).
+    secretValues(name, config.secrets, undefined);
     const paths = pathsOf(name);
     const { root } = await prepareRoot(store, config, paths, { policy: "if-missing" });
     const spec = await vmSpecOf(config, root);
