@@ -54,13 +54,13 @@ func (e *Engine) guestAddr(port int) tcpip.FullAddress {
 }
 
 // ingress decides a client of a published port (the client's address is the
-// destination, the guest port the port).
+// destination, the published host port the port).
 func (e *Engine) ingress(proto string, client netip.Addr, p config.Port) bool {
-	d := e.pol.Decide(policy.Flow{Direction: policy.Ingress, Protocol: proto, Addr: client.Unmap(), Port: p.Guest})
+	d := e.pol.Decide(policy.Flow{Direction: policy.Ingress, Protocol: proto, Addr: client.Unmap(), Port: p.Host})
 	if d.Allow && !e.flows.acquire() {
 		d = limited
 	}
-	e.emitDir(policy.Ingress, proto, client.Unmap(), p.Guest, d, "")
+	e.emitDir(policy.Ingress, proto, client.Unmap(), p.Host, d, "")
 	return d.Allow
 }
 

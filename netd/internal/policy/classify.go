@@ -117,3 +117,7 @@ func (c *Classifier) Classify(a netip.Addr) Group {
 
 // HostAddrs returns the addresses classified as host.
 func (c *Classifier) HostAddrs() map[netip.Addr]bool { return c.host }
+
+func (c *Classifier) inSubnet(a netip.Addr) bool {
+	return c != nil && c.subnet.IsValid() && c.subnet.Contains(a)
+}

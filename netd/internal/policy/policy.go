@@ -78,7 +78,10 @@ func (p *Policy) destMatches(r *config.Rule, a netip.Addr, g Group, names []stri
 	case "any":
 		return true
 	case "cidr":
-		return r.CIDR.Contains(a)
+		// The guest subnet holds only netd's virtual addresses (hostAddress
+		// is the host's loopback, not a LAN address) and reserved ones: CIDR
+		// rules are about real networks and never match them.
+		return r.CIDR.Contains(a) && !p.classifier.inSubnet(a)
 	case "group":
 		return string(g) == r.Dest.Group
 	case "domain", "suffix":

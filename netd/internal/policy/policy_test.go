@@ -193,3 +193,18 @@ func TestNamesTTL(t *testing.T) {
 		t.Fatal("a huge TTL outlived MaxTTL")
 	}
 }
+
+func TestCIDRRulesIgnoreTheGuestSubnet(t *testing.T) {
+	p := compile(t, `[{"action":"deny","dest":{"kind":"cidr","cidr":"10.0.0.0/8"},"id":"lan"},
+		{"action":"allow","dest":{"kind":"group","group":"host"},"id":"host"},
+		{"action":"allow","dest":{"kind":"cidr","cidr":"10.0.2.0/24"},"id":"subnet"}]`, "deny")
+	if d := p.Decide(egress("tcp", "10.0.2.254", 80)); !d.Allow || d.Rule != "host" {
+		t.Errorf("hostAddress: %+v", d)
+	}
+	if d := p.Decide(egress("tcp", "10.0.3.1", 80)); d.Allow || d.Rule != "lan" {
+		t.Errorf("LAN: %+v", d)
+	}
+	if d := p.Decide(egress("tcp", "10.0.2.2", 80)); d.Allow {
+		t.Errorf("gateway allowed by a subnet CIDR: %+v", d)
+	}
+}
