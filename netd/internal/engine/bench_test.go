@@ -52,6 +52,45 @@ func BenchmarkTCPGuestToHost(b *testing.B) {
 	c.Close()
 }
 
+// BenchmarkTCPHostToGuest measures a download: a host service on 127.0.0.1
+// sends, the guest reads, through netd. b.N is in MiB.
+func BenchmarkTCPHostToGuest(b *testing.B) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ln.Close()
+	total := int64(b.N) << 20
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		buf := make([]byte, 1<<20)
+		var n int64
+		for n < total {
+			w, err := c.Write(buf)
+			if err != nil {
+				return
+			}
+			n += int64(w)
+		}
+	}()
+	h := start(b, baseConfig(b, rulesHost, "deny", nil))
+	b.SetBytes(1 << 20)
+	b.ResetTimer()
+	c, err := h.dial("10.0.2.254", ln.Addr().(*net.TCPAddr).Port)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	n, err := io.Copy(io.Discard, c)
+	if err != nil || n != total {
+		b.Fatalf("read %d of %d: %v", n, total, err)
+	}
+}
+
 // BenchmarkTCPConnectionSetup measures a guest connection's set-up through
 // netd to a host service: SYN, policy decision, host dial, handshake, and one
 // echoed byte (so the flow is known to be spliced).
