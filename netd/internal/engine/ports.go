@@ -11,6 +11,8 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
+	"gvisor.dev/gvisor/pkg/waiter"
 
 	"krunbox.dev/netd/internal/config"
 	"krunbox.dev/netd/internal/policy"
@@ -84,14 +86,14 @@ func (e *Engine) servePortTCP(ln *net.TCPListener, p config.Port) {
 			defer e.wg.Done()
 			defer e.flows.release()
 			ctx, cancel := context.WithTimeout(e.ctx, DialTimeout)
-			g, err := gonet.DialContextTCP(ctx, e.stack, e.guestAddr(p.Guest), ipv4.ProtocolNumber)
+			g, ep, err := e.dialGuest(ctx, p.Guest)
 			cancel()
 			if err != nil {
 				_ = c.SetLinger(0)
 				_ = c.Close()
 				return
 			}
-			e.splice(c, g)
+			e.splice(hostConn{c}, guestConn{g, ep})
 		}()
 	}
 }
@@ -166,4 +168,32 @@ func (e *Engine) servePortUDP(uc *net.UDPConn, p config.Port) {
 		mu.Unlock()
 		_, _ = f.g.Write(buf[:n])
 	}
+}
+
+// dialGuest connects to the guest's port from netd's stack, keeping the
+// endpoint (to reset it).
+func (e *Engine) dialGuest(ctx context.Context, port int) (*gonet.TCPConn, tcpip.Endpoint, error) {
+	var wq waiter.Queue
+	ep, terr := e.stack.NewEndpoint(tcp.ProtocolNumber, ipv4.ProtocolNumber, &wq)
+	if terr != nil {
+		return nil, nil, fmt.Errorf("netstack: %s", terr)
+	}
+	we, ch := waiter.NewChannelEntry(waiter.WritableEvents)
+	wq.EventRegister(&we)
+	defer wq.EventUnregister(&we)
+	terr = ep.Connect(e.guestAddr(port))
+	if _, ok := terr.(*tcpip.ErrConnectStarted); ok {
+		select {
+		case <-ch:
+			terr = ep.LastError()
+		case <-ctx.Done():
+			ep.Close()
+			return nil, nil, ctx.Err()
+		}
+	}
+	if terr != nil {
+		ep.Close()
+		return nil, nil, fmt.Errorf("connecting to the guest: %s", terr)
+	}
+	return gonet.NewTCPConn(&wq, ep), ep, nil
 }

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"sync"
 
+	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/waiter"
@@ -57,23 +58,44 @@ func (e *Engine) handleTCP(r *tcp.ForwarderRequest) {
 		return
 	}
 	r.Complete(false)
-	guest := gonet.NewTCPConn(&wq, ep)
+	guest := guestConn{gonet.NewTCPConn(&wq, ep), ep}
 	e.wg.Add(1)
 	go func() {
 		defer e.wg.Done()
 		defer e.flows.release()
-		e.splice(guest, host.(*net.TCPConn))
+		e.splice(guest, hostConn{host.(*net.TCPConn)})
 	}()
 }
 
-// halfCloser is a stream whose write side closes alone.
+// halfCloser is a stream whose write side closes alone and that can be
+// aborted (closed with a reset).
 type halfCloser interface {
 	net.Conn
 	CloseWrite() error
+	Abort()
 }
 
-// splice copies both ways; an EOF one way is passed on as a half-close the
-// same way; both ends close when both directions are done (or Close runs).
+// guestConn is the guest's end of a flow in netd's stack.
+type guestConn struct {
+	*gonet.TCPConn
+	ep tcpip.Endpoint
+}
+
+// Abort resets the guest's connection.
+func (g guestConn) Abort() { g.ep.Abort() }
+
+// hostConn is the host's end of a flow.
+type hostConn struct{ *net.TCPConn }
+
+// Abort resets the host connection (SO_LINGER 0).
+func (h hostConn) Abort() {
+	_ = h.SetLinger(0)
+	_ = h.Close()
+}
+
+// splice copies both ways: an EOF one way is passed on as a half-close the
+// same way, a reset (or any error) reading one side resets the other; both
+// ends close when both directions are done (or Close runs).
 func (e *Engine) splice(a, b halfCloser) {
 	var once sync.Once
 	closeBoth := func() {
@@ -89,19 +111,28 @@ func (e *Engine) splice(a, b halfCloser) {
 	pipe := func(dst, src halfCloser) {
 		defer wg.Done()
 		buf := make([]byte, 64<<10)
-		_, err := io.CopyBuffer(onlyWriter{dst}, onlyReader{src}, buf)
-		if err != nil {
-			closeBoth() // a reset or an error ends the flow both ways
-			return
+		for {
+			n, rerr := src.Read(buf)
+			if n > 0 {
+				if _, werr := dst.Write(buf[:n]); werr != nil {
+					src.Abort()
+					closeBoth()
+					return
+				}
+			}
+			if rerr == io.EOF {
+				_ = dst.CloseWrite()
+				return
+			}
+			if rerr != nil {
+				dst.Abort()
+				closeBoth()
+				return
+			}
 		}
-		_ = dst.CloseWrite()
 	}
 	wg.Add(2)
 	go pipe(a, b)
 	go pipe(b, a)
 	wg.Wait()
 }
-
-// onlyReader/onlyWriter hide ReadFrom/WriteTo so CopyBuffer uses its buffer.
-type onlyReader struct{ io.Reader }
-type onlyWriter struct{ io.Writer }

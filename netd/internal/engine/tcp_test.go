@@ -333,3 +333,33 @@ func TestFrameTooLongEndsTheLink(t *testing.T) {
 		t.Fatal("an oversized frame did not end the link")
 	}
 }
+
+func TestHostResetReachesTheGuestAsReset(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		buf := make([]byte, 1)
+		_, _ = c.Read(buf)
+		_ = c.(*net.TCPConn).SetLinger(0)
+		_ = c.Close()
+	}()
+	h := start(t, baseConfig(t, rulesHost, "deny", nil))
+	c, err := h.dial("10.0.2.254", ln.Addr().(*net.TCPAddr).Port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	_, _ = c.Write([]byte("x"))
+	_, err = c.Read(make([]byte, 1))
+	if err == nil || !strings.Contains(err.Error(), "reset") {
+		t.Fatalf("after the host reset: %v, want a reset (not a clean EOF)", err)
+	}
+}
