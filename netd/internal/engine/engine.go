@@ -58,6 +58,8 @@ type Options struct {
 	// Upstreams overrides the DNS upstreams when the config names none;
 	// nil: /etc/resolv.conf.
 	Upstreams []netip.AddrPort
+	// UDPIdle ends a UDP flow idle this long; 0: UDPIdle.
+	UDPIdle time.Duration
 	// Log receives human log lines (stderr).
 	Log func(format string, args ...any)
 }
@@ -103,6 +105,9 @@ type Engine struct {
 func New(cfg *config.Config, out *Output, opts Options) (*Engine, error) {
 	if opts.Peer == nil {
 		opts.Peer = VMMPeer
+	}
+	if opts.UDPIdle <= 0 {
+		opts.UDPIdle = UDPIdle
 	}
 	if opts.Log == nil {
 		opts.Log = func(string, ...any) {}

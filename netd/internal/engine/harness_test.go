@@ -75,16 +75,22 @@ type harness struct {
 // start runs an engine for cfg and a guest stack connected to it.
 func start(t testing.TB, cfg *config.Config) *harness {
 	t.Helper()
+	return startWith(t, cfg, Options{})
+}
+
+// startWith is start with engine options (the peer check and upstreams are
+// the harness's).
+func startWith(t testing.TB, cfg *config.Config, opts Options) *harness {
+	t.Helper()
 	self := int32(os.Getpid())
-	e, err := New(cfg, NewOutput(io.Discard), Options{
-		Peer: func(pid int32, uid uint32) error {
-			if pid != self {
-				return fmt.Errorf("pid %d", pid)
-			}
-			return nil
-		},
-		Upstreams: []netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:9")},
-	})
+	opts.Peer = func(pid int32, uid uint32) error {
+		if pid != self {
+			return fmt.Errorf("pid %d", pid)
+		}
+		return nil
+	}
+	opts.Upstreams = []netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:9")}
+	e, err := New(cfg, NewOutput(io.Discard), opts)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -143,11 +143,11 @@ func (e *Engine) servePortUDP(uc *net.UDPConn, p config.Port) {
 				defer g.Close()
 				rb := make([]byte, 65536)
 				for {
-					_ = g.SetReadDeadline(time.Now().Add(UDPIdle))
+					_ = g.SetReadDeadline(time.Now().Add(e.opts.UDPIdle))
 					n, err := g.Read(rb)
 					if err != nil {
 						mu.Lock()
-						idle := time.Since(f.last) >= UDPIdle
+						idle := time.Since(f.last) >= e.opts.UDPIdle
 						mu.Unlock()
 						if ne, ok := err.(net.Error); ok && ne.Timeout() && !idle {
 							continue

@@ -363,3 +363,37 @@ func TestHostResetReachesTheGuestAsReset(t *testing.T) {
 		t.Fatalf("after the host reset: %v, want a reset (not a clean EOF)", err)
 	}
 }
+
+func TestUDPFlowsEndWhenIdle(t *testing.T) {
+	u := newUDPEcho(t)
+	tp := freePort(t, "udp")
+	ports := []map[string]any{{"protocol": "udp", "host": tp, "guest": 80}}
+	h := startWith(t, baseConfig(t, rulesHost, "deny", map[string]any{"ports": ports}), Options{UDPIdle: 300 * time.Millisecond})
+	h.guestServers(t)
+	buf := make([]byte, 64)
+	for i := 0; i < 20; i++ { // 20 guest flows (one per source port) to the host
+		c := h.udp("10.0.2.254", u.port)
+		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+		_, _ = c.Write([]byte("x"))
+		if _, err := c.Read(buf); err != nil {
+			t.Fatalf("flow %d: %v", i, err)
+		}
+	}
+	hc, err := net.Dial("udp", net.JoinHostPort("127.0.0.1", itoa(tp)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hc.Close()
+	_ = hc.SetDeadline(time.Now().Add(5 * time.Second))
+	_, _ = hc.Write([]byte("y"))
+	if _, err := hc.Read(buf); err != nil {
+		t.Fatalf("published udp: %v", err)
+	}
+	if open, _ := h.e.flows.counts(); open != 21 {
+		t.Fatalf("%d flows open, want 21", open)
+	}
+	if !waitFor(5*time.Second, func() bool { open, _ := h.e.flows.counts(); return open == 0 && h.e.liveFlows() == 0 }) {
+		open, _ := h.e.flows.counts()
+		t.Fatalf("idle UDP flows still open: %d", open)
+	}
+}

@@ -39,7 +39,7 @@ func (e *Engine) decideUDP(id stack.TransportEndpointID) bool {
 
 // handleUDPFlow runs (synchronously, after decideUDP took a slot) for an
 // allowed flow: a host socket connected to the target, relayed both ways
-// until UDPIdle passes with nothing either way.
+// until the idle time passes with nothing either way.
 func (e *Engine) handleUDPFlow(r *udp.ForwarderRequest) {
 	id := r.ID()
 	dst, port := netipAddr(id.LocalAddress), int(id.LocalPort)
@@ -61,7 +61,7 @@ func (e *Engine) handleUDPFlow(r *udp.ForwarderRequest) {
 	go func() {
 		defer e.wg.Done()
 		defer e.flows.release()
-		e.relayUDP(guest, host, UDPIdle)
+		e.relayUDP(guest, host, e.opts.UDPIdle)
 	}()
 }
 
