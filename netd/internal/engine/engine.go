@@ -18,13 +18,8 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/link/channel"
-	"gvisor.dev/gvisor/pkg/tcpip/link/ethernet"
-	"gvisor.dev/gvisor/pkg/tcpip/network/arp"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
-	"gvisor.dev/gvisor/pkg/tcpip/transport/icmp"
-	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
-	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
 
 	"krunbox.dev/netd/internal/config"
 	"krunbox.dev/netd/internal/frames"
@@ -32,7 +27,7 @@ import (
 )
 
 const (
-	nicID = 1
+	nicID = frames.NIC
 	// DialTimeout bounds a host dial for an allowed guest flow: past it the
 	// guest gets a RST.
 	DialTimeout = 5 * time.Second
@@ -160,20 +155,11 @@ func netipAddr(a tcpip.Address) netip.Addr {
 }
 
 func (e *Engine) buildStack() error {
-	s := stack.New(stack.Options{
-		NetworkProtocols:   []stack.NetworkProtocolFactory{ipv4.NewProtocol, arp.NewProtocol},
-		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol, udp.NewProtocol, icmp.NewProtocol4},
-	})
-	sack := tcpip.TCPSACKEnabled(true)
-	s.SetTransportProtocolOption(tcp.ProtocolNumber, &sack)
-	rcv := tcpip.TCPReceiveBufferSizeRangeOption{Min: 4 << 10, Default: 256 << 10, Max: 1 << 20}
-	s.SetTransportProtocolOption(tcp.ProtocolNumber, &rcv)
-	snd := tcpip.TCPSendBufferSizeRangeOption{Min: 4 << 10, Default: 256 << 10, Max: 1 << 20}
-	s.SetTransportProtocolOption(tcp.ProtocolNumber, &snd)
-	e.ep = channel.New(1024, uint32(e.cfg.MTU), ourMAC)
-	if err := s.CreateNIC(nicID, ethernet.New(e.ep)); err != nil {
-		return fmt.Errorf("netstack: %s", err)
+	s, ep, err := frames.NewStack(e.cfg.MTU, ourMAC)
+	if err != nil {
+		return err
 	}
+	e.ep = ep
 	s.SetPromiscuousMode(nicID, true)
 	s.SetSpoofing(nicID, true)
 	for _, a := range []netip.Addr{e.cfg.GatewayIP, e.cfg.DNSIP, e.cfg.HostIP} {

@@ -1,6 +1,9 @@
 package engine
 
-import "sync"
+import (
+	"io"
+	"sync"
+)
 
 // table counts the guest's concurrent flows (TCP and UDP, both directions)
 // against maxConnections, and every flow ever opened.
@@ -33,4 +36,21 @@ func (t *table) counts() (open int, total uint64) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return t.open, t.total
+}
+
+// pair ties the two ends of one flow together: closeBoth closes both (once);
+// Close runs it too while the flow lives; done closes both and forgets them.
+func (e *Engine) pair(a, b io.Closer) (closeBoth func(), done func()) {
+	var once sync.Once
+	closeBoth = func() {
+		once.Do(func() {
+			_ = a.Close()
+			_ = b.Close()
+		})
+	}
+	untrack := e.track(closeBoth)
+	return closeBoth, func() {
+		closeBoth()
+		untrack()
+	}
 }

@@ -97,16 +97,8 @@ func (h hostConn) Abort() {
 // same way, a reset (or any error) reading one side resets the other; both
 // ends close when both directions are done (or Close runs).
 func (e *Engine) splice(a, b halfCloser) {
-	var once sync.Once
-	closeBoth := func() {
-		once.Do(func() {
-			_ = a.Close()
-			_ = b.Close()
-		})
-	}
-	untrack := e.track(closeBoth)
-	defer untrack()
-	defer closeBoth()
+	closeBoth, done := e.pair(a, b)
+	defer done()
 	var wg sync.WaitGroup
 	pipe := func(dst, src halfCloser) {
 		defer wg.Done()

@@ -68,16 +68,8 @@ func (e *Engine) handleUDPFlow(r *udp.ForwarderRequest) {
 // relayUDP copies datagrams both ways between two connected sockets until
 // either fails or idle passes with no datagram either way.
 func (e *Engine) relayUDP(a, b net.Conn, idle time.Duration) {
-	var once sync.Once
-	closeBoth := func() {
-		once.Do(func() {
-			_ = a.Close()
-			_ = b.Close()
-		})
-	}
-	untrack := e.track(closeBoth)
-	defer untrack()
-	defer closeBoth()
+	closeBoth, done := e.pair(a, b)
+	defer done()
 	var last atomic.Int64
 	last.Store(time.Now().UnixNano())
 	var wg sync.WaitGroup

@@ -13,14 +13,8 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
-	"gvisor.dev/gvisor/pkg/tcpip/link/channel"
-	"gvisor.dev/gvisor/pkg/tcpip/link/ethernet"
-	"gvisor.dev/gvisor/pkg/tcpip/network/arp"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
-	"gvisor.dev/gvisor/pkg/tcpip/transport/icmp"
-	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
-	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
 
 	"krunbox.dev/netd/internal/frames"
 )
@@ -37,19 +31,9 @@ func addr(a netip.Addr) tcpip.Address { return tcpip.AddrFromSlice(a.AsSlice()) 
 // New starts a guest on conn with address ip (its prefix the subnet), the
 // default route via gw, and the given MAC and MTU.
 func New(conn net.Conn, mac net.HardwareAddr, ip netip.Prefix, gw netip.Addr, mtu int) (*Guest, error) {
-	s := stack.New(stack.Options{
-		NetworkProtocols:   []stack.NetworkProtocolFactory{ipv4.NewProtocol, arp.NewProtocol},
-		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol, udp.NewProtocol, icmp.NewProtocol4},
-	})
-	sack := tcpip.TCPSACKEnabled(true)
-	s.SetTransportProtocolOption(tcp.ProtocolNumber, &sack)
-	rcv := tcpip.TCPReceiveBufferSizeRangeOption{Min: 4 << 10, Default: 1 << 20, Max: 4 << 20}
-	s.SetTransportProtocolOption(tcp.ProtocolNumber, &rcv)
-	snd := tcpip.TCPSendBufferSizeRangeOption{Min: 4 << 10, Default: 1 << 20, Max: 4 << 20}
-	s.SetTransportProtocolOption(tcp.ProtocolNumber, &snd)
-	ep := channel.New(1024, uint32(mtu), tcpip.LinkAddress(mac))
-	if err := s.CreateNIC(1, ethernet.New(ep)); err != nil {
-		return nil, fmt.Errorf("guest nic: %s", err)
+	s, ep, err := frames.NewStack(mtu, tcpip.LinkAddress(mac))
+	if err != nil {
+		return nil, err
 	}
 	pa := tcpip.ProtocolAddress{Protocol: ipv4.ProtocolNumber, AddressWithPrefix: tcpip.AddressWithPrefix{Address: addr(ip.Addr()), PrefixLen: ip.Bits()}}
 	if err := s.AddProtocolAddress(1, pa, stack.AddressProperties{}); err != nil {
