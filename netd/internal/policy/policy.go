@@ -158,27 +158,35 @@ func (p *Policy) Decide(f Flow) Decision {
 // decided ("" for the default).
 func (p *Policy) NameDecision(name string) (allow bool, rule string) {
 	name = strings.ToLower(strings.TrimSuffix(name, "."))
+	return p.mayAllow(func(r *config.Rule) (matches, allowOnly bool) {
+		switch r.Dest.Kind {
+		case "any":
+			return true, false
+		case "domain", "suffix":
+			return nameMatches(r.Dest, name), false
+		}
+		return true, true // cidr, group: an allow may admit the answer, a deny decides nothing yet
+	})
+}
+
+// mayAllow walks the egress rules in order: the first rule that matches
+// (by match) and allows decides true; the first matching deny with no
+// protocol or port condition decides false (a deny of some ports only, or
+// one match says is allowOnly, decides nothing); then the default.
+func (p *Policy) mayAllow(match func(r *config.Rule) (matches, allowOnly bool)) (bool, string) {
 	for i := range p.rules {
 		r := &p.rules[i]
 		if r.Direction != Egress {
 			continue
 		}
-		switch r.Dest.Kind {
-		case "any":
-		case "domain", "suffix":
-			if !nameMatches(r.Dest, name) {
-				continue
-			}
-		default: // cidr, group: depends on the answer
-			if r.Action == "allow" {
-				return true, r.ID
-			}
+		matches, allowOnly := match(r)
+		if !matches {
 			continue
 		}
 		if r.Action == "allow" {
 			return true, r.ID
 		}
-		if unconstrained(r) {
+		if !allowOnly && unconstrained(r) {
 			return false, r.ID
 		}
 	}
@@ -204,24 +212,11 @@ func (p *Policy) AnswerAllowed(addr netip.Addr) (keep bool, rule string) {
 	if g == Reserved {
 		return false, RuleReserved
 	}
-	for i := range p.rules {
-		r := &p.rules[i]
-		if r.Direction != Egress {
-			continue
-		}
+	return p.mayAllow(func(r *config.Rule) (matches, allowOnly bool) {
 		switch r.Dest.Kind {
 		case "domain", "suffix":
-			continue
+			return false, false // a name rule never admits a rebinding answer
 		}
-		if !p.destMatches(r, a, g, nil) {
-			continue
-		}
-		if r.Action == "allow" {
-			return true, r.ID
-		}
-		if unconstrained(r) {
-			return false, r.ID
-		}
-	}
-	return p.defaultAllow, ""
+		return p.destMatches(r, a, g, nil), false
+	})
 }
