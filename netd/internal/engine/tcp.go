@@ -29,14 +29,15 @@ func (e *Engine) handleTCP(r *tcp.ForwarderRequest) {
 	id := r.ID()
 	dst, port := netipAddr(id.LocalAddress), int(id.LocalPort)
 	d, target, name := e.egress("tcp", dst, port)
+	// The event goes out before the guest hears the answer.
 	if !d.Allow {
-		r.Complete(true)
 		e.emit("tcp", dst, port, d, name)
+		r.Complete(true)
 		return
 	}
 	if !e.flows.acquire() {
-		r.Complete(true)
 		e.emit("tcp", dst, port, limited, name)
+		r.Complete(true)
 		return
 	}
 	e.emit("tcp", dst, port, d, name)
