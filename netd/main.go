@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"time"
 
 	"krunbox.dev/netd/internal/config"
 	"krunbox.dev/netd/internal/engine"
@@ -22,6 +23,9 @@ const version = "0.1.0"
 
 // maxConfigLine bounds the configuration line.
 const maxConfigLine = 4 << 20
+
+// closeTimeout bounds the orderly close at exit.
+const closeTimeout = 3 * time.Second
 
 func main() {
 	os.Exit(run(os.Stdin, os.Stdout, os.Stderr, os.Args[1:]))
@@ -55,7 +59,20 @@ func run(stdin io.Reader, stdout, stderr io.Writer, args []string) int {
 	if err != nil {
 		return fail(1, err)
 	}
-	defer e.Close()
+	defer func() {
+		// Fail closed even if a flow will not close: the process exit
+		// closes every socket anyway.
+		closed := make(chan struct{})
+		go func() {
+			e.Close()
+			close(closed)
+		}()
+		select {
+		case <-closed:
+		case <-time.After(closeTimeout):
+			logf("closing took longer than %v: exiting anyway", closeTimeout)
+		}
+	}()
 	if err := e.Listen(); err != nil {
 		var ce *config.Error
 		if errors.As(err, &ce) {
