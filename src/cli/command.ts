@@ -37,6 +37,8 @@ export interface CommandSpec {
    * 1; `exec name cmd…`: 1): everything after it is the guest command's, flags included.
    */
   readonly commandAfter?: number;
+  /** The most positionals it takes (before the guest command); default: any number. */
+  readonly maxPositionals?: number;
 }
 
 /** Parsed argv: flag values, positionals, and (with `commandAfter`) the guest command. */
@@ -81,8 +83,15 @@ export function parseCommand(spec: CommandSpec, args: readonly string[]): Parsed
   }
   try {
     const { values, positionals } = parseArgs({ args: head, options, allowPositionals: true, strict: true });
+    if (spec.maxPositionals !== undefined && positionals.length > spec.maxPositionals && !values.help) {
+      throw new UsageError(
+        spec.name,
+        `unexpected argument "${positionals[spec.maxPositionals]}" (usage: krunbox ${spec.usage})`,
+      );
+    }
     return { values: values as Parsed["values"], positionals, rest };
   } catch (e) {
+    if (e instanceof UsageError) throw e;
     const detail = (e as Error).message.replace(/\. To specify a positional argument.*$/s, "");
     throw new UsageError(spec.name, `${lower(detail)} (see \`krunbox ${spec.name} --help\`)`, { cause: e });
   }

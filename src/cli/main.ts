@@ -17,7 +17,7 @@
 import { type CommandSpec, helpText, parseCommand, type Parsed } from "./command.ts";
 import { errorLine, EXIT_KRUNBOX, exitCodeOf } from "./exit.ts";
 import { settings } from "../settings.ts";
-import denoJson from "../../deno.json" with { type: "json" };
+import { VERSION } from "./version.ts";
 
 /** A command: how it parses and what it does (resolves with the exit code). */
 export interface Command {
@@ -131,9 +131,6 @@ export function globalHelp(): string {
     "Run `krunbox COMMAND --help` for a command's options. `krunbox --version` prints the version.",
   ].join("\n");
 }
-
-/** The package version, from deno.json. */
-export const VERSION: string = denoJson.version;
 
 /**
  * Runs the CLI on `args`; resolves with the exit code (never throws: errors

@@ -24,6 +24,7 @@ import { InvalidConfigError } from "../errors.ts";
 import type { SandboxBuilder } from "../sandbox/builder.ts";
 import type { PullPolicy } from "../image/pull.ts";
 import type { BackendChoice } from "../vmm/detect.ts";
+import type { Profile } from "../net/policy.ts";
 import { type CommandSpec, int, type Options, type Parsed, str, strings } from "./command.ts";
 
 /** The flags of `run` and `create`. */
@@ -154,10 +155,7 @@ export function applySandboxFlags(spec: CommandSpec, b: SandboxBuilder, p: Parse
   }
   for (const v of strings(p, "publish")) {
     const port = parsePublish(v);
-    if (port.bind !== undefined && port.bind !== "127.0.0.1") {
-      throw new InvalidConfigError("--publish", `binding ${port.bind} is not supported yet (127.0.0.1 only)`);
-    }
-    b = port.udp ? b.portUdp(port.host, port.guest) : b.port(port.host, port.guest);
+    b = b.port({ host: port.host, guest: port.guest, bind: port.bind, protocol: port.udp ? "udp" : "tcp" });
   }
   const workdir = str(p, "workdir");
   if (workdir !== undefined) b = b.workdir(workdir);
@@ -177,16 +175,27 @@ export function applySandboxFlags(spec: CommandSpec, b: SandboxBuilder, p: Parse
 
 /** `--network`, `--allow`, `--deny`, `--secret-env`, `--no-network`. */
 function applyNetworkFlags(b: SandboxBuilder, p: Parsed): SandboxBuilder {
-  const policy = ["network", "allow", "deny", "secret-env"].filter((f) => strings(p, f).length > 0);
+  const profiles = strings(p, "network");
+  const allow = strings(p, "allow");
+  const deny = strings(p, "deny");
+  const secrets = strings(p, "secret-env");
   if (p.values["no-network"]) {
-    if (policy.length) throw new InvalidConfigError("--no-network", `cannot be combined with --${policy[0]}`);
+    const other = [["network", profiles], ["allow", allow], ["deny", deny], ["secret-env", secrets]]
+      .find(([, v]) => v.length > 0);
+    if (other) throw new InvalidConfigError("--no-network", `cannot be combined with --${other[0]}`);
     return b.disableNetwork();
   }
-  if (policy.length) {
-    throw new InvalidConfigError(
-      `--${policy[0]}`,
-      "network policies need the network engine, which is not in this build",
-    );
+  if (profiles.length || allow.length || deny.length) {
+    b = b.network((n) => {
+      let net = profiles.length ? n.policy(...(profiles as Profile[])) : n;
+      for (const r of allow) net = net.allow(r);
+      for (const r of deny) net = net.deny(r);
+      return net;
+    });
+  }
+  for (const s of secrets) {
+    const secret = parseSecretEnv(s);
+    b = b.secretEnv(secret.env, secret.value, secret.host);
   }
   return b;
 }

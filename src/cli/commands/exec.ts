@@ -67,6 +67,7 @@ export const exec: Command = {
 const shellSpec: CommandSpec = {
   name: "shell",
   usage: "shell NAME",
+  maxPositionals: 1,
   summary: "An interactive shell (the sandbox's configured shell) in the running sandbox NAME.",
   options: execSpec.options,
   help: execSpec.help,

@@ -11,6 +11,7 @@ import type { Command } from "../main.ts";
 const doctorSpec: CommandSpec = {
   name: "doctor",
   usage: "doctor",
+  maxPositionals: 0,
   summary: "Check every prerequisite, say how to fix each, and say which backend `auto` picks.",
   options: {},
 };
@@ -26,6 +27,7 @@ export const doctor: Command = {
 const setupSpec: CommandSpec = {
   name: "setup",
   usage: "setup",
+  maxPositionals: 0,
   summary: "Provision what krunbox needs under $KRUNBOX_HOME/assets (idempotent; cached by version).",
   options: {},
 };

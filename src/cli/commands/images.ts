@@ -15,6 +15,7 @@ import { PullProgress, stderrSink } from "../progress.ts";
 const pullSpec: CommandSpec = {
   name: "pull",
   usage: "pull [-q] [--insecure] IMAGE",
+  maxPositionals: 1,
   summary: "Pull IMAGE into the store and print its manifest digest.",
   options: { quiet: { type: "boolean", short: "q" }, insecure: { type: "boolean" } },
   help: { quiet: "no progress, only the digest", insecure: "plain HTTP to the registry" },
@@ -37,6 +38,7 @@ export const pull: Command = {
 const imagesSpec: CommandSpec = {
   name: "images",
   usage: "images [--json]",
+  maxPositionals: 0,
   summary: "List the images in the store.",
   options: { json: { type: "boolean" } },
   help: { json: "print JSON (an array)" },
@@ -79,6 +81,7 @@ export const rmi: Command = {
 const pruneSpec: CommandSpec = {
   name: "prune",
   usage: "prune",
+  maxPositionals: 0,
   summary: "Remove blobs and layers no stored image uses.",
   options: {},
 };

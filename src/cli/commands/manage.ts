@@ -96,6 +96,7 @@ function describe(h: SandboxHandle): Record<string, unknown> {
 const lsSpec: CommandSpec = {
   name: "ls",
   usage: "ls [-a] [--json]",
+  maxPositionals: 0,
   summary: "List running sandboxes; -a lists stopped and crashed ones too.",
   options: { all: { type: "boolean", short: "a" }, json: { type: "boolean" }, quiet: { type: "boolean", short: "q" } },
   help: { all: "show every sandbox, not only running ones", json: "print JSON (an array)", quiet: "print names only" },
@@ -146,6 +147,7 @@ export const inspect: Command = {
 const logsSpec: CommandSpec = {
   name: "logs",
   usage: "logs [-f] NAME",
+  maxPositionals: 1,
   summary: "Print a sandbox's console log (the guest kernel and agent) and its runner log; -f follows them.",
   options: { follow: { type: "boolean", short: "f" }, runner: { type: "boolean" } },
   help: { follow: "keep printing as the logs grow, until the sandbox stops", runner: "the runner log only" },

@@ -15,6 +15,7 @@ import type { Command } from "../main.ts";
 const spec: CommandSpec = {
   name: "metrics",
   usage: "metrics [--watch] [--interval MS] [--json] NAME",
+  maxPositionals: 1,
   summary: "CPU, memory, disk and network of the running sandbox NAME.",
   options: {
     watch: { type: "boolean", short: "w" },

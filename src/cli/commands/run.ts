@@ -13,7 +13,7 @@
 import { Sandbox } from "../../sandbox/sandbox.ts";
 import type { SandboxBuilder } from "../../sandbox/builder.ts";
 import { InvalidConfigError } from "../../errors.ts";
-import { type CommandSpec, type Parsed, positional, str, UsageError } from "../command.ts";
+import { type CommandSpec, type Parsed, positional, str } from "../command.ts";
 import type { Command } from "../main.ts";
 import { PullProgress, stderrSink } from "../progress.ts";
 import { applySandboxFlags, SANDBOX_HELP, SANDBOX_OPTIONS } from "../sandbox_flags.ts";
@@ -23,6 +23,7 @@ import { errorLine } from "../exit.ts";
 const runSpec: CommandSpec = {
   name: "run",
   usage: "run [-it] [--rm] [-d] [options] IMAGE [COMMAND [ARG...]]",
+  maxPositionals: 1,
   summary: "Create a sandbox from IMAGE (a registry reference, a directory or a disk image), run COMMAND in it " +
     "on this terminal, then stop it. Exits with COMMAND's exit code.",
   options: {
@@ -45,6 +46,7 @@ const runSpec: CommandSpec = {
 const createSpec: CommandSpec = {
   name: "create",
   usage: "create [options] IMAGE",
+  maxPositionals: 1,
   summary: "Create a detached sandbox from IMAGE and print its name; it runs until `krunbox stop`.",
   options: SANDBOX_OPTIONS,
   help: SANDBOX_HELP,
@@ -52,9 +54,6 @@ const createSpec: CommandSpec = {
 
 function builderFor(spec: CommandSpec, p: Parsed): { name: string; builder: SandboxBuilder } {
   const image = positional(spec, p, 0, "IMAGE");
-  if (p.positionals.length > 1) {
-    throw new UsageError(spec.name, `unexpected argument "${p.positionals[1]}" (usage: krunbox ${spec.usage})`);
-  }
   const name = str(p, "name") ?? `sb-${crypto.randomUUID().slice(0, 8)}`;
   const progress = new PullProgress(stderrSink());
   const builder = applySandboxFlags(spec, Sandbox.builder(name).image(image), p).onPullProgress((e) =>
