@@ -21,7 +21,8 @@ import { type AssetStep, runStep, type StepContext, type StepOutcome } from "./p
 
 const STEPS: readonly AssetStep[] = [kernelStep, agentStep, netdStep, initramfsStep, libkrunfwStep, libkrunStep];
 
-async function main(): Promise<number> {
+/** Provisions what is missing; resolves 0 when every required step succeeded. */
+export async function main(): Promise<number> {
   const started = performance.now();
   const home = krunboxHome();
   const log = (m: string) => console.log(`[setup] ${m}`);

@@ -53,6 +53,7 @@ export const SETTINGS: readonly SettingDoc[] = [
     default: "the provisioned copy",
   },
   { name: "KRUNBOX_LIBISAL_PATH", meaning: "libisal.so.2 to load before the system's", default: "libisal.so.2" },
+  { name: "KRUNBOX_DEBUG", meaning: "the CLI prints an error's stack as well as its message", default: "off" },
   { name: "KRUNBOX_LIBZSTD_PATH", meaning: "libzstd.so.1 to load before the system's", default: "libzstd.so.1" },
   {
     name: "KRUNBOX_AGENT_TIMEOUT_MS",
@@ -171,6 +172,8 @@ export const settings = {
   execMaxOutputBytes: (): number => positive("KRUNBOX_EXEC_MAX_OUTPUT_BYTES", DEFAULTS.execMaxOutputBytes),
   /** `KRUNBOX_LIBKRUN_PATH`, or undefined. */
   libkrunPath: (): string | undefined => env("KRUNBOX_LIBKRUN_PATH"),
+  /** True when `KRUNBOX_DEBUG` is set (to anything but `0`). */
+  debug: (): boolean => (env("KRUNBOX_DEBUG") ?? "0") !== "0",
   /** The path override of an optional library (`KRUNBOX_LIBISAL_PATH`, `KRUNBOX_LIBZSTD_PATH`). */
   libraryPath: (variable: "KRUNBOX_LIBISAL_PATH" | "KRUNBOX_LIBZSTD_PATH"): string | undefined => env(variable),
 } as const;
