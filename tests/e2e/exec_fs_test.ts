@@ -8,6 +8,7 @@ import { leftovers, skipVmReason } from "../util/e2e.ts";
 import { assert, assertEquals, assertRejects } from "../util/assert.ts";
 import { busyboxRoot } from "../../scripts/roots.ts";
 import { repeatedChunks } from "../util/streams.ts";
+import { waitGuestPids } from "../util/guest.ts";
 import { ExecAbortedError, ExecSpawnError, FsError, InvalidConfigError, Sandbox } from "../../mod.ts";
 
 const ignore = skipVmReason !== undefined;
@@ -75,17 +76,20 @@ Deno.test({ name: "tty exec: a terminal, resizable", ignore }, async () => {
 Deno.test({ name: "signal(), kill() and AbortSignal reach the process group", ignore }, async () => {
   const s = await sandbox();
   const p = await s.execStream("sh", { args: ["-c", "trap 'echo term; exit 4' TERM; sleep 30 & wait"] });
-  await new Promise((r) => setTimeout(r, 300));
+  // The guest's /proc (the root has no pgrep): the group's second member, `sleep 30`, runs…
+  assertEquals((await waitGuestPids(s, ["sleep", "30"], (x) => x.length === 1, 3000)).length, 1);
   await p.signal(15);
   assertEquals(await new Response(p.stdout).text(), "term\n");
   assertEquals((await p.exited).code, 4);
+  // …and the signal reached it too, not only the leader (it would outlive the shell otherwise).
+  assertEquals(await waitGuestPids(s, ["sleep", "30"], (x) => x.length === 0, 3000), []);
   const q = await s.execStream("sleep", { args: ["30"] });
   q.kill();
   assertEquals((await q.exited).signal, 9);
   const ac = new AbortController();
   setTimeout(() => ac.abort(), 200);
   await assertRejects(() => s.execWith("sleep", { args: ["30"], signal: ac.signal }), ExecAbortedError);
-  assertEquals((await s.shell("pgrep sleep || echo none")).stdout, "none\n");
+  assertEquals(await waitGuestPids(s, ["sleep", "30"], (x) => x.length === 0, 5000), [], "no sleep is left");
 });
 
 Deno.test(
