@@ -19,6 +19,8 @@
  */
 
 import { fileURLToPath } from "node:url";
+import { which } from "../src/util/command.ts";
+import { requireAll } from "./ci.ts";
 import { add, cargoCounts, type Counts, denoCounts, goCounts, none, plain, type RunOutput } from "./test_summary.ts";
 
 const root = fileURLToPath(new URL("..", import.meta.url));
@@ -110,7 +112,16 @@ if (!onlyDeno) {
     cargoCounts(await run("agent (cargo test)", "cargo", ["test", "--locked", "--no-fail-fast"], `${root}agent`)),
   );
 
-  if (await exists(`${root}netd/go.mod`)) {
+  const hasNetd = await exists(`${root}netd/go.mod`);
+  const go = hasNetd ? await which("go", ["/usr/local/go/bin"]) : undefined;
+  if (!hasNetd) {
+    skips.add("netd (go test): netd/go.mod does not exist yet, nothing to test");
+  } else if (!go) {
+    const why = "netd (go test): the go toolchain is missing (apt-get install golang-go, or Go in /usr/local/go)";
+    if (requireAll()) {
+      record("netd (go test)", { passed: 0, failed: 1, skipped: 0, notes: [`${why}; required under CI`] });
+    } else skips.add(why);
+  } else {
     // -json for counting; the terminal gets the tests' own output lines.
     const showGo = (line: string) => {
       if (!line.startsWith("{")) return line;
@@ -123,10 +134,8 @@ if (!onlyDeno) {
     };
     record(
       "netd (go test)",
-      goCounts(await run("netd (go test)", "go", ["test", "-json", "./..."], `${root}netd`, showGo)),
+      goCounts(await run("netd (go test)", go, ["test", "-json", "./..."], `${root}netd`, showGo)),
     );
-  } else {
-    skips.add("netd (go test): netd/go.mod does not exist yet, nothing to test");
   }
 }
 
