@@ -7,7 +7,8 @@
  * reports the suite's results here.
  *
  * It also checks the other side: on this host, a forced libkrun boot ends as
- * a typed error within seconds and leaves no process behind.
+ * a typed error when the VM dies (not at the boot timeout) and leaves no
+ * process behind.
  */
 
 import { leftovers, skipVmReason } from "../util/e2e.ts";
@@ -31,17 +32,24 @@ const reason = skipVmReason ?? parts[0];
 need("nested", reason === undefined ? undefined : `it cannot run without its parts (${reason})`, "the nested suite");
 
 Deno.test({
-  name: "a forced libkrun boot without hardware virtualization fails fast, typed, leaving nothing",
+  name: "a forced libkrun boot without hardware virtualization is seen to die (not waited out), typed, leaving nothing",
   ignore: reason !== undefined || host.hardwareFlag !== undefined,
 }, async () => {
+  // A boot timeout far beyond the failure: an error before it means the runner saw the VM die.
+  // (Measured here: 55-68 s with the host's 2 cores shared by a dozen VMs, a few seconds on a quiet host.)
+  Deno.env.set("KRUNBOX_BOOT_TIMEOUT_MS", String(600_000));
   const t0 = performance.now();
-  const root = await busyboxRoot();
-  const err = await assertRejects(
-    () => Sandbox.builder("forced-krun").image(root).backend("libkrun").create(),
-    KrunboxError,
-  );
-  assert(["BACKEND_UNAVAILABLE", "VM_CRASHED", "BOOT_TIMEOUT"].includes(err.code), `${err.code}: ${err.message}`);
-  assert(performance.now() - t0 < 30_000, "within seconds");
+  try {
+    const root = await busyboxRoot();
+    const err = await assertRejects(
+      () => Sandbox.builder("forced-krun").image(root).backend("libkrun").create(),
+      KrunboxError,
+    );
+    assert(["BACKEND_UNAVAILABLE", "VM_CRASHED"].includes(err.code), `${err.code}: ${err.message}`);
+    assert(performance.now() - t0 < 300_000, "long before the boot timeout");
+  } finally {
+    Deno.env.delete("KRUNBOX_BOOT_TIMEOUT_MS");
+  }
   assertEquals(await leftovers("forced-krun"), []);
 });
 
