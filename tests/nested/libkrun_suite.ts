@@ -15,7 +15,7 @@ import { chooseBackend, probeHost } from "../../src/vmm/detect.ts";
 import { need } from "../util/require.ts";
 
 const noImage = need(
-  "registry",
+  "nested",
   Deno.env.get("KRUNBOX_NESTED_IMAGE") ? undefined : "KRUNBOX_NESTED_IMAGE (an image on the outer registry) is not set",
   "the nested OCI test",
 );

@@ -50,6 +50,7 @@ export const PARTS = {
     what: "the nested libkrun suite (libkrun in an L1 VM)",
     how: "needs the qemu backend, libkrun, libkrunfw and the registry tools: run `./dev setup`",
   },
+  // For the tests that start netd (the runner already fails a CI run whose netd/ has go tests but no go).
   netd: {
     what: "the network engine netd",
     how: "run `./dev setup` (builds netd/ with go; Go from the Go module proxy's toolchain)",
