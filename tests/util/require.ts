@@ -18,7 +18,7 @@
  */
 
 import { requireAll } from "../../scripts/ci.ts";
-import { loadLibkrun } from "../../ffi/load.ts";
+import { loadLibkrun, loadLibkrunfw } from "../../ffi/load.ts";
 import { assetPath, assetVersion } from "../../src/store/assets.ts";
 
 /** Every part a CI run must have, what it is and how to get it. */
@@ -136,7 +136,7 @@ export function skipped(part: Part, missing: string | undefined, what = "this ch
 export async function missingLibkrun(): Promise<string | undefined> {
   if (!(await assetVersion("libkrun"))) return `${assetPath("libkrun")} is not provisioned (no VERSION stamp)`;
   try {
-    loadLibkrun().close();
+    loadLibkrun({ provisioned: assetPath("libkrun") }).close();
     return undefined;
   } catch (e) {
     return (e as Error).message.trim().replaceAll("\n", " ");
@@ -155,9 +155,9 @@ export async function missingLibkrun(): Promise<string | undefined> {
 export async function missingLibkrunfw(): Promise<string | undefined> {
   if (!(await assetVersion("libkrunfw"))) return `${assetPath("libkrunfw")} is not provisioned (no VERSION stamp)`;
   try {
-    Deno.dlopen(assetPath("libkrunfw"), {}).close();
+    loadLibkrunfw(assetPath("libkrunfw")).close();
     return undefined;
   } catch (e) {
-    return `${assetPath("libkrunfw")} does not load: ${(e as Error).message.split("\n")[0]}`;
+    return (e as Error).message.trim().replaceAll("\n", " ");
   }
 }
