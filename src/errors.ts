@@ -54,12 +54,14 @@ const ERROR_CODES = [
   "EXEC_TIMEOUT",
   "EXEC_SPAWN_FAILED",
   "EXEC_ABORTED",
+  "EXEC_OUTPUT_LIMIT",
   "FS",
   "BACKEND_UNAVAILABLE",
   "VM_CRASHED",
   "BOOT_TIMEOUT",
   "PROTOCOL",
   "AGENT",
+  "AGENT_TIMEOUT",
   "LIBKRUN",
   "STATE",
   "SECRET_UNAVAILABLE",
@@ -651,6 +653,20 @@ const WIRE_CLASSES: Readonly<Record<string, WireClass>> = {
     make: (f, _c, o) => new LibkrunError(f.str("call"), f.num("errnoNum"), o),
   },
   StateError: { cls: StateError, fields: [], make: (_f, _c, o) => new StateError("", o) },
+  ExecOutputLimitError: {
+    cls: ExecOutputLimitError,
+    fields: ["cmd", "stream", "limitBytes"],
+    make: (f, _c, o) => {
+      const stream = f.str("stream");
+      if (stream !== "stdout" && stream !== "stderr") throw new TypeError(`stream ${stream}`);
+      return new ExecOutputLimitError(f.str("cmd"), stream, f.num("limitBytes"), o);
+    },
+  },
+  AgentTimeoutError: {
+    cls: AgentTimeoutError,
+    fields: ["method", "timeoutMs"],
+    make: (f, _c, o) => new AgentTimeoutError(f.str("method"), f.num("timeoutMs"), o),
+  },
   SecretUnavailableError: {
     cls: SecretUnavailableError,
     fields: ["sandbox", "envs"],
