@@ -17,9 +17,10 @@ import { digestOf } from "../../src/image/registry.ts";
 import { Store } from "../../src/store/db.ts";
 import { lockWait } from "../../src/store/lock.ts";
 import { Images } from "../../src/image/images.ts";
+import { need, skipped } from "../util/require.ts";
 
-const skip = (await missingRegistryTools()) ?? (await missingFsckErofs());
-if (skip) console.log(`SKIPPING pull tests: ${skip}`);
+const skip = need("registry", await missingRegistryTools(), "pull tests") ??
+  need("erofs", await missingFsckErofs(), "pull tests");
 const ignore = skip !== undefined;
 
 const enc = new TextEncoder();
@@ -418,7 +419,7 @@ Deno.test({ name: "pull: digests other than sha256 are IMAGE_INVALID, not a hang
 Deno.test({ name: "pull: tar+zstd layers (over a gzip one) are read like the others", ignore }, async () => {
   const hasZstd = await new Deno.Command("zstd", { args: ["--version"], stdout: "null", stderr: "null" }).output()
     .then((o) => o.success, () => false);
-  if (!hasZstd) return console.log("skipped: the zstd CLI is missing (apt-get install zstd)");
+  if (skipped("zstd-cli", hasZstd ? undefined : "the zstd command is missing")) return;
   await using reg = await LocalRegistry.start();
   await pushLayers(reg, "zstd/img:1", [base, { tar: upper, compression: "zstd" }]);
   await withHome(async (store) => {

@@ -11,10 +11,10 @@ import { ImageError } from "../../src/errors.ts";
 import { parseReference } from "../../src/image/reference.ts";
 import { type BasicAuth, digestOf, digestStream, MediaType, RegistryClient } from "../../src/image/registry.ts";
 import { LocalRegistry, missingRegistryTools, pushImage, type RegistryUser } from "../util/registry.ts";
+import { need } from "../util/require.ts";
 import { which } from "../../src/util/command.ts";
 
-const skipAll = await missingRegistryTools();
-if (skipAll) console.log(`SKIPPING registry tests: ${skipAll}`);
+const skipAll = need("registry", await missingRegistryTools(), "registry tests");
 const skipBasic = skipAll ??
   (await which("htpasswd") ? undefined : "htpasswd missing (apt-get install -y apache2-utils)");
 if (skipBasic && !skipAll) console.log(`SKIPPING htpasswd registry test: ${skipBasic}`);
