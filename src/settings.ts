@@ -77,6 +77,16 @@ export const DEFAULTS = {
   pullStallMs: 60_000,
   /** Give up on a blob another process has been downloading this long. */
   blobLockWaitMs: 30 * 60_000,
+  /** Largest manifest or index accepted (as containerd). */
+  manifestMaxBytes: 4 << 20,
+  /** Largest image config accepted. */
+  imageConfigMaxBytes: 16 << 20,
+  /** Largest token-service answer read. */
+  registryTokenMaxBytes: 4 << 20,
+  /** Largest registry error body read for a message. */
+  registryErrorBodyMaxBytes: 64 << 10,
+  /** Redirects a registry request may follow. */
+  registryMaxRedirects: 10,
 } as const;
 
 /**

@@ -21,7 +21,7 @@ import {
 import { createAndLaunch } from "./lifecycle.ts";
 import { InvalidConfigError } from "../errors.ts";
 import type { PullEvent, PullPolicy } from "../image/pull.ts";
-import type { BasicAuth } from "../image/registry.ts";
+import type { BasicAuth } from "../image/auth.ts";
 import { Sandbox } from "./sandbox.ts";
 
 type Draft = { -readonly [K in keyof SandboxConfig]?: SandboxConfig[K] };

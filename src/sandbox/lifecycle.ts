@@ -35,7 +35,7 @@ import type { RunnerEvent } from "../vmm/runner.ts";
 import { logTail } from "../util/logs.ts";
 import { parseConfig, type SandboxConfig } from "./config.ts";
 import { type PulledImage, pullImage, type PullOptions } from "../image/pull.ts";
-import type { ImageConfig } from "../image/registry.ts";
+import type { ImageConfig } from "../image/oci.ts";
 import { createUpperDisk } from "../image/upper.ts";
 import { DEFAULTS, settings } from "../settings.ts";
 

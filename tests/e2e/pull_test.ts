@@ -13,7 +13,7 @@ import { writeTar } from "../util/tar_writer.ts";
 import { ImageError } from "../../src/errors.ts";
 import { type PullEvent, pullImage } from "../../src/image/pull.ts";
 import { imagePaths } from "../../src/image/store.ts";
-import { digestOf } from "../../src/image/registry.ts";
+import { digestOf } from "../../src/image/digest.ts";
 import { Store } from "../../src/store/db.ts";
 import { lockWait } from "../../src/store/lock.ts";
 import { Images } from "../../src/image/images.ts";

@@ -9,7 +9,10 @@ import { createHash, randomBytes } from "node:crypto";
 import { assert, assertEquals, assertRejects } from "../util/assert.ts";
 import { ImageError } from "../../src/errors.ts";
 import { parseReference } from "../../src/image/reference.ts";
-import { type BasicAuth, digestOf, digestStream, MediaType, RegistryClient } from "../../src/image/registry.ts";
+import type { BasicAuth } from "../../src/image/auth.ts";
+import { digestOf, digestStream } from "../../src/image/digest.ts";
+import { MediaType } from "../../src/image/oci.ts";
+import { RegistryClient } from "../../src/image/registry.ts";
 import { LocalRegistry, missingRegistryTools, pushImage, type RegistryUser } from "../util/registry.ts";
 import { which } from "../../src/util/command.ts";
 
