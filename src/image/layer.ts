@@ -9,7 +9,8 @@
  */
 
 import { ImageError } from "../errors.ts";
-import { BLOCK_SIZE, type DataArea, INLINE_MAX } from "./erofs.ts";
+import { type DataArea, INLINE_MAX } from "./erofs.ts";
+import { BLOCK_SIZE } from "./erofs_format.ts";
 import { PullUsage } from "./limits.ts";
 import type { TarEntry } from "./tar.ts";
 import { type LayerEntry, type NodeData, normalizeEntryPath, PATH_MAX } from "./tree.ts";

@@ -7,7 +7,9 @@
  * order to an in-memory tree, whose metadata completes the lower. Nothing
  * is unpacked onto the host. A `.partial` download is resumed after an
  * interruption; a cached blob is read from the store. Progress is reported
- * as events.
+ * as events. The layers of one image are read under one set of caps
+ * (`limits.ts`: bytes, entries, names, xattrs, pax headers), so a hostile
+ * layer fails with `IMAGE_INVALID` while it streams, digest or not.
  *
  * One image directory per manifest digest, built under a lock and renamed
  * into place when complete, so concurrent pulls of one image build it once
