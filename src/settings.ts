@@ -114,10 +114,46 @@ export const DEFAULTS = {
   bootTimeoutMs: 60_000,
   /** How long to wait for another process holding a sandbox name. */
   nameLockMs: 60_000,
+  /** How long a host client waits to connect to a sandbox runner's relay. */
+  relayConnectMs: 10_000,
+  /** How long a runner that failed to boot gets to exit before it is killed. */
+  runnerExitMs: 2_000,
+  /** How long `kill` waits for the relay to take its request before going on without it. */
+  killConnectMs: 5_000,
+  /** How long `kill` waits for the runner to let go of its lock. */
+  killWaitMs: 10_000,
   /** How long a download may go without a byte. */
   pullStallMs: 60_000,
   /** Give up on a blob another process has been downloading this long. */
   blobLockWaitMs: 30 * 60_000,
+  /** Concurrent guest flows (TCP + UDP) netd admits per sandbox (`n.maxConnections`). */
+  netMaxConnections: 256,
+  /** TLS ports netd intercepts in a sandbox with secrets (`n.tls({ ports })`). */
+  netTlsPorts: [443] as readonly number[],
+  /** The longest line netd may write on stdout (a longer one is discarded as a protocol error). */
+  netdLineMaxBytes: 64 * 1024,
+  /** The longest secret value (it is substituted in HTTP headers). */
+  secretMaxBytes: 16 * 1024,
+  /** The most secrets a sandbox can have. */
+  secretMaxCount: 64,
+  /** The largest certificate (DER bytes) `trustCa` takes. */
+  trustCaMaxBytes: 16 * 1024,
+  /** The most certificates `trustCa` takes. */
+  trustCaMaxCount: 64,
+  /** The most rules a policy can have. */
+  netMaxRules: 1024,
+  /** The most names `dns({ hosts })` can fix. */
+  netMaxDnsHosts: 1024,
+  /** The most resolvers `dns({ upstream })` can name. */
+  netMaxUpstreams: 8,
+  /** How long the runner waits for the guest to power off after asking for a shutdown, before killing the VMM. */
+  stopGraceMs: 5_000,
+  /** The most of that grace the agent gets to end its processes before it syncs and powers off. */
+  guestShutdownGraceMs: 2_000,
+  /** How long a VMM helper (virtiofsd) may take to create its socket. */
+  helperSocketMs: 5_000,
+  /** How often the runner checks the idle timeout. */
+  idleCheckMs: 100,
   /** Largest manifest or index accepted (as containerd). */
   manifestMaxBytes: 4 << 20,
   /** Largest image config accepted. */

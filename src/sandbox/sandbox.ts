@@ -11,11 +11,13 @@ import { type ExecOutput, ExecProcess, type ExecSpec, runToCompletion } from "..
 import { AgentError, InvalidConfigError, KrunboxError, NotRunningError } from "../errors.ts";
 import { type ProcessUsage, sampleMetrics, type SandboxMetrics } from "../metrics/snapshot.ts";
 import { metricsStream } from "../metrics/stream.ts";
+import { openStore } from "../store/open.ts";
 import type { SandboxConfig } from "./config.ts";
-import { type Launched, openStore, reconcile, requireRow } from "./lifecycle.ts";
+import type { Launched } from "./launch.ts";
+import { reconcile, removeSandbox, requireRow } from "./state.ts";
 import { SandboxFs } from "./fs.ts";
 import { SandboxBuilder } from "./builder.ts";
-import { getSandbox, listSandboxes, removeSandbox, type SandboxHandle, startSandbox } from "./handle.ts";
+import { getSandbox, listSandboxes, type SandboxHandle, startSandbox } from "./handle.ts";
 
 /** Options of `execWith`. */
 export interface ExecOptions {
@@ -91,17 +93,17 @@ export class Sandbox implements AsyncDisposable {
 
   /** A builder for a new sandbox; `name` must be unused (or call `replace()`). */
   static builder(name: string): SandboxBuilder {
-    return new SandboxBuilder(name);
+    return new SandboxBuilder(name, {}, { sandbox: Sandbox });
   }
 
   /** A handle on a stored sandbox, running or stopped. */
   static get(name: string): Promise<SandboxHandle> {
-    return getSandbox(name);
+    return getSandbox(name, Sandbox);
   }
 
   /** Handles on all stored sandboxes. */
   static list(): Promise<SandboxHandle[]> {
-    return listSandboxes();
+    return listSandboxes(Sandbox);
   }
 
   /** Deletes a stopped sandbox and its state. */
@@ -111,12 +113,12 @@ export class Sandbox implements AsyncDisposable {
 
   /** Boots a stopped sandbox, attached to this process. */
   static start(name: string): Promise<Sandbox> {
-    return startSandbox(name, false);
+    return startSandbox(name, false, Sandbox);
   }
 
   /** Boots a stopped sandbox, detached. */
   static startDetached(name: string): Promise<Sandbox> {
-    return startSandbox(name, true);
+    return startSandbox(name, true, Sandbox);
   }
 
   /** @internal */
