@@ -55,6 +55,16 @@ export const SETTINGS: readonly SettingDoc[] = [
   { name: "KRUNBOX_LIBISAL_PATH", meaning: "libisal.so.2 to load before the system's", default: "libisal.so.2" },
   { name: "KRUNBOX_LIBZSTD_PATH", meaning: "libzstd.so.1 to load before the system's", default: "libzstd.so.1" },
   {
+    name: "KRUNBOX_AGENT_TIMEOUT_MS",
+    meaning: "deadline of each agent request (fs calls, exec.start, metrics) unless the call passes its own",
+    default: "60000",
+  },
+  {
+    name: "KRUNBOX_EXEC_MAX_OUTPUT_BYTES",
+    meaning: "default `maxOutputBytes` of exec/shell/execWith, per stream",
+    default: "67108864 (64 MiB)",
+  },
+  {
     name: "KRUNBOX_PULL_MAX_BYTES",
     meaning: "uncompressed layer bytes (the tar streams) one image may have; over it a pull fails with IMAGE_INVALID",
     default: "34359738368 (32 GiB)",
@@ -126,6 +136,30 @@ export const DEFAULTS = {
   pullStallMs: 60_000,
   /** Give up on a blob another process has been downloading this long. */
   blobLockWaitMs: 30 * 60_000,
+  /** How long a new agent connection waits for the agent's `ready`. */
+  agentReadyTimeoutMs: 30_000,
+  /** Deadline of one agent request (fs calls, exec.start, exec.signal, metrics, ping). */
+  agentTimeoutMs: 60_000,
+  /** Deadline of a `runner.*` request: `runner.stop` waits for the guest's poweroff and then a kill. */
+  runnerControlTimeoutMs: 120_000,
+  /** Output `exec`/`shell`/`execWith` collect per stream before failing with EXEC_OUTPUT_LIMIT. */
+  execMaxOutputBytes: 64 << 20,
+  /** Bytes `fs().read()`/`readText()` collect before failing with FS EFBIG (a guest file can be endless). */
+  fsReadMaxBytes: 1 << 30,
+  /** Broken frames an agent connection survives; one more ends it (an honest agent sends none). */
+  agentMaxBrokenFrames: 256,
+  /** Bytes the relay queues for one client before it cuts that client off (an AgentClient drains its socket at once). */
+  relayClientQueueBytes: 64 << 20,
+  /**
+   * Bytes queued towards an agent (the client's, the relay's guest writer) before the connection is given up: the
+   * host's requests are awaited by their callers, so what piles up there is acks and cancels to a peer that stopped
+   * reading, plus the callers' own concurrent writes.
+   */
+  agentWriteQueueBytes: 256 << 20,
+  /** Grace the host adds to an exec's timeout before it kills the process itself (the agent kills at the timeout). */
+  execHostTimeoutGraceMs: 1_000,
+  /** How long the relay still counts an exec after it was cancelled or ran past its timeout, awaiting exec.exit. */
+  execAbandonGraceMs: 5_000,
   /** Concurrent guest flows (TCP + UDP) netd admits per sandbox (`n.maxConnections`). */
   netMaxConnections: 256,
   /** TLS ports netd intercepts in a sandbox with secrets (`n.tls({ ports })`). */
@@ -196,6 +230,10 @@ export const settings = {
   builtinGunzip: (): boolean => env("KRUNBOX_GUNZIP") === "builtin",
   /** `KRUNBOX_PULL_STALL_MS`, default 60 s. */
   pullStallMs: (): number => positive("KRUNBOX_PULL_STALL_MS", DEFAULTS.pullStallMs),
+  /** `KRUNBOX_AGENT_TIMEOUT_MS`, default 60 s. */
+  agentTimeoutMs: (): number => positive("KRUNBOX_AGENT_TIMEOUT_MS", DEFAULTS.agentTimeoutMs),
+  /** `KRUNBOX_EXEC_MAX_OUTPUT_BYTES`, default 64 MiB. */
+  execMaxOutputBytes: (): number => positive("KRUNBOX_EXEC_MAX_OUTPUT_BYTES", DEFAULTS.execMaxOutputBytes),
   /** `KRUNBOX_LIBKRUN_PATH`, or undefined. */
   libkrunPath: (): string | undefined => env("KRUNBOX_LIBKRUN_PATH"),
   /** The path override of an optional library (`KRUNBOX_LIBISAL_PATH`, `KRUNBOX_LIBZSTD_PATH`). */
