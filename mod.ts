@@ -12,11 +12,13 @@
 
 export {
   AgentError,
+  AgentTimeoutError,
   AlreadyExistsError,
   BackendUnavailableError,
   BootTimeoutError,
   type ErrorCode,
   ExecAbortedError,
+  ExecOutputLimitError,
   ExecSpawnError,
   ExecTimeoutError,
   FsError,
@@ -75,8 +77,9 @@ export { type DnsConfig, NetworkBuilder, type Profile, type RuleArg, type TlsCon
 export { SecretBuilder } from "./src/net/secrets.ts";
 export type { NetStats, NetworkAction, NetworkEvent, NetworkReason } from "./src/net/engine.ts";
 export { type ExecEvent, type ExecOutput, ExecProcess, type ExitStatus as ExecExitStatus } from "./src/agent/exec.ts";
-export type { EntryKind, FsEntry } from "./src/agent/fs.ts";
+export type { EntryKind, FsCallOptions, FsEntry, FsReadOptions, FsWriteOptions } from "./src/agent/fs.ts";
 export type { SandboxMetrics } from "./src/metrics/snapshot.ts";
 export { Images, type PruneResult, type StoredImage } from "./src/image/images.ts";
 export type { PulledImage, PullEvent, PullOptions, PullPolicy } from "./src/image/pull.ts";
-export type { BasicAuth, ImageConfig, ImageRuntimeConfig } from "./src/image/registry.ts";
+export type { BasicAuth } from "./src/image/auth.ts";
+export type { ImageConfig, ImageRuntimeConfig } from "./src/image/oci.ts";

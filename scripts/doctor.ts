@@ -105,7 +105,8 @@ function libraryCheck(
   };
 }
 
-async function main(): Promise<number> {
+/** Runs the doctor: prints every check; resolves 0 when a backend can run. */
+export async function main(): Promise<number> {
   const host = await probeHost();
   const qemu = await qemuChecks();
   const checks: Check[] = [

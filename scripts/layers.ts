@@ -62,7 +62,7 @@ export const LAYERS: readonly Layer[] = [
   { name: "vmm", paths: ["src/vmm/"], rank: 6 },
   { name: "metrics", paths: ["src/metrics/"], rank: 7 },
   { name: "sandbox", paths: ["src/sandbox/"], rank: 8 },
-  { name: "entry points", paths: ["mod.ts", "cli.ts"], rank: 9 },
+  { name: "entry points", paths: ["mod.ts", "cli.ts", "src/cli/"], rank: 9 },
 ];
 
 /** The library's files: what the check reads (relative to the root). */

@@ -5,6 +5,8 @@
  *
  * Optional steps (libkrun, libkrunfw) may fail without failing setup: the
  * doctor reports them and the tests that need them are skipped with a reason.
+ * Under CI (`CI=true`, scripts/ci.ts) nothing is optional: a failed step
+ * fails setup, named with its error.
  *
  * @module
  */
@@ -16,11 +18,14 @@ import { agentStep } from "./provision/agent.ts";
 import { initramfsStep } from "./provision/initramfs.ts";
 import { kernelStep } from "./provision/kernel.ts";
 import { libkrunfwStep, libkrunStep } from "./provision/libkrun.ts";
+import { netdStep } from "./provision/netd.ts";
 import { type AssetStep, runStep, type StepContext, type StepOutcome } from "./provision/step.ts";
+import { requireAll } from "./ci.ts";
 
-const STEPS: readonly AssetStep[] = [kernelStep, agentStep, initramfsStep, libkrunfwStep, libkrunStep];
+const STEPS: readonly AssetStep[] = [kernelStep, agentStep, netdStep, initramfsStep, libkrunfwStep, libkrunStep];
 
-async function main(): Promise<number> {
+/** Provisions what is missing; resolves 0 when every required step succeeded. */
+export async function main(): Promise<number> {
   const started = performance.now();
   const home = krunboxHome();
   const log = (m: string) => console.log(`[setup] ${m}`);
@@ -41,12 +46,10 @@ async function main(): Promise<number> {
   for (const step of STEPS) outcomes.push(await runStep(step, ctx));
 
   const total = ((performance.now() - started) / 1000).toFixed(1);
-  const failedRequired = outcomes.filter((o) =>
-    o.status === "failed" && !STEPS.find((s) => s.asset === o.asset)?.optional
-  );
-  const failedOptional = outcomes.filter((o) =>
-    o.status === "failed" && STEPS.find((s) => s.asset === o.asset)?.optional
-  );
+  const ci = requireAll();
+  const optional = (o: StepOutcome) => !ci && STEPS.find((s) => s.asset === o.asset)?.optional === true;
+  const failedRequired = outcomes.filter((o) => o.status === "failed" && !optional(o));
+  const failedOptional = outcomes.filter((o) => o.status === "failed" && optional(o));
   for (const o of failedOptional) {
     log(
       `warning: ${o.asset} is unavailable (${
@@ -55,6 +58,13 @@ async function main(): Promise<number> {
     );
   }
   log(`finished in ${total} s: ${outcomes.map((o) => `${o.asset} ${o.status}`).join(", ")}`);
+  for (const o of failedRequired) {
+    log(
+      `FAILED: ${o.asset} could not be provisioned${ci ? " (required under CI)" : ""}: ${
+        o.error?.message.split("\n")[0]
+      }`,
+    );
+  }
   return failedRequired.length > 0 ? 1 : 0;
 }
 

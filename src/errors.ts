@@ -27,12 +27,14 @@ export type ErrorCode =
   | "EXEC_TIMEOUT"
   | "EXEC_SPAWN_FAILED"
   | "EXEC_ABORTED"
+  | "EXEC_OUTPUT_LIMIT"
   | "FS"
   | "BACKEND_UNAVAILABLE"
   | "VM_CRASHED"
   | "BOOT_TIMEOUT"
   | "PROTOCOL"
   | "AGENT"
+  | "AGENT_TIMEOUT"
   | "LIBKRUN"
   | "STATE"
   | "SECRET_UNAVAILABLE";
@@ -52,12 +54,14 @@ const ERROR_CODES = [
   "EXEC_TIMEOUT",
   "EXEC_SPAWN_FAILED",
   "EXEC_ABORTED",
+  "EXEC_OUTPUT_LIMIT",
   "FS",
   "BACKEND_UNAVAILABLE",
   "VM_CRASHED",
   "BOOT_TIMEOUT",
   "PROTOCOL",
   "AGENT",
+  "AGENT_TIMEOUT",
   "LIBKRUN",
   "STATE",
   "SECRET_UNAVAILABLE",
@@ -240,6 +244,35 @@ export class ExecAbortedError extends KrunboxError {
   }
 }
 
+/**
+ * A collecting call (`exec`, `shell`, `execWith`) got more output on one
+ * stream than its `maxOutputBytes`; the process group was killed. Stream
+ * big output with `execStream`, or raise `maxOutputBytes`.
+ *
+ * @example
+ * ```ts
+ * import { ExecOutputLimitError } from "@krunbox/krunbox";
+ * const e = new ExecOutputLimitError("yes", "stdout", 1024);
+ * console.log(e.code, e.stream, e.limitBytes); // EXEC_OUTPUT_LIMIT stdout 1024
+ * ```
+ */
+export class ExecOutputLimitError extends KrunboxError {
+  /** `cmd` is the program; `stream` the output that overflowed; `limitBytes` the limit it passed. */
+  constructor(
+    readonly cmd: string,
+    readonly stream: "stdout" | "stderr",
+    readonly limitBytes: number,
+    options?: KrunboxErrorOptions,
+  ) {
+    super(
+      "EXEC_OUTPUT_LIMIT",
+      `"${cmd}" wrote more than ${limitBytes} bytes to ${stream} and was killed; ` +
+        "use execStream() for big output or raise maxOutputBytes",
+      options,
+    );
+  }
+}
+
 /** Why a process could not be started in the guest. */
 export type SpawnFailureKind =
   | "not_found"
@@ -386,6 +419,30 @@ export class AgentError extends KrunboxError {
   /** `rpcCode` is the JSON-RPC error code; `data` the error's `data` member, if any. */
   constructor(readonly rpcCode: number, message: string, readonly data?: unknown, options?: KrunboxErrorOptions) {
     super("AGENT", `agent error ${rpcCode}: ${message}`, options);
+  }
+}
+
+/**
+ * The agent did not answer a request within its deadline (the request was
+ * cancelled on the wire). Deadlines default to `KRUNBOX_AGENT_TIMEOUT_MS`;
+ * calls that may legitimately take long (a big `fs.copy`) take `timeoutMs`.
+ *
+ * @example
+ * ```ts
+ * import { AgentTimeoutError } from "@krunbox/krunbox";
+ * const e = new AgentTimeoutError("fs.stat", 60000);
+ * console.log(e.code, e.method); // AGENT_TIMEOUT fs.stat
+ * ```
+ */
+export class AgentTimeoutError extends KrunboxError {
+  /** `method` is the request that got no answer; `timeoutMs` its deadline in milliseconds. */
+  constructor(readonly method: string, readonly timeoutMs: number, options?: KrunboxErrorOptions) {
+    super(
+      "AGENT_TIMEOUT",
+      `the agent did not answer ${method} within ${timeoutMs} ms; the request was cancelled ` +
+        "(pass a longer timeoutMs, or check the sandbox with metrics() or its console log)",
+      options,
+    );
   }
 }
 
@@ -596,6 +653,20 @@ const WIRE_CLASSES: Readonly<Record<string, WireClass>> = {
     make: (f, _c, o) => new LibkrunError(f.str("call"), f.num("errnoNum"), o),
   },
   StateError: { cls: StateError, fields: [], make: (_f, _c, o) => new StateError("", o) },
+  ExecOutputLimitError: {
+    cls: ExecOutputLimitError,
+    fields: ["cmd", "stream", "limitBytes"],
+    make: (f, _c, o) => {
+      const stream = f.str("stream");
+      if (stream !== "stdout" && stream !== "stderr") throw new TypeError(`stream ${stream}`);
+      return new ExecOutputLimitError(f.str("cmd"), stream, f.num("limitBytes"), o);
+    },
+  },
+  AgentTimeoutError: {
+    cls: AgentTimeoutError,
+    fields: ["method", "timeoutMs"],
+    make: (f, _c, o) => new AgentTimeoutError(f.str("method"), f.num("timeoutMs"), o),
+  },
   SecretUnavailableError: {
     cls: SecretUnavailableError,
     fields: ["sandbox", "envs"],

@@ -23,7 +23,7 @@ export interface StepContext {
 /** One asset's provisioning. */
 export interface AssetStep {
   readonly asset: AssetName;
-  /** A failure is reported and provisioning goes on (the tests skip what needs it). */
+  /** A failure is reported and provisioning goes on (the tests skip what needs it); under CI it fails setup. */
   readonly optional?: boolean;
   /** Identifies the inputs: a changed version rebuilds the asset. */
   version(ctx: StepContext): Promise<string>;

@@ -62,7 +62,7 @@ export class SandboxHandle {
   /** Connects to the running sandbox (not owning it). */
   async connect(): Promise<Sandbox> {
     const agent = await this.#connectAgent();
-    const info = await agent.request<{ vmmPid: number }>("runner.info", {});
+    const info = await agent.request("runner.info", {});
     return new this.#sandbox(this.config(), agent, info.result.vmmPid, undefined);
   }
 
@@ -97,7 +97,7 @@ export class SandboxHandle {
   /** One metrics sample (the CPU figure covers a short window). */
   async metrics(): Promise<SandboxMetrics> {
     await using agent = await this.#connectAgent();
-    const info = await agent.request<{ vmmPid: number }>("runner.info", {});
+    const info = await agent.request("runner.info", {});
     const cfg = this.config();
     return (await sampleMetrics(agent, info.result.vmmPid, cfg.cpus, cfg.memoryMib, undefined)).metrics;
   }

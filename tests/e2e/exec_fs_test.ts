@@ -8,7 +8,15 @@ import { leftovers, skipVmReason } from "../util/e2e.ts";
 import { assert, assertEquals, assertRejects } from "../util/assert.ts";
 import { busyboxRoot } from "../../scripts/roots.ts";
 import { repeatedChunks } from "../util/streams.ts";
-import { ExecAbortedError, ExecSpawnError, FsError, InvalidConfigError, Sandbox } from "../../mod.ts";
+import { waitGuestPids } from "../util/guest.ts";
+import {
+  ExecAbortedError,
+  ExecOutputLimitError,
+  ExecSpawnError,
+  FsError,
+  InvalidConfigError,
+  Sandbox,
+} from "../../mod.ts";
 
 const ignore = skipVmReason !== undefined;
 let sb: Sandbox | undefined;
@@ -75,17 +83,20 @@ Deno.test({ name: "tty exec: a terminal, resizable", ignore }, async () => {
 Deno.test({ name: "signal(), kill() and AbortSignal reach the process group", ignore }, async () => {
   const s = await sandbox();
   const p = await s.execStream("sh", { args: ["-c", "trap 'echo term; exit 4' TERM; sleep 30 & wait"] });
-  await new Promise((r) => setTimeout(r, 300));
+  // The guest's /proc (the root has no pgrep): the group's second member, `sleep 30`, runs…
+  assertEquals((await waitGuestPids(s, ["sleep", "30"], (x) => x.length === 1, 3000)).length, 1);
   await p.signal(15);
   assertEquals(await new Response(p.stdout).text(), "term\n");
   assertEquals((await p.exited).code, 4);
+  // …and the signal reached it too, not only the leader (it would outlive the shell otherwise).
+  assertEquals(await waitGuestPids(s, ["sleep", "30"], (x) => x.length === 0, 3000), []);
   const q = await s.execStream("sleep", { args: ["30"] });
   q.kill();
   assertEquals((await q.exited).signal, 9);
   const ac = new AbortController();
   setTimeout(() => ac.abort(), 200);
   await assertRejects(() => s.execWith("sleep", { args: ["30"], signal: ac.signal }), ExecAbortedError);
-  assertEquals((await s.shell("pgrep sleep || echo none")).stdout, "none\n");
+  assertEquals(await waitGuestPids(s, ["sleep", "30"], (x) => x.length === 0, 5000), [], "no sleep is left");
 });
 
 Deno.test(
@@ -137,6 +148,37 @@ Deno.test({ name: "huge output streams with bounded host memory", ignore }, asyn
   assertEquals(n, 256 << 20);
   assert(peak - before < 64 << 20, `host RSS grew by ${((peak - before) / 1048576).toFixed(0)} MiB`);
 });
+
+Deno.test(
+  { name: "`yes` with no timeout through exec() ends with EXEC_OUTPUT_LIMIT; host RSS stays bounded", ignore },
+  async () => {
+    const s = await sandbox();
+    const before = rss();
+    let peak = before;
+    const sampler = setInterval(() => (peak = Math.max(peak, rss())), 20);
+    const t0 = performance.now();
+    let e: ExecOutputLimitError;
+    try {
+      e = await assertRejects(() => s.exec("yes"), ExecOutputLimitError);
+    } finally {
+      clearInterval(sampler);
+    }
+    const ms = performance.now() - t0;
+    assertEquals([e.code, e.stream, e.limitBytes], ["EXEC_OUTPUT_LIMIT", "stdout", 64 << 20]);
+    console.log(
+      `exec("yes"): EXEC_OUTPUT_LIMIT after ${ms.toFixed(0)} ms, host RSS +${
+        ((peak - before) / 1048576).toFixed(0)
+      } MiB`,
+    );
+    // The default limit is 64 MiB of collected output; the rest is the host's own overhead.
+    assert(peak - before < 256 << 20, `host RSS grew by ${((peak - before) / 1048576).toFixed(0)} MiB`);
+    // The guest process was killed, and a small limit applies the same way.
+    await assertRejects(() => s.shell("yes | cat", { maxOutputBytes: 1 << 20 }), ExecOutputLimitError);
+    // In the guest's /proc (the root has no pgrep, so `pgrep … || echo none` always said none).
+    assertEquals(await waitGuestPids(s, ["yes"], (p) => p.length === 0, 5000), [], "no `yes` is left");
+    await assertRejects(() => s.execWith("true", { maxOutputBytes: -1 }), InvalidConfigError);
+  },
+);
 
 Deno.test({ name: "a 1 GiB file streams in and out with host RSS growth under 64 MiB", ignore }, async () => {
   const s = await sandbox();

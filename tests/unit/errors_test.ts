@@ -8,12 +8,14 @@ import { assert, assertEquals } from "../util/assert.ts";
 import * as errors from "../../src/errors.ts";
 import {
   AgentError,
+  AgentTimeoutError,
   AlreadyExistsError,
   BackendUnavailableError,
   BootTimeoutError,
   errorFromWire,
   errorToWire,
   ExecAbortedError,
+  ExecOutputLimitError,
   ExecSpawnError,
   ExecTimeoutError,
   FsError,
@@ -51,6 +53,8 @@ const SAMPLES: readonly KrunboxError[] = [
   new LibkrunError("krun_set_vm_config", -22),
   new StateError("state home /ro is not writable; set KRUNBOX_HOME"),
   new SecretUnavailableError("job-1", ["OPENAI_API_KEY", "HF_TOKEN"]),
+  new ExecOutputLimitError("yes", "stdout", 64 << 20),
+  new AgentTimeoutError("fs.read", 60_000),
 ];
 
 const hop = (e: unknown) => errorFromWire(JSON.parse(JSON.stringify(errorToWire(e))));
