@@ -14,11 +14,11 @@ import { join } from "node:path";
 import { leftovers, sandboxDir, skipVmReason, testHome } from "../util/e2e.ts";
 import { assert, assertEquals, assertRejects } from "../util/assert.ts";
 import { LocalRegistry, missingRegistryTools, pushImage } from "../util/registry.ts";
+import { need } from "../util/require.ts";
 import { busyboxRoot } from "../../scripts/roots.ts";
 import { ImageError, Images, NotFoundError, Sandbox } from "../../mod.ts";
 
-const missingTools = await missingRegistryTools("htpasswd");
-if (missingTools) console.log(`SKIPPING pull-policy tests: ${missingTools}`);
+const missingTools = need("registry", await missingRegistryTools("htpasswd"), "pull-policy tests");
 const ignore = skipVmReason !== undefined || missingTools !== undefined;
 
 const USER = { username: "alice", password: `pw-${crypto.randomUUID()}` };
