@@ -96,26 +96,23 @@ Deno.test.afterAll(async () => {
   }
 });
 
-/** Resolves with `p`'s value, or undefined when `ms` pass first. */
-async function within<T>(p: Promise<T>, ms: number): Promise<T | undefined> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
+/** Sends one line to 127.0.0.1:port over TCP and reads the answer to EOF (20 s at most). */
+async function tcpAsk(port: number, line: string): Promise<string> {
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+  let late = false;
+  const timer = setTimeout(() => {
+    late = true;
+    conn.close();
+  }, 20_000);
   try {
-    return await Promise.race([p, new Promise<undefined>((r) => timer = setTimeout(() => r(undefined), ms))]);
+    await conn.write(new TextEncoder().encode(`${line}\n`));
+    return await new Response(conn.readable).text();
+  } catch (e) {
+    if (late) return "(no answer in 20 s)";
+    throw e;
   } finally {
     clearTimeout(timer);
   }
-}
-
-/** Sends one line to 127.0.0.1:port over TCP and reads the answer to EOF. */
-async function tcpAsk(port: number, line: string): Promise<string> {
-  const conn = await Deno.connect({ hostname: "127.0.0.1", port });
-  const answer = (async () => {
-    await conn.write(new TextEncoder().encode(`${line}\n`));
-    return await new Response(conn.readable).text();
-  })();
-  const text = await within(answer, 20_000);
-  if (text === undefined) conn.close();
-  return text ?? "(no answer in 20 s)";
 }
 
 /** Sends a datagram to 127.0.0.1:port (again every second) until one comes back or `ms` pass. */
@@ -123,14 +120,18 @@ async function udpAsk(port: number, text: string, ms: number): Promise<string | 
   const sock = dgram.createSocket("udp4");
   sock.on("error", () => {}); // an ICMP unreachable is just "no answer"
   let resend: ReturnType<typeof setInterval> | undefined;
+  let timer: ReturnType<typeof setTimeout> | undefined;
   try {
-    const reply = new Promise<string>((resolve) => sock.on("message", (m) => resolve(m.toString())));
-    const send = () => sock.send(text, port, "127.0.0.1");
-    send();
-    resend = setInterval(send, 1000);
-    return await within(reply, ms);
+    return await new Promise<string | undefined>((resolve) => {
+      sock.on("message", (m) => resolve(m.toString()));
+      timer = setTimeout(() => resolve(undefined), ms);
+      const send = () => sock.send(text, port, "127.0.0.1");
+      send();
+      resend = setInterval(send, 1000);
+    });
   } finally {
     clearInterval(resend);
+    clearTimeout(timer);
     await new Promise<void>((r) => sock.close(() => r()));
   }
 }
