@@ -20,7 +20,7 @@
 
 import { fileURLToPath } from "node:url";
 import { which } from "../src/util/command.ts";
-import { requireAll } from "./ci.ts";
+import { requireAll } from "../src/host/ci.ts";
 import { add, cargoCounts, type Counts, denoCounts, goCounts, none, plain, type RunOutput } from "./test_summary.ts";
 
 const root = fileURLToPath(new URL("..", import.meta.url));
@@ -105,6 +105,7 @@ if (!onlyDeno) {
   await single("types", Deno.execPath(), ["check", "mod.ts", "cli.ts", "scripts/", "tests/", "bench/", "src/", "ffi/"]);
   await single("publish dry-run", Deno.execPath(), ["publish", "--dry-run", "--allow-dirty"]);
   await single("docs of the public API", Deno.execPath(), ["doc", "--lint", "mod.ts", "cli.ts"]);
+  await single("layers and cycles", Deno.execPath(), ["run", "--allow-read", "--allow-run", "scripts/layers.ts"]);
 
   // No -q: cargo's `Running …` lines are how a binary that crashed before its result line is noticed.
   record(

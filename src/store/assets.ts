@@ -1,7 +1,7 @@
 /**
  * Provisioned assets under `$KRUNBOX_HOME/assets`: each asset is a directory
  * holding its files and a `VERSION` stamp written last, so a half-finished
- * provisioning step never looks complete. `scripts/setup.ts` writes them, the
+ * provisioning step never looks complete. `src/host/setup.ts` writes them, the
  * doctor and the backends read them.
  *
  * @module

@@ -17,7 +17,7 @@
  * @module
  */
 
-import { requireAll } from "../../scripts/ci.ts";
+import { requireAll } from "../../src/host/ci.ts";
 import { loadLibkrun, loadLibkrunfw } from "../../ffi/load.ts";
 import { assetPath, assetVersion } from "../../src/store/assets.ts";
 

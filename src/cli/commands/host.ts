@@ -19,7 +19,7 @@ const doctorSpec: CommandSpec = {
 export const doctor: Command = {
   spec: doctorSpec,
   async run() {
-    const { main } = await import("../../../scripts/doctor.ts");
+    const { main } = await import("../../host/doctor.ts");
     return await main();
   },
 };
@@ -35,7 +35,7 @@ const setupSpec: CommandSpec = {
 export const setup: Command = {
   spec: setupSpec,
   async run() {
-    const { main } = await import("../../../scripts/setup.ts");
+    const { main } = await import("../../host/setup.ts");
     return await main();
   },
 };

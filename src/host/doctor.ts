@@ -6,14 +6,14 @@
  * @module
  */
 
-import { zstdLibrary } from "../ffi/zstd.ts";
-import { isalLibrary } from "../ffi/isal.ts";
-import type { OptionalLibrary } from "../ffi/load.ts";
-import { loadLibkrun } from "../ffi/load.ts";
-import { assetPath } from "../src/store/assets.ts";
-import { homeLayout } from "../src/store/home.ts";
-import { chooseBackend, probeHost } from "../src/vmm/detect.ts";
-import { type Check, checkAsset, qemuChecks } from "../src/vmm/prereqs.ts";
+import { zstdLibrary } from "../../ffi/zstd.ts";
+import { isalLibrary } from "../../ffi/isal.ts";
+import type { OptionalLibrary } from "../../ffi/load.ts";
+import { loadLibkrun } from "../../ffi/load.ts";
+import { assetPath } from "../store/assets.ts";
+import { homeLayout } from "../store/home.ts";
+import { chooseBackend, probeHost } from "../vmm/detect.ts";
+import { type Check, checkAsset, qemuChecks } from "../vmm/prereqs.ts";
 
 const MIN_DENO = [2, 9, 0];
 

@@ -7,8 +7,8 @@
  */
 
 import { join } from "node:path";
-import { assetDir, assetPath, assetVersion } from "../../src/store/assets.ts";
-import { type CpioEntry, encodeCpio } from "../../src/vmm/cpio.ts";
+import { assetDir, assetPath, assetVersion } from "../../store/assets.ts";
+import { type CpioEntry, encodeCpio } from "../../vmm/cpio.ts";
 import type { AssetStep } from "./step.ts";
 
 /** Provisions `assets/initramfs/initramfs.cpio`. */

@@ -8,7 +8,7 @@
  */
 
 import { join } from "node:path";
-import { assetDir, type AssetName, assetVersion } from "../../src/store/assets.ts";
+import { assetDir, type AssetName, assetVersion } from "../../store/assets.ts";
 
 /** What every step gets. */
 export interface StepContext {

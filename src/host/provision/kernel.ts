@@ -7,8 +7,8 @@
  */
 
 import { join } from "node:path";
-import { GUEST_MODULES, loadOrder, NESTED_HOST_MODULES, parseModulesDep } from "../../src/vmm/modules.ts";
-import { runCommand } from "../../src/util/command.ts";
+import { GUEST_MODULES, loadOrder, NESTED_HOST_MODULES, parseModulesDep } from "../../vmm/modules.ts";
+import { runCommand } from "../../util/command.ts";
 import { candidateVersion, downloadAndUnpack, firstDependency, withFreshLists } from "./apt.ts";
 import type { AssetStep } from "./step.ts";
 

@@ -5,14 +5,14 @@
  *
  * Optional steps (libkrun, libkrunfw) may fail without failing setup: the
  * doctor reports them and the tests that need them are skipped with a reason.
- * Under CI (`CI=true`, scripts/ci.ts) nothing is optional: a failed step
+ * Under CI (`CI=true`, src/host/ci.ts) nothing is optional: a failed step
  * fails setup, named with its error.
  *
  * @module
  */
 
 import { fileURLToPath } from "node:url";
-import { homeLayout, krunboxHome } from "../src/store/home.ts";
+import { homeLayout, krunboxHome } from "../store/home.ts";
 import { ensurePackages, HOST_PACKAGES } from "./provision/apt.ts";
 import { agentStep } from "./provision/agent.ts";
 import { initramfsStep } from "./provision/initramfs.ts";
@@ -30,7 +30,7 @@ export async function main(): Promise<number> {
   const home = krunboxHome();
   const log = (m: string) => console.log(`[setup] ${m}`);
   await Deno.mkdir(homeLayout(home).assets, { recursive: true });
-  const ctx: StepContext = { projectDir: fileURLToPath(new URL("..", import.meta.url)), home, log };
+  const ctx: StepContext = { projectDir: fileURLToPath(new URL("../..", import.meta.url)), home, log };
   log(`state home ${home}`);
 
   const t0 = performance.now();

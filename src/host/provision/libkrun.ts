@@ -11,8 +11,8 @@
  */
 
 import { join } from "node:path";
-import { homeLayout } from "../../src/store/home.ts";
-import { runCommand } from "../../src/util/command.ts";
+import { homeLayout } from "../../store/home.ts";
+import { runCommand } from "../../util/command.ts";
 import { candidateVersion, downloadAndUnpack, preparePrivateSource, type PrivateSource } from "./apt.ts";
 import type { AssetStep, StepContext } from "./step.ts";
 

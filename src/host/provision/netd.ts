@@ -8,7 +8,7 @@
  */
 
 import { join } from "node:path";
-import { runCommand } from "../../src/util/command.ts";
+import { runCommand } from "../../util/command.ts";
 import { type AssetStep, hashFiles, listFiles } from "./step.ts";
 
 /** Where Go is looked for when `go` is not on PATH. */

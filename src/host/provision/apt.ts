@@ -6,7 +6,7 @@
  */
 
 import { join } from "node:path";
-import { runCommand } from "../../src/util/command.ts";
+import { runCommand } from "../../util/command.ts";
 
 /** Debian packages the host needs, and why. */
 export const HOST_PACKAGES: Readonly<Record<string, string>> = {
@@ -25,6 +25,8 @@ export const HOST_PACKAGES: Readonly<Record<string, string>> = {
   "openssl": "certificates for the tests' token-auth registry",
   "kmod": "depmod, for the guest kernel's module index",
   "cpio": "tests: reading initramfs archives back",
+  "qemu-utils": "tests: qcow2 disk-image roots (qemu-img)",
+  "tmux": "tests: the CLI's interactive terminal path",
 };
 
 async function installed(pkg: string): Promise<boolean> {

@@ -6,7 +6,7 @@
  */
 
 import { join } from "node:path";
-import { runCommand } from "../../src/util/command.ts";
+import { runCommand } from "../../util/command.ts";
 import { type AssetStep, hashFiles, listFiles } from "./step.ts";
 
 const TARGET = "x86_64-unknown-linux-gnu";
