@@ -142,8 +142,9 @@ function toStream(q: OutputQueue): ReadableStream<Uint8Array> {
  * @example
  * ```ts
  * import { spawnError } from "./exec.ts";
- * import { AgentError } from "../errors.ts";
- * console.log(spawnError("nope", new AgentError(-32010, "x", { kind: "not_found", errno: "ENOENT" })).message);
+ * import { AgentError, ExecSpawnError } from "../errors.ts";
+ * const e = spawnError("nope", new AgentError(-32010, "x", { kind: "not_found", errno: "ENOENT" }));
+ * console.log(e instanceof ExecSpawnError && e.kind); // "not_found"
  * ```
  */
 export function spawnError(cmd: string, e: unknown): unknown {

@@ -56,11 +56,19 @@ export interface Codec {
  * @example
  * ```ts
  * import { type Codec, decoderStream } from "./decoder.ts";
- * declare const codec: Codec;
- * const file = await Deno.open("layer.tar.zst");
- * for await (const chunk of file.readable.pipeThrough(decoderStream(codec, "layer.tar.zst", "zstd"))) {
- *   console.log(chunk.length);
- * }
+ * // The copying codec of {@link Codec}'s example: what comes out is what went in.
+ * const copy: Codec = {
+ *   run(input, out) {
+ *     const n = Math.min(input.length, out.length);
+ *     out.set(input.subarray(0, n));
+ *     return Promise.resolve({ consumed: n, produced: n });
+ *   },
+ *   complete: () => true,
+ *   close() {},
+ * };
+ * const input = ReadableStream.from([new TextEncoder().encode("hello "), new TextEncoder().encode("world")]);
+ * const text = await new Response(input.pipeThrough(decoderStream(copy, "greeting", "copy"))).text();
+ * if (text !== "hello world") throw new Error(text);
  * ```
  */
 export function decoderStream(codec: Codec, what: string, format: string): TransformStream<Uint8Array, Uint8Array> {
