@@ -20,6 +20,7 @@ import { encodeCpio } from "./cpio.ts";
 import { probeHost } from "./detect.ts";
 import { GUEST_MODULES, loadOrder, type ModuleIndex } from "./modules.ts";
 import { checkedPrograms, qemuChecks } from "./prereqs.ts";
+import { installShareFilter } from "./seccomp.ts";
 import { logTail } from "../util/logs.ts";
 import { closeQuietly } from "../util/close.ts";
 
@@ -170,6 +171,94 @@ export function qemuBootConfig(
   };
 }
 
+/** The host identity virtiofsd runs as (the runner's). */
+export interface HostIds {
+  readonly uid: number;
+  readonly gid: number;
+}
+
+/**
+ * virtiofsd's command line for one share (the Rust virtiofsd, crates.io
+ * 1.14, provisioned by scripts/provision/virtiofsd.ts). The policy, for a
+ * guest that is root in its VM and sends whatever FUSE requests it likes:
+ *
+ * - `--sandbox namespace`: virtiofsd pivots into the shared directory in
+ *   its own mount, pid and network namespaces (and, for an ordinary user,
+ *   a user namespace), so no name the guest sends resolves outside it.
+ * - `--seccomp kill`: its own system-call allow list; anything else kills it
+ *   (kill works with every call the guest can cause here, see the e2e
+ *   containment test; `log` was not needed).
+ * - `--readonly` for read-only shares: enforced on the host, so a guest
+ *   `mount -o remount,rw` gets a writable mount whose writes still fail
+ *   (`EROFS`).
+ * - No device nodes, no set-user-ID/set-group-ID files: the capabilities
+ *   `mknod`, `fsetid` and `setfcap` are dropped (`--modcaps`, as root), no
+ *   xattrs are served (so no `security.capability` file capabilities), and
+ *   the runner's share filter (src/vmm/seccomp.ts), which every virtiofsd
+ *   inherits, refuses a setid mode or a device node in every `chmod`,
+ *   `open`/`creat` and `mknod`. The filter is needed because dropping
+ *   capabilities cannot forbid `chmod u+s`: the owner of a file may always
+ *   set it. Without `CAP_FSETID`, a guest write to a setid file that already
+ *   exists on the host clears the bit (the kernel's rule for writers), and a
+ *   `chown` clears it too. Fifos and sockets can still be made (they need no
+ *   privilege and are what builds and tests create). Directories created
+ *   inside a host setgid directory still inherit its setgid bit and group:
+ *   that is the kernel carrying out the host directory's own policy, and a
+ *   setgid directory grants nothing but its group to new files.
+ * - No uid translation as root: guest ids are host ids, so a directory root
+ *   keeps its owners, and what guest root creates is root's, as a file the
+ *   root caller made would be (it can carry no setid bit and is no device).
+ *   Translating guest root to an unprivileged uid was the other choice; it
+ *   would make every host file of a root-owned root look foreign to the
+ *   guest and, by itself, would still let the guest set a setuid bit (on the
+ *   unprivileged uid's files).
+ * - As an ordinary user virtiofsd runs unprivileged in a user namespace
+ *   where only the caller's uid and gid exist; every guest id is squashed to
+ *   them (`--translate-uid squash-guest:…`, or a guest user other than root
+ *   could create nothing) and the caller's files show as root's in the
+ *   guest (`host:<uid>:0:1`). Everything the guest creates belongs to the
+ *   caller.
+ * - `--inode-file-handles=never`: file handles would need
+ *   `CAP_DAC_READ_SEARCH`, with which `open_by_handle_at` reaches any file
+ *   of the host filesystem, namespaces or not.
+ *
+ * @example
+ * ```ts
+ * import { virtiofsdArgs } from "./qemu.ts";
+ * console.log(virtiofsdArgs({ tag: "vol0", hostPath: "/srv/data", readonly: true }, "/s/fs-vol0.sock").join(" "));
+ * ```
+ */
+export function virtiofsdArgs(
+  share: { readonly tag: string; readonly hostPath: string; readonly readonly: boolean },
+  socket: string,
+  ids: HostIds = { uid: Deno.uid() ?? 0, gid: Deno.gid() ?? 0 },
+): string[] {
+  const args = [
+    `--socket-path=${socket}`,
+    `--shared-dir=${share.hostPath}`,
+    "--sandbox=namespace",
+    "--seccomp=kill",
+    "--inode-file-handles=never",
+    // The root is the guest's alone: caching it fully makes a spawn ~15x
+    // faster under TCG (no FUSE round trip per lookup). Volumes stay
+    // coherent with host-side changes.
+    `--cache=${share.tag === "root" ? "always" : "auto"}`,
+    "--log-level=warn",
+  ];
+  if (share.readonly) args.push("--readonly");
+  if (ids.uid === 0) {
+    args.push("--modcaps=-mknod:-fsetid:-setfcap");
+  } else {
+    args.push(
+      `--translate-uid=squash-guest:0:${ids.uid}:4294967295`,
+      `--translate-uid=host:${ids.uid}:0:1`,
+      `--translate-gid=squash-guest:0:${ids.gid}:4294967295`,
+      `--translate-gid=host:${ids.gid}:0:1`,
+    );
+  }
+  return args;
+}
+
 /**
  * qemu and virtiofsd are started through `setpriv --pdeathsig KILL`: the
  * kernel kills them when the runner dies, however it dies (a SIGKILLed
@@ -260,22 +349,12 @@ export const qemuBackend: Backend = {
       const shares = spec.root.kind === "dir"
         ? [{ tag: "root", hostPath: spec.root.path, guestPath: "/", readonly: false }, ...spec.shares]
         : [...spec.shares];
+      if (shares.length > 0) installShareFilter();
       for (const share of shares) {
         const sock = join(spec.dir, `fs-${share.tag.replaceAll("/", "_")}.sock`);
         await Deno.remove(sock).catch(() => {});
         const child = new Deno.Command(SETPRIV, {
-          args: [
-            ...TIE_TO_RUNNER,
-            virtiofsd,
-            `--socket-path=${sock}`,
-            "-o",
-            `source=${share.hostPath}`,
-            "-o",
-            // The root is the guest's alone: caching it fully makes a spawn ~15x
-            // faster under TCG (no FUSE round trip per lookup). Volumes stay
-            // coherent with host-side changes.
-            share.tag === "root" ? "cache=always" : "cache=auto",
-          ],
+          args: [...TIE_TO_RUNNER, virtiofsd, ...virtiofsdArgs(share, sock)],
           stdin: "null",
           stdout: "null",
           stderr: "piped",
@@ -312,7 +391,9 @@ export const qemuBackend: Backend = {
         closeQuietly(listener);
         await Promise.all(children.map((c) => c.status));
         // Per-boot files; the next boot makes them anew.
-        for (const f of [vmSock, initrd, ...Object.values(fsSockets)]) await Deno.remove(f).catch(() => {});
+        for (const f of [vmSock, initrd, ...Object.values(fsSockets).flatMap((s) => [s, `${s}.pid`])]) {
+          await Deno.remove(f).catch(() => {});
+        }
         return { code: s.signal ? null : s.code, signal: s.signal };
       });
       const agent = await Promise.race([
