@@ -158,7 +158,12 @@ async function prepareRoot(
   }
   if (img.kind === "dir") {
     if (!st.isDirectory) throw new InvalidConfigError("image", `${img.path} is not a directory`);
-    return { root: { kind: "dir", path: img.path } };
+    if (img.writable) return { root: { kind: "dir", path: img.path } };
+    // Read-only to the guest, like an OCI lower: its writes go to its own upper disk.
+    if (!(await Deno.stat(paths.upperDisk).then(() => true, () => false))) {
+      await createUpperDisk(paths.upperDisk, config.rootDiskMib);
+    }
+    return { root: { kind: "dir", path: img.path, upper: paths.upperDisk } };
   }
   if (!st.isFile) throw new InvalidConfigError("image", `${img.path} is not a disk image file`);
   return { root: { kind: "disk", path: img.path, format: img.format, fstype: img.fstype } };

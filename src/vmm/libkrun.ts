@@ -33,10 +33,15 @@ import type { Backend, Vm, VmExit, VmSpec } from "./backend.ts";
 /** The vsock port the agent connects to. */
 export const AGENT_VSOCK_PORT = 1024;
 
+/** The virtiofs tag of a directory root that is the read-only lower of an overlay. */
+const DIR_LOWER_TAG = "lower";
+
 /** The agent's boot config for a libkrun guest (its kernel has the drivers built in). */
 export function libkrunBootConfig(spec: VmSpec): Record<string, unknown> {
   const root = spec.root.kind === "dir"
-    ? { kind: "initramfs" } // the virtiofs root is already the final root
+    ? (spec.root.upper
+      ? { kind: "virtiofs", tag: DIR_LOWER_TAG, upper: { serial: "upper", fstype: "ext4" } }
+      : { kind: "initramfs" }) // the virtiofs root is already the final root
     : spec.root.kind === "overlay"
     ? { kind: "overlay", lower: { serial: "lower", fstype: "erofs" }, upper: { serial: "upper", fstype: "ext4" } }
     : { kind: "block", serial: "root", fstype: spec.root.fstype };
@@ -101,7 +106,7 @@ export async function configureContext(spec: VmSpec, vmSock: string, arena: CStr
   try {
     checkKrun("krun_set_vm_config", k.krun_set_vm_config(ctx, spec.cpus, spec.memoryMib));
     let rootDir: string;
-    if (spec.root.kind === "dir") {
+    if (spec.root.kind === "dir" && !spec.root.upper) {
       rootDir = spec.root.path;
     } else {
       // A trampoline root: only the agent, its config and the mount points it needs.
@@ -115,7 +120,12 @@ export async function configureContext(spec: VmSpec, vmSock: string, arena: CStr
       if (spec.root.kind === "overlay") {
         disk("lower", spec.root.lower, KRUN_DISK_FORMAT.raw, true);
         disk("upper", spec.root.upper, KRUN_DISK_FORMAT.raw, false);
-      } else {
+      } else if (spec.root.kind === "dir" && spec.root.upper) {
+        // The directory read-only (enforced by libkrun) under this sandbox's upper.
+        disk("upper", spec.root.upper, KRUN_DISK_FORMAT.raw, false);
+        const add = required(k.krun_add_virtiofs3, "krun_add_virtiofs3");
+        checkKrun("krun_add_virtiofs3", add(ctx, arena.str(DIR_LOWER_TAG), arena.str(spec.root.path), 0n, true));
+      } else if (spec.root.kind === "disk") {
         disk("root", spec.root.path, KRUN_DISK_FORMAT[spec.root.format], false);
       }
     }

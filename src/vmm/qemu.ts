@@ -124,6 +124,8 @@ export function qemuArgs(spec: VmSpec, host: QemuHost): string[] {
     disk("upper", spec.root.upper, "raw", false);
   } else if (spec.root.kind === "disk") {
     disk("root", spec.root.path, spec.root.format, false);
+  } else if (spec.root.upper) {
+    disk("upper", spec.root.upper, "raw", false);
   }
   if (spec.network === "user") {
     const fwd = spec.ports.map((p) => `,hostfwd=${p.protocol}:127.0.0.1:${p.host}-:${p.guest}`).join("");
@@ -154,7 +156,7 @@ export function qemuBootConfig(
   wanted: readonly string[] = [...GUEST_MODULES, ...(spec.extraModules ?? [])],
 ): Record<string, unknown> {
   const root = spec.root.kind === "dir"
-    ? { kind: "virtiofs", tag: "root" }
+    ? { kind: "virtiofs", tag: "root", ...(spec.root.upper ? { upper: { serial: "upper", fstype: "ext4" } } : {}) }
     : spec.root.kind === "overlay"
     ? { kind: "overlay", lower: { serial: "lower", fstype: "erofs" }, upper: { serial: "upper", fstype: "ext4" } }
     : { kind: "block", serial: "root", fstype: spec.root.fstype };
@@ -239,10 +241,10 @@ export function virtiofsdArgs(
     "--sandbox=namespace",
     "--seccomp=kill",
     "--inode-file-handles=never",
-    // The root is the guest's alone: caching it fully makes a spawn ~15x
-    // faster under TCG (no FUSE round trip per lookup). Volumes stay
-    // coherent with host-side changes.
-    `--cache=${share.tag === "root" ? "always" : "auto"}`,
+    // A read-only root changes under no guest: caching it fully makes a spawn
+    // ~15x faster under TCG (no FUSE round trip per lookup). Volumes and a
+    // shared writable root stay coherent with changes made elsewhere.
+    `--cache=${share.tag === "root" && share.readonly ? "always" : "auto"}`,
     "--log-level=warn",
   ];
   if (share.readonly) args.push("--readonly");
@@ -347,7 +349,7 @@ export const qemuBackend: Backend = {
     try {
       const fsSockets: Record<string, string> = {};
       const shares = spec.root.kind === "dir"
-        ? [{ tag: "root", hostPath: spec.root.path, guestPath: "/", readonly: false }, ...spec.shares]
+        ? [{ tag: "root", hostPath: spec.root.path, guestPath: "/", readonly: !!spec.root.upper }, ...spec.shares]
         : [...spec.shares];
       if (shares.length > 0) installShareFilter();
       for (const share of shares) {
