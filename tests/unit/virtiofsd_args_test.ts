@@ -1,7 +1,8 @@
-/** How qemu's file server is started for each kind of share and caller (src/vmm/qemu.ts). */
+/** How the file server is started for each kind of share and caller, and how a directory root is served. */
 
 import { assert, assertEquals } from "../util/assert.ts";
-import { virtiofsdArgs } from "../../src/vmm/qemu.ts";
+import { qemuArgs, qemuBootConfig, virtiofsdArgs } from "../../src/vmm/qemu.ts";
+import { libkrunBootConfig } from "../../src/vmm/libkrun.ts";
 
 const vol = { tag: "vol0", hostPath: "/srv/data", readonly: false };
 
@@ -32,4 +33,36 @@ Deno.test("virtiofsd: as root, mknod/fsetid/setfcap dropped and ids kept; as a u
     "--translate-gid=host:100:0:1",
   ]);
   assert(!user.some((a) => a.startsWith("--modcaps")), "an unprivileged virtiofsd has no host capabilities to drop");
+});
+
+Deno.test("a private directory root: a read-only share under the sandbox's upper disk (qemu and libkrun)", () => {
+  const spec = {
+    name: "a",
+    backend: "qemu" as const,
+    cpus: 1,
+    memoryMib: 256,
+    dir: "/s",
+    root: { kind: "dir" as const, path: "/r", upper: "/s/upper.ext4" },
+    shares: [],
+    ports: [],
+    network: "none" as const,
+    boot: {},
+    bootTimeoutMs: 30000,
+  };
+  const upper = { serial: "upper", fstype: "ext4" };
+  assertEquals(qemuBootConfig(spec, {}, []).root, { kind: "virtiofs", tag: "root", upper });
+  const host = {
+    kernel: "/k",
+    initrd: "/i",
+    accel: "tcg" as const,
+    tscKhz: 1,
+    agentSocket: "/v",
+    fsSockets: { root: "/f" },
+  };
+  assert(qemuArgs(spec, host).some((a) => a.startsWith("id=upper,file=/s/upper.ext4,")), "the upper disk is attached");
+  assertEquals(libkrunBootConfig(spec).root, { kind: "virtiofs", tag: "lower", upper });
+  const shared = { ...spec, root: { kind: "dir" as const, path: "/r" } };
+  assertEquals(qemuBootConfig(shared, {}, []).root, { kind: "virtiofs", tag: "root" });
+  assert(!qemuArgs(shared, host).some((a) => a.includes("upper")), "a shared writable root has no upper");
+  assertEquals(libkrunBootConfig(shared).root, { kind: "initramfs" });
 });
