@@ -88,6 +88,18 @@ Deno.test({ name: NAME, ignore }, async (t) => {
       assertEquals((await Deno.lstat(join(host, "rw", "own"))).uid, Deno.uid(), "chown lands on the caller's uid");
     });
 
+    await t.step("in a host setgid directory: no setid file; a new directory inherits setgid only", async () => {
+      const dir = join(host, "rw", "team");
+      await Deno.mkdir(dir);
+      await Deno.chmod(dir, 0o2777);
+      const r = await sh("echo x > /rw/team/f; chmod 2755 /rw/team/f; mkdir /rw/team/d; chmod 4755 /rw/team/d");
+      assert(!r.success, "the setid chmods are refused");
+      assertEquals((await hostNode(join(dir, "f")))?.setid, 0, "the file has no setid bit");
+      // A new directory inherits the parent's setgid bit (the kernel applies the host directory's own
+      // policy; it grants only the group to new files), never a setuid bit.
+      assertEquals((await hostNode(join(dir, "d")))?.setid, 0o2000, "the directory inherits setgid only");
+    });
+
     await t.step({
       name: "a guest write clears the setuid bit of a host file",
       ignore: !asRoot, // only root can make the host's setuid file to begin with
