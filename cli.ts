@@ -21,7 +21,7 @@
  * @module
  */
 
-import { Images, KrunboxError, type PullEvent, Sandbox, type SandboxBuilder } from "./mod.ts";
+import { Images, InvalidConfigError, KrunboxError, type PullEvent, Sandbox, type SandboxBuilder } from "./mod.ts";
 
 const USAGE = `usage:
   krunbox run <image> [--name N] [--cpus N] [--memory MiB] [--env K=V]... [-- cmd args...]
@@ -51,7 +51,7 @@ function parse(args: string[]): Parsed {
       const [k, v] = a.includes("=") && !a.startsWith("--env=") ? a.slice(2).split(/=(.*)/s) : [a.slice(2), undefined];
       const key = k.startsWith("env=") ? "env" : k;
       const value = k.startsWith("env=") ? k.slice(4) : v ?? (["insecure"].includes(key) ? "true" : args[++i]);
-      if (value === undefined) throw new KrunboxError("INVALID_CONFIG", `--${key} needs a value`);
+      if (value === undefined) throw new InvalidConfigError(`--${key}`, "needs a value");
       flags.set(key, [...(flags.get(key) ?? []), value]);
     } else {
       positional.push(a);
@@ -67,7 +67,7 @@ function configure(b: SandboxBuilder, p: Parsed): SandboxBuilder {
   if (memory) b = b.memory(Number(memory));
   for (const kv of p.flags.get("env") ?? []) {
     const eq = kv.indexOf("=");
-    if (eq <= 0) throw new KrunboxError("INVALID_CONFIG", `--env wants KEY=VALUE, got ${kv}`);
+    if (eq <= 0) throw new InvalidConfigError("--env", `wants KEY=VALUE, got ${kv}`);
     b = b.env(kv.slice(0, eq), kv.slice(eq + 1));
   }
   return b.onPullProgress(printPullProgress);
@@ -86,7 +86,7 @@ function printPullProgress(e: PullEvent): void {
 }
 
 function need(p: Parsed, n: number, what: string): string[] {
-  if (p.positional.length < n + 1) throw new KrunboxError("INVALID_CONFIG", `missing ${what}\n${USAGE}`);
+  if (p.positional.length < n + 1) throw new InvalidConfigError("arguments", `missing ${what}\n${USAGE}`);
   return p.positional.slice(1, n + 1);
 }
 
@@ -158,8 +158,8 @@ export async function main(args: string[]): Promise<number> {
       // Everything after the name is the command, flags included.
       const [, name, ...tail] = args;
       const [cmd, ...rest] = tail[0] === "--" ? tail.slice(1) : tail;
-      if (!name) throw new KrunboxError("INVALID_CONFIG", `missing <name>\n${USAGE}`);
-      if (!cmd) throw new KrunboxError("INVALID_CONFIG", `missing <cmd>\n${USAGE}`);
+      if (!name) throw new InvalidConfigError("arguments", `missing <name>\n${USAGE}`);
+      if (!cmd) throw new InvalidConfigError("arguments", `missing <cmd>\n${USAGE}`);
       const sb = await (await Sandbox.get(name)).connect();
       try {
         return await streamExec(sb, cmd, rest);

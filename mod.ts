@@ -12,11 +12,13 @@
 
 export {
   AgentError,
+  AgentTimeoutError,
   AlreadyExistsError,
   BackendUnavailableError,
   BootTimeoutError,
   type ErrorCode,
   ExecAbortedError,
+  ExecOutputLimitError,
   ExecSpawnError,
   ExecTimeoutError,
   FsError,
@@ -28,6 +30,7 @@ export {
   NotFoundError,
   NotRunningError,
   ProtocolError,
+  SecretUnavailableError,
   type SpawnFailureKind,
   StateError,
   StillRunningError,
@@ -36,11 +39,17 @@ export {
 export { type BackendChoice, type BackendKind } from "./src/vmm/detect.ts";
 export { Sandbox } from "./src/sandbox/sandbox.ts";
 export type { ExecOptions, ExecStreamOptions, ExitStatus } from "./src/sandbox/sandbox.ts";
-export { type ImageChooser, type PatchChooser, SandboxBuilder, type VolumeChooser } from "./src/sandbox/builder.ts";
+export {
+  type ImageChooser,
+  type PatchChooser,
+  type PortOptions,
+  SandboxBuilder,
+  type VolumeChooser,
+} from "./src/sandbox/builder.ts";
 export { SandboxHandle } from "./src/sandbox/handle.ts";
 export { SandboxFs } from "./src/sandbox/fs.ts";
 export type { GuestFs } from "./src/agent/fs.ts";
-export type { SandboxStatus } from "./src/sandbox/lifecycle.ts";
+export type { SandboxStatus } from "./src/sandbox/state.ts";
 export type {
   ImageSource,
   LogLevel,
@@ -48,10 +57,27 @@ export type {
   Patch,
   PortMapping,
   SandboxConfig,
+  SecretConfig,
   VolumeMount,
 } from "./src/sandbox/config.ts";
+export {
+  type Action,
+  type Destination,
+  type Direction,
+  formatRule,
+  type Group,
+  parseRule,
+  type PortRange,
+  type Protocol,
+  type Rule,
+  type RuleInit,
+  type RuleSpec,
+} from "./src/net/rules.ts";
+export { type DnsConfig, NetworkBuilder, type Profile, type RuleArg, type TlsConfig } from "./src/net/policy.ts";
+export { SecretBuilder } from "./src/net/secrets.ts";
+export type { NetStats, NetworkAction, NetworkEvent, NetworkReason } from "./src/net/engine.ts";
 export { type ExecEvent, type ExecOutput, ExecProcess, type ExitStatus as ExecExitStatus } from "./src/agent/exec.ts";
-export type { EntryKind, FsEntry } from "./src/agent/fs.ts";
+export type { EntryKind, FsCallOptions, FsEntry, FsReadOptions, FsWriteOptions } from "./src/agent/fs.ts";
 export type { SandboxMetrics } from "./src/metrics/snapshot.ts";
 export { Images, type PruneResult, type StoredImage } from "./src/image/images.ts";
 export type { PulledImage, PullEvent, PullOptions, PullPolicy } from "./src/image/pull.ts";

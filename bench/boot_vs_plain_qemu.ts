@@ -12,7 +12,7 @@ import { join } from "node:path";
 import { busyboxRoot } from "../scripts/roots.ts";
 import { Sandbox } from "../mod.ts";
 import { assetPath } from "../src/store/assets.ts";
-import { vmSpecOf } from "../src/sandbox/lifecycle.ts";
+import { vmSpecOf } from "../src/sandbox/spec.ts";
 import { parseConfig } from "../src/sandbox/config.ts";
 import { qemuArgs, qemuBootConfig } from "../src/vmm/qemu.ts";
 import { encodeCpio } from "../src/vmm/cpio.ts";

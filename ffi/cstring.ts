@@ -10,6 +10,22 @@
 const encoder = new TextEncoder();
 
 /**
+ * A NUL-terminated UTF-8 copy of `s` for a call that reads it only while it
+ * runs (libc); throws a TypeError on an embedded NUL, which C would silently
+ * cut the string at. Strings a library keeps belong in a {@link CStrings}.
+ *
+ * @example
+ * ```ts
+ * import { cstr } from "./cstring.ts";
+ * console.log(cstr("/tmp")); // Uint8Array(5) [47, 116, 109, 112, 0]
+ * ```
+ */
+export function cstr(s: string): Uint8Array<ArrayBuffer> {
+  if (s.includes("\0")) throw new TypeError(`C string contains a NUL byte: ${JSON.stringify(s)}`);
+  return encoder.encode(s + "\0");
+}
+
+/**
  * An arena of C strings and pointer arrays that stay alive with it.
  *
  * @example
@@ -26,8 +42,7 @@ export class CStrings {
 
   /** A NUL-terminated UTF-8 copy of `s`; throws on an embedded NUL. */
   str(s: string): Uint8Array<ArrayBuffer> {
-    if (s.includes("\0")) throw new TypeError(`C string contains a NUL byte: ${JSON.stringify(s)}`);
-    const bytes = encoder.encode(s + "\0");
+    const bytes = cstr(s);
     this.#keep.push(bytes);
     return bytes;
   }

@@ -3,13 +3,18 @@
  * that can be tried without blocking (`flock`, for the sandbox locks),
  * extended attributes (tests read image xattrs back with them), and a
  * seccomp filter for a whole process (the qemu runner's, src/vmm/seccomp.ts).
- * One symbols table, C signature beside each entry. Loaded lazily
- * through `Deno.dlopen` (needs `--allow-ffi`); {@link loadLibc} answers
+ * One symbols table, C signature beside each entry. Opened lazily through the
+ * one loader (ffi/load.ts; needs `--allow-ffi`); {@link loadLibc} answers
  * `undefined` where FFI is unavailable so callers can degrade.
- * Every call returns 0 on success or the positive `errno` on failure.
+ * Every call returns 0 on success or the positive `errno` on failure; a
+ * string argument with a NUL byte throws a TypeError (as Deno's own file
+ * APIs do) rather than reach C cut short.
  *
  * @module
  */
+
+import { cstr } from "./cstring.ts";
+import { OptionalLibrary } from "./load.ts";
 
 const SYMBOLS = {
   // int lsetxattr(const char *path, const char *name, const void *value, size_t size, int flags)
@@ -131,10 +136,18 @@ const SYS_SECCOMP = 317n; // x86_64
 const SECCOMP_SET_MODE_FILTER = 1n;
 const SECCOMP_FILTER_FLAG_TSYNC = 1n;
 
-const enc = new TextEncoder();
-const cstr = (s: string) => enc.encode(s + "\0");
+/**
+ * libc itself (glibc's soname), opened on first use.
+ *
+ * @example
+ * ```ts
+ * import { libcLibrary } from "./libc.ts";
+ * console.log(libcLibrary.load() ? `libc at ${libcLibrary.path}` : libcLibrary.errors().join("; "));
+ * ```
+ */
+export const libcLibrary: OptionalLibrary<typeof SYMBOLS> = new OptionalLibrary(undefined, "libc.so.6", SYMBOLS);
 
-let cached: Libc | null | undefined;
+let cached: Libc | undefined;
 
 /**
  * Opens libc once; `undefined` where FFI is not permitted or libc cannot be
@@ -148,14 +161,9 @@ let cached: Libc | null | undefined;
  * ```
  */
 export function loadLibc(): Libc | undefined {
-  if (cached !== undefined) return cached ?? undefined;
-  let lib: Deno.DynamicLibrary<typeof SYMBOLS>;
-  try {
-    lib = Deno.dlopen("libc.so.6", SYMBOLS);
-  } catch {
-    cached = null;
-    return undefined;
-  }
+  if (cached) return cached;
+  const lib = libcLibrary.load();
+  if (!lib) return undefined;
   const s = lib.symbols;
   const errno = (): number => {
     const p = s.__errno_location();

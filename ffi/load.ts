@@ -1,25 +1,36 @@
 /**
- * Finding and loading shared libraries: {@link openFirst} (the first of
- * several candidate paths that opens, with why each other one failed) and
- * {@link OptionalLibrary} (a library krunbox can do without, opened once).
+ * Finding and loading shared libraries, the one place krunbox calls
+ * `Deno.dlopen`: {@link openFirst} (the first of several candidate paths
+ * that opens, with why each other one failed), {@link openRequired} (the
+ * same, or an error listing every path tried) and {@link OptionalLibrary}
+ * (a library krunbox can do without, opened once: libc, ISA-L, libzstd).
  *
  * libkrun's search order: an explicit path, then
- * `KRUNBOX_LIBKRUN_PATH`, then krunbox's provisioned copy
- * (`$KRUNBOX_HOME/assets/libkrun/libkrun.so.1`), then the system's
+ * `KRUNBOX_LIBKRUN_PATH`, then krunbox's provisioned copy (its path is
+ * given by the caller, `assetPath("libkrun")` in src/store/assets.ts: ffi is
+ * the bottom layer and knows nothing of the state home), then the system's
  * `libkrun.so.1`. libkrun dlopens `libkrunfw.so.5` itself by soname: the
- * libkrun backend preloads the provisioned copy by absolute path before the
- * first context, which glibc then reuses (no `LD_LIBRARY_PATH` needed).
+ * libkrun backend preloads the provisioned copy by absolute path
+ * ({@link loadLibkrunfw}) before the first context, which glibc then reuses
+ * (no `LD_LIBRARY_PATH` needed).
  *
  * @module
  */
 
 import { BackendUnavailableError } from "../src/errors.ts";
-import { assetPath } from "../src/store/assets.ts";
 import { LIBKRUN_SYMBOLS } from "./libkrun.ts";
 import { settings } from "../src/settings.ts";
 
 /** A loaded libkrun. Close it (or `using`) to unload. */
 export type Libkrun = Deno.DynamicLibrary<typeof LIBKRUN_SYMBOLS>;
+
+/** Where to look for libkrun, besides `KRUNBOX_LIBKRUN_PATH` and the system's soname. */
+export interface LibkrunSearch {
+  /** Tried first: a path the caller insists on. */
+  readonly path?: string;
+  /** krunbox's provisioned copy (`assetPath("libkrun")`), tried after `KRUNBOX_LIBKRUN_PATH`. */
+  readonly provisioned: string;
+}
 
 /**
  * The candidate paths, in search order.
@@ -27,12 +38,12 @@ export type Libkrun = Deno.DynamicLibrary<typeof LIBKRUN_SYMBOLS>;
  * @example
  * ```ts
  * import { libkrunCandidates } from "./load.ts";
- * console.log(libkrunCandidates());
+ * console.log(libkrunCandidates({ path: "/opt/libkrun.so.1", provisioned: "/home/me/.krunbox/assets/libkrun/libkrun.so.1" }));
  * ```
  */
-export function libkrunCandidates(explicitPath?: string): string[] {
+export function libkrunCandidates(search: LibkrunSearch): string[] {
   const env = settings.libkrunPath();
-  return [explicitPath, env, assetPath("libkrun"), "libkrun.so.1"].filter((p): p is string => !!p);
+  return [search.path, env, search.provisioned, "libkrun.so.1"].filter((p): p is string => !!p);
 }
 
 /**
@@ -42,18 +53,69 @@ export function libkrunCandidates(explicitPath?: string): string[] {
  * @example
  * ```ts
  * import { loadLibkrun } from "./load.ts";
- * using lib = loadLibkrun();
+ * import { assetPath } from "../src/store/assets.ts";
+ * using lib = loadLibkrun({ provisioned: assetPath("libkrun") });
  * const ctx = lib.symbols.krun_create_ctx();
  * lib.symbols.krun_free_ctx(ctx);
  * ```
  */
-export function loadLibkrun(explicitPath?: string): Libkrun & Disposable {
-  const { lib, errors } = openFirst(libkrunCandidates(explicitPath), LIBKRUN_SYMBOLS);
+export function loadLibkrun(search: LibkrunSearch): Libkrun & Disposable {
+  return openRequired(
+    "libkrun.so.1",
+    libkrunCandidates(search),
+    LIBKRUN_SYMBOLS,
+    "run `./dev setup` to build it, or set KRUNBOX_LIBKRUN_PATH to a libkrun.so.1",
+  );
+}
+
+/** libkrunfw's soname: what libkrun itself dlopens. */
+export const LIBKRUNFW_SONAME = "libkrunfw.so.5";
+
+/**
+ * Loads libkrunfw (the guest kernel libkrun runs) from `provisioned`, else
+ * by its soname, so that libkrun's own `dlopen("libkrunfw.so.5")` at its
+ * first context finds the same copy already loaded. It exports nothing
+ * krunbox calls. The error lists every path tried.
+ *
+ * @example
+ * ```ts
+ * import { loadLibkrunfw } from "./load.ts";
+ * using fw = loadLibkrunfw("/root/.krunbox/assets/libkrunfw/libkrunfw.so.5");
+ * console.log("libkrunfw loaded", fw);
+ * ```
+ */
+export function loadLibkrunfw(provisioned: string): Deno.DynamicLibrary<Record<string, never>> & Disposable {
+  return openRequired(LIBKRUNFW_SONAME, [provisioned, LIBKRUNFW_SONAME], {}, "run `./dev setup`");
+}
+
+/**
+ * Opens the first of `candidates` that loads, or throws the libkrun
+ * backend's {@link BackendUnavailableError} naming `library`, every path
+ * tried with its failure, and `fix`.
+ *
+ * @example
+ * ```ts
+ * import { openRequired } from "./load.ts";
+ * try {
+ *   using lib = openRequired("libz.so.1", ["/opt/libz.so.1", "libz.so.1"], {}, "apt-get install zlib1g");
+ *   console.log("loaded", lib);
+ * } catch (e) {
+ *   console.log((e as Error).message); // "libkrun backend unavailable: libz.so.1 could not be loaded; tried: …"
+ * }
+ * ```
+ */
+export function openRequired<S extends Deno.ForeignLibraryInterface>(
+  library: string,
+  candidates: readonly string[],
+  symbols: S,
+  fix: string,
+): Deno.DynamicLibrary<S> & Disposable {
+  const { lib, errors } = openFirst(candidates, symbols);
   if (lib) return Object.assign(lib, { [Symbol.dispose]: () => lib.close() });
   throw new BackendUnavailableError(
     "libkrun",
-    `libkrun.so.1 could not be loaded; tried:\n  ${errors.join("\n  ")}\n`,
-    "run `./dev setup` to build it, or set KRUNBOX_LIBKRUN_PATH to a libkrun.so.1",
+    `${library} could not be loaded; tried:\n  ${errors.join("\n  ")}\n`,
+    fix,
   );
 }
 
@@ -84,14 +146,14 @@ export function openFirst<S extends Deno.ForeignLibraryInterface>(
 }
 
 /**
- * A library krunbox works without (or with less): looked for at `$envVar`,
- * then by `soname`, opened once on first use; `undefined` when it cannot be
+ * A library krunbox works without (or with less): looked for at `$envVar`
+ * (when it has one), then by `soname`, opened once on first use; `undefined` when it cannot be
  * loaded (not installed, or no `--allow-ffi`), with {@link errors} saying why.
  *
  * @example
  * ```ts
  * import { OptionalLibrary } from "./load.ts";
- * const zlib = new OptionalLibrary("MY_LIBZ_PATH", "libz.so.1", {
+ * const zlib = new OptionalLibrary(undefined, "libz.so.1", {
  *   // const char *zlibVersion(void)
  *   zlibVersion: { parameters: [], result: "pointer" },
  * });
@@ -102,14 +164,14 @@ export class OptionalLibrary<S extends Deno.ForeignLibraryInterface> {
   #opened?: { lib?: Deno.DynamicLibrary<S>; path?: string; errors: string[] };
 
   constructor(
-    readonly envVar: "KRUNBOX_LIBISAL_PATH" | "KRUNBOX_LIBZSTD_PATH",
+    readonly envVar: "KRUNBOX_LIBISAL_PATH" | "KRUNBOX_LIBZSTD_PATH" | undefined,
     readonly soname: string,
     readonly symbols: S,
   ) {}
 
   /** The library, opened on the first call. */
   load(): Deno.DynamicLibrary<S> | undefined {
-    const env = settings.libraryPath(this.envVar);
+    const env = this.envVar && settings.libraryPath(this.envVar);
     this.#opened ??= openFirst(env ? [env, this.soname] : [this.soname], this.symbols);
     return this.#opened.lib;
   }

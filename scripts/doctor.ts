@@ -67,7 +67,7 @@ function libkrunfwLoadable(): Check {
 
 function libkrunLoadable(): Check {
   try {
-    using lib = loadLibkrun();
+    using lib = loadLibkrun({ provisioned: assetPath("libkrun") });
     const ctx = lib.symbols.krun_create_ctx();
     if (ctx < 0) {
       return {

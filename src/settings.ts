@@ -54,6 +54,16 @@ export const SETTINGS: readonly SettingDoc[] = [
   },
   { name: "KRUNBOX_LIBISAL_PATH", meaning: "libisal.so.2 to load before the system's", default: "libisal.so.2" },
   { name: "KRUNBOX_LIBZSTD_PATH", meaning: "libzstd.so.1 to load before the system's", default: "libzstd.so.1" },
+  {
+    name: "KRUNBOX_AGENT_TIMEOUT_MS",
+    meaning: "deadline of each agent request (fs calls, exec.start, metrics) unless the call passes its own",
+    default: "60000",
+  },
+  {
+    name: "KRUNBOX_EXEC_MAX_OUTPUT_BYTES",
+    meaning: "default `maxOutputBytes` of exec/shell/execWith, per stream",
+    default: "67108864 (64 MiB)",
+  },
 ];
 
 function env(name: string): string | undefined {
@@ -73,10 +83,70 @@ export const DEFAULTS = {
   bootTimeoutMs: 60_000,
   /** How long to wait for another process holding a sandbox name. */
   nameLockMs: 60_000,
+  /** How long a host client waits to connect to a sandbox runner's relay. */
+  relayConnectMs: 10_000,
+  /** How long a runner that failed to boot gets to exit before it is killed. */
+  runnerExitMs: 2_000,
+  /** How long `kill` waits for the relay to take its request before going on without it. */
+  killConnectMs: 5_000,
+  /** How long `kill` waits for the runner to let go of its lock. */
+  killWaitMs: 10_000,
   /** How long a download may go without a byte. */
   pullStallMs: 60_000,
   /** Give up on a blob another process has been downloading this long. */
   blobLockWaitMs: 30 * 60_000,
+  /** How long a new agent connection waits for the agent's `ready`. */
+  agentReadyTimeoutMs: 30_000,
+  /** Deadline of one agent request (fs calls, exec.start, exec.signal, metrics, ping). */
+  agentTimeoutMs: 60_000,
+  /** Deadline of a `runner.*` request: `runner.stop` waits for the guest's poweroff and then a kill. */
+  runnerControlTimeoutMs: 120_000,
+  /** Output `exec`/`shell`/`execWith` collect per stream before failing with EXEC_OUTPUT_LIMIT. */
+  execMaxOutputBytes: 64 << 20,
+  /** Bytes `fs().read()`/`readText()` collect before failing with FS EFBIG (a guest file can be endless). */
+  fsReadMaxBytes: 1 << 30,
+  /** Broken frames an agent connection survives; one more ends it (an honest agent sends none). */
+  agentMaxBrokenFrames: 256,
+  /** Bytes the relay queues for one client before it cuts that client off (an AgentClient drains its socket at once). */
+  relayClientQueueBytes: 64 << 20,
+  /**
+   * Bytes queued towards an agent (the client's, the relay's guest writer) before the connection is given up: the
+   * host's requests are awaited by their callers, so what piles up there is acks and cancels to a peer that stopped
+   * reading, plus the callers' own concurrent writes.
+   */
+  agentWriteQueueBytes: 256 << 20,
+  /** Grace the host adds to an exec's timeout before it kills the process itself (the agent kills at the timeout). */
+  execHostTimeoutGraceMs: 1_000,
+  /** How long the relay still counts an exec after it was cancelled or ran past its timeout, awaiting exec.exit. */
+  execAbandonGraceMs: 5_000,
+  /** Concurrent guest flows (TCP + UDP) netd admits per sandbox (`n.maxConnections`). */
+  netMaxConnections: 256,
+  /** TLS ports netd intercepts in a sandbox with secrets (`n.tls({ ports })`). */
+  netTlsPorts: [443] as readonly number[],
+  /** The longest line netd may write on stdout (a longer one is discarded as a protocol error). */
+  netdLineMaxBytes: 64 * 1024,
+  /** The longest secret value (it is substituted in HTTP headers). */
+  secretMaxBytes: 16 * 1024,
+  /** The most secrets a sandbox can have. */
+  secretMaxCount: 64,
+  /** The largest certificate (DER bytes) `trustCa` takes. */
+  trustCaMaxBytes: 16 * 1024,
+  /** The most certificates `trustCa` takes. */
+  trustCaMaxCount: 64,
+  /** The most rules a policy can have. */
+  netMaxRules: 1024,
+  /** The most names `dns({ hosts })` can fix. */
+  netMaxDnsHosts: 1024,
+  /** The most resolvers `dns({ upstream })` can name. */
+  netMaxUpstreams: 8,
+  /** How long the runner waits for the guest to power off after asking for a shutdown, before killing the VMM. */
+  stopGraceMs: 5_000,
+  /** The most of that grace the agent gets to end its processes before it syncs and powers off. */
+  guestShutdownGraceMs: 2_000,
+  /** How long a VMM helper (virtiofsd) may take to create its socket. */
+  helperSocketMs: 5_000,
+  /** How often the runner checks the idle timeout. */
+  idleCheckMs: 100,
 } as const;
 
 /**
@@ -95,6 +165,10 @@ export const settings = {
   builtinGunzip: (): boolean => env("KRUNBOX_GUNZIP") === "builtin",
   /** `KRUNBOX_PULL_STALL_MS`, default 60 s. */
   pullStallMs: (): number => positive("KRUNBOX_PULL_STALL_MS", DEFAULTS.pullStallMs),
+  /** `KRUNBOX_AGENT_TIMEOUT_MS`, default 60 s. */
+  agentTimeoutMs: (): number => positive("KRUNBOX_AGENT_TIMEOUT_MS", DEFAULTS.agentTimeoutMs),
+  /** `KRUNBOX_EXEC_MAX_OUTPUT_BYTES`, default 64 MiB. */
+  execMaxOutputBytes: (): number => positive("KRUNBOX_EXEC_MAX_OUTPUT_BYTES", DEFAULTS.execMaxOutputBytes),
   /** `KRUNBOX_LIBKRUN_PATH`, or undefined. */
   libkrunPath: (): string | undefined => env("KRUNBOX_LIBKRUN_PATH"),
   /** The path override of an optional library (`KRUNBOX_LIBISAL_PATH`, `KRUNBOX_LIBZSTD_PATH`). */

@@ -4,28 +4,42 @@
  * Requests get fresh ids; notifications tagged with a request id (`ref`) are
  * routed to whoever subscribed to that id (exec streams).
  *
+ * The peer is not trusted: every request has a deadline (cancelled on the
+ * wire when it passes), broken frames are counted, not kept (too many end the
+ * connection), a frame announcing more than the frame limit ends the
+ * connection from its 8-byte prefix, and the write queue is bounded.
+ *
  * @module
  */
 
-import { AgentError, ProtocolError } from "../errors.ts";
-import { type Frame, FrameDecoder, isDecodeError, type RpcMessage } from "./frame.ts";
+import { AgentError, AgentTimeoutError, ProtocolError } from "../errors.ts";
+import { DEFAULTS, settings } from "../settings.ts";
+import {
+  type Frame,
+  FrameErrorCounts,
+  type FrameErrorSummary,
+  FrameStream,
+  isDecodeError,
+  type RpcMessage,
+} from "./frame.ts";
+import {
+  isMethod,
+  MAX_EXEC_WINDOW,
+  type Method,
+  METHODS,
+  type Notification,
+  type NotificationParams,
+  type Params,
+  type ReadyInfo,
+  type Result,
+} from "./rpc.ts";
 import { FrameWriter } from "./writer.ts";
 import { closeQuietly } from "../util/close.ts";
 
+export type { ReadyInfo } from "./rpc.ts";
+
 /** The protocol version this client speaks. */
 export const PROTOCOL_VERSION = 1;
-
-/** The agent's `ready` announcement. */
-export interface ReadyInfo {
-  readonly protocol: number;
-  readonly agent: string;
-  readonly mode: "init" | "host";
-  readonly pid: number;
-  /** Exec output flow-control window in bytes. */
-  readonly window: number;
-  /** Boot timings in ms on the guest's boot clock. */
-  readonly boot: { readonly kernelMs: number; readonly agentStartMs: number; readonly readyMs: number };
-}
 
 /** A response: its result object and attachment. */
 export interface Reply<R = Record<string, unknown>> {
@@ -39,6 +53,25 @@ export interface RequestOptions {
   attachment?: Uint8Array;
   /** Aborting sends `$/cancel` and rejects with the signal's reason. */
   signal?: AbortSignal;
+  /**
+   * Milliseconds until the request is cancelled and rejects with
+   * {@link AgentTimeoutError} (`Infinity`: none). Default: the method's
+   * deadline in the table of rpc.ts.
+   */
+  timeoutMs?: number;
+}
+
+/** The deadline a method gets when its caller passes none. */
+function defaultTimeout(method: Method): number {
+  // A name outside the table (only through a cast) gets the agent deadline.
+  switch (isMethod(method) ? METHODS[method].deadline : "agent") {
+    case "agent":
+      return settings.agentTimeoutMs();
+    case "control":
+      return DEFAULTS.runnerControlTimeoutMs;
+    case "exec":
+      return Infinity;
+  }
 }
 
 /** A notification routed to a subscriber. */
@@ -69,14 +102,14 @@ export class AgentClient implements AsyncDisposable {
   #waiters = 0;
   readonly #writer: FrameWriter;
   #closedError: Error | undefined;
-  #protocolErrors: string[] = [];
+  readonly #brokenFrames = new FrameErrorCounts();
   #ready!: ReadyInfo;
   /** Resolves when the connection has ended, for any reason. */
   readonly closed: Promise<void>;
 
   private constructor(conn: Deno.Conn, onReady: (info: ReadyInfo) => void, onEarlyClose: (e: Error) => void) {
     this.#conn = conn;
-    this.#writer = new FrameWriter(conn);
+    this.#writer = new FrameWriter(conn, { peer: "the agent", onOverflow: (e) => this.#shutdown(e) });
     this.closed = this.#readLoop(onReady).then(
       () => this.#shutdown(new ProtocolError("the agent connection closed")),
       (e) => this.#shutdown(e instanceof Error ? e : new ProtocolError(String(e))),
@@ -116,7 +149,7 @@ export class AgentClient implements AsyncDisposable {
    * ```
    */
   static fromConn(conn: Deno.Conn, options: { timeoutMs?: number; signal?: AbortSignal } = {}): Promise<AgentClient> {
-    const timeoutMs = options.timeoutMs ?? 30_000;
+    const timeoutMs = options.timeoutMs ?? DEFAULTS.agentReadyTimeoutMs;
     return new Promise((resolve, reject) => {
       let settled = false;
       const timer = setTimeout(
@@ -140,9 +173,10 @@ export class AgentClient implements AsyncDisposable {
       const client: AgentClient = new AgentClient(conn, (info) => {
         if (settled) return;
         done();
-        if (Math.trunc(info.protocol) !== PROTOCOL_VERSION) {
+        const refuse = readyProblem(info);
+        if (refuse) {
           client.close().catch(() => {});
-          reject(new ProtocolError(`the agent speaks protocol ${info.protocol}, this library ${PROTOCOL_VERSION}`));
+          reject(new ProtocolError(refuse));
           return;
         }
         resolve(client);
@@ -155,9 +189,9 @@ export class AgentClient implements AsyncDisposable {
     return this.#ready;
   }
 
-  /** Decode errors seen so far (broken frames from the agent, each skipped). */
-  get protocolErrors(): readonly string[] {
-    return this.#protocolErrors;
+  /** Broken frames seen so far (each skipped): counters and the first few messages. */
+  get protocolErrors(): FrameErrorSummary {
+    return this.#brokenFrames.summary;
   }
 
   /**
@@ -194,41 +228,60 @@ export class AgentClient implements AsyncDisposable {
   /**
    * Sends a request and waits for its response. Rejects with
    * {@link AgentError} for an error response (callers map codes to richer
-   * errors), or {@link ProtocolError} when the connection ends first.
+   * errors), {@link AgentTimeoutError} past its deadline (the request is
+   * cancelled on the wire), or {@link ProtocolError} when the connection ends
+   * first.
    */
-  request<R = Record<string, unknown>>(
-    method: string,
-    params: Record<string, unknown>,
-    options: RequestOptions = {},
-  ): Promise<Reply<R>> {
+  request<M extends Method>(method: M, params: Params<M>, options: RequestOptions = {}): Promise<Reply<Result<M>>> {
+    return this.#start(this.#nextId++, method, params, options);
+  }
+
+  #start<M extends Method>(
+    id: number,
+    method: M,
+    params: Params<M>,
+    options: RequestOptions,
+  ): Promise<Reply<Result<M>>> {
     if (this.#closedError) return Promise.reject(this.#closedError);
-    const id = this.#nextId++;
     const { signal } = options;
     if (signal?.aborted) return Promise.reject(signal.reason);
-    return new Promise<Reply<R>>((resolve, reject) => {
-      const onAbort = () => {
-        this.#pending.delete(id);
+    const timeoutMs = options.timeoutMs ?? defaultTimeout(method);
+    return new Promise<Reply<Result<M>>>((resolve, reject) => {
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const settle = () => {
+        clearTimeout(timer);
+        signal?.removeEventListener("abort", onAbort);
+      };
+      const cancel = (error: unknown) => {
+        if (!this.#pending.delete(id)) return;
+        settle();
         this.#updateRef();
         this.notify("$/cancel", { id });
-        reject(signal!.reason);
+        reject(error);
       };
+      const onAbort = () => cancel(signal!.reason);
       signal?.addEventListener("abort", onAbort, { once: true });
+      if (Number.isFinite(timeoutMs)) {
+        timer = setTimeout(() => cancel(new AgentTimeoutError(method, timeoutMs)), Math.max(0, timeoutMs));
+      }
       this.#pending.set(id, {
         resolve: (r) => {
-          signal?.removeEventListener("abort", onAbort);
-          resolve(r as Reply<R>);
+          settle();
+          resolve(r as Reply<Result<M>>);
         },
         reject: (e) => {
-          signal?.removeEventListener("abort", onAbort);
+          settle();
           reject(e);
         },
       });
       this.#updateRef();
-      this.#send({ jsonrpc: "2.0", id, method, params }, options.attachment).catch((e) => {
-        this.#pending.delete(id);
-        this.#updateRef();
-        reject(e);
-      });
+      this.#send({ jsonrpc: "2.0", id, method, params: params as Record<string, unknown> }, options.attachment)
+        .catch((e) => {
+          if (!this.#pending.delete(id)) return;
+          settle();
+          this.#updateRef();
+          reject(e);
+        });
     });
   }
 
@@ -237,14 +290,15 @@ export class AgentClient implements AsyncDisposable {
    * `handler`, subscribed before the request is sent so none is missed.
    * Returns the id and the response promise; call `unsubscribe(id)` when done.
    */
-  requestWithStream<R = Record<string, unknown>>(
-    method: string,
-    params: Record<string, unknown>,
+  requestWithStream<M extends Method>(
+    method: M,
+    params: Params<M>,
     handler: RefHandler,
-  ): { id: number; reply: Promise<Reply<R>> } {
-    const id = this.#nextId;
+    options: RequestOptions = {},
+  ): { id: number; reply: Promise<Reply<Result<M>>> } {
+    const id = this.#nextId++;
     this.#subscribers.set(id, handler);
-    const reply = this.request<R>(method, params);
+    const reply = this.#start(id, method, params, options);
     return { id, reply };
   }
 
@@ -255,9 +309,9 @@ export class AgentClient implements AsyncDisposable {
   }
 
   /** Sends a notification (fire and forget; errors surface as connection close). */
-  notify(method: string, params: Record<string, unknown>, attachment?: Uint8Array): void {
+  notify<N extends Notification>(method: N, params: NotificationParams<N>, attachment?: Uint8Array): void {
     if (this.#closedError) return;
-    this.#send({ jsonrpc: "2.0", method, params }, attachment).catch(() => {});
+    this.#send({ jsonrpc: "2.0", method, params: params as Record<string, unknown> }, attachment).catch(() => {});
   }
 
   /** Calls `handler` once when the connection ends. Returns an unsubscribe function. */
@@ -291,33 +345,46 @@ export class AgentClient implements AsyncDisposable {
   }
 
   async #readLoop(onReady: (info: ReadyInfo) => void): Promise<void> {
-    const decoder = new FrameDecoder();
     let gotReady = false;
     try {
-      for await (const chunk of this.#conn.readable) {
-        decoder.push(chunk);
-        for (let f = decoder.next(); f; f = decoder.next()) {
-          if (isDecodeError(f)) {
-            this.#protocolErrors.push(`${f.error}: ${f.message}`);
-            continue;
+      for await (const f of this.#conn.readable.pipeThrough(new FrameStream())) {
+        if (isDecodeError(f)) {
+          if (f.error === "frame_too_large" || f.error === "truncated") {
+            throw new ProtocolError(`the agent broke the framing: ${f.message}; connection closed`);
           }
-          if (!gotReady) {
-            if (f.header.method !== "ready") {
-              throw new ProtocolError(`the agent's first frame is "${f.header.method ?? "a response"}", not ready`);
-            }
-            gotReady = true;
-            this.#ready = f.header.params as unknown as ReadyInfo;
-            onReady(this.#ready);
-            continue;
-          }
-          this.#dispatch(f);
+          this.#countBroken(f.error, f.message, f.count);
+          continue;
         }
+        if (!gotReady) {
+          if (f.header.method !== "ready") {
+            throw new ProtocolError(`the agent's first frame is "${f.header.method ?? "a response"}", not ready`);
+          }
+          gotReady = true;
+          this.#ready = f.header.params as unknown as ReadyInfo;
+          onReady(this.#ready);
+          continue;
+        }
+        this.#dispatch(f);
       }
     } catch (e) {
-      if (!(e instanceof Deno.errors.BadResource || e instanceof Deno.errors.ConnectionReset)) throw e;
+      if (e instanceof ProtocolError) throw e;
+      // A close (ours or the peer's) ends the read with one of these; anything else is a failure, typed.
+      const closed = e instanceof Deno.errors.BadResource || e instanceof Deno.errors.ConnectionReset ||
+        e instanceof Deno.errors.Interrupted;
+      if (!closed) throw new ProtocolError(`reading from the agent failed: ${(e as Error).message}`, { cause: e });
     }
-    const tail = decoder.finish();
-    if (tail) this.#protocolErrors.push(`${tail.error}: ${tail.message}`);
+  }
+
+  /** Counts a broken frame; past the limit the peer is not an honest agent and the connection ends. */
+  #countBroken(kind: Parameters<FrameErrorCounts["record"]>[0], message: string, count = 1) {
+    this.#brokenFrames.record(kind, message, count);
+    if (this.#brokenFrames.total > DEFAULTS.agentMaxBrokenFrames) {
+      const { samples } = this.#brokenFrames.summary;
+      throw new ProtocolError(
+        `the agent sent more than ${DEFAULTS.agentMaxBrokenFrames} broken frames (first: ${samples.join("; ")}); ` +
+          "connection closed",
+      );
+    }
   }
 
   #dispatch(f: Frame) {
@@ -329,15 +396,15 @@ export class AgentClient implements AsyncDisposable {
     }
     if (typeof h.id !== "number") {
       // An error about a frame the agent could not read (id null).
-      if (h.error) this.#protocolErrors.push(`agent: ${h.error.code} ${h.error.message}`);
+      if (h.error) this.#countBroken("agent", `${h.error.code} ${h.error.message}`);
       return;
     }
     const p = this.#pending.get(h.id);
     if (!p) return;
     this.#pending.delete(h.id);
     this.#updateRef();
-    if (h.error) p.reject(new AgentError(h.error.code, h.error.message, h.error.data));
-    else p.resolve({ result: h.result ?? {}, attachment: f.attachment });
+    if (h.error) p.reject(new AgentError(Number(h.error.code), String(h.error.message), h.error.data));
+    else p.resolve({ result: isObject(h.result) ? h.result : {}, attachment: f.attachment });
   }
 
   #shutdown(error: Error) {
@@ -349,4 +416,20 @@ export class AgentClient implements AsyncDisposable {
     for (const h of this.#closeHandlers) h(error);
     this.#closeHandlers.clear();
   }
+}
+
+/** Why a `ready` announcement is refused, or undefined when it is acceptable. */
+function readyProblem(info: ReadyInfo): string | undefined {
+  if (typeof info !== "object" || info === null) return "the agent's ready has no params";
+  if (Math.trunc(info.protocol) !== PROTOCOL_VERSION) {
+    return `the agent speaks protocol ${info.protocol}, this library ${PROTOCOL_VERSION}`;
+  }
+  if (typeof info.window !== "number" || !(info.window > 0) || info.window > MAX_EXEC_WINDOW) {
+    return `the agent announced an exec window of ${info.window} bytes (accepted: 1 to ${MAX_EXEC_WINDOW})`;
+  }
+  return undefined;
+}
+
+function isObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === "object" && v !== null && !Array.isArray(v);
 }

@@ -8,20 +8,30 @@
  * stderr of a streaming exec; an unread stream stops the process once the
  * window (1 MiB) is full.
  *
+ * The window is enforced here too, not only trusted: an agent that sends
+ * more unacknowledged output than an honest one can (`execWindowLimit`)
+ * loses that exec — it is killed, its streams and `exited` fail with a
+ * {@link ProtocolError} and what it had buffered is dropped. Collecting
+ * calls ({@link runToCompletion}) also stop at `maxOutputBytes` per stream.
+ *
  * @module
  */
 
 import {
   AgentError,
   ExecAbortedError,
+  ExecOutputLimitError,
   ExecSpawnError,
   ExecTimeoutError,
   KrunboxError,
+  ProtocolError,
   type SpawnFailureKind,
 } from "../errors.ts";
+import { DEFAULTS, settings } from "../settings.ts";
 import type { AgentClient } from "./client.ts";
 import type { Frame } from "./frame.ts";
-import { readAllBytes } from "../util/bytes.ts";
+import { execWindowLimit, type NotificationParams, RPC_ERROR } from "./rpc.ts";
+import { collectBytes } from "./collect.ts";
 
 /** What to run. */
 export interface ExecSpec {
@@ -69,16 +79,15 @@ export type ExecEvent =
   | { readonly type: "stderr"; readonly data: Uint8Array }
   | { readonly type: "exit"; readonly status: ExitStatus };
 
-/** Grace the host adds to a timeout before it kills the process itself. */
-const HOST_TIMEOUT_GRACE_MS = 1000;
-
 class OutputQueue {
   readonly #chunks: Uint8Array[] = [];
   #waiter: (() => void) | undefined;
   #ended = false;
   #discard = false;
+  #error: Error | undefined;
   constructor(readonly ack: (bytes: number) => void) {}
   push(data: Uint8Array) {
+    if (this.#ended) return;
     if (this.#discard) return this.ack(data.length);
     this.#chunks.push(data);
     this.#wake();
@@ -86,6 +95,13 @@ class OutputQueue {
   end() {
     this.#ended = true;
     this.#wake();
+  }
+  /** Ends the stream with an error, dropping what is buffered. */
+  fail(error: Error) {
+    if (this.#ended) return;
+    this.#error = error;
+    this.#chunks.length = 0;
+    this.end();
   }
   discard() {
     this.#discard = true;
@@ -95,6 +111,7 @@ class OutputQueue {
   }
   async take(): Promise<Uint8Array | undefined> {
     while (this.#chunks.length === 0 && !this.#ended) await new Promise<void>((r) => (this.#waiter = r));
+    if (this.#error) throw this.#error;
     const c = this.#chunks.shift();
     if (c) this.ack(c.length);
     return c;
@@ -130,11 +147,11 @@ function toStream(q: OutputQueue): ReadableStream<Uint8Array> {
  * ```
  */
 export function spawnError(cmd: string, e: unknown): unknown {
-  if (e instanceof AgentError && e.rpcCode === -32010) {
+  if (e instanceof AgentError && e.rpcCode === RPC_ERROR.SPAWN_FAILED) {
     const d = (e.data ?? {}) as { kind?: SpawnFailureKind; errno?: string };
     return new ExecSpawnError(cmd, d.kind ?? "other", d.errno ?? "EUNKNOWN", { cause: e });
   }
-  if (e instanceof AgentError && e.rpcCode === -32602) {
+  if (e instanceof AgentError && e.rpcCode === RPC_ERROR.INVALID_PARAMS) {
     return new ExecSpawnError(cmd, "invalid_argument", "EINVAL", { cause: e });
   }
   return e;
@@ -175,6 +192,7 @@ export class ExecProcess implements AsyncIterable<ExecEvent> {
     err: OutputQueue,
     exited: Promise<ExitStatus>,
     stdinOpen: boolean,
+    ended: AbortSignal,
   ) {
     this.#agent = agent;
     this.#id = id;
@@ -185,15 +203,19 @@ export class ExecProcess implements AsyncIterable<ExecEvent> {
     this.stdin = new WritableStream<Uint8Array>({
       write: async (chunk) => {
         if (!stdinOpen) throw new KrunboxError("EXEC_SPAWN_FAILED", "stdin was not opened (pass stdin: true)");
+        // No deadline of its own: the answer is the guest process's flow control; it ends with the exec.
         for (let off = 0; off < chunk.length; off += 1 << 20) {
-          await agent.request("exec.stdin", { ref: id }, { attachment: chunk.subarray(off, off + (1 << 20)) });
+          await agent.request("exec.stdin", { ref: id }, {
+            attachment: chunk.subarray(off, off + (1 << 20)),
+            signal: ended,
+          });
         }
       },
       close: async () => {
-        if (stdinOpen) await agent.request("exec.stdin", { ref: id, eof: true }).catch(() => {});
+        if (stdinOpen) await agent.request("exec.stdin", { ref: id, eof: true }, { signal: ended }).catch(() => {});
       },
       abort: async () => {
-        if (stdinOpen) await agent.request("exec.stdin", { ref: id, eof: true }).catch(() => {});
+        if (stdinOpen) await agent.request("exec.stdin", { ref: id, eof: true }, { signal: ended }).catch(() => {});
       },
     });
   }
@@ -203,27 +225,53 @@ export class ExecProcess implements AsyncIterable<ExecEvent> {
    */
   static async start(agent: AgentClient, spec: ExecSpec): Promise<ExecProcess> {
     if (spec.signal?.aborted) throw new ExecAbortedError(spec.cmd, { cause: spec.signal.reason });
-    const ack = (bytes: number) => agent.notify("exec.ack", { ref: id, bytes });
+    // Unacknowledged output of this exec, both streams: the host's own count of the window.
+    let outstanding = 0;
+    const limit = execWindowLimit(agent.ready.window);
+    const ack = (bytes: number) => {
+      outstanding -= bytes;
+      agent.notify("exec.ack", { ref: id, bytes });
+    };
     const out = new OutputQueue(ack);
     const err = new OutputQueue(ack);
-    let exitResolve!: (s: { code: number | null; signal: number | null; timedOut: boolean }) => void;
+    type RawExit = { code: number | null; signal: number | null; timedOut: boolean };
+    let exitResolve!: (s: RawExit) => void;
     let exitReject!: (e: Error) => void;
-    const rawExit = new Promise<{ code: number | null; signal: number | null; timedOut: boolean }>((res, rej) => {
+    const rawExit = new Promise<RawExit>((res, rej) => {
       exitResolve = res;
       exitReject = rej;
     });
+    const lose = (e: Error) => {
+      agent.notify("$/cancel", { id });
+      agent.unsubscribe(id);
+      out.fail(e);
+      err.fail(e);
+      exitReject(e);
+    };
     const onFrame = (f: Frame) => {
-      const p = f.header.params as { fd?: number; code?: number | null; signal?: number | null; timedOut?: boolean };
-      if (f.header.method === "exec.out") (p.fd === 2 ? err : out).push(f.attachment);
-      else if (f.header.method === "exec.exit") {
+      if (f.header.method === "exec.out") {
+        const p = f.header.params as Partial<NotificationParams<"exec.out">>;
+        outstanding += f.attachment.length;
+        if (outstanding > limit) {
+          return lose(
+            new ProtocolError(
+              `the agent sent ${outstanding} unacknowledged output bytes for "${spec.cmd}", over the ` +
+                `${agent.ready.window}-byte window (limit ${limit}): the exec was killed and its output dropped`,
+            ),
+          );
+        }
+        (p.fd === 2 ? err : out).push(f.attachment);
+      } else if (f.header.method === "exec.exit") {
+        const p = f.header.params as Partial<NotificationParams<"exec.exit">>;
         out.end();
         err.end();
         agent.unsubscribe(id);
-        exitResolve({ code: p.code ?? null, signal: p.signal ?? null, timedOut: p.timedOut ?? false });
+        const num = (v: unknown) => (typeof v === "number" ? v : null);
+        exitResolve({ code: num(p.code), signal: num(p.signal), timedOut: p.timedOut === true });
       }
     };
     const tty = spec.tty === true ? { rows: 24, cols: 80 } : spec.tty || null;
-    const { id, reply } = agent.requestWithStream<{ pid: number }>("exec.start", {
+    const { id, reply } = agent.requestWithStream("exec.start", {
       cmd: spec.cmd,
       args: spec.args ?? [],
       env: spec.env ?? {},
@@ -234,8 +282,8 @@ export class ExecProcess implements AsyncIterable<ExecEvent> {
       timeoutMs: spec.timeoutMs,
     }, onFrame);
     const stopOnClose = agent.onClose((e) => {
-      out.end();
-      err.end();
+      out.fail(e);
+      err.fail(e);
       exitReject(e);
     });
     let pid: number;
@@ -247,6 +295,7 @@ export class ExecProcess implements AsyncIterable<ExecEvent> {
       throw spawnError(spec.cmd, e);
     }
     const kill = () => agent.notify("$/cancel", { id });
+    const ended = new AbortController();
     const exited = new Promise<ExitStatus>((resolve, reject) => {
       let hostTimer: ReturnType<typeof setTimeout> | undefined;
       const onAbort = () => {
@@ -258,7 +307,7 @@ export class ExecProcess implements AsyncIterable<ExecEvent> {
         hostTimer = setTimeout(() => {
           kill();
           reject(new ExecTimeoutError(spec.cmd, spec.timeoutMs!));
-        }, spec.timeoutMs + HOST_TIMEOUT_GRACE_MS);
+        }, spec.timeoutMs + DEFAULTS.execHostTimeoutGraceMs);
       }
       rawExit.then((s) => {
         if (s.timedOut) reject(new ExecTimeoutError(spec.cmd, spec.timeoutMs ?? 0));
@@ -270,8 +319,19 @@ export class ExecProcess implements AsyncIterable<ExecEvent> {
       });
     });
     // A caller that only awaits the streams must not see an unhandled rejection.
-    exited.catch(() => {});
-    return new ExecProcess(agent, id, pid, out, err, exited, spec.stdin ?? false);
+    exited.catch(() => {}).finally(() =>
+      ended.abort(new KrunboxError("EXEC_ABORTED", `"${spec.cmd}" ended before it read all of its stdin`))
+    );
+    return new ExecProcess(
+      agent,
+      id,
+      typeof pid === "number" ? pid : -1,
+      out,
+      err,
+      exited,
+      spec.stdin ?? false,
+      ended.signal,
+    );
   }
 
   /** Sends a signal (number, e.g. 15) to the process group. */
@@ -324,6 +384,20 @@ export interface ExecOutput extends ExitStatus {
   readonly stderrBytes: Uint8Array;
 }
 
+/** Limits of a collecting call. */
+export interface CollectOptions {
+  /** Bytes collected per stream before the process is killed with {@link ExecOutputLimitError} (default: settings). */
+  readonly maxOutputBytes?: number;
+}
+
+/** Reads a stream to its end, or kills the exec and fails once it passes `limit` bytes. */
+async function collect(proc: ExecProcess, stream: "stdout" | "stderr", cmd: string, limit: number) {
+  const bytes = await collectBytes(proc[stream], limit);
+  if (bytes) return bytes;
+  proc.kill();
+  throw new ExecOutputLimitError(cmd, stream, limit);
+}
+
 /**
  * Runs a process to completion, feeding stdin and collecting output.
  *
@@ -340,7 +414,9 @@ export async function runToCompletion(
   agent: AgentClient,
   spec: ExecSpec,
   stdin?: Uint8Array | string | ReadableStream<Uint8Array>,
+  options: CollectOptions = {},
 ): Promise<ExecOutput> {
+  const limit = options.maxOutputBytes ?? settings.execMaxOutputBytes();
   const proc = await ExecProcess.start(agent, { ...spec, stdin: stdin !== undefined });
   const feeding = (async () => {
     if (stdin === undefined) return;
@@ -354,11 +430,16 @@ export async function runToCompletion(
     }
   })();
   const [stdoutBytes, stderrBytes, status] = await Promise.all([
-    readAllBytes(proc.stdout),
-    readAllBytes(proc.stderr),
+    collect(proc, "stdout", spec.cmd, limit),
+    collect(proc, "stderr", spec.cmd, limit),
     proc.exited,
     feeding,
-  ]);
+  ]).catch(async (e) => {
+    // Whatever failed first, the process is over for this caller: kill it, drop the other stream.
+    proc.kill();
+    await Promise.allSettled([proc.stdout.cancel(), proc.stderr.cancel()]);
+    throw e;
+  });
   const dec = new TextDecoder();
   return { ...status, stdout: dec.decode(stdoutBytes), stderr: dec.decode(stderrBytes), stdoutBytes, stderrBytes };
 }

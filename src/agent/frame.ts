@@ -38,6 +38,8 @@ export type FrameErrorKind = "frame_too_large" | "parse_error" | "invalid_reques
 export interface FrameDecodeError {
   readonly error: FrameErrorKind;
   readonly message: string;
+  /** How many consecutive broken frames of this kind it stands for ({@link FrameStream} merges them; default 1). */
+  readonly count?: number;
 }
 
 const encoder = new TextEncoder();
@@ -172,6 +174,99 @@ export class FrameDecoder {
 
   #compactIfEmpty() {
     if (this.#start === this.#end) this.#start = this.#end = 0;
+  }
+}
+
+/**
+ * The one frame reader: bytes in, frames and decode errors out, in order. The
+ * decoder state is private to the stream. A decode error is yielded, never
+ * thrown, so each reader chooses its policy (the client ends the connection
+ * on an oversized frame; the relay skips one from the guest and counts it);
+ * an oversized frame is reported from its 8-byte prefix alone, before any of
+ * it is buffered. At end of input a partial frame is yielded as `truncated`.
+ * Consecutive broken frames of one kind in one chunk are yielded as one
+ * error whose `count` says how many.
+ *
+ * @example
+ * ```ts
+ * import { encodeFrame, FrameStream } from "./frame.ts";
+ * const bytes = encodeFrame({ jsonrpc: "2.0", method: "ready", params: {} });
+ * for await (const f of ReadableStream.from([bytes]).pipeThrough(new FrameStream())) console.log(f);
+ * ```
+ */
+export class FrameStream extends TransformStream<Uint8Array, Frame | FrameDecodeError> {
+  constructor() {
+    const decoder = new FrameDecoder();
+    super({
+      transform(chunk, controller) {
+        decoder.push(chunk);
+        // Consecutive broken frames of one kind go out as one error with a count: a flood of
+        // 8-byte garbage frames costs one stream item per chunk, not one per frame.
+        let run: { error: FrameErrorKind; message: string; count: number } | undefined;
+        for (let f = decoder.next(); f; f = decoder.next()) {
+          if (isDecodeError(f) && run?.error === f.error) {
+            run.count++;
+            continue;
+          }
+          if (run) controller.enqueue(run);
+          run = undefined;
+          if (isDecodeError(f)) run = { error: f.error, message: f.message, count: 1 };
+          else controller.enqueue(f);
+        }
+        if (run) controller.enqueue(run);
+      },
+      flush(controller) {
+        const tail = decoder.finish();
+        if (tail) controller.enqueue(tail);
+      },
+    });
+  }
+}
+
+/** What {@link FrameErrorCounts} keeps: totals per kind and the first few messages. */
+export interface FrameErrorSummary {
+  /** Broken frames (and error responses about ours) seen in all. */
+  readonly total: number;
+  /** The same, per kind (`agent` for id-less error responses the peer sent). */
+  readonly byKind: Readonly<Partial<Record<FrameErrorKind | "agent", number>>>;
+  /** The first {@link FrameErrorCounts.SAMPLES} messages, for diagnosis. */
+  readonly samples: readonly string[];
+}
+
+/**
+ * Bounded accounting of broken frames: counters and a few samples, so a
+ * peer flooding garbage costs a fixed number of bytes, not one per frame.
+ *
+ * @example
+ * ```ts
+ * import { FrameErrorCounts } from "./frame.ts";
+ * const c = new FrameErrorCounts();
+ * for (let i = 0; i < 1000; i++) c.record("invalid_request", "empty frame header");
+ * console.log(c.summary.total, c.summary.samples.length); // 1000 4
+ * ```
+ */
+export class FrameErrorCounts {
+  /** How many messages are kept. */
+  static readonly SAMPLES = 4;
+  #total = 0;
+  readonly #byKind: Partial<Record<FrameErrorKind | "agent", number>> = {};
+  readonly #samples: string[] = [];
+
+  /** Counts `count` broken frames of one kind. */
+  record(kind: FrameErrorKind | "agent", message: string, count = 1): void {
+    this.#total += count;
+    this.#byKind[kind] = (this.#byKind[kind] ?? 0) + count;
+    if (this.#samples.length < FrameErrorCounts.SAMPLES) this.#samples.push(`${kind}: ${message.slice(0, 200)}`);
+  }
+
+  /** Broken frames so far. */
+  get total(): number {
+    return this.#total;
+  }
+
+  /** A snapshot of the counters. */
+  get summary(): FrameErrorSummary {
+    return { total: this.#total, byKind: { ...this.#byKind }, samples: [...this.#samples] };
   }
 }
 

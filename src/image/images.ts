@@ -7,7 +7,7 @@
 
 import { join } from "node:path";
 import { ImageError } from "../errors.ts";
-import { openStore } from "../sandbox/lifecycle.ts";
+import { openStore } from "../store/open.ts";
 import { type PulledImage, pullImage, type PullOptions } from "./pull.ts";
 import { parseReference } from "./reference.ts";
 import { imagePaths } from "./store.ts";

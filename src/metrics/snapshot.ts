@@ -32,15 +32,6 @@ export interface SandboxMetrics {
   readonly uptimeMs: number;
 }
 
-interface GuestMetrics {
-  uptimeMs: number;
-  memUsedBytes: number;
-  diskReadBytes: number;
-  diskWriteBytes: number;
-  netRxBytes: number;
-  netTxBytes: number;
-}
-
 /** Clock ticks per second of /proc/<pid>/stat (USER_HZ, 100 on Linux x86). */
 const USER_HZ = 100;
 
@@ -94,7 +85,7 @@ export async function sampleMetrics(
     await new Promise((r) => setTimeout(r, 50));
   }
   const [guest, usage] = await Promise.all([
-    agent.request<GuestMetrics>("metrics", {}).then((r) => r.result),
+    agent.request("metrics", {}).then((r) => r.result),
     processUsage(vmmPid),
   ]);
   const wallSeconds = Math.max((usage.at - base.at) / 1000, 1e-3);

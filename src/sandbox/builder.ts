@@ -18,20 +18,44 @@ import {
   validateName,
   type VolumeMount,
 } from "./config.ts";
-import { createAndLaunch } from "./lifecycle.ts";
-import { InvalidConfigError } from "../errors.ts";
+import { createAndLaunch } from "./launch.ts";
+import { applyRootEdits } from "./patches.ts";
+import { InvalidConfigError, StateError } from "../errors.ts";
 import type { PullEvent, PullPolicy } from "../image/pull.ts";
 import type { BasicAuth } from "../image/registry.ts";
-import { Sandbox } from "./sandbox.ts";
+import type { Sandbox } from "./sandbox.ts";
+import { NETWORK_DEFAULTS, NetworkBuilder, parseNetwork } from "../net/policy.ts";
+import { DEFAULT_BIND } from "../net/ports.ts";
+import { newPlaceholder, SecretBuilder, secretEnv, type SecretSpec, secretSpec } from "../net/secrets.ts";
 
 type Draft = { -readonly [K in keyof SandboxConfig]?: SandboxConfig[K] };
 
 /** How `create()` behaves; not part of the persisted config (credentials never are). */
 interface CreateOptions {
+  /**
+   * The class `create()` returns, given by `Sandbox.builder()`: sandbox.ts
+   * imports this module, so this one takes the class instead of importing it
+   * back (no import cycle).
+   */
+  readonly sandbox?: typeof Sandbox;
   readonly replace?: boolean;
   readonly pullPolicy?: PullPolicy;
   readonly auth?: BasicAuth;
   readonly onPull?: (event: PullEvent) => void;
+  /** Secrets with their values (memory only: `build()` stores placeholders, never these values). */
+  readonly secrets?: readonly SecretSpec[];
+}
+
+/** A published port in object form (`port({ host, guest, bind })`). */
+export interface PortOptions {
+  /** Host port (1–65535). */
+  readonly host: number;
+  /** Guest port (1–65535). */
+  readonly guest: number;
+  /** The host address to listen on (default 127.0.0.1). */
+  readonly bind?: string;
+  /** `tcp` (default) or `udp`. */
+  readonly protocol?: "tcp" | "udp";
 }
 
 /** Chooses an image source explicitly (`imageWith`). */
@@ -112,7 +136,11 @@ export class SandboxBuilder {
   readonly #draft: Readonly<Draft>;
   readonly #opts: CreateOptions;
 
-  /** A builder for a sandbox named `name` (checked at once); use `Sandbox.builder(name)`. */
+  /**
+   * A builder for a sandbox named `name` (checked at once); use
+   * `Sandbox.builder(name)`: a builder made here can `build()` a config but
+   * not `create()` one.
+   */
   constructor(name: string, draft: Draft = {}, opts: CreateOptions = {}) {
     this.#draft = Object.freeze({ ...draft, name: validateName(name) });
     this.#opts = Object.freeze({ ...opts });
@@ -210,23 +238,105 @@ export class SandboxBuilder {
     return this.#with({ volumes: [...(this.#draft.volumes ?? []), v] });
   }
 
-  /** Publishes a guest TCP port on 127.0.0.1:host. */
-  port(host: number, guest: number): SandboxBuilder {
-    return this.#withPort({ host, guest, protocol: "tcp" });
+  /**
+   * Publishes a guest TCP port on 127.0.0.1:host, or, in object form, on the
+   * address `bind` says (`{ host, guest, bind, protocol }`). Connections to
+   * it are checked against the network's ingress rules.
+   *
+   * @example
+   * ```ts
+   * import { Sandbox } from "@krunbox/krunbox";
+   * const b = Sandbox.builder("web").image("/srv/root").port(8080, 80).port({ host: 8443, guest: 443, bind: "::1" });
+   * ```
+   */
+  port(host: number, guest: number): SandboxBuilder;
+  /** Publishes a guest port as `{ host, guest, bind, protocol }` says (bind default 127.0.0.1, protocol tcp). */
+  port(options: PortOptions): SandboxBuilder;
+  port(hostOrOptions: number | PortOptions, guest?: number): SandboxBuilder {
+    if (typeof hostOrOptions === "object" && hostOrOptions !== null) {
+      const o = hostOrOptions;
+      return this.#withPort({
+        host: o.host,
+        guest: o.guest,
+        protocol: o.protocol ?? "tcp",
+        bind: o.bind ?? DEFAULT_BIND,
+      });
+    }
+    return this.#withPort({ host: hostOrOptions, guest: guest as number, protocol: "tcp", bind: DEFAULT_BIND });
   }
 
   /** Publishes a guest UDP port on 127.0.0.1:host. */
   portUdp(host: number, guest: number): SandboxBuilder {
-    return this.#withPort({ host, guest, protocol: "udp" });
+    return this.#withPort({ host, guest, protocol: "udp", bind: DEFAULT_BIND });
   }
 
   #withPort(p: PortMapping): SandboxBuilder {
     return this.#with({ ports: [...(this.#draft.ports ?? []), p] });
   }
 
-  /** No network interface at all (DNS included). */
+  /** No network interface at all (DNS included). A later `network(fn)` turns it back on. */
   disableNetwork(): SandboxBuilder {
-    return this.#with({ network: { mode: "none" } });
+    return this.#with({ network: { ...(this.#draft.network ?? NETWORK_DEFAULTS), mode: "none" } });
+  }
+
+  /**
+   * The network policy, DNS and limits, starting from what this builder has
+   * (default: the `public` profile). See {@link NetworkBuilder}.
+   *
+   * @example
+   * ```ts
+   * import { Sandbox } from "@krunbox/krunbox";
+   * const b = Sandbox.builder("pip").image("python:3.12-slim")
+   *   .network((n) => n.policy("none").allow(".pypi.org:tcp:443").allow(".pythonhosted.org:tcp:443"));
+   * ```
+   */
+  network(fn: (n: NetworkBuilder) => NetworkBuilder): SandboxBuilder {
+    const n = fn(new NetworkBuilder(parseNetwork(this.#draft.network ?? NETWORK_DEFAULTS)));
+    if (!(n instanceof NetworkBuilder)) {
+      throw new InvalidConfigError(
+        "network",
+        "network(fn): fn must return the NetworkBuilder (or one derived from it)",
+      );
+    }
+    return this.#with({ network: n.build() });
+  }
+
+  /**
+   * A secret: the guest's env holds a placeholder; the engine puts the value
+   * only into TLS requests to the allowed hosts. The value is never stored:
+   * `Sandbox.start(name)` of a stopped sandbox with secrets throws
+   * `SecretUnavailableError` (create it again with `replace()`).
+   *
+   * @example
+   * ```ts
+   * import { Sandbox } from "@krunbox/krunbox";
+   * const b = Sandbox.builder("agent").image("python:3.12-slim")
+   *   .secret((s) => s.env("OPENAI_API_KEY").value("sk-example").allowHost("api.openai.com"));
+   * ```
+   */
+  secret(fn: (s: SecretBuilder) => SecretBuilder): SandboxBuilder {
+    return this.#withSecret(secretSpec(fn(new SecretBuilder())));
+  }
+
+  /**
+   * The short form of {@link secret}: `env` holds a placeholder for `value`, sent only to `host`.
+   *
+   * @example
+   * ```ts
+   * import { Sandbox } from "@krunbox/krunbox";
+   * const b = Sandbox.builder("gh").image("/srv/root").secretEnv("GITHUB_TOKEN", "ghp_example", "api.github.com");
+   * ```
+   */
+  secretEnv(env: string, value: string, host: string): SandboxBuilder {
+    return this.#withSecret(secretEnv(env, value, host));
+  }
+
+  #withSecret(spec: SecretSpec): SandboxBuilder {
+    const secrets = this.#opts.secrets ?? [];
+    if (secrets.some((s) => s.env === spec.env)) {
+      throw new InvalidConfigError("secrets.env", `${spec.env} is a secret twice`);
+    }
+    return this.#withOpts({ secrets: [...secrets, spec] });
   }
 
   /** Stop after this many seconds without exec or fs calls. */
@@ -275,9 +385,22 @@ export class SandboxBuilder {
     return this.#withOpts({ onPull: fn });
   }
 
-  /** The validated config this builder describes. */
+  /**
+   * The validated config this builder describes. Each call gives each
+   * secret a new placeholder (the config holds placeholders, never values).
+   */
   build(): SandboxConfig {
-    return parseConfig(this.#draft);
+    const secrets = (this.#opts.secrets ?? []).map(({ value: _value, ...s }) => ({
+      ...s,
+      placeholder: newPlaceholder(),
+    }));
+    if (this.#draft.network?.mode === "none" && (this.#draft.ports ?? []).length > 0) {
+      throw new InvalidConfigError(
+        "ports",
+        "a sandbox without a network cannot publish ports; drop disableNetwork() or the ports",
+      );
+    }
+    return parseConfig({ ...this.#draft, secrets });
   }
 
   /** Creates and boots the sandbox, attached to this process. */
@@ -291,54 +414,20 @@ export class SandboxBuilder {
   }
 
   async #create(detached: boolean): Promise<Sandbox> {
+    const sandbox = this.#opts.sandbox;
+    if (!sandbox) throw new StateError("this builder was made with `new SandboxBuilder`: use `Sandbox.builder(name)`");
     const { launched, config } = await createAndLaunch(this.build(), detached, this.#opts.replace ?? false, {
       policy: this.#opts.pullPolicy,
       auth: this.#opts.auth,
       onProgress: this.#opts.onPull,
     });
-    const sb = Sandbox.fromLaunch(config, launched, !detached);
+    const sb = sandbox.fromLaunch(config, launched, !detached);
     try {
-      await applyPatches(sb, config.patches);
-      await installScripts(sb, config);
+      await applyRootEdits(sb.fs(), config);
     } catch (e) {
       await sb.kill().catch(() => {});
       throw e;
     }
     return sb;
   }
-}
-
-async function applyPatches(sb: Sandbox, patches: readonly Patch[]): Promise<void> {
-  const fs = sb.fs();
-  for (const p of patches) {
-    switch (p.op) {
-      case "text":
-        await fs.write(p.path, p.content, { mode: p.mode ?? 0o644 });
-        break;
-      case "append":
-        await fs.write(p.path, p.content, { append: true });
-        break;
-      case "copy":
-        await fs.copyFromHost(p.hostPath, p.path);
-        break;
-      case "mkdir":
-        await fs.mkdir(p.path, { mode: p.mode ?? 0o755 });
-        break;
-      case "symlink":
-        await fs.symlink(p.target, p.path);
-        break;
-      case "remove":
-        if (!(await fs.exists(p.path))) break;
-        if ((await fs.stat(p.path)).kind === "dir") await fs.removeDir(p.path);
-        else await fs.remove(p.path);
-        break;
-    }
-  }
-}
-
-async function installScripts(sb: Sandbox, config: SandboxConfig): Promise<void> {
-  const names = Object.keys(config.scripts);
-  if (names.length === 0) return;
-  await sb.fs().mkdir("/.msb/scripts");
-  for (const name of names) await sb.fs().write(`/.msb/scripts/${name}`, config.scripts[name], { mode: 0o755 });
 }

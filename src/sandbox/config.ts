@@ -8,6 +8,11 @@
 
 import { InvalidConfigError } from "../errors.ts";
 import type { BackendChoice } from "../vmm/detect.ts";
+import { NETWORK_DEFAULTS, type NetworkConfig, parseNetwork } from "../net/policy.ts";
+import { parsePorts, type PortMapping } from "../net/ports.ts";
+import { parseSecrets, type SecretConfig } from "../net/secrets.ts";
+
+export type { NetworkConfig, PortMapping, SecretConfig };
 
 /** Where the root filesystem comes from. */
 export type ImageSource =
@@ -28,16 +33,6 @@ export type VolumeMount =
   | { readonly kind: "named"; readonly guestPath: string; readonly name: string; readonly readonly: boolean }
   | { readonly kind: "tmpfs"; readonly guestPath: string; readonly sizeMib: number; readonly readonly: boolean };
 
-/** A published port. */
-export interface PortMapping {
-  /** Host port (1–65535), bound on 127.0.0.1. */
-  readonly host: number;
-  /** Guest port (1–65535) it forwards to. */
-  readonly guest: number;
-  /** Transport protocol of the port. */
-  readonly protocol: "tcp" | "udp";
-}
-
 /** A pre-boot edit of the root filesystem. */
 export type Patch =
   | { readonly op: "text"; readonly path: string; readonly content: string; readonly mode?: number }
@@ -46,12 +41,6 @@ export type Patch =
   | { readonly op: "mkdir"; readonly path: string; readonly mode?: number }
   | { readonly op: "symlink"; readonly target: string; readonly path: string }
   | { readonly op: "remove"; readonly path: string };
-
-/** Network settings. */
-export interface NetworkConfig {
-  /** `none`: no interface at all (DNS included); `user`: NAT to the host's network. */
-  readonly mode: "none" | "user";
-}
 
 /** Log verbosity of the runner and VMM. */
 export type LogLevel = "error" | "warn" | "info" | "debug" | "trace";
@@ -88,8 +77,10 @@ export interface SandboxConfig {
   readonly volumes: readonly VolumeMount[];
   /** Ports published on the host (network mode `user` only). */
   readonly ports: readonly PortMapping[];
-  /** Network settings (default mode `user`). */
+  /** The network: device or none, policy, DNS, limits (default: the `public` profile). */
   readonly network: NetworkConfig;
+  /** Secrets: env name, placeholder and allowed hosts; never the value (default none). */
+  readonly secrets: readonly SecretConfig[];
   /** Size of the writable root disk of OCI images and directory roots, in MiB (default 4096, sparse). */
   readonly rootDiskMib: number;
   /** Stop after this many seconds without exec or fs calls (default: never). */
@@ -111,7 +102,8 @@ export const CONFIG_DEFAULTS = {
   patches: [],
   volumes: [],
   ports: [],
-  network: { mode: "user" },
+  network: NETWORK_DEFAULTS,
+  secrets: [],
   rootDiskMib: 4096,
   logLevel: "warn",
 } as const satisfies Partial<SandboxConfig>;
@@ -258,13 +250,7 @@ export function parseConfig(raw: unknown): SandboxConfig {
       throw new InvalidConfigError("scripts", `script name ${JSON.stringify(name)} must be a plain file name`);
     }
   }
-  for (const p of r.ports) {
-    int("ports.host", p.host, 1, 65535);
-    int("ports.guest", p.guest, 1, 65535);
-    if (p.protocol !== "tcp" && p.protocol !== "udp") {
-      throw new InvalidConfigError("ports.protocol", "must be tcp or udp");
-    }
-  }
+  const ports = parsePorts(r.ports);
   for (const v of r.volumes) volume(v);
   for (const p of r.patches) {
     if (!["text", "append", "copy", "mkdir", "symlink", "remove"].includes(p?.op)) {
@@ -276,8 +262,13 @@ export function parseConfig(raw: unknown): SandboxConfig {
       throw new InvalidConfigError("patches.content", "must be a string");
     }
   }
-  if (r.network?.mode !== "none" && r.network?.mode !== "user") {
-    throw new InvalidConfigError("network.mode", "must be none or user");
+  const network = parseNetwork(r.network);
+  const { secrets, env } = parseSecrets(r.secrets, strings("env", r.env));
+  if (network.mode === "none" && secrets.length > 0) {
+    throw new InvalidConfigError(
+      "secrets",
+      "a sandbox without a network cannot use secrets; drop disableNetwork() or them",
+    );
   }
   if (!["error", "warn", "info", "debug", "trace"].includes(r.logLevel)) {
     throw new InvalidConfigError("logLevel", "unknown level");
@@ -291,6 +282,9 @@ export function parseConfig(raw: unknown): SandboxConfig {
     memoryMib: int("memoryMib", r.memoryMib, 64, 1 << 20),
     rootDiskMib: int("rootDiskMib", r.rootDiskMib, 64, 16 << 20),
     image: image(r.image),
-    env: strings("env", r.env),
+    env,
+    ports,
+    network,
+    secrets,
   };
 }

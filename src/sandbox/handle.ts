@@ -7,23 +7,15 @@
  */
 
 import { AgentClient } from "../agent/client.ts";
-import { StillRunningError } from "../errors.ts";
-import { sampleMetrics, type SandboxMetrics } from "../metrics/snapshot.ts";
 import { NotRunningError } from "../errors.ts";
-import { parseConfig, type SandboxConfig } from "./config.ts";
-import {
-  deleteState,
-  killRunner,
-  openStore,
-  pathsOf,
-  reconcile,
-  relaunch,
-  requireRow,
-  type SandboxStatus,
-  withNameLock,
-} from "./lifecycle.ts";
-import { Sandbox } from "./sandbox.ts";
+import { sampleMetrics, type SandboxMetrics } from "../metrics/snapshot.ts";
 import type { SandboxRow } from "../store/db.ts";
+import { openStore } from "../store/open.ts";
+import { parseConfig, type SandboxConfig } from "./config.ts";
+import { killRunner, relaunch } from "./launch.ts";
+import type { Sandbox } from "./sandbox.ts";
+import { pathsOf, reconcile, removeSandbox, requireRow, type SandboxStatus } from "./state.ts";
+import { DEFAULTS } from "../settings.ts";
 
 /**
  * A stored sandbox.
@@ -35,8 +27,12 @@ import type { SandboxRow } from "../store/db.ts";
  * ```
  */
 export class SandboxHandle {
-  /** @internal */
-  constructor(row: SandboxRow, status: SandboxStatus) {
+  /** The class `connect()` and `start()` return (sandbox.ts imports this module, so it is given, not imported). */
+  readonly #sandbox: typeof Sandbox;
+
+  /** @internal Use `Sandbox.get(name)` or `Sandbox.list()`. */
+  constructor(row: SandboxRow, status: SandboxStatus, sandbox: typeof Sandbox) {
+    this.#sandbox = sandbox;
     this.name = row.name;
     this.status = status;
     this.configJson = row.config;
@@ -66,18 +62,18 @@ export class SandboxHandle {
   /** Connects to the running sandbox (not owning it). */
   async connect(): Promise<Sandbox> {
     const agent = await this.#connectAgent();
-    const info = await agent.request<{ vmmPid: number }>("runner.info", {});
-    return new Sandbox(this.config(), agent, info.result.vmmPid, undefined);
+    const info = await agent.request("runner.info", {});
+    return new this.#sandbox(this.config(), agent, info.result.vmmPid, undefined);
   }
 
   /** Boots the stopped sandbox, attached to this process. */
   start(): Promise<Sandbox> {
-    return startSandbox(this.name, false);
+    return startSandbox(this.name, false, this.#sandbox);
   }
 
   /** Boots the stopped sandbox, detached. */
   startDetached(): Promise<Sandbox> {
-    return startSandbox(this.name, true);
+    return startSandbox(this.name, true, this.#sandbox);
   }
 
   /** Stops it in order. */
@@ -101,14 +97,14 @@ export class SandboxHandle {
   /** One metrics sample (the CPU figure covers a short window). */
   async metrics(): Promise<SandboxMetrics> {
     await using agent = await this.#connectAgent();
-    const info = await agent.request<{ vmmPid: number }>("runner.info", {});
+    const info = await agent.request("runner.info", {});
     const cfg = this.config();
     return (await sampleMetrics(agent, info.result.vmmPid, cfg.cpus, cfg.memoryMib, undefined)).metrics;
   }
 
   async #connectAgent(): Promise<AgentClient> {
     try {
-      return await AgentClient.connect(pathsOf(this.name).agentSocket, { timeoutMs: 10_000 });
+      return await AgentClient.connect(pathsOf(this.name).agentSocket, { timeoutMs: DEFAULTS.relayConnectMs });
     } catch (cause) {
       using store = await openStore();
       throw new NotRunningError(this.name, reconcile(store, requireRow(store, this.name)), { cause });
@@ -117,19 +113,21 @@ export class SandboxHandle {
 }
 
 /**
- * A handle on one stored sandbox.
+ * A handle on one stored sandbox; `sandbox` is the class its `connect()`
+ * and `start()` return.
  *
  * @example
  * ```ts
+ * import { Sandbox } from "@krunbox/krunbox";
  * import { getSandbox } from "./handle.ts";
- * console.log((await getSandbox("job-1")).status);
+ * console.log((await getSandbox("job-1", Sandbox)).status);
  * ```
  */
-export async function getSandbox(name: string): Promise<SandboxHandle> {
+export async function getSandbox(name: string, sandbox: typeof Sandbox): Promise<SandboxHandle> {
   using store = await openStore();
   const row = requireRow(store, name);
   const status = reconcile(store, row);
-  return new SandboxHandle(store.get(name) ?? row, status);
+  return new SandboxHandle(store.get(name) ?? row, status, sandbox);
 }
 
 /**
@@ -137,44 +135,28 @@ export async function getSandbox(name: string): Promise<SandboxHandle> {
  *
  * @example
  * ```ts
+ * import { Sandbox } from "@krunbox/krunbox";
  * import { listSandboxes } from "./handle.ts";
- * console.log((await listSandboxes()).length);
+ * console.log((await listSandboxes(Sandbox)).length);
  * ```
  */
-export async function listSandboxes(): Promise<SandboxHandle[]> {
+export async function listSandboxes(sandbox: typeof Sandbox): Promise<SandboxHandle[]> {
   using store = await openStore();
-  return store.list().map((row) => new SandboxHandle(row, reconcile(store, row)));
+  return store.list().map((row) => new SandboxHandle(row, reconcile(store, row), sandbox));
 }
 
 /**
- * Deletes a stopped sandbox's state; a running one is a {@link StillRunningError}.
+ * Boots a stopped sandbox from its persisted config, as an instance of `sandbox`.
  *
  * @example
  * ```ts
- * import { removeSandbox } from "./handle.ts";
- * await removeSandbox("job-1");
- * ```
- */
-export async function removeSandbox(name: string): Promise<void> {
-  using store = await openStore();
-  await withNameLock(name, async () => {
-    const row = requireRow(store, name);
-    const status = reconcile(store, row);
-    if (status === "running" || status === "draining") throw new StillRunningError(name);
-    await deleteState(store, name);
-  });
-}
-
-/**
- * Boots a stopped sandbox from its persisted config.
- *
- * @example
- * ```ts
+ * import { Sandbox } from "@krunbox/krunbox";
  * import { startSandbox } from "./handle.ts";
- * const sb = await startSandbox("job-1", false);
+ * const sb = await startSandbox("job-1", false, Sandbox);
+ * await sb.stop();
  * ```
  */
-export async function startSandbox(name: string, detached: boolean): Promise<Sandbox> {
+export async function startSandbox(name: string, detached: boolean, sandbox: typeof Sandbox): Promise<Sandbox> {
   const { launched, config } = await relaunch(name, detached);
-  return Sandbox.fromLaunch(config, launched, !detached);
+  return sandbox.fromLaunch(config, launched, !detached);
 }

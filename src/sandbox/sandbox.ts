@@ -9,13 +9,16 @@
 import type { AgentClient } from "../agent/client.ts";
 import { type ExecOutput, ExecProcess, type ExecSpec, runToCompletion } from "../agent/exec.ts";
 import { AgentError, InvalidConfigError, KrunboxError, NotRunningError } from "../errors.ts";
+import { RPC_ERROR } from "../agent/rpc.ts";
 import { type ProcessUsage, sampleMetrics, type SandboxMetrics } from "../metrics/snapshot.ts";
 import { metricsStream } from "../metrics/stream.ts";
+import { openStore } from "../store/open.ts";
 import type { SandboxConfig } from "./config.ts";
-import { type Launched, openStore, reconcile, requireRow } from "./lifecycle.ts";
+import type { Launched } from "./launch.ts";
+import { reconcile, removeSandbox, requireRow } from "./state.ts";
 import { SandboxFs } from "./fs.ts";
 import { SandboxBuilder } from "./builder.ts";
-import { getSandbox, listSandboxes, removeSandbox, type SandboxHandle, startSandbox } from "./handle.ts";
+import { getSandbox, listSandboxes, type SandboxHandle, startSandbox } from "./handle.ts";
 
 /** Options of `execWith`. */
 export interface ExecOptions {
@@ -35,10 +38,16 @@ export interface ExecOptions {
   readonly signal?: AbortSignal;
   /** Run on a pseudo-terminal (`true`: 24 rows × 80 columns); stdout and stderr are merged. */
   readonly tty?: boolean | { rows: number; cols: number };
+  /**
+   * Bytes collected per stream (stdout, stderr) before the process is killed
+   * and the call rejects with `ExecOutputLimitError` (default 64 MiB,
+   * `KRUNBOX_EXEC_MAX_OUTPUT_BYTES`). `execStream` has no such limit.
+   */
+  readonly maxOutputBytes?: number;
 }
 
 /** Options of `execStream`. */
-export interface ExecStreamOptions extends Omit<ExecOptions, "stdin"> {
+export interface ExecStreamOptions extends Omit<ExecOptions, "stdin" | "maxOutputBytes"> {
   /** Open stdin as a writable stream. */
   readonly stdin?: boolean;
 }
@@ -91,17 +100,17 @@ export class Sandbox implements AsyncDisposable {
 
   /** A builder for a new sandbox; `name` must be unused (or call `replace()`). */
   static builder(name: string): SandboxBuilder {
-    return new SandboxBuilder(name);
+    return new SandboxBuilder(name, {}, { sandbox: Sandbox });
   }
 
   /** A handle on a stored sandbox, running or stopped. */
   static get(name: string): Promise<SandboxHandle> {
-    return getSandbox(name);
+    return getSandbox(name, Sandbox);
   }
 
   /** Handles on all stored sandboxes. */
   static list(): Promise<SandboxHandle[]> {
-    return listSandboxes();
+    return listSandboxes(Sandbox);
   }
 
   /** Deletes a stopped sandbox and its state. */
@@ -111,12 +120,12 @@ export class Sandbox implements AsyncDisposable {
 
   /** Boots a stopped sandbox, attached to this process. */
   static start(name: string): Promise<Sandbox> {
-    return startSandbox(name, false);
+    return startSandbox(name, false, Sandbox);
   }
 
   /** Boots a stopped sandbox, detached. */
   static startDetached(name: string): Promise<Sandbox> {
-    return startSandbox(name, true);
+    return startSandbox(name, true, Sandbox);
   }
 
   /** @internal */
@@ -171,10 +180,16 @@ export class Sandbox implements AsyncDisposable {
     return this.execWith(cmd, { args });
   }
 
-  /** Runs a command with options (env, cwd, user, stdin, timeout, signal, tty). */
+  /** Runs a command with options (env, cwd, user, stdin, timeout, signal, tty, maxOutputBytes). */
   async execWith(cmd: string, options: ExecOptions = {}): Promise<ExecOutput> {
+    const max = options.maxOutputBytes;
+    if (max !== undefined && !(Number.isSafeInteger(max) && max >= 0)) {
+      throw new InvalidConfigError("maxOutputBytes", `must be a non-negative integer, got ${max}`);
+    }
     return await this.#guard(() =>
-      runToCompletion(this.#agent, this.#spec(cmd, options, options.stdin !== undefined), options.stdin)
+      runToCompletion(this.#agent, this.#spec(cmd, options, options.stdin !== undefined), options.stdin, {
+        maxOutputBytes: max,
+      })
     );
   }
 
@@ -271,7 +286,7 @@ export class Sandbox implements AsyncDisposable {
     await this.#lifeline?.close().catch(() => {});
   }
 
-  async #control(method: string): Promise<void> {
+  async #control(method: "runner.stop" | "runner.kill" | "runner.drain"): Promise<void> {
     if (this.#agent.isClosed) return;
     try {
       await this.#agent.request(method, {});
@@ -286,7 +301,7 @@ export class Sandbox implements AsyncDisposable {
     try {
       return await fn();
     } catch (e) {
-      if (e instanceof AgentError && e.rpcCode === -32040) {
+      if (e instanceof AgentError && e.rpcCode === RPC_ERROR.SHUTTING_DOWN) {
         throw new NotRunningError(this.name, "draining", { cause: e });
       }
       if (this.#agent.isClosed && !(e instanceof KrunboxError && e.code !== "PROTOCOL")) {

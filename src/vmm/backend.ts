@@ -75,6 +75,14 @@ export interface SandboxPaths {
   /** Held briefly while the sandbox is created, started or removed. */
   readonly nameLock: string;
   readonly upperDisk: string;
+  /** The VMM's end of the agent channel: the runner listens, the VMM connects (per boot). */
+  readonly vmSocket: string;
+  /** qemu: this boot's initramfs (the shared one plus its boot config). */
+  readonly initrd: string;
+  /** libkrun: the virtiofs root of a guest whose real root is on disks. */
+  readonly trampoline: string;
+  /** qemu: the vhost-user socket of the virtiofsd serving share `tag` (per boot). */
+  fsSocket(tag: string): string;
 }
 
 /**
@@ -96,6 +104,10 @@ export function sandboxPaths(dir: string): SandboxPaths {
     runnerLock: `${dir}/runner.lock`,
     nameLock: `${dir}.lock`,
     upperDisk: `${dir}/upper.ext4`,
+    vmSocket: `${dir}/vm.sock`,
+    initrd: `${dir}/initrd.img`,
+    trampoline: `${dir}/trampoline`,
+    fsSocket: (tag) => `${dir}/fs-${tag.replaceAll("/", "_")}.sock`,
   };
 }
 

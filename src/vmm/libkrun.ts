@@ -11,9 +11,11 @@
  * - Init: krunbox's agent, served as the overlay file `/init.krun` of the
  *   root virtiofs (libkrun is built without its init blob), with its boot
  *   config as the overlay file `/krunbox/boot.json`. No image is modified.
- * - Root: a directory root is the virtiofs root itself; an OCI root is a
- *   trampoline directory plus the EROFS lower and ext4 upper as virtio-blk
- *   disks (the agent joins them and switches root); a disk image likewise.
+ * - Root: a shared writable directory root is the virtiofs root itself; an
+ *   OCI root is a trampoline directory plus the EROFS lower and ext4 upper as
+ *   virtio-blk disks (the agent joins them and switches root); a disk image
+ *   likewise; a private directory root is the trampoline plus the directory
+ *   as a read-only virtiofs share and the sandbox's ext4 upper disk.
  * - Agent channel: the agent connects out on vsock port 1024, which libkrun
  *   maps to the runner's listening unix socket (guest-initiated, avoiding the
  *   stall of a first host-to-guest connection, libkrun issue 684).
@@ -22,41 +24,44 @@
  * @module
  */
 
-import { join } from "node:path";
 import { CStrings } from "../../ffi/cstring.ts";
 import { checkKrun, KRUN_DISK_FORMAT, KRUN_FS_ROOT_TAG, KRUN_LOG_LEVEL, KRUN_TSI } from "../../ffi/libkrun.ts";
-import { type Libkrun, loadLibkrun } from "../../ffi/load.ts";
+import { type Libkrun, loadLibkrun, loadLibkrunfw } from "../../ffi/load.ts";
 import { BackendUnavailableError } from "../errors.ts";
 import { assetPath } from "../store/assets.ts";
-import type { Backend, Vm, VmExit, VmSpec } from "./backend.ts";
+import { type Backend, type SandboxPaths, sandboxPaths, type Vm, type VmExit, type VmSpec } from "./backend.ts";
+import { type BootConfig, bootConfig, rootDisks } from "./boot_config.ts";
+import { acceptAgent, listenFresh } from "./channel.ts";
 
 /** The vsock port the agent connects to. */
 export const AGENT_VSOCK_PORT = 1024;
 
-/** The virtiofs tag of a directory root that is the read-only lower of an overlay. */
+/** The virtiofs tag of a private directory root (read-only, under the sandbox's upper). */
 const DIR_LOWER_TAG = "lower";
 
-/** The agent's boot config for a libkrun guest (its kernel has the drivers built in). */
-export function libkrunBootConfig(spec: VmSpec): Record<string, unknown> {
-  const root = spec.root.kind === "dir"
-    ? (spec.root.upper
-      ? { kind: "virtiofs", tag: DIR_LOWER_TAG, upper: { serial: "upper", fstype: "ext4" } }
-      : { kind: "initramfs" }) // the virtiofs root is already the final root
-    : spec.root.kind === "overlay"
-    ? { kind: "overlay", lower: { serial: "lower", fstype: "erofs" }, upper: { serial: "upper", fstype: "ext4" } }
-    : { kind: "block", serial: "root", fstype: spec.root.fstype };
-  return {
-    ...spec.boot,
+/**
+ * The agent's boot config for a libkrun guest: the shared one
+ * ({@link bootConfig}); its kernel has the drivers built in, a directory
+ * root is already the virtiofs root, the agent connects out on vsock, and
+ * TSI carries the guest's sockets (no interface to configure).
+ *
+ * @example
+ * ```ts
+ * import { libkrunBootConfig } from "./libkrun.ts";
+ * console.log(libkrunBootConfig(
+ *   { name: "a", backend: "libkrun", cpus: 1, memoryMib: 512, dir: "/s", root: { kind: "dir", path: "/r" },
+ *     shares: [], ports: [], network: "none", boot: {}, bootTimeoutMs: 30000 },
+ * ).transport); // { kind: "vsock-connect", port: 1024 }
+ * ```
+ */
+export function libkrunBootConfig(spec: VmSpec): BootConfig {
+  return bootConfig(spec, {
     modules: [],
-    root,
-    mounts: [
-      ...((spec.boot.mounts as unknown[] | undefined) ?? []),
-      ...spec.shares.map((s) => ({ kind: "virtiofs", tag: s.tag, target: s.guestPath, readonly: s.readonly })),
-    ],
+    dirRoot: { kind: "initramfs" },
+    dirLowerTag: DIR_LOWER_TAG,
     transport: { kind: "vsock-connect", port: AGENT_VSOCK_PORT },
-    // TSI carries the guest's sockets over vsock: no interface to configure.
     network: null,
-  };
+  });
 }
 
 let loaded: { lib: Libkrun; fw: Deno.DynamicLibrary<Record<string, never>> } | undefined;
@@ -64,20 +69,8 @@ let loaded: { lib: Libkrun; fw: Deno.DynamicLibrary<Record<string, never>> } | u
 /** Loads libkrunfw then libkrun once per process (libkrun's logger can be set only once). */
 function load(): Libkrun {
   if (loaded) return loaded.lib;
-  let fw: Deno.DynamicLibrary<Record<string, never>>;
-  try {
-    fw = Deno.dlopen(assetPath("libkrunfw"), {});
-  } catch (cause) {
-    throw new BackendUnavailableError(
-      "libkrun",
-      `libkrunfw cannot be loaded from ${assetPath("libkrunfw")}`,
-      "run `./dev setup`",
-      {
-        cause,
-      },
-    );
-  }
-  const lib = loadLibkrun();
+  const fw = loadLibkrunfw(assetPath("libkrunfw"));
+  const lib = loadLibkrun({ provisioned: assetPath("libkrun") });
   checkKrun("krun_set_log_level", lib.symbols.krun_set_log_level(KRUN_LOG_LEVEL.warn));
   loaded = { lib, fw };
   return lib;
@@ -89,6 +82,16 @@ function required<T>(fn: T | null, name: string): T {
   }
   return fn;
 }
+
+/** A context being configured: the library, the context id, and the arena its strings live in. */
+interface Ctx {
+  readonly k: Libkrun["symbols"];
+  readonly id: number;
+  readonly arena: CStrings;
+}
+
+/** The mount points a trampoline root needs (the agent mounts the real root on `/newroot`). */
+const TRAMPOLINE_DIRS = ["dev", "proc", "sys", "newroot", "tmp", "run"];
 
 /**
  * Configures a libkrun context for a spec. Returns the context id; the arena
@@ -102,75 +105,96 @@ function required<T>(fn: T | null, name: string): T {
  */
 export async function configureContext(spec: VmSpec, vmSock: string, arena: CStrings): Promise<number> {
   const k = load().symbols;
-  const ctx = checkKrun("krun_create_ctx", k.krun_create_ctx());
+  const c: Ctx = { k, id: checkKrun("krun_create_ctx", k.krun_create_ctx()), arena };
+  const paths = sandboxPaths(spec.dir);
   try {
-    checkKrun("krun_set_vm_config", k.krun_set_vm_config(ctx, spec.cpus, spec.memoryMib));
-    let rootDir: string;
-    if (spec.root.kind === "dir" && !spec.root.upper) {
-      rootDir = spec.root.path;
-    } else {
-      // A trampoline root: only the agent, its config and the mount points it needs.
-      rootDir = join(spec.dir, "trampoline");
-      for (const d of ["dev", "proc", "sys", "newroot", "tmp", "run"]) {
-        await Deno.mkdir(join(rootDir, d), { recursive: true });
-      }
-      const addDisk = required(k.krun_add_disk2, "krun_add_disk2");
-      const disk = (id: string, path: string, format: number, ro: boolean) =>
-        checkKrun("krun_add_disk2", addDisk(ctx, arena.str(id), arena.str(path), format, ro));
-      if (spec.root.kind === "overlay") {
-        disk("lower", spec.root.lower, KRUN_DISK_FORMAT.raw, true);
-        disk("upper", spec.root.upper, KRUN_DISK_FORMAT.raw, false);
-      } else if (spec.root.kind === "dir" && spec.root.upper) {
-        // The directory read-only (enforced by libkrun) under this sandbox's upper.
-        disk("upper", spec.root.upper, KRUN_DISK_FORMAT.raw, false);
-        const add = required(k.krun_add_virtiofs3, "krun_add_virtiofs3");
-        checkKrun("krun_add_virtiofs3", add(ctx, arena.str(DIR_LOWER_TAG), arena.str(spec.root.path), 0n, true));
-      } else if (spec.root.kind === "disk") {
-        disk("root", spec.root.path, KRUN_DISK_FORMAT[spec.root.format], false);
-      }
-    }
-    checkKrun("krun_set_root", k.krun_set_root(ctx, arena.str(rootDir)));
-    const overlayDir = required(k.krun_fs_add_overlay_dir, "krun_fs_add_overlay_dir");
-    const overlayFile = required(k.krun_fs_add_overlay_file, "krun_fs_add_overlay_file");
-    const file = (path: string, data: Uint8Array, mode: number) => {
-      const bytes = arena.bytes(data);
-      checkKrun(
-        "krun_fs_add_overlay_file",
-        overlayFile(ctx, arena.str(KRUN_FS_ROOT_TAG), arena.str(path), bytes, BigInt(bytes.length), mode, false),
-      );
-    };
-    checkKrun("krun_fs_add_overlay_dir", overlayDir(ctx, arena.str(KRUN_FS_ROOT_TAG), arena.str("/krunbox"), 0o755));
-    file("/init.krun", await Deno.readFile(assetPath("agent")), 0o755);
-    file("/krunbox/boot.json", new TextEncoder().encode(JSON.stringify(libkrunBootConfig(spec))), 0o644);
-    for (const s of spec.shares) {
-      const add = required(k.krun_add_virtiofs3, "krun_add_virtiofs3");
-      checkKrun("krun_add_virtiofs3", add(ctx, arena.str(s.tag), arena.str(s.hostPath), 0n, s.readonly));
-    }
-    checkKrun(
-      "krun_disable_implicit_vsock",
-      required(k.krun_disable_implicit_vsock, "krun_disable_implicit_vsock")(ctx),
-    );
-    const tsi = spec.network === "user" ? KRUN_TSI.hijackInet : 0;
-    checkKrun("krun_add_vsock", required(k.krun_add_vsock, "krun_add_vsock")(ctx, tsi));
-    const tcp = spec.ports.filter((p) => p.protocol === "tcp").map((p) => `${p.host}:${p.guest}`);
-    if (spec.network === "user") checkKrun("krun_set_port_map", k.krun_set_port_map(ctx, arena.array(tcp)));
-    checkKrun(
-      "krun_add_vsock_port2",
-      required(k.krun_add_vsock_port2, "krun_add_vsock_port2")(ctx, AGENT_VSOCK_PORT, arena.str(vmSock), false),
-    );
-    checkKrun(
-      "krun_set_console_output",
-      required(k.krun_set_console_output, "krun_set_console_output")(ctx, arena.str(join(spec.dir, "console.log"))),
-    );
-    return ctx;
+    checkKrun("krun_set_vm_config", k.krun_set_vm_config(c.id, spec.cpus, spec.memoryMib));
+    await setRoot(c, spec, paths);
+    await addInit(c, spec);
+    addShares(c, spec);
+    addVsock(c, spec, vmSock);
+    const setConsole = required(k.krun_set_console_output, "krun_set_console_output");
+    checkKrun("krun_set_console_output", setConsole(c.id, arena.str(paths.consoleLog)));
+    return c.id;
   } catch (e) {
-    k.krun_free_ctx(ctx);
+    k.krun_free_ctx(c.id);
     throw e;
   }
 }
 
+/** The root virtiofs: a shared writable directory root itself, else a trampoline directory with the root's disks (and a private directory root's share) attached. */
+async function setRoot(c: Ctx, spec: VmSpec, paths: SandboxPaths): Promise<void> {
+  let rootDir: string;
+  if (spec.root.kind === "dir" && !spec.root.upper) {
+    rootDir = spec.root.path;
+  } else {
+    // A trampoline root: only the agent, its config and the mount points it needs.
+    rootDir = paths.trampoline;
+    for (const d of TRAMPOLINE_DIRS) await Deno.mkdir(`${rootDir}/${d}`, { recursive: true });
+    const addDisk = required(c.k.krun_add_disk2, "krun_add_disk2");
+    for (const disk of rootDisks(spec.root)) {
+      const rc = addDisk(
+        c.id,
+        c.arena.str(disk.id),
+        c.arena.str(disk.path),
+        KRUN_DISK_FORMAT[disk.format],
+        disk.readonly,
+      );
+      checkKrun("krun_add_disk2", rc);
+    }
+    if (spec.root.kind === "dir") {
+      // The directory read-only (libkrun enforces it) under this sandbox's upper.
+      const add = required(c.k.krun_add_virtiofs3, "krun_add_virtiofs3");
+      const rc = add(c.id, c.arena.str(DIR_LOWER_TAG), c.arena.str(spec.root.path), 0n, true);
+      checkKrun("krun_add_virtiofs3", rc);
+    }
+  }
+  checkKrun("krun_set_root", c.k.krun_set_root(c.id, c.arena.str(rootDir)));
+}
+
+/** The agent as `/init.krun` and its boot config as `/krunbox/boot.json`: overlay files on the root, so no image is modified. */
+async function addInit(c: Ctx, spec: VmSpec): Promise<void> {
+  const overlayDir = required(c.k.krun_fs_add_overlay_dir, "krun_fs_add_overlay_dir");
+  const overlayFile = required(c.k.krun_fs_add_overlay_file, "krun_fs_add_overlay_file");
+  const tag = c.arena.str(KRUN_FS_ROOT_TAG);
+  const file = (path: string, data: Uint8Array, mode: number) => {
+    const bytes = c.arena.bytes(data);
+    checkKrun(
+      "krun_fs_add_overlay_file",
+      overlayFile(c.id, tag, c.arena.str(path), bytes, BigInt(bytes.length), mode, false),
+    );
+  };
+  checkKrun("krun_fs_add_overlay_dir", overlayDir(c.id, tag, c.arena.str("/krunbox"), 0o755));
+  file("/init.krun", await Deno.readFile(assetPath("agent")), 0o755);
+  file("/krunbox/boot.json", new TextEncoder().encode(JSON.stringify(libkrunBootConfig(spec))), 0o644);
+}
+
+/** Every shared directory as a virtiofs device (libkrun enforces read-only ones). */
+function addShares(c: Ctx, spec: VmSpec): void {
+  for (const s of spec.shares) {
+    const add = required(c.k.krun_add_virtiofs3, "krun_add_virtiofs3");
+    checkKrun("krun_add_virtiofs3", add(c.id, c.arena.str(s.tag), c.arena.str(s.hostPath), 0n, s.readonly));
+  }
+}
+
+/** One vsock device: TSI (with the port map) only for a networked sandbox, and the agent's port mapped to `vmSock`. */
+function addVsock(c: Ctx, spec: VmSpec, vmSock: string): void {
+  const { k, id, arena } = c;
+  checkKrun("krun_disable_implicit_vsock", required(k.krun_disable_implicit_vsock, "krun_disable_implicit_vsock")(id));
+  const tsi = spec.network === "user" ? KRUN_TSI.hijackInet : 0;
+  checkKrun("krun_add_vsock", required(k.krun_add_vsock, "krun_add_vsock")(id, tsi));
+  const tcp = spec.ports.filter((p) => p.protocol === "tcp").map((p) => `${p.host}:${p.guest}`);
+  if (spec.network === "user") checkKrun("krun_set_port_map", k.krun_set_port_map(id, arena.array(tcp)));
+  checkKrun(
+    "krun_add_vsock_port2",
+    required(k.krun_add_vsock_port2, "krun_add_vsock_port2")(id, AGENT_VSOCK_PORT, arena.str(vmSock), false),
+  );
+}
+
 /**
- * The libkrun backend.
+ * The libkrun backend. A boot: listen for the agent's vsock port, configure
+ * a context, start it (a nonblocking call that returns only if the VM could
+ * not start), accept the agent's connection.
  *
  * @example
  * ```ts
@@ -182,10 +206,9 @@ export const libkrunBackend: Backend = {
   kind: "libkrun",
   async boot(spec: VmSpec, signal: AbortSignal): Promise<Vm> {
     const arena = new CStrings();
-    const vmSock = join(spec.dir, "vm.sock");
-    await Deno.remove(vmSock).catch(() => {});
-    const listener = Deno.listen({ transport: "unix", path: vmSock });
-    const ctx = await configureContext(spec, vmSock, arena);
+    const paths = sandboxPaths(spec.dir);
+    const listener = await listenFresh(paths.vmSocket);
+    const ctx = await configureContext(spec, paths.vmSocket, arena);
     const k = load().symbols;
     // Resolves only if the VM could not start: on success the process ends with the guest.
     const started = k.krun_start_enter(ctx);
@@ -195,17 +218,12 @@ export const libkrunBackend: Backend = {
     });
     const kill = () => Deno.exit(137);
     signal.addEventListener("abort", kill, { once: true });
-    const agent = await Promise.race([
-      listener.accept(),
-      exited.then((e) => {
-        throw new BackendUnavailableError(
-          "libkrun",
-          `krun_start_enter failed with errno ${-(e.code ?? 0)}`,
-          "see the sandbox's console.log; `./dev doctor` checks KVM",
-        );
-      }),
-    ]);
-    listener.close();
+    const agent = await acceptAgent(listener, exited, (e) =>
+      new BackendUnavailableError(
+        "libkrun",
+        `krun_start_enter failed with errno ${-(e.code ?? 0)}`,
+        "see the sandbox's console.log; `./dev doctor` checks KVM",
+      ));
     signal.removeEventListener("abort", kill);
     return { agent, exited, vmmPid: Deno.pid, inProcess: true, kill };
   },

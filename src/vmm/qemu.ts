@@ -15,14 +15,24 @@
 import { join } from "node:path";
 import { BackendUnavailableError } from "../errors.ts";
 import { assetDir, assetPath } from "../store/assets.ts";
-import type { Backend, Vm, VmExit, VmSpec } from "./backend.ts";
+import { closeQuietly } from "../util/close.ts";
+import {
+  type Backend,
+  type SandboxPaths,
+  sandboxPaths,
+  type Vm,
+  type VmExit,
+  type VmShare,
+  type VmSpec,
+} from "./backend.ts";
+import { type BootConfig, bootConfig, ROOT_TAG, rootDisks } from "./boot_config.ts";
+import { acceptAgent, listenFresh } from "./channel.ts";
+import { ChildGroup } from "./children.ts";
 import { encodeCpio } from "./cpio.ts";
 import { probeHost } from "./detect.ts";
 import { GUEST_MODULES, loadOrder, type ModuleIndex } from "./modules.ts";
 import { checkedPrograms, qemuChecks } from "./prereqs.ts";
 import { installShareFilter } from "./seccomp.ts";
-import { logTail } from "../util/logs.ts";
-import { closeQuietly } from "../util/close.ts";
 
 /** The guest address plan of qemu's user-mode network (slirp defaults). */
 export const USER_NET = { iface: "eth0", address: "10.0.2.15/24", gateway: "10.0.2.2", dns: ["10.0.2.3"] } as const;
@@ -89,7 +99,7 @@ export function qemuArgs(spec: VmSpec, host: QemuHost): string[] {
     "-append",
     cmdline.join(" "),
     "-chardev",
-    `file,id=con,path=${join(spec.dir, "console.log")}`,
+    `file,id=con,path=${sandboxPaths(spec.dir).consoleLog}`,
     "-serial",
     "chardev:con",
     "-global",
@@ -112,20 +122,15 @@ export function qemuArgs(spec: VmSpec, host: QemuHost): string[] {
       );
     }
   }
-  const disk = (id: string, file: string, format: string, readonly: boolean) =>
+  for (const disk of rootDisks(spec.root)) {
     args.push(
       "-drive",
-      `id=${id},file=${file},format=${format},if=none,cache=unsafe${readonly ? ",readonly=on" : ""}`,
+      `id=${disk.id},file=${disk.path},format=${disk.format},if=none,cache=unsafe${
+        disk.readonly ? ",readonly=on" : ""
+      }`,
       "-device",
-      `virtio-blk-device,drive=${id},serial=${id}`,
+      `virtio-blk-device,drive=${disk.id},serial=${disk.id}`,
     );
-  if (spec.root.kind === "overlay") {
-    disk("lower", spec.root.lower, "raw", true);
-    disk("upper", spec.root.upper, "raw", false);
-  } else if (spec.root.kind === "disk") {
-    disk("root", spec.root.path, spec.root.format, false);
-  } else if (spec.root.upper) {
-    disk("upper", spec.root.upper, "raw", false);
   }
   if (spec.network === "user") {
     const fwd = spec.ports.map((p) => `,hostfwd=${p.protocol}:127.0.0.1:${p.host}-:${p.guest}`).join("");
@@ -135,8 +140,9 @@ export function qemuArgs(spec: VmSpec, host: QemuHost): string[] {
 }
 
 /**
- * The agent's boot config for a qemu guest: the spec's, plus the modules to
- * load, the root as the guest finds it, the transport and the network.
+ * The agent's boot config for a qemu guest: the shared one
+ * ({@link bootConfig}) with the modules to load, a directory root on
+ * virtiofs, the virtio-serial port and qemu's user-mode network.
  *
  * @example
  * ```ts
@@ -147,30 +153,106 @@ export function qemuArgs(spec: VmSpec, host: QemuHost): string[] {
  *     shares: [], ports: [], network: "none", boot: {}, bootTimeoutMs: 30000 },
  *   idx,
  *   ["virtio_console"],
- * ));
+ * ).modules); // ["/lib/modules/virtio_console.ko"]
  * ```
  */
 export function qemuBootConfig(
   spec: VmSpec,
   modules: ModuleIndex,
   wanted: readonly string[] = [...GUEST_MODULES, ...(spec.extraModules ?? [])],
-): Record<string, unknown> {
-  const root = spec.root.kind === "dir"
-    ? { kind: "virtiofs", tag: "root", ...(spec.root.upper ? { upper: { serial: "upper", fstype: "ext4" } } : {}) }
-    : spec.root.kind === "overlay"
-    ? { kind: "overlay", lower: { serial: "lower", fstype: "erofs" }, upper: { serial: "upper", fstype: "ext4" } }
-    : { kind: "block", serial: "root", fstype: spec.root.fstype };
-  return {
-    ...spec.boot,
+): BootConfig {
+  return bootConfig(spec, {
     modules: loadOrder(modules, wanted).map((m) => `/lib/modules/${m}.ko`),
-    root,
-    mounts: [
-      ...((spec.boot.mounts as unknown[] | undefined) ?? []),
-      ...spec.shares.map((s) => ({ kind: "virtiofs", tag: s.tag, target: s.guestPath, readonly: s.readonly })),
-    ],
+    dirRoot: { kind: "virtiofs", tag: ROOT_TAG },
+    dirLowerTag: ROOT_TAG,
     transport: { kind: "virtio-port", name: "agent" },
     network: spec.network === "user" ? USER_NET : null,
-  };
+  });
+}
+
+/**
+ * The directories virtiofsd serves for a spec: its shares, and a directory
+ * root first (as tag `root`; read-only unless the caller asked for a shared
+ * writable root).
+ *
+ * @example
+ * ```ts
+ * import { qemuShares } from "./qemu.ts";
+ * console.log(qemuShares(
+ *   { name: "a", backend: "qemu", cpus: 1, memoryMib: 512, dir: "/s", root: { kind: "dir", path: "/r" },
+ *     shares: [], ports: [], network: "none", boot: {}, bootTimeoutMs: 30000 },
+ * )); // [{ tag: "root", hostPath: "/r", guestPath: "/", readonly: false }]
+ * ```
+ */
+export function qemuShares(spec: VmSpec): VmShare[] {
+  return spec.root.kind === "dir"
+    ? [{ tag: ROOT_TAG, hostPath: spec.root.path, guestPath: "/", readonly: !!spec.root.upper }, ...spec.shares]
+    : [...spec.shares];
+}
+
+/**
+ * The qemu backend. A boot: check the programs, write this boot's
+ * initramfs, start a virtiofsd per shared directory, listen for the agent
+ * port, start qemu, accept its connection.
+ *
+ * @example
+ * ```ts
+ * import { qemuBackend } from "./qemu.ts";
+ * console.log(qemuBackend.kind);
+ * ```
+ */
+export const qemuBackend: Backend = {
+  kind: "qemu",
+  async boot(spec: VmSpec, signal: AbortSignal): Promise<Vm> {
+    const paths = sandboxPaths(spec.dir);
+    const programs = spec.programs ?? await checkedPrograms("qemu", await qemuChecks());
+    const host = await probeHost();
+    await writeInitrd(paths, qemuBootConfig(spec, await kernelModules()));
+    const children = new ChildGroup("qemu", paths.runnerLog);
+    signal.addEventListener("abort", () => children.kill(), { once: true });
+    let listener: Deno.UnixListener | undefined;
+    try {
+      const fsSockets = await startVirtiofsd(children, programs["virtiofsd"], qemuShares(spec), paths);
+      listener = await listenFresh(paths.vmSocket);
+      const args = qemuArgs(spec, {
+        kernel: assetPath("kernel"),
+        initrd: paths.initrd,
+        accel: host.hardwareFlag && host.kvmUsable ? "kvm" : "tcg",
+        tscKhz: host.tscKhz,
+        agentSocket: paths.vmSocket,
+        fsSockets,
+      });
+      const vmm = await startQemu(children, programs["qemu-system-x86_64"], args, paths);
+      const bootFiles = [paths.vmSocket, paths.initrd, ...Object.values(fsSockets).flatMap((s) => [s, `${s}.pid`])];
+      const exited = whenExited(vmm, children, listener, bootFiles);
+      const agent = await acceptAgent(
+        listener,
+        exited,
+        (e) =>
+          new BackendUnavailableError("qemu", `qemu exited at start (code ${e.code})`, "see the sandbox's runner.log"),
+      );
+      // qemu copied the initrd into guest memory at start: its 6 MB need not stay on disk.
+      const booted = () => Deno.remove(paths.initrd).catch(() => {});
+      return { agent, exited, vmmPid: vmm.pid, kill: () => children.kill(), booted };
+    } catch (e) {
+      children.kill();
+      if (listener) closeQuietly(listener);
+      throw e;
+    }
+  },
+};
+
+/** The guest kernel's module index (written by provisioning beside the kernel). */
+async function kernelModules(): Promise<ModuleIndex> {
+  return JSON.parse(await Deno.readTextFile(join(assetDir("kernel"), "modules.json"))).modules as ModuleIndex;
+}
+
+/** This boot's initramfs: the shared one plus a small archive with boot.json (Linux unpacks both). */
+async function writeInitrd(paths: SandboxPaths, config: BootConfig): Promise<void> {
+  const boot = new TextEncoder().encode(JSON.stringify(config));
+  await Deno.copyFile(assetPath("initramfs"), paths.initrd);
+  const extra = encodeCpio([{ kind: "dir", path: "krunbox" }, { kind: "file", path: "krunbox/boot.json", data: boot }]);
+  await Deno.writeFile(paths.initrd, extra, { append: true });
 }
 
 /** The host identity virtiofsd runs as (the runner's). */
@@ -244,7 +326,7 @@ export function virtiofsdArgs(
     // A read-only root changes under no guest: caching it fully makes a spawn
     // ~15x faster under TCG (no FUSE round trip per lookup). Volumes and a
     // shared writable root stay coherent with changes made elsewhere.
-    `--cache=${share.tag === "root" && share.readonly ? "always" : "auto"}`,
+    `--cache=${share.tag === ROOT_TAG && share.readonly ? "always" : "auto"}`,
     "--log-level=warn",
   ];
   if (share.readonly) args.push("--readonly");
@@ -262,159 +344,50 @@ export function virtiofsdArgs(
 }
 
 /**
- * qemu and virtiofsd are started through `setpriv --pdeathsig KILL`: the
- * kernel kills them when the runner dies, however it dies (a SIGKILLed
- * runner must not leave an unmanaged VM). Deno spawns from the main thread,
- * so the "parent" whose death counts is the runner process itself.
+ * One virtiofsd per share (the runner's share filter installed first, so
+ * each inherits it), each ready on its vhost-user socket; the sockets by tag.
  */
-const SETPRIV = "setpriv";
-const TIE_TO_RUNNER = ["--pdeathsig", "KILL", "--"];
-
-async function waitForSocket(
-  path: string,
-  proc: Deno.ChildProcess,
-  what: string,
-  log: string,
-  ms = 5000,
-): Promise<void> {
-  const end = Date.now() + ms;
-  let exited = false;
-  proc.status.then(() => (exited = true));
-  while (Date.now() < end) {
-    if (exited) {
-      await new Promise((r) => setTimeout(r, 50)); // let its stderr reach the log
-      throw new BackendUnavailableError("qemu", `${what} exited at start:\n${await logTail(log, 5)}\n`, `see ${log}`);
-    }
-    try {
-      if ((await Deno.stat(path)).isSocket) return;
-    } catch {
-      // not yet
-    }
-    await new Promise((r) => setTimeout(r, 5));
+async function startVirtiofsd(
+  children: ChildGroup,
+  virtiofsd: string,
+  shares: readonly VmShare[],
+  paths: SandboxPaths,
+): Promise<Record<string, string>> {
+  const fsSockets: Record<string, string> = {};
+  if (shares.length > 0) installShareFilter();
+  for (const share of shares) {
+    const sock = paths.fsSocket(share.tag);
+    await Deno.remove(sock).catch(() => {});
+    const child = children.spawn(virtiofsd, virtiofsdArgs(share, sock));
+    await children.waitForSocket(child, sock, "virtiofsd");
+    fsSockets[share.tag] = sock;
   }
-  throw new BackendUnavailableError(
-    "qemu",
-    `${what} did not create ${path} within ${ms} ms`,
-    "see the sandbox's runner.log",
-  );
+  return fsSockets;
 }
 
-/**
- * The qemu backend.
- *
- * @example
- * ```ts
- * import { qemuBackend } from "./qemu.ts";
- * console.log(qemuBackend.kind);
- * ```
- */
-export const qemuBackend: Backend = {
-  kind: "qemu",
-  async boot(spec: VmSpec, signal: AbortSignal): Promise<Vm> {
-    const programs = spec.programs ?? await checkedPrograms("qemu", await qemuChecks());
-    const qemu = programs["qemu-system-x86_64"];
-    const virtiofsd = programs["virtiofsd"];
-    const modules = JSON.parse(await Deno.readTextFile(join(assetDir("kernel"), "modules.json")))
-      .modules as ModuleIndex;
-    const host = await probeHost();
+/** Starts qemu with `args`, its command line first in the runner log. */
+async function startQemu(
+  children: ChildGroup,
+  qemu: string,
+  args: readonly string[],
+  paths: SandboxPaths,
+): Promise<Deno.ChildProcess> {
+  await Deno.writeTextFile(paths.runnerLog, `qemu ${args.join(" ")}\n`, { append: true });
+  return children.spawn(qemu, args, "log");
+}
 
-    // The per-boot initramfs: the shared one plus a small archive with boot.json (Linux unpacks both).
-    const boot = new TextEncoder().encode(JSON.stringify(qemuBootConfig(spec, modules)));
-    const initrd = join(spec.dir, "initrd.img");
-    await Deno.copyFile(assetPath("initramfs"), initrd);
-    const extra = encodeCpio([{ kind: "dir", path: "krunbox" }, {
-      kind: "file",
-      path: "krunbox/boot.json",
-      data: boot,
-    }]);
-    await Deno.writeFile(initrd, extra, { append: true });
-
-    const children: Deno.ChildProcess[] = [];
-    const logPath = join(spec.dir, "runner.log");
-    // One append handle per stream: a pipe locks its destination for its whole life.
-    const toLog = async (stream: ReadableStream<Uint8Array>) => {
-      const file = await Deno.open(logPath, { append: true, create: true });
-      await stream.pipeTo(file.writable).catch(() => {});
-    };
-    const kill = () => {
-      for (const c of children) {
-        try {
-          c.kill("SIGKILL");
-        } catch {
-          // already gone
-        }
-      }
-    };
-    signal.addEventListener("abort", kill, { once: true });
-    try {
-      const fsSockets: Record<string, string> = {};
-      const shares = spec.root.kind === "dir"
-        ? [{ tag: "root", hostPath: spec.root.path, guestPath: "/", readonly: !!spec.root.upper }, ...spec.shares]
-        : [...spec.shares];
-      if (shares.length > 0) installShareFilter();
-      for (const share of shares) {
-        const sock = join(spec.dir, `fs-${share.tag.replaceAll("/", "_")}.sock`);
-        await Deno.remove(sock).catch(() => {});
-        const child = new Deno.Command(SETPRIV, {
-          args: [...TIE_TO_RUNNER, virtiofsd, ...virtiofsdArgs(share, sock)],
-          stdin: "null",
-          stdout: "null",
-          stderr: "piped",
-        }).spawn();
-        children.push(child);
-        toLog(child.stderr);
-        await waitForSocket(sock, child, "virtiofsd", logPath);
-        fsSockets[share.tag] = sock;
-      }
-
-      const vmSock = join(spec.dir, "vm.sock");
-      await Deno.remove(vmSock).catch(() => {});
-      const listener = Deno.listen({ transport: "unix", path: vmSock });
-      const args = qemuArgs(spec, {
-        kernel: assetPath("kernel"),
-        initrd,
-        accel: host.hardwareFlag && host.kvmUsable ? "kvm" : "tcg",
-        tscKhz: host.tscKhz,
-        agentSocket: vmSock,
-        fsSockets,
-      });
-      await Deno.writeTextFile(join(spec.dir, "runner.log"), `qemu ${args.join(" ")}\n`, { append: true });
-      const vmm = new Deno.Command(SETPRIV, {
-        args: [...TIE_TO_RUNNER, qemu, ...args],
-        stdin: "null",
-        stdout: "piped",
-        stderr: "piped",
-      }).spawn();
-      children.push(vmm);
-      toLog(vmm.stdout);
-      toLog(vmm.stderr);
-      const exited: Promise<VmExit> = vmm.status.then(async (s) => {
-        kill();
-        closeQuietly(listener);
-        await Promise.all(children.map((c) => c.status));
-        // Per-boot files; the next boot makes them anew.
-        for (const f of [vmSock, initrd, ...Object.values(fsSockets).flatMap((s) => [s, `${s}.pid`])]) {
-          await Deno.remove(f).catch(() => {});
-        }
-        return { code: s.signal ? null : s.code, signal: s.signal };
-      });
-      const agent = await Promise.race([
-        listener.accept(),
-        exited.then((e) => {
-          throw new BackendUnavailableError(
-            "qemu",
-            `qemu exited at start (code ${e.code})`,
-            "see the sandbox's runner.log",
-          );
-        }),
-      ]);
-      closeQuietly(listener);
-      // qemu copied the initrd into guest memory at start: its 6 MB need not stay on disk.
-      const booted = () => Deno.remove(initrd).catch(() => {});
-      return { agent, exited, vmmPid: vmm.pid, kill, booted };
-    } catch (e) {
-      kill();
-      throw e;
-    }
-  },
-};
+/** Resolves when qemu has exited and its helpers with it, this boot's files removed. */
+async function whenExited(
+  vmm: Deno.ChildProcess,
+  children: ChildGroup,
+  listener: Deno.UnixListener,
+  bootFiles: readonly string[],
+): Promise<VmExit> {
+  const s = await vmm.status;
+  children.kill();
+  closeQuietly(listener);
+  await children.exited();
+  // Per-boot files; the next boot makes them anew.
+  for (const f of bootFiles) await Deno.remove(f).catch(() => {});
+  return { code: s.signal ? null : s.code, signal: s.signal };
+}

@@ -7,14 +7,39 @@
  * `runner.` are answered by the runner itself (stop, kill, drain, info).
  *
  * Writes to clients are queued, not awaited, so one slow client never stalls
- * the guest stream; memory stays bounded because exec output is windowed by
- * the agent and file reads are pulled by each client.
+ * the guest stream; each client's queue is capped in bytes
+ * (`DEFAULTS.relayClientQueueBytes`) and a client that does not read is cut off
+ * (its execs killed, its handles closed), the others unaffected.
+ *
+ * The host keeps its own account of time and of execs, whatever the guest
+ * says or fails to say:
+ * - idle time runs from the last frame a client sent (a request, an ack of
+ *   output it consumed, stdin, a cancel), or to the end of the timeout a
+ *   running exec was given; a silent exec without a timeout does not hold
+ *   it off, and neither does anything the guest sends on its own;
+ * - an exec stops counting as running (for drain and `runningExecs`) at its
+ *   `exec.exit`, or `DEFAULTS.execAbandonGraceMs` after it was cancelled, its
+ *   client left, or its timeout passed — then its route is dropped, so a
+ *   guest that never sends `exec.exit` holds neither drain nor memory;
+ * - a cancelled request that the guest never answers is forgotten after the
+ *   same grace; the runner's own requests have deadlines;
+ * - broken frames from the guest are counted (bounded), skipped, never kept.
  *
  * @module
  */
 
-import { type Frame, FrameDecoder, isDecodeError, type RpcMessage } from "../agent/frame.ts";
+import { AgentTimeoutError } from "../errors.ts";
+import {
+  type Frame,
+  FrameErrorCounts,
+  type FrameErrorSummary,
+  FrameStream,
+  isDecodeError,
+  type RpcMessage,
+} from "../agent/frame.ts";
+import { decodeErrorCode, type Method, type Params, RPC_ERROR } from "../agent/rpc.ts";
 import { FrameWriter } from "../agent/writer.ts";
+import { DEFAULTS } from "../settings.ts";
 import { closeQuietly } from "../util/close.ts";
 
 /** Handles `runner.*` requests. */
@@ -31,14 +56,25 @@ interface Client {
   readonly execs: Set<number>;
   /** open fs handles. */
   readonly handles: Set<number>;
+  /** Set once the client is gone. */
+  gone: boolean;
 }
 
 /** Where a relay id's answers go: a client's request, or the runner's own. */
 type Route =
-  | { readonly client: Client; readonly clientId: number; readonly method: string }
+  | {
+    readonly client: Client;
+    readonly clientId: number;
+    readonly method: string;
+    /** For an exec: when the host expects it to be over (its timeout), if it has one. */
+    readonly dueAt?: number;
+    /** When the host stops waiting for this route (set by a cancel, a disconnect or a passed timeout). */
+    expiresAt?: number;
+  }
   | { readonly client?: undefined; readonly resolve: (h: RpcMessage) => void };
 
-const ERR_SHUTTING_DOWN = -32040;
+/** How often the relay looks for abandoned execs while someone waits on them. */
+const SWEEP_MS = 100;
 
 /**
  * The relay between a guest stream and host clients.
@@ -58,38 +94,52 @@ export class Relay {
   #readyFrame: Frame | undefined;
   #draining = false;
   #lastActivity = Date.now();
+  readonly #guestErrors = new FrameErrorCounts();
   /** Callers of {@link execsDone} waiting for the last exec to end. */
   readonly #execsDoneWaiters: (() => void)[] = [];
+  #sweeper: ReturnType<typeof setInterval> | undefined;
   /** Resolves with the agent's ready frame. */
   readonly ready: Promise<Frame>;
   /** Resolves when the guest stream ends. */
   readonly guestClosed: Promise<void>;
-  /** Broken frames seen from the guest (skipped). */
-  readonly guestErrors: string[] = [];
 
   constructor(guest: Deno.Conn, readonly control: ControlHandler) {
-    this.#guest = new FrameWriter(guest);
+    this.#guest = new FrameWriter(guest, { peer: "the guest agent" });
     let onReady!: (f: Frame) => void;
     this.ready = new Promise((r) => (onReady = r));
     this.guestClosed = this.#readGuest(guest, onReady);
   }
 
-  /** Milliseconds since the last client request, or 0 while an exec runs. */
-  get idleMs(): number {
-    for (const c of this.#clients) if (c.execs.size > 0) return 0;
-    return Date.now() - this.#lastActivity;
+  /** Broken frames seen from the guest (each skipped): counters and the first few messages. */
+  get guestErrors(): FrameErrorSummary {
+    return this.#guestErrors.summary;
   }
 
-  /** Number of execs running for all clients. */
+  /** Milliseconds without host activity: since the last client frame, or since the last exec timeout ran out. */
+  get idleMs(): number {
+    const now = Date.now();
+    this.#sweep(now);
+    let busyUntil = this.#lastActivity;
+    for (const route of this.#routes.values()) {
+      if (route.client && !route.client.gone && route.dueAt !== undefined && route.expiresAt === undefined) {
+        busyUntil = Math.max(busyUntil, route.dueAt);
+      }
+    }
+    return Math.max(0, now - busyUntil);
+  }
+
+  /** Number of execs running for all clients, as the host counts them. */
   get runningExecs(): number {
+    this.#sweep(Date.now());
     let n = 0;
     for (const c of this.#clients) n += c.execs.size;
     return n;
   }
 
-  /** Resolves once no exec is running (at once when none is). */
+  /** Resolves once no exec is running (at once when none is); an exec the guest never ends counts until abandoned. */
   execsDone(): Promise<void> {
     if (this.runningExecs === 0) return Promise.resolve();
+    this.#sweeper ??= setInterval(() => this.#execsChanged(), SWEEP_MS);
     return new Promise((resolve) => this.#execsDoneWaiters.push(resolve));
   }
 
@@ -97,6 +147,29 @@ export class Relay {
     if (this.#execsDoneWaiters.length > 0 && this.runningExecs === 0) {
       for (const resolve of this.#execsDoneWaiters.splice(0)) resolve();
     }
+    if (this.#execsDoneWaiters.length === 0 && this.#sweeper !== undefined) {
+      clearInterval(this.#sweeper);
+      this.#sweeper = undefined;
+    }
+  }
+
+  /** Drops routes the host no longer waits for: abandoned execs and cancelled requests past their grace. */
+  #sweep(now: number): void {
+    for (const [id, route] of this.#routes) {
+      if (!route.client) continue;
+      if (route.expiresAt === undefined && route.dueAt !== undefined && now >= route.dueAt) {
+        // The exec was activity up to its timeout; idle time runs from there.
+        this.#lastActivity = Math.max(this.#lastActivity, route.dueAt);
+        route.expiresAt = route.dueAt + DEFAULTS.execAbandonGraceMs;
+      }
+      if (route.expiresAt !== undefined && now >= route.expiresAt) this.#forget(id, route);
+    }
+  }
+
+  #forget(id: number, route: Route & { client: Client }): void {
+    this.#routes.delete(id);
+    route.client.execs.delete(id);
+    if (route.client.ids.get(route.clientId) === id) route.client.ids.delete(route.clientId);
   }
 
   /** Refuse new execs from now on (in-flight ones finish). */
@@ -104,12 +177,29 @@ export class Relay {
     this.#draining = true;
   }
 
-  /** Sends a request of the runner's own to the agent; resolves with the response header. */
-  requestGuest(method: string, params: Record<string, unknown>): Promise<RpcMessage> {
+  /** Sends a request of the runner's own to the agent; resolves with the response header, rejects past its deadline. */
+  requestGuest<M extends Method>(
+    method: M,
+    params: Params<M>,
+    timeoutMs: number = DEFAULTS.runnerControlTimeoutMs,
+  ): Promise<RpcMessage> {
     const id = this.#nextId++;
     return new Promise((resolve, reject) => {
-      this.#routes.set(id, { resolve });
-      this.#guest.write({ jsonrpc: "2.0", id, method, params }).catch(reject);
+      const timer = setTimeout(() => {
+        this.#routes.delete(id);
+        reject(new AgentTimeoutError(method, timeoutMs));
+      }, timeoutMs);
+      this.#routes.set(id, {
+        resolve: (h) => {
+          clearTimeout(timer);
+          resolve(h);
+        },
+      });
+      this.#guest.write({ jsonrpc: "2.0", id, method, params: params as Record<string, unknown> }).catch((e) => {
+        clearTimeout(timer);
+        this.#routes.delete(id);
+        reject(e);
+      });
     });
   }
 
@@ -123,22 +213,19 @@ export class Relay {
   }
 
   async #readGuest(guest: Deno.Conn, onReady: (f: Frame) => void): Promise<void> {
-    const dec = new FrameDecoder();
     try {
-      for await (const chunk of guest.readable) {
-        dec.push(chunk);
-        for (let f = dec.next(); f; f = dec.next()) {
-          if (isDecodeError(f)) {
-            this.guestErrors.push(`${f.error}: ${f.message}`);
-            continue;
-          }
-          if (!this.#readyFrame && f.header.method === "ready") {
-            this.#readyFrame = f;
-            onReady(f);
-            continue;
-          }
-          this.#fromGuest(f);
+      for await (const f of guest.readable.pipeThrough(new FrameStream())) {
+        if (isDecodeError(f)) {
+          // Skipped (an oversized one without being buffered) and counted; the guest only hurts itself.
+          this.#guestErrors.record(f.error, f.message, f.count);
+          continue;
         }
+        if (!this.#readyFrame && f.header.method === "ready") {
+          this.#readyFrame = f;
+          onReady(f);
+          continue;
+        }
+        this.#fromGuest(f);
       }
     } catch {
       // the VM went away
@@ -153,24 +240,32 @@ export class Relay {
     }
   }
 
+  #toClient(client: Client, header: RpcMessage, attachment?: Uint8Array): void {
+    if (client.gone) return;
+    // A client that does not read is cut off by its writer's cap (the write closes its connection).
+    client.writer.write(header, attachment).catch(() => {});
+  }
+
   #fromGuest(f: Frame) {
     const h = f.header;
     if (h.method !== undefined) {
-      const p = (h.params ?? {}) as { ref?: number };
+      const p = (h.params ?? {}) as { ref?: unknown };
       if (typeof p.ref !== "number") return;
       const route = this.#routes.get(p.ref);
       if (!route?.client) return;
       if (h.method === "exec.exit") {
-        this.#routes.delete(p.ref);
-        route.client.execs.delete(p.ref);
-        route.client.ids.delete(route.clientId);
+        // An exec with a timeout was activity until it ended (never past its timeout).
+        if (route.dueAt !== undefined && route.expiresAt === undefined) {
+          this.#lastActivity = Math.max(this.#lastActivity, Math.min(Date.now(), route.dueAt));
+        }
+        this.#forget(p.ref, route);
         this.#execsChanged();
       }
-      route.client.writer.write({ ...h, params: { ...h.params, ref: route.clientId } }, f.attachment).catch(() => {});
+      this.#toClient(route.client, { ...h, params: { ...h.params, ref: route.clientId } }, f.attachment);
       return;
     }
     if (typeof h.id !== "number") {
-      if (h.error) this.guestErrors.push(`agent: ${h.error.code} ${h.error.message}`);
+      if (h.error) this.#guestErrors.record("agent", `${h.error.code} ${h.error.message}`);
       return;
     }
     const route = this.#routes.get(h.id);
@@ -180,44 +275,40 @@ export class Relay {
       route.resolve(h);
       return;
     }
-    const keep = route.method === "exec.start" && !h.error;
-    if (!keep) {
-      this.#routes.delete(h.id);
-      route.client.ids.delete(route.clientId);
-    }
-    if (route.method === "exec.start" && h.error) {
-      route.client.execs.delete(h.id);
-      this.#execsChanged();
-    }
-    if (route.method === "fs.open" && h.result) route.client.handles.add(h.result.handle as number);
-    route.client.writer.write({ ...h, id: route.clientId }, f.attachment).catch(() => {});
+    const isExec = route.method === "exec.start";
+    if (!isExec || h.error) this.#forget(h.id, route);
+    if (isExec && h.error) this.#execsChanged();
+    if (route.method === "fs.open" && typeof h.result?.handle === "number") route.client.handles.add(h.result.handle);
+    this.#toClient(route.client, { ...h, id: route.clientId }, f.attachment);
   }
 
   async #serveClient(conn: Deno.Conn) {
-    const client: Client = { writer: new FrameWriter(conn), ids: new Map(), execs: new Set(), handles: new Set() };
+    const client: Client = {
+      writer: new FrameWriter(conn, { peer: "a relay client", maxQueuedBytes: DEFAULTS.relayClientQueueBytes }),
+      ids: new Map(),
+      execs: new Set(),
+      handles: new Set(),
+      gone: false,
+    };
     this.#clients.add(client);
     try {
       const ready = await this.ready;
       await client.writer.write(ready.header, ready.attachment);
-      const dec = new FrameDecoder();
-      for await (const chunk of conn.readable) {
-        dec.push(chunk);
-        for (let f = dec.next(); f; f = dec.next()) {
-          if (isDecodeError(f)) {
-            client.writer.write({
-              jsonrpc: "2.0",
-              id: null,
-              error: { code: f.error === "parse_error" ? -32700 : -32600, message: f.message },
-            })
-              .catch(() => {});
-            continue;
-          }
-          await this.#fromClient(client, f);
+      for await (const f of conn.readable.pipeThrough(new FrameStream())) {
+        if (isDecodeError(f)) {
+          this.#toClient(client, {
+            jsonrpc: "2.0",
+            id: null,
+            error: { code: decodeErrorCode(f.error), message: f.message },
+          });
+          continue;
         }
+        await this.#fromClient(client, f);
       }
     } catch {
       // the client went away
     } finally {
+      client.gone = true;
       this.#clients.delete(client);
       this.#release(client);
       this.#execsChanged();
@@ -227,15 +318,20 @@ export class Relay {
 
   async #fromClient(client: Client, f: Frame) {
     const h = f.header;
-    const reply = (m: Partial<RpcMessage>) => client.writer.write({ jsonrpc: "2.0", id: h.id, ...m }).catch(() => {});
+    const reply = (m: Partial<RpcMessage>) => this.#toClient(client, { jsonrpc: "2.0", id: h.id, ...m });
     if (h.method === undefined) return;
     this.#lastActivity = Date.now();
     if (h.id === undefined || h.id === null) {
       // Notifications: rewrite the request id they name.
       const p = { ...(h.params ?? {}) } as { id?: number; ref?: number };
-      if (h.method === "$/cancel" && typeof p.id === "number") p.id = client.ids.get(p.id) ?? -1;
+      if (h.method === "$/cancel" && typeof p.id === "number") {
+        const id = client.ids.get(p.id);
+        if (id === undefined) return;
+        this.#cancelled(id);
+        p.id = id;
+      }
       if (typeof p.ref === "number") p.ref = client.ids.get(p.ref) ?? -1;
-      if ((p.id ?? 0) < 0 || (p.ref ?? 0) < 0) return;
+      if ((p.ref ?? 0) < 0) return;
       await this.#guest.write({ ...h, params: p as Record<string, unknown> }, f.attachment).catch(() => {});
       return;
     }
@@ -243,12 +339,12 @@ export class Relay {
       try {
         reply({ result: await this.control(h.method, h.params ?? {}) });
       } catch (e) {
-        reply({ error: { code: -32603, message: (e as Error).message } });
+        reply({ error: { code: RPC_ERROR.INTERNAL_ERROR, message: (e as Error).message } });
       }
       return;
     }
     if (h.method === "exec.start" && this.#draining) {
-      reply({ error: { code: ERR_SHUTTING_DOWN, message: "the sandbox is draining: no new execs" } });
+      reply({ error: { code: RPC_ERROR.SHUTTING_DOWN, message: "the sandbox is draining: no new execs" } });
       return;
     }
     const id = this.#nextId++;
@@ -256,16 +352,29 @@ export class Relay {
     if (typeof params.ref === "number") {
       const mapped = client.ids.get(params.ref);
       if (mapped === undefined) {
-        reply({ error: { code: -32011, message: "no such process" } });
+        reply({ error: { code: RPC_ERROR.NO_SUCH_PROCESS, message: "no such process" } });
         return;
       }
       params.ref = mapped;
     }
     if (h.method === "fs.close") client.handles.delete(params.handle as number);
     client.ids.set(h.id, id);
-    if (h.method === "exec.start") client.execs.add(id);
-    this.#routes.set(id, { client, clientId: h.id, method: h.method });
+    let dueAt: number | undefined;
+    if (h.method === "exec.start") {
+      client.execs.add(id);
+      const t = params.timeoutMs;
+      if (typeof t === "number" && Number.isFinite(t) && t >= 0) dueAt = Date.now() + t;
+    }
+    this.#routes.set(id, { client, clientId: h.id, method: h.method, dueAt });
     await this.#guest.write({ ...h, id, params }, f.attachment).catch(() => {});
+  }
+
+  /** A client cancelled relay request `id`: the host waits for the guest's answer (or exec.exit) a grace at most. */
+  #cancelled(id: number): void {
+    const route = this.#routes.get(id);
+    if (route?.client && route.expiresAt === undefined) route.expiresAt = Date.now() + DEFAULTS.execAbandonGraceMs;
+    // Cancels are where forgotten requests pile up: sweep here too, not only when someone asks.
+    this.#sweep(Date.now());
   }
 
   #release(client: Client) {
@@ -276,9 +385,12 @@ export class Relay {
       const id = this.#nextId++;
       this.#guest.write({ jsonrpc: "2.0", id, method: "fs.close", params: { handle } }).catch(() => {});
     }
+    const expiresAt = Date.now() + DEFAULTS.execAbandonGraceMs;
     for (const [id, route] of this.#routes) {
-      if (route.client === client && !client.execs.has(id)) this.#routes.delete(id);
+      if (route.client !== client) continue;
+      // Exec routes wait a grace for their exec.exit (the write to the gone client is dropped).
+      if (client.execs.has(id)) route.expiresAt ??= expiresAt;
+      else this.#routes.delete(id);
     }
-    // Exec routes stay until their exec.exit arrives (the write to the gone client is dropped).
   }
 }

@@ -13,25 +13,44 @@
  *   it died) means orderly shutdown, then kill after a grace period.
  * - Enforces `maxDurationSecs` and `idleTimeoutSecs` host-side.
  *
+ * The {@link Runner} class holds one VM's state; its status moves
+ * starting (`creating`) → `running` → `draining` → `stopped`, or to
+ * `crashed` from any of them, and each move is one of its methods.
+ *
  * @module
  */
 
-import { BootTimeoutError, KrunboxError, VmCrashedError } from "../errors.ts";
+import { basename } from "node:path";
+import {
+  BackendUnavailableError,
+  BootTimeoutError,
+  errorToWire,
+  KrunboxError,
+  StillRunningError,
+  VmCrashedError,
+  type WireError,
+} from "../errors.ts";
+import { DEFAULTS } from "../settings.ts";
 import { Store, type StoredStatus } from "../store/db.ts";
 import { homeLayout } from "../store/home.ts";
 import { tryLock } from "../store/lock.ts";
-import { sandboxPaths, type Vm, type VmSpec } from "./backend.ts";
+import { closeQuietly } from "../util/close.ts";
+import { logTail } from "../util/logs.ts";
+import { type SandboxPaths, sandboxPaths, type Vm, type VmExit, type VmSpec } from "./backend.ts";
+import { listenFresh } from "./channel.ts";
 import { qemuBackend } from "./qemu.ts";
 import { Relay } from "./relay.ts";
-import { logTail } from "../util/logs.ts";
-
-/** Grace between the agent's shutdown request and killing the VMM. */
-const STOP_GRACE_MS = 5000;
 
 /** The lines a runner prints on stdout for its starter. */
 export type RunnerEvent =
   | { event: "ready"; bootMs: number; boot: Record<string, number>; vmmPid: number }
-  | { event: "failed"; code: string; message: string };
+  /** `error` is the error itself ({@link errorToWire}): the starter rethrows the same class with the same fields. */
+  | { event: "failed"; code: string; message: string; error?: WireError };
+
+/** The agent's `ready` parameters the runner reads. */
+interface ReadyParams {
+  readonly boot: Record<string, number>;
+}
 
 function emit(e: RunnerEvent) {
   try {
@@ -41,165 +60,277 @@ function emit(e: RunnerEvent) {
   }
 }
 
-async function main(dir: string, mode: string): Promise<number> {
-  const paths = sandboxPaths(dir);
-  const lock = tryLock(paths.runnerLock, true);
-  if (!lock) {
-    emit({ event: "failed", code: "STILL_RUNNING", message: `a runner already owns ${dir}` });
-    return 3;
+function emitFailed(err: KrunboxError) {
+  emit({ event: "failed", code: err.code, message: err.message, error: errorToWire(err) });
+}
+
+/**
+ * One sandbox's runner: boots its VM, relays its clients, and moves its
+ * status as the VM lives and ends.
+ *
+ * @example
+ * ```ts
+ * import { Runner } from "./runner.ts";
+ * // const code = await new Runner(spec, sandboxPaths(dir), store, true).run();
+ * ```
+ */
+export class Runner {
+  #status: StoredStatus = "creating";
+  #stopReason: string | null = null;
+  /** An orderly end was asked for (stop, kill, drain, the owner gone): the VM's exit is `stopped`. */
+  #orderly = false;
+  /** The boot failed: the VM's exit changes nothing more. */
+  #bootFailed = false;
+  #attached: boolean;
+  readonly #timers: ReturnType<typeof setTimeout>[] = [];
+  /** Aborted when the boot takes too long: the backend kills what it started. */
+  readonly #bootAbort = new AbortController();
+  #vm?: Vm;
+  #relay?: Relay;
+  #finished?: Promise<void>;
+
+  /** A runner for `spec`; `attached` when an owner holds its stdin. */
+  constructor(
+    readonly spec: VmSpec,
+    readonly paths: SandboxPaths,
+    readonly store: Store,
+    attached: boolean,
+  ) {
+    this.#attached = attached;
   }
-  const spec = JSON.parse(await Deno.readTextFile(paths.vmSpec)) as VmSpec;
-  const store = Store.open(homeLayout().db);
-  let attached = mode === "attached";
-  let status: StoredStatus = "creating";
-  let stopReason: string | null = null;
-  let orderly = false;
-  const setStatus = (s: StoredStatus, reason?: string) => {
-    status = s;
-    if (reason !== undefined) stopReason = reason;
-    store.update(spec.name, { status: s, stopReason, detached: !attached });
-  };
-  const log = (m: string) =>
-    Deno.writeTextFileSync(paths.runnerLog, `${new Date().toISOString()} ${m}\n`, { append: true });
 
-  const abort = new AbortController();
-  let vm: Vm;
-  try {
-    const backend = spec.backend === "qemu" ? qemuBackend : (await import("./libkrun.ts")).libkrunBackend;
-    vm = await backend.boot(spec, abort.signal);
-  } catch (e) {
-    const err = e instanceof KrunboxError
-      ? e
-      : new KrunboxError("BACKEND_UNAVAILABLE", String((e as Error).message ?? e));
-    emit({ event: "failed", code: err.code, message: err.message });
-    setStatus("crashed", `boot failed: ${err.message}`);
-    log(`boot failed: ${err.message}`);
-    return 1;
+  /** The status last written. */
+  get status(): StoredStatus {
+    return this.#status;
   }
 
-  // The terminal status is written before any client hears that the VM is gone.
-  const timers: ReturnType<typeof setTimeout>[] = [];
-  const finished = vm.exited.then(async (exit) => {
-    for (const t of timers) clearTimeout(t);
-    await Deno.remove(paths.agentSocket).catch(() => {});
-    if (orderly) setStatus("stopped", stopReason ?? "stopped");
-    else setStatus("crashed", `the VM exited unexpectedly (code ${exit.code}, signal ${exit.signal})`);
-    log(`exited: ${status} (${stopReason})`);
-  });
+  /** Boots the VM and serves until it is gone; resolves with the process's exit code. */
+  async run(): Promise<number> {
+    const vm = await this.#boot();
+    if (!vm) return 1;
+    // The terminal status is written before any client hears that the VM is gone.
+    this.#finished = vm.exited.then((exit) => this.#exited(exit));
+    const relay = this.#relay = new Relay(vm.agent, (method, params) => this.#control(method, params));
+    const listener = await listenFresh(this.paths.agentSocket);
+    try {
+      const ready = await this.#awaitReady(vm, relay);
+      if (!ready) return 1;
+      await this.#running(vm, ready);
+      relay.serve(listener);
+      emit({ event: "ready", bootMs: this.#bootMs(ready), boot: ready.boot, vmmPid: vm.vmmPid });
+      this.#watch();
+      await this.#finished;
+      // Let a runner.stop/kill reply reach its caller before the connections close.
+      await new Promise((r) => setTimeout(r, 0));
+      await relay.closeClients();
+      return 0;
+    } finally {
+      closeQuietly(listener);
+    }
+  }
 
-  /** Marks an orderly end; an in-process VMM ends this process with the guest, so its status cannot wait. */
-  const beginEnd = (reason: string, verb: string) => {
-    orderly = true;
-    stopReason = reason;
-    log(`${verb}: ${reason}`);
-    if (vm.inProcess) setStatus("stopped", reason);
-  };
-  const stop = async (reason: string, graceMs = STOP_GRACE_MS) => {
-    if (orderly) return;
-    beginEnd(reason, "stopping");
-    relay.requestGuest("shutdown", { graceMs: Math.min(graceMs, 2000) }).catch(() => {});
+  // --- status transitions -------------------------------------------------
+
+  /** creating → running: the agent is ready. */
+  async #running(vm: Vm, ready: ReadyParams): Promise<void> {
+    await vm.booted?.();
+    const bootMs = this.#bootMs(ready);
+    this.store.update(this.spec.name, { bootMs });
+    this.#log(
+      `ready: kernel ${ready.boot.kernelMs} ms, agent start ${ready.boot.agentStartMs} ms, ready ${bootMs} ms`,
+    );
+    this.#enter("running");
+  }
+
+  /** running → draining: no new execs; stops once the running ones end. */
+  drain(): void {
+    this.#relay!.startDraining();
+    this.#enter("draining", "drained");
+    this.#relay!.execsDone().then(() => this.stop("drained"));
+  }
+
+  /** Asks the guest to power off; kills the VMM after `graceMs`. Resolves when the VM is gone. */
+  async stop(reason: string, graceMs: number = DEFAULTS.stopGraceMs): Promise<void> {
+    if (this.#orderly) return;
+    const vm = this.#vm!;
+    this.#beginEnd(reason, "stopping");
+    this.#relay!.requestGuest("shutdown", { graceMs: Math.min(graceMs, DEFAULTS.guestShutdownGraceMs) })
+      .catch(() => {});
     const timer = setTimeout(() => {
-      log("the guest did not power off in time: killing the VMM");
+      this.#log("the guest did not power off in time: killing the VMM");
       vm.kill();
     }, graceMs);
     await vm.exited;
     clearTimeout(timer);
-  };
-  const kill = async (reason: string) => {
-    beginEnd(reason, "killing");
-    if (vm.inProcess) await relay.closeClients();
-    vm.kill();
-  };
+  }
 
-  const relay: Relay = new Relay(vm.agent, async (method, params) => {
+  /** Kills the VMM at once (an orderly end all the same: the status is `stopped`). */
+  async kill(reason: string): Promise<void> {
+    this.#beginEnd(reason, "killing");
+    if (this.#vm!.inProcess) await this.#relay!.closeClients();
+    this.#vm!.kill();
+  }
+
+  /** The runner outlives its owner from now on. */
+  detach(): void {
+    this.#attached = false;
+    this.store.update(this.spec.name, { detached: true });
+  }
+
+  /** Marks an orderly end; an in-process VMM ends this process with the guest, so its status cannot wait. */
+  #beginEnd(reason: string, verb: string): void {
+    this.#orderly = true;
+    this.#stopReason = reason;
+    this.#log(`${verb}: ${reason}`);
+    if (this.#vm!.inProcess) this.#enter("stopped", reason);
+  }
+
+  /** any → stopped (an orderly end) or crashed: the VM is gone. */
+  async #exited(exit: VmExit): Promise<void> {
+    for (const t of this.#timers) clearTimeout(t);
+    await Deno.remove(this.paths.agentSocket).catch(() => {});
+    if (this.#bootFailed) return this.#log("exited: the boot failed");
+    if (this.#orderly) this.#enter("stopped", this.#stopReason ?? "stopped");
+    else this.#enter("crashed", `the VM exited unexpectedly (code ${exit.code}, signal ${exit.signal})`);
+    this.#log(`exited: ${this.#status} (${this.#stopReason})`);
+  }
+
+  /** creating → crashed: the boot failed; the starter hears why. */
+  #failBoot(err: KrunboxError, reason: string): void {
+    this.#bootFailed = true;
+    emitFailed(err);
+    this.#enter("crashed", reason);
+  }
+
+  #enter(status: StoredStatus, reason?: string): void {
+    this.#status = status;
+    if (reason !== undefined) this.#stopReason = reason;
+    this.store.update(this.spec.name, { status, stopReason: this.#stopReason, detached: !this.#attached });
+  }
+
+  // --- steps ----------------------------------------------------------------
+
+  /** Boots through the spec's backend; undefined (the failure told) when it cannot. */
+  async #boot(): Promise<Vm | undefined> {
+    try {
+      const backend = this.spec.backend === "qemu" ? qemuBackend : (await import("./libkrun.ts")).libkrunBackend;
+      return this.#vm = await backend.boot(this.spec, this.#bootAbort.signal);
+    } catch (e) {
+      const err = e instanceof KrunboxError ? e : new BackendUnavailableError(
+        this.spec.backend,
+        String((e as Error).message ?? e),
+        `see ${this.paths.runnerLog}`,
+        { cause: e },
+      );
+      this.#failBoot(err, `boot failed: ${err.message}`);
+      this.#log(`boot failed: ${err.message}`);
+      return undefined;
+    }
+  }
+
+  /** The agent's ready, or undefined (the VM killed, the failure told) when the VM exits or the boot times out. */
+  async #awaitReady(vm: Vm, relay: Relay): Promise<ReadyParams | undefined> {
+    const signal = this.#bootAbort.signal;
+    const bootTimer = setTimeout(() => this.#bootAbort.abort(), this.spec.bootTimeoutMs);
+    const ready = await Promise.race([
+      relay.ready.then((f) => f.header.params as unknown as ReadyParams),
+      vm.exited.then(() => undefined),
+      new Promise<undefined>((r) => signal.addEventListener("abort", () => r(undefined))),
+    ]);
+    clearTimeout(bootTimer);
+    if (ready) return ready;
+    this.#bootFailed = true;
+    vm.kill();
+    await vm.exited;
+    const tail = await logTail(this.paths.consoleLog);
+    const err = signal.aborted
+      ? new BootTimeoutError(this.spec.name, this.spec.bootTimeoutMs, tail)
+      : new VmCrashedError(this.spec.name, tail);
+    this.#failBoot(err, `boot failed: ${err.code}`);
+    return undefined;
+  }
+
+  /** Once running: the owner's lifeline, the duration and idle limits, and signals, each a reason to stop. */
+  #watch(): void {
+    // Attached: the owner holds our stdin; EOF means it is gone.
+    if (this.#attached) {
+      (async () => {
+        const buf = new Uint8Array(64);
+        try {
+          while ((await Deno.stdin.read(buf)) !== null) { /* owner alive */ }
+        } catch {
+          // treated as EOF
+        }
+        if (this.#attached) await this.stop("the owner exited");
+      })();
+    }
+    if (this.spec.maxDurationSecs) {
+      this.#timers.push(setTimeout(() => this.stop("max duration reached"), this.spec.maxDurationSecs * 1000));
+    }
+    if (this.spec.idleTimeoutSecs) {
+      const idleMs = this.spec.idleTimeoutSecs * 1000;
+      this.#timers.push(setInterval(() => {
+        if (this.#relay!.idleMs >= idleMs) this.stop("idle timeout");
+      }, DEFAULTS.idleCheckMs));
+    }
+    for (const sig of ["SIGTERM", "SIGINT", "SIGHUP"] as const) {
+      Deno.addSignalListener(sig, () => this.stop(`runner got ${sig}`));
+    }
+  }
+
+  /** Answers the `runner.*` requests of host clients. */
+  async #control(method: string, params: Record<string, unknown>): Promise<Record<string, unknown>> {
     switch (method) {
       case "runner.info":
-        return { status, vmmPid: vm.vmmPid, backend: spec.backend, attached, runningExecs: relay.runningExecs };
+        return {
+          status: this.#status,
+          vmmPid: this.#vm!.vmmPid,
+          backend: this.spec.backend,
+          attached: this.#attached,
+          runningExecs: this.#relay!.runningExecs,
+        };
       case "runner.stop":
-        await stop("stopped by request", typeof params.graceMs === "number" ? params.graceMs : STOP_GRACE_MS);
-        await finished;
-        return { status };
+        await this.stop("stopped by request", typeof params.graceMs === "number" ? params.graceMs : undefined);
+        await this.#finished;
+        return { status: this.#status };
       case "runner.kill":
-        await kill("killed by request");
-        await finished;
-        return { status };
+        await this.kill("killed by request");
+        await this.#finished;
+        return { status: this.#status };
       case "runner.drain":
-        relay.startDraining();
-        setStatus("draining", "drained");
-        relay.execsDone().then(() => stop("drained"));
+        this.drain();
         return { status: "draining" };
       case "runner.detach":
-        attached = false;
-        store.update(spec.name, { detached: true });
+        this.detach();
         return { detached: true };
       default:
         throw new Error(`unknown runner method ${method}`);
     }
-  });
-
-  await Deno.remove(paths.agentSocket).catch(() => {});
-  const listener = Deno.listen({ transport: "unix", path: paths.agentSocket });
-
-  const bootTimer = setTimeout(() => abort.abort(), spec.bootTimeoutMs);
-  const ready = await Promise.race([
-    relay.ready.then((f) => f.header.params as { boot: Record<string, number> }),
-    vm.exited.then(() => undefined),
-    new Promise<undefined>((r) => abort.signal.addEventListener("abort", () => r(undefined))),
-  ]);
-  clearTimeout(bootTimer);
-  if (!ready) {
-    vm.kill();
-    await vm.exited;
-    const tail = await logTail(paths.consoleLog);
-    const err = abort.signal.aborted
-      ? new BootTimeoutError(spec.name, spec.bootTimeoutMs, tail)
-      : new VmCrashedError(spec.name, tail);
-    emit({ event: "failed", code: err.code, message: err.message });
-    setStatus("crashed", `boot failed: ${err.code}`);
-    listener.close();
-    return 1;
-  }
-  await vm.booted?.();
-  const bootMs = ready.boot.readyMs ?? 0;
-  store.update(spec.name, { bootMs });
-  log(`ready: kernel ${ready.boot.kernelMs} ms, agent start ${ready.boot.agentStartMs} ms, ready ${bootMs} ms`);
-  setStatus("running");
-  relay.serve(listener);
-  emit({ event: "ready", bootMs, boot: ready.boot, vmmPid: vm.vmmPid });
-
-  // Attached: the owner holds our stdin; EOF means it is gone.
-  if (attached) {
-    (async () => {
-      const buf = new Uint8Array(64);
-      try {
-        while ((await Deno.stdin.read(buf)) !== null) { /* owner alive */ }
-      } catch {
-        // treated as EOF
-      }
-      if (attached) await stop("the owner exited");
-    })();
-  }
-  if (spec.maxDurationSecs) {
-    timers.push(setTimeout(() => stop("max duration reached"), spec.maxDurationSecs * 1000));
-  }
-  if (spec.idleTimeoutSecs) {
-    const idleMs = spec.idleTimeoutSecs * 1000;
-    timers.push(setInterval(() => {
-      if (relay.idleMs >= idleMs) stop("idle timeout");
-    }, 100));
-  }
-  for (const sig of ["SIGTERM", "SIGINT", "SIGHUP"] as const) {
-    Deno.addSignalListener(sig, () => stop(`runner got ${sig}`));
   }
 
-  await finished;
-  // Let a runner.stop/kill reply reach its caller before the connections close.
-  await new Promise((r) => setTimeout(r, 0));
-  await relay.closeClients();
-  listener.close();
-  store.close();
-  lock.release();
-  return 0;
+  #bootMs(ready: ReadyParams): number {
+    return ready.boot.readyMs ?? 0;
+  }
+
+  #log(m: string): void {
+    Deno.writeTextFileSync(this.paths.runnerLog, `${new Date().toISOString()} ${m}\n`, { append: true });
+  }
+}
+
+async function main(dir: string, mode: "attached" | "detached"): Promise<number> {
+  const paths = sandboxPaths(dir);
+  const lock = tryLock(paths.runnerLock, true);
+  if (!lock) {
+    emitFailed(new StillRunningError(basename(dir)));
+    return 3;
+  }
+  try {
+    const spec = JSON.parse(await Deno.readTextFile(paths.vmSpec)) as VmSpec;
+    using store = Store.open(homeLayout().db);
+    return await new Runner(spec, paths, store, mode === "attached").run();
+  } finally {
+    lock.release();
+  }
 }
 
 if (import.meta.main) {

@@ -32,7 +32,7 @@ Deno.test("ready announces protocol 1, host mode and boot timings", () => {
 });
 
 Deno.test("ping answers with the uptime", async () => {
-  const r = await client.request<{ uptimeMs: number }>("ping", {});
+  const r = await client.request("ping", {});
   assert(r.result.uptimeMs >= 0);
 });
 
@@ -223,13 +223,14 @@ Deno.test("fs errors carry the errno name", async () => {
 });
 
 Deno.test("metrics report memory, cpu and counters", async () => {
-  const m = (await client.request<Record<string, number>>("metrics", {})).result;
+  const m = (await client.request("metrics", {})).result as Record<string, number>;
   assert(m.memTotalBytes > m.memUsedBytes && m.memUsedBytes > 0);
   assert(m.cpus >= 1 && m.cpuBusyMs > 0);
   for (const k of ["diskReadBytes", "diskWriteBytes", "netRxBytes", "netTxBytes", "uptimeMs"]) assert(m[k] >= 0, k);
 });
 
 Deno.test("an unknown method is answered with -32601 and the connection lives", async () => {
+  // @ts-expect-error: "nope" is not in the method table; the agent must still answer.
   const e = await assertRejects(() => client.request("nope", {}), AgentError);
   assertEquals(e.rpcCode, -32601);
   await client.request("ping", {});

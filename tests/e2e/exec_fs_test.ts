@@ -8,7 +8,14 @@ import { leftovers, skipVmReason } from "../util/e2e.ts";
 import { assert, assertEquals, assertRejects } from "../util/assert.ts";
 import { busyboxRoot } from "../../scripts/roots.ts";
 import { repeatedChunks } from "../util/streams.ts";
-import { ExecAbortedError, ExecSpawnError, FsError, InvalidConfigError, Sandbox } from "../../mod.ts";
+import {
+  ExecAbortedError,
+  ExecOutputLimitError,
+  ExecSpawnError,
+  FsError,
+  InvalidConfigError,
+  Sandbox,
+} from "../../mod.ts";
 
 const ignore = skipVmReason !== undefined;
 let sb: Sandbox | undefined;
@@ -137,6 +144,36 @@ Deno.test({ name: "huge output streams with bounded host memory", ignore }, asyn
   assertEquals(n, 256 << 20);
   assert(peak - before < 64 << 20, `host RSS grew by ${((peak - before) / 1048576).toFixed(0)} MiB`);
 });
+
+Deno.test(
+  { name: "`yes` with no timeout through exec() ends with EXEC_OUTPUT_LIMIT; host RSS stays bounded", ignore },
+  async () => {
+    const s = await sandbox();
+    const before = rss();
+    let peak = before;
+    const sampler = setInterval(() => (peak = Math.max(peak, rss())), 20);
+    const t0 = performance.now();
+    let e: ExecOutputLimitError;
+    try {
+      e = await assertRejects(() => s.exec("yes"), ExecOutputLimitError);
+    } finally {
+      clearInterval(sampler);
+    }
+    const ms = performance.now() - t0;
+    assertEquals([e.code, e.stream, e.limitBytes], ["EXEC_OUTPUT_LIMIT", "stdout", 64 << 20]);
+    console.log(
+      `exec("yes"): EXEC_OUTPUT_LIMIT after ${ms.toFixed(0)} ms, host RSS +${
+        ((peak - before) / 1048576).toFixed(0)
+      } MiB`,
+    );
+    // The default limit is 64 MiB of collected output; the rest is the host's own overhead.
+    assert(peak - before < 256 << 20, `host RSS grew by ${((peak - before) / 1048576).toFixed(0)} MiB`);
+    // The guest process was killed, and a small limit applies the same way.
+    await assertRejects(() => s.shell("yes | cat", { maxOutputBytes: 1 << 20 }), ExecOutputLimitError);
+    assertEquals((await s.shell("sleep 0.5; pgrep yes || echo none")).stdout, "none\n");
+    await assertRejects(() => s.execWith("true", { maxOutputBytes: -1 }), InvalidConfigError);
+  },
+);
 
 Deno.test({ name: "a 1 GiB file streams in and out with host RSS growth under 64 MiB", ignore }, async () => {
   const s = await sandbox();

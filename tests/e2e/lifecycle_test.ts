@@ -61,6 +61,61 @@ Deno.test({ name: "detach() hands an attached sandbox over: it survives its crea
   await Sandbox.remove("handed");
 });
 
+/** Resolves with `p`'s value, or with `undefined` when `ms` pass first. */
+async function within<T>(p: Promise<T>, ms: number): Promise<T | undefined> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  try {
+    return await Promise.race([p, new Promise<undefined>((r) => timer = setTimeout(() => r(undefined), ms))]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+Deno.test(
+  { name: "a creator's captured stdout and stderr close when it exits, while its detached sandbox runs on", ignore },
+  async () => {
+    // Control: a process that leaves a child holding its stderr is waited for by
+    // `output()` as long as that child lives, so a leak below would show.
+    const pidFile = await Deno.makeTempFile();
+    const leaky = new Deno.Command("sh", {
+      args: ["-c", `sleep 60 >/dev/null & echo $! > ${pidFile}`],
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    assertEquals(await within(leaky, 2000), undefined, "output() waits for the child that holds the stderr");
+    Deno.kill(Number(await Deno.readTextFile(pidFile)), "SIGKILL");
+    assert(await within(leaky, 10_000), "output() returns once that child is gone");
+    await Deno.remove(pidFile);
+
+    // The creator pipes both streams to us, holds one more copy of its stderr
+    // on fd 12 without close-on-exec (as a caller's inherited descriptor would
+    // be), and ends on its own (no Deno.exit); through createDetached() and
+    // through create() + detach().
+    const creatorTs = new URL("./fixtures/creator.ts", import.meta.url).pathname;
+    for (const [name, mode] of [["freed", "detached"], ["freed-later", "detach-later"]]) {
+      const creator = new Deno.Command("/bin/bash", {
+        args: ["-c", 'exec "$@" 12>&2', "bash", Deno.execPath(), "run", "-A", creatorTs, name, root, mode, "return"],
+        env: { KRUNBOX_HOME: testHome, KRUNBOX_BACKEND: "qemu" },
+        stdin: "null",
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+      // Far above a boot; a leak would hold it until the sandbox stops, which nothing here does.
+      const out = await within(creator, 150_000);
+      assert(out, `${mode}: the creator's output stayed open after it created "${name}"`);
+      assertEquals([new TextDecoder().decode(out.stdout).trim(), out.code], ["created", 0]);
+      const handle = await Sandbox.get(name);
+      assertEquals(handle.status, "running");
+      const sb = await handle.connect();
+      assertEquals((await sb.exec("echo", ["still here"])).stdout, "still here\n");
+      await sb[Symbol.asyncDispose]();
+      await handle.stop();
+      assertEquals(await leftovers(name), []);
+      await Sandbox.remove(name);
+    }
+  },
+);
+
 Deno.test({ name: "files written to the root survive stop and start", ignore }, async () => {
   const dir = await privateRoot();
   const sb = await Sandbox.builder("persist").image(dir).memory(256).create();

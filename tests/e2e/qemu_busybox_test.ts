@@ -7,6 +7,10 @@
 import { leftovers, processesMentioning, sandboxDir, skipVmReason, testHome } from "../util/e2e.ts";
 import { assert, assertEquals, assertRejects } from "../util/assert.ts";
 import { busyboxRoot } from "../../scripts/roots.ts";
+import { errorFromWire } from "../../src/errors.ts";
+import { Store } from "../../src/store/db.ts";
+import { homeLayout } from "../../src/store/home.ts";
+import type { RunnerEvent } from "../../src/vmm/runner.ts";
 import {
   AlreadyExistsError,
   BackendUnavailableError,
@@ -173,6 +177,9 @@ Deno.test({ name: "a guest that is not ready in time fails create with the conso
   try {
     const e = await assertRejects(() => Sandbox.builder("slow").image(root).create(), BootTimeoutError);
     assert(e.message.includes("300 ms"));
+    // The runner's own error, fields and all (not rebuilt around its message by the caller).
+    assertEquals([e.sandbox, e.timeoutMs], ["slow", 300]);
+    assertEquals(e.message.split("did not become ready").length, 2, e.message);
   } finally {
     Deno.env.delete("KRUNBOX_BOOT_TIMEOUT_MS");
   }
@@ -192,3 +199,59 @@ Deno.test({ name: "missing assets give the doctor's message as a typed error", i
   assertEquals(processesMentioning(emptyHome), []);
   await Deno.remove(emptyHome, { recursive: true });
 });
+
+Deno.test(
+  { name: "a boot failure in the runner reaches its starter as the same class, fix and all", ignore },
+  async () => {
+    // A helper that exits at start: virtiofsd is /bin/false. No VM boots.
+    const name = "badhelper";
+    const dir = sandboxDir(name);
+    await Deno.mkdir(dir, { recursive: true });
+    const spec = {
+      name,
+      backend: "qemu",
+      cpus: 1,
+      memoryMib: 256,
+      dir,
+      root: { kind: "dir", path: root },
+      shares: [],
+      ports: [],
+      network: "none",
+      boot: { hostname: name },
+      bootTimeoutMs: 30_000,
+      programs: { "qemu-system-x86_64": "/bin/false", virtiofsd: "/bin/false" },
+    };
+    await Deno.writeTextFile(`${dir}/vm.json`, JSON.stringify(spec));
+    {
+      using store = Store.open(homeLayout().db);
+      store.insert(name, "{}", "creating", false);
+    }
+    const runner = new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", new URL("../../src/vmm/runner.ts", import.meta.url).href, dir, "attached"],
+      stdin: "null",
+      stdout: "piped",
+      stderr: "inherit",
+    }).output();
+    const out = await runner;
+    assertEquals(out.code, 1);
+    const event = JSON.parse(new TextDecoder().decode(out.stdout).split("\n")[0]) as RunnerEvent;
+    assert(event.event === "failed" && event.error, JSON.stringify(event));
+    const e = errorFromWire(event.error);
+    assert(e instanceof BackendUnavailableError, `${e.name}: ${e.message}`);
+    assertEquals(e.backend, "qemu");
+    assert(e.missing.startsWith("virtiofsd exited at start"), e.missing);
+    assertEquals(e.fix, `see ${dir}/runner.log`);
+    {
+      using store = Store.open(homeLayout().db);
+      const row = store.get(name)!;
+      assertEquals(row.status, "crashed");
+      assert(
+        row.stopReason?.startsWith("boot failed: qemu backend unavailable: virtiofsd exited at start"),
+        row.stopReason!,
+      );
+      store.delete(name);
+    }
+    assertEquals(await leftovers(name), []);
+    await Deno.remove(dir, { recursive: true });
+  },
+);

@@ -1,5 +1,16 @@
-import { assert, assertEquals } from "../util/assert.ts";
-import { encodeFrame, type Frame, FrameDecoder, isDecodeError } from "../../src/agent/frame.ts";
+import { assert, assertEquals, assertRejects } from "../util/assert.ts";
+import { FrameWriter } from "../../src/agent/writer.ts";
+import { ProtocolError } from "../../src/errors.ts";
+import {
+  encodeFrame,
+  type Frame,
+  FrameDecoder,
+  FrameErrorCounts,
+  FrameStream,
+  isDecodeError,
+  MAX_ATTACHMENT,
+  MAX_HEADER,
+} from "../../src/agent/frame.ts";
 
 interface Vectors {
   valid: { name: string; hex: string; header: unknown; attachmentHex: string }[];
@@ -104,4 +115,79 @@ Deno.test("fuzz: random bytes and truncated frames never throw", () => {
       }
     }
   }
+});
+
+Deno.test("FrameStream yields frames and errors in order, whatever the chunking, and a truncated tail", async () => {
+  const good = encodeFrame({ jsonrpc: "2.0", id: 1, method: "ping", params: {} }, new Uint8Array([7, 8]));
+  const empty = new Uint8Array(8); // header length 0
+  const bytes = new Uint8Array([...good, ...empty, ...good, ...good.subarray(0, 5)]);
+  for (const chunk of [1, 3, bytes.length]) {
+    const pieces = Array.from(
+      { length: Math.ceil(bytes.length / chunk) },
+      (_, i) => bytes.slice(i * chunk, (i + 1) * chunk),
+    );
+    const out = await Array.fromAsync(ReadableStream.from(pieces).pipeThrough(new FrameStream()));
+    assertEquals(
+      out.map((f) => (isDecodeError(f) ? f.error : f.header.id)),
+      [1, "invalid_request", 1, "truncated"],
+    );
+    assertEquals((out[0] as Frame).attachment, new Uint8Array([7, 8]));
+  }
+});
+
+Deno.test("FrameStream merges consecutive broken frames of one kind into one error with a count", async () => {
+  const good = encodeFrame({ jsonrpc: "2.0", id: 2, method: "ping", params: {} });
+  const bytes = new Uint8Array([...new Uint8Array(8 * 1000), ...good, ...new Uint8Array(8 * 3)]);
+  const out = await Array.fromAsync(ReadableStream.from([bytes]).pipeThrough(new FrameStream()));
+  assertEquals(out.map((f) => (isDecodeError(f) ? `${f.error}x${f.count}` : f.header.id)), [
+    "invalid_requestx1000",
+    2,
+    "invalid_requestx3",
+  ]);
+});
+
+Deno.test("a 4 GiB frame is reported from its 8-byte prefix, before any of it is buffered", async () => {
+  const prefix = new Uint8Array(8);
+  new DataView(prefix.buffer).setUint32(0, 0xffffffff);
+  new DataView(prefix.buffer).setUint32(4, 0xffffffff);
+  const reader = ReadableStream.from([prefix]).pipeThrough(new FrameStream()).getReader();
+  const first = await reader.read();
+  assert(!first.done && isDecodeError(first.value) && first.value.error === "frame_too_large");
+  await reader.cancel();
+});
+
+Deno.test("FrameErrorCounts keeps counters and a few samples, not one entry per frame", () => {
+  const c = new FrameErrorCounts();
+  for (let i = 0; i < 100_000; i++) c.record(i % 2 ? "invalid_request" : "parse_error", `frame ${i}`);
+  c.record("agent", "-32600 empty frame header");
+  const s = c.summary;
+  assertEquals([s.total, s.byKind.invalid_request, s.byKind.parse_error, s.byKind.agent], [100_001, 50_000, 50_000, 1]);
+  assertEquals(s.samples.length, FrameErrorCounts.SAMPLES);
+  assertEquals(s.samples[0], "parse_error: frame 0");
+});
+
+Deno.test("FrameWriter: an oversized frame fails only its own write; past its byte cap the writer closes the connection", async () => {
+  const path = `${await Deno.makeTempDir()}/w.sock`;
+  const listener = Deno.listen({ transport: "unix", path });
+  const [conn, peer] = await Promise.all([Deno.connect({ transport: "unix", path }), listener.accept()]);
+  listener.close();
+  let overflow: Error | undefined;
+  const w = new FrameWriter(conn, {
+    maxQueuedBytes: 8 << 20,
+    peer: "the test peer",
+    onOverflow: (e) => (overflow = e),
+  });
+  const big = { jsonrpc: "2.0" as const, method: "x", params: { pad: "x".repeat(MAX_HEADER) } };
+  await assertRejects(() => w.write(big), ProtocolError);
+  await w.write({ jsonrpc: "2.0", method: "ping", params: {} }); // still usable
+  // The peer reads nothing: the kernel buffer fills, then the queue; past 8 MiB the writer gives up.
+  const chunk = new Uint8Array(MAX_ATTACHMENT);
+  const writes: Promise<void>[] = [];
+  for (let i = 0; i < 64 && !w.failed; i++) writes.push(w.write({ jsonrpc: "2.0", method: "x", params: {} }, chunk));
+  await Promise.allSettled(writes);
+  assert(overflow instanceof ProtocolError && overflow.message.includes("the test peer"), String(overflow));
+  assert(w.failed && w.queuedBytes === 0);
+  await assertRejects(() => w.write({ jsonrpc: "2.0", method: "ping", params: {} }), ProtocolError);
+  peer.close();
+  await Deno.remove(path.slice(0, path.lastIndexOf("/")), { recursive: true });
 });

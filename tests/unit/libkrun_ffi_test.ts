@@ -6,8 +6,8 @@
  */
 
 import { assert, assertEquals, assertThrows } from "../util/assert.ts";
-import { libkrunCandidates, loadLibkrun } from "../../ffi/load.ts";
-import { CStrings } from "../../ffi/cstring.ts";
+import { libkrunCandidates, LIBKRUNFW_SONAME, loadLibkrun, loadLibkrunfw } from "../../ffi/load.ts";
+import { cstr, CStrings } from "../../ffi/cstring.ts";
 import { checkKrun, KRUN_DISK_FORMAT, KRUN_FEATURE, KRUN_FS_ROOT_TAG } from "../../ffi/libkrun.ts";
 import { assetPath, assetVersion } from "../../src/store/assets.ts";
 import { BackendUnavailableError, LibkrunError } from "../../src/errors.ts";
@@ -18,9 +18,26 @@ const missing = !(await assetVersion("libkrun")) || !(await assetVersion("libkru
 if (missing) console.log("SKIPPING libkrun FFI tests: libkrun or libkrunfw is not provisioned (see `./dev doctor`)");
 const ignore = missing;
 
+Deno.test("libkrun: the search order is the explicit path, KRUNBOX_LIBKRUN_PATH, the provisioned copy, the soname", () => {
+  const saved = Deno.env.get("KRUNBOX_LIBKRUN_PATH");
+  Deno.env.set("KRUNBOX_LIBKRUN_PATH", "/env/libkrun.so.1");
+  try {
+    assertEquals(libkrunCandidates({ path: "/x/libkrun.so.1", provisioned: "/p/libkrun.so.1" }), [
+      "/x/libkrun.so.1",
+      "/env/libkrun.so.1",
+      "/p/libkrun.so.1",
+      "libkrun.so.1",
+    ]);
+    Deno.env.delete("KRUNBOX_LIBKRUN_PATH");
+    assertEquals(libkrunCandidates({ provisioned: "/p/libkrun.so.1" }), ["/p/libkrun.so.1", "libkrun.so.1"]);
+  } finally {
+    if (saved) Deno.env.set("KRUNBOX_LIBKRUN_PATH", saved);
+    else Deno.env.delete("KRUNBOX_LIBKRUN_PATH");
+  }
+});
+
 Deno.test({ name: "libkrun: a bad explicit path falls through to the next candidate", ignore }, () => {
-  assertEquals(libkrunCandidates("/x/libkrun.so.1")[0], "/x/libkrun.so.1");
-  using lib = loadLibkrun("/nonexistent/libkrun.so.1");
+  using lib = loadLibkrun({ path: "/nonexistent/libkrun.so.1", provisioned: assetPath("libkrun") });
   assert(lib.symbols.krun_create_ctx);
 });
 
@@ -30,7 +47,7 @@ Deno.test("libkrun: when nothing loads, the error lists every path tried and the
   try {
     let lib: ReturnType<typeof loadLibkrun> | undefined;
     try {
-      lib = loadLibkrun("/nope/libkrun.so.1");
+      lib = loadLibkrun({ path: "/nope/libkrun.so.1", provisioned: assetPath("libkrun") });
     } catch (e) {
       assert(e instanceof BackendUnavailableError);
       for (const p of ["/nope/libkrun.so.1", "/nonexistent-home/assets/libkrun/libkrun.so.1", "KRUNBOX_LIBKRUN_PATH"]) {
@@ -44,10 +61,29 @@ Deno.test("libkrun: when nothing loads, the error lists every path tried and the
   }
 });
 
+Deno.test("libkrunfw: when nothing loads, the error lists every path tried", () => {
+  let fw: ReturnType<typeof loadLibkrunfw> | undefined;
+  try {
+    fw = loadLibkrunfw("/nonexistent/libkrunfw.so.5");
+  } catch (e) {
+    assert(e instanceof BackendUnavailableError);
+    assertEquals(e.backend, "libkrun");
+    for (const p of ["/nonexistent/libkrunfw.so.5", `${LIBKRUNFW_SONAME}:`, "./dev setup"]) {
+      assert(e.message.includes(p), `${p} missing from: ${e.message}`);
+    }
+  }
+  fw?.close(); // a system-wide libkrunfw.so.5 exists: nothing to assert
+});
+
+Deno.test({ name: "libkrunfw: the provisioned copy loads", ignore }, () => {
+  using fw = loadLibkrunfw(assetPath("libkrunfw"));
+  assert(fw);
+});
+
 Deno.test({ name: "libkrun: configuration calls return what the header promises", ignore }, () => {
   // libkrun dlopens libkrunfw by soname at the first context: preload our copy.
-  Deno.dlopen(assetPath("libkrunfw"), {});
-  using lib = loadLibkrun();
+  using _fw = loadLibkrunfw(assetPath("libkrunfw"));
+  using lib = loadLibkrun({ provisioned: assetPath("libkrun") });
   const k = lib.symbols;
   const a = new CStrings();
   const ctx = checkKrun("krun_create_ctx", k.krun_create_ctx());
@@ -85,6 +121,8 @@ Deno.test({ name: "libkrun: configuration calls return what the header promises"
 
 Deno.test({ name: "C strings refuse embedded NUL bytes", ignore: false }, () => {
   assertThrows(() => new CStrings().str("a\0b"), TypeError);
+  assertThrows(() => cstr("/tmp/x\0/etc/passwd"), TypeError);
+  assertEquals([...cstr("ab")], [0x61, 0x62, 0]);
   const arr = new CStrings().array(["x", "yy"]);
   assertEquals(arr.length, 3 * 8);
   assertEquals(new BigUint64Array(arr.buffer)[2], 0n);

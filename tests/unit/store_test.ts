@@ -1,5 +1,6 @@
-import { assert, assertEquals, assertThrows } from "../util/assert.ts";
+import { assert, assertEquals, assertRejects, assertThrows } from "../util/assert.ts";
 import { Store } from "../../src/store/db.ts";
+import { openStore } from "../../src/store/open.ts";
 import { isLocked, lockWait, tryLock } from "../../src/store/lock.ts";
 import { StateError } from "../../src/errors.ts";
 import { DatabaseSync } from "node:sqlite";
@@ -52,6 +53,26 @@ Deno.test("store: another application's database is refused", async () => {
 Deno.test("store: a read-only location is a StateError naming KRUNBOX_HOME", () => {
   const e = assertThrows(() => Store.open("/proc/krunbox/db.sqlite"), StateError);
   assert(e.message.includes("KRUNBOX_HOME"));
+});
+
+Deno.test("store: openStore makes the state home, and an unusable one is a StateError naming it and KRUNBOX_HOME", async () => {
+  const saved = Deno.env.get("KRUNBOX_HOME");
+  const dir = await tmp();
+  try {
+    Deno.env.set("KRUNBOX_HOME", `${dir}/home`);
+    {
+      using store = await openStore();
+      assertEquals(store.list(), []);
+    }
+    assert((await Deno.stat(`${dir}/home/sandboxes`)).isDirectory);
+    assert((await Deno.stat(`${dir}/home/db.sqlite`)).isFile);
+    Deno.env.set("KRUNBOX_HOME", "/proc/krunbox-home");
+    const e = await assertRejects(() => openStore(), StateError);
+    assert(e.message.includes("/proc/krunbox-home") && e.message.includes("KRUNBOX_HOME"), e.message);
+  } finally {
+    if (saved === undefined) Deno.env.delete("KRUNBOX_HOME");
+    else Deno.env.set("KRUNBOX_HOME", saved);
+  }
 });
 
 Deno.test("locks: exclusive, visible to isLocked, released on release", async () => {

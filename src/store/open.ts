@@ -1,0 +1,34 @@
+/**
+ * Opening the store of the state home: the one call every layer above uses
+ * (the sandbox lifecycle, `Images`), so where the database lives and how a
+ * bad home is reported is decided once.
+ *
+ * @module
+ */
+
+import { StateError } from "../errors.ts";
+import { Store } from "./db.ts";
+import { homeLayout } from "./home.ts";
+
+/**
+ * Opens the store, creating the state home. A read-only or unusable home is
+ * a {@link StateError} that names the path and the variable to set.
+ *
+ * @example
+ * ```ts
+ * import { openStore } from "./open.ts";
+ * using store = await openStore();
+ * console.log(store.list().length);
+ * ```
+ */
+export async function openStore(): Promise<Store> {
+  const home = homeLayout();
+  try {
+    await Deno.mkdir(home.sandboxes, { recursive: true });
+  } catch (cause) {
+    throw new StateError(`cannot create the state home ${home.root}: ${(cause as Error).message}; set KRUNBOX_HOME`, {
+      cause,
+    });
+  }
+  return Store.open(home.db);
+}

@@ -1,0 +1,115 @@
+/**
+ * The host processes of one VM besides the runner (qemu, virtiofsd): each
+ * starts under `setpriv --pdeathsig KILL`, so the kernel kills it when the
+ * runner dies, however it dies (a SIGKILLed runner must not leave an
+ * unmanaged VM). Deno spawns from the main thread, so the "parent" whose
+ * death counts is the runner process itself. Their output is appended to
+ * the sandbox's `runner.log`.
+ *
+ * @module
+ */
+
+import { BackendUnavailableError } from "../errors.ts";
+import { DEFAULTS } from "../settings.ts";
+import { logTail } from "../util/logs.ts";
+import type { BackendKind } from "./detect.ts";
+
+const SETPRIV = "setpriv";
+const TIE_TO_RUNNER = ["--pdeathsig", "KILL", "--"];
+/** How often {@link ChildGroup.waitForSocket} looks for the socket. */
+const SOCKET_POLL_MS = 5;
+/** How long a helper that exited at start gets for its last stderr to reach the log. */
+const LAST_WORDS_MS = 50;
+
+/**
+ * The helper processes of one VM, killed together.
+ *
+ * @example
+ * ```ts
+ * import { ChildGroup } from "./children.ts";
+ * using children = new ChildGroup("qemu", "/tmp/runner.log");
+ * const sleeper = children.spawn("sleep", ["60"]);
+ * children.kill();
+ * console.log((await sleeper.status).signal); // "SIGKILL"
+ * ```
+ */
+export class ChildGroup implements Disposable {
+  readonly #children: Deno.ChildProcess[] = [];
+
+  /** `backend` names who fails when a helper does; `logPath` receives their output. */
+  constructor(readonly backend: BackendKind, readonly logPath: string) {}
+
+  /** Starts `program` tied to the runner; its stderr (and stdout, when `stdout` is "log") go to the log. */
+  spawn(program: string, args: readonly string[], stdout: "log" | "null" = "null"): Deno.ChildProcess {
+    const child = new Deno.Command(SETPRIV, {
+      args: [...TIE_TO_RUNNER, program, ...args],
+      stdin: "null",
+      stdout: stdout === "log" ? "piped" : "null",
+      stderr: "piped",
+    }).spawn();
+    this.#children.push(child);
+    if (stdout === "log") this.#toLog(child.stdout);
+    this.#toLog(child.stderr);
+    return child;
+  }
+
+  /** SIGKILLs every helper still running. */
+  kill(): void {
+    for (const c of this.#children) {
+      try {
+        c.kill("SIGKILL");
+      } catch {
+        // already gone
+      }
+    }
+  }
+
+  /** Resolves once every helper has exited. */
+  async exited(): Promise<void> {
+    await Promise.all(this.#children.map((c) => c.status));
+  }
+
+  /** Waits for `child` to create the socket `path`; fails with its last log lines if it exits first. */
+  async waitForSocket(
+    child: Deno.ChildProcess,
+    path: string,
+    what: string,
+    ms = DEFAULTS.helperSocketMs,
+  ): Promise<void> {
+    const end = Date.now() + ms;
+    let exited = false;
+    child.status.then(() => (exited = true));
+    while (Date.now() < end) {
+      if (exited) {
+        await new Promise((r) => setTimeout(r, LAST_WORDS_MS));
+        throw new BackendUnavailableError(
+          this.backend,
+          `${what} exited at start:\n${await logTail(this.logPath, 5)}\n`,
+          `see ${this.logPath}`,
+        );
+      }
+      try {
+        if ((await Deno.stat(path)).isSocket) return;
+      } catch {
+        // not yet
+      }
+      await new Promise((r) => setTimeout(r, SOCKET_POLL_MS));
+    }
+    throw new BackendUnavailableError(
+      this.backend,
+      `${what} did not create ${path} within ${ms} ms`,
+      "see the sandbox's runner.log",
+    );
+  }
+
+  /** Kills every helper. */
+  [Symbol.dispose](): void {
+    this.kill();
+  }
+
+  /** One append handle per stream: a pipe locks its destination for its whole life. */
+  async #toLog(stream: ReadableStream<Uint8Array>): Promise<void> {
+    const file = await Deno.open(this.logPath, { append: true, create: true });
+    await stream.pipeTo(file.writable).catch(() => {});
+  }
+}

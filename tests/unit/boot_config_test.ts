@@ -1,0 +1,112 @@
+/**
+ * The boot config both backends give the agent: the same root and mounts
+ * from one builder (src/vmm/boot_config.ts), each backend adding only its
+ * modules, transport and network; the disks of a root, as qemu attaches them.
+ */
+
+import { assert, assertEquals } from "../util/assert.ts";
+import { sandboxPaths, type VmRoot, type VmSpec } from "../../src/vmm/backend.ts";
+import { rootDisks } from "../../src/vmm/boot_config.ts";
+import { libkrunBootConfig } from "../../src/vmm/libkrun.ts";
+import { qemuArgs, qemuBootConfig, qemuShares, USER_NET } from "../../src/vmm/qemu.ts";
+
+const ROOTS: Record<VmRoot["kind"], VmRoot> = {
+  dir: { kind: "dir", path: "/roots/busybox" },
+  overlay: { kind: "overlay", lower: "/cache/lowers/abc.erofs", upper: "/s/upper.ext4" },
+  disk: { kind: "disk", path: "/images/debian.qcow2", format: "qcow2", fstype: "ext4" },
+};
+
+function spec(root: VmRoot, network: VmSpec["network"] = "none"): VmSpec {
+  return {
+    name: "sb",
+    backend: "qemu",
+    cpus: 1,
+    memoryMib: 256,
+    dir: "/home/.krunbox/sandboxes/sb",
+    root,
+    shares: [
+      { tag: "v0", hostPath: "/h/data", guestPath: "/data", readonly: true },
+      { tag: "v1", hostPath: "/h/out", guestPath: "/out", readonly: false },
+    ],
+    ports: [{ host: 8080, guest: 80, protocol: "tcp" }],
+    network,
+    boot: { hostname: "sb", workdir: "/w", mounts: [{ kind: "tmpfs", target: "/scratch", sizeMib: 64 }] },
+    bootTimeoutMs: 30_000,
+  };
+}
+
+const MOUNTS = [
+  { kind: "tmpfs", target: "/scratch", sizeMib: 64 },
+  { kind: "virtiofs", tag: "v0", target: "/data", readonly: true },
+  { kind: "virtiofs", tag: "v1", target: "/out", readonly: false },
+];
+
+Deno.test("both backends give the same root and mounts; only modules, transport and network differ", () => {
+  const modules = { virtio_console: { file: "kernel/virtio_console.ko", deps: [] } };
+  for (const [kind, root] of Object.entries(ROOTS)) {
+    const q = qemuBootConfig(spec(root), modules, ["virtio_console"]);
+    const l = libkrunBootConfig(spec(root));
+    assertEquals(q.mounts, MOUNTS, kind);
+    assertEquals(l.mounts, MOUNTS, kind);
+    assertEquals([q.hostname, q.workdir, l.hostname, l.workdir], ["sb", "/w", "sb", "/w"]);
+    if (kind !== "dir") assertEquals(q.root, l.root, kind);
+    const { modules: _qm, transport: _qt, network: _qn, root: _qr, ...qRest } = q;
+    const { modules: _lm, transport: _lt, network: _ln, root: _lr, ...lRest } = l;
+    assertEquals(qRest, lRest, kind);
+    assertEquals(q.modules, ["/lib/modules/virtio_console.ko"]);
+    assertEquals(l.modules, []);
+    assertEquals(q.transport, { kind: "virtio-port", name: "agent" });
+    assertEquals(l.transport, { kind: "vsock-connect", port: 1024 });
+  }
+  assertEquals(qemuBootConfig(spec(ROOTS.overlay), {}, []).root, {
+    kind: "overlay",
+    lower: { serial: "lower", fstype: "erofs" },
+    upper: { serial: "upper", fstype: "ext4" },
+  });
+  assertEquals(qemuBootConfig(spec(ROOTS.disk), {}, []).root, { kind: "block", serial: "root", fstype: "ext4" });
+  assertEquals(qemuBootConfig(spec(ROOTS.dir), {}, []).root, { kind: "virtiofs", tag: "root" });
+  assertEquals(libkrunBootConfig(spec(ROOTS.dir)).root, { kind: "initramfs" });
+  assertEquals(qemuBootConfig(spec(ROOTS.dir, "user"), {}, []).network, USER_NET);
+  assertEquals(qemuBootConfig(spec(ROOTS.dir), {}, []).network, null);
+  assertEquals(libkrunBootConfig(spec(ROOTS.dir, "user")).network, null); // TSI: no interface
+});
+
+Deno.test("a root's disks: the lower read-only, the upper and a disk image writable, as qemu attaches them", () => {
+  assertEquals(rootDisks(ROOTS.dir), []);
+  assertEquals(rootDisks(ROOTS.overlay).map((d) => [d.id, d.format, d.readonly]), [
+    ["lower", "raw", true],
+    ["upper", "raw", false],
+  ]);
+  const host = {
+    kernel: "/k",
+    initrd: "/i",
+    accel: "tcg" as const,
+    tscKhz: undefined,
+    agentSocket: "/s/vm.sock",
+    fsSockets: {},
+  };
+  const drives = (root: VmRoot) => {
+    const args = qemuArgs(spec(root), host);
+    return args.flatMap((a, i) => (args[i - 1] === "-drive" ? [a] : []));
+  };
+  assertEquals(drives(ROOTS.overlay), [
+    "id=lower,file=/cache/lowers/abc.erofs,format=raw,if=none,cache=unsafe,readonly=on",
+    "id=upper,file=/s/upper.ext4,format=raw,if=none,cache=unsafe",
+  ]);
+  assertEquals(drives(ROOTS.disk), ["id=root,file=/images/debian.qcow2,format=qcow2,if=none,cache=unsafe"]);
+  assertEquals(drives(ROOTS.dir), []);
+  const args = qemuArgs(spec(ROOTS.overlay), host);
+  assert(args.includes(`file,id=con,path=${sandboxPaths(spec(ROOTS.overlay).dir).consoleLog}`), args.join(" "));
+});
+
+Deno.test("qemu serves a directory root first, as tag root, then the shares; socket names stay in the sandbox dir", () => {
+  assertEquals(qemuShares(spec(ROOTS.dir)).map((s) => [s.tag, s.hostPath, s.guestPath]), [
+    ["root", "/roots/busybox", "/"],
+    ["v0", "/h/data", "/data"],
+    ["v1", "/h/out", "/out"],
+  ]);
+  assertEquals(qemuShares(spec(ROOTS.overlay)).map((s) => s.tag), ["v0", "v1"]);
+  const paths = sandboxPaths("/s");
+  assertEquals(paths.fsSocket("../a/b"), "/s/fs-.._a_b.sock");
+  assertEquals([paths.vmSocket, paths.initrd, paths.trampoline], ["/s/vm.sock", "/s/initrd.img", "/s/trampoline"]);
+});
