@@ -81,4 +81,5 @@ export type { EntryKind, FsCallOptions, FsEntry, FsReadOptions, FsWriteOptions }
 export type { SandboxMetrics } from "./src/metrics/snapshot.ts";
 export { Images, type PruneResult, type StoredImage } from "./src/image/images.ts";
 export type { PulledImage, PullEvent, PullOptions, PullPolicy } from "./src/image/pull.ts";
-export type { BasicAuth, ImageConfig, ImageRuntimeConfig } from "./src/image/registry.ts";
+export type { BasicAuth } from "./src/image/auth.ts";
+export type { ImageConfig, ImageRuntimeConfig } from "./src/image/oci.ts";

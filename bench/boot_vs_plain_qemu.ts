@@ -17,6 +17,7 @@ import { parseConfig } from "../src/sandbox/config.ts";
 import { qemuArgs, qemuBootConfig } from "../src/vmm/qemu.ts";
 import { encodeCpio } from "../src/vmm/cpio.ts";
 import { assetDir } from "../src/store/assets.ts";
+import { median } from "./stats.ts";
 
 const runs = Number(Deno.args[0] ?? 5);
 const root = await busyboxRoot();
@@ -75,7 +76,6 @@ async function plain(i: number): Promise<number> {
   return ms;
 }
 
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 const k: number[] = [];
 const p: number[] = [];
 await krunbox(-1); // warm caches (page cache of kernel, initramfs, root)

@@ -15,7 +15,7 @@
  *   its own layer or lower ones. `errors` and `settings` are the floor:
  *   every layer throws typed errors and reads its settings, and both import
  *   nothing of krunbox's. ffi and util come next, then store, agent, image,
- *   net, vmm, metrics, sandbox, and the entry points mod.ts and cli.ts. This
+ *   net, vmm, metrics, sandbox, host (provisioning and the doctor), and the entry points mod.ts, cli.ts and src/cli. This
  *   holds for type-only imports too: a type names the layer it comes from.
  * - **No cycles** among the imports a module runs (value imports, static).
  *   A type-only import is erased before the module loads and a dynamic
@@ -62,7 +62,8 @@ export const LAYERS: readonly Layer[] = [
   { name: "vmm", paths: ["src/vmm/"], rank: 6 },
   { name: "metrics", paths: ["src/metrics/"], rank: 7 },
   { name: "sandbox", paths: ["src/sandbox/"], rank: 8 },
-  { name: "entry points", paths: ["mod.ts", "cli.ts"], rank: 9 },
+  { name: "host", paths: ["src/host/"], rank: 9 },
+  { name: "entry points", paths: ["mod.ts", "cli.ts", "src/cli/"], rank: 10 },
 ];
 
 /** The library's files: what the check reads (relative to the root). */

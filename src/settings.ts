@@ -53,6 +53,7 @@ export const SETTINGS: readonly SettingDoc[] = [
     default: "the provisioned copy",
   },
   { name: "KRUNBOX_LIBISAL_PATH", meaning: "libisal.so.2 to load before the system's", default: "libisal.so.2" },
+  { name: "KRUNBOX_DEBUG", meaning: "the CLI prints an error's stack as well as its message", default: "off" },
   { name: "KRUNBOX_LIBZSTD_PATH", meaning: "libzstd.so.1 to load before the system's", default: "libzstd.so.1" },
   {
     name: "KRUNBOX_AGENT_TIMEOUT_MS",
@@ -63,6 +64,41 @@ export const SETTINGS: readonly SettingDoc[] = [
     name: "KRUNBOX_EXEC_MAX_OUTPUT_BYTES",
     meaning: "default `maxOutputBytes` of exec/shell/execWith, per stream",
     default: "67108864 (64 MiB)",
+  },
+  {
+    name: "KRUNBOX_PULL_MAX_BYTES",
+    meaning: "uncompressed layer bytes (the tar streams) one image may have; over it a pull fails with IMAGE_INVALID",
+    default: "34359738368 (32 GiB)",
+  },
+  {
+    name: "KRUNBOX_PULL_MAX_ENTRIES",
+    meaning: "tar entries one image may have, all layers together",
+    default: "1000000",
+  },
+  {
+    name: "KRUNBOX_PULL_MAX_NAME_BYTES",
+    meaning: "characters of entry names and link targets one image may hold in memory while it is built",
+    default: "268435456 (256 Mi)",
+  },
+  {
+    name: "KRUNBOX_PULL_MAX_XATTR_BYTES",
+    meaning: "xattr bytes (names and values) one image may have",
+    default: "67108864 (64 MiB)",
+  },
+  {
+    name: "KRUNBOX_PULL_MAX_ENTRY_XATTR_BYTES",
+    meaning: "xattr bytes one tar entry may have",
+    default: "1048576 (1 MiB)",
+  },
+  {
+    name: "KRUNBOX_PULL_MAX_PAX_BYTES",
+    meaning: "size of one pax extended header or GNU long name (and of the pax records in force at once)",
+    default: "1048576 (1 MiB)",
+  },
+  {
+    name: "KRUNBOX_PULL_MEMORY_BYTES",
+    meaning: "bytes of small files one pull holds in memory; past it they are written to disk at once (not an error)",
+    default: "268435456 (256 MiB)",
   },
 ];
 
@@ -77,7 +113,13 @@ function positive(name: string, fallback: number): number {
   return Number.isFinite(v) && v > 0 ? v : fallback;
 }
 
-/** Default timeouts and limits that are not variables, named once. */
+/** A positive integer from `name`, else `fallback` (a bad value is ignored, not fatal). */
+function positiveInteger(name: string, fallback: number): number {
+  const v = Number(env(name));
+  return Number.isSafeInteger(v) && v > 0 ? v : fallback;
+}
+
+/** Default timeouts and limits, named once (those with a variable are read through {@link settings}). */
 export const DEFAULTS = {
   /** How long create/start waits for the agent's ready (TCG boots take seconds). */
   bootTimeoutMs: 60_000,
@@ -147,6 +189,30 @@ export const DEFAULTS = {
   helperSocketMs: 5_000,
   /** How often the runner checks the idle timeout. */
   idleCheckMs: 100,
+  /** Largest manifest or index accepted (as containerd). */
+  manifestMaxBytes: 4 << 20,
+  /** Largest image config accepted. */
+  imageConfigMaxBytes: 16 << 20,
+  /** Largest token-service answer read. */
+  registryTokenMaxBytes: 4 << 20,
+  /** Largest registry error body read for a message. */
+  registryErrorBodyMaxBytes: 64 << 10,
+  /** Redirects a registry request may follow. */
+  registryMaxRedirects: 10,
+  /** Uncompressed layer bytes per image (`KRUNBOX_PULL_MAX_BYTES`). */
+  pullMaxBytes: 32 * 2 ** 30,
+  /** Tar entries per image (`KRUNBOX_PULL_MAX_ENTRIES`). */
+  pullMaxEntries: 1_000_000,
+  /** Characters of names and link targets per image (`KRUNBOX_PULL_MAX_NAME_BYTES`). */
+  pullMaxNameBytes: 256 << 20,
+  /** xattr bytes per image (`KRUNBOX_PULL_MAX_XATTR_BYTES`). */
+  pullMaxXattrBytes: 64 << 20,
+  /** xattr bytes per tar entry (`KRUNBOX_PULL_MAX_ENTRY_XATTR_BYTES`). */
+  pullMaxEntryXattrBytes: 1 << 20,
+  /** One pax header or GNU long name (`KRUNBOX_PULL_MAX_PAX_BYTES`; Go's archive/tar uses the same). */
+  pullMaxPaxBytes: 1 << 20,
+  /** Small-file bytes one pull holds in memory (`KRUNBOX_PULL_MEMORY_BYTES`). */
+  pullMemoryBytes: 256 << 20,
 } as const;
 
 /**
@@ -171,6 +237,23 @@ export const settings = {
   execMaxOutputBytes: (): number => positive("KRUNBOX_EXEC_MAX_OUTPUT_BYTES", DEFAULTS.execMaxOutputBytes),
   /** `KRUNBOX_LIBKRUN_PATH`, or undefined. */
   libkrunPath: (): string | undefined => env("KRUNBOX_LIBKRUN_PATH"),
+  /** True when `KRUNBOX_DEBUG` is set (to anything but `0`). */
+  debug: (): boolean => (env("KRUNBOX_DEBUG") ?? "0") !== "0",
   /** The path override of an optional library (`KRUNBOX_LIBISAL_PATH`, `KRUNBOX_LIBZSTD_PATH`). */
   libraryPath: (variable: "KRUNBOX_LIBISAL_PATH" | "KRUNBOX_LIBZSTD_PATH"): string | undefined => env(variable),
+  /** `KRUNBOX_PULL_MAX_BYTES`, default 32 GiB. */
+  pullMaxBytes: (): number => positiveInteger("KRUNBOX_PULL_MAX_BYTES", DEFAULTS.pullMaxBytes),
+  /** `KRUNBOX_PULL_MAX_ENTRIES`, default 1,000,000. */
+  pullMaxEntries: (): number => positiveInteger("KRUNBOX_PULL_MAX_ENTRIES", DEFAULTS.pullMaxEntries),
+  /** `KRUNBOX_PULL_MAX_NAME_BYTES`, default 256 Mi. */
+  pullMaxNameBytes: (): number => positiveInteger("KRUNBOX_PULL_MAX_NAME_BYTES", DEFAULTS.pullMaxNameBytes),
+  /** `KRUNBOX_PULL_MAX_XATTR_BYTES`, default 64 MiB. */
+  pullMaxXattrBytes: (): number => positiveInteger("KRUNBOX_PULL_MAX_XATTR_BYTES", DEFAULTS.pullMaxXattrBytes),
+  /** `KRUNBOX_PULL_MAX_ENTRY_XATTR_BYTES`, default 1 MiB. */
+  pullMaxEntryXattrBytes: (): number =>
+    positiveInteger("KRUNBOX_PULL_MAX_ENTRY_XATTR_BYTES", DEFAULTS.pullMaxEntryXattrBytes),
+  /** `KRUNBOX_PULL_MAX_PAX_BYTES`, default 1 MiB. */
+  pullMaxPaxBytes: (): number => positiveInteger("KRUNBOX_PULL_MAX_PAX_BYTES", DEFAULTS.pullMaxPaxBytes),
+  /** `KRUNBOX_PULL_MEMORY_BYTES`, default 256 MiB. */
+  pullMemoryBytes: (): number => positiveInteger("KRUNBOX_PULL_MEMORY_BYTES", DEFAULTS.pullMemoryBytes),
 } as const;

@@ -1,22 +1,26 @@
 /**
  * Runs INSIDE the nested test host (see bench/libkrun_vs_msb_nested.ts):
  * create → first exec result for krunbox's libkrun backend and for
- * microsandbox's `msb` (same busybox root directory, same memory), runs
- * alternating, printing one JSON line with the timings.
+ * microsandbox's `msb`, on the same busybox root directory with the same
+ * vCPUs and memory on both sides. One warm-up run of each is discarded
+ * (page cache, first-use work), then `runs` runs alternate; prints one JSON
+ * line with the timings and the configuration.
  *
- * Usage: create_exec.ts <msb binary> [runs]
+ * Usage: create_exec.ts <msb binary> [runs=5] [cpus=1] [memoryMiB=256]
  */
 
 import { busyboxRoot } from "../../scripts/roots.ts";
 import { Sandbox } from "../../mod.ts";
 
-const [msb, runsArg] = Deno.args;
-const runs = Number(runsArg ?? 2);
+const [msb, runsArg, cpusArg, memArg] = Deno.args;
+const runs = Number(runsArg ?? 5);
+const cpus = Number(cpusArg ?? 1);
+const memory = Number(memArg ?? 256);
 const root = await busyboxRoot();
 
-async function krunbox(i: number): Promise<number> {
+async function krunbox(name: string): Promise<number> {
   const t0 = performance.now();
-  const sb = await Sandbox.builder(`cmp-k${i}`).image(root).backend("libkrun").memory(256).replace().create();
+  const sb = await Sandbox.builder(name).image(root).backend("libkrun").cpus(cpus).memory(memory).replace().create();
   await sb.exec("true");
   const ms = performance.now() - t0;
   await sb.kill();
@@ -29,19 +33,27 @@ async function run(args: string[]): Promise<void> {
   if (!out.success) throw new Error(`msb ${args.join(" ")}: ${new TextDecoder().decode(out.stderr)}`);
 }
 
-async function microsandbox(i: number): Promise<number> {
+async function microsandbox(name: string): Promise<number> {
   const t0 = performance.now();
-  await run(["create", "--quiet", "--name", `cmp-m${i}`, "--memory", "256M", "--replace", root]);
-  await run(["exec", `cmp-m${i}`, "--", "true"]);
+  await run(["create", "--quiet", "--name", name, "--cpus", String(cpus), "--memory", `${memory}M`, "--replace", root]);
+  await run(["exec", name, "--", "true"]);
   const ms = performance.now() - t0;
-  await run(["rm", "--force", "--quiet", `cmp-m${i}`]);
+  await run(["rm", "--force", "--quiet", name]);
   return ms;
 }
 
+await microsandbox("cmp-m-warm");
+await krunbox("cmp-k-warm");
 const k: number[] = [];
 const m: number[] = [];
 for (let i = 0; i < runs; i++) {
-  m.push(await microsandbox(i));
-  k.push(await krunbox(i));
+  // Alternate which side goes first, so neither always runs on the other's warm cache.
+  if (i % 2 === 0) {
+    m.push(await microsandbox(`cmp-m${i}`));
+    k.push(await krunbox(`cmp-k${i}`));
+  } else {
+    k.push(await krunbox(`cmp-k${i}`));
+    m.push(await microsandbox(`cmp-m${i}`));
+  }
 }
-console.log(JSON.stringify({ krunbox: k, msb: m }));
+console.log(JSON.stringify({ cpus, memory, krunbox: k, msb: m }));

@@ -12,7 +12,9 @@
 
 import { ImageError, KrunboxError } from "../errors.ts";
 import { lockWait } from "../store/lock.ts";
-import { type Descriptor, digestStream, type RegistryClient } from "./registry.ts";
+import { digestStream } from "./digest.ts";
+import type { Descriptor } from "./oci.ts";
+import type { RegistryClient } from "./registry.ts";
 import { imagePaths } from "./store.ts";
 import { DEFAULTS, settings } from "../settings.ts";
 

@@ -18,46 +18,45 @@
  * applied. A file later replaced or deleted by an upper layer keeps its
  * blocks (as in the layer tarballs themselves).
  *
+ * {@link writeErofs} runs in phases, each a function below: number the
+ * inodes, lay out each one's data, place them in the metadata area, fill
+ * the directories, encode the inodes, then the superblock. The structs'
+ * byte layouts are in `erofs_format.ts`.
+ *
  * @module
  */
 
 import { encodeName } from "./names.ts";
-import type { Inode, NodeType } from "./tree.ts";
+import type { Inode } from "./tree.ts";
+import {
+  BLOCK_SIZE,
+  DataLayout,
+  direntBytes,
+  encodeDevice,
+  encodeDirBlock,
+  encodeInode,
+  encodeSuperBlock,
+  encodeXattrBody,
+  FILE_TYPE,
+  INODE_EXTENDED,
+  INODE_SLOT,
+  MODE_TYPE,
+  SUPERBLOCK_OFFSET,
+  XATTR_BODY_MAX,
+  XATTR_IBODY_HEADER,
+  XATTR_PREFIXES,
+  xattrEntrySize,
+  type XattrRecord,
+} from "./erofs_format.ts";
 
-/** Block size (bytes). */
-export const BLOCK_SIZE = 4096;
-const BLOCK_BITS = 12;
-const SUPERBLOCK_OFFSET = 1024;
-const MAGIC = 0xe0f5e1e2;
-const INODE_SIZE = 64; // erofs_inode_extended
-const XATTR_HEADER = 12; // erofs_xattr_ibody_header
-const DIRENT_SIZE = 12; // erofs_dirent
-/** The most inline xattr bytes an inode can describe (i_xattr_icount is 16 bits). */
-const XATTR_BODY_MAX = XATTR_HEADER + 0xfffe * 4;
-/** i_format data layouts. */
-const FLAT_PLAIN = 0;
-const FLAT_INLINE = 2;
+export { BLOCK_SIZE } from "./erofs_format.ts";
+
 /** Files up to this size are held in memory and written inline after their inode. */
-export const INLINE_MAX = BLOCK_SIZE - INODE_SIZE;
-
-const FILE_TYPE: Record<NodeType, number> = { file: 1, dir: 2, char: 3, block: 4, fifo: 5, symlink: 7 };
-const MODE_TYPE: Record<NodeType, number> = {
-  file: 0o100000,
-  dir: 0o040000,
-  char: 0o020000,
-  block: 0o060000,
-  fifo: 0o010000,
-  symlink: 0o120000,
-};
-
-/** xattr name prefixes EROFS stores as an index (the rest of the name follows). */
-const XATTR_PREFIXES: readonly [string, number][] = [
-  ["system.posix_acl_access", 2],
-  ["system.posix_acl_default", 3],
-  ["user.", 1],
-  ["trusted.", 4],
-  ["security.", 6],
-];
+export const INLINE_MAX: number = BLOCK_SIZE - INODE_EXTENDED.size;
+/** Inodes are placed at multiples of this (a nid counts 32-byte slots). */
+const INODE_ALIGN = INODE_SLOT;
+/** Names of skipped xattrs kept for the summary. */
+const MAX_SKIPPED_REPORTED = 1000;
 
 const enc = new TextEncoder();
 const DOT = enc.encode(".");
@@ -236,74 +235,11 @@ interface Slot {
   items?: DirItem[];
 }
 
-function compareBytes(a: Uint8Array, b: Uint8Array): number {
-  const n = Math.min(a.length, b.length);
-  for (let i = 0; i < n; i++) if (a[i] !== b[i]) return a[i] - b[i];
-  return a.length - b.length;
-}
-
-function xattrBody(inode: Inode, skipped: string[]): Uint8Array {
-  const entries: { full: string; index: number; name: Uint8Array; value: Uint8Array }[] = [];
-  for (const [name, value] of inode.xattrs) {
-    const p = XATTR_PREFIXES.find(([prefix]) => name.startsWith(prefix));
-    const suffix = p ? enc.encode(name.slice(p[0].length)) : undefined;
-    // trusted.overlay.* would steer the guest's overlayfs: never taken from an image.
-    if (!p || !suffix || suffix.length > 255 || value.length > 0xffff || name.startsWith("trusted.overlay.")) {
-      if (skipped.length < 1000) skipped.push(name);
-      continue;
-    }
-    entries.push({ full: name, index: p[1], name: suffix, value });
-  }
-  let size = XATTR_HEADER;
-  const kept = entries.filter((e) => {
-    const add = align(4 + e.name.length + e.value.length, 4);
-    if (size + add > XATTR_BODY_MAX) {
-      if (skipped.length < 1000) skipped.push(e.full);
-      return false;
-    }
-    size += add;
-    return true;
-  });
-  if (kept.length === 0) return new Uint8Array(0);
-  const out = new Uint8Array(size);
-  const view = new DataView(out.buffer);
-  let off = XATTR_HEADER;
-  for (const e of kept) {
-    out[off] = e.name.length;
-    out[off + 1] = e.index;
-    view.setUint16(off + 2, e.value.length, true);
-    out.set(e.name, off + 4);
-    out.set(e.value, off + 4 + e.name.length);
-    off += align(4 + e.name.length + e.value.length, 4);
-  }
-  return out;
-}
-
-function align(n: number, to: number): number {
-  return Math.ceil(n / to) * to;
-}
-
-/** Splits sorted directory items into blocks; returns each block's items. */
-function dirBlocks(items: DirItem[]): DirItem[][] {
-  const blocks: DirItem[][] = [];
-  let cur: DirItem[] = [];
-  let used = 0;
-  for (const it of items) {
-    const need = DIRENT_SIZE + it.name.length;
-    if (used + need > BLOCK_SIZE) {
-      blocks.push(cur);
-      cur = [];
-      used = 0;
-    }
-    cur.push(it);
-    used += need;
-  }
-  blocks.push(cur);
-  return blocks;
-}
-
-function dirBlockBytes(block: DirItem[]): number {
-  return block.reduce((n, it) => n + DIRENT_SIZE + it.name.length, 0);
+/** Where the metadata went: its first block and size, and the image's end. */
+interface Placement {
+  metaBlock: number;
+  metaBlocks: number;
+  totalBlocks: number;
 }
 
 /**
@@ -322,7 +258,36 @@ function dirBlockBytes(block: DirItem[]): number {
  */
 export async function writeErofs(area: DataArea, root: Inode): Promise<ErofsSummary> {
   const skippedXattrs: string[] = [];
-  // 1. Inodes in breadth-first order (root first: its nid must fit 16 bits), hard links once.
+  const slots = collectInodes(root, skippedXattrs);
+  for (const s of slots) layoutData(s);
+  const placement = placeInodes(slots, area.end);
+  const slotOf = new Map(slots.map((s) => [s.inode, s]));
+  const nid = (inode: Inode) => slotOf.get(inode)!.pos / INODE_SLOT;
+  for (const s of slots) fillDirectory(s, nid);
+  const { meta, buildTime } = encodeMetadata(slots, placement.metaBlocks);
+  const superBlock = encodeSuperBlock({
+    rootNid: nid(root),
+    inos: slots.length,
+    buildTime,
+    blocks: placement.totalBlocks,
+    metaBlkaddr: placement.metaBlock,
+    uuid: crypto.getRandomValues(new Uint8Array(16)),
+  });
+
+  using file = await Deno.open(area.path, { write: true });
+  await writeAt(file, SUPERBLOCK_OFFSET, superBlock);
+  await writeAt(file, placement.metaBlock * BLOCK_SIZE, meta);
+  for (const s of slots) if (s.extra) await writeAt(file, s.iu * BLOCK_SIZE, s.extra);
+  await file.truncate(placement.totalBlocks * BLOCK_SIZE);
+  return { inodes: slots.length, blocks: placement.totalBlocks, skippedXattrs };
+}
+
+/**
+ * Phase 1: one slot per inode in breadth-first order (the root first: its
+ * nid must fit the superblock's 16 bits), a hard-linked inode once, with
+ * its xattr body, inode number, link count and sorted directory items.
+ */
+function collectInodes(root: Inode, skippedXattrs: string[]): Slot[] {
   const slots: Slot[] = [];
   const slotOf = new Map<Inode, Slot>();
   const queue: Inode[] = [root];
@@ -334,7 +299,7 @@ export async function writeErofs(area: DataArea, root: Inode): Promise<ErofsSumm
       inode,
       pos: 0,
       xattrs: xattrBody(inode, skippedXattrs),
-      layout: FLAT_PLAIN,
+      layout: DataLayout.FLAT_PLAIN,
       size: 0,
       inline: new Uint8Array(0),
       iu: 0,
@@ -364,61 +329,69 @@ export async function writeErofs(area: DataArea, root: Inode): Promise<ErofsSumm
     slot.items = items.sort((a, b) => compareBytes(a.name, b.name));
   }
   for (const [inode, n] of links) slotOf.get(inode)!.nlink = n;
+  return slots;
+}
 
-  // 2. Data layout of each inode (sizes only: positions come next).
-  let extraBlocks = 0;
-  for (const s of slots) {
-    const inode = s.inode;
-    const room = BLOCK_SIZE - INODE_SIZE - s.xattrs.length;
-    if (inode.type === "char" || inode.type === "block") {
-      s.iu = ((inode.devminor & 0xfff00) << 12) | ((inode.devmajor & 0xfff) << 8) | (inode.devminor & 0xff);
-      continue;
-    }
-    if (inode.type === "fifo") continue;
-    let bytes: Uint8Array | undefined;
-    if (inode.type === "symlink") bytes = encodeName(inode.target);
-    else if (inode.type === "file") {
-      const data = inode.data!;
-      if (data.kind === "blocks") {
-        s.size = data.size;
-        s.iu = data.size === 0 ? 0 : data.block;
-        continue;
-      }
-      bytes = data.bytes;
-    } else {
-      const blocks = dirBlocks(s.items!);
-      const last = dirBlockBytes(blocks[blocks.length - 1]);
-      s.size = (blocks.length - 1) * BLOCK_SIZE + last;
-      if (blocks.length === 1 && last <= room) {
-        s.layout = FLAT_INLINE;
-        s.inline = new Uint8Array(last); // filled once nids are known
-      } else {
-        s.extra = new Uint8Array(blocks.length * BLOCK_SIZE);
-        extraBlocks += blocks.length;
-      }
-      continue;
-    }
-    s.size = bytes.length;
-    if (bytes.length === 0) continue;
-    if (bytes.length <= room) {
-      s.layout = FLAT_INLINE;
-      s.inline = bytes;
-    } else {
-      s.extra = bytes;
-      extraBlocks += Math.ceil(bytes.length / BLOCK_SIZE);
-    }
+/**
+ * Phase 2: how a slot's data is stored (sizes only; positions come next):
+ * a device number in `i_u`; a file already in the data area by its block;
+ * anything else inline after the inode when it fits the rest of the
+ * inode's block, else in whole blocks after the metadata.
+ */
+function layoutData(s: Slot): void {
+  const inode = s.inode;
+  const room = BLOCK_SIZE - INODE_EXTENDED.size - s.xattrs.length;
+  if (inode.type === "char" || inode.type === "block") {
+    s.iu = encodeDevice(inode.devmajor, inode.devminor);
+    return;
   }
+  if (inode.type === "fifo") return;
+  let bytes: Uint8Array;
+  if (inode.type === "symlink") bytes = encodeName(inode.target);
+  else if (inode.type === "file") {
+    const data = inode.data!;
+    if (data.kind === "blocks") {
+      s.size = data.size;
+      s.iu = data.size === 0 ? 0 : data.block;
+      return;
+    }
+    bytes = data.bytes;
+  } else {
+    const blocks = dirBlocks(s.items!);
+    const last = direntBytes(blocks[blocks.length - 1]);
+    s.size = (blocks.length - 1) * BLOCK_SIZE + last;
+    if (blocks.length === 1 && last <= room) {
+      s.layout = DataLayout.FLAT_INLINE;
+      s.inline = new Uint8Array(last); // filled once nids are known
+    } else {
+      s.extra = new Uint8Array(blocks.length * BLOCK_SIZE);
+    }
+    return;
+  }
+  s.size = bytes.length;
+  if (bytes.length === 0) return;
+  if (bytes.length <= room) {
+    s.layout = DataLayout.FLAT_INLINE;
+    s.inline = bytes;
+  } else {
+    s.extra = bytes;
+  }
+}
 
-  // 3. Positions in the metadata area: 32-byte aligned, never crossing a block.
+/**
+ * Phase 3: each inode's position in the metadata area (32-byte aligned,
+ * never crossing a block, so inline data never does either), the metadata
+ * area from `metaBlock` on, then the blocks of `extra` data after it.
+ */
+function placeInodes(slots: Slot[], metaBlock: number): Placement {
   let pos = 0;
   for (const s of slots) {
-    const len = INODE_SIZE + s.xattrs.length + s.inline.length;
-    pos = align(pos, 32);
+    const len = INODE_EXTENDED.size + s.xattrs.length + s.inline.length;
+    pos = align(pos, INODE_ALIGN);
     if ((pos % BLOCK_SIZE) + len > BLOCK_SIZE) pos = align(pos, BLOCK_SIZE);
     s.pos = pos;
     pos += len;
   }
-  const metaBlock = area.end;
   const metaBlocks = Math.max(1, Math.ceil(pos / BLOCK_SIZE));
   let extraAt = metaBlock + metaBlocks;
   for (const s of slots) {
@@ -426,71 +399,109 @@ export async function writeErofs(area: DataArea, root: Inode): Promise<ErofsSumm
     s.iu = extraAt;
     extraAt += Math.ceil(s.extra.length / BLOCK_SIZE);
   }
-  const totalBlocks = extraAt;
-  const nid = (inode: Inode) => slotOf.get(inode)!.pos / 32;
+  return { metaBlock, metaBlocks, totalBlocks: extraAt };
+}
 
-  // 4. Directory contents, now that every nid is known.
-  for (const s of slots) {
-    if (!s.items) continue;
-    const out = s.extra ?? s.inline;
-    const blocks = dirBlocks(s.items);
-    blocks.forEach((items, b) => {
-      const base = b * BLOCK_SIZE;
-      const view = new DataView(out.buffer, out.byteOffset + base);
-      let nameAt = items.length * DIRENT_SIZE;
-      items.forEach((it, i) => {
-        view.setBigUint64(i * DIRENT_SIZE, BigInt(nid(it.inode)), true);
-        view.setUint16(i * DIRENT_SIZE + 8, nameAt, true);
-        out[base + i * DIRENT_SIZE + 10] = FILE_TYPE[it.inode.type];
-        out.set(it.name, base + nameAt);
-        nameAt += it.name.length;
-      });
-    });
-  }
+/** Phase 4: a directory's blocks (inline or extra), now that every nid is known. */
+function fillDirectory(s: Slot, nid: (inode: Inode) => number): void {
+  if (!s.items) return;
+  const out = s.extra ?? s.inline;
+  dirBlocks(s.items).forEach((items, b) => {
+    encodeDirBlock(
+      out,
+      b * BLOCK_SIZE,
+      items.map((it) => ({ nid: nid(it.inode), name: it.name, fileType: FILE_TYPE[it.inode.type] })),
+    );
+  });
+}
 
-  // 5. Serialize the metadata area.
+/** Phase 5: the metadata area: every inode, its xattrs and its inline data; and the newest mtime. */
+function encodeMetadata(slots: readonly Slot[], metaBlocks: number): { meta: Uint8Array; buildTime: number } {
   const meta = new Uint8Array(metaBlocks * BLOCK_SIZE);
   const view = new DataView(meta.buffer);
   let buildTime = 0;
   for (const s of slots) {
     const i = s.inode;
-    const at = s.pos;
-    const icount = s.xattrs.length ? (s.xattrs.length - XATTR_HEADER) / 4 + 1 : 0;
-    view.setUint16(at, 1 | (s.layout << 1), true); // extended inode
-    view.setUint16(at + 2, icount, true);
-    view.setUint16(at + 4, MODE_TYPE[i.type] | (i.mode & 0o7777), true);
-    view.setBigUint64(at + 8, BigInt(s.size), true);
-    view.setUint32(at + 16, s.iu >>> 0, true);
-    view.setUint32(at + 20, s.ino, true);
-    view.setUint32(at + 24, i.uid >>> 0, true);
-    view.setUint32(at + 28, i.gid >>> 0, true);
-    const secs = Math.floor(Number.isFinite(i.mtime) ? i.mtime : 0);
-    view.setBigInt64(at + 32, BigInt(secs), true);
-    view.setUint32(at + 40, Math.min(999_999_999, Math.round((i.mtime - secs) * 1e9)) >>> 0, true);
-    view.setUint32(at + 44, s.nlink, true);
-    meta.set(s.xattrs, at + INODE_SIZE);
-    meta.set(s.inline, at + INODE_SIZE + s.xattrs.length);
+    const secs = encodeInode(view, s.pos, {
+      layout: s.layout,
+      xattrBytes: s.xattrs.length,
+      mode: MODE_TYPE[i.type] | (i.mode & 0o7777),
+      size: s.size,
+      u: s.iu,
+      ino: s.ino,
+      uid: i.uid,
+      gid: i.gid,
+      mtime: i.mtime,
+      nlink: s.nlink,
+    });
+    meta.set(s.xattrs, s.pos + INODE_EXTENDED.size);
+    meta.set(s.inline, s.pos + INODE_EXTENDED.size + s.xattrs.length);
     buildTime = Math.max(buildTime, secs);
   }
+  return { meta, buildTime };
+}
 
-  // 6. Superblock.
-  const sb = new Uint8Array(128);
-  const sv = new DataView(sb.buffer);
-  sv.setUint32(0, MAGIC, true);
-  sb[12] = BLOCK_BITS;
-  sv.setUint16(14, slots[0].pos / 32, true); // root nid
-  sv.setBigUint64(16, BigInt(slots.length), true);
-  sv.setBigUint64(24, BigInt(buildTime), true);
-  sv.setUint32(36, totalBlocks, true);
-  sv.setUint32(40, metaBlock, true);
-  sb.set(crypto.getRandomValues(new Uint8Array(16)), 48); // uuid
+/**
+ * An inode's inline xattrs. Names without an EROFS prefix index, over 255
+ * bytes after the prefix, values over 65535 bytes, `trusted.overlay.*`, and
+ * whatever would take the body past what `i_xattr_icount` can describe are
+ * skipped and named in `skipped`.
+ */
+function xattrBody(inode: Inode, skipped: string[]): Uint8Array {
+  const skip = (name: string) => {
+    if (skipped.length < MAX_SKIPPED_REPORTED) skipped.push(name);
+  };
+  const candidates: (XattrRecord & { full: string })[] = [];
+  for (const [name, value] of inode.xattrs) {
+    const p = XATTR_PREFIXES.find(([prefix]) => name.startsWith(prefix));
+    const suffix = p ? enc.encode(name.slice(p[0].length)) : undefined;
+    // trusted.overlay.* would steer the guest's overlayfs: never taken from an image.
+    if (!p || !suffix || suffix.length > 255 || value.length > 0xffff || name.startsWith("trusted.overlay.")) {
+      skip(name);
+      continue;
+    }
+    candidates.push({ full: name, index: p[1], name: suffix, value });
+  }
+  let size = XATTR_IBODY_HEADER.size;
+  const kept = candidates.filter((c) => {
+    const add = xattrEntrySize(c.name.length, c.value.length);
+    if (size + add > XATTR_BODY_MAX) {
+      skip(c.full);
+      return false;
+    }
+    size += add;
+    return true;
+  });
+  return encodeXattrBody(kept);
+}
 
-  using file = await Deno.open(area.path, { write: true });
-  await writeAt(file, SUPERBLOCK_OFFSET, sb);
-  await writeAt(file, metaBlock * BLOCK_SIZE, meta);
-  for (const s of slots) if (s.extra) await writeAt(file, s.iu * BLOCK_SIZE, s.extra);
-  await file.truncate(totalBlocks * BLOCK_SIZE);
-  return { inodes: slots.length, blocks: totalBlocks, skippedXattrs };
+function compareBytes(a: Uint8Array, b: Uint8Array): number {
+  const n = Math.min(a.length, b.length);
+  for (let i = 0; i < n; i++) if (a[i] !== b[i]) return a[i] - b[i];
+  return a.length - b.length;
+}
+
+function align(n: number, to: number): number {
+  return Math.ceil(n / to) * to;
+}
+
+/** Splits sorted directory items into blocks; returns each block's items. */
+function dirBlocks(items: DirItem[]): DirItem[][] {
+  const blocks: DirItem[][] = [];
+  let cur: DirItem[] = [];
+  let used = 0;
+  for (const it of items) {
+    const need = direntBytes([it]);
+    if (used + need > BLOCK_SIZE) {
+      blocks.push(cur);
+      cur = [];
+      used = 0;
+    }
+    cur.push(it);
+    used += need;
+  }
+  blocks.push(cur);
+  return blocks;
 }
 
 async function writeAt(file: Deno.FsFile, at: number, bytes: Uint8Array): Promise<void> {

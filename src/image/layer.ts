@@ -9,9 +9,11 @@
  */
 
 import { ImageError } from "../errors.ts";
-import { BLOCK_SIZE, type DataArea, INLINE_MAX } from "./erofs.ts";
+import { type DataArea, INLINE_MAX } from "./erofs.ts";
+import { BLOCK_SIZE } from "./erofs_format.ts";
+import { PullUsage } from "./limits.ts";
 import type { TarEntry } from "./tar.ts";
-import { type LayerEntry, type NodeData, normalizeEntryPath } from "./tree.ts";
+import { type LayerEntry, type NodeData, normalizeEntryPath, PATH_MAX } from "./tree.ts";
 
 /**
  * How many bytes of small files may be held in memory across the layers of
@@ -42,7 +44,11 @@ export class MemoryBudget {
 /**
  * Reads every entry of a layer; file contents end up in memory or in
  * `area`. Throws `ImageError("IMAGE_INVALID")` on a name with `..` or a NUL
- * byte, and whatever the tar reader throws on a broken archive.
+ * byte, a name or link target longer than {@link PATH_MAX}, an entry that
+ * goes over one of `usage`'s caps (entries, names, xattrs, bytes: a file
+ * is refused at its header when its declared size cannot fit), and
+ * whatever the tar reader throws on a broken archive. Pass the tar
+ * reader's usage so both count against one image.
  *
  * @example
  * ```ts
@@ -59,18 +65,29 @@ export async function readLayer(
   tar: AsyncIterable<TarEntry>,
   area: DataArea,
   budget: MemoryBudget,
+  usage: PullUsage = new PullUsage(),
 ): Promise<LayerEntry[]> {
   using sink = await area.sink();
   const out: LayerEntry[] = [];
   for await (const e of tar) {
+    const where = () =>
+      `entry ${JSON.stringify(e.name.slice(0, 100))}${e.name.length > 100 ? "…" : ""} (offset ${e.offset})`;
+    usage.chargeEntry(where);
     let path: string;
     try {
       path = normalizeEntryPath(e.name);
     } catch (x) {
       throw new ImageError("IMAGE_INVALID", `${(x as Error).message} at offset ${e.offset}`, { cause: x });
     }
+    if (e.linkname.length > PATH_MAX) {
+      throw new ImageError("IMAGE_INVALID", `invalid layer: ${where()}: its link target is longer than ${PATH_MAX}`);
+    }
+    // Both spellings of the name are kept (the raw one for messages), and the link target.
+    usage.chargeNames(e.name.length + path.length + e.linkname.length, where);
+    usage.chargeXattrs(e.xattrs, where);
     let data: NodeData | undefined;
     if (e.type === "file") {
+      usage.expectBytes(e.size, where);
       if (e.size <= INLINE_MAX && budget.take(e.size)) {
         data = { kind: "memory", bytes: await e.bytes() };
       } else {

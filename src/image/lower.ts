@@ -9,11 +9,26 @@
 
 import { DataArea, type ErofsSummary, writeErofs } from "./erofs.ts";
 import { MemoryBudget, readLayer } from "./layer.ts";
+import { type PullCaps, pullCaps, PullUsage } from "./limits.ts";
 import { readTar } from "./tar.ts";
 import { type LayerEntry, LayerTree, type TreeStats } from "./tree.ts";
 
-/** Bytes of small files one build may hold in memory (past it they go to the data area too). */
-const SMALL_FILE_MEMORY = 256 << 20;
+/**
+ * Options of {@link LowerBuilder.create}.
+ *
+ * @example
+ * ```ts
+ * import type { LowerOptions } from "./lower.ts";
+ * import { pullCaps } from "./limits.ts";
+ * const options: LowerOptions = { caps: { ...pullCaps(), maxEntries: 10_000 }, warn: console.warn };
+ * ```
+ */
+export interface LowerOptions {
+  /** Called with each warning of the layer tree. */
+  warn?: (message: string) => void;
+  /** The caps of this build (default: the settings now, see {@link pullCaps}). */
+  caps?: PullCaps;
+}
 
 /**
  * One lower being built into a file.
@@ -29,18 +44,21 @@ const SMALL_FILE_MEMORY = 256 << 20;
  */
 export class LowerBuilder implements Disposable {
   readonly #area: DataArea;
-  readonly #budget = new MemoryBudget(SMALL_FILE_MEMORY);
+  readonly #budget: MemoryBudget;
+  readonly #usage: PullUsage;
   readonly #tree: LayerTree;
   #next = 0;
 
-  private constructor(area: DataArea, warn?: (message: string) => void) {
+  private constructor(area: DataArea, options: LowerOptions) {
     this.#area = area;
-    this.#tree = new LayerTree(warn);
+    this.#usage = new PullUsage(options.caps ?? pullCaps());
+    this.#budget = new MemoryBudget(this.#usage.caps.memoryBytes);
+    this.#tree = new LayerTree(options.warn);
   }
 
   /** Starts a lower at `path` (created or truncated). */
-  static async create(path: string, options: { warn?: (message: string) => void } = {}): Promise<LowerBuilder> {
-    return new LowerBuilder(await DataArea.create(path), options.warn);
+  static async create(path: string, options: LowerOptions = {}): Promise<LowerBuilder> {
+    return new LowerBuilder(await DataArea.create(path), options);
   }
 
   /** What applying the layers did so far. */
@@ -48,13 +66,20 @@ export class LowerBuilder implements Disposable {
     return this.#tree.stats;
   }
 
+  /** What the layers read so far used of the build's caps. */
+  get usage(): PullUsage {
+    return this.#usage;
+  }
+
   /**
    * Reads one layer's (uncompressed) tar stream; may run concurrently with
-   * other layers. Throws `ImageError("IMAGE_INVALID")` on a broken archive
-   * or a name with `..`.
+   * other layers, which share the build's caps. Throws
+   * `ImageError("IMAGE_INVALID")` on a broken archive, a name with `..`, or
+   * a layer that takes the image over a cap (the message names it and the
+   * variable that raises it).
    */
   read(tar: ReadableStream<Uint8Array>): Promise<LayerEntry[]> {
-    return readLayer(readTar(tar), this.#area, this.#budget);
+    return readLayer(readTar(tar, this.#usage), this.#area, this.#budget, this.#usage);
   }
 
   /**

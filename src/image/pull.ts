@@ -7,7 +7,9 @@
  * order to an in-memory tree, whose metadata completes the lower. Nothing
  * is unpacked onto the host. A `.partial` download is resumed after an
  * interruption; a cached blob is read from the store. Progress is reported
- * as events.
+ * as events. The layers of one image are read under one set of caps
+ * (`limits.ts`: bytes, entries, names, xattrs, pax headers), so a hostile
+ * layer fails with `IMAGE_INVALID` while it streams, digest or not.
  *
  * One image directory per manifest digest, built under a lock and renamed
  * into place when complete, so concurrent pulls of one image build it once
@@ -21,7 +23,9 @@ import { ImageError } from "../errors.ts";
 import type { Store } from "../store/db.ts";
 import { lockWait } from "../store/lock.ts";
 import { parseReference } from "./reference.ts";
-import { type BasicAuth, type Descriptor, type ImageConfig, RegistryClient, type ResolvedImage } from "./registry.ts";
+import type { BasicAuth } from "./auth.ts";
+import type { Descriptor, ImageConfig } from "./oci.ts";
+import { RegistryClient, type ResolvedImage } from "./registry.ts";
 import { type BlobProgress, StoredBlobDamagedError, streamBlob } from "./blobs.ts";
 import { IN_QUEUE } from "./decoder.ts";
 import { gunzip } from "./gunzip.ts";

@@ -1,73 +1,30 @@
 /**
  * A client for the OCI distribution API v2: resolves a reference to a
  * platform manifest and its image config (every byte verified against the
- * digest it was addressed by) and streams blobs, with Bearer-token and Basic
- * authentication, redirects and resumable ranges.
+ * digest it was addressed by) and streams blobs, with redirects and
+ * resumable ranges. The documents are typed in `oci.ts`, authentication is
+ * `auth.ts`, the HTTP plumbing `http.ts`, blob verification `digest.ts`.
  *
  * @module
  */
 
-import { createHash } from "node:crypto";
 import { ImageError } from "../errors.ts";
-import { checkDigest, type DigestAlgorithm, type ImageReference, isInsecureRegistry } from "./reference.ts";
-import { concatBytes } from "../util/bytes.ts";
-
-/**
- * Media types of the manifests krunbox understands.
- *
- * @example
- * ```ts
- * import { MediaType } from "./registry.ts";
- * const headers = { "content-type": MediaType.OCI_INDEX };
- * ```
- */
-export const MediaType = {
-  /** OCI image index (multi-platform). */
-  OCI_INDEX: "application/vnd.oci.image.index.v1+json",
-  /** Docker manifest list v2 (multi-platform). */
-  DOCKER_LIST: "application/vnd.docker.distribution.manifest.list.v2+json",
-  /** OCI image manifest. */
-  OCI_MANIFEST: "application/vnd.oci.image.manifest.v1+json",
-  /** Docker image manifest v2 schema 2. */
-  DOCKER_MANIFEST: "application/vnd.docker.distribution.manifest.v2+json",
-  /** OCI image config. */
-  OCI_CONFIG: "application/vnd.oci.image.config.v1+json",
-  /** Docker image config. */
-  DOCKER_CONFIG: "application/vnd.docker.container.image.v1+json",
-} as const;
-
-const MANIFEST_ACCEPT = [
-  MediaType.OCI_INDEX,
-  MediaType.DOCKER_LIST,
-  MediaType.OCI_MANIFEST,
-  MediaType.DOCKER_MANIFEST,
-].join(", ");
-
-/** Largest manifest or index accepted (as containerd). */
-const MANIFEST_LIMIT = 4 * 1024 * 1024;
-/** Largest image config accepted. */
-const CONFIG_LIMIT = 16 * 1024 * 1024;
-/** Largest error body read for a message. */
-const ERROR_BODY_LIMIT = 64 * 1024;
-const MAX_REDIRECTS = 10;
-
-/**
- * Credentials for a registry.
- *
- * @example
- * ```ts
- * import type { BasicAuth } from "./registry.ts";
- * const auth: BasicAuth = { kind: "basic", username: "me", password: Deno.env.get("REGISTRY_TOKEN") ?? "" };
- * ```
- */
-export interface BasicAuth {
-  /** Always `"basic"`: a user name and password (or access token as password). */
-  kind: "basic";
-  /** User name. */
-  username: string;
-  /** Password or personal access token. */
-  password: string;
-}
+import { checkDigest, type ImageReference, isInsecureRegistry } from "./reference.ts";
+import { type BasicAuth, RegistryAuth } from "./auth.ts";
+import { digestOf } from "./digest.ts";
+import { getFollowing, httpError, readLimited } from "./http.ts";
+import {
+  type Descriptor,
+  formatPlatform,
+  type ImageConfig,
+  type ImageIndex,
+  type ImageManifest,
+  isDescriptor,
+  MANIFEST_ACCEPT,
+  type Platform,
+  platformMatches,
+} from "./oci.ts";
+import { DEFAULTS } from "../settings.ts";
 
 /**
  * Options of {@link RegistryClient}.
@@ -85,174 +42,6 @@ export interface RegistryClientOptions {
   insecure?: boolean;
   /** Aborts every request of this client; the abort reason is thrown as is. */
   signal?: AbortSignal;
-}
-
-/**
- * An OS and CPU architecture an image is built for.
- *
- * @example
- * ```ts
- * import type { Platform } from "./registry.ts";
- * const arm: Platform = { os: "linux", architecture: "arm64", variant: "v8" };
- * ```
- */
-export interface Platform {
-  /** `linux`. */
-  os: string;
-  /** `amd64`, `arm64`, … (GOARCH names). */
-  architecture: string;
-  /** CPU variant, e.g. `v8` for arm64; ignored for amd64. */
-  variant?: string;
-}
-
-/**
- * A content descriptor: what a manifest says about a blob or another manifest.
- *
- * @example
- * ```ts
- * import type { Descriptor } from "./registry.ts";
- * const layer: Descriptor = {
- *   mediaType: "application/vnd.oci.image.layer.v1.tar+gzip",
- *   digest: "sha256:" + "0".repeat(64),
- *   size: 1234,
- * };
- * ```
- */
-export interface Descriptor {
-  /** Media type of the referenced content. */
-  mediaType: string;
-  /** Digest of the referenced content. */
-  digest: string;
-  /** Size in bytes of the referenced content. */
-  size: number;
-  /** Free-form annotations. */
-  annotations?: Record<string, string>;
-  /** Alternative download URLs (foreign layers); krunbox ignores them. */
-  urls?: string[];
-}
-
-/**
- * An entry of an image index / manifest list.
- *
- * @example
- * ```ts
- * import type { IndexEntry } from "./registry.ts";
- * const entry: IndexEntry = {
- *   mediaType: "application/vnd.oci.image.manifest.v1+json",
- *   digest: "sha256:" + "0".repeat(64),
- *   size: 500,
- *   platform: { os: "linux", architecture: "amd64" },
- * };
- * ```
- */
-export interface IndexEntry extends Descriptor {
-  /** The platform of the referenced manifest. */
-  platform?: Platform & { "os.version"?: string; "os.features"?: string[] };
-}
-
-/**
- * An OCI image index or Docker manifest list.
- *
- * @example
- * ```ts
- * import { type ImageIndex, MediaType } from "./registry.ts";
- * const index: ImageIndex = { schemaVersion: 2, mediaType: MediaType.OCI_INDEX, manifests: [] };
- * ```
- */
-export interface ImageIndex {
-  /** Always 2. */
-  schemaVersion: 2;
-  /** Index media type (from the document or the response's Content-Type). */
-  mediaType: string;
-  /** One entry per platform (and sometimes attestations). */
-  manifests: IndexEntry[];
-  /** Free-form annotations. */
-  annotations?: Record<string, string>;
-}
-
-/**
- * An OCI image manifest or Docker manifest v2 schema 2.
- *
- * @example
- * ```ts
- * import { RegistryClient } from "./registry.ts";
- * import { parseReference } from "./reference.ts";
- * const { manifest } = await new RegistryClient(parseReference("127.0.0.1:5000/app:v1")).resolve();
- * for (const layer of manifest.layers) console.log(layer.mediaType, layer.digest, layer.size);
- * ```
- */
-export interface ImageManifest {
-  /** Always 2. */
-  schemaVersion: 2;
-  /** Manifest media type (from the document or the response's Content-Type). */
-  mediaType: string;
-  /** The image config blob. */
-  config: Descriptor;
-  /** The layer blobs, lowest first. */
-  layers: Descriptor[];
-  /** Free-form annotations. */
-  annotations?: Record<string, string>;
-}
-
-/**
- * The runtime defaults of an image (the `config` member of an image config).
- *
- * @example
- * ```ts
- * import type { ImageRuntimeConfig } from "./registry.ts";
- * const rc: ImageRuntimeConfig = { Entrypoint: ["/bin/sh", "-c"], Cmd: ["echo hi"], Env: ["PATH=/bin"] };
- * const argv = [...(rc.Entrypoint ?? []), ...(rc.Cmd ?? [])];
- * ```
- */
-export interface ImageRuntimeConfig {
-  /** Environment, `KEY=value`. */
-  Env?: string[];
-  /** Entrypoint argv. */
-  Entrypoint?: string[] | null;
-  /** Default arguments. */
-  Cmd?: string[] | null;
-  /** Working directory. */
-  WorkingDir?: string;
-  /** User (`name`, `uid`, `uid:gid`). */
-  User?: string;
-  /** Labels. */
-  Labels?: Record<string, string> | null;
-  /** Ports, e.g. `{"80/tcp": {}}`. */
-  ExposedPorts?: Record<string, unknown> | null;
-  /** Volumes, e.g. `{"/data": {}}`. */
-  Volumes?: Record<string, unknown> | null;
-  /** Signal to stop the container. */
-  StopSignal?: string;
-}
-
-/**
- * A parsed image config (OCI image spec "config").
- *
- * @example
- * ```ts
- * import { RegistryClient } from "./registry.ts";
- * import { parseReference } from "./reference.ts";
- * const { config } = await new RegistryClient(parseReference("127.0.0.1:5000/app:v1")).resolve();
- * console.log(config.architecture, config.config?.Env, config.rootfs?.diff_ids);
- * ```
- */
-export interface ImageConfig {
-  /** CPU architecture. */
-  architecture?: string;
-  /** Operating system. */
-  os?: string;
-  /** CPU variant. */
-  variant?: string;
-  /** Creation time (RFC 3339). */
-  created?: string;
-  /** Runtime defaults. */
-  config?: ImageRuntimeConfig;
-  /** Uncompressed layer digests. */
-  rootfs?: { type: string; diff_ids: string[] };
-  /** Build history. */
-  history?: unknown[];
-  /** Any other member of the config document. */
-  [key: string]: unknown;
 }
 
 /**
@@ -320,272 +109,6 @@ export interface BlobOptions {
   signal?: AbortSignal;
 }
 
-interface RegistryErrorBody {
-  codes: string[];
-  message: string;
-}
-
-interface Challenge {
-  scheme: string;
-  params: Record<string, string>;
-}
-
-interface CachedToken {
-  header: string;
-  expiresAt: number;
-}
-
-/**
- * Hashes a byte stream while passing it through unchanged, so a blob can be
- * verified while it is streamed into decompression. When `expected` (and/or
- * `expectedSize`) is given the stream errors with
- * `ImageError("IMAGE_DIGEST_MISMATCH")` at the end on a mismatch (or as
- * soon as the stream grows past `expectedSize`), so consumers downstream see
- * the failure; read {@link DigestStream.digest} and
- * {@link DigestStream.bytes} once it has finished.
- *
- * @example
- * ```ts
- * import { DigestStream } from "./registry.ts";
- * const hasher = new DigestStream();
- * await new Blob(["hello"]).stream().pipeThrough(hasher).pipeTo(new WritableStream());
- * console.log(hasher.digest, hasher.bytes); // sha256:2cf24dba… 5
- * ```
- */
-export class DigestStream extends TransformStream<Uint8Array, Uint8Array<ArrayBuffer>> {
-  /** Hash algorithm, from `expected` (default sha256). */
-  readonly algorithm: DigestAlgorithm;
-  readonly #state: { bytes: number; digest?: string; update(chunk: Uint8Array): void };
-
-  /** A pass-through hasher; see {@link DigestStreamOptions}. */
-  constructor(options: DigestStreamOptions = {}) {
-    const algorithm = options.expected === undefined ? "sha256" : checkDigest(options.expected, "expected digest");
-    const hash = createHash(algorithm);
-    const what = options.what ?? "blob";
-    const state: { bytes: number; digest?: string; update(chunk: Uint8Array): void } = {
-      bytes: 0,
-      update(chunk: Uint8Array) {
-        state.bytes += chunk.byteLength;
-        if (options.expectedSize !== undefined && state.bytes > options.expectedSize) {
-          throw new ImageError(
-            "IMAGE_DIGEST_MISMATCH",
-            `${what}${
-              options.expected ? ` ${options.expected}` : ""
-            } is larger than the expected ${options.expectedSize} bytes`,
-          );
-        }
-        hash.update(chunk);
-      },
-    };
-    super({
-      transform(chunk, controller) {
-        state.update(chunk);
-        // fetch bodies and files yield ArrayBuffer-backed chunks; copy the rare shared-memory one
-        controller.enqueue(chunk.buffer instanceof ArrayBuffer ? chunk as Uint8Array<ArrayBuffer> : chunk.slice());
-      },
-      flush() {
-        state.digest = `${algorithm}:${hash.digest("hex")}`;
-        if (options.expectedSize !== undefined && state.bytes !== options.expectedSize) {
-          throw new ImageError(
-            "IMAGE_DIGEST_MISMATCH",
-            `${what}${
-              options.expected ? ` ${options.expected}` : ""
-            } has ${state.bytes} bytes, expected ${options.expectedSize}`,
-          );
-        }
-        if (options.expected !== undefined && state.digest !== options.expected) {
-          throw new ImageError(
-            "IMAGE_DIGEST_MISMATCH",
-            `${what} digest mismatch: expected ${options.expected}, got ${state.digest} (${state.bytes} bytes)`,
-          );
-        }
-      },
-    });
-    this.algorithm = algorithm;
-    this.#state = state;
-  }
-
-  /**
-   * Hashes bytes that are not streamed through (e.g. the part of a resumed
-   * download already on disk). Call it before any chunk flows.
-   *
-   * @example
-   * ```ts
-   * import { DigestStream } from "./registry.ts";
-   * const hasher = new DigestStream();
-   * hasher.feed(new TextEncoder().encode("hel"));
-   * await new Blob(["lo"]).stream().pipeThrough(hasher).pipeTo(new WritableStream());
-   * console.log(hasher.bytes); // 5
-   * ```
-   */
-  feed(bytes: Uint8Array): void {
-    if (this.#state.digest !== undefined) throw new Error("DigestStream.feed() after the stream finished");
-    this.#state.update(bytes);
-  }
-
-  /** Bytes hashed so far. */
-  get bytes(): number {
-    return this.#state.bytes;
-  }
-
-  /** `algorithm:hex` of everything hashed; throws until the stream has finished. */
-  get digest(): string {
-    if (this.#state.digest === undefined) throw new Error("DigestStream.digest read before the stream finished");
-    return this.#state.digest;
-  }
-
-  /** Whether the stream has finished and {@link DigestStream.digest} is available. */
-  get done(): boolean {
-    return this.#state.digest !== undefined;
-  }
-}
-
-/**
- * Options of {@link DigestStream} / {@link digestStream}.
- *
- * @example
- * ```ts
- * import { digestStream, type DigestStreamOptions } from "./registry.ts";
- * const options: DigestStreamOptions = { expected: "sha256:" + "0".repeat(64), expectedSize: 1234, what: "layer 1" };
- * const hasher = digestStream(options);
- * ```
- */
-export interface DigestStreamOptions {
-  /** The digest the bytes must have; also picks the algorithm. */
-  expected?: string;
-  /** The exact size the bytes must have. */
-  expectedSize?: number;
-  /** What the bytes are, for error messages (default "blob"). */
-  what?: string;
-}
-
-/**
- * Creates a {@link DigestStream}: a pass-through TransformStream that
- * hashes what flows through it and, with `expected`, errors on a mismatch.
- *
- * @example
- * ```ts
- * import { digestStream, RegistryClient } from "./registry.ts";
- * import { parseReference } from "./reference.ts";
- * const client = new RegistryClient(parseReference("127.0.0.1:5000/app:v1"));
- * const { manifest } = await client.resolve();
- * const layer = manifest.layers[0];
- * const { body } = await client.blob(layer.digest);
- * const hasher = digestStream({ expected: layer.digest, expectedSize: layer.size });
- * await body.pipeThrough(hasher).pipeThrough(new DecompressionStream("gzip")).pipeTo(new WritableStream());
- * console.log(hasher.digest === layer.digest); // true, else the pipe rejected with IMAGE_DIGEST_MISMATCH
- * ```
- */
-export function digestStream(options: DigestStreamOptions = {}): DigestStream {
-  return new DigestStream(options);
-}
-
-/**
- * The digest (`sha256:<hex>` by default) of some bytes.
- *
- * @example
- * ```ts
- * import { digestOf } from "./registry.ts";
- * console.log(digestOf(new TextEncoder().encode("{}"))); // sha256:44136fa3…
- * ```
- */
-export function digestOf(bytes: Uint8Array, algorithm: DigestAlgorithm = "sha256"): string {
-  return `${algorithm}:${createHash(algorithm).update(bytes).digest("hex")}`;
-}
-
-/** Splits a `WWW-Authenticate` value into challenges (RFC 7235). */
-function parseChallenges(header: string | null): Challenge[] {
-  const out: Challenge[] = [];
-  if (!header) return out;
-  let i = 0;
-  const n = header.length;
-  const skip = (re: RegExp) => {
-    while (i < n && re.test(header[i])) i++;
-  };
-  const token = () => {
-    const start = i;
-    while (i < n && /[!#$%&'*+.^_`|~0-9A-Za-z-]/.test(header[i])) i++;
-    return header.slice(start, i);
-  };
-  while (i < n) {
-    skip(/[\s,]/);
-    const scheme = token();
-    if (!scheme) {
-      i++;
-      continue;
-    }
-    const challenge: Challenge = { scheme: scheme.toLowerCase(), params: {} };
-    out.push(challenge);
-    for (;;) {
-      skip(/[\s,]/);
-      const save = i;
-      const key = token();
-      skip(/\s/);
-      if (!key || header[i] !== "=") {
-        i = save; // the next challenge's scheme
-        break;
-      }
-      i++; // "="
-      skip(/\s/);
-      let value = "";
-      if (header[i] === '"') {
-        i++;
-        while (i < n && header[i] !== '"') {
-          if (header[i] === "\\" && i + 1 < n) i++;
-          value += header[i++];
-        }
-        i++; // closing quote
-      } else {
-        value = token();
-      }
-      challenge.params[key.toLowerCase()] = value;
-    }
-  }
-  return out;
-}
-
-function formatPlatform(p: Partial<Platform> | undefined): string {
-  if (!p) return "unknown";
-  return `${p.os ?? "?"}/${p.architecture ?? "?"}${p.variant ? `/${p.variant}` : ""}`;
-}
-
-function platformMatches(entry: IndexEntry, want: Platform): boolean {
-  const p = entry.platform;
-  if (!p || p.os !== want.os || p.architecture !== want.architecture) return false;
-  if (want.architecture === "amd64" || want.variant === undefined) return true;
-  const norm = (v: string | undefined) => (want.architecture === "arm64" && (v === undefined || v === "v8") ? "v8" : v);
-  return norm(p.variant) === norm(want.variant);
-}
-
-function isDescriptor(d: unknown): d is Descriptor {
-  if (typeof d !== "object" || d === null) return false;
-  const o = d as Record<string, unknown>;
-  return typeof o.mediaType === "string" && typeof o.digest === "string" && Number.isSafeInteger(o.size) &&
-    (o.size as number) >= 0;
-}
-
-async function readLimited(body: ReadableStream<Uint8Array> | null, limit: number, what: string): Promise<Uint8Array> {
-  if (!body) return new Uint8Array();
-  const chunks: Uint8Array[] = [];
-  let total = 0;
-  const reader = body.getReader();
-  try {
-    for (;;) {
-      const { done, value } = await reader.read();
-      if (done) break;
-      total += value.byteLength;
-      if (total > limit) {
-        await reader.cancel().catch(() => {});
-        throw new ImageError("IMAGE_INVALID", `${what} is larger than ${limit} bytes`);
-      }
-      chunks.push(value);
-    }
-  } finally {
-    reader.releaseLock();
-  }
-  return concatBytes(chunks);
-}
-
 /**
  * A client for one repository of an OCI distribution (v2) registry. Uses
  * HTTPS, or plain HTTP for loopback registries or with `insecure: true`.
@@ -613,24 +136,24 @@ export class RegistryClient {
   readonly ref: ImageReference;
   /** `http://host:port` or `https://host`. */
   readonly baseUrl: string;
-  readonly #auth?: BasicAuth;
   readonly #insecure: boolean;
   readonly #signal?: AbortSignal;
-  /** Tokens by `realm service scope`. */
-  readonly #tokens = new Map<string, CachedToken>();
-  /** Token requests in flight, so parallel requests share one. */
-  readonly #pendingTokens = new Map<string, Promise<CachedToken>>();
-  /** The key of the token to send. */
-  #scope?: string;
-  #basic = false;
+  readonly #authState: RegistryAuth;
 
   /** A client for `ref`'s repository; no request is made until {@link RegistryClient.resolve} or {@link RegistryClient.blob}. */
   constructor(ref: ImageReference, options: RegistryClientOptions = {}) {
     this.ref = ref;
-    this.#auth = options.auth;
     this.#insecure = options.insecure ?? isInsecureRegistry(ref.registry);
     this.#signal = options.signal;
     this.baseUrl = `${this.#insecure ? "http" : "https"}://${ref.apiHost}`;
+    this.#authState = new RegistryAuth({
+      auth: options.auth,
+      registry: ref.registry,
+      repository: ref.repository,
+      baseUrl: this.baseUrl,
+      insecure: this.#insecure,
+      get: (url, headers, what) => this.#get(url, headers, what),
+    });
   }
 
   /**
@@ -677,7 +200,7 @@ export class RegistryClient {
       }
     }
     const manifest = doc.doc as ImageManifest;
-    const configBytes = await this.#fetchBlobBytes(manifest.config, CONFIG_LIMIT, "image config");
+    const configBytes = await this.#fetchBlobBytes(manifest.config, DEFAULTS.imageConfigMaxBytes, "image config");
     let config: ImageConfig;
     try {
       config = JSON.parse(new TextDecoder().decode(configBytes));
@@ -748,7 +271,7 @@ export class RegistryClient {
         `${what}: offset ${offset} is past the end of the blob (${res.headers.get("content-range") ?? "size unknown"})`,
       );
     }
-    throw await this.#httpError(res, what);
+    throw await httpError(res, what);
   }
 
   /** GETs and verifies a manifest or index. */
@@ -759,8 +282,8 @@ export class RegistryClient {
   ): Promise<{ digest: string; doc: ImageManifest | ImageIndex }> {
     const what = `manifest ${this.ref.name}${reference.includes(":") ? "@" : ":"}${reference}`;
     const res = await this.#request(`manifests/${reference}`, { accept: MANIFEST_ACCEPT }, what);
-    if (res.status !== 200) throw await this.#httpError(res, what);
-    const bytes = await readLimited(res.body, MANIFEST_LIMIT, what);
+    if (res.status !== 200) throw await httpError(res, what);
+    const bytes = await readLimited(res.body, DEFAULTS.manifestMaxBytes, what);
     const headerDigest = res.headers.get("docker-content-digest") ?? undefined;
     let digest: string;
     if (expectedDigest !== undefined) {
@@ -869,208 +392,19 @@ export class RegistryClient {
     const url = `${this.baseUrl}/v2/${this.ref.repository}/${path}`;
     for (let attempt = 0;; attempt++) {
       const h = new Headers(headers);
-      const authorization = this.#authorization();
+      const authorization = this.#authState.authorization();
       if (authorization) h.set("authorization", authorization);
-      const res = await this.#fetch(url, h, what, signal);
+      const res = await this.#get(url, h, what, signal);
       if (res.status !== 401) return res;
-      const challenges = parseChallenges(res.headers.get("www-authenticate"));
-      const body = await this.#readError(res);
-      if (attempt > 0) {
-        const who = this.#auth ? `user "${this.#auth.username}"` : "anonymous access";
-        throw new ImageError(
-          "IMAGE_AUTH",
-          `${what}: the registry ${this.ref.registry} denied ${who}` +
-            (this.#auth ? " (wrong credentials, or no pull permission)" : "; it may need credentials") +
-            (body.message ? `: ${body.message}` : ""),
-          { cause: body },
-        );
-      }
-      await this.#answer(challenges, what, body);
+      await this.#authState.challenged(res, what, attempt > 0);
     }
   }
 
-  #authorization(): string | undefined {
-    if (this.#basic && this.#auth) return basicHeader(this.#auth);
-    if (this.#scope === undefined) return undefined;
-    const cached = this.#tokens.get(this.#scope);
-    if (cached && cached.expiresAt > Date.now()) return cached.header;
-    return undefined;
-  }
-
-  /** Answers a 401's challenges: fetch a token for Bearer, use the credentials for Basic. */
-  async #answer(challenges: Challenge[], what: string, body: RegistryErrorBody): Promise<void> {
-    const bearer = challenges.find((c) => c.scheme === "bearer");
-    if (bearer) {
-      const realm = bearer.params.realm;
-      if (!realm) throw new ImageError("IMAGE_AUTH", `${what}: the registry's Bearer challenge has no realm`);
-      const scope = bearer.params.scope ?? `repository:${this.ref.repository}:pull`;
-      const key = `${realm} ${bearer.params.service ?? ""} ${scope}`;
-      let pending = this.#pendingTokens.get(key);
-      if (!pending) {
-        pending = this.#token(realm, bearer.params.service, scope, what).finally(() => this.#pendingTokens.delete(key));
-        this.#pendingTokens.set(key, pending);
-      }
-      this.#tokens.set(key, await pending);
-      this.#scope = key;
-      this.#basic = false;
-      return;
-    }
-    if (challenges.some((c) => c.scheme === "basic")) {
-      if (!this.#auth) {
-        throw new ImageError(
-          "IMAGE_AUTH",
-          `${what}: the registry ${this.ref.registry} requires credentials (Basic auth); pass auth: { kind: "basic", username, password }` +
-            (body.message ? ` (${body.message})` : ""),
-          { cause: body },
-        );
-      }
-      this.#checkSafeForCredentials(new URL(this.baseUrl), what);
-      this.#basic = true;
-      return;
-    }
-    throw new ImageError(
-      "IMAGE_AUTH",
-      `${what}: the registry ${this.ref.registry} answered 401 with no usable challenge ` +
-        `(WWW-Authenticate: ${challenges.map((c) => c.scheme).join(", ") || "missing"})` +
-        (body.message ? `: ${body.message}` : ""),
-      { cause: body },
-    );
-  }
-
-  #checkSafeForCredentials(url: URL, what: string): void {
-    if (url.protocol === "https:" || this.#insecure || isInsecureRegistry(url.host)) return;
-    throw new ImageError(
-      "IMAGE_AUTH",
-      `${what}: refusing to send credentials over plain HTTP to ${url.origin}; use HTTPS or insecure: true`,
-    );
-  }
-
-  /** GETs a token from a Bearer realm. */
-  async #token(realm: string, service: string | undefined, scope: string, what: string): Promise<CachedToken> {
-    let url: URL;
-    try {
-      url = new URL(realm);
-    } catch (cause) {
-      throw new ImageError("IMAGE_AUTH", `${what}: the token realm ${JSON.stringify(realm)} is not a URL`, { cause });
-    }
-    if (url.protocol !== "https:" && url.protocol !== "http:") {
-      throw new ImageError("IMAGE_AUTH", `${what}: the token realm ${realm} is not an HTTP(S) URL`);
-    }
-    if (service) url.searchParams.set("service", service);
-    for (const s of scope.split(" ").filter(Boolean)) url.searchParams.append("scope", s);
-    const headers = new Headers({ accept: "application/json" });
-    if (this.#auth) {
-      this.#checkSafeForCredentials(url, what);
-      url.searchParams.set("account", this.#auth.username);
-      headers.set("authorization", basicHeader(this.#auth));
-    }
-    const res = await this.#fetch(url.href, headers, `token for ${what}`);
-    if (res.status === 401 || res.status === 403) {
-      const body = await this.#readError(res);
-      throw new ImageError(
-        "IMAGE_AUTH",
-        `${what}: the token service ${url.origin}${url.pathname} rejected ` +
-          (this.#auth ? `the credentials of user "${this.#auth.username}"` : "anonymous access") +
-          ` (HTTP ${res.status})${body.message ? `: ${body.message}` : ""}`,
-        { cause: body },
-      );
-    }
-    if (res.status !== 200) throw await this.#httpError(res, `token for ${what}`);
-    let json: { token?: unknown; access_token?: unknown; expires_in?: unknown };
-    try {
-      json = JSON.parse(new TextDecoder().decode(await readLimited(res.body, MANIFEST_LIMIT, "token response")));
-    } catch (cause) {
-      throw new ImageError("IMAGE_AUTH", `${what}: the token service ${url.origin} did not answer JSON`, { cause });
-    }
-    const token = typeof json.token === "string" && json.token
-      ? json.token
-      : typeof json.access_token === "string" && json.access_token
-      ? json.access_token
-      : undefined;
-    if (!token) throw new ImageError("IMAGE_AUTH", `${what}: the token service ${url.origin} returned no token`);
-    const expiresIn = typeof json.expires_in === "number" && json.expires_in > 0 ? json.expires_in : 60;
-    // renew a little early so a token does not expire between check and use
-    return { header: `Bearer ${token}`, expiresAt: Date.now() + Math.max(expiresIn - 10, 1) * 1000 };
-  }
-
-  /** fetch with manual redirects: Authorization only to the first origin, never https → http. */
-  async #fetch(url: string, headers: Headers, what: string, callSignal?: AbortSignal): Promise<Response> {
+  /** {@link getFollowing} under this client's signal (and the call's). */
+  #get(url: string, headers: Headers, what: string, callSignal?: AbortSignal): Promise<Response> {
     const signal = callSignal && this.#signal
       ? AbortSignal.any([callSignal, this.#signal])
       : callSignal ?? this.#signal;
-    let current = new URL(url);
-    const origin = current.origin;
-    for (let hop = 0; hop <= MAX_REDIRECTS; hop++) {
-      const h = new Headers(headers);
-      if (current.origin !== origin) h.delete("authorization");
-      let res: Response;
-      try {
-        res = await fetch(current, { method: "GET", headers: h, redirect: "manual", signal });
-      } catch (cause) {
-        if (signal?.aborted) throw signal.reason;
-        throw new ImageError(
-          "IMAGE_PULL",
-          `${what}: cannot reach ${current.origin}: ${(cause as Error)?.message ?? cause}`,
-          { cause },
-        );
-      }
-      if (![301, 302, 303, 307, 308].includes(res.status)) return res;
-      await res.body?.cancel();
-      const location = res.headers.get("location");
-      if (!location) throw new ImageError("IMAGE_PULL", `${what}: HTTP ${res.status} redirect without a Location`);
-      const next = new URL(location, current);
-      if (current.protocol === "https:" && next.protocol !== "https:" && !this.#insecure) {
-        throw new ImageError("IMAGE_PULL", `${what}: refusing a redirect from HTTPS to ${next.origin}`);
-      }
-      current = next;
-    }
-    throw new ImageError("IMAGE_PULL", `${what}: more than ${MAX_REDIRECTS} redirects`);
+    return getFollowing(url, headers, what, { signal, insecure: this.#insecure });
   }
-
-  /** Reads a registry error body: `{"errors":[{code,message,detail}]}` or text. */
-  async #readError(res: Response): Promise<RegistryErrorBody> {
-    let text = "";
-    try {
-      text = new TextDecoder().decode(await readLimited(res.body, ERROR_BODY_LIMIT, "error body"));
-    } catch {
-      await res.body?.cancel().catch(() => {});
-    }
-    try {
-      const json = JSON.parse(text);
-      if (Array.isArray(json?.errors)) {
-        const errors = json.errors as { code?: unknown; message?: unknown }[];
-        return {
-          codes: errors.map((e) => String(e.code ?? "")),
-          message: errors.map((e) => [e.code, e.message].filter(Boolean).join(": ")).join("; "),
-        };
-      }
-      if (typeof json?.message === "string") return { codes: [], message: json.message };
-      if (typeof json?.details === "string") return { codes: [], message: json.details };
-    } catch {
-      // not JSON
-    }
-    return { codes: [], message: text.trim().slice(0, 300) };
-  }
-
-  /** The ImageError for an unexpected HTTP status. */
-  async #httpError(res: Response, what: string): Promise<ImageError> {
-    const body = await this.#readError(res);
-    const detail = `HTTP ${res.status}${res.statusText ? ` ${res.statusText}` : ""}` +
-      (body.message ? `: ${body.message}` : "");
-    const unknown = body.codes.some((c) => c === "MANIFEST_UNKNOWN" || c === "NAME_UNKNOWN" || c === "BLOB_UNKNOWN");
-    if (res.status === 404 || unknown) {
-      return new ImageError("IMAGE_NOT_FOUND", `${what} not found (${detail})`, { cause: body });
-    }
-    if (res.status === 403 || body.codes.includes("DENIED")) {
-      return new ImageError("IMAGE_AUTH", `${what}: access denied (${detail})`, { cause: body });
-    }
-    return new ImageError("IMAGE_PULL", `${what}: ${detail}`, { cause: body });
-  }
-}
-
-function basicHeader(auth: BasicAuth): string {
-  const bytes = new TextEncoder().encode(`${auth.username}:${auth.password}`);
-  let bin = "";
-  for (const b of bytes) bin += String.fromCharCode(b);
-  return `Basic ${btoa(bin)}`;
 }

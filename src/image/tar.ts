@@ -3,13 +3,17 @@
  * headers (local and global) and GNU long names. Headers are checksummed;
  * a malformed or truncated archive fails with `ImageError("IMAGE_INVALID")`
  * naming the entry and its byte offset. Memory stays bounded: at most one
- * upstream chunk is held, plus pax/GNU metadata (capped at 1 MiB each).
+ * upstream chunk is held, plus pax/GNU metadata (each capped at
+ * `KRUNBOX_PULL_MAX_PAX_BYTES`, 1 MiB by default, as are the pax records
+ * in force at once); every byte read is counted against the image's
+ * {@link PullUsage}.
  *
  * @module
  */
 
 import { decodeName } from "./names.ts";
 import { ImageError, KrunboxError } from "../errors.ts";
+import { overCap, PullUsage } from "./limits.ts";
 
 /**
  * The kinds of entries a layer can hold.
@@ -78,25 +82,25 @@ export interface TarEntry {
 }
 
 const BLOCK = 512;
-/** Cap on buffered pax / GNU long-name bodies (same as Go's archive/tar). */
-const MAX_META = 1 << 20;
 const dec = new TextDecoder();
 
 function invalid(message: string, cause?: unknown): ImageError {
   return new ImageError("IMAGE_INVALID", `invalid layer tar: ${message}`, { cause });
 }
 
-/** Pulls bytes from a stream, holding at most one upstream chunk. */
+/** Pulls bytes from a stream, holding at most one upstream chunk, and counts each chunk against the usage. */
 class Source {
   #reader: ReadableStreamDefaultReader<Uint8Array>;
+  readonly #usage: PullUsage;
   #chunk: Uint8Array = new Uint8Array(0);
   #pos = 0;
   #eof = false;
   /** Bytes consumed so far. */
   offset = 0;
 
-  constructor(stream: ReadableStream<Uint8Array>) {
+  constructor(stream: ReadableStream<Uint8Array>, usage: PullUsage) {
     this.#reader = stream.getReader();
+    this.#usage = usage;
   }
 
   async #fill(): Promise<boolean> {
@@ -114,6 +118,7 @@ class Source {
         return false;
       }
       if (!(r.value instanceof Uint8Array)) throw new TypeError("layer stream chunks must be Uint8Array");
+      this.#usage.chargeBytes(r.value.length);
       this.#chunk = r.value;
       this.#pos = 0;
     }
@@ -399,9 +404,9 @@ function applyPax(h: Header, records: Map<string, Uint8Array>): void {
   }
 }
 
-/** Reads a special (pax / GNU) member's body into memory, bounded by {@link MAX_META}. */
-async function readMeta(src: Source, size: number, what: () => string): Promise<Uint8Array> {
-  if (size > MAX_META) throw invalid(`${what()} is ${size} bytes, more than ${MAX_META}`);
+/** Reads a special (pax / GNU) member's body into memory, bounded by the pax cap. */
+async function readMeta(src: Source, size: number, what: () => string, usage: PullUsage): Promise<Uint8Array> {
+  if (size > usage.caps.maxPaxBytes) throw overCap(usage.caps, "maxPaxBytes", `${what()} is ${size} bytes`);
   const body = (await src.exact(size, what)) ?? new Uint8Array(0);
   if (body.length < size) throw invalid(`truncated archive: ${what()} ends at offset ${src.offset}`);
   const copy = body.slice();
@@ -414,6 +419,8 @@ async function readMeta(src: Source, size: number, what: () => string): Promise<
  * must be consumed (or is skipped automatically) before the next is read.
  * The archive must end with its end-of-archive zero block; anything after
  * it is drained and ignored. Breaking out of the loop cancels the stream.
+ * Every byte read counts against `usage` (the image's caps; by default
+ * the settings'), so one usage shared by an image's layers caps the image.
  *
  * @example
  * ```ts
@@ -428,8 +435,12 @@ async function readMeta(src: Source, size: number, what: () => string): Promise<
  * }
  * ```
  */
-export async function* readTar(stream: ReadableStream<Uint8Array>): AsyncGenerator<TarEntry, void, undefined> {
-  const src = new Source(stream);
+export async function* readTar(
+  stream: ReadableStream<Uint8Array>,
+  usage: PullUsage = new PullUsage(),
+): AsyncGenerator<TarEntry, void, undefined> {
+  const src = new Source(stream, usage);
+  const maxPax = usage.caps.maxPaxBytes;
   const global = new Map<string, Uint8Array>();
   try {
     let local = new Map<string, Uint8Array>();
@@ -477,10 +488,16 @@ export async function* readTar(stream: ReadableStream<Uint8Array>): AsyncGenerat
       if (flag === "x" || flag === "g") {
         try {
           const records = flag === "g" ? global : local;
-          parsePax(await readMeta(src, h.size, what), records);
+          parsePax(await readMeta(src, h.size, what, usage), records);
           let total = 0;
           for (const [k, v] of records) total += k.length + v.length;
-          if (total > MAX_META) throw new RangeError(`pax records add up to more than ${MAX_META} bytes`);
+          if (total > maxPax) {
+            throw overCap(
+              usage.caps,
+              "maxPaxBytes",
+              `the ${flag === "g" ? "global" : "local"} pax records at ${where} add up to ${total} bytes`,
+            );
+          }
         } catch (e) {
           if (e instanceof KrunboxError) throw e;
           throw invalid(`${(e as Error).message}: ${where}`, e);
@@ -488,7 +505,7 @@ export async function* readTar(stream: ReadableStream<Uint8Array>): AsyncGenerat
         continue;
       }
       if (flag === "L" || flag === "K") {
-        const body = await readMeta(src, h.size, what);
+        const body = await readMeta(src, h.size, what, usage);
         const nul = body.indexOf(0);
         const value = decodeName(nul < 0 ? body : body.subarray(0, nul));
         if (flag === "L") longName = value;

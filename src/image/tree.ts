@@ -129,8 +129,17 @@ export interface TreeStats {
 const WHITEOUT = ".wh.";
 /** Longest name of one path component (bytes), as Linux and EROFS allow. */
 const NAME_MAX = 255;
-/** Longest entry name (UTF-16 units; at least as many UTF-8 bytes), as `tar -x` can create. */
-const PATH_MAX = 4096;
+/**
+ * Longest entry name or link target (UTF-16 units; at least as many UTF-8
+ * bytes), as `tar -x` can create.
+ *
+ * @example
+ * ```ts
+ * import { PATH_MAX } from "./tree.ts";
+ * const tooLong = (linkname: string) => linkname.length > PATH_MAX;
+ * ```
+ */
+export const PATH_MAX = 4096;
 /** Longest symlink target (bytes): PATH_MAX less its NUL. */
 const SYMLINK_MAX = 4095;
 const OPAQUE = ".wh..wh..opq";

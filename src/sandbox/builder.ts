@@ -22,7 +22,7 @@ import { createAndLaunch } from "./launch.ts";
 import { applyRootEdits } from "./patches.ts";
 import { InvalidConfigError, StateError } from "../errors.ts";
 import type { PullEvent, PullPolicy } from "../image/pull.ts";
-import type { BasicAuth } from "../image/registry.ts";
+import type { BasicAuth } from "../image/auth.ts";
 import type { Sandbox } from "./sandbox.ts";
 import { NETWORK_DEFAULTS, NetworkBuilder, parseNetwork } from "../net/policy.ts";
 import { DEFAULT_BIND } from "../net/ports.ts";

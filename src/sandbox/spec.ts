@@ -10,7 +10,7 @@
 import { join } from "node:path";
 import { InvalidConfigError } from "../errors.ts";
 import { type PulledImage, pullImage, type PullOptions } from "../image/pull.ts";
-import type { ImageConfig } from "../image/registry.ts";
+import type { ImageConfig } from "../image/oci.ts";
 import { createUpperDisk } from "../image/upper.ts";
 import type { Store } from "../store/db.ts";
 import { homeLayout } from "../store/home.ts";

@@ -1,7 +1,7 @@
 /**
  * Provisioned assets under `$KRUNBOX_HOME/assets`: each asset is a directory
  * holding its files and a `VERSION` stamp written last, so a half-finished
- * provisioning step never looks complete. `scripts/setup.ts` writes them, the
+ * provisioning step never looks complete. `src/host/setup.ts` writes them, the
  * doctor and the backends read them.
  *
  * @module
@@ -11,12 +11,13 @@ import { join } from "node:path";
 import { homeLayout } from "./home.ts";
 
 /** The assets krunbox provisions. */
-export type AssetName = "kernel" | "agent" | "initramfs" | "libkrunfw" | "libkrun" | "virtiofsd";
+export type AssetName = "kernel" | "agent" | "netd" | "initramfs" | "libkrunfw" | "libkrun" | "virtiofsd";
 
 /** Where each asset's main file lives, relative to its directory. */
 export const ASSET_MAIN_FILE: Readonly<Record<AssetName, string>> = {
   kernel: "vmlinuz",
   agent: "krunbox-agent",
+  netd: "netd",
   initramfs: "initramfs.cpio",
   libkrunfw: "libkrunfw.so.5",
   libkrun: "libkrun.so.1",

@@ -64,7 +64,7 @@ export async function checkProgram(program: string, debianPackage: string, extra
 
 /**
  * The Rust virtiofsd that serves qemu's shared directories, provisioned by
- * setup (scripts/provision/virtiofsd.ts). Only that one is used: qemu's C
+ * setup (src/host/provision/virtiofsd.ts). Only that one is used: qemu's C
  * virtiofsd cannot enforce a read-only share on the host and needs root, so
  * without the provisioned one no share is served, read-only or not (a
  * read-only volume must never fall back to a writable share).

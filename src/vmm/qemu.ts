@@ -263,7 +263,7 @@ export interface HostIds {
 
 /**
  * virtiofsd's command line for one share (the Rust virtiofsd, crates.io
- * 1.14, provisioned by scripts/provision/virtiofsd.ts). The policy, for a
+ * 1.14, provisioned by src/host/provision/virtiofsd.ts). The policy, for a
  * guest that is root in its VM and sends whatever FUSE requests it likes:
  *
  * - `--sandbox namespace`: virtiofsd pivots into the shared directory in

@@ -8,6 +8,7 @@ import { leftovers, skipVmReason } from "../util/e2e.ts";
 import { assert, assertEquals, assertRejects } from "../util/assert.ts";
 import { busyboxRoot } from "../../scripts/roots.ts";
 import { repeatedChunks } from "../util/streams.ts";
+import { waitGuestPids } from "../util/guest.ts";
 import {
   ExecAbortedError,
   ExecOutputLimitError,
@@ -82,17 +83,20 @@ Deno.test({ name: "tty exec: a terminal, resizable", ignore }, async () => {
 Deno.test({ name: "signal(), kill() and AbortSignal reach the process group", ignore }, async () => {
   const s = await sandbox();
   const p = await s.execStream("sh", { args: ["-c", "trap 'echo term; exit 4' TERM; sleep 30 & wait"] });
-  await new Promise((r) => setTimeout(r, 300));
+  // The guest's /proc (the root has no pgrep): the group's second member, `sleep 30`, runs…
+  assertEquals((await waitGuestPids(s, ["sleep", "30"], (x) => x.length === 1, 3000)).length, 1);
   await p.signal(15);
   assertEquals(await new Response(p.stdout).text(), "term\n");
   assertEquals((await p.exited).code, 4);
+  // …and the signal reached it too, not only the leader (it would outlive the shell otherwise).
+  assertEquals(await waitGuestPids(s, ["sleep", "30"], (x) => x.length === 0, 3000), []);
   const q = await s.execStream("sleep", { args: ["30"] });
   q.kill();
   assertEquals((await q.exited).signal, 9);
   const ac = new AbortController();
   setTimeout(() => ac.abort(), 200);
   await assertRejects(() => s.execWith("sleep", { args: ["30"], signal: ac.signal }), ExecAbortedError);
-  assertEquals((await s.shell("pgrep sleep || echo none")).stdout, "none\n");
+  assertEquals(await waitGuestPids(s, ["sleep", "30"], (x) => x.length === 0, 5000), [], "no sleep is left");
 });
 
 Deno.test(
@@ -170,7 +174,8 @@ Deno.test(
     assert(peak - before < 256 << 20, `host RSS grew by ${((peak - before) / 1048576).toFixed(0)} MiB`);
     // The guest process was killed, and a small limit applies the same way.
     await assertRejects(() => s.shell("yes | cat", { maxOutputBytes: 1 << 20 }), ExecOutputLimitError);
-    assertEquals((await s.shell("sleep 0.5; pgrep yes || echo none")).stdout, "none\n");
+    // In the guest's /proc (the root has no pgrep, so `pgrep … || echo none` always said none).
+    assertEquals(await waitGuestPids(s, ["yes"], (p) => p.length === 0, 5000), [], "no `yes` is left");
     await assertRejects(() => s.execWith("true", { maxOutputBytes: -1 }), InvalidConfigError);
   },
 );

@@ -10,11 +10,11 @@ import { leftovers, skipVmReason, testHome } from "../util/e2e.ts";
 import { assert, assertEquals, assertRejects } from "../util/assert.ts";
 import { LocalRegistry, missingRegistryTools, pushImage, pushLayers } from "../util/registry.ts";
 import { busyboxRoot } from "../../scripts/roots.ts";
+import { need } from "../util/require.ts";
 import { ImageError, Images, type PullEvent, Sandbox } from "../../mod.ts";
 import { type TarSpec, writeTar } from "../util/tar_writer.ts";
 
-const missingTools = await missingRegistryTools();
-if (missingTools) console.log(`SKIPPING image tests: ${missingTools}`);
+const missingTools = need("registry", await missingRegistryTools(), "image tests");
 const ignore = skipVmReason !== undefined || missingTools !== undefined;
 
 let registry: LocalRegistry | undefined;

@@ -7,7 +7,8 @@
  * reports the suite's results here.
  *
  * It also checks the other side: on this host, a forced libkrun boot ends as
- * a typed error within seconds and leaves no process behind.
+ * a typed error when the VM dies (not at the boot timeout) and leaves no
+ * process behind.
  */
 
 import { leftovers, skipVmReason } from "../util/e2e.ts";
@@ -15,29 +16,40 @@ import { assert, assertEquals, assertRejects } from "../util/assert.ts";
 import { LocalRegistry, missingRegistryTools, pushImage } from "../util/registry.ts";
 import { bootNestedHost, L1 } from "../nested/host.ts";
 import { busyboxRoot } from "../../scripts/roots.ts";
-import { assetVersion } from "../../src/store/assets.ts";
 import { probeHost } from "../../src/vmm/detect.ts";
 import { KrunboxError, Sandbox } from "../../mod.ts";
+import { missingLibkrun, missingLibkrunfw, need, required } from "../util/require.ts";
+import { denoCounts } from "../../scripts/test_summary.ts";
 
-const noLibkrun = !(await assetVersion("libkrun")) || !(await assetVersion("libkrunfw"));
 const host = await probeHost();
-const reason = skipVmReason ??
-  (noLibkrun ? "libkrun or libkrunfw is not provisioned (see `./dev doctor`)" : undefined) ??
-  await missingRegistryTools();
-if (reason) console.log(`SKIPPING nested libkrun tests: ${reason}`);
+// Each missing part is named on its own (under CI each is a failing test); the nested suite needs them all.
+const parts = [
+  need("libkrun", await missingLibkrun(), "nested libkrun tests"),
+  need("libkrunfw", await missingLibkrunfw(), "nested libkrun tests"),
+  need("registry", await missingRegistryTools(), "nested libkrun tests"),
+].filter((r) => r !== undefined);
+const reason = skipVmReason ?? parts[0];
+need("nested", reason === undefined ? undefined : `it cannot run without its parts (${reason})`, "the nested suite");
 
 Deno.test({
-  name: "a forced libkrun boot without hardware virtualization fails fast, typed, leaving nothing",
+  name: "a forced libkrun boot without hardware virtualization is seen to die (not waited out), typed, leaving nothing",
   ignore: reason !== undefined || host.hardwareFlag !== undefined,
 }, async () => {
+  // A boot timeout far beyond the failure: an error before it means the runner saw the VM die.
+  // (Measured here: 55-68 s with the host's 2 cores shared by a dozen VMs, a few seconds on a quiet host.)
+  Deno.env.set("KRUNBOX_BOOT_TIMEOUT_MS", String(600_000));
   const t0 = performance.now();
-  const root = await busyboxRoot();
-  const err = await assertRejects(
-    () => Sandbox.builder("forced-krun").image(root).backend("libkrun").create(),
-    KrunboxError,
-  );
-  assert(["BACKEND_UNAVAILABLE", "VM_CRASHED", "BOOT_TIMEOUT"].includes(err.code), `${err.code}: ${err.message}`);
-  assert(performance.now() - t0 < 30_000, "within seconds");
+  try {
+    const root = await busyboxRoot();
+    const err = await assertRejects(
+      () => Sandbox.builder("forced-krun").image(root).backend("libkrun").create(),
+      KrunboxError,
+    );
+    assert(["BACKEND_UNAVAILABLE", "VM_CRASHED"].includes(err.code), `${err.code}: ${err.message}`);
+    assert(performance.now() - t0 < 300_000, "long before the boot timeout");
+  } finally {
+    Deno.env.delete("KRUNBOX_BOOT_TIMEOUT_MS");
+  }
   assertEquals(await leftovers("forced-krun"), []);
 });
 
@@ -62,15 +74,17 @@ Deno.test({ name: "libkrun in the nested test host: the suite passes", ignore: r
       HOME: "/root",
       NO_COLOR: "1",
       KRUNBOX_NESTED_IMAGE: `10.0.2.2:${port}/nested/busybox:1`,
+      // Under CI nothing in the suite may skip either.
+      ...(required ? { CI: "true" } : {}),
     },
     timeout: 15 * 60_000,
   });
-  let output = "";
+  const output = ["", ""];
   const enc = new TextEncoder();
-  await Promise.all([suite.stdout, suite.stderr].map(async (s) => {
+  await Promise.all([suite.stdout, suite.stderr].map(async (s, i) => {
     let pending = "";
     for await (const text of s.pipeThrough(new TextDecoderStream())) {
-      output += text;
+      output[i] += text;
       const lines = (pending + text).split("\n");
       pending = lines.pop()!;
       for (const line of lines) await Deno.stdout.write(enc.encode(`  [L1] ${line}\n`));
@@ -78,9 +92,9 @@ Deno.test({ name: "libkrun in the nested test host: the suite passes", ignore: r
     if (pending) await Deno.stdout.write(enc.encode(`  [L1] ${pending}\n`));
   }));
   const status = await suite.exited;
-  const summary = output.match(/(ok|FAILED) \| (\d+) passed.*\| (\d+) failed/);
-  assert(summary, "the nested suite printed its summary");
-  console.log(`nested libkrun suite: ${summary[2]} passed, ${summary[3]} failed`);
-  assertEquals([status.code, summary[3]], [0, "0"]);
-  assert(Number(summary[2]) >= 3);
+  // The suite's own summary, read as the runner reads the host's (scripts/test_summary.ts).
+  const counts = denoCounts({ stdout: output[0], stderr: output[1], code: status.code ?? -1 });
+  console.log(`nested libkrun suite: ${counts.passed} passed, ${counts.failed} failed, ${counts.skipped} skipped`);
+  assertEquals([status.code, counts.failed, counts.skipped, counts.notes], [0, 0, 0, []]);
+  assert(counts.passed >= 4, `all four nested tests ran: ${counts.passed} passed`);
 });

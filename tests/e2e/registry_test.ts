@@ -9,12 +9,15 @@ import { createHash, randomBytes } from "node:crypto";
 import { assert, assertEquals, assertRejects } from "../util/assert.ts";
 import { ImageError } from "../../src/errors.ts";
 import { parseReference } from "../../src/image/reference.ts";
-import { type BasicAuth, digestOf, digestStream, MediaType, RegistryClient } from "../../src/image/registry.ts";
+import type { BasicAuth } from "../../src/image/auth.ts";
+import { digestOf, digestStream } from "../../src/image/digest.ts";
+import { MediaType } from "../../src/image/oci.ts";
+import { RegistryClient } from "../../src/image/registry.ts";
 import { LocalRegistry, missingRegistryTools, pushImage, type RegistryUser } from "../util/registry.ts";
+import { need } from "../util/require.ts";
 import { which } from "../../src/util/command.ts";
 
-const skipAll = await missingRegistryTools();
-if (skipAll) console.log(`SKIPPING registry tests: ${skipAll}`);
+const skipAll = need("registry", await missingRegistryTools(), "registry tests");
 const skipBasic = skipAll ??
   (await which("htpasswd") ? undefined : "htpasswd missing (apt-get install -y apache2-utils)");
 if (skipBasic && !skipAll) console.log(`SKIPPING htpasswd registry test: ${skipBasic}`);

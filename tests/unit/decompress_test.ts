@@ -7,6 +7,7 @@ import { zstdCompress } from "../util/zstd.ts";
 import { loadIsal } from "../../ffi/isal.ts";
 import { concatBytes } from "../../src/util/bytes.ts";
 import { chunkedStream } from "../util/tar_writer.ts";
+import { skipped } from "../util/require.ts";
 
 /** Random bytes with some redundancy, so gzip has matches to encode. */
 function sample(size: number, seed = 1): Uint8Array {
@@ -42,7 +43,7 @@ async function inflate(engine: "isal" | "builtin", gz: Uint8Array, sizes?: numbe
 
 const engines = (): ("isal" | "builtin")[] => {
   if (loadIsal()) return ["isal", "builtin"];
-  console.log("skipped the ISA-L engine: libisal.so.2 is not loadable (apt-get install libisal2)");
+  skipped("isal", "libisal.so.2 is not loadable", "the ISA-L engine");
   return ["builtin"];
 };
 
@@ -96,7 +97,7 @@ Deno.test("gunzip: truncated, corrupt and non-gzip input is IMAGE_INVALID naming
 });
 
 Deno.test("gunzip: ISA-L inflates only a few chunks ahead of a slow reader, however well the input compresses", async () => {
-  if (!loadIsal()) return console.log("skipped: libisal.so.2 is not loadable (apt-get install libisal2)");
+  if (skipped("isal", loadIsal() ? undefined : "libisal.so.2 is not loadable")) return;
   // 512 MiB of zeros gzip to about half a megabyte.
   const zeros = new Uint8Array(1 << 20);
   const gz = new Uint8Array(
@@ -131,12 +132,12 @@ async function unzstdAll(bytes: Uint8Array, sizes = [1, 100, 70000, 3]): Promise
 }
 
 Deno.test("unzstd: frames decode byte-exact in any chunking; concatenated frames read on; bad input is IMAGE_INVALID", async (t) => {
-  if (!zstdSupport().ok) return console.log(`skipped: ${zstdSupport().why}`);
+  if (skipped("zstd", zstdSupport().why)) return;
   const a = sample(5 << 20, 5);
   const b = sample(300_000, 6);
   const za = await zstdCompress(a);
   const zb = await zstdCompress(b, ["-19"]);
-  if (!za || !zb) return console.log("skipped: the zstd CLI is missing (apt-get install zstd)");
+  if (!za || !zb) return void skipped("zstd-cli", "the zstd command is missing");
   await t.step("one frame, two frames", async () => {
     assertEquals(await unzstdAll(za), a);
     assertEquals(await unzstdAll(za, [za.length]), a);
@@ -191,11 +192,11 @@ Deno.test("decoder: a cancel during a decoder call never lets the decoder run or
     assertEquals([closed, runsAfterClose], [1, 0]);
   });
   await t.step("libzstd, many frames, cancelled after the first chunk", async () => {
-    if (!zstdSupport().ok) return console.log(`skipped: ${zstdSupport().why}`);
+    if (skipped("zstd", zstdSupport().why)) return;
     const frames: Uint8Array[] = [];
     for (let i = 0; i < 50; i++) {
       const z = await zstdCompress(sample(40_000, i + 1));
-      if (!z) return console.log("skipped: the zstd CLI is missing (apt-get install zstd)");
+      if (!z) return void skipped("zstd-cli", "the zstd command is missing");
       frames.push(z);
     }
     for (let trial = 0; trial < 20; trial++) {

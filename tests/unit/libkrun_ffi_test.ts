@@ -2,21 +2,24 @@
  * The real libkrun through Deno FFI: it loads, and every configuration call
  * krunbox uses answers as the header promises, for good and bad arguments.
  * (krun_start_enter is not called: this host cannot boot a libkrun VM.)
- * Skipped, with the reason printed, where provisioning could not build it.
+ * Skipped, with the reason printed, where provisioning could not build it;
+ * under CI a missing or unloadable libkrun or libkrunfw fails the run
+ * (tests/util/require.ts).
  */
 
 import { assert, assertEquals, assertThrows } from "../util/assert.ts";
 import { libkrunCandidates, LIBKRUNFW_SONAME, loadLibkrun, loadLibkrunfw } from "../../ffi/load.ts";
 import { cstr, CStrings } from "../../ffi/cstring.ts";
 import { checkKrun, KRUN_DISK_FORMAT, KRUN_FEATURE, KRUN_FS_ROOT_TAG } from "../../ffi/libkrun.ts";
-import { assetPath, assetVersion } from "../../src/store/assets.ts";
+import { assetPath } from "../../src/store/assets.ts";
 import { BackendUnavailableError, LibkrunError } from "../../src/errors.ts";
+import { missingLibkrun, missingLibkrunfw, need } from "../util/require.ts";
 
 const EINVAL = -22;
 const ENOENT = -2;
-const missing = !(await assetVersion("libkrun")) || !(await assetVersion("libkrunfw"));
-if (missing) console.log("SKIPPING libkrun FFI tests: libkrun or libkrunfw is not provisioned (see `./dev doctor`)");
-const ignore = missing;
+const noKrun = need("libkrun", await missingLibkrun(), "libkrun FFI tests");
+const noKrunfw = need("libkrunfw", await missingLibkrunfw(), "libkrun FFI tests");
+const ignore = noKrun !== undefined || noKrunfw !== undefined;
 
 Deno.test("libkrun: the search order is the explicit path, KRUNBOX_LIBKRUN_PATH, the provisioned copy, the soname", () => {
   const saved = Deno.env.get("KRUNBOX_LIBKRUN_PATH");

@@ -14,6 +14,7 @@ import { LowerBuilder } from "../../src/image/lower.ts";
 import { readTar } from "../../src/image/tar.ts";
 import { type Inode, LayerTree, normalizeEntryPath } from "../../src/image/tree.ts";
 import { EOPNOTSUPP, errnoName, loadLibc } from "../../ffi/libc.ts";
+import { skipped } from "../util/require.ts";
 
 const isRoot = Deno.uid() === 0;
 const enc = new TextEncoder();
@@ -82,7 +83,7 @@ async function readBack(image: string, check: (root: string, via: Reader) => Pro
     }
     used.push("extract");
   }
-  if (used.length === 0) console.log(`skipped: the image cannot be read back here (${mountSkipped}; ${noFsck})`);
+  if (used.length === 0) skipped("erofs", `the image cannot be read back here (${mountSkipped}; ${noFsck})`);
   return used;
 }
 
@@ -1338,10 +1339,8 @@ async function describeTree(tree: LayerTree, image: string, o: DescribeOptions):
 }
 
 Deno.test("lower: random layer stacks read back exactly as the tree says", async () => {
-  if (!isRoot && (await missingFsckErofs()) !== undefined) {
-    console.log("skipped: neither the kernel mount (root) nor fsck.erofs is available");
-    return;
-  }
+  const noReader = !isRoot && (await missingFsckErofs()) !== undefined;
+  if (skipped("erofs", noReader ? "neither the kernel mount (root) nor fsck.erofs is available" : undefined)) return;
   await withScratch(async (dir) => {
     const random = rng(Number(Deno.env.get("KRUNBOX_FUZZ_SEED") ?? 0xbeef));
     const pick = <T>(xs: readonly T[]) => xs[Math.floor(random() * xs.length)];

@@ -22,12 +22,33 @@ Deno.test("store: insert is exclusive by name, rows round-trip", async () => {
   assertEquals(store.get("a"), undefined);
 });
 
-Deno.test("store: a second process sees the same data (WAL)", async () => {
+Deno.test("store: a second connection in the same process sees the same data (WAL)", async () => {
   const dir = await tmp();
   using a = Store.open(`${dir}/db.sqlite`);
   using b = Store.open(`${dir}/db.sqlite`);
   a.insert("shared", "{}", "stopped", false);
   assertEquals(b.list().map((r) => r.name), ["shared"]);
+});
+
+Deno.test("store: a second process sees this one's rows, and this one sees its writes, while both hold it open", async () => {
+  const dir = await tmp();
+  using store = Store.open(`${dir}/db.sqlite`);
+  store.insert("from-parent", "{}", "stopped", false);
+  // A real second process: it lists what it sees, adds a row, and exits; this connection stays open throughout.
+  const script = `
+    import { Store } from ${JSON.stringify(new URL("../../src/store/db.ts", import.meta.url).href)};
+    using s = Store.open(${JSON.stringify(`${dir}/db.sqlite`)});
+    console.log(JSON.stringify(s.list().map((r) => r.name)));
+    s.insert("from-child", "{}", "running", true);
+    console.log(String(Deno.pid));
+  `;
+  const out = await new Deno.Command(Deno.execPath(), { args: ["eval", "--ext=ts", script], stderr: "piped" }).output();
+  const [seen, pid] = new TextDecoder().decode(out.stdout).trim().split("\n");
+  assert(out.success, new TextDecoder().decode(out.stderr));
+  assert(Number(pid) !== Deno.pid, "it ran in another process");
+  assertEquals(JSON.parse(seen), ["from-parent"]);
+  const row = store.get("from-child");
+  assertEquals([row?.status, row?.detached], ["running", true]);
 });
 
 Deno.test("store: a corrupt file is refused and left untouched", async () => {

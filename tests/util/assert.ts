@@ -49,3 +49,8 @@ export function assertThrows<E extends Error>(fn: () => unknown, type: abstract 
   }
   throw new Error(`expected ${type.name} to be thrown`);
 }
+
+/** Throws unless `text` matches `re`; the message quotes the text. */
+export function assertMatch(text: string, re: RegExp, message?: string): void {
+  if (!re.test(text)) throw new Error(`${message ?? "no match"}: expected ${re} in ${JSON.stringify(text)}`);
+}

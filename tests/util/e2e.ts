@@ -2,7 +2,8 @@
  * Shared setup of the end-to-end tests: an isolated state home per test run
  * (its own database and sandboxes; the provisioned assets and cached roots
  * linked from the real home), the prerequisites check that decides whether
- * VM tests run (with the reason printed when they do not), and process
+ * VM tests run (skipped with the reason printed when they cannot; under CI
+ * a failure), and process
  * accounting to prove nothing is left behind.
  *
  * @module
@@ -11,6 +12,7 @@
 import { join } from "node:path";
 import { homeLayout } from "../../src/store/home.ts";
 import { qemuChecks } from "../../src/vmm/prereqs.ts";
+import { need } from "./require.ts";
 
 const realHome = homeLayout();
 /** The isolated state home of this test process. */
@@ -22,11 +24,12 @@ Deno.env.set("KRUNBOX_HOME", testHome);
 Deno.env.set("KRUNBOX_BACKEND", "qemu");
 
 const failed = (await qemuChecks()).filter((c) => !c.ok);
-/** Why VM tests cannot run here, or undefined when they can. */
-export const skipVmReason: string | undefined = failed.length
-  ? `qemu prerequisites missing: ${failed.map((c) => `${c.name} (${c.detail})`).join(", ")}`
-  : undefined;
-if (skipVmReason) console.log(`SKIPPING VM tests: ${skipVmReason}`);
+/** Why VM tests cannot run here, or undefined when they can (under CI a missing part fails: ./require.ts). */
+export const skipVmReason: string | undefined = need(
+  "qemu",
+  failed.length ? `qemu prerequisites missing: ${failed.map((c) => `${c.name} (${c.detail})`).join(", ")}` : undefined,
+  "VM tests",
+);
 
 /** Pids of processes whose command line mentions `text` (runner, qemu, virtiofsd of a sandbox). */
 export function processesMentioning(text: string): number[] {

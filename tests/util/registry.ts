@@ -10,7 +10,7 @@
  */
 
 import { which } from "../../src/util/command.ts";
-import { digestOf } from "../../src/image/registry.ts";
+import { digestOf } from "../../src/image/digest.ts";
 import { zstdCompress } from "./zstd.ts";
 
 const REALM = "krunbox-test";

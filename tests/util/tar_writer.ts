@@ -118,8 +118,16 @@ function padded(data: Uint8Array): Uint8Array {
   return concat([data, new Uint8Array((512 - (data.length % 512)) % 512)]);
 }
 
-/** One pax record `"%d key=value\n"`, whose length counts its own digits. */
-function paxRecord(key: string, value: Uint8Array): Uint8Array {
+/**
+ * One pax record `"%d key=value\n"`, whose length counts its own digits.
+ *
+ * @example
+ * ```ts
+ * import { paxRecord } from "./tar_writer.ts";
+ * console.log(new TextDecoder().decode(paxRecord("path", new TextEncoder().encode("a")))); // "9 path=a\n"
+ * ```
+ */
+export function paxRecord(key: string, value: Uint8Array): Uint8Array {
   const rest = enc.encode(` ${key}=`).length + value.length + 1;
   let len = rest + 1;
   while (String(len).length + rest !== len) len = String(len).length + rest;
@@ -222,6 +230,44 @@ export function chunkedStream(
       const n = Math.max(1, sizes[i++ % sizes.length]);
       ctl.enqueue(bytes.slice(off, off + n));
       off += n;
+    },
+  }, { highWaterMark: 0 });
+}
+
+/**
+ * A tar archive as a stream, each member encoded only when the reader asks
+ * for more, so a test can feed gigabytes of hostile entries without holding
+ * them: `specs` may be a generator. Ends with two zero blocks unless `end`
+ * is false.
+ *
+ * @example
+ * ```ts
+ * import { tarStream } from "./tar_writer.ts";
+ * function* flood() {
+ *   for (let i = 0; i < 1000; i++) yield { name: `f${i}`, xattrs: { "user.x": "v".repeat(60_000) } };
+ * }
+ * const stream = tarStream(flood());
+ * ```
+ */
+export function tarStream(
+  specs: Iterable<TarSpec>,
+  options: { end?: boolean } = {},
+): ReadableStream<Uint8Array<ArrayBuffer>> {
+  const it = specs[Symbol.iterator]();
+  let done = false;
+  return new ReadableStream({
+    pull(ctl) {
+      if (done) return ctl.close();
+      const next = it.next();
+      if (next.done) {
+        done = true;
+        if (options.end !== false) ctl.enqueue(new Uint8Array(1024));
+        return;
+      }
+      ctl.enqueue(concat(member(next.value)));
+    },
+    cancel() {
+      it.return?.();
     },
   }, { highWaterMark: 0 });
 }

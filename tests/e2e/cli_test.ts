@@ -1,0 +1,245 @@
+/**
+ * The CLI as a person meets it: every command spawned as a process (`deno
+ * run -A cli.ts …`) with its exit code and output checked (`--json` parsed),
+ * against real qemu VMs; and the interactive path driven through a real
+ * terminal (tmux): typing, a resize seen by `stty size` in the guest, Ctrl-C
+ * of a `sleep`, the guest shell's exit code, and the local terminal restored.
+ */
+
+import { join } from "node:path";
+import { skipVmReason, testHome } from "../util/e2e.ts";
+import { assert, assertEquals, assertMatch } from "../util/assert.ts";
+import { busyboxRoot } from "../../scripts/roots.ts";
+
+const ignore = skipVmReason !== undefined;
+const root = ignore ? "" : await busyboxRoot();
+const cli = new URL("../../cli.ts", import.meta.url).pathname;
+
+interface Run {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+async function krunbox(...args: string[]): Promise<Run> {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", cli, ...args],
+    env: { KRUNBOX_HOME: testHome, KRUNBOX_BACKEND: "qemu", NO_COLOR: "1" },
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const dec = new TextDecoder();
+  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
+}
+
+Deno.test("cli: --help lists every command, --version, help on each command, usage errors exit 125", async () => {
+  const help = await krunbox("--help");
+  assertEquals(help.code, 0);
+  const commands = [
+    "run",
+    "create",
+    "start",
+    "stop",
+    "rm",
+    "ls",
+    "exec",
+    "shell",
+    "logs",
+    "inspect",
+    "metrics",
+    "pull",
+    "images",
+    "rmi",
+    "prune",
+    "doctor",
+    "setup",
+  ];
+  for (const c of commands) assertMatch(help.stdout, new RegExp(`^  ${c} `, "m"));
+  const version = await krunbox("--version");
+  assertEquals(version.code, 0);
+  const { version: v } = JSON.parse(await Deno.readTextFile(new URL("../../deno.json", import.meta.url)));
+  assertEquals(version.stdout.trim(), `krunbox ${v}`);
+  for (const c of [...commands, "ps"]) {
+    const r = await krunbox(c, "--help");
+    assertEquals(r.code, 0, `${c} --help: ${r.stderr}`);
+    assertMatch(r.stdout, /^usage: krunbox /);
+  }
+  const bogus = await krunbox("ls", "--bogus");
+  assertEquals(bogus.code, 125);
+  assertEquals(bogus.stderr.trim().split("\n").length, 1, bogus.stderr);
+  assertMatch(bogus.stderr, /^krunbox: ls: unknown option '--bogus'/);
+  const unknown = await krunbox("frobnicate");
+  assertEquals(unknown.code, 125);
+  assertMatch(unknown.stderr, /unknown command "frobnicate"/);
+  const missing = await krunbox("exec");
+  assertEquals(missing.code, 125);
+  assertMatch(missing.stderr, /missing NAME/);
+  const badMemory = await krunbox("run", "--memory", "lots", "/nonexistent");
+  assertEquals(badMemory.code, 125);
+  assertMatch(badMemory.stderr, /--memory/);
+});
+
+Deno.test("cli: ls, images and inspect on an empty home print headers, [] and a not-found error", async () => {
+  const ls = await krunbox("ls", "-a");
+  assertEquals(ls.code, 0);
+  assertMatch(ls.stdout, /^NAME\s+IMAGE\s+CPUS\s+MEMORY\s+CREATED\s+STATUS$/m);
+  const json = await krunbox("ps", "-a", "--json");
+  assertEquals(json.code, 0);
+  assert(Array.isArray(JSON.parse(json.stdout)));
+  const images = await krunbox("images");
+  assertEquals(images.code, 0);
+  assertMatch(images.stdout, /^REFERENCE\s+DIGEST\s+SIZE\s+PULLED$/m);
+  const inspect = await krunbox("inspect", "no-such-sandbox");
+  assertEquals(inspect.code, 125);
+  assertMatch(inspect.stderr, /^krunbox: .*no-such-sandbox.*not found/m);
+});
+
+Deno.test({ name: "cli: run --rm passes the command's exit code, 127 for a missing one", ignore }, async () => {
+  const r = await krunbox("run", "--rm", "--name", "cli-run", "--memory", "256", root, "sh", "-c", "echo out; exit 7");
+  assertEquals(r.code, 7, r.stderr);
+  assertEquals(r.stdout, "out\n");
+  const gone = await krunbox("inspect", "cli-run");
+  assertEquals(gone.code, 125, "--rm removed the sandbox");
+  const nf = await krunbox("run", "--rm", "--memory", "256", root, "no-such-program");
+  assertEquals(nf.code, 127, nf.stderr);
+  assertMatch(nf.stderr, /not found/);
+});
+
+Deno.test({ name: "cli: create, ls, exec, inspect, metrics, logs, stop, start, rm -f", ignore }, async () => {
+  const created = await krunbox("create", "--name", "cli-c", "--memory", "256", "-e", "GREETING=hello", root);
+  assertEquals(created.code, 0, created.stderr);
+  assertEquals(created.stdout.trim(), "cli-c");
+  try {
+    const ls = await krunbox("ls", "--json");
+    const rows = JSON.parse(ls.stdout) as { name: string; status: string; config: { memoryMib: number } }[];
+    const row = rows.find((r) => r.name === "cli-c");
+    assertEquals(row?.status, "running");
+    assertEquals(row?.config.memoryMib, 256);
+
+    const exec = await krunbox("exec", "-e", "X=1", "-w", "/tmp", "cli-c", "sh", "-c", 'echo "$GREETING $X $(pwd)"');
+    assertEquals(exec.code, 0, exec.stderr);
+    assertEquals(exec.stdout, "hello 1 /tmp\n");
+    const code = await krunbox("exec", "cli-c", "sh", "-c", "exit 42");
+    assertEquals(code.code, 42);
+    // Flags after the command belong to the command.
+    const ls2 = await krunbox("exec", "cli-c", "ls", "-d", "/tmp");
+    assertEquals(ls2.stdout, "/tmp\n");
+    const notExec = await krunbox("exec", "cli-c", "/etc/hostname");
+    assertEquals(notExec.code, 126, notExec.stderr);
+
+    const inspect = await krunbox("inspect", "cli-c");
+    assertEquals(inspect.code, 0);
+    const [info] = JSON.parse(inspect.stdout);
+    assertEquals(info.config.env.GREETING, "hello");
+
+    const metrics = await krunbox("metrics", "--json", "cli-c");
+    assertEquals(metrics.code, 0, metrics.stderr);
+    const m = JSON.parse(metrics.stdout);
+    assert(m.memoryBytes > 0 && m.uptimeMs > 0, metrics.stdout);
+    const table = await krunbox("metrics", "cli-c");
+    assertMatch(table.stdout, /^CPU\s+MEMORY\s+LIMIT/m);
+
+    const logs = await krunbox("logs", "cli-c");
+    assertEquals(logs.code, 0);
+    assertMatch(logs.stdout, /krunbox-agent: serving/m, "the console log holds the guest agent's start");
+    assertMatch(logs.stdout, / ready: kernel /m, "the runner log follows it");
+
+    const stop = await krunbox("stop", "cli-c");
+    assertEquals(stop.code, 0, stop.stderr);
+    const stopped = JSON.parse((await krunbox("ls", "-a", "--json")).stdout) as { name: string; status: string }[];
+    assertEquals(stopped.find((r) => r.name === "cli-c")?.status, "stopped");
+    const running = JSON.parse((await krunbox("ls", "--json")).stdout) as { name: string }[];
+    assert(!running.some((r) => r.name === "cli-c"), "ls without -a shows running sandboxes only");
+
+    const start = await krunbox("start", "cli-c");
+    assertEquals(start.code, 0, start.stderr);
+    const again = await krunbox("exec", "cli-c", "cat", "/proc/uptime");
+    assertEquals(again.code, 0);
+    const rmRunning = await krunbox("rm", "cli-c");
+    assertEquals(rmRunning.code, 125, "rm of a running sandbox needs -f");
+    assertMatch(rmRunning.stderr, /running/);
+  } finally {
+    const rm = await krunbox("rm", "-f", "cli-c");
+    assertEquals(rm.code, 0, rm.stderr);
+  }
+  assertEquals((await krunbox("inspect", "cli-c")).code, 125);
+});
+
+// ---- the interactive path, through a real terminal ----
+
+async function tmux(...args: string[]): Promise<string> {
+  const out = await new Deno.Command("tmux", { args: ["-L", "krunbox-test", ...args], stderr: "piped" }).output();
+  if (!out.success) throw new Error(`tmux ${args.join(" ")}: ${new TextDecoder().decode(out.stderr)}`);
+  return new TextDecoder().decode(out.stdout);
+}
+
+async function screen(): Promise<string> {
+  return await tmux("capture-pane", "-p", "-t", "kb");
+}
+
+/** Waits until the pane shows `re` (the guest is slow under TCG); returns the screen. */
+async function waitFor(re: RegExp, ms = 60_000): Promise<string> {
+  const end = Date.now() + ms;
+  let s = "";
+  while (Date.now() < end) {
+    s = await screen();
+    if (re.test(s)) return s;
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  throw new Error(`timed out waiting for ${re} on the screen:\n${s}`);
+}
+
+Deno.test({ name: "cli: run -it in tmux — typing, resize, Ctrl-C, exit code, terminal restored", ignore }, async () => {
+  const dir = await Deno.makeTempDir({ prefix: "krunbox-tty-" });
+  const done = join(dir, "done");
+  const script = join(dir, "session.sh");
+  // The pane runs krunbox, then records its exit code and the terminal's modes after it.
+  await Deno.writeTextFile(
+    script,
+    `export KRUNBOX_HOME='${testHome}' KRUNBOX_BACKEND=qemu\n` +
+      `'${Deno.execPath()}' run -A '${cli}' run -it --rm --memory 256 '${root}' sh\n` +
+      `code=$?\nstty -a > '${dir}/stty'\necho "$code" > '${done}'\nsleep 600\n`,
+  );
+  await tmux("-f", "/dev/null", "new-session", "-d", "-s", "kb", "-x", "100", "-y", "30", `sh '${script}'`);
+  try {
+    await tmux("set-option", "-g", "status", "off");
+    await waitFor(/^\/ # *$/m); // busybox ash's prompt (tmux trims trailing blanks)
+    await tmux("send-keys", "-t", "kb", "echo hi-from-$((6*7))", "Enter");
+    await waitFor(/^hi-from-42$/m);
+
+    await tmux("resize-window", "-t", "kb", "-x", "120", "-y", "40");
+    await new Promise((r) => setTimeout(r, 500));
+    await tmux("send-keys", "-t", "kb", "stty size", "Enter");
+    await waitFor(/^40 120$/m);
+
+    await tmux("send-keys", "-t", "kb", "sleep 300; echo slept", "Enter");
+    await new Promise((r) => setTimeout(r, 1000));
+    await tmux("send-keys", "-t", "kb", "C-c");
+    await tmux("send-keys", "-t", "kb", "echo after-$((1+1))", "Enter");
+    const s = await waitFor(/^after-2$/m, 20_000);
+    assert(!/^slept$/m.test(s), "Ctrl-C ended the sleep in the guest");
+
+    await tmux("send-keys", "-t", "kb", "exit 3", "Enter");
+    const end = Date.now() + 60_000;
+    while (Date.now() < end) {
+      try {
+        const code = (await Deno.readTextFile(done)).trim();
+        if (code) {
+          assertEquals(code, "3");
+          break;
+        }
+      } catch {
+        // not yet
+      }
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    const stty = await Deno.readTextFile(join(dir, "stty"));
+    assertMatch(stty, /(^|\s)icanon(\s|$)/, "canonical mode is back");
+    assertMatch(stty, /(^|\s)echo(\s|$)/, "echo is back");
+    assertMatch(stty, /(^|\s)isig(\s|$)/, "signals are back");
+  } finally {
+    await tmux("kill-server").catch(() => {});
+    await Deno.remove(dir, { recursive: true });
+  }
+});
