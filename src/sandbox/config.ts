@@ -42,7 +42,7 @@ export type Patch =
   | { readonly op: "symlink"; readonly target: string; readonly path: string }
   | { readonly op: "remove"; readonly path: string };
 
-/** Log verbosity of the runner and VMM. */
+/** Log verbosity of the VMM and the guest kernel's console. */
 export type LogLevel = "error" | "warn" | "info" | "debug" | "trace";
 
 /** The full configuration of a sandbox. */
@@ -87,7 +87,7 @@ export interface SandboxConfig {
   readonly idleTimeoutSecs?: number;
   /** Stop this many seconds after boot (default: never). */
   readonly maxDurationSecs?: number;
-  /** Log verbosity of the runner and VMM (default `warn`). */
+  /** Log verbosity of the VMM (libkrun's logger) and of the guest kernel's console (default `warn`). */
   readonly logLevel: LogLevel;
 }
 

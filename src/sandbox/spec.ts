@@ -182,6 +182,7 @@ export async function vmSpecOf(config: SandboxConfig, root: VmRoot): Promise<VmS
       ),
     },
     bootTimeoutMs: settings.bootTimeoutMs(),
+    logLevel: config.logLevel,
     // Advanced: extra guest kernel modules (qemu), e.g. "kvm-amd" for a nested test host.
     extraModules: settings.guestModules(),
     idleTimeoutSecs: config.idleTimeoutSecs,

@@ -33,6 +33,12 @@ export interface VmShare {
 }
 
 /** Everything a backend needs to boot one sandbox. Written as `vm.json`. */
+/** Log verbosity of a VM: the VMM's logger and the guest kernel's console level. */
+export type VmLogLevel = "error" | "warn" | "info" | "debug" | "trace";
+
+/** The guest kernel's console `loglevel=` for each level (messages below it are printed). */
+export const KERNEL_LOGLEVEL: Readonly<Record<VmLogLevel, number>> = { error: 3, warn: 4, info: 6, debug: 7, trace: 8 };
+
 export interface VmSpec {
   readonly name: string;
   readonly backend: BackendKind;
@@ -53,6 +59,8 @@ export interface VmSpec {
   readonly idleTimeoutSecs?: number;
   /** Stop this long after boot (host-enforced). */
   readonly maxDurationSecs?: number;
+  /** How much the VMM and the guest kernel log (default `warn`). */
+  readonly logLevel?: VmLogLevel;
   /** Kernel modules the guest loads besides the usual ones (qemu; e.g. kvm-amd for a nested host). */
   readonly extraModules?: readonly string[];
   /**

@@ -29,7 +29,15 @@ import { checkKrun, KRUN_DISK_FORMAT, KRUN_FS_ROOT_TAG, KRUN_LOG_LEVEL, KRUN_TSI
 import { type Libkrun, loadLibkrun, loadLibkrunfw } from "../../ffi/load.ts";
 import { BackendUnavailableError } from "../errors.ts";
 import { assetPath } from "../store/assets.ts";
-import { type Backend, type SandboxPaths, sandboxPaths, type Vm, type VmExit, type VmSpec } from "./backend.ts";
+import {
+  type Backend,
+  type SandboxPaths,
+  sandboxPaths,
+  type Vm,
+  type VmExit,
+  type VmLogLevel,
+  type VmSpec,
+} from "./backend.ts";
 import { type BootConfig, bootConfig, rootDisks } from "./boot_config.ts";
 import { acceptAgent, listenFresh } from "./channel.ts";
 
@@ -66,12 +74,12 @@ export function libkrunBootConfig(spec: VmSpec): BootConfig {
 
 let loaded: { lib: Libkrun; fw: Deno.DynamicLibrary<Record<string, never>> } | undefined;
 
-/** Loads libkrunfw then libkrun once per process (libkrun's logger can be set only once). */
-function load(): Libkrun {
+/** Loads libkrunfw then libkrun once per process (libkrun's logger can be set only once: one VM a runner). */
+function load(level: VmLogLevel = "warn"): Libkrun {
   if (loaded) return loaded.lib;
   const fw = loadLibkrunfw(assetPath("libkrunfw"));
   const lib = loadLibkrun({ provisioned: assetPath("libkrun") });
-  checkKrun("krun_set_log_level", lib.symbols.krun_set_log_level(KRUN_LOG_LEVEL.warn));
+  checkKrun("krun_set_log_level", lib.symbols.krun_set_log_level(KRUN_LOG_LEVEL[level]));
   loaded = { lib, fw };
   return lib;
 }
@@ -104,7 +112,7 @@ const TRAMPOLINE_DIRS = ["dev", "proc", "sys", "newroot", "tmp", "run"];
  * ```
  */
 export async function configureContext(spec: VmSpec, vmSock: string, arena: CStrings): Promise<number> {
-  const k = load().symbols;
+  const k = load(spec.logLevel).symbols;
   const c: Ctx = { k, id: checkKrun("krun_create_ctx", k.krun_create_ctx()), arena };
   const paths = sandboxPaths(spec.dir);
   try {
@@ -209,7 +217,7 @@ export const libkrunBackend: Backend = {
     const paths = sandboxPaths(spec.dir);
     const listener = await listenFresh(paths.vmSocket);
     const ctx = await configureContext(spec, paths.vmSocket, arena);
-    const k = load().symbols;
+    const k = load(spec.logLevel).symbols;
     // Resolves only if the VM could not start: on success the process ends with the guest.
     const started = k.krun_start_enter(ctx);
     const exited: Promise<VmExit> = started.then((rc) => {

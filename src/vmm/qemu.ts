@@ -18,6 +18,7 @@ import { assetDir, assetPath } from "../store/assets.ts";
 import { closeQuietly } from "../util/close.ts";
 import {
   type Backend,
+  KERNEL_LOGLEVEL,
   type SandboxPaths,
   sandboxPaths,
   type Vm,
@@ -66,13 +67,15 @@ export interface QemuHost {
  */
 export function qemuArgs(spec: VmSpec, host: QemuHost): string[] {
   const usesVirtiofs = Object.keys(host.fsSockets).length > 0;
+  const level = spec.logLevel ?? "warn";
   const cmdline = [
     "console=ttyS0",
     "panic=-1",
     // microvm has no PCI bus; saying so spares a probe and a "PCI: Fatal" line.
     "pci=off",
-    "quiet",
-    "loglevel=4",
+    // `quiet` unless asked for more; the console level follows the sandbox's logLevel.
+    ...(level === "error" || level === "warn" ? ["quiet"] : []),
+    `loglevel=${KERNEL_LOGLEVEL[level]}`,
     // Skips the crypto self-tests, a few hundred ms of every TCG boot.
     "cryptomgr.notests",
     ...(host.tscKhz ? [`tsc_early_khz=${host.tscKhz}`, "tsc=reliable"] : []),
