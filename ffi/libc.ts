@@ -1,8 +1,9 @@
 /**
  * The few libc calls krunbox needs and Deno has no API for: advisory locks
- * that can be tried without blocking (`flock`, for the sandbox locks), and
- * extended attributes (tests read image xattrs back with them). One
- * symbols table, C signature beside each entry. Opened lazily through the
+ * that can be tried without blocking (`flock`, for the sandbox locks),
+ * extended attributes (tests read image xattrs back with them), and a
+ * seccomp filter for a whole process (the qemu runner's, src/vmm/seccomp.ts).
+ * One symbols table, C signature beside each entry. Opened lazily through the
  * one loader (ffi/load.ts; needs `--allow-ffi`); {@link loadLibc} answers
  * `undefined` where FFI is unavailable so callers can degrade.
  * Every call returns 0 on success or the positive `errno` on failure; a
@@ -28,12 +29,17 @@ const SYMBOLS = {
   close: { parameters: ["i32"], result: "i32" },
   // int *__errno_location(void)
   __errno_location: { parameters: [], result: "pointer" },
+  // int prctl(int option, unsigned long arg2, unsigned long arg3, unsigned long arg4, unsigned long arg5)
+  prctl: { parameters: ["i32", "u64", "u64", "u64", "u64"], result: "i32" },
+  // long syscall(long number, ...): here seccomp(unsigned int operation, unsigned int flags, void *args)
+  syscall: { parameters: ["i64", "u64", "u64", "buffer"], result: "i64" },
 } as const satisfies Deno.ForeignLibraryInterface;
 
 const ENOSYS = 38;
 const ERRNO_NAMES: Record<number, string> = {
   1: "EPERM",
   2: "ENOENT",
+  3: "ESRCH",
   5: "EIO",
   7: "E2BIG",
   13: "EACCES",
@@ -111,6 +117,13 @@ export interface Libc {
   flock(fd: number, operation: number): number;
   /** `close(2)`. */
   close(fd: number): void;
+  /**
+   * Sets `no_new_privs` and installs a classic-BPF seccomp filter (8-byte
+   * `struct sock_filter` entries) on every thread of this process
+   * (`SECCOMP_FILTER_FLAG_TSYNC`); children inherit it and it can never be
+   * removed. 0, or the errno (`ESRCH` when a thread could not be synchronised).
+   */
+  installSeccompFilter(program: Uint8Array): number;
 }
 
 /** `flock(2)` operations. */
@@ -118,6 +131,10 @@ export const LOCK = { sh: 1, ex: 2, nb: 4, un: 8 } as const;
 const O_RDWR = 0o2;
 const O_CREAT = 0o100;
 const O_CLOEXEC = 0o2000000;
+const PR_SET_NO_NEW_PRIVS = 38;
+const SYS_SECCOMP = 317n; // x86_64
+const SECCOMP_SET_MODE_FILTER = 1n;
+const SECCOMP_FILTER_FLAG_TSYNC = 1n;
 
 /**
  * libc itself (glibc's soname), opened on first use.
@@ -177,6 +194,18 @@ export function loadLibc(): Libc | undefined {
     },
     flock: (fd, operation) => check(s.flock(fd, operation)),
     close: (fd) => void s.close(fd),
+    installSeccompFilter(program) {
+      if (program.length === 0 || program.length % 8 !== 0 || program.length / 8 > 4096) return 22; // EINVAL
+      if (s.prctl(PR_SET_NO_NEW_PRIVS, 1n, 0n, 0n, 0n) < 0) return errno() || ENOSYS;
+      // struct sock_fprog { unsigned short len; struct sock_filter *filter; } (16 bytes on x86_64)
+      const fprog = new Uint8Array(16);
+      const view = new DataView(fprog.buffer);
+      view.setUint16(0, program.length / 8, true);
+      view.setBigUint64(8, BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(program))), true);
+      const rc = s.syscall(SYS_SECCOMP, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_TSYNC, fprog);
+      // With TSYNC a positive result is the id of a thread that could not be synchronised.
+      return rc < 0n ? errno() || ENOSYS : rc > 0n ? 3 /* ESRCH */ : 0;
+    },
   };
   return cached;
 }

@@ -39,8 +39,13 @@ pub enum Root {
         lower: Disk,
         upper: Disk,
     },
+    /// A virtiofs share as the root; with `upper`, the share is mounted
+    /// read-only as the lower layer of an overlay whose writes go to that disk
+    /// (a directory root several sandboxes use).
     Virtiofs {
         tag: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        upper: Option<Disk>,
     },
     Block {
         serial: String,
@@ -147,7 +152,10 @@ mod tests {
     #[test]
     fn other_roots_and_defaults() {
         let c = parse(r#"{"root":{"kind":"virtiofs","tag":"root"},"network":null}"#).unwrap();
-        assert_eq!(c.root, Root::Virtiofs { tag: "root".into() });
+        assert_eq!(c.root, Root::Virtiofs { tag: "root".into(), upper: None });
+        let c = parse(r#"{"root":{"kind":"virtiofs","tag":"root","upper":{"serial":"upper"}}}"#).unwrap();
+        let upper = Some(Disk { serial: "upper".into(), fstype: "ext4".into() });
+        assert_eq!(c.root, Root::Virtiofs { tag: "root".into(), upper });
         assert_eq!(c.transport, Transport::VirtioPort { name: "agent".into() });
         let c = parse(r#"{"root":{"kind":"block","serial":"root","fstype":"ext4"},"transport":{"kind":"virtio-port","name":"x"}}"#).unwrap();
         assert_eq!(c.root, Root::Block { serial: "root".into(), fstype: "ext4".into() });

@@ -8,7 +8,7 @@
 //! how panics are contained.
 
 use crate::agent::{self, Mode};
-use crate::boot_config::{self, BootConfig, Mount, Root, Transport};
+use crate::boot_config::{self, BootConfig, Disk, Mount, Root, Transport};
 use crate::sys::{self, check, cstr, log, mount};
 use std::collections::BTreeMap;
 use std::io;
@@ -187,17 +187,32 @@ fn mount_at(src: &str, target: &str, fstype: &str, flags: libc::c_ulong, data: &
 fn assemble_root(root: &Root) -> io::Result<bool> {
     match root {
         Root::Initramfs => return Ok(false),
-        Root::Virtiofs { tag } => mount_at(tag, "/newroot", "virtiofs", 0, "")?,
+        Root::Virtiofs { tag, upper: None } => mount_at(tag, "/newroot", "virtiofs", 0, "")?,
+        Root::Virtiofs { tag, upper: Some(upper) } => {
+            mount_at(tag, "/lower", "virtiofs", libc::MS_RDONLY, "")?;
+            overlay_on(upper)?;
+        }
         Root::Block { serial, fstype } => mount_at(&find_disk(serial)?, "/newroot", fstype, 0, "")?,
         Root::Overlay { lower, upper } => {
             mount_at(&find_disk(&lower.serial)?, "/lower", &lower.fstype, libc::MS_RDONLY, "")?;
-            mount_at(&find_disk(&upper.serial)?, "/upper", &upper.fstype, 0, "")?;
-            std::fs::create_dir_all("/upper/data")?;
-            std::fs::create_dir_all("/upper/work")?;
-            mount_at("overlay", "/newroot", "overlay", 0, "lowerdir=/lower,upperdir=/upper/data,workdir=/upper/work")?;
+            overlay_on(upper)?;
         }
     }
     Ok(true)
+}
+
+/// /newroot: an overlay of what is mounted at /lower under the upper disk.
+fn overlay_on(upper: &Disk) -> io::Result<()> {
+    mount_at(&find_disk(&upper.serial)?, "/upper", &upper.fstype, 0, "")?;
+    std::fs::create_dir_all("/upper/data")?;
+    std::fs::create_dir_all("/upper/work")?;
+    mount_at("overlay", "/newroot", "overlay", 0, &overlay_options("/lower", "/upper"))
+}
+
+/// The overlay's mount options over `lower`, with its upper and work
+/// directories on the disk mounted at `upper`.
+fn overlay_options(lower: &str, upper: &str) -> String {
+    format!("lowerdir={lower},upperdir={upper}/data,workdir={upper}/work")
 }
 
 /// switch_root: the initramfs is rootfs, which cannot be pivoted away, so
@@ -343,5 +358,25 @@ pub fn check_config(file: Option<&str>) -> i32 {
             eprintln!("krunbox-agent: {e}");
             1
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlay_keeps_upper_and_work_on_the_upper_disk() {
+        assert_eq!(overlay_options("/lower", "/upper"), "lowerdir=/lower,upperdir=/upper/data,workdir=/upper/work");
+    }
+
+    #[test]
+    fn a_virtiofs_root_with_an_upper_is_an_overlay_of_a_read_only_share() {
+        let c = boot_config::parse(
+            r#"{"root":{"kind":"virtiofs","tag":"root","upper":{"serial":"upper","fstype":"ext4"}}}"#,
+        )
+        .unwrap();
+        let Root::Virtiofs { tag, upper: Some(upper) } = c.root else { panic!("an overlay root") };
+        assert_eq!((tag.as_str(), upper.serial.as_str(), upper.fstype.as_str()), ("root", "upper", "ext4"));
     }
 }

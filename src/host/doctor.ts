@@ -14,6 +14,8 @@ import { assetPath } from "../store/assets.ts";
 import { homeLayout } from "../store/home.ts";
 import { chooseBackend, probeHost } from "../vmm/detect.ts";
 import { type Check, checkAsset, qemuChecks } from "../vmm/prereqs.ts";
+import { virtiofsdArgs } from "../vmm/qemu.ts";
+import { join } from "node:path";
 
 const MIN_DENO = [2, 9, 0];
 
@@ -105,6 +107,102 @@ function libraryCheck(
   };
 }
 
+/**
+ * How qemu's shares are contained here: the virtiofsd version, whether it
+ * starts with its namespace sandbox and seccomp as this user (the exact
+ * arguments a sandbox uses), and whether this kernel applies the runner's
+ * share filter (a child installs it and must be refused `chmod u+s`).
+ */
+async function shareChecks(virtiofsd: Check): Promise<Check[]> {
+  if (!virtiofsd.ok) return [];
+  const bin = virtiofsd.detail;
+  const who = Deno.uid() === 0 ? "root" : `uid ${Deno.uid()}`;
+  const checks: Check[] = [];
+  const version = await new Deno.Command(bin, { args: ["--version"], stderr: "piped" }).output()
+    .catch((e: Error) => ({ success: false, stdout: new Uint8Array(), stderr: new TextEncoder().encode(e.message) }));
+  const text = new TextDecoder().decode(version.success ? version.stdout : version.stderr).trim().split("\n")[0];
+  checks.push(
+    version.success ? { name: "virtiofsd version", ok: true, detail: text } : {
+      name: "virtiofsd version",
+      ok: false,
+      detail: text,
+      fix: "apt-get install libseccomp2 libcap-ng0, or rebuild with `./dev setup`",
+    },
+  );
+  const dir = await Deno.makeTempDir({ prefix: "krunbox-doctor-" });
+  try {
+    await Deno.mkdir(join(dir, "share"));
+    // The exact arguments of a sandbox's share; at log level info virtiofsd says when it is
+    // ready, after its sandbox, seccomp filter and capabilities are in place (its socket
+    // exists before any of them).
+    const args = [
+      ...virtiofsdArgs({ tag: "probe", hostPath: join(dir, "share"), readonly: true }, join(dir, "fs.sock")),
+      "--log-level=info",
+    ];
+    const child = new Deno.Command(bin, { args, stdout: "null", stderr: "piped" }).spawn();
+    const timer = setTimeout(() => child.kill("SIGKILL"), 5000);
+    let stderr = "";
+    let listening = false;
+    for await (const chunk of child.stderr.pipeThrough(new TextDecoderStream())) {
+      stderr += chunk;
+      if (stderr.includes("Waiting for vhost-user socket connection")) {
+        listening = true;
+        child.kill("SIGKILL");
+      }
+    }
+    clearTimeout(timer);
+    await child.status;
+    const features = "--sandbox namespace, --seccomp kill, --readonly" +
+      (Deno.uid() === 0
+        ? ", --modcaps=-mknod:-fsetid:-setfcap"
+        : ", a user namespace with ids squashed to the caller's");
+    checks.push(
+      listening ? { name: "virtiofsd sandbox", ok: true, detail: `${features} (as ${who})` } : {
+        name: "virtiofsd sandbox",
+        ok: false,
+        detail: `virtiofsd did not start as ${who}: ${stderr.trim().split("\n").slice(-2).join(" / ") || "no socket"}`,
+        fix: Deno.uid() === 0
+          ? "run where mount, pid and network namespaces can be created (not in a locked-down container)"
+          : "allow unprivileged user namespaces (sysctl user.max_user_namespaces=15000; " +
+            "kernel.unprivileged_userns_clone=1 where that setting exists)",
+      },
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+  }
+  checks.push(await shareFilterCheck());
+  return checks;
+}
+
+async function shareFilterCheck(): Promise<Check> {
+  const dir = await Deno.makeTempDir({ prefix: "krunbox-doctor-" });
+  try {
+    await Deno.writeTextFile(join(dir, "f"), "");
+    const code = `import { installShareFilter } from ${
+      JSON.stringify(new URL("../vmm/seccomp.ts", import.meta.url).href)
+    };
+installShareFilter();
+try { Deno.chmodSync(Deno.args[0], 0o4755); console.log("allowed"); } catch (e) { console.log("refused: " + e.message); }`;
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: ["eval", "--ext=ts", code, join(dir, "f")],
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const said = new TextDecoder().decode(out.success ? out.stdout : out.stderr).trim().split("\n").pop() ?? "";
+    const refused = out.success && said.startsWith("refused") && said.includes("not permitted");
+    return refused
+      ? { name: "share filter (seccomp)", ok: true, detail: "refuses setuid/setgid modes and device nodes" }
+      : {
+        name: "share filter (seccomp)",
+        ok: false,
+        detail: said || "the probe printed nothing",
+        fix: "use a kernel with seccomp filters (CONFIG_SECCOMP_FILTER); qemu shares are not served without it",
+      };
+  } finally {
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+  }
+}
+
 /** Runs the doctor: prints every check; resolves 0 when a backend can run. */
 export async function main(): Promise<number> {
   const host = await probeHost();
@@ -131,6 +229,7 @@ export async function main(): Promise<number> {
     libkrunfwLoadable(),
     libkrunLoadable(),
     ...qemu,
+    ...await shareChecks(qemu.find((c) => c.name === "virtiofsd")!),
     libraryCheck("ISA-L inflate", isalLibrary, "image pulls", "pulls use the slower built-in gunzip", "libisal2"),
     libraryCheck("libzstd", zstdLibrary, "tar+zstd layers", "images with zstd layers cannot be pulled", "libzstd1"),
   ];
@@ -144,7 +243,8 @@ export async function main(): Promise<number> {
   }
   const decision = chooseBackend("auto", host);
   console.log(`\nbackend auto → ${decision.backend}: ${decision.reason}`);
-  const qemuOk = qemu.every((c) => c.ok);
+  const qemuOk = checks.filter((c) => qemu.includes(c) || c.name.startsWith("virtiofsd") || c.name.startsWith("share"))
+    .every((c) => c.ok);
   const libkrunOk = checks.find((c) => c.name === "libkrun loads")?.ok && host.hardwareFlag && host.kvmUsable;
   return qemuOk || libkrunOk ? 0 : 1;
 }

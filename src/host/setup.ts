@@ -19,10 +19,19 @@ import { initramfsStep } from "./provision/initramfs.ts";
 import { kernelStep } from "./provision/kernel.ts";
 import { libkrunfwStep, libkrunStep } from "./provision/libkrun.ts";
 import { netdStep } from "./provision/netd.ts";
+import { virtiofsdStep } from "./provision/virtiofsd.ts";
 import { type AssetStep, runStep, type StepContext, type StepOutcome } from "./provision/step.ts";
 import { requireAll } from "./ci.ts";
 
-const STEPS: readonly AssetStep[] = [kernelStep, agentStep, netdStep, initramfsStep, libkrunfwStep, libkrunStep];
+const STEPS: readonly AssetStep[] = [
+  kernelStep,
+  agentStep,
+  netdStep,
+  initramfsStep,
+  virtiofsdStep,
+  libkrunfwStep,
+  libkrunStep,
+];
 
 /** Provisions what is missing; resolves 0 when every required step succeeded. */
 export async function main(): Promise<number> {

@@ -6,7 +6,7 @@
  * @module
  */
 
-import { runCommand } from "../util/command.ts";
+import { runCommand, which } from "../util/command.ts";
 
 /**
  * Creates a sparse ext4 disk of `sizeMib` at `path` (replacing any file there).
@@ -23,5 +23,7 @@ export async function createUpperDisk(path: string, sizeMib: number): Promise<vo
   await file.truncate(sizeMib * 1024 * 1024);
   file.close();
   // Lazy init keeps the file sparse; no reserved blocks on a scratch disk.
-  await runCommand("mkfs.ext4", ["-q", "-F", "-m", "0", "-E", "lazy_itable_init=1,lazy_journal_init=1", path]);
+  // By absolute path: /usr/sbin is on no ordinary user's PATH (mkfs.ext4 needs no privilege on a file).
+  const mkfs = await which("mkfs.ext4", ["/usr/sbin", "/sbin"]) ?? "mkfs.ext4";
+  await runCommand(mkfs, ["-q", "-F", "-m", "0", "-E", "lazy_itable_init=1,lazy_journal_init=1", path]);
 }

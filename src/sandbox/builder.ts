@@ -62,15 +62,20 @@ export interface PortOptions {
 export interface ImageChooser {
   /** An OCI image reference. */
   oci(reference: string): ImageSource;
-  /** A host directory, shared read-write as the root. */
-  dir(path: string): ImageSource;
+  /**
+   * A host directory as the root: read-only to the sandbox, its writes kept
+   * on the sandbox's own upper disk; `{ writable: true }` shares the
+   * directory itself read-write (writes reach the host and every sandbox
+   * booted from it).
+   */
+  dir(path: string, options?: { writable?: boolean }): ImageSource;
   /** A disk image as the root block device. */
   disk(path: string, options?: { format?: "raw" | "qcow2"; fstype?: string }): ImageSource;
 }
 
 const chooser: ImageChooser = {
   oci: (reference) => ({ kind: "oci", reference }),
-  dir: (path) => ({ kind: "dir", path }),
+  dir: (path, o = {}) => ({ kind: "dir", path, ...(o.writable ? { writable: true } : {}) }),
   disk: (path, o = {}) => ({
     kind: "disk",
     path,
@@ -175,7 +180,7 @@ export class SandboxBuilder {
     return this.#with({ image: fn(chooser) });
   }
 
-  /** Size of the writable root disk of OCI images, in MiB (default 4096, sparse). */
+  /** Size of the writable root disk of OCI images and directory roots, in MiB (default 4096, sparse). */
   rootDiskSize(mib: number): SandboxBuilder {
     return this.#with({ rootDiskMib: mib });
   }

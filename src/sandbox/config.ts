@@ -17,7 +17,14 @@ export type { NetworkConfig, PortMapping, SecretConfig };
 /** Where the root filesystem comes from. */
 export type ImageSource =
   | { readonly kind: "oci"; readonly reference: string }
-  | { readonly kind: "dir"; readonly path: string }
+  /**
+   * A host directory. By default it is read-only to the sandbox, whose writes
+   * go to its own upper disk (`rootDiskMib`), so several sandboxes can boot
+   * from it and none sees (or plants anything for) another; `writable: true`
+   * shares the directory itself read-write: writes reach the host directory
+   * and every sandbox using it.
+   */
+  | { readonly kind: "dir"; readonly path: string; readonly writable?: boolean }
   | { readonly kind: "disk"; readonly path: string; readonly format: "raw" | "qcow2"; readonly fstype: string };
 
 /** A host directory, named volume or tmpfs mounted in the guest. */
@@ -74,7 +81,7 @@ export interface SandboxConfig {
   readonly network: NetworkConfig;
   /** Secrets: env name, placeholder and allowed hosts; never the value (default none). */
   readonly secrets: readonly SecretConfig[];
-  /** Size of the writable root disk of OCI images, in MiB (default 4096, sparse). */
+  /** Size of the writable root disk of OCI images and directory roots, in MiB (default 4096, sparse). */
   readonly rootDiskMib: number;
   /** Stop after this many seconds without exec or fs calls (default: never). */
   readonly idleTimeoutSecs?: number;
@@ -190,7 +197,10 @@ function image(v: unknown): ImageSource {
       }
       return { kind: "oci", reference: i.reference };
     case "dir":
-      return { kind: "dir", path: absPath("image.path", i.path) };
+      if (i.writable !== undefined && typeof i.writable !== "boolean") {
+        throw new InvalidConfigError("image.writable", `must be a boolean, got ${JSON.stringify(i.writable)}`);
+      }
+      return { kind: "dir", path: absPath("image.path", i.path), ...(i.writable ? { writable: true } : {}) };
     case "disk":
       if (i.format !== "raw" && i.format !== "qcow2") {
         throw new InvalidConfigError("image.format", "must be raw or qcow2");

@@ -35,7 +35,8 @@ export interface PreparedRoot {
 
 /**
  * Resolves a config's root: checks a directory or disk image; for an OCI
- * image, pulls it (per `pull.policy`) and makes the sandbox's upper disk
+ * image, pulls it (per `pull.policy`). An OCI image and a directory (unless
+ * the caller asked for a shared writable one) get the sandbox's upper disk
  * unless it exists (a restart keeps what the guest wrote).
  *
  * @example
@@ -45,7 +46,7 @@ export interface PreparedRoot {
  * import { prepareRoot } from "./spec.ts";
  * import { pathsOf } from "./state.ts";
  * using store = await openStore();
- * const config = parseConfig({ name: "a", image: { kind: "dir", path: "/" } });
+ * const config = parseConfig({ name: "a", image: { kind: "dir", path: "/", writable: true } });
  * console.log((await prepareRoot(store, config, pathsOf("a"), {})).root); // { kind: "dir", path: "/" }
  * ```
  */
@@ -71,7 +72,12 @@ export async function prepareRoot(
   }
   if (img.kind === "dir") {
     if (!st.isDirectory) throw new InvalidConfigError("image", `${img.path} is not a directory`);
-    return { root: { kind: "dir", path: img.path } };
+    if (img.writable) return { root: { kind: "dir", path: img.path } };
+    // Read-only to the guest, like an OCI lower: its writes go to its own upper disk.
+    if (!(await Deno.stat(paths.upperDisk).then(() => true, () => false))) {
+      await createUpperDisk(paths.upperDisk, config.rootDiskMib);
+    }
+    return { root: { kind: "dir", path: img.path, upper: paths.upperDisk } };
   }
   if (!st.isFile) throw new InvalidConfigError("image", `${img.path} is not a disk image file`);
   return { root: { kind: "disk", path: img.path, format: img.format, fstype: img.fstype } };

@@ -11,7 +11,7 @@ import { join } from "node:path";
 import { homeLayout } from "./home.ts";
 
 /** The assets krunbox provisions. */
-export type AssetName = "kernel" | "agent" | "netd" | "initramfs" | "libkrunfw" | "libkrun";
+export type AssetName = "kernel" | "agent" | "netd" | "initramfs" | "libkrunfw" | "libkrun" | "virtiofsd";
 
 /** Where each asset's main file lives, relative to its directory. */
 export const ASSET_MAIN_FILE: Readonly<Record<AssetName, string>> = {
@@ -21,6 +21,7 @@ export const ASSET_MAIN_FILE: Readonly<Record<AssetName, string>> = {
   initramfs: "initramfs.cpio",
   libkrunfw: "libkrunfw.so.5",
   libkrun: "libkrun.so.1",
+  virtiofsd: "virtiofsd",
 };
 
 /**

@@ -12,8 +12,12 @@ import type { BackendKind } from "./detect.ts";
 
 /** The root filesystem as the VM sees it. */
 export type VmRoot =
-  /** A host directory shared read-write (virtiofs tag `root`). */
-  | { readonly kind: "dir"; readonly path: string }
+  /**
+   * A host directory (virtiofs): with `upper`, shared read-only and joined
+   * with this sandbox's ext4 upper by overlayfs in the guest; without, shared
+   * read-write (the caller asked for a shared writable root).
+   */
+  | { readonly kind: "dir"; readonly path: string; readonly upper?: string }
   /** An EROFS lower (read-only, shared) and this sandbox's ext4 upper, joined by overlayfs in the guest. */
   | { readonly kind: "overlay"; readonly lower: string; readonly upper: string }
   /** A disk image as the root block device. */

@@ -16,7 +16,12 @@ export const ROOT_TAG = "root";
 
 /** Where the agent finds the root (PROTOCOL.md, `root`). */
 export type GuestRoot =
-  | { readonly kind: "virtiofs"; readonly tag: string }
+  /** With `upper`: the share read-only under an overlay whose writes go to that disk (a private directory root). */
+  | {
+    readonly kind: "virtiofs";
+    readonly tag: string;
+    readonly upper?: { readonly serial: string; readonly fstype: string };
+  }
   | { readonly kind: "initramfs" }
   | { readonly kind: "block"; readonly serial: string; readonly fstype: string }
   | {
@@ -57,8 +62,10 @@ export interface BootConfig {
 export interface BackendBoot {
   /** Kernel modules to load, in order, as guest paths (none for a kernel with the drivers built in). */
   readonly modules: readonly string[];
-  /** How the guest finds a directory root. */
+  /** How the guest finds a directory root shared writable (the caller asked for it). */
   readonly dirRoot: GuestRoot;
+  /** The virtiofs tag of a private directory root's read-only share (the overlay's lower). */
+  readonly dirLowerTag: string;
   readonly transport: GuestTransport;
   readonly network: GuestNetwork | null;
 }
@@ -73,7 +80,8 @@ export interface VmDisk {
 
 /**
  * The disks a root needs, in attach order: an OCI root's read-only EROFS
- * lower and writable ext4 upper, or a disk image; none for a directory.
+ * lower and writable ext4 upper, or a disk image; a private directory root's
+ * upper (its lower is a virtiofs share); none for a shared writable directory.
  *
  * @example
  * ```ts
@@ -92,13 +100,14 @@ export function rootDisks(root: VmRoot): VmDisk[] {
     case "disk":
       return [{ id: "root", path: root.path, format: root.format, readonly: false }];
     case "dir":
-      return [];
+      return root.upper ? [{ id: "upper", path: root.upper, format: "raw", readonly: false }] : [];
   }
 }
 
 /**
  * Where the guest finds a root on disks ({@link rootDisks}'s serials); a
- * directory root is the backend's `dirRoot`.
+ * shared writable directory root is the backend's `dirRoot`, a private one
+ * the share `dirLowerTag` under its upper disk.
  *
  * @example
  * ```ts
@@ -107,7 +116,7 @@ export function rootDisks(root: VmRoot): VmDisk[] {
  * // { kind: "block", serial: "root", fstype: "ext4" }
  * ```
  */
-export function guestRoot(root: VmRoot, dirRoot: GuestRoot): GuestRoot {
+export function guestRoot(root: VmRoot, dirRoot: GuestRoot, dirLowerTag: string = ROOT_TAG): GuestRoot {
   switch (root.kind) {
     case "overlay":
       return {
@@ -118,7 +127,7 @@ export function guestRoot(root: VmRoot, dirRoot: GuestRoot): GuestRoot {
     case "disk":
       return { kind: "block", serial: "root", fstype: root.fstype };
     case "dir":
-      return dirRoot;
+      return root.upper ? { kind: "virtiofs", tag: dirLowerTag, upper: { serial: "upper", fstype: "ext4" } } : dirRoot;
   }
 }
 
@@ -134,8 +143,8 @@ export function guestRoot(root: VmRoot, dirRoot: GuestRoot): GuestRoot {
  *   { name: "a", backend: "qemu", cpus: 1, memoryMib: 512, dir: "/s", root: { kind: "dir", path: "/r" },
  *     shares: [{ tag: "v0", hostPath: "/h", guestPath: "/data", readonly: true }], ports: [], network: "none",
  *     boot: { hostname: "a" }, bootTimeoutMs: 30000 },
- *   { modules: [], dirRoot: { kind: "virtiofs", tag: "root" }, transport: { kind: "virtio-port", name: "agent" },
- *     network: null },
+ *   { modules: [], dirRoot: { kind: "virtiofs", tag: "root" }, dirLowerTag: "root",
+ *     transport: { kind: "virtio-port", name: "agent" }, network: null },
  * );
  * console.log(config.mounts); // [{ kind: "virtiofs", tag: "v0", target: "/data", readonly: true }]
  * ```
@@ -150,7 +159,7 @@ export function bootConfig(spec: VmSpec, backend: BackendBoot): BootConfig {
   return {
     ...spec.boot,
     modules: backend.modules,
-    root: guestRoot(spec.root, backend.dirRoot),
+    root: guestRoot(spec.root, backend.dirRoot, backend.dirLowerTag),
     mounts: [...((spec.boot.mounts as unknown[] | undefined) ?? []), ...shares],
     transport: backend.transport,
     network: backend.network,

@@ -11,9 +11,11 @@
  * - Init: krunbox's agent, served as the overlay file `/init.krun` of the
  *   root virtiofs (libkrun is built without its init blob), with its boot
  *   config as the overlay file `/krunbox/boot.json`. No image is modified.
- * - Root: a directory root is the virtiofs root itself; an OCI root is a
- *   trampoline directory plus the EROFS lower and ext4 upper as virtio-blk
- *   disks (the agent joins them and switches root); a disk image likewise.
+ * - Root: a shared writable directory root is the virtiofs root itself; an
+ *   OCI root is a trampoline directory plus the EROFS lower and ext4 upper as
+ *   virtio-blk disks (the agent joins them and switches root); a disk image
+ *   likewise; a private directory root is the trampoline plus the directory
+ *   as a read-only virtiofs share and the sandbox's ext4 upper disk.
  * - Agent channel: the agent connects out on vsock port 1024, which libkrun
  *   maps to the runner's listening unix socket (guest-initiated, avoiding the
  *   stall of a first host-to-guest connection, libkrun issue 684).
@@ -42,6 +44,9 @@ import { acceptAgent, listenFresh } from "./channel.ts";
 /** The vsock port the agent connects to. */
 export const AGENT_VSOCK_PORT = 1024;
 
+/** The virtiofs tag of a private directory root (read-only, under the sandbox's upper). */
+const DIR_LOWER_TAG = "lower";
+
 /**
  * The agent's boot config for a libkrun guest: the shared one
  * ({@link bootConfig}); its kernel has the drivers built in, a directory
@@ -61,6 +66,7 @@ export function libkrunBootConfig(spec: VmSpec): BootConfig {
   return bootConfig(spec, {
     modules: [],
     dirRoot: { kind: "initramfs" },
+    dirLowerTag: DIR_LOWER_TAG,
     transport: { kind: "vsock-connect", port: AGENT_VSOCK_PORT },
     network: null,
   });
@@ -124,10 +130,10 @@ export async function configureContext(spec: VmSpec, vmSock: string, arena: CStr
   }
 }
 
-/** The root virtiofs: a directory root itself, else a trampoline directory with the root's disks attached. */
+/** The root virtiofs: a shared writable directory root itself, else a trampoline directory with the root's disks (and a private directory root's share) attached. */
 async function setRoot(c: Ctx, spec: VmSpec, paths: SandboxPaths): Promise<void> {
   let rootDir: string;
-  if (spec.root.kind === "dir") {
+  if (spec.root.kind === "dir" && !spec.root.upper) {
     rootDir = spec.root.path;
   } else {
     // A trampoline root: only the agent, its config and the mount points it needs.
@@ -143,6 +149,12 @@ async function setRoot(c: Ctx, spec: VmSpec, paths: SandboxPaths): Promise<void>
         disk.readonly,
       );
       checkKrun("krun_add_disk2", rc);
+    }
+    if (spec.root.kind === "dir") {
+      // The directory read-only (libkrun enforces it) under this sandbox's upper.
+      const add = required(c.k.krun_add_virtiofs3, "krun_add_virtiofs3");
+      const rc = add(c.id, c.arena.str(DIR_LOWER_TAG), c.arena.str(spec.root.path), 0n, true);
+      checkKrun("krun_add_virtiofs3", rc);
     }
   }
   checkKrun("krun_set_root", c.k.krun_set_root(c.id, c.arena.str(rootDir)));

@@ -25,9 +25,6 @@ export interface Check {
 
 const SETUP_FIX = "run `./dev setup` (or `deno task setup`)";
 
-/** Where Debian's qemu package puts virtiofsd (it is not on PATH). */
-export const VIRTIOFSD_DIRS = ["/usr/lib/qemu", "/usr/libexec"];
-
 /**
  * Checks one provisioned asset.
  *
@@ -66,6 +63,31 @@ export async function checkProgram(program: string, debianPackage: string, extra
 }
 
 /**
+ * The Rust virtiofsd that serves qemu's shared directories, provisioned by
+ * setup (src/host/provision/virtiofsd.ts). Only that one is used: qemu's C
+ * virtiofsd cannot enforce a read-only share on the host and needs root, so
+ * without the provisioned one no share is served, read-only or not (a
+ * read-only volume must never fall back to a writable share).
+ *
+ * @example
+ * ```ts
+ * import { checkVirtiofsd } from "./prereqs.ts";
+ * console.log(await checkVirtiofsd());
+ * ```
+ */
+export async function checkVirtiofsd(): Promise<Check> {
+  const asset = await checkAsset("virtiofsd");
+  if (asset.ok) return { name: "virtiofsd", ok: true, detail: assetPath("virtiofsd"), program: true };
+  return {
+    name: "virtiofsd",
+    ok: false,
+    detail: `the Rust virtiofsd (crates.io) is not provisioned: ${asset.detail}; ` +
+      "qemu shares (read-only ones above all) are served only by it",
+    fix: `${SETUP_FIX}; it builds virtiofsd with cargo and needs Debian's libcap-ng-dev and libseccomp-dev`,
+  };
+}
+
+/**
  * Everything the qemu backend needs.
  *
  * @example
@@ -78,7 +100,7 @@ export async function qemuChecks(): Promise<Check[]> {
   return await Promise.all([
     checkProgram("qemu-system-x86_64", "qemu-system-x86"),
     checkProgram("setpriv", "util-linux"),
-    checkProgram("virtiofsd", "qemu-system-x86", VIRTIOFSD_DIRS),
+    checkVirtiofsd(),
     checkProgram("mkfs.ext4", "e2fsprogs"),
     checkAsset("kernel", "guest kernel"),
     checkAsset("initramfs", "guest initramfs"),

@@ -33,6 +33,7 @@ import { encodeCpio } from "./cpio.ts";
 import { probeHost } from "./detect.ts";
 import { GUEST_MODULES, loadOrder, type ModuleIndex } from "./modules.ts";
 import { checkedPrograms, qemuChecks } from "./prereqs.ts";
+import { installShareFilter } from "./seccomp.ts";
 
 /** The guest address plan of qemu's user-mode network (slirp defaults). */
 export const USER_NET = { iface: "eth0", address: "10.0.2.15/24", gateway: "10.0.2.2", dns: ["10.0.2.3"] } as const;
@@ -166,6 +167,7 @@ export function qemuBootConfig(
   return bootConfig(spec, {
     modules: loadOrder(modules, wanted).map((m) => `/lib/modules/${m}.ko`),
     dirRoot: { kind: "virtiofs", tag: ROOT_TAG },
+    dirLowerTag: ROOT_TAG,
     transport: { kind: "virtio-port", name: "agent" },
     network: spec.network === "user" ? USER_NET : null,
   });
@@ -173,7 +175,8 @@ export function qemuBootConfig(
 
 /**
  * The directories virtiofsd serves for a spec: its shares, and a directory
- * root first (as tag `root`).
+ * root first (as tag `root`; read-only unless the caller asked for a shared
+ * writable root).
  *
  * @example
  * ```ts
@@ -186,7 +189,7 @@ export function qemuBootConfig(
  */
 export function qemuShares(spec: VmSpec): VmShare[] {
   return spec.root.kind === "dir"
-    ? [{ tag: ROOT_TAG, hostPath: spec.root.path, guestPath: "/", readonly: false }, ...spec.shares]
+    ? [{ tag: ROOT_TAG, hostPath: spec.root.path, guestPath: "/", readonly: !!spec.root.upper }, ...spec.shares]
     : [...spec.shares];
 }
 
@@ -223,7 +226,8 @@ export const qemuBackend: Backend = {
         fsSockets,
       });
       const vmm = await startQemu(children, programs["qemu-system-x86_64"], args, paths);
-      const exited = whenExited(vmm, children, listener, [paths.vmSocket, paths.initrd, ...Object.values(fsSockets)]);
+      const bootFiles = [paths.vmSocket, paths.initrd, ...Object.values(fsSockets).flatMap((s) => [s, `${s}.pid`])];
+      const exited = whenExited(vmm, children, listener, bootFiles);
       const agent = await acceptAgent(
         listener,
         exited,
@@ -254,7 +258,98 @@ async function writeInitrd(paths: SandboxPaths, config: BootConfig): Promise<voi
   await Deno.writeFile(paths.initrd, extra, { append: true });
 }
 
-/** One virtiofsd per share, each ready on its vhost-user socket; the sockets by tag. */
+/** The host identity virtiofsd runs as (the runner's). */
+export interface HostIds {
+  readonly uid: number;
+  readonly gid: number;
+}
+
+/**
+ * virtiofsd's command line for one share (the Rust virtiofsd, crates.io
+ * 1.14, provisioned by src/host/provision/virtiofsd.ts). The policy, for a
+ * guest that is root in its VM and sends whatever FUSE requests it likes:
+ *
+ * - `--sandbox namespace`: virtiofsd pivots into the shared directory in
+ *   its own mount, pid and network namespaces (and, for an ordinary user,
+ *   a user namespace), so no name the guest sends resolves outside it.
+ * - `--seccomp kill`: its own system-call allow list; anything else kills it
+ *   (kill works with every call the guest can cause here, see the e2e
+ *   containment test; `log` was not needed).
+ * - `--readonly` for read-only shares: enforced on the host, so a guest
+ *   `mount -o remount,rw` gets a writable mount whose writes still fail
+ *   (`EROFS`).
+ * - No device nodes, no set-user-ID/set-group-ID files: the capabilities
+ *   `mknod`, `fsetid` and `setfcap` are dropped (`--modcaps`, as root), no
+ *   xattrs are served (so no `security.capability` file capabilities), and
+ *   the runner's share filter (src/vmm/seccomp.ts), which every virtiofsd
+ *   inherits, refuses a setid mode or a device node in every `chmod`,
+ *   `open`/`creat` and `mknod`. The filter is needed because dropping
+ *   capabilities cannot forbid `chmod u+s`: the owner of a file may always
+ *   set it. Without `CAP_FSETID`, a guest write to a setid file that already
+ *   exists on the host clears the bit (the kernel's rule for writers), and a
+ *   `chown` clears it too. Fifos and sockets can still be made (they need no
+ *   privilege and are what builds and tests create). Directories created
+ *   inside a host setgid directory still inherit its setgid bit and group:
+ *   that is the kernel carrying out the host directory's own policy, and a
+ *   setgid directory grants nothing but its group to new files.
+ * - No uid translation as root: guest ids are host ids, so a directory root
+ *   keeps its owners, and what guest root creates is root's, as a file the
+ *   root caller made would be (it can carry no setid bit and is no device).
+ *   Translating guest root to an unprivileged uid was the other choice; it
+ *   would make every host file of a root-owned root look foreign to the
+ *   guest and, by itself, would still let the guest set a setuid bit (on the
+ *   unprivileged uid's files).
+ * - As an ordinary user virtiofsd runs unprivileged in a user namespace
+ *   where only the caller's uid and gid exist; every guest id is squashed to
+ *   them (`--translate-uid squash-guest:…`, or a guest user other than root
+ *   could create nothing) and the caller's files show as root's in the
+ *   guest (`host:<uid>:0:1`). Everything the guest creates belongs to the
+ *   caller.
+ * - `--inode-file-handles=never`: file handles would need
+ *   `CAP_DAC_READ_SEARCH`, with which `open_by_handle_at` reaches any file
+ *   of the host filesystem, namespaces or not.
+ *
+ * @example
+ * ```ts
+ * import { virtiofsdArgs } from "./qemu.ts";
+ * console.log(virtiofsdArgs({ tag: "vol0", hostPath: "/srv/data", readonly: true }, "/s/fs-vol0.sock").join(" "));
+ * ```
+ */
+export function virtiofsdArgs(
+  share: { readonly tag: string; readonly hostPath: string; readonly readonly: boolean },
+  socket: string,
+  ids: HostIds = { uid: Deno.uid() ?? 0, gid: Deno.gid() ?? 0 },
+): string[] {
+  const args = [
+    `--socket-path=${socket}`,
+    `--shared-dir=${share.hostPath}`,
+    "--sandbox=namespace",
+    "--seccomp=kill",
+    "--inode-file-handles=never",
+    // A read-only root changes under no guest: caching it fully makes a spawn
+    // ~15x faster under TCG (no FUSE round trip per lookup). Volumes and a
+    // shared writable root stay coherent with changes made elsewhere.
+    `--cache=${share.tag === ROOT_TAG && share.readonly ? "always" : "auto"}`,
+    "--log-level=warn",
+  ];
+  if (share.readonly) args.push("--readonly");
+  if (ids.uid === 0) {
+    args.push("--modcaps=-mknod:-fsetid:-setfcap");
+  } else {
+    args.push(
+      `--translate-uid=squash-guest:0:${ids.uid}:4294967295`,
+      `--translate-uid=host:${ids.uid}:0:1`,
+      `--translate-gid=squash-guest:0:${ids.gid}:4294967295`,
+      `--translate-gid=host:${ids.gid}:0:1`,
+    );
+  }
+  return args;
+}
+
+/**
+ * One virtiofsd per share (the runner's share filter installed first, so
+ * each inherits it), each ready on its vhost-user socket; the sockets by tag.
+ */
 async function startVirtiofsd(
   children: ChildGroup,
   virtiofsd: string,
@@ -262,19 +357,11 @@ async function startVirtiofsd(
   paths: SandboxPaths,
 ): Promise<Record<string, string>> {
   const fsSockets: Record<string, string> = {};
+  if (shares.length > 0) installShareFilter();
   for (const share of shares) {
     const sock = paths.fsSocket(share.tag);
     await Deno.remove(sock).catch(() => {});
-    const child = children.spawn(virtiofsd, [
-      `--socket-path=${sock}`,
-      "-o",
-      `source=${share.hostPath}`,
-      "-o",
-      // The root is the guest's alone: caching it fully makes a spawn ~15x
-      // faster under TCG (no FUSE round trip per lookup). Volumes stay
-      // coherent with host-side changes.
-      share.tag === ROOT_TAG ? "cache=always" : "cache=auto",
-    ]);
+    const child = children.spawn(virtiofsd, virtiofsdArgs(share, sock));
     await children.waitForSocket(child, sock, "virtiofsd");
     fsSockets[share.tag] = sock;
   }

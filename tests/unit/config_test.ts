@@ -75,3 +75,20 @@ Deno.test("config: volumes — bind, named and tmpfs round-trip; bad ones are IN
   );
   assertEquals((e as InvalidConfigError).field, "volumes.kind");
 });
+
+Deno.test("config: a directory root is private unless a shared writable root is asked for", () => {
+  const b = new SandboxBuilder("x");
+  assertEquals(b.image("/srv/root").build().image, { kind: "dir", path: "/srv/root" });
+  const shared = b.imageWith((i) => i.dir("/srv/root", { writable: true })).build();
+  assertEquals(shared.image, { kind: "dir", path: "/srv/root", writable: true });
+  assertEquals(parseConfig(JSON.parse(JSON.stringify(shared))), shared);
+  assertEquals(b.imageWith((i) => i.dir("/srv/root", { writable: false })).build().image, {
+    kind: "dir",
+    path: "/srv/root",
+  });
+  const e = assertThrows(
+    () => parseConfig({ name: "x", image: { kind: "dir", path: "/r", writable: "yes" } }),
+    InvalidConfigError,
+  );
+  assertEquals(e.message.includes("image.writable"), true, e.message);
+});

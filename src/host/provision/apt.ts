@@ -11,6 +11,8 @@ import { runCommand } from "../../util/command.ts";
 /** Debian packages the host needs, and why. */
 export const HOST_PACKAGES: Readonly<Record<string, string>> = {
   "qemu-system-x86": "qemu backend (qemu-system-x86_64, virtiofsd)",
+  "libcap-ng-dev": "building the Rust virtiofsd (qemu shares)",
+  "libseccomp-dev": "building the Rust virtiofsd (qemu shares)",
   "e2fsprogs": "per-sandbox writable ext4 disks (mkfs.ext4)",
   "libisal2": "ISA-L inflate: fast layer decompression for image pulls",
   "libzstd1": "tar+zstd image layers",
