@@ -11,6 +11,7 @@
  */
 
 import { join } from "node:path";
+import { assetVersion } from "../../store/assets.ts";
 import { homeLayout } from "../../store/home.ts";
 import { runCommand } from "../../util/command.ts";
 import { candidateVersion, downloadAndUnpack, preparePrivateSource, type PrivateSource } from "./apt.ts";
@@ -34,8 +35,16 @@ export const libkrunfwStep: AssetStep = {
   optional: true,
   async version(ctx) {
     const src = sidSource(ctx);
-    await preparePrivateSource(src);
-    return `libkrunfw5=${await candidateVersion("libkrunfw5", src)}`;
+    try {
+      await preparePrivateSource(src);
+      return `libkrunfw5=${await candidateVersion("libkrunfw5", src)}`;
+    } catch (e) {
+      // Offline, or sid's lists unreachable: a libkrunfw already provisioned stays (setup is idempotent).
+      const have = await assetVersion("libkrunfw", ctx.home);
+      if (!have) throw e;
+      ctx.log(`Debian sid cannot be asked (${(e as Error).message.split("\n")[0]}); keeping ${have}`);
+      return have;
+    }
   },
   async build(ctx, out) {
     const unpacked = await Deno.makeTempDir({ prefix: "krunbox-krunfw-" });
