@@ -128,6 +128,22 @@ export const HOST_NAME = "host.krunbox.internal";
 
 const KEYWORDS = new Set<string>(["any", ...GROUPS]);
 
+/** Whether a suffix (`.example.com`) matches {@link HOST_NAME}: `.internal`, `.krunbox.internal`, …. */
+function coversHostName(suffix: string): boolean {
+  return suffix.slice(1) === HOST_NAME || HOST_NAME.endsWith(suffix);
+}
+
+function suffixOf(rule: RuleSpec, raw: string): Destination {
+  const suffix = `.${domainOf(rule, raw)}`;
+  if (coversHostName(suffix)) {
+    fail(
+      rule,
+      `${suffix} covers ${HOST_NAME}, which only the host group reaches: name a narrower suffix (.corp.internal) and write allow@host for the host`,
+    );
+  }
+  return { kind: "suffix", suffix };
+}
+
 function fail(rule: RuleSpec, detail: string): never {
   const text = typeof rule === "string" ? rule : safeJson(rule);
   throw new InvalidConfigError("network.rules", `${text}: ${detail}`);
@@ -209,10 +225,7 @@ function destinationOf(rule: RuleSpec, raw: string, bracketed: boolean): Destina
   if (text.includes(":")) fail(rule, `${JSON.stringify(raw)} is not an IPv6 address`);
   if (/^\d[\d.]*$/.test(text)) fail(rule, `${JSON.stringify(raw)} is not a valid IPv4 address`);
   if (text.startsWith("*.")) fail(rule, `wildcards are written as a suffix: .${text.slice(2)}`);
-  if (text.startsWith(".")) {
-    const suffix = `.${domainOf(rule, text.slice(1))}`;
-    return { kind: "suffix", suffix };
-  }
+  if (text.startsWith(".")) return suffixOf(rule, text.slice(1));
   const name = domainOf(rule, text);
   if (name === HOST_NAME) fail(rule, `${HOST_NAME} is reachable only through the host group: write allow@host`);
   return { kind: "domain", name };
@@ -247,7 +260,7 @@ function checkDestination(rule: RuleSpec, d: Destination): Destination {
       if (typeof d.suffix !== "string" || !d.suffix.startsWith(".")) {
         fail(rule, 'a suffix must be a string starting with "." (.example.com)');
       }
-      return { kind: "suffix", suffix: `.${domainOf(rule, d.suffix.slice(1))}` };
+      return suffixOf(rule, d.suffix.slice(1));
     }
     default:
       fail(rule, `unknown destination kind ${safeJson((d as { kind?: unknown })?.kind)}`);

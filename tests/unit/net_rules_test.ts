@@ -14,6 +14,11 @@ const r = (
 // [compact string, the Rule it is, its canonical string, the same rule in object form]
 const VALID: [string, Rule, string, RuleInit][] = [
   ["allow@any", r("allow", { kind: "any" }), "allow@any", { action: "allow", destination: "any" }],
+  // Beside the host's name (controls for the suffixes that cover it).
+  ["allow@.corp.internal", r("allow", { kind: "suffix", suffix: ".corp.internal" }), "allow@.corp.internal", {
+    action: "allow",
+    destination: ".corp.internal",
+  }],
   ["deny@10.0.0.0/8", r("deny", { kind: "cidr", cidr: "10.0.0.0/8" }), "deny@10.0.0.0/8", {
     action: "deny",
     destination: { kind: "cidr", cidr: "10.0.0.0/8" },
@@ -245,6 +250,12 @@ const INVALID: [string | RuleInit, string][] = [
   ["allow@exa$mple.com", "bad label"],
   ["allow@*.example.com", "wildcards are written as a suffix: .example.com"],
   ["allow@host.krunbox.internal", "reachable only through the host group"],
+  // A suffix above the host's name would let the guest reach the host's loopback by resolving it.
+  ["allow@.internal:tcp", "covers host.krunbox.internal"],
+  ["allow@.krunbox.internal", "covers host.krunbox.internal"],
+  ["deny@.Host.Krunbox.Internal.", "covers host.krunbox.internal"],
+  [{ action: "allow", destination: { kind: "suffix", suffix: ".internal" } }, "covers host.krunbox.internal"],
+  [{ action: "allow", destination: ".krunbox.internal" }, "covers host.krunbox.internal"],
   ["allow@ example.com", "whitespace"],
   [{ action: "allow", destination: { kind: "group", group: "lan" as "public" } }, 'unknown group "lan"'],
   [{ action: "allow", destination: { kind: "cidr", cidr: "10.0.0.0/40" } }, "out of range"],

@@ -20,7 +20,7 @@ import (
 
 const (
 	// hostName names the host (its loopback) for the guest.
-	hostName = "host.krunbox.internal"
+	hostName = config.HostName
 	// UpstreamTimeout bounds one upstream exchange.
 	UpstreamTimeout = 3 * time.Second
 	// hostsTTL is the TTL of answers from dns.hosts.
@@ -173,7 +173,11 @@ func (e *Engine) answer(req *dns.Msg, proto string, local netip.Addr) *dns.Msg {
 		resp.Authoritative = true
 		if rr := addrRR(q, a); rr != nil && q.Qclass == dns.ClassINET {
 			resp.Answer = append(resp.Answer, rr)
-			e.names.Add(name, a, hostsTTL*time.Second)
+			// host.krunbox.internal is never bound: only the host group
+			// reaches hostAddress, no name rule does.
+			if name != hostName {
+				e.names.Add(name, a, hostsTTL*time.Second)
+			}
 		}
 		return resp
 	}

@@ -116,7 +116,7 @@ func New(cfg *config.Config, out *Output, opts Options) (*Engine, error) {
 	}
 	host := append([]netip.Addr{cfg.HostIP}, opts.HostAddrs...)
 	cl := policy.NewClassifier(host, cfg.Subnet, []netip.Addr{cfg.GatewayIP, cfg.DNSIP, cfg.HostIP})
-	e := &Engine{cfg: cfg, opts: opts, out: out, pol: policy.New(cfg.Policy, cl), names: policy.NewNames(nil)}
+	e := &Engine{cfg: cfg, opts: opts, out: out, pol: policy.New(cfg.Policy, cfg.DNSHosts, cl), names: policy.NewNames(nil)}
 	e.Events = NewEvents(out, nil)
 	e.flows.max = cfg.MaxConnections
 	e.up = cfg.DNSUpstreams

@@ -50,11 +50,15 @@ type Policy struct {
 	rules        []config.Rule
 	defaultAllow bool
 	classifier   *Classifier
+	// hosts are the configured fixed answers (dns.hosts): the only bindings
+	// through which a name rule reaches a non-public address.
+	hosts map[string]netip.Addr
 }
 
-// New compiles the configured policy.
-func New(p config.Policy, c *Classifier) *Policy {
-	return &Policy{rules: p.Rules, defaultAllow: p.Default == "allow", classifier: c}
+// New compiles the configured policy; hosts are the configuration's fixed
+// DNS answers (dns.hosts, may be nil).
+func New(p config.Policy, hosts map[string]netip.Addr, c *Classifier) *Policy {
+	return &Policy{rules: p.Rules, defaultAllow: p.Default == "allow", classifier: c, hosts: hosts}
 }
 
 // Classifier returns the policy's classifier.
@@ -86,12 +90,24 @@ func (p *Policy) destMatches(r *config.Rule, a netip.Addr, g Group, names []stri
 		return string(g) == r.Dest.Group
 	case "domain", "suffix":
 		for _, n := range names {
-			if nameMatches(r.Dest, n) {
+			if nameMatches(r.Dest, n) && (r.Action != "allow" || p.nameGrants(n, a, g)) {
 				return true
 			}
 		}
 	}
 	return false
+}
+
+// nameGrants says whether an allow rule for a name may admit a flow to a
+// that the sandbox resolved from that name: a host-group address only
+// through a dns.hosts binding (the configuration's own answer), never
+// through one an upstream (or netd's host.krunbox.internal) gave.
+func (p *Policy) nameGrants(name string, a netip.Addr, g Group) bool {
+	if g != Host {
+		return true
+	}
+	h, ok := p.hosts[name]
+	return ok && h.Unmap() == a
 }
 
 func protoMatches(r *config.Rule, proto string) bool {

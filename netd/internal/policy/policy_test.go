@@ -18,7 +18,7 @@ func compile(t *testing.T, rules string, def string) *Policy {
 		t.Fatalf("config: %v", err)
 	}
 	cl := NewClassifier([]netip.Addr{netip.MustParseAddr("192.0.2.10"), c.HostIP}, c.Subnet, []netip.Addr{c.GatewayIP, c.DNSIP, c.HostIP})
-	return New(c.Policy, cl)
+	return New(c.Policy, c.DNSHosts, cl)
 }
 
 func egress(proto, addr string, port int, names ...string) Flow {

@@ -35,7 +35,7 @@ func TestCompiledConfigVector(t *testing.T) {
 	if err != nil {
 		t.Fatalf("the compiled vector: %v", err)
 	}
-	p := New(c.Policy, NewClassifier([]netip.Addr{c.HostIP}, c.Subnet, []netip.Addr{c.GatewayIP, c.DNSIP, c.HostIP}))
+	p := New(c.Policy, c.DNSHosts, NewClassifier([]netip.Addr{c.HostIP}, c.Subnet, []netip.Addr{c.GatewayIP, c.DNSIP, c.HostIP}))
 	for _, tc := range []struct {
 		f     Flow
 		allow bool
