@@ -40,3 +40,32 @@ func TestHostNameNeverGrantsHostLoopbackToASuffixRule(t *testing.T) {
 		t.Fatalf("echo: %q %v", got, err)
 	}
 }
+
+// An allowed name whose upstream answer is hostAddress (kept: a rule for the
+// host group allows udp:9) gets no TCP of its own there: the name rule
+// grants public addresses only, the host rule only its protocol and port.
+func TestRebindingAnswerGetsOnlyItsAddressRulePorts(t *testing.T) {
+	srv := newEchoServer(t)
+	up := newUpstream(t, map[string][]string{"lo.allowed.test.": {"10.0.2.254"}})
+	rules := `[{"action":"allow","dest":{"kind":"suffix","suffix":".allowed.test"},"protocols":["tcp"],"id":"allow@.allowed.test:tcp"},
+	 {"action":"allow","dest":{"kind":"group","group":"host"},"protocols":["udp"],"ports":[{"from":9,"to":9}],"id":"allow@host:udp:9"}]`
+	h := start(t, baseConfig(t, rules, "deny", map[string]any{"dns": map[string]any{"upstream": []string{up.addr.String()}}}))
+	if got := answers(h.query("10.0.2.3", "udp", "lo.allowed.test")); len(got) != 1 || got[0] != "10.0.2.254" {
+		t.Fatalf("lo.allowed.test: %v", got)
+	}
+	refusedFast(t, h, "10.0.2.254", srv.port)
+	if srv.count() != 0 {
+		t.Fatalf("host loopback tcp:%d reached through a name rule", srv.port)
+	}
+	// Positive control: the same server with the host group allowed for tcp.
+	rules2 := `[{"action":"allow","dest":{"kind":"group","group":"host"},"protocols":["tcp"],"id":"allow@host:tcp"}]`
+	h2 := start(t, baseConfig(t, rules2, "deny", nil))
+	c, err := h2.dial("10.0.2.254", srv.port)
+	if err != nil {
+		t.Fatalf("host group allowed: %v", err)
+	}
+	defer c.Close()
+	if got, err := echoOnce(c, "x"); err != nil || got != "x" {
+		t.Fatalf("echo: %q %v", got, err)
+	}
+}

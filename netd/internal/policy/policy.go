@@ -99,11 +99,14 @@ func (p *Policy) destMatches(r *config.Rule, a netip.Addr, g Group, names []stri
 }
 
 // nameGrants says whether an allow rule for a name may admit a flow to a
-// that the sandbox resolved from that name: a host-group address only
+// that the sandbox resolved from that name: a public address always; any
+// other (host, private, loopback, link-local, metadata, multicast) only
 // through a dns.hosts binding (the configuration's own answer), never
-// through one an upstream (or netd's host.krunbox.internal) gave.
+// through one an upstream (or netd's host.krunbox.internal) gave. Such an
+// address is reached only by a rule for it (its group, a CIDR, any), with
+// that rule's protocols and ports.
 func (p *Policy) nameGrants(name string, a netip.Addr, g Group) bool {
-	if g != Host {
+	if g == Public {
 		return true
 	}
 	h, ok := p.hosts[name]

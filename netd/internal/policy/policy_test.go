@@ -208,3 +208,45 @@ func TestCIDRRulesIgnoreTheGuestSubnet(t *testing.T) {
 		t.Errorf("gateway allowed by a subnet CIDR: %+v", d)
 	}
 }
+
+// A name allow rule grants only public addresses: a non-public address
+// bound to an allowed name is decided by the rules for that address (with
+// their protocols and ports), unless dns.hosts bound the name to it.
+func TestNameRulesGrantOnlyPublicAddresses(t *testing.T) {
+	line := `{"version":1,"socket":"/tmp/x.sock","guest":{"mac":"5a:94:ef:e4:0c:ee","ip":"10.0.2.15","prefix":24},` +
+		`"gateway":"10.0.2.2","dnsAddress":"10.0.2.3","hostAddress":"10.0.2.254","dns":{"hosts":{"db.test":"10.1.0.5"}},"policy":{"rules":[` +
+		`{"action":"allow","dest":{"kind":"suffix","suffix":".test"},"protocols":["tcp"],"id":"names"},` +
+		`{"action":"allow","dest":{"kind":"group","group":"host"},"protocols":["udp"],"ports":[{"from":9,"to":9}],"id":"host9"},` +
+		`{"action":"deny","dest":{"kind":"domain","name":"bad.test"},"id":"bad"},` +
+		`{"action":"allow","dest":{"kind":"group","group":"private"},"id":"private"}]}}`
+	c, err := config.Parse([]byte(line))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := New(c.Policy, c.DNSHosts, NewClassifier([]netip.Addr{c.HostIP}, c.Subnet, []netip.Addr{c.GatewayIP, c.DNSIP, c.HostIP}))
+	for _, tc := range []struct {
+		f     Flow
+		allow bool
+		rule  string
+	}{
+		{egress("tcp", "203.0.113.7", 22, "a.test"), true, "names"},    // control: public
+		{egress("tcp", "10.0.2.254", 22, "lo.test"), false, ""},        // host: the name grants nothing
+		{egress("udp", "10.0.2.254", 9, "lo.test"), true, "host9"},     // its own rule, its own port
+		{egress("tcp", "127.0.0.1", 22, "lo.test"), false, ""},         // loopback
+		{egress("tcp", "169.254.169.254", 80, "meta.test"), false, ""}, // metadata
+		{egress("tcp", "10.1.0.5", 22, "db.test"), true, "names"},      // dns.hosts binding
+		{egress("tcp", "10.1.0.6", 22, "db.test"), true, "private"},    // not its dns.hosts address
+		{egress("udp", "10.1.0.7", 53, "x.test"), true, "private"},     // the private rule decides
+		{egress("tcp", "10.1.0.8", 443, "bad.test"), false, "bad"},     // a deny for the name matches it
+	} {
+		d := p.Decide(tc.f)
+		if d.Allow != tc.allow || d.Rule != tc.rule {
+			t.Errorf("%+v: %+v, want allow=%v rule=%q", tc.f, d, tc.allow, tc.rule)
+		}
+	}
+	// A deny for a name still matches a non-public address.
+	q := compile(t, `[{"action":"deny","dest":{"kind":"domain","name":"bad.test"},"id":"bad"},{"action":"allow","dest":{"kind":"group","group":"private"},"id":"private"}]`, "deny")
+	if d := q.Decide(egress("tcp", "10.1.0.8", 443, "bad.test")); d.Allow || d.Rule != "bad" {
+		t.Errorf("deny by name of a private address: %+v", d)
+	}
+}
