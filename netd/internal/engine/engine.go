@@ -66,6 +66,8 @@ type Stats struct {
 	TxBytes     uint64 `json:"txBytes"`
 	Connections int    `json:"connections"`
 	Flows       uint64 `json:"flows"`
+	// EventsDropped counts events never written (see Events.Dropped).
+	EventsDropped uint64 `json:"eventsDropped"`
 }
 
 // Engine is one sandbox's network.
@@ -130,6 +132,11 @@ func New(cfg *config.Config, out *Output, opts Options) (*Engine, error) {
 	if err := e.buildStack(); err != nil {
 		return nil, err
 	}
+	e.wg.Add(1)
+	go func() {
+		defer e.wg.Done()
+		e.Events.Run(e.ctx)
+	}()
 	return e, nil
 }
 
@@ -283,7 +290,7 @@ func (e *Engine) Serve(ctx context.Context) error {
 // Stats returns the counters.
 func (e *Engine) Stats() Stats {
 	open, total := e.flows.counts()
-	st := Stats{Type: "stats", Connections: open, Flows: total}
+	st := Stats{Type: "stats", Connections: open, Flows: total, EventsDropped: e.Events.Dropped()}
 	e.mu.Lock()
 	if e.fc != nil {
 		st.RxBytes, st.TxBytes = e.fc.Rx.Load(), e.fc.Tx.Load()
