@@ -85,7 +85,10 @@ func (p *Policy) destMatches(r *config.Rule, a netip.Addr, g Group, names []stri
 		// The guest subnet holds only netd's virtual addresses (hostAddress
 		// is the host's loopback, not a LAN address) and reserved ones: CIDR
 		// rules are about real networks and never match them.
-		return r.CIDR.Contains(a) && !p.classifier.inSubnet(a)
+		// Nor does an allow CIDR reach the host's own addresses: only the
+		// host group (or any) does, so allow@192.168.0.0/16 is the LAN, not
+		// the host's 192.168.1.5 (a deny CIDR still matches them).
+		return r.CIDR.Contains(a) && !p.classifier.inSubnet(a) && (r.Action != "allow" || g != Host)
 	case "group":
 		return string(g) == r.Dest.Group
 	case "domain", "suffix":
@@ -146,7 +149,7 @@ func unconstrained(r *config.Rule) bool { return len(r.Protocols) == 0 && len(r.
 // default (egress) or allow (ingress: no matching ingress rule means allowed
 // for published ports). Reserved addresses are always denied on egress.
 func (p *Policy) Decide(f Flow) Decision {
-	a := f.Addr.Unmap()
+	a := f.Addr.Unmap().WithZone("") // a zoned address is in no prefix: strip it
 	g := p.classifier.Classify(a)
 	if f.Direction == Egress && g == Reserved {
 		return Decision{Allow: false, Rule: RuleReserved, Reason: ReasonRule, Group: g}

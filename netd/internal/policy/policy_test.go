@@ -276,3 +276,37 @@ func TestNameDecisionOnlyNameRulesAnyAndPublicForward(t *testing.T) {
 		}
 	}
 }
+
+// An allow CIDR never reaches the host's own addresses (192.0.2.10 here):
+// only the host group does; a deny CIDR still matches them.
+func TestAllowCIDRNeverMatchesHostAddresses(t *testing.T) {
+	p := compile(t, `[{"action":"allow","dest":{"kind":"cidr","cidr":"192.0.2.0/24"},"id":"lan"}]`, "deny")
+	if d := p.Decide(egress("tcp", "192.0.2.10", 22)); d.Allow || d.Group != Host {
+		t.Errorf("the host's own address through a CIDR: %+v", d)
+	}
+	if d := p.Decide(egress("tcp", "192.0.2.11", 22)); !d.Allow || d.Rule != "lan" {
+		t.Errorf("control, a LAN neighbour: %+v", d)
+	}
+	if keep, _ := p.AnswerAllowed(netip.MustParseAddr("192.0.2.10")); keep {
+		t.Error("a DNS answer at the host's address kept through a CIDR")
+	}
+	q := compile(t, `[{"action":"deny","dest":{"kind":"cidr","cidr":"192.0.2.0/24"},"id":"nolan"},{"action":"allow","dest":{"kind":"group","group":"host"},"id":"host"}]`, "deny")
+	if d := q.Decide(egress("tcp", "192.0.2.10", 22)); d.Allow || d.Rule != "nolan" {
+		t.Errorf("a deny CIDR over the host's address: %+v", d)
+	}
+	if d := q.Decide(egress("tcp", "10.0.2.254", 22)); !d.Allow || d.Rule != "host" {
+		t.Errorf("control, hostAddress by the host group: %+v", d)
+	}
+}
+
+// A client address with an IPv6 zone is matched like the same address
+// without it (a zoned netip.Addr is in no prefix).
+func TestZonedAddressesMatchCIDRRules(t *testing.T) {
+	p := compile(t, `[{"action":"deny","direction":"ingress","dest":{"kind":"cidr","cidr":"fe80::/10"},"id":"noll"}]`, "deny")
+	for _, a := range []string{"fe80::1%eth0", "fe80::1"} {
+		d := p.Decide(Flow{Direction: Ingress, Protocol: "tcp", Addr: netip.MustParseAddr(a), Port: 8080})
+		if d.Allow || d.Rule != "noll" {
+			t.Errorf("%s: %+v", a, d)
+		}
+	}
+}
