@@ -58,11 +58,12 @@ func (e *Engine) guestAddr(port int) tcpip.FullAddress {
 // ingress decides a client of a published port (the client's address is the
 // destination, the published host port the port).
 func (e *Engine) ingress(proto string, client netip.Addr, p config.Port) bool {
-	d := e.pol.Decide(policy.Flow{Direction: policy.Ingress, Protocol: proto, Addr: client.Unmap(), Port: p.Host})
+	client = client.Unmap().WithZone("") // fe80::1%eth0 is fe80::1 to the rules
+	d := e.pol.Decide(policy.Flow{Direction: policy.Ingress, Protocol: proto, Addr: client, Port: p.Host})
 	if d.Allow && !e.flows.acquire() {
 		d = limited
 	}
-	e.emitDir(policy.Ingress, proto, client.Unmap(), p.Host, d, "")
+	e.emitDir(policy.Ingress, proto, client, p.Host, d, "")
 	return d.Allow
 }
 

