@@ -113,3 +113,23 @@ func TestIngressClientZoneIsStripped(t *testing.T) {
 	}
 	h.e.flows.release()
 }
+
+// A guest packet to 127/8 (only a raw socket sends one) is decided like any
+// flow: refused at once with a RST and an event, not silently dropped.
+func TestLoopbackDestinationIsRefusedNotDropped(t *testing.T) {
+	srv := newEchoServer(t)
+	h := start(t, baseConfig(t, rulesHost, "deny", nil))
+	refusedFast(t, h, "127.0.0.1", srv.port)
+	if evs := h.eventsFor("127.0.0.1"); len(evs) == 0 || evs[0].Action != "denied" {
+		t.Fatalf("events: %+v", evs)
+	}
+	if srv.count() != 0 {
+		t.Fatal("the host's loopback accepted a connection")
+	}
+	// Control, same guest: hostAddress reaches the same server.
+	c, err := h.dial("10.0.2.254", srv.port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+}
