@@ -39,6 +39,10 @@ const (
 	// RuleICMP is the engine's denial of ICMP echo beyond netd's own
 	// addresses (netd does not forward ICMP).
 	RuleICMP = "netd:icmp-not-forwarded"
+	// RuleHostSelf is the engine's denial of an allowed flow whose host
+	// dial landed on the host itself while the policy does not allow the
+	// host group.
+	RuleHostSelf = "netd:landed-on-host"
 )
 
 // ourMAC is netd's side of the link (locally administered).
@@ -55,6 +59,9 @@ type Options struct {
 	Upstreams []netip.AddrPort
 	// UDPIdle ends a UDP flow idle this long; 0: UDPIdle.
 	UDPIdle time.Duration
+	// Dial opens the host socket of an allowed guest flow ("tcp" or "udp");
+	// nil: a dialer with HostSocketBuffer buffers.
+	Dial func(ctx context.Context, network, address string) (net.Conn, error)
 	// Log receives human log lines (stderr).
 	Log func(format string, args ...any)
 }

@@ -25,7 +25,8 @@ func (e *Engine) startPorts() error {
 		field := fmt.Sprintf("ports[%d]", i)
 		switch p.Protocol {
 		case "tcp":
-			ln, err := net.ListenTCP("tcp", net.TCPAddrFromAddrPort(addr))
+			l, err := listenConfig.Listen(e.ctx, "tcp", addr.String())
+			ln, _ := l.(*net.TCPListener)
 			if err != nil {
 				return &config.Error{Field: field, Message: fmt.Sprintf("cannot listen on %s: %v", addr, err)}
 			}
@@ -36,7 +37,8 @@ func (e *Engine) startPorts() error {
 				e.servePortTCP(ln, p)
 			}()
 		case "udp":
-			uc, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(addr))
+			pc, err := listenConfig.ListenPacket(e.ctx, "udp", addr.String())
+			uc, _ := pc.(*net.UDPConn)
 			if err != nil {
 				return &config.Error{Field: field, Message: fmt.Sprintf("cannot listen on %s: %v", addr, err)}
 			}

@@ -1,10 +1,17 @@
 package engine
 
 import (
+	"context"
+	"net"
 	"net/netip"
+	"os"
+	"strconv"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/miekg/dns"
+	"golang.org/x/sys/unix"
 
 	"krunbox.dev/netd/internal/config"
 )
@@ -132,4 +139,151 @@ func TestLoopbackDestinationIsRefusedNotDropped(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.Close()
+}
+
+// An allowed flow whose host dial lands on the host itself (its peer a
+// loopback address, or its local address: an address of the host netd did
+// not read at start) is decided again as a flow to the host group: refused
+// unless the host is allowed.
+func TestDialLandingOnTheHostCountsAsHost(t *testing.T) {
+	srv := newEchoServer(t)
+	u := newUDPEcho(t)
+	rules := `[{"action":"allow","dest":{"kind":"group","group":"loopback"},"id":"allow@loopback"},` +
+		`{"action":"allow","dest":{"kind":"group","group":"public"},"id":"allow@public"}]`
+	// The host's own address as netd did not know it: the dial of an
+	// allowed public address lands on the host's 127.0.0.1.
+	toHost := func(ctx context.Context, network, address string) (net.Conn, error) {
+		_, port, _ := net.SplitHostPort(address)
+		var d net.Dialer
+		return d.DialContext(ctx, network, net.JoinHostPort("127.0.0.1", port))
+	}
+	h := startWith(t, baseConfig(t, rules, "deny", nil), Options{Dial: toHost})
+	for _, addr := range []string{"127.0.0.1", "203.0.113.7"} {
+		refusedFast(t, h, addr, srv.port)
+		evs := h.eventsFor(addr)
+		if len(evs) != 2 || evs[0].Action != "allowed" || evs[1].Action != "denied" || evs[1].Rule != RuleHostSelf {
+			t.Fatalf("%s: events %+v", addr, evs)
+		}
+	}
+	c := h.udp("127.0.0.1", u.port)
+	_, _ = c.Write([]byte("x"))
+	unreach := h.g.Stats().ICMP.V4.PacketsReceived.DstUnreachable
+	if !waitFor(time.Second, func() bool { return unreach.Value() >= 1 }) {
+		t.Fatal("no ICMP unreachable for udp landing on the host")
+	}
+	if u.count() != 0 {
+		t.Fatalf("the host's UDP server saw %d datagrams", u.count())
+	}
+	if open, _ := h.e.flows.counts(); open != 0 {
+		t.Fatalf("%d flows left open", open)
+	}
+	// Control: the same flows with the host group allowed reach the server.
+	h2 := startWith(t, baseConfig(t, `[{"action":"allow","dest":{"kind":"group","group":"host"},"id":"allow@host"},`+rules[1:], "deny", nil), Options{Dial: toHost})
+	for _, addr := range []string{"127.0.0.1", "203.0.113.7"} {
+		c, err := h2.dial(addr, srv.port)
+		if err != nil {
+			t.Fatalf("%s with the host allowed: %v", addr, err)
+		}
+		if got, err := echoOnce(c, "hi"); err != nil || got != "hi" {
+			t.Fatalf("%s: %q %v", addr, got, err)
+		}
+		c.Close()
+	}
+}
+
+// netd's host sockets have fixed kernel buffers: a guest that stops
+// reading leaves at most about HostSocketBuffer queued on the host (the
+// kernel's autotuning let it reach megabytes); published ports' listeners
+// pass the same buffers to the sockets they accept.
+func TestHostSocketBuffersAreFixed(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	port := ln.Addr().(*net.TCPAddr).Port
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		buf := make([]byte, 1<<20)
+		for {
+			if _, err := c.Write(buf); err != nil {
+				return
+			}
+		}
+	}()
+	h := start(t, baseConfig(t, rulesHost, "deny", nil))
+	c, err := h.dial("10.0.2.254", port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close() // never read
+	// netd's end is the socket whose peer is the server's port.
+	var queued, last int
+	stable := 0
+	for i := 0; i < 100 && stable < 5; i++ {
+		time.Sleep(50 * time.Millisecond)
+		queued = rxQueue(t, port)
+		if queued == last && queued > 0 {
+			stable++
+		} else {
+			stable = 0
+		}
+		last = queued
+	}
+	if queued == 0 || queued > 2*HostSocketBuffer {
+		t.Fatalf("netd's host socket holds %d bytes unread (bound %d)", queued, 2*HostSocketBuffer)
+	}
+	t.Logf("netd's host socket settled at %d bytes queued", queued)
+
+	l, err := listenConfig.Listen(t.Context(), "tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	cc, err := net.Dial("tcp", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	a, err := l.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	raw, _ := a.(*net.TCPConn).SyscallConn()
+	_ = raw.Control(func(fd uintptr) {
+		for _, opt := range []int{unix.SO_RCVBUF, unix.SO_SNDBUF} {
+			if v, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, opt); err != nil || v > 2*HostSocketBuffer {
+				t.Errorf("an accepted published-port socket: option %d = %d %v", opt, v, err)
+			}
+		}
+	})
+}
+
+// rxQueue is the receive queue of the IPv4 TCP socket whose remote port is
+// port (/proc/net/tcp), 0 when there is none.
+func rxQueue(t *testing.T, port int) int {
+	b, err := os.ReadFile("/proc/net/tcp")
+	if err != nil {
+		t.Skip("no /proc/net/tcp")
+	}
+	for _, line := range strings.Split(string(b), "\n")[1:] {
+		f := strings.Fields(line)
+		if len(f) < 5 {
+			continue
+		}
+		rem := f[2]
+		if p, err := strconv.ParseUint(rem[strings.IndexByte(rem, ':')+1:], 16, 32); err != nil || int(p) != port {
+			continue
+		}
+		q := f[4]
+		if n, err := strconv.ParseUint(q[strings.IndexByte(q, ':')+1:], 16, 64); err == nil {
+			return int(n)
+		}
+	}
+	return 0
 }
