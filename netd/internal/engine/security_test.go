@@ -287,3 +287,84 @@ func rxQueue(t *testing.T, port int) int {
 	}
 	return 0
 }
+
+// Under public, names only the host's LAN answers are NXDOMAIN and never
+// reach the host's resolver: reverse zones of private (and host) ranges,
+// single labels, .local; a public reverse name is forwarded (control).
+func TestLANNamesAndPrivateReverseZonesNotForwarded(t *testing.T) {
+	up := newUpstream(t, map[string][]string{})
+	h := start(t, baseConfig(t, rulesPublic, "deny", map[string]any{"dns": map[string]any{"upstream": []string{up.addr.String()}}}))
+	ptr := func(name string) *dns.Msg {
+		m := new(dns.Msg)
+		m.SetQuestion(dns.Fqdn(name), dns.TypePTR)
+		return h.exchange("10.0.2.3", "udp", m)
+	}
+	for _, name := range []string{"10.1.168.192.in-addr.arpa", "1.168.192.in-addr.arpa", "254.2.0.10.in-addr.arpa", "fileserver", "printer.local", "router.lan", "nas.home.arpa", "localhost"} {
+		if r := ptr(name); r.Rcode != dns.RcodeNameError {
+			t.Errorf("%s: rcode %d", name, r.Rcode)
+		}
+		if up.saw(name) {
+			t.Errorf("%s reached the host's resolver", name)
+		}
+	}
+	if r := ptr("7.113.0.203.in-addr.arpa"); r.Rcode != dns.RcodeSuccess || !up.saw("7.113.0.203.in-addr.arpa") {
+		t.Fatalf("a public reverse name: rcode %d, forwarded %v", r.Rcode, up.saw("7.113.0.203.in-addr.arpa"))
+	}
+}
+
+// An HTTPS record's address hints are addresses a client may dial without
+// asking for A: its non-public ones are stripped, public ones kept.
+func TestHTTPSHintsLoseNonPublicAddresses(t *testing.T) {
+	up := newUpstream(t, map[string][]string{"svc.test.": {"https:10.1.2.3,203.0.113.7,127.0.0.1,fd00::1,10.0.2.254"}})
+	h := start(t, baseConfig(t, rulesPublic, "deny", map[string]any{"dns": map[string]any{"upstream": []string{up.addr.String()}}}))
+	m := new(dns.Msg)
+	m.SetQuestion("svc.test.", dns.TypeHTTPS)
+	r := h.exchange("10.0.2.3", "udp", m)
+	if len(r.Answer) != 1 {
+		t.Fatalf("answers: %v", r.Answer)
+	}
+	https, ok := r.Answer[0].(*dns.HTTPS)
+	if !ok {
+		t.Fatalf("answer: %v", r.Answer[0])
+	}
+	var keys []string
+	for _, kv := range https.Value {
+		keys = append(keys, kv.Key().String()+"="+kv.String())
+	}
+	if got := strings.Join(keys, " "); got != "alpn=h2 ipv4hint=203.0.113.7" {
+		t.Fatalf("svc params: %s", got)
+	}
+}
+
+// The upstream gets a query built from the question alone: no EDNS option,
+// no extra record and not the guest's letter case (each a channel out);
+// the guest's answer keeps its own question.
+func TestUpstreamQueryIsBuiltAfresh(t *testing.T) {
+	up := newUpstream(t, map[string][]string{"mixed.allowed.test.": {"203.0.113.7"}})
+	h := start(t, baseConfig(t, rulesPublic, "deny", map[string]any{"dns": map[string]any{"upstream": []string{up.addr.String()}}}))
+	m := new(dns.Msg)
+	m.SetQuestion("MiXeD.aLLowed.TEST.", dns.TypeA)
+	m.SetEdns0(4096, false)
+	opt := m.IsEdns0()
+	opt.Option = append(opt.Option, &dns.EDNS0_LOCAL{Code: 65001, Data: []byte("c2VjcmV0")}, &dns.EDNS0_COOKIE{Code: dns.EDNS0COOKIE, Cookie: "0102030405060708"})
+	m.Extra = append(m.Extra, &dns.TXT{Hdr: dns.RR_Header{Name: "x.", Rrtype: dns.TypeTXT, Class: dns.ClassINET}, Txt: []string{"exfil"}})
+	r := h.exchange("10.0.2.3", "udp", m)
+	if got := answers(r); len(got) != 1 || r.Question[0].Name != "MiXeD.aLLowed.TEST." {
+		t.Fatalf("answer %v, question %v", got, r.Question)
+	}
+	up.mu.Lock()
+	defer up.mu.Unlock()
+	if len(up.msgs) != 1 {
+		t.Fatalf("%d upstream messages", len(up.msgs))
+	}
+	q := up.msgs[0]
+	if q.Question[0].Name != "mixed.allowed.test." {
+		t.Errorf("upstream question %q", q.Question[0].Name)
+	}
+	if len(q.Extra) != 1 || len(q.Ns) != 0 || len(q.Answer) != 0 {
+		t.Errorf("upstream records: answer %v ns %v extra %v", q.Answer, q.Ns, q.Extra)
+	}
+	if o := q.IsEdns0(); o == nil || len(o.Option) != 0 {
+		t.Errorf("upstream EDNS: %v", o)
+	}
+}

@@ -183,12 +183,27 @@ func (p *Policy) Decide(f Flow) Decision {
 // allows decides true; a matching unconditional deny (of the name, or of
 // any) decides false; then the default. rule is the deciding rule's id ("" for
 // the default).
+//
+// A LAN name (LANName) is forwarded only under a name rule for it: any and
+// public do not reach the host's LAN resolver.
 func (p *Policy) NameDecision(name string) (allow bool, rule string) {
 	name = strings.ToLower(strings.TrimSuffix(name, "."))
+	lan := p.LANName(name)
 	return p.mayAllow(func(r *config.Rule) (matches, allowOnly bool) {
 		switch r.Dest.Kind {
 		case "domain", "suffix":
 			return nameMatches(r.Dest, name), false
+		case "any":
+			if lan {
+				return r.Action == "deny", false
+			}
+			fallthrough
+		case "group":
+			if lan {
+				return false, false
+			}
+		}
+		switch r.Dest.Kind {
 		case "any":
 			if r.Action == "deny" {
 				return true, false
@@ -199,6 +214,70 @@ func (p *Policy) NameDecision(name string) (allow bool, rule string) {
 		}
 		return false, false
 	})
+}
+
+// lanSuffixes are zones a host's resolver answers from its LAN (mDNS,
+// home routers, split-horizon corporate DNS), never the internet.
+var lanSuffixes = []string{"local", "lan", "home.arpa", "localhost", "localdomain", "internal"}
+
+// LANName says whether a name is one only the host's LAN or the host
+// itself can answer: a single label, a name under .local, .lan, .home.arpa,
+// .localhost, .localdomain or .internal, or a reverse name (in-addr.arpa,
+// ip6.arpa) that is not exactly the reverse of one public address (reverse
+// zones of private, host, loopback, link-local, metadata … ranges, and
+// partial reverse names that cover them).
+func (p *Policy) LANName(name string) bool {
+	name = strings.ToLower(strings.TrimSuffix(name, "."))
+	if !strings.Contains(name, ".") {
+		return true
+	}
+	for _, s := range lanSuffixes {
+		if name == s || strings.HasSuffix(name, "."+s) {
+			return true
+		}
+	}
+	if a, ok := reverseAddr(name); ok {
+		return p.classifier.Classify(a) != Public
+	}
+	return strings.HasSuffix(name, ".arpa") && (name == "in-addr.arpa" || name == "ip6.arpa" ||
+		strings.HasSuffix(name, ".in-addr.arpa") || strings.HasSuffix(name, ".ip6.arpa"))
+}
+
+// reverseAddr parses a full reverse name (d.c.b.a.in-addr.arpa, 32 nibbles
+// .ip6.arpa); ok is false for anything else.
+func reverseAddr(name string) (netip.Addr, bool) {
+	if rest, ok := strings.CutSuffix(name, ".in-addr.arpa"); ok {
+		l := strings.Split(rest, ".")
+		if len(l) != 4 {
+			return netip.Addr{}, false
+		}
+		a, err := netip.ParseAddr(l[3] + "." + l[2] + "." + l[1] + "." + l[0])
+		return a, err == nil
+	}
+	if rest, ok := strings.CutSuffix(name, ".ip6.arpa"); ok {
+		l := strings.Split(rest, ".")
+		if len(l) != 32 {
+			return netip.Addr{}, false
+		}
+		var b [16]byte
+		for i, n := range l {
+			if len(n) != 1 {
+				return netip.Addr{}, false
+			}
+			v := strings.IndexByte("0123456789abcdef", n[0])
+			if v < 0 {
+				return netip.Addr{}, false
+			}
+			j := 31 - i
+			if j%2 == 0 {
+				b[j/2] |= byte(v) << 4
+			} else {
+				b[j/2] |= byte(v)
+			}
+		}
+		return netip.AddrFrom16(b).Unmap(), true
+	}
+	return netip.Addr{}, false
 }
 
 // reachesPublic says whether an allow for public addresses carries flows a

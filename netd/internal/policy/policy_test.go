@@ -310,3 +310,30 @@ func TestZonedAddressesMatchCIDRRules(t *testing.T) {
 		}
 	}
 }
+
+// LAN names (single labels, .local, .lan, .home.arpa, localhost, reverse
+// zones of non-public ranges) are not forwarded under any or public; a name
+// rule for them forwards them.
+func TestLANNamesNeedANameRule(t *testing.T) {
+	p := compile(t, `[{"action":"allow","dest":{"kind":"suffix","suffix":".home.arpa"},"id":"home"},
+		{"action":"allow","dest":{"kind":"domain","name":"fileserver"},"id":"fs"},
+		{"action":"allow","dest":{"kind":"any"},"id":"any"}]`, "deny")
+	for name, forward := range map[string]bool{
+		"10.1.168.192.in-addr.arpa": false, "1.0.0.127.in-addr.arpa": false, "254.169.254.169.in-addr.arpa": false,
+		"10.2.0.10.in-addr.arpa": false, "10.2.0.192.in-addr.arpa": false /* the host's own address */, "168.192.in-addr.arpa": false,
+		"in-addr.arpa": false, "_dns-sd._udp.0.1.168.192.in-addr.arpa": false,
+		"1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.d.f.ip6.arpa": false,
+		"printer": false, "printer.local": false, "router.lan": false, "localhost": false, "x.localhost": false,
+		"db.corp.internal": false,
+		// controls
+		"7.113.0.203.in-addr.arpa": true, "1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa": true,
+		"nas.home.arpa": true, "fileserver": true, "example.com": true, "local.example.com": true,
+	} {
+		if got, _ := p.NameDecision(name); got != forward {
+			t.Errorf("%s: forward=%v, want %v", name, got, forward)
+		}
+	}
+	if a, ok := reverseAddr("1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.d.f.ip6.arpa"); !ok || a != netip.MustParseAddr("fd00::1") {
+		t.Errorf("ip6.arpa: %v %v", a, ok)
+	}
+}
