@@ -36,7 +36,7 @@
  */
 
 import { InvalidConfigError } from "../errors.ts";
-import { canonicalIp, type Cidr, formatCidr, formatIp, parseCidr } from "./ip.ts";
+import { canonicalIp, type Cidr, formatCidr, formatIp, parseCidr, parseIp } from "./ip.ts";
 
 /** What a matching rule does. */
 export type Action = "allow" | "deny";
@@ -191,8 +191,25 @@ function domainOf(rule: RuleSpec, raw: string): string {
   return d.name;
 }
 
+/**
+ * netd compares IPv4 flows as IPv4: a rule for an IPv4-mapped IPv6 block
+ * (`::ffff:0:0/96` and inside it) would never match, and netd refuses it.
+ */
+function refuseMapped(rule: RuleSpec, c: Cidr): void {
+  const b = c.ip.bytes;
+  if (c.ip.version !== 6 || c.prefix < 96 || b.slice(0, 10).some((x) => x !== 0) || b[10] !== 0xff || b[11] !== 0xff) {
+    return;
+  }
+  const v4 = `${Array.from(b.slice(12)).join(".")}${c.prefix === 128 ? "" : `/${c.prefix - 96}`}`;
+  fail(
+    rule,
+    `${formatCidr(c)} is an IPv4-mapped IPv6 ${c.prefix === 128 ? "address" : "block"}: write the IPv4 form ${v4}`,
+  );
+}
+
 /** A block of one address is that address (so that each destination has one canonical form). */
-function cidrDestination(c: Cidr): Destination {
+function cidrDestination(rule: RuleSpec, c: Cidr): Destination {
+  refuseMapped(rule, c);
   const full = c.prefix === (c.ip.version === 4 ? 32 : 128);
   return full ? { kind: "ip", ip: formatIp(c.ip) } : { kind: "cidr", cidr: formatCidr(c) };
 }
@@ -213,10 +230,12 @@ function destinationOf(rule: RuleSpec, raw: string, bracketed: boolean): Destina
     if (c.ip.version === 6 && !bracketed && typeof rule === "string") {
       fail(rule, `IPv6 blocks go in brackets: [${formatCidr(c)}]`);
     }
-    return cidrDestination(c);
+    return cidrDestination(rule, c);
   }
   const ip = canonicalIp(text);
   if (ip) {
+    const parsed = parseIp(text)!;
+    refuseMapped(rule, { ip: parsed, prefix: parsed.version === 4 ? 32 : 128 });
     if (ip.includes(":") && !bracketed && typeof rule === "string") {
       fail(rule, `IPv6 addresses go in brackets: [${ip}]`);
     }
@@ -241,14 +260,14 @@ function checkDestination(rule: RuleSpec, d: Destination): Destination {
       }
       return { kind: "group", group: d.group };
     case "ip": {
-      const ip = typeof d.ip === "string" ? canonicalIp(d.ip) : undefined;
-      if (!ip) fail(rule, `${safeJson(d.ip)} is not an IP address`);
-      return { kind: "ip", ip };
+      const parsed = typeof d.ip === "string" ? parseIp(d.ip) : undefined;
+      if (!parsed) fail(rule, `${safeJson(d.ip)} is not an IP address`);
+      return cidrDestination(rule, { ip: parsed, prefix: parsed.version === 4 ? 32 : 128 });
     }
     case "cidr": {
       const c = typeof d.cidr === "string" ? parseCidr(d.cidr) : "is not a string";
       if (typeof c === "string") fail(rule, `CIDR ${safeJson(d.cidr)} ${c}`);
-      return cidrDestination(c);
+      return cidrDestination(rule, c);
     }
     case "domain": {
       if (typeof d.name !== "string") fail(rule, "domain name must be a string");

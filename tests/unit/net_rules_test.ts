@@ -55,10 +55,6 @@ const VALID: [string, Rule, string, RuleInit][] = [
       ports: 443,
     },
   ],
-  ["allow@[::ffff:10.0.0.1]", r("allow", { kind: "ip", ip: "::ffff:10.0.0.1" }), "allow@[::ffff:10.0.0.1]", {
-    action: "allow",
-    destination: "::ffff:a00:1",
-  }],
   ["allow@api.example.com", r("allow", { kind: "domain", name: "api.example.com" }), "allow@api.example.com", {
     action: "allow",
     destination: "API.Example.COM.",
@@ -257,6 +253,13 @@ const INVALID: [string | RuleInit, string][] = [
   [{ action: "allow", destination: { kind: "suffix", suffix: ".internal" } }, "covers host.krunbox.internal"],
   [{ action: "allow", destination: ".krunbox.internal" }, "covers host.krunbox.internal"],
   ["allow@ example.com", "whitespace"],
+  // netd refuses IPv4-mapped blocks (it compares IPv4 as IPv4): refused here with the form to write.
+  ["deny@[::ffff:0.0.0.0/96]", "write the IPv4 form 0.0.0.0/0"],
+  ["allow@[::ffff:10.0.0.0/104]", "write the IPv4 form 10.0.0.0/8"],
+  ["allow@[::ffff:203.0.113.7]", "write the IPv4 form 203.0.113.7"],
+  ["allow@[::ffff:a00:1]", "write the IPv4 form 10.0.0.1"],
+  [{ action: "allow", destination: { kind: "ip", ip: "::ffff:203.0.113.7" } }, "IPv4-mapped"],
+  [{ action: "deny", destination: { kind: "cidr", cidr: "::ffff:0:0/96" } }, "IPv4-mapped"],
   [{ action: "allow", destination: { kind: "group", group: "lan" as "public" } }, 'unknown group "lan"'],
   [{ action: "allow", destination: { kind: "cidr", cidr: "10.0.0.0/40" } }, "out of range"],
   [{ action: "allow", destination: { kind: "ip", ip: "10.0.0" } }, "is not an IP address"],
