@@ -1,7 +1,9 @@
 package policy
 
 import (
+	"fmt"
 	"net/netip"
+	"slices"
 	"testing"
 	"time"
 
@@ -335,5 +337,42 @@ func TestLANNamesNeedANameRule(t *testing.T) {
 	}
 	if a, ok := reverseAddr("1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.d.f.ip6.arpa"); !ok || a != netip.MustParseAddr("fd00::1") {
 		t.Errorf("ip6.arpa: %v %v", a, ok)
+	}
+}
+
+// The table at its cap evicts the binding added longest ago in O(1) (a
+// guest resolving without end cannot make every Add scan the table), and
+// one address holds at most maxNamesPerAddr names (a lookup stays O(1)).
+func TestNamesCapEvictsInConstantTime(t *testing.T) {
+	now := time.Unix(1000, 0)
+	n := NewNames(func() time.Time { return now })
+	first := netip.MustParseAddr("198.51.100.1")
+	n.Add("first.test", first, time.Hour)
+	t0 := time.Now()
+	for i := 0; i < 4*maxNames; i++ {
+		n.Add(fmt.Sprintf("n%d.test", i), netip.AddrFrom4([4]byte{203, byte(i >> 16), byte(i >> 8), byte(i)}), time.Hour)
+	}
+	if took := time.Since(t0); took > 10*time.Second {
+		t.Fatalf("%d adds past the cap took %v", 4*maxNames, took)
+	}
+	if n.Len() != maxNames {
+		t.Fatalf("%d bindings, cap %d", n.Len(), maxNames)
+	}
+	if len(n.Lookup(first)) != 0 {
+		t.Fatal("the oldest binding survived the cap")
+	}
+	i := 4*maxNames - 1
+	last := netip.AddrFrom4([4]byte{203, byte(i >> 16), byte(i >> 8), byte(i)})
+	if got := n.Lookup(last); len(got) != 1 {
+		t.Fatalf("the newest binding: %v", got)
+	}
+	// Many names on one address: the newest maxNamesPerAddr stay.
+	cdn := netip.MustParseAddr("198.51.100.2")
+	for i := 0; i < 1000; i++ {
+		n.Add(fmt.Sprintf("s%d.cdn.test", i), cdn, time.Hour)
+	}
+	got := n.Lookup(cdn)
+	if len(got) != maxNamesPerAddr || !slices.Contains(got, "s999.cdn.test") || slices.Contains(got, "s0.cdn.test") {
+		t.Fatalf("%d names on one address: %v", len(got), got)
 	}
 }
