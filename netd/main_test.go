@@ -199,6 +199,9 @@ func TestSocketModeReadyStatsAndStdinEOFClosesEverything(t *testing.T) {
 	for m["type"] == "event" {
 		m = p.next(t)
 	}
+	if _, ok := m["eventsDropped"].(float64); !ok {
+		t.Fatalf("stats without eventsDropped: %v", m)
+	}
 	if m["type"] != "stats" || m["connections"].(float64) != 1 || m["txBytes"].(float64) == 0 || m["rxBytes"].(float64) == 0 {
 		t.Fatalf("stats: %v", m)
 	}

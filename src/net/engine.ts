@@ -251,6 +251,8 @@ export interface NetStats {
   readonly connections: number;
   /** Flows since start. */
   readonly flows: number;
+  /** Events netd never wrote (its rate-limit table full, or the runner too slow to read); absent from older netd. */
+  readonly eventsDropped?: number;
 }
 
 /** One line of netd's stdout, parsed. */
@@ -382,6 +384,9 @@ export function parseNetdLine(line: string | Uint8Array): NetdMessage {
           txBytes: count(o, "txBytes"),
           connections: count(o, "connections"),
           flows: count(o, "flows"),
+          ...(o.eventsDropped === undefined || o.eventsDropped === null
+            ? {}
+            : { eventsDropped: count(o, "eventsDropped") }),
         },
       };
     case "error":

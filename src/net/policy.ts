@@ -10,8 +10,13 @@
  * | -------- | ------------------ | ------- |
  * | `none`   | (none)             | nothing (DNS answers only `dns.hosts`) |
  * | `public` | `allow@public`     | the internet; nothing of the host, the LAN or cloud metadata (default) |
- * | `host`   | `allow@host`       | the host's own addresses and `host.krunbox.internal` (→ host loopback) |
+ * | `host`   | `allow@host`       | the host's own addresses and `host.krunbox.internal` (→ host loopback); alone, no DNS beyond `dns.hosts` |
  * | `all`    | `allow@any`        | everything, host and LAN included |
+ *
+ * DNS names are forwarded upstream only under a rule that can reach them
+ * on the internet: a domain/suffix rule for the name, `allow@any` or
+ * `allow@public` (netd/PROTOCOL.md "Decisions"); address rules alone
+ * (CIDRs, `host`, `private`) forward no name.
  *
  * An allowlist is `policy("none")` plus `allow` rules; without a `policy()`
  * call the profile is `public`, and `allow`/`deny` rules are exceptions to it.

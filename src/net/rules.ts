@@ -36,7 +36,7 @@
  */
 
 import { InvalidConfigError } from "../errors.ts";
-import { canonicalIp, type Cidr, formatCidr, formatIp, parseCidr } from "./ip.ts";
+import { canonicalIp, type Cidr, formatCidr, formatIp, parseCidr, parseIp } from "./ip.ts";
 
 /** What a matching rule does. */
 export type Action = "allow" | "deny";
@@ -128,6 +128,22 @@ export const HOST_NAME = "host.krunbox.internal";
 
 const KEYWORDS = new Set<string>(["any", ...GROUPS]);
 
+/** Whether a suffix (`.example.com`) matches {@link HOST_NAME}: `.internal`, `.krunbox.internal`, …. */
+function coversHostName(suffix: string): boolean {
+  return suffix.slice(1) === HOST_NAME || HOST_NAME.endsWith(suffix);
+}
+
+function suffixOf(rule: RuleSpec, raw: string): Destination {
+  const suffix = `.${domainOf(rule, raw)}`;
+  if (coversHostName(suffix)) {
+    fail(
+      rule,
+      `${suffix} covers ${HOST_NAME}, which only the host group reaches: name a narrower suffix (.corp.internal) and write allow@host for the host`,
+    );
+  }
+  return { kind: "suffix", suffix };
+}
+
 function fail(rule: RuleSpec, detail: string): never {
   const text = typeof rule === "string" ? rule : safeJson(rule);
   throw new InvalidConfigError("network.rules", `${text}: ${detail}`);
@@ -175,8 +191,25 @@ function domainOf(rule: RuleSpec, raw: string): string {
   return d.name;
 }
 
+/**
+ * netd compares IPv4 flows as IPv4: a rule for an IPv4-mapped IPv6 block
+ * (`::ffff:0:0/96` and inside it) would never match, and netd refuses it.
+ */
+function refuseMapped(rule: RuleSpec, c: Cidr): void {
+  const b = c.ip.bytes;
+  if (c.ip.version !== 6 || c.prefix < 96 || b.slice(0, 10).some((x) => x !== 0) || b[10] !== 0xff || b[11] !== 0xff) {
+    return;
+  }
+  const v4 = `${Array.from(b.slice(12)).join(".")}${c.prefix === 128 ? "" : `/${c.prefix - 96}`}`;
+  fail(
+    rule,
+    `${formatCidr(c)} is an IPv4-mapped IPv6 ${c.prefix === 128 ? "address" : "block"}: write the IPv4 form ${v4}`,
+  );
+}
+
 /** A block of one address is that address (so that each destination has one canonical form). */
-function cidrDestination(c: Cidr): Destination {
+function cidrDestination(rule: RuleSpec, c: Cidr): Destination {
+  refuseMapped(rule, c);
   const full = c.prefix === (c.ip.version === 4 ? 32 : 128);
   return full ? { kind: "ip", ip: formatIp(c.ip) } : { kind: "cidr", cidr: formatCidr(c) };
 }
@@ -197,10 +230,12 @@ function destinationOf(rule: RuleSpec, raw: string, bracketed: boolean): Destina
     if (c.ip.version === 6 && !bracketed && typeof rule === "string") {
       fail(rule, `IPv6 blocks go in brackets: [${formatCidr(c)}]`);
     }
-    return cidrDestination(c);
+    return cidrDestination(rule, c);
   }
   const ip = canonicalIp(text);
   if (ip) {
+    const parsed = parseIp(text)!;
+    refuseMapped(rule, { ip: parsed, prefix: parsed.version === 4 ? 32 : 128 });
     if (ip.includes(":") && !bracketed && typeof rule === "string") {
       fail(rule, `IPv6 addresses go in brackets: [${ip}]`);
     }
@@ -209,10 +244,7 @@ function destinationOf(rule: RuleSpec, raw: string, bracketed: boolean): Destina
   if (text.includes(":")) fail(rule, `${JSON.stringify(raw)} is not an IPv6 address`);
   if (/^\d[\d.]*$/.test(text)) fail(rule, `${JSON.stringify(raw)} is not a valid IPv4 address`);
   if (text.startsWith("*.")) fail(rule, `wildcards are written as a suffix: .${text.slice(2)}`);
-  if (text.startsWith(".")) {
-    const suffix = `.${domainOf(rule, text.slice(1))}`;
-    return { kind: "suffix", suffix };
-  }
+  if (text.startsWith(".")) return suffixOf(rule, text.slice(1));
   const name = domainOf(rule, text);
   if (name === HOST_NAME) fail(rule, `${HOST_NAME} is reachable only through the host group: write allow@host`);
   return { kind: "domain", name };
@@ -228,14 +260,14 @@ function checkDestination(rule: RuleSpec, d: Destination): Destination {
       }
       return { kind: "group", group: d.group };
     case "ip": {
-      const ip = typeof d.ip === "string" ? canonicalIp(d.ip) : undefined;
-      if (!ip) fail(rule, `${safeJson(d.ip)} is not an IP address`);
-      return { kind: "ip", ip };
+      const parsed = typeof d.ip === "string" ? parseIp(d.ip) : undefined;
+      if (!parsed) fail(rule, `${safeJson(d.ip)} is not an IP address`);
+      return cidrDestination(rule, { ip: parsed, prefix: parsed.version === 4 ? 32 : 128 });
     }
     case "cidr": {
       const c = typeof d.cidr === "string" ? parseCidr(d.cidr) : "is not a string";
       if (typeof c === "string") fail(rule, `CIDR ${safeJson(d.cidr)} ${c}`);
-      return cidrDestination(c);
+      return cidrDestination(rule, c);
     }
     case "domain": {
       if (typeof d.name !== "string") fail(rule, "domain name must be a string");
@@ -247,7 +279,7 @@ function checkDestination(rule: RuleSpec, d: Destination): Destination {
       if (typeof d.suffix !== "string" || !d.suffix.startsWith(".")) {
         fail(rule, 'a suffix must be a string starting with "." (.example.com)');
       }
-      return { kind: "suffix", suffix: `.${domainOf(rule, d.suffix.slice(1))}` };
+      return suffixOf(rule, d.suffix.slice(1));
     }
     default:
       fail(rule, `unknown destination kind ${safeJson((d as { kind?: unknown })?.kind)}`);

@@ -50,29 +50,69 @@ function bad(field: string, detail: string): never {
   throw new InvalidConfigError(field, detail);
 }
 
+/**
+ * What a rejected argument was, without its text: secret errors never echo
+ * what they refuse (it may be the value, passed in the wrong place).
+ */
+function shape(v: unknown): string {
+  return typeof v === "string"
+    ? `a string of ${v.length} characters, not shown`
+    : `a ${v === null ? "null" : typeof v}`;
+}
+
 function envName(v: unknown): string {
   if (typeof v !== "string" || !ENV_RE.test(v) || v.length > 255) {
-    bad("secrets.env", `${JSON.stringify(v)} is not an environment variable name (letters, digits, _)`);
+    bad(
+      "secrets.env",
+      `the env name (${
+        shape(v)
+      }) is not an environment variable name: letters, digits and _, not starting with a digit, at most 255 characters`,
+    );
   }
   return v;
 }
 
-function host(v: unknown): string {
+/** The canonical host, or undefined; `qualified` also wants a dot (a TLS server's name: api.example.com). */
+function hostName(v: unknown, qualified: boolean): string | undefined {
   const d = typeof v === "string" ? domainProblem(v) : "is not a string";
-  if (typeof d === "string") bad("secrets.hosts", `${JSON.stringify(v)} ${d}`);
+  if (typeof d === "string" || (qualified && !d.name.includes("."))) return undefined;
   return d.name;
 }
 
+/**
+ * Checks a secret's host: a DNS name, and with `qualified` (what a caller
+ * writes, not what is stored) one with a dot, so that a value passed where
+ * the host goes (`sk-…`, `ghp_…` parse as one-label names) is refused.
+ */
+function host(v: unknown, qualified: boolean): string {
+  const name = hostName(v, qualified);
+  if (name === undefined) {
+    bad(
+      "secrets.hosts",
+      `a secret's host (${
+        shape(v)
+      }) is not a fully qualified host name such as api.example.com (letters, digits, - and _ in dot-separated labels; IDNs in punycode)`,
+    );
+  }
+  return name;
+}
+
 function pattern(v: unknown): string {
-  if (typeof v !== "string" || !v.startsWith("*.")) {
-    bad("secrets.patterns", `${JSON.stringify(v)} must be "*.NAME" (one leading label wildcard, e.g. *.openai.com)`);
+  const rest = typeof v === "string" && v.startsWith("*.") ? hostName(v.slice(2), true) : undefined;
+  if (rest === undefined) {
+    bad(
+      "secrets.patterns",
+      `a secret's pattern (${shape(v)}) must be "*.NAME" with at least two labels after the wildcard (*.openai.com)`,
+    );
   }
-  const d = domainProblem(v.slice(2));
-  if (typeof d === "string") bad("secrets.patterns", `${JSON.stringify(v)} ${d}`);
-  if (!d.name.includes(".")) {
-    bad("secrets.patterns", `${JSON.stringify(v)} is too broad: the wildcard needs at least two labels after it`);
+  return `*.${rest}`;
+}
+
+/** Refuses a host that is the secret's value (the value would be stored as a host). */
+function notTheValue(hostArg: string, v: string | undefined): void {
+  if (v !== undefined && (hostArg === v || hostArg.toLowerCase().replace(/\.$/, "") === v.toLowerCase())) {
+    bad("secrets.hosts", "a secret's host is its value: the value goes in .value(v), the host in .allowHost(name)");
   }
-  return `*.${d.name}`;
 }
 
 function value(v: unknown, env: string): string {
@@ -142,13 +182,17 @@ export class SecretBuilder {
 
   /** The real value (kept in memory only; never stored, logged or shown to the guest). */
   value(v: string): SecretBuilder {
-    return this.#with({ value: value(v, STATES.get(this)!.env ?? "secret") });
+    const s = STATES.get(this)!;
+    const checked = value(v, s.env ?? "secret");
+    for (const h of s.hosts) notTheValue(h, checked);
+    return this.#with({ value: checked });
   }
 
   /** An exact host the value may be sent to (more than one: call again). */
   allowHost(name: string): SecretBuilder {
     const s = STATES.get(this)!;
-    return this.#with({ hosts: [...new Set([...s.hosts, host(name)])] });
+    if (typeof name === "string") notTheValue(name, s.value);
+    return this.#with({ hosts: [...new Set([...s.hosts, host(name, true)])] });
   }
 
   /** A pattern `*.example.com` (one label, as in TLS certificates) the value may be sent to. */
@@ -214,7 +258,15 @@ export function secretSpec(b: SecretBuilder): SecretSpec {
  * ```
  */
 export function secretEnv(env: string, v: string, allowedHost: string): SecretSpec {
-  return secretSpec(new SecretBuilder().env(env).value(v).allowHost(allowedHost));
+  const name = envName(env);
+  if (typeof allowedHost === "string") notTheValue(allowedHost, typeof v === "string" ? v : undefined);
+  if (hostName(allowedHost, true) === undefined && hostName(v, true) !== undefined) {
+    bad(
+      "secrets.hosts",
+      `${name}: the host is not a host name but the value looks like one: the arguments look swapped (secretEnv(env, value, host))`,
+    );
+  }
+  return secretSpec(new SecretBuilder().env(name).value(v).allowHost(allowedHost));
 }
 
 /**
@@ -242,8 +294,8 @@ export function parseSecrets(
   const merged = { ...env };
   for (const s of raw as Partial<SecretConfig & { value: unknown }>[]) {
     if (typeof s !== "object" || s === null) bad("secrets", "each secret must be an object");
-    if ("value" in s) bad("secrets", `${String(s.env)}: a stored secret must not carry its value`);
     const name = envName(s.env);
+    if ("value" in s) bad("secrets", `${name}: a stored secret must not carry its value`);
     if (out.some((o) => o.env === name)) bad("secrets.env", `${name} is a secret twice`);
     if (typeof s.placeholder !== "string" || !PLACEHOLDER_RE.test(s.placeholder)) {
       bad("secrets.placeholder", `${name}: must be krunbox-secret- and 32 hex digits`);
@@ -253,7 +305,11 @@ export function parseSecrets(
       bad("env", `${name} is set by env() and is also a secret; drop one of them`);
     }
     merged[name] = s.placeholder;
-    const hosts = [...new Set((Array.isArray(s.hosts) ? s.hosts : bad("secrets.hosts", "must be an array")).map(host))];
+    const hosts = [
+      ...new Set(
+        (Array.isArray(s.hosts) ? s.hosts : bad("secrets.hosts", "must be an array")).map((h) => host(h, false)),
+      ),
+    ];
     const patterns = [
       ...new Set((Array.isArray(s.patterns) ? s.patterns : bad("secrets.patterns", "must be an array")).map(pattern)),
     ];

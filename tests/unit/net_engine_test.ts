@@ -164,6 +164,17 @@ Deno.test("engine: hostile or broken lines are ProtocolErrors, never a crash", (
   assertEquals(({} as Record<string, unknown>).polluted, undefined);
 });
 
+Deno.test("engine: stats carry netd's dropped-event count when it sends one", () => {
+  const m = parseNetdLine('{"type":"stats","rxBytes":1,"txBytes":2,"connections":0,"flows":3,"eventsDropped":41}');
+  assertEquals(m, { type: "stats", stats: { rxBytes: 1, txBytes: 2, connections: 0, flows: 3, eventsDropped: 41 } });
+  const old = parseNetdLine('{"type":"stats","rxBytes":1,"txBytes":2,"connections":0,"flows":3}');
+  assertEquals(old.type === "stats" && "eventsDropped" in old.stats, false);
+  assertThrows(
+    () => parseNetdLine('{"type":"stats","rxBytes":1,"txBytes":2,"connections":0,"flows":3,"eventsDropped":-1}'),
+    ProtocolError,
+  );
+});
+
 async function collect(chunks: (string | Uint8Array)[], max?: number): Promise<(NetdMessage | NetdInvalidLine)[]> {
   const enc = new TextEncoder();
   const body = new ReadableStream<Uint8Array>({

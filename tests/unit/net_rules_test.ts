@@ -14,6 +14,11 @@ const r = (
 // [compact string, the Rule it is, its canonical string, the same rule in object form]
 const VALID: [string, Rule, string, RuleInit][] = [
   ["allow@any", r("allow", { kind: "any" }), "allow@any", { action: "allow", destination: "any" }],
+  // Beside the host's name (controls for the suffixes that cover it).
+  ["allow@.corp.internal", r("allow", { kind: "suffix", suffix: ".corp.internal" }), "allow@.corp.internal", {
+    action: "allow",
+    destination: ".corp.internal",
+  }],
   ["deny@10.0.0.0/8", r("deny", { kind: "cidr", cidr: "10.0.0.0/8" }), "deny@10.0.0.0/8", {
     action: "deny",
     destination: { kind: "cidr", cidr: "10.0.0.0/8" },
@@ -50,10 +55,6 @@ const VALID: [string, Rule, string, RuleInit][] = [
       ports: 443,
     },
   ],
-  ["allow@[::ffff:10.0.0.1]", r("allow", { kind: "ip", ip: "::ffff:10.0.0.1" }), "allow@[::ffff:10.0.0.1]", {
-    action: "allow",
-    destination: "::ffff:a00:1",
-  }],
   ["allow@api.example.com", r("allow", { kind: "domain", name: "api.example.com" }), "allow@api.example.com", {
     action: "allow",
     destination: "API.Example.COM.",
@@ -245,7 +246,20 @@ const INVALID: [string | RuleInit, string][] = [
   ["allow@exa$mple.com", "bad label"],
   ["allow@*.example.com", "wildcards are written as a suffix: .example.com"],
   ["allow@host.krunbox.internal", "reachable only through the host group"],
+  // A suffix above the host's name would let the guest reach the host's loopback by resolving it.
+  ["allow@.internal:tcp", "covers host.krunbox.internal"],
+  ["allow@.krunbox.internal", "covers host.krunbox.internal"],
+  ["deny@.Host.Krunbox.Internal.", "covers host.krunbox.internal"],
+  [{ action: "allow", destination: { kind: "suffix", suffix: ".internal" } }, "covers host.krunbox.internal"],
+  [{ action: "allow", destination: ".krunbox.internal" }, "covers host.krunbox.internal"],
   ["allow@ example.com", "whitespace"],
+  // netd refuses IPv4-mapped blocks (it compares IPv4 as IPv4): refused here with the form to write.
+  ["deny@[::ffff:0.0.0.0/96]", "write the IPv4 form 0.0.0.0/0"],
+  ["allow@[::ffff:10.0.0.0/104]", "write the IPv4 form 10.0.0.0/8"],
+  ["allow@[::ffff:203.0.113.7]", "write the IPv4 form 203.0.113.7"],
+  ["allow@[::ffff:a00:1]", "write the IPv4 form 10.0.0.1"],
+  [{ action: "allow", destination: { kind: "ip", ip: "::ffff:203.0.113.7" } }, "IPv4-mapped"],
+  [{ action: "deny", destination: { kind: "cidr", cidr: "::ffff:0:0/96" } }, "IPv4-mapped"],
   [{ action: "allow", destination: { kind: "group", group: "lan" as "public" } }, 'unknown group "lan"'],
   [{ action: "allow", destination: { kind: "cidr", cidr: "10.0.0.0/40" } }, "out of range"],
   [{ action: "allow", destination: { kind: "ip", ip: "10.0.0" } }, "is not an IP address"],

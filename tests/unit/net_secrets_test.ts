@@ -1,6 +1,6 @@
 import { join } from "node:path";
 import { assert, assertEquals, assertRejects, assertThrows } from "../util/assert.ts";
-import { SecretBuilder, secretSpec, secretValues } from "../../src/net/secrets.ts";
+import { SecretBuilder, secretEnv, secretSpec, secretValues } from "../../src/net/secrets.ts";
 import { SandboxBuilder } from "../../src/sandbox/builder.ts";
 import { parseConfig, type SandboxConfig } from "../../src/sandbox/config.ts";
 import { openStore } from "../../src/store/open.ts";
@@ -83,6 +83,36 @@ Deno.test("secrets: SecretBuilder is immutable and every mistake is an InvalidCo
   assertEquals(assertThrows(() => parseConfig(stored), InvalidConfigError).field, "secrets");
   stored.secrets[0] = { ...cfg.secrets[0], placeholder: "krunbox-secret-xyz" };
   assertEquals(assertThrows(() => parseConfig(stored), InvalidConfigError).field, "secrets.placeholder");
+});
+
+Deno.test("secrets: arguments in the wrong place are refused, and no error shows the string it refuses", () => {
+  const refused: [() => unknown, string, string][] = [
+    // secretEnv(value, env, host): the value in the env's place.
+    [() => secretEnv(VALUE, "OPENAI_API_KEY", "api.openai.com"), "secrets.env", VALUE],
+    // secretEnv(env, host, value): the value in the host's place (sk-… parses as a one-label name).
+    [() => secretEnv("OPENAI_API_KEY", "api.openai.com", VALUE), "secrets.hosts", VALUE],
+    [() => secretEnv("GITHUB_TOKEN", "api.github.com", OTHER), "secrets.hosts", OTHER],
+    // The host is the value.
+    [() => secretEnv("K", "api.openai.com", "API.openai.com."), "secrets.hosts", "api.openai.com"],
+    [() => new SecretBuilder().env("K").value(VALUE).allowHost(VALUE), "secrets.hosts", VALUE],
+    [() => new SecretBuilder().env("K").allowHost("a.example").value("a.example"), "secrets.hosts", "a.example"],
+    [() => new SecretBuilder().env("K").allowHost(VALUE), "secrets.hosts", VALUE],
+    [() => new SecretBuilder().env("K").allowHostPattern(`*.${VALUE}`), "secrets.patterns", VALUE],
+    [() => new SecretBuilder().env(VALUE), "secrets.env", VALUE],
+    [() => new SecretBuilder().env("K").allowHost("bad..host-" + OTHER), "secrets.hosts", OTHER],
+  ];
+  for (const [fn, field, secret] of refused) {
+    const e = assertThrows(fn, InvalidConfigError);
+    assertEquals(e.field, field, e.message);
+    assert(!e.message.includes(secret) && !e.message.toLowerCase().includes(secret.toLowerCase()), e.message);
+  }
+  assert(
+    assertThrows(() => secretEnv("K", "api.openai.com", VALUE), InvalidConfigError).message.includes("swapped"),
+    "the message says the arguments look swapped",
+  );
+  // Controls: the right order works, a one-label value with a real host too.
+  assertEquals(secretEnv("OPENAI_API_KEY", VALUE, "api.openai.com").hosts, ["api.openai.com"]);
+  assertEquals(secretEnv("K", "a.b", "api.example.com").value, "a.b");
 });
 
 Deno.test("secrets: values are paired by env name; a missing one is SECRET_UNAVAILABLE naming it", () => {

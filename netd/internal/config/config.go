@@ -16,6 +16,16 @@ import (
 // Version is the only configuration version this netd speaks.
 const Version = 1
 
+// HostName is the name netd answers with hostAddress (the host's loopback).
+// Only the host group reaches it: no rule may name it or a suffix above it,
+// and dns.hosts may not redefine it.
+const HostName = "host.krunbox.internal"
+
+// CoversHostName says whether a suffix (".example.com") matches HostName.
+func CoversHostName(suffix string) bool {
+	return suffix[1:] == HostName || strings.HasSuffix(HostName, suffix)
+}
+
 // Config is the whole configuration line.
 type Config struct {
 	Version        int      `json:"version"`
@@ -354,6 +364,9 @@ func (c *Config) validatePolicy() error {
 				return bad(f+".dest.name", "%v", err)
 			}
 			d.Name = n
+			if n == HostName {
+				return bad(f+".dest.name", "%s is reachable only through the host group", HostName)
+			}
 		case "suffix":
 			if err := extra("suffix"); err != nil {
 				return err
@@ -366,6 +379,9 @@ func (c *Config) validatePolicy() error {
 				return bad(f+".dest.suffix", "%v", err)
 			}
 			d.Suffix = "." + n
+			if CoversHostName(d.Suffix) {
+				return bad(f+".dest.suffix", "%s covers %s, which only the host group reaches: name a narrower suffix", d.Suffix, HostName)
+			}
 		case "group":
 			if err := extra("group"); err != nil {
 				return err
@@ -401,6 +417,9 @@ func (c *Config) validateDNS() error {
 		n, err := NormalizeName(name)
 		if err != nil {
 			return bad(f, "%v", err)
+		}
+		if n == HostName {
+			return bad(f, "%s is the host's name and cannot be redefined", HostName)
 		}
 		a, err := parseAddr(f, addr)
 		if err != nil {

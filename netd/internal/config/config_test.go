@@ -56,3 +56,32 @@ func TestConfigErrorsNameTheField(t *testing.T) {
 		t.Errorf("base config: %v", err)
 	}
 }
+
+// No rule reaches host.krunbox.internal by name: a domain rule for it, a
+// suffix above it (".internal", ".krunbox.internal") and a dns.hosts entry
+// for it are refused; a narrower suffix under .internal is fine.
+func TestConfigRefusesRulesCoveringTheHostName(t *testing.T) {
+	parse := func(rules string, hosts string) error {
+		line := `{"version":1,"socket":"/tmp/x.sock","guest":{"mac":"5a:94:ef:e4:0c:ee","ip":"10.0.2.15","prefix":24},` +
+			`"gateway":"10.0.2.2","dnsAddress":"10.0.2.3","hostAddress":"10.0.2.254","policy":{"rules":` + rules + `},"dns":{"hosts":` + hosts + `}}`
+		_, err := config.Parse([]byte(line))
+		return err
+	}
+	for _, sfx := range []string{".internal", ".krunbox.internal", ".host.krunbox.internal", ".Krunbox.Internal."} {
+		err := parse(`[{"action":"allow","dest":{"kind":"suffix","suffix":"`+sfx+`"},"protocols":["tcp"],"id":"x"}]`, `{}`)
+		if ce, ok := err.(*config.Error); !ok || ce.Field != "policy.rules[0].dest.suffix" {
+			t.Errorf("suffix %s: %v", sfx, err)
+		}
+	}
+	if err := parse(`[{"action":"allow","dest":{"kind":"domain","name":"host.krunbox.internal"},"id":"x"}]`, `{}`); err == nil {
+		t.Error("a domain rule for host.krunbox.internal was accepted")
+	}
+	if err := parse(`[]`, `{"host.krunbox.internal":"127.0.0.1"}`); err == nil {
+		t.Error("dns.hosts redefined host.krunbox.internal")
+	}
+	// Controls: names beside it are fine.
+	if err := parse(`[{"action":"allow","dest":{"kind":"suffix","suffix":".corp.internal"},"id":"x"},`+
+		`{"action":"allow","dest":{"kind":"domain","name":"krunbox.internal"},"id":"y"}]`, `{"db.internal":"203.0.113.7"}`); err != nil {
+		t.Errorf("a narrower suffix: %v", err)
+	}
+}

@@ -20,7 +20,7 @@ import (
 
 const (
 	// hostName names the host (its loopback) for the guest.
-	hostName = "host.krunbox.internal"
+	hostName = config.HostName
 	// UpstreamTimeout bounds one upstream exchange.
 	UpstreamTimeout = 3 * time.Second
 	// hostsTTL is the TTL of answers from dns.hosts.
@@ -173,7 +173,11 @@ func (e *Engine) answer(req *dns.Msg, proto string, local netip.Addr) *dns.Msg {
 		resp.Authoritative = true
 		if rr := addrRR(q, a); rr != nil && q.Qclass == dns.ClassINET {
 			resp.Answer = append(resp.Answer, rr)
-			e.names.Add(name, a, hostsTTL*time.Second)
+			// host.krunbox.internal is never bound: only the host group
+			// reaches hostAddress, no name rule does.
+			if name != hostName {
+				e.names.Add(name, a, hostsTTL*time.Second)
+			}
 		}
 		return resp
 	}
@@ -183,12 +187,13 @@ func (e *Engine) answer(req *dns.Msg, proto string, local netip.Addr) *dns.Msg {
 		resp.SetRcode(req, dns.RcodeNameError)
 		return resp
 	}
-	up := e.forward(req, proto)
+	up := e.forward(upstreamQuery(req, name), proto)
 	if up == nil {
 		resp.SetRcode(req, dns.RcodeServerFailure)
 		return resp
 	}
 	up.Id = req.Id
+	up.Question = req.Question // the guest's own spelling (netd asked in lower case)
 	kept := up.Answer[:0]
 	for _, rr := range up.Answer {
 		a, ok := rrAddr(rr)
@@ -218,7 +223,84 @@ func (e *Engine) answer(req *dns.Msg, proto string, local netip.Addr) *dns.Msg {
 	}
 	up.Ns = strip(up.Ns)
 	up.Extra = strip(up.Extra)
+	for _, rrs := range [][]dns.RR{up.Answer, up.Ns, up.Extra} {
+		for _, rr := range rrs {
+			e.stripHints(rr)
+		}
+	}
+	// The upstream's EDNS record is its own: the guest gets a plain one if
+	// it sent one.
+	extra := up.Extra[:0]
+	for _, rr := range up.Extra {
+		if _, ok := rr.(*dns.OPT); !ok {
+			extra = append(extra, rr)
+		}
+	}
+	up.Extra = extra
+	if opt := req.IsEdns0(); opt != nil {
+		up.SetEdns0(upstreamUDPSize, opt.Do())
+	}
 	return up
+}
+
+// upstreamUDPSize is the EDNS UDP size netd offers (and tells the guest).
+const upstreamUDPSize = 1232
+
+// upstreamQuery is the query netd sends for a guest's: built afresh from
+// the question alone (the name in lower case, its type and class), so that
+// nothing else the guest put in its message (EDNS options, other records,
+// its ID, the letter case of the name) reaches the upstream.
+func upstreamQuery(req *dns.Msg, name string) *dns.Msg {
+	q := req.Question[0]
+	m := new(dns.Msg)
+	m.SetQuestion(dns.Fqdn(name), q.Qtype)
+	m.Question[0].Qclass = q.Qclass
+	m.CheckingDisabled = req.CheckingDisabled
+	do := false
+	if opt := req.IsEdns0(); opt != nil {
+		do = opt.Do()
+	}
+	m.SetEdns0(upstreamUDPSize, do)
+	return m
+}
+
+// stripHints drops the non-public ipv4hint/ipv6hint addresses of an SVCB or
+// HTTPS record (and the hint itself when none is left): a hint is an address
+// a client may dial without asking for A/AAAA.
+func (e *Engine) stripHints(rr dns.RR) {
+	var svcb *dns.SVCB
+	switch v := rr.(type) {
+	case *dns.SVCB:
+		svcb = v
+	case *dns.HTTPS:
+		svcb = &v.SVCB
+	default:
+		return
+	}
+	public := func(ips []net.IP) []net.IP {
+		out := ips[:0]
+		for _, ip := range ips {
+			if a, ok := netip.AddrFromSlice(ip); ok && e.pol.Classify(a.Unmap()) == policy.Public {
+				out = append(out, ip)
+			}
+		}
+		return out
+	}
+	kept := svcb.Value[:0]
+	for _, kv := range svcb.Value {
+		switch h := kv.(type) {
+		case *dns.SVCBIPv4Hint:
+			if h.Hint = public(h.Hint); len(h.Hint) == 0 {
+				continue
+			}
+		case *dns.SVCBIPv6Hint:
+			if h.Hint = public(h.Hint); len(h.Hint) == 0 {
+				continue
+			}
+		}
+		kept = append(kept, kv)
+	}
+	svcb.Value = kept
 }
 
 // localName answers dns.hosts and host.krunbox.internal.
@@ -261,13 +343,13 @@ func rrAddr(rr dns.RR) (netip.Addr, bool) {
 
 // forward asks the upstreams in turn (UDP, then TCP on truncation; TCP when
 // the guest asked over TCP).
-func (e *Engine) forward(req *dns.Msg, proto string) *dns.Msg {
+func (e *Engine) forward(query *dns.Msg, proto string) *dns.Msg {
 	ctx, cancel := context.WithTimeout(e.ctx, 2*UpstreamTimeout)
 	defer cancel()
 	for _, up := range e.up {
 		for _, net := range []string{proto, "tcp"} {
 			c := &dns.Client{Net: net, Timeout: UpstreamTimeout}
-			m, _, err := c.ExchangeContext(ctx, req.Copy(), up.String())
+			m, _, err := c.ExchangeContext(ctx, query.Copy(), up.String())
 			if err != nil {
 				break // next upstream
 			}

@@ -17,6 +17,7 @@ type upstream struct {
 	addr    netip.AddrPort
 	mu      sync.Mutex
 	queries []string
+	msgs    []*dns.Msg // every message as received
 }
 
 func newUpstream(t *testing.T, records map[string][]string) *upstream {
@@ -43,12 +44,31 @@ func newUpstream(t *testing.T, records map[string][]string) *upstream {
 		q := req.Question[0]
 		u.mu.Lock()
 		u.queries = append(u.queries, strings.ToLower(q.Name))
+		u.msgs = append(u.msgs, req.Copy())
 		u.mu.Unlock()
 		m := new(dns.Msg)
 		m.SetReply(req)
 		for _, a := range records[strings.ToLower(q.Name)] {
 			if target, ok := strings.CutPrefix(a, "cname:"); ok {
 				m.Answer = append(m.Answer, &dns.CNAME{Hdr: dns.RR_Header{Name: q.Name, Rrtype: dns.TypeCNAME, Class: dns.ClassINET, Ttl: 5}, Target: target})
+				continue
+			}
+			if hints, ok := strings.CutPrefix(a, "https:"); ok && q.Qtype == dns.TypeHTTPS {
+				rr := &dns.HTTPS{SVCB: dns.SVCB{Hdr: dns.RR_Header{Name: q.Name, Rrtype: dns.TypeHTTPS, Class: dns.ClassINET, Ttl: 5}, Priority: 1, Target: "."}}
+				var v4, v6 []net.IP
+				for _, h := range strings.Split(hints, ",") {
+					ip := net.ParseIP(h)
+					if ip.To4() != nil {
+						v4 = append(v4, ip.To4())
+					} else {
+						v6 = append(v6, ip)
+					}
+				}
+				rr.Value = []dns.SVCBKeyValue{&dns.SVCBAlpn{Alpn: []string{"h2"}}, &dns.SVCBIPv4Hint{Hint: v4}, &dns.SVCBIPv6Hint{Hint: v6}}
+				m.Answer = append(m.Answer, rr)
+				continue
+			}
+			if strings.HasPrefix(a, "https:") {
 				continue
 			}
 			if owner, addr, ok := strings.Cut(a, "="); ok {
@@ -88,6 +108,15 @@ func (u *upstream) saw(name string) bool {
 // query asks netd's resolver (at server:53) from the guest, over UDP or TCP.
 func (h *harness) query(server, proto, name string) *dns.Msg {
 	h.t.Helper()
+	m := new(dns.Msg)
+	m.SetQuestion(dns.Fqdn(name), dns.TypeA)
+	return h.exchange(server, proto, m)
+}
+
+// exchange sends one message to netd's resolver from the guest.
+func (h *harness) exchange(server, proto string, m *dns.Msg) *dns.Msg {
+	h.t.Helper()
+	name := m.Question[0].Name
 	var conn net.Conn
 	if proto == "tcp" {
 		c, err := h.dial(server, 53)
@@ -101,8 +130,6 @@ func (h *harness) query(server, proto, name string) *dns.Msg {
 	defer conn.Close()
 	_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
 	dc := &dns.Conn{Conn: conn}
-	m := new(dns.Msg)
-	m.SetQuestion(dns.Fqdn(name), dns.TypeA)
 	if err := dc.WriteMsg(m); err != nil {
 		h.t.Fatalf("dns write: %v", err)
 	}

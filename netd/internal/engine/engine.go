@@ -39,6 +39,10 @@ const (
 	// RuleICMP is the engine's denial of ICMP echo beyond netd's own
 	// addresses (netd does not forward ICMP).
 	RuleICMP = "netd:icmp-not-forwarded"
+	// RuleHostSelf is the engine's denial of an allowed flow whose host
+	// dial landed on the host itself while the policy does not allow the
+	// host group.
+	RuleHostSelf = "netd:landed-on-host"
 )
 
 // ourMAC is netd's side of the link (locally administered).
@@ -55,6 +59,9 @@ type Options struct {
 	Upstreams []netip.AddrPort
 	// UDPIdle ends a UDP flow idle this long; 0: UDPIdle.
 	UDPIdle time.Duration
+	// Dial opens the host socket of an allowed guest flow ("tcp" or "udp");
+	// nil: a dialer with HostSocketBuffer buffers.
+	Dial func(ctx context.Context, network, address string) (net.Conn, error)
 	// Log receives human log lines (stderr).
 	Log func(format string, args ...any)
 }
@@ -66,6 +73,8 @@ type Stats struct {
 	TxBytes     uint64 `json:"txBytes"`
 	Connections int    `json:"connections"`
 	Flows       uint64 `json:"flows"`
+	// EventsDropped counts events never written (see Events.Dropped).
+	EventsDropped uint64 `json:"eventsDropped"`
 }
 
 // Engine is one sandbox's network.
@@ -116,7 +125,7 @@ func New(cfg *config.Config, out *Output, opts Options) (*Engine, error) {
 	}
 	host := append([]netip.Addr{cfg.HostIP}, opts.HostAddrs...)
 	cl := policy.NewClassifier(host, cfg.Subnet, []netip.Addr{cfg.GatewayIP, cfg.DNSIP, cfg.HostIP})
-	e := &Engine{cfg: cfg, opts: opts, out: out, pol: policy.New(cfg.Policy, cl), names: policy.NewNames(nil)}
+	e := &Engine{cfg: cfg, opts: opts, out: out, pol: policy.New(cfg.Policy, cfg.DNSHosts, cl), names: policy.NewNames(nil)}
 	e.Events = NewEvents(out, nil)
 	e.flows.max = cfg.MaxConnections
 	e.up = cfg.DNSUpstreams
@@ -130,6 +139,11 @@ func New(cfg *config.Config, out *Output, opts Options) (*Engine, error) {
 	if err := e.buildStack(); err != nil {
 		return nil, err
 	}
+	e.wg.Add(1)
+	go func() {
+		defer e.wg.Done()
+		e.Events.Run(e.ctx)
+	}()
 	return e, nil
 }
 
@@ -283,7 +297,7 @@ func (e *Engine) Serve(ctx context.Context) error {
 // Stats returns the counters.
 func (e *Engine) Stats() Stats {
 	open, total := e.flows.counts()
-	st := Stats{Type: "stats", Connections: open, Flows: total}
+	st := Stats{Type: "stats", Connections: open, Flows: total, EventsDropped: e.Events.Dropped()}
 	e.mu.Lock()
 	if e.fc != nil {
 		st.RxBytes, st.TxBytes = e.fc.Rx.Load(), e.fc.Tx.Load()

@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"context"
 	"encoding/json"
 	"io"
 	"sync"
@@ -33,29 +34,32 @@ func NewOutput(w io.Writer) *Output {
 
 // Line queues one object; must reports whether a full queue may drop it
 // (false) or the caller waits (true: replies to commands, ready, errors).
-func (o *Output) Line(v any, must bool) {
+// It reports whether the line was queued.
+func (o *Output) Line(v any, must bool) (queued bool) {
 	b, err := json.Marshal(v)
 	if err != nil {
-		return
+		return false
 	}
 	b = append(b, '\n')
 	o.mu.Lock()
 	if o.closed {
 		o.mu.Unlock()
-		return
+		return false
 	}
 	if !must {
 		select {
 		case o.q <- b:
+			queued = true
 		default:
 			o.dropped++
 		}
 		o.mu.Unlock()
-		return
+		return queued
 	}
 	o.mu.Unlock()
 	defer func() { _ = recover() }() // closed meanwhile
 	o.q <- b
+	return true
 }
 
 // Error queues an `error` line.
@@ -93,23 +97,29 @@ type Event struct {
 }
 
 type eventKey struct {
-	direction, protocol, address, action string
-	port                                 int
+	direction, protocol, address, action, name string
+	port                                       int
 }
 
 type eventSlot struct {
 	last       time.Time
 	suppressed int
+	pending    Event // the last suppressed event (flushed with the count)
 }
 
 // Events rate-limits events per destination: at most one line a second for
-// the same direction/protocol/address/port/action; the next line carries the
-// count suppressed meanwhile as `repeated`.
+// the same direction/protocol/address/port/action (and name, for DNS
+// events); the next line carries the count suppressed meanwhile as
+// `repeated`, or Sweep (once a second) flushes it. The table holds at most
+// maxEventSlots keys: a new key past it is counted in Dropped, never
+// inserted, so a guest spraying destinations costs O(1) per event and
+// bounded memory.
 type Events struct {
-	out   *Output
-	now   func() time.Time
-	mu    sync.Mutex
-	slots map[eventKey]*eventSlot
+	out     *Output
+	now     func() time.Time
+	mu      sync.Mutex
+	slots   map[eventKey]*eventSlot
+	dropped uint64
 	// Sink, when set, also receives every emitted event (tests).
 	Sink func(Event)
 }
@@ -124,39 +134,107 @@ func NewEvents(out *Output, now func() time.Time) *Events {
 
 const maxEventSlots = 8192
 
+// eventSweep is how often Run sweeps the table.
+const eventSweep = time.Second
+
+func keyOf(ev Event) eventKey {
+	k := eventKey{direction: ev.Direction, protocol: ev.Protocol, address: ev.Address, action: ev.Action, port: ev.Port}
+	if ev.Reason == "dns" || ev.Reason == "rebinding" {
+		k.name = ev.Name // every DNS event has netd's address and port 53: the name tells them apart
+	}
+	return k
+}
+
 // Emit records one decision.
 func (e *Events) Emit(ev Event) {
-	k := eventKey{ev.Direction, ev.Protocol, ev.Address, ev.Action, ev.Port}
+	k := keyOf(ev)
 	now := e.now()
+	ev.Type = "event"
+	ev.Timestamp = now.UTC().Format("2006-01-02T15:04:05.000Z")
 	e.mu.Lock()
 	s := e.slots[k]
 	if s != nil && now.Sub(s.last) < time.Second {
 		s.suppressed++
+		s.pending = ev
 		e.mu.Unlock()
 		return
 	}
 	if s == nil {
 		if len(e.slots) >= maxEventSlots {
-			for key, old := range e.slots {
-				if now.Sub(old.last) >= time.Second && old.suppressed == 0 {
-					delete(e.slots, key)
-				}
-			}
+			e.dropped++
+			e.mu.Unlock()
+			return
 		}
 		s = &eventSlot{}
 		e.slots[k] = s
 	}
 	ev.Repeated = s.suppressed
 	s.suppressed = 0
+	s.pending = Event{}
 	s.last = now
-	sink := e.Sink
 	e.mu.Unlock()
-	ev.Type = "event"
-	ev.Timestamp = now.UTC().Format("2006-01-02T15:04:05.000Z")
-	if e.out != nil {
-		e.out.Line(ev, false)
+	e.write(ev)
+}
+
+func (e *Events) write(ev Event) {
+	if e.out != nil && !e.out.Line(ev, false) {
+		e.mu.Lock()
+		e.dropped += uint64(1 + ev.Repeated)
+		e.mu.Unlock()
 	}
-	if sink != nil {
-		sink(ev)
+	if e.Sink != nil {
+		e.Sink(ev)
 	}
+}
+
+// Sweep flushes every slot whose last line is a second old or more: one
+// line for the events it suppressed meanwhile (the last of them, with
+// `repeated` the others), and forgets a slot with nothing pending. all
+// flushes every pending count whatever its age (at exit).
+func (e *Events) Sweep(all bool) {
+	now := e.now()
+	var flush []Event
+	e.mu.Lock()
+	for k, s := range e.slots {
+		if !all && now.Sub(s.last) < time.Second {
+			continue
+		}
+		if s.suppressed == 0 {
+			delete(e.slots, k)
+			continue
+		}
+		ev := s.pending
+		ev.Repeated = s.suppressed - 1
+		flush = append(flush, ev)
+		s.suppressed = 0
+		s.pending = Event{}
+		s.last = now
+	}
+	e.mu.Unlock()
+	for _, ev := range flush {
+		e.write(ev)
+	}
+}
+
+// Run sweeps once a second until ctx ends, then flushes what is pending.
+func (e *Events) Run(ctx context.Context) {
+	t := time.NewTicker(eventSweep)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+			e.Sweep(false)
+		case <-ctx.Done():
+			e.Sweep(true)
+			return
+		}
+	}
+}
+
+// Dropped counts events never written: new destinations past the table's
+// cap and lines the output queue had no room for (with what they repeated).
+func (e *Events) Dropped() uint64 {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.dropped
 }

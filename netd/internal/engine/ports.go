@@ -25,7 +25,8 @@ func (e *Engine) startPorts() error {
 		field := fmt.Sprintf("ports[%d]", i)
 		switch p.Protocol {
 		case "tcp":
-			ln, err := net.ListenTCP("tcp", net.TCPAddrFromAddrPort(addr))
+			l, err := listenConfig.Listen(e.ctx, "tcp", addr.String())
+			ln, _ := l.(*net.TCPListener)
 			if err != nil {
 				return &config.Error{Field: field, Message: fmt.Sprintf("cannot listen on %s: %v", addr, err)}
 			}
@@ -36,7 +37,8 @@ func (e *Engine) startPorts() error {
 				e.servePortTCP(ln, p)
 			}()
 		case "udp":
-			uc, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(addr))
+			pc, err := listenConfig.ListenPacket(e.ctx, "udp", addr.String())
+			uc, _ := pc.(*net.UDPConn)
 			if err != nil {
 				return &config.Error{Field: field, Message: fmt.Sprintf("cannot listen on %s: %v", addr, err)}
 			}
@@ -58,11 +60,12 @@ func (e *Engine) guestAddr(port int) tcpip.FullAddress {
 // ingress decides a client of a published port (the client's address is the
 // destination, the published host port the port).
 func (e *Engine) ingress(proto string, client netip.Addr, p config.Port) bool {
-	d := e.pol.Decide(policy.Flow{Direction: policy.Ingress, Protocol: proto, Addr: client.Unmap(), Port: p.Host})
+	client = client.Unmap().WithZone("") // fe80::1%eth0 is fe80::1 to the rules
+	d := e.pol.Decide(policy.Flow{Direction: policy.Ingress, Protocol: proto, Addr: client, Port: p.Host})
 	if d.Allow && !e.flows.acquire() {
 		d = limited
 	}
-	e.emitDir(policy.Ingress, proto, client.Unmap(), p.Host, d, "")
+	e.emitDir(policy.Ingress, proto, client, p.Host, d, "")
 	return d.Allow
 }
 

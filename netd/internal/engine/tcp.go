@@ -42,10 +42,13 @@ func (e *Engine) handleTCP(r *tcp.ForwarderRequest) {
 	}
 	e.emit("tcp", dst, port, d, name)
 	ctx, cancel := context.WithTimeout(e.ctx, DialTimeout)
-	var dialer net.Dialer
-	host, err := dialer.DialContext(ctx, "tcp", netip.AddrPortFrom(target, uint16(port)).String())
+	conn, err := e.dial(ctx, "tcp", netip.AddrPortFrom(target, uint16(port)))
 	cancel()
-	if err != nil {
+	host, isTCP := conn.(*net.TCPConn)
+	if err == nil && !isTCP {
+		_ = conn.Close()
+	}
+	if err != nil || !isTCP || !e.checkLanded("tcp", dst, port, name, d, host) {
 		e.flows.release()
 		r.Complete(true)
 		return
@@ -64,7 +67,7 @@ func (e *Engine) handleTCP(r *tcp.ForwarderRequest) {
 	go func() {
 		defer e.wg.Done()
 		defer e.flows.release()
-		e.splice(guest, hostConn{host.(*net.TCPConn)})
+		e.splice(guest, hostConn{host})
 	}()
 }
 

@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"context"
 	"net"
 	"net/netip"
 	"sync"
@@ -14,41 +15,46 @@ import (
 )
 
 func (e *Engine) installUDP() {
-	fwd := udp.NewForwarder(e.stack, e.handleUDPFlow)
 	e.stack.SetTransportProtocolHandler(udp.ProtocolNumber, func(id stack.TransportEndpointID, pkt *stack.PacketBuffer) bool {
-		return e.decideUDP(id) && fwd.HandlePacket(id, pkt)
+		host, ok := e.decideUDP(id)
+		if !ok {
+			return false
+		}
+		// The forwarder calls its handler at once, on this goroutine.
+		return udp.NewForwarder(e.stack, func(r *udp.ForwarderRequest) { e.handleUDPFlow(r, host) }).HandlePacket(id, pkt)
 	})
 }
 
 // decideUDP runs for the first datagram of a flow (later ones reach the
-// flow's endpoint): false makes the stack answer ICMP port unreachable.
-func (e *Engine) decideUDP(id stack.TransportEndpointID) bool {
+// flow's endpoint): an allowed flow takes a slot and gets its connected host
+// socket (no datagram sent yet); false makes the stack answer ICMP port
+// unreachable.
+func (e *Engine) decideUDP(id stack.TransportEndpointID) (net.Conn, bool) {
 	dst, port := netipAddr(id.LocalAddress), int(id.LocalPort)
-	d, _, name := e.egress("udp", dst, port)
+	d, target, name := e.egress("udp", dst, port)
 	if !d.Allow {
 		e.emit("udp", dst, port, d, name)
-		return false
+		return nil, false
 	}
 	if !e.flows.acquire() {
 		e.emit("udp", dst, port, limited, name)
-		return false
+		return nil, false
 	}
 	e.emit("udp", dst, port, d, name)
-	return true
+	ctx, cancel := context.WithTimeout(e.ctx, DialTimeout)
+	host, err := e.dial(ctx, "udp", netip.AddrPortFrom(target, uint16(port)))
+	cancel()
+	if err != nil || !e.checkLanded("udp", dst, port, name, d, host) {
+		e.flows.release()
+		return nil, false
+	}
+	return host, true
 }
 
-// handleUDPFlow runs (synchronously, after decideUDP took a slot) for an
-// allowed flow: a host socket connected to the target, relayed both ways
-// until the idle time passes with nothing either way.
-func (e *Engine) handleUDPFlow(r *udp.ForwarderRequest) {
-	id := r.ID()
-	dst, port := netipAddr(id.LocalAddress), int(id.LocalPort)
-	_, target, _ := e.egress("udp", dst, port)
-	host, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(netip.AddrPortFrom(target, uint16(port))))
-	if err != nil {
-		e.flows.release()
-		return
-	}
+// handleUDPFlow runs (synchronously, after decideUDP took a slot and dialled
+// host) for an allowed flow: relayed both ways until the idle time passes
+// with nothing either way.
+func (e *Engine) handleUDPFlow(r *udp.ForwarderRequest, host net.Conn) {
 	var wq waiter.Queue
 	ep, terr := r.CreateEndpoint(&wq)
 	if terr != nil {

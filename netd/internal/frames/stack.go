@@ -23,10 +23,12 @@ const TCPBuffer = 1 << 20
 
 // NewStack makes an IPv4 netstack (ARP, TCP with SACK, UDP, ICMP) with one
 // Ethernet NIC over a channel endpoint of the given MTU and MAC: the
-// endpoint a Link pumps.
+// endpoint a Link pumps. It takes packets to and from 127/8 on that NIC
+// (gVisor drops them silently by default): netd decides and refuses them
+// like any other flow (a RST, not a hang).
 func NewStack(mtu int, mac tcpip.LinkAddress) (*stack.Stack, *channel.Endpoint, error) {
 	s := stack.New(stack.Options{
-		NetworkProtocols:   []stack.NetworkProtocolFactory{ipv4.NewProtocol, arp.NewProtocol},
+		NetworkProtocols:   []stack.NetworkProtocolFactory{ipv4.NewProtocolWithOptions(ipv4.Options{AllowExternalLoopbackTraffic: true}), arp.NewProtocol},
 		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol, udp.NewProtocol, icmp.NewProtocol4},
 	})
 	sack := tcpip.TCPSACKEnabled(true)

@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"container/list"
 	"net/netip"
 	"strings"
 	"sync"
@@ -15,17 +16,33 @@ const (
 )
 
 // maxNames bounds the table (a guest resolving without end cannot grow it
-// past this; the entries closest to expiry go first).
-const maxNames = 65536
+// past this; the binding touched longest ago goes first), maxNamesPerAddr
+// the names one address holds (so a lookup costs O(1) however many names a
+// guest points at one address; the oldest of them goes first).
+const (
+	maxNames        = 65536
+	maxNamesPerAddr = 32
+)
+
+// binding is one name bound to one address until exp.
+type binding struct {
+	addr netip.Addr
+	name string
+	exp  time.Time
+	seq  uint64
+	el   *list.Element
+}
 
 // Names is the per-sandbox table of names this sandbox resolved through netd:
 // address → names, each with an expiry. Domain and suffix rules match a flow
-// only through it.
+// only through it. Every operation is O(1): bindings are kept in the order
+// they were last added (a list), and the table at its cap evicts the front.
 type Names struct {
-	mu    sync.Mutex
-	now   func() time.Time
-	byIP  map[netip.Addr]map[string]time.Time
-	count int
+	mu   sync.Mutex
+	now  func() time.Time
+	byIP map[netip.Addr]map[string]*binding
+	lru  *list.List // of *binding, least recently added first
+	seq  uint64
 }
 
 // NewNames makes an empty table; now may be nil (time.Now).
@@ -33,7 +50,7 @@ func NewNames(now func() time.Time) *Names {
 	if now == nil {
 		now = time.Now
 	}
-	return &Names{now: now, byIP: map[netip.Addr]map[string]time.Time{}}
+	return &Names{now: now, byIP: map[netip.Addr]map[string]*binding{}, lru: list.New()}
 }
 
 // Add binds name to addr for ttl (clamped to MinTTL..MaxTTL).
@@ -43,51 +60,69 @@ func (t *Names) Add(name string, addr netip.Addr, ttl time.Duration) {
 	addr = addr.Unmap()
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	now := t.now()
-	if t.count >= maxNames {
-		t.expireLocked(now)
-	}
+	exp := t.now().Add(ttl)
+	t.seq++
 	m := t.byIP[addr]
-	if m == nil {
-		m = map[string]time.Time{}
-		t.byIP[addr] = m
-	}
-	if _, ok := m[name]; !ok {
-		if t.count >= maxNames {
-			return
+	if b := m[name]; b != nil {
+		if exp.After(b.exp) {
+			b.exp = exp
 		}
-		t.count++
+		b.seq = t.seq
+		t.lru.MoveToBack(b.el)
+		return
 	}
-	if exp := now.Add(ttl); exp.After(m[name]) {
-		m[name] = exp
-	}
-}
-
-func (t *Names) expireLocked(now time.Time) {
-	for a, m := range t.byIP {
-		for n, exp := range m {
-			if !exp.After(now) {
-				delete(m, n)
-				t.count--
+	if len(m) >= maxNamesPerAddr {
+		var oldest *binding
+		for _, b := range m { // at most maxNamesPerAddr
+			if oldest == nil || b.seq < oldest.seq {
+				oldest = b
 			}
 		}
-		if len(m) == 0 {
-			delete(t.byIP, a)
-		}
+		t.removeLocked(oldest)
+	}
+	if t.lru.Len() >= maxNames {
+		t.removeLocked(t.lru.Front().Value.(*binding))
+	}
+	m = t.byIP[addr]
+	if m == nil {
+		m = map[string]*binding{}
+		t.byIP[addr] = m
+	}
+	b := &binding{addr: addr, name: name, exp: exp, seq: t.seq}
+	b.el = t.lru.PushBack(b)
+	m[name] = b
+}
+
+func (t *Names) removeLocked(b *binding) {
+	t.lru.Remove(b.el)
+	m := t.byIP[b.addr]
+	delete(m, b.name)
+	if len(m) == 0 {
+		delete(t.byIP, b.addr)
 	}
 }
 
-// Lookup returns the unexpired names bound to addr.
+// Lookup returns the unexpired names bound to addr (expired ones are
+// forgotten on the way).
 func (t *Names) Lookup(addr netip.Addr) []string {
 	addr = addr.Unmap()
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	now := t.now()
 	var out []string
-	for n, exp := range t.byIP[addr] {
-		if exp.After(now) {
-			out = append(out, n)
+	for _, b := range t.byIP[addr] {
+		if b.exp.After(now) {
+			out = append(out, b.name)
+		} else {
+			t.removeLocked(b)
 		}
 	}
 	return out
+}
+
+// Len is the number of bindings held (expired ones included until seen).
+func (t *Names) Len() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.lru.Len()
 }

@@ -50,11 +50,15 @@ type Policy struct {
 	rules        []config.Rule
 	defaultAllow bool
 	classifier   *Classifier
+	// hosts are the configured fixed answers (dns.hosts): the only bindings
+	// through which a name rule reaches a non-public address.
+	hosts map[string]netip.Addr
 }
 
-// New compiles the configured policy.
-func New(p config.Policy, c *Classifier) *Policy {
-	return &Policy{rules: p.Rules, defaultAllow: p.Default == "allow", classifier: c}
+// New compiles the configured policy; hosts are the configuration's fixed
+// DNS answers (dns.hosts, may be nil).
+func New(p config.Policy, hosts map[string]netip.Addr, c *Classifier) *Policy {
+	return &Policy{rules: p.Rules, defaultAllow: p.Default == "allow", classifier: c, hosts: hosts}
 }
 
 // Classifier returns the policy's classifier.
@@ -81,17 +85,35 @@ func (p *Policy) destMatches(r *config.Rule, a netip.Addr, g Group, names []stri
 		// The guest subnet holds only netd's virtual addresses (hostAddress
 		// is the host's loopback, not a LAN address) and reserved ones: CIDR
 		// rules are about real networks and never match them.
-		return r.CIDR.Contains(a) && !p.classifier.inSubnet(a)
+		// Nor does an allow CIDR reach the host's own addresses: only the
+		// host group (or any) does, so allow@192.168.0.0/16 is the LAN, not
+		// the host's 192.168.1.5 (a deny CIDR still matches them).
+		return r.CIDR.Contains(a) && !p.classifier.inSubnet(a) && (r.Action != "allow" || g != Host)
 	case "group":
 		return string(g) == r.Dest.Group
 	case "domain", "suffix":
 		for _, n := range names {
-			if nameMatches(r.Dest, n) {
+			if nameMatches(r.Dest, n) && (r.Action != "allow" || p.nameGrants(n, a, g)) {
 				return true
 			}
 		}
 	}
 	return false
+}
+
+// nameGrants says whether an allow rule for a name may admit a flow to a
+// that the sandbox resolved from that name: a public address always; any
+// other (host, private, loopback, link-local, metadata, multicast) only
+// through a dns.hosts binding (the configuration's own answer), never
+// through one an upstream (or netd's host.krunbox.internal) gave. Such an
+// address is reached only by a rule for it (its group, a CIDR, any), with
+// that rule's protocols and ports.
+func (p *Policy) nameGrants(name string, a netip.Addr, g Group) bool {
+	if g == Public {
+		return true
+	}
+	h, ok := p.hosts[name]
+	return ok && h.Unmap() == a
 }
 
 func protoMatches(r *config.Rule, proto string) bool {
@@ -127,7 +149,7 @@ func unconstrained(r *config.Rule) bool { return len(r.Protocols) == 0 && len(r.
 // default (egress) or allow (ingress: no matching ingress rule means allowed
 // for published ports). Reserved addresses are always denied on egress.
 func (p *Policy) Decide(f Flow) Decision {
-	a := f.Addr.Unmap()
+	a := f.Addr.Unmap().WithZone("") // a zoned address is in no prefix: strip it
 	g := p.classifier.Classify(a)
 	if f.Direction == Egress && g == Reserved {
 		return Decision{Allow: false, Rule: RuleReserved, Reason: ReasonRule, Group: g}
@@ -151,22 +173,117 @@ func (p *Policy) Decide(f Flow) Decision {
 	return Decision{Allow: p.defaultAllow, Reason: ReasonDefault, Group: g}
 }
 
-// NameDecision says whether a DNS query for name may be forwarded: true
-// unless no rule for that name or for the addresses it may resolve to can
-// allow it (a deny of the name or of everything before any such allow, or
-// no allow at all under a default deny). rule is the id of the rule that
-// decided ("" for the default).
+// NameDecision says whether a DNS query for name may be forwarded upstream.
+// Only rules that can reach the name's public addresses make it
+// forwardable: a name rule (domain/suffix) matching it, `any` and the
+// `public` group (unless they name icmp only: netd forwards no ICMP). An
+// address rule for anything else (a CIDR, the host, private, … groups)
+// never does: a policy that reaches only the host or a LAN address forwards
+// no name (no exfiltration through queries). The first such rule that
+// allows decides true; a matching unconditional deny (of the name, or of
+// any) decides false; then the default. rule is the deciding rule's id ("" for
+// the default).
+//
+// A LAN name (LANName) is forwarded only under a name rule for it: any and
+// public do not reach the host's LAN resolver.
 func (p *Policy) NameDecision(name string) (allow bool, rule string) {
 	name = strings.ToLower(strings.TrimSuffix(name, "."))
+	lan := p.LANName(name)
 	return p.mayAllow(func(r *config.Rule) (matches, allowOnly bool) {
 		switch r.Dest.Kind {
-		case "any":
-			return true, false
 		case "domain", "suffix":
 			return nameMatches(r.Dest, name), false
+		case "any":
+			if lan {
+				return r.Action == "deny", false
+			}
+			fallthrough
+		case "group":
+			if lan {
+				return false, false
+			}
 		}
-		return true, true // cidr, group: an allow may admit the answer, a deny decides nothing yet
+		switch r.Dest.Kind {
+		case "any":
+			if r.Action == "deny" {
+				return true, false
+			}
+			return reachesPublic(r), true
+		case "group":
+			return r.Action == "allow" && r.Dest.Group == string(Public) && reachesPublic(r), true
+		}
+		return false, false
 	})
+}
+
+// lanSuffixes are zones a host's resolver answers from its LAN (mDNS,
+// home routers, split-horizon corporate DNS), never the internet.
+var lanSuffixes = []string{"local", "lan", "home.arpa", "localhost", "localdomain", "internal"}
+
+// LANName says whether a name is one only the host's LAN or the host
+// itself can answer: a single label, a name under .local, .lan, .home.arpa,
+// .localhost, .localdomain or .internal, or a reverse name (in-addr.arpa,
+// ip6.arpa) that is not exactly the reverse of one public address (reverse
+// zones of private, host, loopback, link-local, metadata … ranges, and
+// partial reverse names that cover them).
+func (p *Policy) LANName(name string) bool {
+	name = strings.ToLower(strings.TrimSuffix(name, "."))
+	if !strings.Contains(name, ".") {
+		return true
+	}
+	for _, s := range lanSuffixes {
+		if name == s || strings.HasSuffix(name, "."+s) {
+			return true
+		}
+	}
+	if a, ok := reverseAddr(name); ok {
+		return p.classifier.Classify(a) != Public
+	}
+	return strings.HasSuffix(name, ".arpa") && (name == "in-addr.arpa" || name == "ip6.arpa" ||
+		strings.HasSuffix(name, ".in-addr.arpa") || strings.HasSuffix(name, ".ip6.arpa"))
+}
+
+// reverseAddr parses a full reverse name (d.c.b.a.in-addr.arpa, 32 nibbles
+// .ip6.arpa); ok is false for anything else.
+func reverseAddr(name string) (netip.Addr, bool) {
+	if rest, ok := strings.CutSuffix(name, ".in-addr.arpa"); ok {
+		l := strings.Split(rest, ".")
+		if len(l) != 4 {
+			return netip.Addr{}, false
+		}
+		a, err := netip.ParseAddr(l[3] + "." + l[2] + "." + l[1] + "." + l[0])
+		return a, err == nil
+	}
+	if rest, ok := strings.CutSuffix(name, ".ip6.arpa"); ok {
+		l := strings.Split(rest, ".")
+		if len(l) != 32 {
+			return netip.Addr{}, false
+		}
+		var b [16]byte
+		for i, n := range l {
+			if len(n) != 1 {
+				return netip.Addr{}, false
+			}
+			v := strings.IndexByte("0123456789abcdef", n[0])
+			if v < 0 {
+				return netip.Addr{}, false
+			}
+			j := 31 - i
+			if j%2 == 0 {
+				b[j/2] |= byte(v) << 4
+			} else {
+				b[j/2] |= byte(v)
+			}
+		}
+		return netip.AddrFrom16(b).Unmap(), true
+	}
+	return netip.Addr{}, false
+}
+
+// reachesPublic says whether an allow for public addresses carries flows a
+// name is useful for (TCP or UDP: netd forwards no ICMP).
+func reachesPublic(r *config.Rule) bool {
+	return len(r.Protocols) == 0 || protoMatches(r, "tcp") || protoMatches(r, "udp")
 }
 
 // mayAllow walks the egress rules in order: the first rule that matches

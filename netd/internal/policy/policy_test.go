@@ -1,7 +1,9 @@
 package policy
 
 import (
+	"fmt"
 	"net/netip"
+	"slices"
 	"testing"
 	"time"
 
@@ -18,7 +20,7 @@ func compile(t *testing.T, rules string, def string) *Policy {
 		t.Fatalf("config: %v", err)
 	}
 	cl := NewClassifier([]netip.Addr{netip.MustParseAddr("192.0.2.10"), c.HostIP}, c.Subnet, []netip.Addr{c.GatewayIP, c.DNSIP, c.HostIP})
-	return New(c.Policy, cl)
+	return New(c.Policy, c.DNSHosts, cl)
 }
 
 func egress(proto, addr string, port int, names ...string) Flow {
@@ -206,5 +208,171 @@ func TestCIDRRulesIgnoreTheGuestSubnet(t *testing.T) {
 	}
 	if d := p.Decide(egress("tcp", "10.0.2.2", 80)); d.Allow {
 		t.Errorf("gateway allowed by a subnet CIDR: %+v", d)
+	}
+}
+
+// A name allow rule grants only public addresses: a non-public address
+// bound to an allowed name is decided by the rules for that address (with
+// their protocols and ports), unless dns.hosts bound the name to it.
+func TestNameRulesGrantOnlyPublicAddresses(t *testing.T) {
+	line := `{"version":1,"socket":"/tmp/x.sock","guest":{"mac":"5a:94:ef:e4:0c:ee","ip":"10.0.2.15","prefix":24},` +
+		`"gateway":"10.0.2.2","dnsAddress":"10.0.2.3","hostAddress":"10.0.2.254","dns":{"hosts":{"db.test":"10.1.0.5"}},"policy":{"rules":[` +
+		`{"action":"allow","dest":{"kind":"suffix","suffix":".test"},"protocols":["tcp"],"id":"names"},` +
+		`{"action":"allow","dest":{"kind":"group","group":"host"},"protocols":["udp"],"ports":[{"from":9,"to":9}],"id":"host9"},` +
+		`{"action":"deny","dest":{"kind":"domain","name":"bad.test"},"id":"bad"},` +
+		`{"action":"allow","dest":{"kind":"group","group":"private"},"id":"private"}]}}`
+	c, err := config.Parse([]byte(line))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := New(c.Policy, c.DNSHosts, NewClassifier([]netip.Addr{c.HostIP}, c.Subnet, []netip.Addr{c.GatewayIP, c.DNSIP, c.HostIP}))
+	for _, tc := range []struct {
+		f     Flow
+		allow bool
+		rule  string
+	}{
+		{egress("tcp", "203.0.113.7", 22, "a.test"), true, "names"},    // control: public
+		{egress("tcp", "10.0.2.254", 22, "lo.test"), false, ""},        // host: the name grants nothing
+		{egress("udp", "10.0.2.254", 9, "lo.test"), true, "host9"},     // its own rule, its own port
+		{egress("tcp", "127.0.0.1", 22, "lo.test"), false, ""},         // loopback
+		{egress("tcp", "169.254.169.254", 80, "meta.test"), false, ""}, // metadata
+		{egress("tcp", "10.1.0.5", 22, "db.test"), true, "names"},      // dns.hosts binding
+		{egress("tcp", "10.1.0.6", 22, "db.test"), true, "private"},    // not its dns.hosts address
+		{egress("udp", "10.1.0.7", 53, "x.test"), true, "private"},     // the private rule decides
+		{egress("tcp", "10.1.0.8", 443, "bad.test"), false, "bad"},     // a deny for the name matches it
+	} {
+		d := p.Decide(tc.f)
+		if d.Allow != tc.allow || d.Rule != tc.rule {
+			t.Errorf("%+v: %+v, want allow=%v rule=%q", tc.f, d, tc.allow, tc.rule)
+		}
+	}
+	// A deny for a name still matches a non-public address.
+	q := compile(t, `[{"action":"deny","dest":{"kind":"domain","name":"bad.test"},"id":"bad"},{"action":"allow","dest":{"kind":"group","group":"private"},"id":"private"}]`, "deny")
+	if d := q.Decide(egress("tcp", "10.1.0.8", 443, "bad.test")); d.Allow || d.Rule != "bad" {
+		t.Errorf("deny by name of a private address: %+v", d)
+	}
+}
+
+// Only name rules, any and the public group make a name forwardable: a
+// policy reaching only the host, a CIDR, a private group or ICMP forwards
+// nothing upstream.
+func TestNameDecisionOnlyNameRulesAnyAndPublicForward(t *testing.T) {
+	for rules, forward := range map[string]bool{
+		`[{"action":"allow","dest":{"kind":"group","group":"host"},"id":"r"}]`:                                                                      false,
+		`[{"action":"allow","dest":{"kind":"group","group":"private"},"id":"r"}]`:                                                                   false,
+		`[{"action":"allow","dest":{"kind":"group","group":"loopback"},"protocols":["udp"],"ports":[{"from":9,"to":9}],"id":"r"}]`:                  false,
+		`[{"action":"allow","dest":{"kind":"cidr","cidr":"203.0.113.0/24"},"id":"r"}]`:                                                              false,
+		`[{"action":"allow","dest":{"kind":"any"},"protocols":["icmp"],"id":"r"}]`:                                                                  false,
+		`[{"action":"allow","dest":{"kind":"group","group":"public"},"protocols":["icmp"],"id":"r"}]`:                                               false,
+		`[{"action":"allow","dest":{"kind":"domain","name":"other.test"},"id":"r"}]`:                                                                false,
+		`[{"action":"deny","dest":{"kind":"any"},"id":"d"},{"action":"allow","dest":{"kind":"group","group":"public"},"id":"r"}]`:                   false,
+		`[{"action":"allow","dest":{"kind":"any"},"id":"r"}]`:                                                                                       true,
+		`[{"action":"allow","dest":{"kind":"any"},"protocols":["tcp"],"ports":[{"from":443,"to":443}],"id":"r"}]`:                                   true,
+		`[{"action":"allow","dest":{"kind":"group","group":"public"},"protocols":["tcp"],"ports":[{"from":443,"to":443}],"id":"r"}]`:                true,
+		`[{"action":"allow","dest":{"kind":"group","group":"host"},"id":"h"},{"action":"allow","dest":{"kind":"group","group":"public"},"id":"r"}]`: true,
+		`[{"action":"allow","dest":{"kind":"suffix","suffix":".test"},"protocols":["icmp"],"id":"r"}]`:                                              true,
+	} {
+		p := compile(t, rules, "deny")
+		if got, _ := p.NameDecision("exfil.attacker.test"); got != forward {
+			t.Errorf("%s: forward=%v, want %v", rules, got, forward)
+		}
+	}
+}
+
+// An allow CIDR never reaches the host's own addresses (192.0.2.10 here):
+// only the host group does; a deny CIDR still matches them.
+func TestAllowCIDRNeverMatchesHostAddresses(t *testing.T) {
+	p := compile(t, `[{"action":"allow","dest":{"kind":"cidr","cidr":"192.0.2.0/24"},"id":"lan"}]`, "deny")
+	if d := p.Decide(egress("tcp", "192.0.2.10", 22)); d.Allow || d.Group != Host {
+		t.Errorf("the host's own address through a CIDR: %+v", d)
+	}
+	if d := p.Decide(egress("tcp", "192.0.2.11", 22)); !d.Allow || d.Rule != "lan" {
+		t.Errorf("control, a LAN neighbour: %+v", d)
+	}
+	if keep, _ := p.AnswerAllowed(netip.MustParseAddr("192.0.2.10")); keep {
+		t.Error("a DNS answer at the host's address kept through a CIDR")
+	}
+	q := compile(t, `[{"action":"deny","dest":{"kind":"cidr","cidr":"192.0.2.0/24"},"id":"nolan"},{"action":"allow","dest":{"kind":"group","group":"host"},"id":"host"}]`, "deny")
+	if d := q.Decide(egress("tcp", "192.0.2.10", 22)); d.Allow || d.Rule != "nolan" {
+		t.Errorf("a deny CIDR over the host's address: %+v", d)
+	}
+	if d := q.Decide(egress("tcp", "10.0.2.254", 22)); !d.Allow || d.Rule != "host" {
+		t.Errorf("control, hostAddress by the host group: %+v", d)
+	}
+}
+
+// A client address with an IPv6 zone is matched like the same address
+// without it (a zoned netip.Addr is in no prefix).
+func TestZonedAddressesMatchCIDRRules(t *testing.T) {
+	p := compile(t, `[{"action":"deny","direction":"ingress","dest":{"kind":"cidr","cidr":"fe80::/10"},"id":"noll"}]`, "deny")
+	for _, a := range []string{"fe80::1%eth0", "fe80::1"} {
+		d := p.Decide(Flow{Direction: Ingress, Protocol: "tcp", Addr: netip.MustParseAddr(a), Port: 8080})
+		if d.Allow || d.Rule != "noll" {
+			t.Errorf("%s: %+v", a, d)
+		}
+	}
+}
+
+// LAN names (single labels, .local, .lan, .home.arpa, localhost, reverse
+// zones of non-public ranges) are not forwarded under any or public; a name
+// rule for them forwards them.
+func TestLANNamesNeedANameRule(t *testing.T) {
+	p := compile(t, `[{"action":"allow","dest":{"kind":"suffix","suffix":".home.arpa"},"id":"home"},
+		{"action":"allow","dest":{"kind":"domain","name":"fileserver"},"id":"fs"},
+		{"action":"allow","dest":{"kind":"any"},"id":"any"}]`, "deny")
+	for name, forward := range map[string]bool{
+		"10.1.168.192.in-addr.arpa": false, "1.0.0.127.in-addr.arpa": false, "254.169.254.169.in-addr.arpa": false,
+		"10.2.0.10.in-addr.arpa": false, "10.2.0.192.in-addr.arpa": false /* the host's own address */, "168.192.in-addr.arpa": false,
+		"in-addr.arpa": false, "_dns-sd._udp.0.1.168.192.in-addr.arpa": false,
+		"1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.d.f.ip6.arpa": false,
+		"printer": false, "printer.local": false, "router.lan": false, "localhost": false, "x.localhost": false,
+		"db.corp.internal": false,
+		// controls
+		"7.113.0.203.in-addr.arpa": true, "1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa": true,
+		"nas.home.arpa": true, "fileserver": true, "example.com": true, "local.example.com": true,
+	} {
+		if got, _ := p.NameDecision(name); got != forward {
+			t.Errorf("%s: forward=%v, want %v", name, got, forward)
+		}
+	}
+	if a, ok := reverseAddr("1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.d.f.ip6.arpa"); !ok || a != netip.MustParseAddr("fd00::1") {
+		t.Errorf("ip6.arpa: %v %v", a, ok)
+	}
+}
+
+// The table at its cap evicts the binding added longest ago in O(1) (a
+// guest resolving without end cannot make every Add scan the table), and
+// one address holds at most maxNamesPerAddr names (a lookup stays O(1)).
+func TestNamesCapEvictsInConstantTime(t *testing.T) {
+	now := time.Unix(1000, 0)
+	n := NewNames(func() time.Time { return now })
+	first := netip.MustParseAddr("198.51.100.1")
+	n.Add("first.test", first, time.Hour)
+	t0 := time.Now()
+	for i := 0; i < 4*maxNames; i++ {
+		n.Add(fmt.Sprintf("n%d.test", i), netip.AddrFrom4([4]byte{203, byte(i >> 16), byte(i >> 8), byte(i)}), time.Hour)
+	}
+	if took := time.Since(t0); took > 10*time.Second {
+		t.Fatalf("%d adds past the cap took %v", 4*maxNames, took)
+	}
+	if n.Len() != maxNames {
+		t.Fatalf("%d bindings, cap %d", n.Len(), maxNames)
+	}
+	if len(n.Lookup(first)) != 0 {
+		t.Fatal("the oldest binding survived the cap")
+	}
+	i := 4*maxNames - 1
+	last := netip.AddrFrom4([4]byte{203, byte(i >> 16), byte(i >> 8), byte(i)})
+	if got := n.Lookup(last); len(got) != 1 {
+		t.Fatalf("the newest binding: %v", got)
+	}
+	// Many names on one address: the newest maxNamesPerAddr stay.
+	cdn := netip.MustParseAddr("198.51.100.2")
+	for i := 0; i < 1000; i++ {
+		n.Add(fmt.Sprintf("s%d.cdn.test", i), cdn, time.Hour)
+	}
+	got := n.Lookup(cdn)
+	if len(got) != maxNamesPerAddr || !slices.Contains(got, "s999.cdn.test") || slices.Contains(got, "s0.cdn.test") {
+		t.Fatalf("%d names on one address: %v", len(got), got)
 	}
 }

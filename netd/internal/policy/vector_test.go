@@ -35,7 +35,7 @@ func TestCompiledConfigVector(t *testing.T) {
 	if err != nil {
 		t.Fatalf("the compiled vector: %v", err)
 	}
-	p := New(c.Policy, NewClassifier([]netip.Addr{c.HostIP}, c.Subnet, []netip.Addr{c.GatewayIP, c.DNSIP, c.HostIP}))
+	p := New(c.Policy, c.DNSHosts, NewClassifier([]netip.Addr{c.HostIP}, c.Subnet, []netip.Addr{c.GatewayIP, c.DNSIP, c.HostIP}))
 	for _, tc := range []struct {
 		f     Flow
 		allow bool
@@ -43,7 +43,9 @@ func TestCompiledConfigVector(t *testing.T) {
 	}{
 		{egress("tcp", "203.0.113.50", 443, "files.pypi.org"), true, "allow@.pypi.org:tcp:443"},
 		{egress("tcp", "203.0.113.50", 443, "pypi.org"), true, "allow@.pypi.org:tcp:443"},
-		{egress("tcp", "10.1.2.3", 443, "x.pypi.org"), true, "allow@.pypi.org:tcp:443"},
+		// A name rule grants public addresses only: a private answer for
+		// it is decided by the address rules.
+		{egress("tcp", "10.1.2.3", 443, "x.pypi.org"), false, "deny@10.0.0.0/8"},
 		{egress("tcp", "10.1.2.3", 80), false, "deny@10.0.0.0/8"},
 		{egress("udp", "2001:db8::1", 53), true, "allow@[2001:db8::1]:udp:53"},
 		{egress("udp", "fd00::1", 53), false, "deny@[fc00::/7]"},
