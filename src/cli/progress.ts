@@ -119,3 +119,44 @@ export class PullProgress {
     this.#drawn = lines.length;
   }
 }
+
+/** How long a start may take before it is announced. */
+const BOOT_QUIET_MS = 1000;
+
+/**
+ * Waits for `starting` (a sandbox's create or start); on a terminal, when
+ * that takes longer than a moment, a live line counts the seconds and is
+ * erased when it is done (nothing is left in the scrollback). Off a
+ * terminal it writes nothing: logs and captured stderr stay the command's.
+ *
+ * @example
+ * ```ts
+ * import { withStartProgress } from "./progress.ts";
+ * const lines: string[] = [];
+ * const slow = new Promise<string>((r) => setTimeout(() => r("up"), 1300));
+ * console.log(await withStartProgress("job-1", slow, { live: true, write: (s) => lines.push(s) })); // up
+ * if (!lines.some((l) => l.includes("starting job-1"))) throw new Error("no progress line");
+ * if (lines.at(-1) !== "\r\x1b[2K") throw new Error("the line is not erased");
+ * ```
+ */
+export async function withStartProgress<T>(name: string, starting: Promise<T>, sink: ProgressSink): Promise<T> {
+  if (!sink.live) return await starting;
+  const t0 = performance.now();
+  let shown = false;
+  const tick = () => {
+    shown = true;
+    sink.write(`\r\x1b[2Kstarting ${name} … ${((performance.now() - t0) / 1000).toFixed(1)}s`);
+  };
+  let ticker: ReturnType<typeof setInterval> | undefined;
+  const first = setTimeout(() => {
+    tick();
+    ticker = setInterval(tick, 200);
+  }, BOOT_QUIET_MS);
+  try {
+    return await starting;
+  } finally {
+    clearTimeout(first);
+    clearInterval(ticker);
+    if (shown) sink.write("\r\x1b[2K");
+  }
+}

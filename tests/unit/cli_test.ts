@@ -132,3 +132,18 @@ Deno.test("cli: pull progress on a terminal redraws one line per layer in place"
   assert(text.includes("\x1b[1A"), "the second draw moves the cursor back over the first");
   assert(text.endsWith("100 B / 100 B  done\n"), JSON.stringify(text));
 });
+
+Deno.test("cli: a slow start shows a live line on a terminal, erased when done; nothing off a terminal", async () => {
+  const { withStartProgress } = await import("../../src/cli/progress.ts");
+  const live: string[] = [];
+  const slow = () => new Promise<string>((r) => setTimeout(() => r("up"), 1300));
+  assertEquals(await withStartProgress("job-1", slow(), { live: true, write: (s) => live.push(s) }), "up");
+  assert(live.some((l) => l.includes("starting job-1 …")), JSON.stringify(live));
+  assertEquals(live.at(-1), "\r\x1b[2K");
+  const quick: string[] = [];
+  await withStartProgress("job-2", Promise.resolve(1), { live: true, write: (s) => quick.push(s) });
+  assertEquals(quick, [], "a quick start says nothing");
+  const plain: string[] = [];
+  await withStartProgress("job-3", slow(), { live: false, write: (s) => plain.push(s) });
+  assertEquals(plain, [], "off a terminal nothing is written");
+});

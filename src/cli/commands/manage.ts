@@ -16,6 +16,7 @@ import { errorLine, EXIT_KRUNBOX } from "../exit.ts";
 import { ago, table } from "../format.ts";
 import type { Command } from "../main.ts";
 import type { ImageSource } from "../../sandbox/config.ts";
+import { stderrSink, withStartProgress } from "../progress.ts";
 
 /** Runs `fn` for each NAME; errors print one line each and make the exit code 125. */
 async function eachName(spec: CommandSpec, p: Parsed, fn: (name: string) => Promise<void>): Promise<number> {
@@ -38,7 +39,7 @@ export const start: Command = {
   spec: startSpec,
   run: (p) =>
     eachName(startSpec, p, async (name) => {
-      const sb = await Sandbox.startDetached(name);
+      const sb = await withStartProgress(name, Sandbox.startDetached(name), stderrSink());
       await sb[Symbol.asyncDispose]();
       console.log(name);
     }),

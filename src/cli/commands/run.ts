@@ -15,7 +15,7 @@ import type { SandboxBuilder } from "../../sandbox/builder.ts";
 import { InvalidConfigError } from "../../errors.ts";
 import { type CommandSpec, type Parsed, positional, str } from "../command.ts";
 import type { Command } from "../main.ts";
-import { PullProgress, stderrSink } from "../progress.ts";
+import { PullProgress, stderrSink, withStartProgress } from "../progress.ts";
 import { applySandboxFlags, SANDBOX_HELP, SANDBOX_OPTIONS } from "../sandbox_flags.ts";
 import { attach } from "../session.ts";
 import { errorLine } from "../exit.ts";
@@ -66,8 +66,8 @@ function builderFor(spec: CommandSpec, p: Parsed): { name: string; builder: Sand
 export const create: Command = {
   spec: createSpec,
   async run(p) {
-    const { builder } = builderFor(createSpec, p);
-    const sb = await builder.createDetached();
+    const { name, builder } = builderFor(createSpec, p);
+    const sb = await withStartProgress(name, builder.createDetached(), stderrSink());
     console.log(sb.name);
     await sb[Symbol.asyncDispose]();
     return 0;
@@ -78,7 +78,7 @@ export const create: Command = {
 export const run: Command = {
   spec: runSpec,
   async run(p) {
-    const { builder } = builderFor(runSpec, p);
+    const { name, builder } = builderFor(runSpec, p);
     if (p.values.detach) {
       if (p.rest.length) {
         throw new InvalidConfigError("--detach", "takes no COMMAND: create the sandbox, then `krunbox exec` in it");
@@ -86,7 +86,7 @@ export const run: Command = {
       if (p.values.rm) throw new InvalidConfigError("--rm", "cannot be combined with --detach");
       return await create.run(p);
     }
-    const sb = await builder.create();
+    const sb = await withStartProgress(name, builder.create(), stderrSink());
     let code: number;
     try {
       const config = sb.config();
