@@ -16,9 +16,10 @@ import { agentStep } from "./provision/agent.ts";
 import { initramfsStep } from "./provision/initramfs.ts";
 import { kernelStep } from "./provision/kernel.ts";
 import { libkrunfwStep, libkrunStep } from "./provision/libkrun.ts";
+import { netdStep } from "./provision/netd.ts";
 import { type AssetStep, runStep, type StepContext, type StepOutcome } from "./provision/step.ts";
 
-const STEPS: readonly AssetStep[] = [kernelStep, agentStep, initramfsStep, libkrunfwStep, libkrunStep];
+const STEPS: readonly AssetStep[] = [kernelStep, agentStep, netdStep, initramfsStep, libkrunfwStep, libkrunStep];
 
 async function main(): Promise<number> {
   const started = performance.now();

@@ -11,12 +11,13 @@ import { join } from "node:path";
 import { homeLayout } from "./home.ts";
 
 /** The assets krunbox provisions. */
-export type AssetName = "kernel" | "agent" | "initramfs" | "libkrunfw" | "libkrun";
+export type AssetName = "kernel" | "agent" | "netd" | "initramfs" | "libkrunfw" | "libkrun";
 
 /** Where each asset's main file lives, relative to its directory. */
 export const ASSET_MAIN_FILE: Readonly<Record<AssetName, string>> = {
   kernel: "vmlinuz",
   agent: "krunbox-agent",
+  netd: "netd",
   initramfs: "initramfs.cpio",
   libkrunfw: "libkrunfw.so.5",
   libkrun: "libkrun.so.1",

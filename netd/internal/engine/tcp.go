@@ -1,0 +1,130 @@
+package engine
+
+import (
+	"context"
+	"io"
+	"net"
+	"net/netip"
+	"sync"
+
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
+	"gvisor.dev/gvisor/pkg/waiter"
+)
+
+func (e *Engine) installTCP() {
+	inFlight := e.cfg.MaxConnections
+	if inFlight < 64 {
+		inFlight = 64
+	}
+	fwd := tcp.NewForwarder(e.stack, 0, inFlight, e.handleTCP)
+	e.stack.SetTransportProtocolHandler(tcp.ProtocolNumber, fwd.HandlePacket)
+}
+
+// handleTCP decides one guest connection (its SYN): a denial or a full table
+// is a RST at once; an allowed flow is dialled from the host first (a failed
+// dial is a RST too) and only then accepted and spliced.
+func (e *Engine) handleTCP(r *tcp.ForwarderRequest) {
+	id := r.ID()
+	dst, port := netipAddr(id.LocalAddress), int(id.LocalPort)
+	d, target, name := e.egress("tcp", dst, port)
+	if !d.Allow {
+		r.Complete(true)
+		e.emit("tcp", dst, port, d, name)
+		return
+	}
+	if !e.flows.acquire() {
+		r.Complete(true)
+		e.emit("tcp", dst, port, limited, name)
+		return
+	}
+	e.emit("tcp", dst, port, d, name)
+	ctx, cancel := context.WithTimeout(e.ctx, DialTimeout)
+	var dialer net.Dialer
+	host, err := dialer.DialContext(ctx, "tcp", netip.AddrPortFrom(target, uint16(port)).String())
+	cancel()
+	if err != nil {
+		e.flows.release()
+		r.Complete(true)
+		return
+	}
+	var wq waiter.Queue
+	ep, terr := r.CreateEndpoint(&wq)
+	if terr != nil {
+		e.flows.release()
+		r.Complete(true)
+		_ = host.Close()
+		return
+	}
+	r.Complete(false)
+	guest := guestConn{gonet.NewTCPConn(&wq, ep), ep}
+	e.wg.Add(1)
+	go func() {
+		defer e.wg.Done()
+		defer e.flows.release()
+		e.splice(guest, hostConn{host.(*net.TCPConn)})
+	}()
+}
+
+// halfCloser is a stream whose write side closes alone and that can be
+// aborted (closed with a reset).
+type halfCloser interface {
+	net.Conn
+	CloseWrite() error
+	Abort()
+}
+
+// guestConn is the guest's end of a flow in netd's stack.
+type guestConn struct {
+	*gonet.TCPConn
+	ep tcpip.Endpoint
+}
+
+// Abort resets the guest's connection.
+func (g guestConn) Abort() { g.ep.Abort() }
+
+// hostConn is the host's end of a flow.
+type hostConn struct{ *net.TCPConn }
+
+// Abort resets the host connection (SO_LINGER 0).
+func (h hostConn) Abort() {
+	_ = h.SetLinger(0)
+	_ = h.Close()
+}
+
+// splice copies both ways: an EOF one way is passed on as a half-close the
+// same way, a reset (or any error) reading one side resets the other; both
+// ends close when both directions are done (or Close runs).
+func (e *Engine) splice(a, b halfCloser) {
+	closeBoth, done := e.pair(a, b)
+	defer done()
+	var wg sync.WaitGroup
+	pipe := func(dst, src halfCloser) {
+		defer wg.Done()
+		buf := make([]byte, 64<<10)
+		for {
+			n, rerr := src.Read(buf)
+			if n > 0 {
+				if _, werr := dst.Write(buf[:n]); werr != nil {
+					src.Abort()
+					closeBoth()
+					return
+				}
+			}
+			if rerr == io.EOF {
+				_ = dst.CloseWrite()
+				return
+			}
+			if rerr != nil {
+				dst.Abort()
+				closeBoth()
+				return
+			}
+		}
+	}
+	wg.Add(2)
+	go pipe(a, b)
+	go pipe(b, a)
+	wg.Wait()
+}
