@@ -5,6 +5,9 @@
  * `id` of `$/cancel`). A client that disconnects has its processes killed and
  * its file handles closed in the guest. Requests whose method starts with
  * `runner.` are answered by the runner itself (stop, kill, drain, info).
+ * A `runner.netEvents` request also subscribes its client: every later
+ * {@link Relay.publish}ed notification reaches it tagged `ref` = that
+ * request's id, until the client disconnects.
  *
  * Writes to clients are queued, not awaited, so one slow client never stalls
  * the guest stream; memory stays bounded because exec output is windowed by
@@ -54,6 +57,8 @@ export class Relay {
   readonly #guest: FrameWriter;
   readonly #routes = new Map<number, Route>();
   readonly #clients = new Set<Client>();
+  /** Clients subscribed by `runner.netEvents`, with the id of that request. */
+  readonly #subscribed = new Map<Client, number>();
   #nextId = 1;
   #readyFrame: Frame | undefined;
   #draining = false;
@@ -111,6 +116,13 @@ export class Relay {
       this.#routes.set(id, { resolve });
       this.#guest.write({ jsonrpc: "2.0", id, method, params }).catch(reject);
     });
+  }
+
+  /** Sends a notification to every subscribed client (tagged `ref` = its subscribing request's id). */
+  publish(method: string, params: Record<string, unknown>): void {
+    for (const [client, ref] of this.#subscribed) {
+      client.writer.write({ jsonrpc: "2.0", method, params: { ...params, ref } }).catch(() => {});
+    }
   }
 
   /** Accepts clients until the listener closes. */
@@ -240,6 +252,8 @@ export class Relay {
       return;
     }
     if (h.method.startsWith("runner.")) {
+      // Subscribed in the same tick as the handler reads its backlog: no event falls between.
+      if (h.method === "runner.netEvents") this.#subscribed.set(client, h.id);
       try {
         reply({ result: await this.control(h.method, h.params ?? {}) });
       } catch (e) {
@@ -269,6 +283,7 @@ export class Relay {
   }
 
   #release(client: Client) {
+    this.#subscribed.delete(client);
     for (const id of client.execs) {
       this.#guest.write({ jsonrpc: "2.0", method: "$/cancel", params: { id } }).catch(() => {});
     }
