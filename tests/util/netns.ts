@@ -1,11 +1,11 @@
 /**
  * A test "internet" host: a network namespace this test process creates
  * and tears down, joined to the root namespace by a veth pair (host side
- * 203.0.113.1/24, namespace side 203.0.113.2/24, TEST-NET-3: public to
+ * 203.0.113.1/24, namespace side 203.0.113.2/24 and .3, TEST-NET-3: public to
  * netd's classifier, never a real network), with an HTTP and a DNS server
  * inside (tests/util/ns_servers.ts) whose DNS log a test reads.
  *
- * {@link LocalTargets} adds, in the root namespace, a dummy interface with
+ * {@link LocalTargets} adds, in the root namespace, an interface with
  * one address in each private range and the metadata address, so a test
  * can aim at them while all traffic stays on this machine.
  *
@@ -18,8 +18,10 @@ import { fileURLToPath } from "node:url";
 
 /** The host side of the veth pair (one of the host's own addresses: netd's `host` group). */
 export const HOST_SIDE = "203.0.113.1";
-/** The namespace side: the test internet host (public). */
+/** The namespace side: the test internet host (public; its DNS server listens here). */
 export const NS_HOST = "203.0.113.2";
+/** A second address of the namespace side (a second public host; HTTP listens on both). */
+export const NS_OTHER = "203.0.113.3";
 
 async function ip(...args: string[]): Promise<void> {
   const out = await new Deno.Command("ip", { args, stdout: "null", stderr: "piped" }).output();
@@ -72,6 +74,7 @@ export class TestInternet implements AsyncDisposable {
       await ip("addr", "add", `${HOST_SIDE}/24`, "dev", vethHost);
       await ip("link", "set", vethHost, "up");
       await ip("-n", ns, "addr", "add", `${NS_HOST}/24`, "dev", vethNs);
+      await ip("-n", ns, "addr", "add", `${NS_OTHER}/24`, "dev", vethNs);
       await ip("-n", ns, "link", "set", vethNs, "up");
       await ip("-n", ns, "link", "set", "lo", "up");
     } catch (e) {
@@ -144,12 +147,13 @@ export class TestInternet implements AsyncDisposable {
   }
 }
 
-/** Root-namespace addresses on a dummy interface: one per private range, and the metadata address. */
+/** Root-namespace addresses the test owns: one per private range, and the metadata address. */
 export const LOCAL_TARGETS = ["10.99.0.1", "172.16.99.1", "192.168.99.1", "169.254.169.254"] as const;
 
 /**
- * A dummy interface in the root namespace holding {@link LOCAL_TARGETS}
- * (traffic to them never leaves this machine), removed on dispose.
+ * {@link LOCAL_TARGETS} on a veth pair of its own in the root namespace
+ * (this kernel has no dummy links): they are local addresses, so traffic to
+ * them never leaves this machine. Removed on dispose.
  *
  * @example
  * ```ts
@@ -160,10 +164,10 @@ export const LOCAL_TARGETS = ["10.99.0.1", "172.16.99.1", "192.168.99.1", "169.2
 export class LocalTargets implements AsyncDisposable {
   private constructor(readonly link: string) {}
 
-  /** Adds the interface and its addresses. */
+  /** Adds the pair and the addresses. */
   static async create(): Promise<LocalTargets> {
-    const link = `kbx${Deno.pid % 100000}d`;
-    await ip("link", "add", link, "type", "dummy");
+    const link = `kbx${Deno.pid % 100000}a`;
+    await ip("link", "add", link, "type", "veth", "peer", "name", `kbx${Deno.pid % 100000}b`);
     try {
       for (const a of LOCAL_TARGETS) await ip("addr", "add", `${a}/32`, "dev", link);
       await ip("link", "set", link, "up");
@@ -174,7 +178,7 @@ export class LocalTargets implements AsyncDisposable {
     return new LocalTargets(link);
   }
 
-  /** Removes the interface. */
+  /** Removes the pair. */
   async [Symbol.asyncDispose](): Promise<void> {
     await ip("link", "del", this.link).catch(() => {});
   }

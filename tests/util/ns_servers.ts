@@ -3,7 +3,7 @@
  * by tests/util/netns.ts (`ip netns exec <ns> deno run -A ns_servers.ts
  * <address> <hosts json>`):
  *
- * - HTTP on `<address>:80`: `GET /` answers `hello from the test internet`,
+ * - HTTP on port 80 of every address of the namespace: `GET /` answers `hello from the test internet`,
  *   `GET /bytes/<n>` answers n bytes (the bench's download).
  * - DNS on `<address>:53` (UDP): A records from the hosts map, NXDOMAIN for
  *   any other name; every query it sees is printed as one JSON line
@@ -69,7 +69,7 @@ async function main(address: string, hosts: Record<string, string>): Promise<voi
   });
   await new Promise<void>((resolve) => dns.bind(53, address, resolve));
   const chunk = new Uint8Array(64 * 1024).fill(0x61);
-  Deno.serve({ hostname: address, port: 80, onListen: () => {} }, (req) => {
+  Deno.serve({ hostname: "0.0.0.0", port: 80, onListen: () => {} }, (req) => {
     const path = new URL(req.url).pathname;
     const m = /^\/bytes\/(\d+)$/.exec(path);
     if (m) {
