@@ -8,9 +8,9 @@
  * The "internet" is a network namespace the test creates (tests/util/netns.ts:
  * 203.0.113.0/24 only), plus a dummy interface in the root namespace holding
  * one address of each private range and the metadata address, so nothing
- * leaves this machine. Three VMs are booted: the default policy (shared by
- * the default, port, robustness and netd-death cases, in that order), a
- * domain allowlist with the `host` profile, and `disableNetwork()`.
+ * leaves this machine. Four VMs are booted: the default policy (shared by
+ * the default, port, robustness, host-profile-negative and, last, netd-death
+ * cases), a domain allowlist, the `host` profile, and `disableNetwork()`.
  */
 
 import dgram from "node:dgram";
@@ -375,67 +375,70 @@ Deno.test(
   },
 );
 
-Deno.test(
-  { name: "netd killed: the guest's connections and DNS fail (fail closed), the VM stays reachable", ignore },
-  async () => {
-    const w = await setup();
-    const [ok] = await attempts(w.pub, [[NS_HOST, 80]]);
-    assert(ok.rc === 0 && ok.hello, JSON.stringify(ok));
-    assertEquals((await runnerRequest<{ network: string }>("net-public", "runner.info")).network, "up");
-    const pid = netdPid("net-public");
-    assert(pid, "found the sandbox's netd");
-    Deno.kill(pid, "SIGKILL");
-    for (let i = 0; i < 50 && netdPid("net-public"); i++) await new Promise((r) => setTimeout(r, 100));
-    assertEquals((await runnerRequest<{ network: string }>("net-public", "runner.info")).network, "down");
-    const queries = w.inet.queries().length;
-    const [after] = await attempts(w.pub, [[NS_HOST, 80]]);
-    assert(after.rc !== 0 && !after.hello, JSON.stringify(after));
-    const dns = await w.pub.shell("timeout 5 nslookup ns.test");
-    assert(!dns.stdout.includes(NS_HOST), dns.stdout);
-    assertEquals(w.inet.queries().length, queries, "a query reached the upstream DNS server");
-    assertEquals((await w.pub.shell("echo alive")).stdout, "alive\n");
-  },
-);
+Deno.test({
+  name: "a domain allowlist: the allowed name works, others are NXDOMAIN unasked, rebinding refused",
+  ignore,
+}, async () => {
+  const w = await setup();
+  const sb = await Sandbox.builder("net-allow").image(await busyboxRoot()).memory(256)
+    .network((n) => n.policy("none").allow("allowed.test").allow("loop.test").dns({ upstream: [`${NS_HOST}:53`] }))
+    .create();
+  others.push(sb);
+  const names = await sb.shell("nslookup allowed.test; echo ---; nslookup other.test; echo ---; nslookup loop.test");
+  const [allowed, other, loop] = names.stdout.split("---\n");
+  assert(allowed.includes(NS_HOST), allowed);
+  assert(!other.includes(NS_OTHER) && /NXDOMAIN|can't find/i.test(other), other);
+  assert(!loop.includes("127.0.0.1"), `a rebinding answer reached the guest:\n${loop}`);
+  const queries = w.inet.queries();
+  assert(queries.includes("allowed.test") && queries.includes("loop.test"), "allowed names were resolved upstream");
+  assert(!queries.includes("other.test"), "a denied name reached the upstream DNS server");
+  // Host-side control: the other host serves.
+  assertEquals(await (await fetch(`http://${NS_OTHER}/`)).text(), HELLO);
+  const [viaName, otherIp, guestLoop] = await attempts(sb, [[NS_HOST, 80], [NS_OTHER, 80], ["127.0.0.1", w.port]]);
+  assert(viaName.rc === 0 && viaName.hello, `the allowed name's address: ${JSON.stringify(viaName)}`);
+  assert(otherIp.rc !== 0 && !otherIp.hello && otherIp.ms < 1000, `the denied host's IP: ${JSON.stringify(otherIp)}`);
+  assert(!guestLoop.hostOnly, "the guest's own 127.0.0.1 reached the host");
+  const events = await eventsUntil(
+    sb,
+    (s) =>
+      s.some((e) => e.reason === "rebinding") && s.some((e) => e.reason === "dns") &&
+      s.some((e) => e.action === "denied" && e.address === NS_OTHER),
+  );
+  assert(
+    events.some((e) => e.reason === "dns" && e.name === "other.test" && e.action === "denied"),
+    "no dns denial event",
+  );
+  assert(events.some((e) => e.reason === "rebinding" && e.name === "loop.test"), "no rebinding event");
+  assert(events.some((e) => e.action === "denied" && e.address === NS_OTHER), "no denial event for the other host");
+});
 
 Deno.test(
-  { name: "a domain allowlist with the host profile: names, rebinding, host.krunbox.internal", ignore },
+  { name: "the host profile: host.krunbox.internal reaches a host loopback service only when allowed", ignore },
   async () => {
     const w = await setup();
-    const sb = await Sandbox.builder("net-allow").image(await busyboxRoot()).memory(256)
-      .network((n) => n.policy("host").allow("allowed.test").allow("loop.test").dns({ upstream: [`${NS_HOST}:53`] }))
-      .create();
-    others.push(sb);
-    const names = await sb.shell(
-      "nslookup allowed.test; echo ---; nslookup other.test; echo ---; nslookup loop.test; echo ---; nslookup host.krunbox.internal",
-    );
-    const [allowed, other, loop, host] = names.stdout.split("---\n");
-    assert(allowed.includes(NS_HOST), allowed);
-    assert(!other.includes(NS_OTHER) && /NXDOMAIN|can't find/i.test(other), other);
-    assert(!loop.includes("127.0.0.1"), `a rebinding answer reached the guest:\n${loop}`);
-    assert(host.includes("10.0.2.254"), host);
-    const queries = w.inet.queries();
-    assert(queries.includes("allowed.test"), "the allowed name was resolved upstream");
-    assert(!queries.includes("other.test"), "a denied name reached the upstream DNS server");
-    // Host-side control: the other host serves.
-    assertEquals(await (await fetch(`http://${NS_OTHER}/`)).text(), HELLO);
-    const results = await attempts(sb, [[NS_HOST, 80], [NS_OTHER, 80], ["10.0.2.254", w.port], ["127.0.0.1", w.port]]);
-    const [viaName, otherIp, hostInternal, guestLoop] = results;
-    assert(viaName.rc === 0 && viaName.hello, `the allowed name's address: ${JSON.stringify(viaName)}`);
-    assert(otherIp.rc !== 0 && !otherIp.hello && otherIp.ms < 1000, `the denied host's IP: ${JSON.stringify(otherIp)}`);
-    assert(hostInternal.rc === 0 && hostInternal.hostOnly, `host.krunbox.internal: ${JSON.stringify(hostInternal)}`);
-    assert(!guestLoop.hostOnly, "the guest's own 127.0.0.1 reached the host");
-    const events = await eventsUntil(
-      sb,
-      (s) => s.some((e) => e.reason === "rebinding") && s.some((e) => e.reason === "dns"),
-    );
-    assert(
-      events.some((e) => e.reason === "dns" && e.name === "other.test" && e.action === "denied"),
-      "no dns denial event",
-    );
-    assert(
-      events.some((e) => e.reason === "rebinding" && e.name === "loop.test"),
-      "no rebinding event",
-    );
+    // Only on loopback: what slirp's 10.0.2.2 used to hand every guest.
+    const loopOnly = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    serveHostOnly(loopOnly).catch(() => {});
+    const port = (loopOnly.addr as Deno.NetAddr).port;
+    try {
+      const sb = await Sandbox.builder("net-host").image(await busyboxRoot()).memory(256)
+        .network((n) => n.policy("host")).create();
+      others.push(sb);
+      const name = await sb.shell("nslookup host.krunbox.internal");
+      assert(name.stdout.includes("10.0.2.254"), name.stdout);
+      const [allowed, gateway] = await attempts(sb, [["10.0.2.254", port], ["10.0.2.2", port]]);
+      assert(
+        allowed.rc === 0 && allowed.hostOnly,
+        `host.krunbox.internal with the host profile: ${JSON.stringify(allowed)}`,
+      );
+      assert(gateway.rc !== 0 && !gateway.hostOnly, `the gateway still refuses: ${JSON.stringify(gateway)}`);
+      // The same client without the host profile (the default VM): refused, with a positive control.
+      const [refused, control] = await attempts(w.pub, [["10.0.2.254", port], [NS_HOST, 80]]);
+      assert(control.rc === 0 && control.hello, JSON.stringify(control));
+      assert(refused.rc !== 0 && !refused.hostOnly && refused.ms < 1000, JSON.stringify(refused));
+    } finally {
+      loopOnly.close();
+    }
   },
 );
 
@@ -465,5 +468,27 @@ Deno.test(
     );
     assertEquals(err.field, "secrets");
     await assertRejects(() => Sandbox.get("net-secret"), NotFoundError);
+  },
+);
+
+Deno.test(
+  { name: "netd killed: the guest's connections and DNS fail (fail closed), the VM stays reachable", ignore },
+  async () => {
+    const w = await setup();
+    const [ok] = await attempts(w.pub, [[NS_HOST, 80]]);
+    assert(ok.rc === 0 && ok.hello, JSON.stringify(ok));
+    assertEquals((await runnerRequest<{ network: string }>("net-public", "runner.info")).network, "up");
+    const pid = netdPid("net-public");
+    assert(pid, "found the sandbox's netd");
+    Deno.kill(pid, "SIGKILL");
+    for (let i = 0; i < 50 && netdPid("net-public"); i++) await new Promise((r) => setTimeout(r, 100));
+    assertEquals((await runnerRequest<{ network: string }>("net-public", "runner.info")).network, "down");
+    const queries = w.inet.queries().length;
+    const [after] = await attempts(w.pub, [[NS_HOST, 80]]);
+    assert(after.rc !== 0 && !after.hello, JSON.stringify(after));
+    const dns = await w.pub.shell("timeout 5 nslookup ns.test");
+    assert(!dns.stdout.includes(NS_HOST), dns.stdout);
+    assertEquals(w.inet.queries().length, queries, "a query reached the upstream DNS server");
+    assertEquals((await w.pub.shell("echo alive")).stdout, "alive\n");
   },
 );
