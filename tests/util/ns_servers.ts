@@ -58,6 +58,46 @@ function answer(msg: Uint8Array, hosts: Record<string, string>): Uint8Array | un
   return out;
 }
 
+const CHUNK = new Uint8Array(64 * 1024).fill(0x61);
+
+/**
+ * One HTTP/1.0 exchange on a raw connection: read the request head, answer,
+ * close. (A raw server, because a client's half-close after its request,
+ * as busybox nc does, must not cut the answer short.)
+ */
+async function serveHttp(conn: Deno.Conn): Promise<void> {
+  try {
+    const buf = new Uint8Array(8192);
+    let head = "";
+    while (!head.includes("\r\n\r\n") && head.length < 8192) {
+      const n = await conn.read(buf);
+      if (n === null) break;
+      head += new TextDecoder().decode(buf.subarray(0, n));
+    }
+    const path = head.split(" ")[1] ?? "/";
+    const m = /^\/bytes\/(\d+)$/.exec(path);
+    const enc = new TextEncoder();
+    if (!m) {
+      await conn.write(enc.encode(`HTTP/1.0 200 OK\r\ncontent-length: ${HELLO.length}\r\n\r\n${HELLO}`));
+      return;
+    }
+    let left = Number(m[1]);
+    await conn.write(enc.encode(`HTTP/1.0 200 OK\r\ncontent-length: ${left}\r\n\r\n`));
+    while (left > 0) {
+      const n = Math.min(left, CHUNK.length);
+      let at = 0;
+      while (at < n) at += await conn.write(CHUNK.subarray(at, n));
+      left -= n;
+    }
+  } finally {
+    try {
+      conn.close();
+    } catch {
+      // closed
+    }
+  }
+}
+
 async function main(address: string, hosts: Record<string, string>): Promise<void> {
   const dns = dgram.createSocket("udp4");
   dns.on("message", (msg, rinfo) => {
@@ -68,24 +108,10 @@ async function main(address: string, hosts: Record<string, string>): Promise<voi
     if (reply) dns.send(reply, rinfo.port, rinfo.address);
   });
   await new Promise<void>((resolve) => dns.bind(53, address, resolve));
-  const chunk = new Uint8Array(64 * 1024).fill(0x61);
-  Deno.serve({ hostname: "0.0.0.0", port: 80, onListen: () => {} }, (req) => {
-    const path = new URL(req.url).pathname;
-    const m = /^\/bytes\/(\d+)$/.exec(path);
-    if (m) {
-      let left = Number(m[1]);
-      const body = new ReadableStream<Uint8Array>({
-        pull(c) {
-          if (left <= 0) return c.close();
-          const n = Math.min(left, chunk.length);
-          c.enqueue(chunk.subarray(0, n));
-          left -= n;
-        },
-      });
-      return new Response(body, { headers: { "content-length": m[1] } });
-    }
-    return new Response(HELLO);
-  });
+  const listener = Deno.listen({ hostname: "0.0.0.0", port: 80 });
+  (async () => {
+    for await (const conn of listener) serveHttp(conn).catch(() => {});
+  })();
   console.log(JSON.stringify({ ready: true }));
 }
 
