@@ -30,6 +30,7 @@ import {
   TestInternet,
 } from "../util/netns.ts";
 import { HELLO } from "../util/ns_servers.ts";
+import { buildGoProgram, UDP_ECHO_GO } from "../util/go_build.ts";
 
 const ignore = skipVmReason !== undefined || netnsSkipReason !== undefined;
 if (!skipVmReason && netnsSkipReason) console.log(`SKIPPING network tests: ${netnsSkipReason}`);
@@ -249,7 +250,8 @@ Deno.test(
   { name: "port and portUdp round-trip through netd; an ingress rule blocks a published port", ignore },
   async () => {
     const w = await setup();
-    const echo = await udpEcho();
+    // busybox nc has no UDP: a static echo server built with the Go toolchain netd needs.
+    const echo = await buildGoProgram("udpecho", UDP_ECHO_GO);
     await w.pub.fs().write("/udpecho", await Deno.readFile(echo));
     await w.pub.shell(
       "chmod +x /udpecho; (nc -ll -p 8000 -e echo tcp-hi >/dev/null 2>&1 &); " +
@@ -295,51 +297,6 @@ async function readFrom(port: number): Promise<string> {
     close();
   }
   return text;
-}
-
-/** A static UDP echo server for the busybox guest (its nc has no UDP), built with the Go toolchain netd needs. */
-async function udpEcho(): Promise<string> {
-  const dir = await Deno.makeTempDir({ prefix: "krunbox-udpecho-" });
-  await Deno.writeTextFile(join(dir, "go.mod"), "module udpecho\n\ngo 1.21\n");
-  await Deno.writeTextFile(
-    join(dir, "main.go"),
-    `package main
-
-import (
-	"net"
-	"os"
-)
-
-func main() {
-	c, err := net.ListenPacket("udp4", ":"+os.Args[1])
-	if err != nil {
-		panic(err)
-	}
-	buf := make([]byte, 65536)
-	for {
-		n, a, err := c.ReadFrom(buf)
-		if err != nil {
-			return
-		}
-		c.WriteTo(append([]byte("echo:"), buf[:n]...), a)
-	}
-}
-`,
-  );
-  let go = "go";
-  try {
-    await new Deno.Command("go", { args: ["version"], stdout: "null" }).output();
-  } catch {
-    go = "/usr/local/go/bin/go";
-  }
-  const out = await new Deno.Command(go, {
-    args: ["build", "-o", "udpecho", "."],
-    cwd: dir,
-    env: { CGO_ENABLED: "0", GOTOOLCHAIN: "local", GOFLAGS: "-buildvcs=false" },
-    stderr: "piped",
-  }).output();
-  assert(out.success, new TextDecoder().decode(out.stderr));
-  return join(dir, "udpecho");
 }
 
 Deno.test(
