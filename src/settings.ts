@@ -95,7 +95,7 @@ export const DEFAULTS = {
   netdReadyMs: 10_000,
   /** How long a `stats` request to netd may take. */
   netdStatsMs: 2_000,
-  /** How many recent network events the runner keeps for clients that connect later. */
+  /** How many recent network events the runner keeps for clients that connect later (and the most a slow client may have unwritten). */
   netEventRing: 1024,
   /** The longest secret value (it is substituted in HTTP headers). */
   secretMaxBytes: 16 * 1024,

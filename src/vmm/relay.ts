@@ -18,6 +18,7 @@
 
 import { type Frame, FrameDecoder, isDecodeError, type RpcMessage } from "../agent/frame.ts";
 import { FrameWriter } from "../agent/writer.ts";
+import { DEFAULTS } from "../settings.ts";
 import { closeQuietly } from "../util/close.ts";
 
 /** Handles `runner.*` requests. */
@@ -57,8 +58,8 @@ export class Relay {
   readonly #guest: FrameWriter;
   readonly #routes = new Map<number, Route>();
   readonly #clients = new Set<Client>();
-  /** Clients subscribed by `runner.netEvents`, with the id of that request. */
-  readonly #subscribed = new Map<Client, number>();
+  /** Clients subscribed by `runner.netEvents`: the id of that request, and how many notifications are unwritten. */
+  readonly #subscribed = new Map<Client, { ref: number; unwritten: number; dropped: number }>();
   #nextId = 1;
   #readyFrame: Frame | undefined;
   #draining = false;
@@ -118,10 +119,25 @@ export class Relay {
     });
   }
 
-  /** Sends a notification to every subscribed client (tagged `ref` = its subscribing request's id). */
+  /**
+   * Sends a notification to every subscribed client (tagged `ref` = its
+   * subscribing request's id). A client that does not read gets at most
+   * `DEFAULTS.netEventRing` unwritten notifications; later ones are dropped
+   * and counted (`dropped` in its next one), so a guest that makes events
+   * fast cannot grow the runner's memory through a slow client.
+   */
   publish(method: string, params: Record<string, unknown>): void {
-    for (const [client, ref] of this.#subscribed) {
-      client.writer.write({ jsonrpc: "2.0", method, params: { ...params, ref } }).catch(() => {});
+    for (const [client, sub] of this.#subscribed) {
+      if (sub.unwritten >= DEFAULTS.netEventRing) {
+        sub.dropped++;
+        continue;
+      }
+      sub.unwritten++;
+      const extra = sub.dropped > 0 ? { dropped: sub.dropped } : {};
+      sub.dropped = 0;
+      client.writer.write({ jsonrpc: "2.0", method, params: { ...params, ...extra, ref: sub.ref } })
+        .catch(() => {})
+        .finally(() => sub.unwritten--);
     }
   }
 
@@ -253,7 +269,7 @@ export class Relay {
     }
     if (h.method.startsWith("runner.")) {
       // Subscribed in the same tick as the handler reads its backlog: no event falls between.
-      if (h.method === "runner.netEvents") this.#subscribed.set(client, h.id);
+      if (h.method === "runner.netEvents") this.#subscribed.set(client, { ref: h.id, unwritten: 0, dropped: 0 });
       try {
         reply({ result: await this.control(h.method, h.params ?? {}) });
       } catch (e) {
