@@ -132,9 +132,31 @@ async function namedVolume(name: string): Promise<string> {
 }
 
 /**
+ * Refuses a config with secrets (fail closed): this version's netd does no
+ * TLS interception, so it could not keep a value to its hosts. Called
+ * before anything is pulled or booted.
+ *
+ * @example
+ * ```ts
+ * import { refuseSecrets } from "./spec.ts";
+ * import { parseConfig } from "./config.ts";
+ * refuseSecrets(parseConfig({ name: "a", image: { kind: "dir", path: "/" } })); // no secrets: fine
+ * ```
+ */
+export function refuseSecrets(config: SandboxConfig): void {
+  if (config.secrets.length > 0) {
+    throw new InvalidConfigError(
+      "secrets",
+      "secret substitution needs TLS interception, which this version of the network engine does not do; " +
+        "remove secret()/secretEnv() and pass the value another way",
+    );
+  }
+}
+
+/**
  * netd's configuration for a networked config (undefined without a
- * network). A config with secrets is refused (fail closed): this version's
- * netd does no TLS interception, so it could not keep a value to its hosts.
+ * network). It never holds a secret (it is written into `vm.json`):
+ * {@link refuseSecrets} keeps configs with secrets from booting.
  *
  * @example
  * ```ts
@@ -145,15 +167,8 @@ async function namedVolume(name: string): Promise<string> {
  * ```
  */
 export function netdOf(config: SandboxConfig, socket: string): NetdConfig | undefined {
-  if (config.secrets.length > 0) {
-    throw new InvalidConfigError(
-      "secrets",
-      "secret substitution needs TLS interception, which this version of the network engine does not do; " +
-        "remove secret()/secretEnv() and pass the value another way",
-    );
-  }
   if (config.network.mode !== "user") return undefined;
-  return compileNetd(config, undefined, { socket, hostname: guestHostname(config) });
+  return compileNetd({ ...config, secrets: [] }, undefined, { socket, hostname: guestHostname(config) });
 }
 
 /** The guest's hostname: the config's, else the name made a valid label. */
