@@ -22,6 +22,7 @@ import { vmSpecOf } from "../src/sandbox/spec.ts";
 import { assetDir, assetPath } from "../src/store/assets.ts";
 import { encodeCpio } from "../src/vmm/cpio.ts";
 import { qemuArgs, qemuBootConfig, qemuShares } from "../src/vmm/qemu.ts";
+import { probeHost } from "../src/vmm/detect.ts";
 import { buildGoProgram } from "../tests/util/go_build.ts";
 import { NS_HOST, TestInternet } from "../tests/util/netns.ts";
 
@@ -144,7 +145,8 @@ async function slirpGuest(root: string, benchDir: string): Promise<{ run: Run; c
     kernel: assetPath("kernel"),
     initrd,
     accel: "tcg",
-    tscKhz: undefined,
+    // The host TSC frequency: without it about one TCG boot in 8 hangs in TSC calibration.
+    tscKhz: (await probeHost()).tscKhz,
     agentSocket: vmSock,
     fsSockets,
     netSocket: join(dir, "unused.sock"),
@@ -158,7 +160,14 @@ async function slirpGuest(root: string, benchDir: string): Promise<{ run: Run; c
     stderr: "null",
   }).spawn();
   helpers.push(qemu);
-  const agent = await AgentClient.fromConn(await listener.accept(), { timeoutMs: 60_000 });
+  let agent: AgentClient;
+  try {
+    agent = await AgentClient.fromConn(await listener.accept(), { timeoutMs: 60_000 });
+  } catch (e) {
+    for (const h of helpers) h.kill("SIGKILL");
+    listener.close();
+    throw e;
+  }
   return {
     run: async (cmd, args) => (await runToCompletion(agent, { cmd, args })).stdout,
     close: async () => {
@@ -178,7 +187,10 @@ const root = await busyboxRoot();
 const probe = await buildGoProgram("netprobe", NETPROBE_GO);
 const benchDir = dirname(probe);
 const netd = await netdGuest(root, benchDir);
-const slirp = await slirpGuest(root, benchDir);
+const slirp = await slirpGuest(root, benchDir).catch(async (e) => {
+  await netd.close();
+  throw e;
+});
 const n: Figures[] = [];
 const s: Figures[] = [];
 try {
