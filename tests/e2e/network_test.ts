@@ -226,6 +226,9 @@ Deno.test(
     assertEquals(results.length, denied.length + 2, JSON.stringify(results));
     // Positive control, same client, same exec, before and after the refusals.
     for (const r of [results[0], results[results.length - 1]]) assert(r.rc === 0 && r.hello, JSON.stringify(r));
+    console.log(
+      `refusals (guest clock, 10 ms ticks): ${results.slice(1, -1).map((r) => `${r.address} ${r.ms} ms`).join(", ")}`,
+    );
     for (const r of results.slice(1, -1)) {
       assert(r.rc !== 0 && !r.hostOnly, `reached ${r.address}: ${JSON.stringify(r)}`);
       assert(r.ms < 1000, `refusing ${r.address} took ${r.ms} ms`);
