@@ -76,6 +76,7 @@ export {
 export { type DnsConfig, NetworkBuilder, type Profile, type RuleArg, type TlsConfig } from "./src/net/policy.ts";
 export { SecretBuilder } from "./src/net/secrets.ts";
 export type { NetStats, NetworkAction, NetworkEvent, NetworkReason } from "./src/net/engine.ts";
+export type { NetworkEventsOptions } from "./src/sandbox/net_events.ts";
 export { type ExecEvent, type ExecOutput, ExecProcess, type ExitStatus as ExecExitStatus } from "./src/agent/exec.ts";
 export type { EntryKind, FsCallOptions, FsEntry, FsReadOptions, FsWriteOptions } from "./src/agent/fs.ts";
 export type { SandboxMetrics } from "./src/metrics/snapshot.ts";

@@ -36,7 +36,8 @@ async function krunbox(i: number): Promise<number> {
 async function plain(i: number): Promise<number> {
   const dir = await Deno.makeTempDir({ prefix: "plain-qemu-" });
   const config = parseConfig({ name: `plain-${i}`, image: { kind: "dir", path: root } });
-  const spec = { ...(await vmSpecOf(config, { kind: "dir", path: root })), dir };
+  // Without a NIC: a networked plain qemu would need netd (krunbox's side starts it, and pays for it).
+  const spec = { ...(await vmSpecOf(config, { kind: "dir", path: root })), dir, network: "none" as const };
   const modules = JSON.parse(await Deno.readTextFile(join(assetDir("kernel"), "modules.json"))).modules;
   const initrd = join(dir, "initrd.img");
   await Deno.copyFile(assetPath("initramfs"), initrd);

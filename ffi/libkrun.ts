@@ -21,6 +21,20 @@ export const KRUN_KERNEL_FORMAT = { raw: 0, elf: 1, peGz: 2, imageBz2: 3, imageG
 export const KRUN_FEATURE = { net: 0n, blk: 1n, gpu: 2n, snd: 3n, input: 4n, efi: 5n, tee: 6n, initBlob: 11n } as const;
 /** `krun_add_vsock` TSI hijack flags. */
 export const KRUN_TSI = { hijackInet: 1, hijackUnix: 2 } as const;
+/**
+ * `krun_add_net_*` virtio-net feature bits (`KRUN_NET_FEATURE_*`). krunbox
+ * passes none: netd's stack takes plain, checksummed frames.
+ */
+export const KRUN_NET_FEATURE = {
+  csum: 1 << 0,
+  guestCsum: 1 << 1,
+  guestTso4: 1 << 7,
+  guestUfo: 1 << 10,
+  hostTso4: 1 << 11,
+  hostUfo: 1 << 14,
+} as const;
+/** The length of the MAC address `krun_add_net_*` reads from `c_mac`. */
+export const KRUN_MAC_BYTES = 6;
 /** The tag of the root virtiofs device (`KRUN_FS_ROOT_TAG`). */
 export const KRUN_FS_ROOT_TAG = "/dev/root";
 
@@ -143,6 +157,23 @@ export const LIBKRUN_SYMBOLS = {
   // int32_t krun_add_vsock(uint32_t ctx_id, uint32_t tsi_features)
   krun_add_vsock: {
     parameters: ["u32", /* uint32_t ctx_id */ "u32" /* uint32_t tsi_features */],
+    result: "i32",
+    optional: true,
+  },
+  // int32_t krun_add_net_unixstream(uint32_t ctx_id, const char *c_path, int fd, uint8_t *const c_mac,
+  //                                 uint32_t features, uint32_t flags)
+  // A virtio-net device whose backend is a unix stream of 4-byte big-endian length-prefixed frames
+  // (QEMU's stream netdev framing). `c_path` and `fd` exclude each other (fd -1 to connect to c_path).
+  // Adding one disables TSI; krun_set_port_map then fails with -ENOTSUP.
+  krun_add_net_unixstream: {
+    parameters: [
+      "u32", /* uint32_t ctx_id */
+      "buffer", /* const char *c_path (nullable) */
+      "i32", /* int fd */
+      "buffer", /* uint8_t *const c_mac (6 bytes) */
+      "u32", /* uint32_t features (KRUN_NET_FEATURE_*) */
+      "u32", /* uint32_t flags */
+    ],
     result: "i32",
     optional: true,
   },

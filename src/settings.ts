@@ -167,6 +167,12 @@ export const DEFAULTS = {
   netTlsPorts: [443] as readonly number[],
   /** The longest line netd may write on stdout (a longer one is discarded as a protocol error). */
   netdLineMaxBytes: 64 * 1024,
+  /** How long the runner waits for netd's `ready` line before the boot fails. */
+  netdReadyMs: 10_000,
+  /** How long a `stats` request to netd may take. */
+  netdStatsMs: 2_000,
+  /** How many recent network events the runner keeps for clients that connect later (and the most a slow client may have unwritten). */
+  netEventRing: 1024,
   /** The longest secret value (it is substituted in HTTP headers). */
   secretMaxBytes: 16 * 1024,
   /** The most secrets a sandbox can have. */

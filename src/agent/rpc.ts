@@ -108,7 +108,21 @@ export type RunnerInfo = {
   backend: string;
   attached: boolean;
   runningExecs: number;
+  /** `none` (no network device), `up` (netd serving it) or `down` (netd gone: no traffic at all). */
+  network?: "none" | "up" | "down";
 };
+
+/** netd's counters as the runner relays them (`runner.netStats`); null without a network. */
+export type RunnerNetStats = {
+  rxBytes: number;
+  txBytes: number;
+  /** Guest flows open now. */
+  connections: number;
+  /** Guest flows since start. */
+  flows: number;
+  /** Events netd could not write (rate limit overflow, full queue). */
+  eventsDropped?: number;
+} | null;
 
 /** Every request a host sends: to the agent, and `runner.*` to the runner's relay. */
 export const METHODS = {
@@ -153,6 +167,10 @@ export const METHODS = {
   "runner.kill": { params: {} as Empty, result: {} as { status: string }, deadline: "control" },
   "runner.drain": { params: {} as Empty, result: {} as { status: string }, deadline: "control" },
   "runner.detach": { params: {} as Empty, result: {} as { detached: boolean }, deadline: "control" },
+  /** netd's counters (`stats` line) for metrics. */
+  "runner.netStats": { params: {} as Empty, result: {} as { stats: RunnerNetStats }, deadline: "control" },
+  /** The recent network events, then one `runner.netEvent` notification per new one, tagged with this id. */
+  "runner.netEvents": { params: {} as Empty, result: {} as { events: unknown[] }, deadline: "control" },
 } as const satisfies Record<string, MethodSpec>;
 
 /** A request method. */
@@ -191,6 +209,8 @@ export const NOTIFICATIONS = {
   "exec.ack": {} as { ref: number; bytes: number },
   /** host → agent: cancel a request (kills an exec, abandons a queued fs call). */
   "$/cancel": {} as { id: number },
+  /** runner → client: one network decision of netd (checked again by the reader). */
+  "runner.netEvent": {} as { event: Record<string, unknown> },
 } as const satisfies Record<string, Record<string, unknown>>;
 
 /** A notification method. */

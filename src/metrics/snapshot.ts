@@ -1,7 +1,9 @@
 /**
  * Metrics snapshots: host-side figures of the VMM process (CPU time → CPU
- * percent per vCPU, RSS) joined with the agent's guest figures (memory,
- * disk and network counters, uptime).
+ * percent per vCPU, RSS) and of the network engine (netd's byte counters,
+ * through the runner's `runner.netStats`: the guest cannot inflate or hide
+ * them) joined with the agent's guest figures (memory, disk counters,
+ * uptime).
  *
  * @module
  */
@@ -22,9 +24,9 @@ export interface SandboxMetrics {
   readonly diskReadBytes: number;
   /** Bytes written to the guest's virtio disks. */
   readonly diskWriteBytes: number;
-  /** Bytes received on the guest's network interfaces (all but `lo`). */
+  /** Ethernet bytes the network engine delivered to the guest (host-counted; 0 without a network). */
   readonly netRxBytes: number;
-  /** Bytes sent on the guest's network interfaces (all but `lo`). */
+  /** Ethernet bytes the guest sent to the network engine (host-counted; 0 without a network). */
   readonly netTxBytes: number;
   /** When the sample was taken (host clock). */
   readonly timestamp: Date;
@@ -84,9 +86,11 @@ export async function sampleMetrics(
     base = await processUsage(vmmPid);
     await new Promise((r) => setTimeout(r, 50));
   }
-  const [guest, usage] = await Promise.all([
+  const [guest, usage, net] = await Promise.all([
     agent.request("metrics", {}).then((r) => r.result),
     processUsage(vmmPid),
+    agent.request("runner.netStats", {})
+      .then((r) => r.result.stats),
   ]);
   const wallSeconds = Math.max((usage.at - base.at) / 1000, 1e-3);
   const cpuPercent = Math.max(0, Math.min(100 * cpus, ((usage.cpuSeconds - base.cpuSeconds) / wallSeconds) * 100));
@@ -99,8 +103,8 @@ export async function sampleMetrics(
       hostRssBytes: usage.rssBytes,
       diskReadBytes: guest.diskReadBytes,
       diskWriteBytes: guest.diskWriteBytes,
-      netRxBytes: guest.netRxBytes,
-      netTxBytes: guest.netTxBytes,
+      netRxBytes: net?.rxBytes ?? 0,
+      netTxBytes: net?.txBytes ?? 0,
       timestamp: new Date(),
       uptimeMs: guest.uptimeMs,
     },

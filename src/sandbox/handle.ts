@@ -7,6 +7,8 @@
  */
 
 import { AgentClient } from "../agent/client.ts";
+import type { NetworkEvent } from "../net/engine.ts";
+import { type NetworkEventsOptions, networkEventStream } from "./net_events.ts";
 import { NotRunningError } from "../errors.ts";
 import { sampleMetrics, type SandboxMetrics } from "../metrics/snapshot.ts";
 import type { SandboxRow } from "../store/db.ts";
@@ -100,6 +102,22 @@ export class SandboxHandle {
     const info = await agent.request("runner.info", {});
     const cfg = this.config();
     return (await sampleMetrics(agent, info.result.vmmPid, cfg.cpus, cfg.memoryMib, undefined)).metrics;
+  }
+
+  /**
+   * The network engine's decisions, like `Sandbox.networkEvents()`, over a
+   * connection of its own (closed when the iteration ends).
+   *
+   * @example
+   * ```ts
+   * import { Sandbox } from "@krunbox/krunbox";
+   * const h = await Sandbox.get("job-1");
+   * for await (const e of h.networkEvents()) if (e.action === "denied") console.log(e.address, e.port);
+   * ```
+   */
+  async *networkEvents(options: NetworkEventsOptions = {}): AsyncGenerator<NetworkEvent, void, undefined> {
+    await using agent = await this.#connectAgent();
+    yield* networkEventStream(agent, options);
   }
 
   async #connectAgent(): Promise<AgentClient> {

@@ -32,7 +32,7 @@ import type { RunnerEvent } from "../vmm/runner.ts";
 import { logTail } from "../util/logs.ts";
 import { DEFAULTS, settings } from "../settings.ts";
 import { parseConfig, type SandboxConfig } from "./config.ts";
-import { prepareRoot, vmSpecOf, withImageDefaults } from "./spec.ts";
+import { prepareRoot, refuseSecrets, vmSpecOf, withImageDefaults } from "./spec.ts";
 import { deleteState, isLive, pathsOf, reconcile, requireRow, withNameLock } from "./state.ts";
 import { secretValues } from "../net/secrets.ts";
 
@@ -129,6 +129,8 @@ interface BootPlan {
 async function boot(store: Store, requested: SandboxConfig, plan: BootPlan): Promise<Booted> {
   const name = requested.name;
   const paths = pathsOf(name);
+  // Refused before any pull or disk work.
+  refuseSecrets(requested);
   const { root, image } = await prepareRoot(store, requested, paths, plan.pull);
   const config = plan.fresh && image ? withImageDefaults(requested, image.config) : requested;
   const spec = await vmSpecOf(config, root);

@@ -17,6 +17,8 @@ import type { SandboxConfig } from "./config.ts";
 import type { Launched } from "./launch.ts";
 import { reconcile, removeSandbox, requireRow } from "./state.ts";
 import { SandboxFs } from "./fs.ts";
+import { type NetworkEventsOptions, networkEventStream } from "./net_events.ts";
+import type { NetworkEvent } from "../net/engine.ts";
 import { SandboxBuilder } from "./builder.ts";
 import { getSandbox, listSandboxes, type SandboxHandle, startSandbox } from "./handle.ts";
 
@@ -226,6 +228,26 @@ export class Sandbox implements AsyncDisposable {
   /** Samples every `intervalMs` until the sandbox stops, the loop breaks or `signal` aborts. */
   metricsStream(intervalMs: number, options: { signal?: AbortSignal } = {}): AsyncIterable<SandboxMetrics> {
     return metricsStream(() => this.metrics(), intervalMs, { signal: options.signal, closed: this.#agent.closed });
+  }
+
+  /**
+   * The network engine's decisions (allowed, denied, secret substituted or
+   * blocked): the recent ones the runner kept, then each new one, until the
+   * sandbox stops, the loop breaks or `signal` aborts.
+   *
+   * @example
+   * ```ts
+   * import { Sandbox } from "@krunbox/krunbox";
+   * await using sb = await Sandbox.builder("net").image("/srv/root").create();
+   * for await (const e of sb.networkEvents()) {
+   *   console.log(e.action, e.protocol, e.address, e.port, e.rule ?? e.reason);
+   *   if (e.action === "denied") break;
+   * }
+   * ```
+   */
+  networkEvents(options: NetworkEventsOptions = {}): AsyncIterable<NetworkEvent> {
+    if (this.#agent.isClosed) throw new NotRunningError(this.name, "stopped");
+    return networkEventStream(this.#agent, options);
   }
 
   /** Asks the guest to shut down in order (returns once it has stopped). */

@@ -18,6 +18,7 @@ import type { SandboxPaths, VmRoot, VmSpec } from "../vmm/backend.ts";
 import { chooseBackend, probeHost } from "../vmm/detect.ts";
 import { checkedPrograms, libkrunChecks, qemuChecks } from "../vmm/prereqs.ts";
 import { settings } from "../settings.ts";
+import { compileNetd, type NetdConfig } from "../net/engine.ts";
 import { parseConfig, type SandboxConfig } from "./config.ts";
 import { SCRIPTS_DIR } from "./patches.ts";
 import { pathsOf } from "./state.ts";
@@ -137,6 +138,51 @@ async function namedVolume(name: string): Promise<string> {
 }
 
 /**
+ * Refuses a config with secrets (fail closed): this version's netd does no
+ * TLS interception, so it could not keep a value to its hosts. Called
+ * before anything is pulled or booted.
+ *
+ * @example
+ * ```ts
+ * import { refuseSecrets } from "./spec.ts";
+ * import { parseConfig } from "./config.ts";
+ * refuseSecrets(parseConfig({ name: "a", image: { kind: "dir", path: "/" } })); // no secrets: fine
+ * ```
+ */
+export function refuseSecrets(config: SandboxConfig): void {
+  if (config.secrets.length > 0) {
+    throw new InvalidConfigError(
+      "secrets",
+      "secret substitution needs TLS interception, which this version of the network engine does not do; " +
+        "remove secret()/secretEnv() and pass the value another way",
+    );
+  }
+}
+
+/**
+ * netd's configuration for a networked config (undefined without a
+ * network). It never holds a secret (it is written into `vm.json`):
+ * {@link refuseSecrets} keeps configs with secrets from booting.
+ *
+ * @example
+ * ```ts
+ * import { netdOf } from "./spec.ts";
+ * import { parseConfig } from "./config.ts";
+ * const cfg = netdOf(parseConfig({ name: "a", image: { kind: "dir", path: "/" } }), "/s/a/net/net.sock");
+ * console.log(cfg?.policy.rules.map((r) => r.id)); // ["allow@public"]
+ * ```
+ */
+export function netdOf(config: SandboxConfig, socket: string): NetdConfig | undefined {
+  if (config.network.mode !== "user") return undefined;
+  return compileNetd({ ...config, secrets: [] }, undefined, { socket, hostname: guestHostname(config) });
+}
+
+/** The guest's hostname: the config's, else the name made a valid label. */
+function guestHostname(config: SandboxConfig): string {
+  return config.hostname ?? config.name.replace(/[^a-zA-Z0-9-]/g, "-").slice(0, 63);
+}
+
+/**
  * Builds the VM spec of a config (resolving the backend and checking the
  * programs it needs, so a missing one fails here with the doctor's words).
  *
@@ -172,8 +218,9 @@ export async function vmSpecOf(config: SandboxConfig, root: VmRoot): Promise<VmS
     ).then((s) => s.flat()),
     ports: config.ports,
     network: config.network.mode,
+    netd: netdOf(config, paths.netSocket),
     boot: {
-      hostname: config.hostname ?? config.name.replace(/[^a-zA-Z0-9-]/g, "-").slice(0, 63),
+      hostname: guestHostname(config),
       env: { PATH: GUEST_PATH, HOME: "/root", ...config.env },
       workdir: config.workdir ?? "/",
       rlimits: { nofile: 1048576 },

@@ -8,6 +8,7 @@
  * @module
  */
 
+import type { NetdConfig } from "../net/engine.ts";
 import type { BackendKind } from "./detect.ts";
 
 /** The root filesystem as the VM sees it. */
@@ -48,9 +49,15 @@ export interface VmSpec {
   readonly dir: string;
   readonly root: VmRoot;
   readonly shares: readonly VmShare[];
-  /** Published ports (network mode `user` only). */
+  /** Published ports (network mode `user` only; netd listens for them, see {@link VmSpec.netd}). */
   readonly ports: readonly { readonly host: number; readonly guest: number; readonly protocol: "tcp" | "udp" }[];
   readonly network: "none" | "user";
+  /**
+   * netd's configuration line (netd/PROTOCOL.md) for a networked sandbox:
+   * the runner starts netd with it before the VMM. Never holds a secret
+   * value (a sandbox with secrets is refused before a spec is made).
+   */
+  readonly netd?: NetdConfig;
   /** The agent's boot config (agent/PROTOCOL.md, "Boot config"), minus what the backend adds. */
   readonly boot: Record<string, unknown>;
   /** Give up when the agent is not ready after this long. */
@@ -89,6 +96,10 @@ export interface SandboxPaths {
   readonly initrd: string;
   /** libkrun: the virtiofs root of a guest whose real root is on disks. */
   readonly trampoline: string;
+  /** netd's 0700 directory. */
+  readonly netDir: string;
+  /** netd's frame socket: the VMM's virtio-net backend connects here (per boot). */
+  readonly netSocket: string;
   /** qemu: the vhost-user socket of the virtiofsd serving share `tag` (per boot). */
   fsSocket(tag: string): string;
 }
@@ -115,6 +126,8 @@ export function sandboxPaths(dir: string): SandboxPaths {
     vmSocket: `${dir}/vm.sock`,
     initrd: `${dir}/initrd.img`,
     trampoline: `${dir}/trampoline`,
+    netDir: `${dir}/net`,
+    netSocket: `${dir}/net/net.sock`,
     fsSocket: (tag) => `${dir}/fs-${tag.replaceAll("/", "_")}.sock`,
   };
 }

@@ -9,6 +9,7 @@
  * @module
  */
 
+import { NET_PLAN } from "../net/engine.ts";
 import type { VmRoot, VmSpec } from "./backend.ts";
 
 /** The virtiofs tag of a directory root (qemu serves it through virtiofsd). */
@@ -47,6 +48,17 @@ export interface GuestNetwork {
   readonly gateway: string;
   readonly dns: readonly string[];
 }
+
+/**
+ * The guest's interface on both backends: a static address on the link to
+ * netd (no DHCP), netd's gateway and its DNS address.
+ */
+export const GUEST_NET: GuestNetwork = Object.freeze({
+  iface: "eth0",
+  address: `${NET_PLAN.guestIp}/${NET_PLAN.prefix}`,
+  gateway: NET_PLAN.gateway,
+  dns: Object.freeze([NET_PLAN.dnsAddress]),
+});
 
 /** The boot config as the agent reads it: the spec's own entries plus these. */
 export interface BootConfig {

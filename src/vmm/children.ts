@@ -1,5 +1,5 @@
 /**
- * The host processes of one VM besides the runner (qemu, virtiofsd): each
+ * The host processes of one VM besides the runner (qemu, virtiofsd, netd): each
  * starts under `setpriv --pdeathsig KILL`, so the kernel kills it when the
  * runner dies, however it dies (a SIGKILLed runner must not leave an
  * unmanaged VM). Deno spawns from the main thread, so the "parent" whose
@@ -49,6 +49,22 @@ export class ChildGroup implements Disposable {
     }).spawn();
     this.#children.push(child);
     if (stdout === "log") this.#toLog(child.stdout);
+    this.#toLog(child.stderr);
+    return child;
+  }
+
+  /**
+   * Starts `program` tied to the runner with its stdin and stdout as pipes
+   * for the caller (a control channel: netd); its stderr goes to the log.
+   */
+  spawnPiped(program: string, args: readonly string[]): Deno.ChildProcess {
+    const child = new Deno.Command(SETPRIV, {
+      args: [...TIE_TO_RUNNER, program, ...args],
+      stdin: "piped",
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    this.#children.push(child);
     this.#toLog(child.stderr);
     return child;
   }

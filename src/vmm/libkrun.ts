@@ -19,13 +19,17 @@
  * - Agent channel: the agent connects out on vsock port 1024, which libkrun
  *   maps to the runner's listening unix socket (guest-initiated, avoiding the
  *   stall of a first host-to-guest connection, libkrun issue 684).
- * - Network: TSI with the port map, or no vsock networking at all.
+ * - Network: never TSI (the vsock device carries only the agent's port). A
+ *   networked sandbox gets one virtio-net device whose backend is netd's
+ *   frame socket (`krun_add_net_unixstream`, no offloads); the agent
+ *   configures eth0 statically, as on qemu. Published ports (TCP and UDP)
+ *   are netd's listeners.
  *
  * @module
  */
 
 import { CStrings } from "../../ffi/cstring.ts";
-import { checkKrun, KRUN_DISK_FORMAT, KRUN_FS_ROOT_TAG, KRUN_LOG_LEVEL, KRUN_TSI } from "../../ffi/libkrun.ts";
+import { checkKrun, KRUN_DISK_FORMAT, KRUN_FS_ROOT_TAG, KRUN_LOG_LEVEL, KRUN_MAC_BYTES } from "../../ffi/libkrun.ts";
 import { type Libkrun, loadLibkrun, loadLibkrunfw } from "../../ffi/load.ts";
 import { BackendUnavailableError } from "../errors.ts";
 import { assetPath } from "../store/assets.ts";
@@ -38,7 +42,8 @@ import {
   type VmLogLevel,
   type VmSpec,
 } from "./backend.ts";
-import { type BootConfig, bootConfig, rootDisks } from "./boot_config.ts";
+import { NET_PLAN } from "../net/engine.ts";
+import { type BootConfig, bootConfig, GUEST_NET, rootDisks } from "./boot_config.ts";
 import { acceptAgent, listenFresh } from "./channel.ts";
 
 /** The vsock port the agent connects to. */
@@ -50,8 +55,8 @@ const DIR_LOWER_TAG = "lower";
 /**
  * The agent's boot config for a libkrun guest: the shared one
  * ({@link bootConfig}); its kernel has the drivers built in, a directory
- * root is already the virtiofs root, the agent connects out on vsock, and
- * TSI carries the guest's sockets (no interface to configure).
+ * root is already the virtiofs root, the agent connects out on vsock, and a
+ * networked guest configures eth0 (netd's link) statically.
  *
  * @example
  * ```ts
@@ -68,7 +73,7 @@ export function libkrunBootConfig(spec: VmSpec): BootConfig {
     dirRoot: { kind: "initramfs" },
     dirLowerTag: DIR_LOWER_TAG,
     transport: { kind: "vsock-connect", port: AGENT_VSOCK_PORT },
-    network: null,
+    network: spec.network === "user" ? GUEST_NET : null,
   });
 }
 
@@ -120,7 +125,8 @@ export async function configureContext(spec: VmSpec, vmSock: string, arena: CStr
     await setRoot(c, spec, paths);
     await addInit(c, spec);
     addShares(c, spec);
-    addVsock(c, spec, vmSock);
+    addVsock(c, vmSock);
+    if (spec.network === "user") addNet(c, spec, paths);
     const setConsole = required(k.krun_set_console_output, "krun_set_console_output");
     checkKrun("krun_set_console_output", setConsole(c.id, arena.str(paths.consoleLog)));
     return c.id;
@@ -185,18 +191,39 @@ function addShares(c: Ctx, spec: VmSpec): void {
   }
 }
 
-/** One vsock device: TSI (with the port map) only for a networked sandbox, and the agent's port mapped to `vmSock`. */
-function addVsock(c: Ctx, spec: VmSpec, vmSock: string): void {
+/** One vsock device without TSI (no implicit one either), carrying only the agent's port mapped to `vmSock`. */
+function addVsock(c: Ctx, vmSock: string): void {
   const { k, id, arena } = c;
   checkKrun("krun_disable_implicit_vsock", required(k.krun_disable_implicit_vsock, "krun_disable_implicit_vsock")(id));
-  const tsi = spec.network === "user" ? KRUN_TSI.hijackInet : 0;
-  checkKrun("krun_add_vsock", required(k.krun_add_vsock, "krun_add_vsock")(id, tsi));
-  const tcp = spec.ports.filter((p) => p.protocol === "tcp").map((p) => `${p.host}:${p.guest}`);
-  if (spec.network === "user") checkKrun("krun_set_port_map", k.krun_set_port_map(id, arena.array(tcp)));
+  checkKrun("krun_add_vsock", required(k.krun_add_vsock, "krun_add_vsock")(id, 0));
   checkKrun(
     "krun_add_vsock_port2",
     required(k.krun_add_vsock_port2, "krun_add_vsock_port2")(id, AGENT_VSOCK_PORT, arena.str(vmSock), false),
   );
+}
+
+/** The guest's one network device: virtio-net to netd's frame socket, no offloads (features 0, flags 0). */
+function addNet(c: Ctx, spec: VmSpec, paths: SandboxPaths): void {
+  const add = required(c.k.krun_add_net_unixstream, "krun_add_net_unixstream");
+  const mac = macBytes(spec.netd?.guest.mac ?? NET_PLAN.mac);
+  checkKrun("krun_add_net_unixstream", add(c.id, c.arena.str(paths.netSocket), -1, c.arena.bytes(mac), 0, 0));
+}
+
+/**
+ * The 6 bytes of a MAC address in `aa:bb:cc:dd:ee:ff` form.
+ *
+ * @example
+ * ```ts
+ * import { macBytes } from "./libkrun.ts";
+ * console.log(macBytes("5a:94:ef:e4:0c:ee")); // Uint8Array [90, 148, 239, 228, 12, 238]
+ * ```
+ */
+export function macBytes(mac: string): Uint8Array {
+  const parts = mac.split(":").map((h) => parseInt(h, 16));
+  if (parts.length !== KRUN_MAC_BYTES || parts.some((b) => !(b >= 0 && b <= 255))) {
+    throw new TypeError(`${JSON.stringify(mac)} is not a MAC address`);
+  }
+  return Uint8Array.from(parts);
 }
 
 /**

@@ -26,7 +26,8 @@ import {
   type VmShare,
   type VmSpec,
 } from "./backend.ts";
-import { type BootConfig, bootConfig, ROOT_TAG, rootDisks } from "./boot_config.ts";
+import { NET_PLAN } from "../net/engine.ts";
+import { type BootConfig, bootConfig, GUEST_NET, ROOT_TAG, rootDisks } from "./boot_config.ts";
 import { acceptAgent, listenFresh } from "./channel.ts";
 import { ChildGroup } from "./children.ts";
 import { encodeCpio } from "./cpio.ts";
@@ -35,8 +36,23 @@ import { GUEST_MODULES, loadOrder, type ModuleIndex } from "./modules.ts";
 import { checkedPrograms, qemuChecks } from "./prereqs.ts";
 import { installShareFilter } from "./seccomp.ts";
 
-/** The guest address plan of qemu's user-mode network (slirp defaults). */
-export const USER_NET = { iface: "eth0", address: "10.0.2.15/24", gateway: "10.0.2.2", dns: ["10.0.2.3"] } as const;
+/**
+ * virtio-net without offloads: netd's stack sees plain, checksummed
+ * Ethernet frames of at most the MTU, as on libkrun (features 0).
+ */
+const NET_NO_OFFLOADS = [
+  "csum=off",
+  "guest_csum=off",
+  "guest_tso4=off",
+  "guest_tso6=off",
+  "guest_ecn=off",
+  "guest_ufo=off",
+  "host_tso4=off",
+  "host_tso6=off",
+  "host_ecn=off",
+  "host_ufo=off",
+  "mrg_rxbuf=off",
+].join(",");
 
 /** Inputs of {@link qemuArgs} that come from the host. */
 export interface QemuHost {
@@ -49,6 +65,8 @@ export interface QemuHost {
   readonly agentSocket: string;
   /** vhost-user sockets of virtiofsd, by share tag. */
   readonly fsSockets: Readonly<Record<string, string>>;
+  /** netd's frame socket, for a networked sandbox. */
+  readonly netSocket?: string;
 }
 
 /**
@@ -136,8 +154,14 @@ export function qemuArgs(spec: VmSpec, host: QemuHost): string[] {
     );
   }
   if (spec.network === "user") {
-    const fwd = spec.ports.map((p) => `,hostfwd=${p.protocol}:127.0.0.1:${p.host}-:${p.guest}`).join("");
-    args.push("-netdev", `user,id=n0${fwd}`, "-device", "virtio-net-device,netdev=n0");
+    // No slirp: frames go to netd, which decides every flow (published ports are its listeners).
+    if (!host.netSocket) throw new TypeError("a networked qemu guest needs netd's socket");
+    args.push(
+      "-netdev",
+      `stream,id=n0,server=off,addr.type=unix,addr.path=${host.netSocket}`,
+      "-device",
+      `virtio-net-device,netdev=n0,mac=${spec.netd?.guest.mac ?? NET_PLAN.mac},${NET_NO_OFFLOADS}`,
+    );
   }
   return args;
 }
@@ -145,7 +169,7 @@ export function qemuArgs(spec: VmSpec, host: QemuHost): string[] {
 /**
  * The agent's boot config for a qemu guest: the shared one
  * ({@link bootConfig}) with the modules to load, a directory root on
- * virtiofs, the virtio-serial port and qemu's user-mode network.
+ * virtiofs, the virtio-serial port and the static address plan netd serves.
  *
  * @example
  * ```ts
@@ -169,7 +193,7 @@ export function qemuBootConfig(
     dirRoot: { kind: "virtiofs", tag: ROOT_TAG },
     dirLowerTag: ROOT_TAG,
     transport: { kind: "virtio-port", name: "agent" },
-    network: spec.network === "user" ? USER_NET : null,
+    network: spec.network === "user" ? GUEST_NET : null,
   });
 }
 
@@ -224,6 +248,7 @@ export const qemuBackend: Backend = {
         tscKhz: host.tscKhz,
         agentSocket: paths.vmSocket,
         fsSockets,
+        netSocket: spec.network === "user" ? paths.netSocket : undefined,
       });
       const vmm = await startQemu(children, programs["qemu-system-x86_64"], args, paths);
       const bootFiles = [paths.vmSocket, paths.initrd, ...Object.values(fsSockets).flatMap((s) => [s, `${s}.pid`])];

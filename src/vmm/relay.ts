@@ -5,6 +5,9 @@
  * `id` of `$/cancel`). A client that disconnects has its processes killed and
  * its file handles closed in the guest. Requests whose method starts with
  * `runner.` are answered by the runner itself (stop, kill, drain, info).
+ * A `runner.netEvents` request also subscribes its client: every later
+ * {@link Relay.publish}ed notification reaches it tagged `ref` = that
+ * request's id, until the client disconnects.
  *
  * Writes to clients are queued, not awaited, so one slow client never stalls
  * the guest stream; each client's queue is capped in bytes
@@ -90,6 +93,8 @@ export class Relay {
   readonly #guest: FrameWriter;
   readonly #routes = new Map<number, Route>();
   readonly #clients = new Set<Client>();
+  /** Clients subscribed by `runner.netEvents`: the id of that request, and how many notifications are unwritten. */
+  readonly #subscribed = new Map<Client, { ref: number; unwritten: number; dropped: number }>();
   #nextId = 1;
   #readyFrame: Frame | undefined;
   #draining = false;
@@ -201,6 +206,28 @@ export class Relay {
         reject(e);
       });
     });
+  }
+
+  /**
+   * Sends a notification to every subscribed client (tagged `ref` = its
+   * subscribing request's id). A client that does not read gets at most
+   * `DEFAULTS.netEventRing` unwritten notifications; later ones are dropped
+   * and counted (`dropped` in its next one), so a guest that makes events
+   * fast cannot grow the runner's memory through a slow client.
+   */
+  publish(method: string, params: Record<string, unknown>): void {
+    for (const [client, sub] of this.#subscribed) {
+      if (sub.unwritten >= DEFAULTS.netEventRing) {
+        sub.dropped++;
+        continue;
+      }
+      sub.unwritten++;
+      const extra = sub.dropped > 0 ? { dropped: sub.dropped } : {};
+      sub.dropped = 0;
+      client.writer.write({ jsonrpc: "2.0", method, params: { ...params, ...extra, ref: sub.ref } })
+        .catch(() => {})
+        .finally(() => sub.unwritten--);
+    }
   }
 
   /** Accepts clients until the listener closes. */
@@ -336,6 +363,8 @@ export class Relay {
       return;
     }
     if (h.method.startsWith("runner.")) {
+      // Subscribed in the same tick as the handler reads its backlog: no event falls between.
+      if (h.method === "runner.netEvents") this.#subscribed.set(client, { ref: h.id, unwritten: 0, dropped: 0 });
       try {
         reply({ result: await this.control(h.method, h.params ?? {}) });
       } catch (e) {
@@ -378,6 +407,7 @@ export class Relay {
   }
 
   #release(client: Client) {
+    this.#subscribed.delete(client);
     for (const id of client.execs) {
       this.#guest.write({ jsonrpc: "2.0", method: "$/cancel", params: { id } }).catch(() => {});
     }

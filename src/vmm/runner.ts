@@ -12,6 +12,14 @@
  * - Attached: EOF on stdin (the owner exited or dropped the sandbox, however
  *   it died) means orderly shutdown, then kill after a grace period.
  * - Enforces `maxDurationSecs` and `idleTimeoutSecs` host-side.
+ * - A networked sandbox's engine (`netd`, {@link NetEngine}) starts before
+ *   the VMM and must say `ready` first; its decisions are relayed to
+ *   `runner.netEvents` subscribers and its counters answer
+ *   `runner.netStats`. If netd dies while the VM runs, the VM keeps running
+ *   without a network (its virtio-net backend has no peer any more: fail
+ *   closed), and `runner.info` reports `network: "down"`. The VM is not
+ *   killed for it: the guest's work and files stay reachable over the
+ *   agent channel, which does not go through netd.
  *
  * The {@link Runner} class holds one VM's state; its status moves
  * starting (`creating`) → `running` → `draining` → `stopped`, or to
@@ -38,6 +46,7 @@ import { closeQuietly } from "../util/close.ts";
 import { logTail } from "../util/logs.ts";
 import { type SandboxPaths, sandboxPaths, type Vm, type VmExit, type VmSpec } from "./backend.ts";
 import { listenFresh } from "./channel.ts";
+import { NetEngine } from "./netd.ts";
 import { qemuBackend } from "./qemu.ts";
 import { Relay } from "./relay.ts";
 
@@ -87,6 +96,7 @@ export class Runner {
   readonly #bootAbort = new AbortController();
   #vm?: Vm;
   #relay?: Relay;
+  #net?: NetEngine;
   #finished?: Promise<void>;
 
   /** A runner for `spec`; `attached` when an owner holds its stdin. */
@@ -111,6 +121,7 @@ export class Runner {
     // The terminal status is written before any client hears that the VM is gone.
     this.#finished = vm.exited.then((exit) => this.#exited(exit));
     const relay = this.#relay = new Relay(vm.agent, (method, params) => this.#control(method, params));
+    this.#net?.onEvent((e) => relay.publish("runner.netEvent", { event: e as unknown as Record<string, unknown> }));
     const listener = await listenFresh(this.paths.agentSocket);
     try {
       const ready = await this.#awaitReady(vm, relay);
@@ -188,6 +199,7 @@ export class Runner {
   /** any → stopped (an orderly end) or crashed: the VM is gone. */
   async #exited(exit: VmExit): Promise<void> {
     for (const t of this.#timers) clearTimeout(t);
+    this.#net?.kill();
     await Deno.remove(this.paths.agentSocket).catch(() => {});
     if (this.#bootFailed) return this.#log("exited: the boot failed");
     if (this.#orderly) this.#enter("stopped", this.#stopReason ?? "stopped");
@@ -214,8 +226,10 @@ export class Runner {
   async #boot(): Promise<Vm | undefined> {
     try {
       const backend = this.spec.backend === "qemu" ? qemuBackend : (await import("./libkrun.ts")).libkrunBackend;
+      if (this.spec.netd) this.#net = await this.#startNet(this.spec.netd);
       return this.#vm = await backend.boot(this.spec, this.#bootAbort.signal);
     } catch (e) {
+      this.#net?.kill();
       const err = e instanceof KrunboxError ? e : new BackendUnavailableError(
         this.spec.backend,
         String((e as Error).message ?? e),
@@ -226,6 +240,18 @@ export class Runner {
       this.#log(`boot failed: ${err.message}`);
       return undefined;
     }
+  }
+
+  /** Starts netd; its death while the VM lives turns the network off (logged), never the VM's traffic loose. */
+  async #startNet(config: NonNullable<VmSpec["netd"]>): Promise<NetEngine> {
+    const net = await NetEngine.start(this.spec.backend, config, this.paths);
+    this.#log(`netd ${net.version} ready (pid ${net.pid})`);
+    net.exited.then((s) => {
+      if (this.#vm && this.#status !== "stopped" && this.#status !== "crashed" && !this.#orderly) {
+        this.#log(`netd exited (code ${s.code}, signal ${s.signal}): the sandbox has no network from now on`);
+      }
+    });
+    return net;
   }
 
   /** The agent's ready, or undefined (the VM killed, the failure told) when the VM exits or the boot times out. */
@@ -288,7 +314,13 @@ export class Runner {
           backend: this.spec.backend,
           attached: this.#attached,
           runningExecs: this.#relay!.runningExecs,
+          network: !this.#net ? "none" : this.#net.running ? "up" : "down",
         };
+      case "runner.netEvents":
+        // The relay subscribed the caller; this is the backlog.
+        return { events: this.#net?.recent() ?? [] };
+      case "runner.netStats":
+        return { stats: this.#net ? await this.#net.stats() : null };
       case "runner.stop":
         await this.stop("stopped by request", typeof params.graceMs === "number" ? params.graceMs : undefined);
         await this.#finished;

@@ -2,8 +2,10 @@
  * libkrun end to end, here: these machines have no hardware virtualization,
  * but an L1 VM under QEMU TCG (`-cpu max`, emulated SVM) with kvm-amd loaded
  * has a working /dev/kvm. This test boots that nested host with krunbox's
- * qemu backend, serves it an OCI image from a registry on 127.0.0.1 (the L1
- * reaches it as 10.0.2.2), runs tests/nested/libkrun_suite.ts inside it and
+ * qemu backend, serves it an OCI image from a registry on 127.0.0.1 (the L1,
+ * with the host profile, reaches it as host.krunbox.internal, 10.0.2.254),
+ * and a test internet host in a network namespace (tests/util/netns.ts) for
+ * the suite's network cases, runs tests/nested/libkrun_suite.ts inside it and
  * reports the suite's results here.
  *
  * It also checks the other side: on this host, a forced libkrun boot ends as
@@ -20,6 +22,9 @@ import { probeHost } from "../../src/vmm/detect.ts";
 import { KrunboxError, Sandbox } from "../../mod.ts";
 import { missingLibkrun, missingLibkrunfw, need, required } from "../util/require.ts";
 import { denoCounts } from "../../scripts/test_summary.ts";
+import { netnsSkipReason, NS_HOST, NS_OTHER, TestInternet } from "../util/netns.ts";
+import { buildGoProgram, UDP_ECHO_GO } from "../util/go_build.ts";
+import { dirname } from "node:path";
 
 const host = await probeHost();
 // Each missing part is named on its own (under CI each is a failing test); the nested suite needs them all.
@@ -64,7 +69,16 @@ Deno.test({ name: "libkrun in the nested test host: the suite passes", ignore: r
     await Deno.writeTextFile(`${rootfs}/etc/replaced`, "new\n");
   }]);
   const port = registry.host.split(":")[1];
-  await using l1 = await bootNestedHost("nested-host");
+  // The suite's network cases: an internet host the L2 reaches through two netds (the L1's, then ours).
+  await using inet = netnsSkipReason ? undefined : await TestInternet.create({
+    "allowed.test": NS_HOST,
+    "other.test": NS_OTHER,
+  });
+  const udpecho = await buildGoProgram("udpecho", UDP_ECHO_GO);
+  await using l1 = await bootNestedHost("nested-host", [{
+    guestPath: "/opt/krunbox-udpecho",
+    hostPath: dirname(udpecho),
+  }]);
   const suite = await l1.execStream(`${L1.denoDir}/deno`, {
     args: ["test", "-A", "--no-check", "--no-lock", "tests/nested/libkrun_suite.ts"],
     cwd: L1.project,
@@ -73,7 +87,9 @@ Deno.test({ name: "libkrun in the nested test host: the suite passes", ignore: r
       DENO_DIR: `${L1.home}/deno`,
       HOME: "/root",
       NO_COLOR: "1",
-      KRUNBOX_NESTED_IMAGE: `10.0.2.2:${port}/nested/busybox:1`,
+      KRUNBOX_NESTED_IMAGE: `10.0.2.254:${port}/nested/busybox:1`,
+      KRUNBOX_NESTED_UDPECHO: "/opt/krunbox-udpecho/udpecho",
+      ...(inet ? { KRUNBOX_NESTED_INET: NS_HOST, KRUNBOX_NESTED_INET_OTHER: NS_OTHER } : {}),
       // Under CI nothing in the suite may skip either.
       ...(required ? { CI: "true" } : {}),
     },

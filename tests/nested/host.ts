@@ -52,6 +52,8 @@ export async function bootNestedHost(
   try {
     const project = fileURLToPath(new URL("../..", import.meta.url));
     let builder = Sandbox.builder(name).image(disk).cpus(2).memory(3072).backend("qemu").replace()
+      // The host profile: the L1 reaches the outer host's loopback services (a test registry) as host.krunbox.internal.
+      .network((n) => n.policy("public", "host"))
       .volume(L1.project, (v) => v.bind(project, { readonly: true }))
       .volume(L1.assets, (v) => v.bind(homeLayout().assets, { readonly: true }))
       .volume(L1.denoDir, (v) => v.bind(dirname(Deno.execPath()), { readonly: true }));

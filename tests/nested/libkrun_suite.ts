@@ -68,3 +68,102 @@ Deno.test({
   await sb.stopAndWait();
   await Sandbox.remove("krun-oci");
 });
+
+// --- network: netd through krun_add_net_unixstream (no TSI) -------------------
+
+const INET = Deno.env.get("KRUNBOX_NESTED_INET");
+const INET_OTHER = Deno.env.get("KRUNBOX_NESTED_INET_OTHER");
+const HTTP_GET = "printf 'GET / HTTP/1.0\\r\\n\\r\\n'";
+
+Deno.test(
+  { name: "libkrun network, default policy: the internet host, not the host's loopback", ignore: !INET },
+  async () => {
+    // A service on the L1's own loopback: what TSI used to hand every guest.
+    const secret = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    (async () => {
+      for await (const c of secret) c.write(new TextEncoder().encode("host-only\n")).finally(() => c.close());
+    })().catch(() => {});
+    const port = (secret.addr as Deno.NetAddr).port;
+    try {
+      const sb = await Sandbox.builder("krun-net").image(await busyboxRoot()).backend("libkrun").memory(256).replace()
+        .create();
+      const out = await sb.shell(
+        `ip -o -4 addr show eth0; ${HTTP_GET} | timeout 10 nc ${INET} 80; echo "rc=$?"; ` +
+          `for a in 10.0.2.2 10.0.2.254 127.0.0.1; do timeout 5 nc $a ${port} </dev/null; echo "$a rc=$?"; done`,
+      );
+      assert(out.stdout.includes("10.0.2.15/24"), out.stdout);
+      assert(
+        out.stdout.includes("hello from the test internet") && out.stdout.includes("rc=0"),
+        out.stdout + out.stderr,
+      );
+      assert(!out.stdout.includes("host-only"), `the guest reached the host's loopback:\n${out.stdout}`);
+      const denied: string[] = [];
+      for await (const e of sb.networkEvents({ signal: AbortSignal.timeout(5000) })) {
+        if (e.action === "denied" && e.port === port) denied.push(e.address);
+        if (denied.length >= 2) break;
+      }
+      assert(denied.includes("10.0.2.2") && denied.includes("10.0.2.254"), `denied events: ${denied}`);
+      await sb.stopAndWait();
+      await Sandbox.remove("krun-net");
+    } finally {
+      secret.close();
+    }
+  },
+);
+
+Deno.test({
+  name: "libkrun network, a domain allowlist: the name works, others NXDOMAIN, their IP refused",
+  ignore: !INET,
+}, async () => {
+  const sb = await Sandbox.builder("krun-allow").image(await busyboxRoot()).backend("libkrun").memory(256).replace()
+    .network((n) => n.policy("none").allow("allowed.test").dns({ upstream: [`${INET}:53`] })).create();
+  const out = await sb.shell(
+    `nslookup allowed.test; echo ---; nslookup other.test; echo ---; ` +
+      `${HTTP_GET} | timeout 10 nc ${INET} 80; echo "rc=$?"; echo ---; ${HTTP_GET} | timeout 5 nc ${INET_OTHER} 80; echo "rc=$?"`,
+  );
+  const [allowed, other, ok, refused] = out.stdout.split("---\n");
+  assert(allowed.includes(INET!), allowed);
+  assert(/NXDOMAIN|can't find/i.test(other) && !other.includes(INET_OTHER!), other);
+  assert(ok.includes("hello from the test internet") && ok.includes("rc=0"), ok);
+  assert(!refused.includes("hello") && !refused.includes("rc=0"), refused);
+  await sb.stopAndWait();
+  await Sandbox.remove("krun-allow");
+});
+
+Deno.test({
+  name: "libkrun network: port and portUdp through netd's listeners",
+  ignore: !Deno.env.get("KRUNBOX_NESTED_UDPECHO"),
+}, async () => {
+  const free = () => {
+    const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    const p = (l.addr as Deno.NetAddr).port;
+    l.close();
+    return p;
+  };
+  const [tcp, udp] = [free(), free()];
+  const sb = await Sandbox.builder("krun-ports").image(await busyboxRoot()).backend("libkrun").memory(256).replace()
+    .port(tcp, 8000).portUdp(udp, 9000).create();
+  await sb.fs().write("/udpecho", await Deno.readFile(Deno.env.get("KRUNBOX_NESTED_UDPECHO")!));
+  await sb.shell(
+    "chmod +x /udpecho; (nc -ll -p 8000 -e echo tcp-hi >/dev/null 2>&1 &); (/udpecho 9000 >/dev/null 2>&1 &); sleep 0.5",
+  );
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port: tcp });
+  const buf = new Uint8Array(64);
+  const n = await conn.read(buf);
+  conn.close();
+  assertEquals(new TextDecoder().decode(buf.subarray(0, n ?? 0)), "tcp-hi\n");
+  const { default: dgram } = await import("node:dgram");
+  const sock = dgram.createSocket("udp4");
+  const answer = await new Promise<string>((resolve) => {
+    const timer = setTimeout(() => resolve(""), 5000);
+    sock.on("message", (m) => {
+      clearTimeout(timer);
+      resolve(new TextDecoder().decode(m));
+    });
+    sock.send(new TextEncoder().encode("ping"), udp, "127.0.0.1");
+  });
+  sock.close();
+  assertEquals(answer, "echo:ping");
+  await sb.stopAndWait();
+  await Sandbox.remove("krun-ports");
+});

@@ -8,7 +8,8 @@ import { assert, assertEquals } from "../util/assert.ts";
 import { sandboxPaths, type VmRoot, type VmSpec } from "../../src/vmm/backend.ts";
 import { rootDisks } from "../../src/vmm/boot_config.ts";
 import { libkrunBootConfig } from "../../src/vmm/libkrun.ts";
-import { qemuArgs, qemuBootConfig, qemuShares, USER_NET } from "../../src/vmm/qemu.ts";
+import { qemuArgs, qemuBootConfig, qemuShares } from "../../src/vmm/qemu.ts";
+import { GUEST_NET } from "../../src/vmm/boot_config.ts";
 
 const ROOTS: Record<VmRoot["kind"], VmRoot> = {
   dir: { kind: "dir", path: "/roots/busybox" },
@@ -66,9 +67,27 @@ Deno.test("both backends give the same root and mounts; only modules, transport 
   assertEquals(qemuBootConfig(spec(ROOTS.disk), {}, []).root, { kind: "block", serial: "root", fstype: "ext4" });
   assertEquals(qemuBootConfig(spec(ROOTS.dir), {}, []).root, { kind: "virtiofs", tag: "root" });
   assertEquals(libkrunBootConfig(spec(ROOTS.dir)).root, { kind: "initramfs" });
-  assertEquals(qemuBootConfig(spec(ROOTS.dir, "user"), {}, []).network, USER_NET);
+  assertEquals(qemuBootConfig(spec(ROOTS.dir, "user"), {}, []).network, GUEST_NET);
   assertEquals(qemuBootConfig(spec(ROOTS.dir), {}, []).network, null);
-  assertEquals(libkrunBootConfig(spec(ROOTS.dir, "user")).network, null); // TSI: no interface
+  // No TSI: the libkrun guest configures the same static eth0 on netd's link.
+  assertEquals(libkrunBootConfig(spec(ROOTS.dir, "user")).network, GUEST_NET);
+  assertEquals(libkrunBootConfig(spec(ROOTS.dir)).network, null);
+  assertEquals(GUEST_NET, { iface: "eth0", address: "10.0.2.15/24", gateway: "10.0.2.2", dns: ["10.0.2.3"] });
+});
+
+Deno.test("qemu's network is a stream netdev to netd's socket, never slirp, without offloads", () => {
+  const host = { kernel: "/k", initrd: "/i", accel: "tcg" as const, tscKhz: undefined, agentSocket: "/s/vm.sock" };
+  const spec1 = { ...spec(ROOTS.dir, "user"), ports: [{ host: 8080, guest: 80, protocol: "tcp" as const }] };
+  const args = qemuArgs(spec1, { ...host, fsSockets: {}, netSocket: "/s/net/net.sock" });
+  const line = args.join(" ");
+  assert(!line.includes("user,") && !line.includes("hostfwd"), line);
+  assertEquals(args[args.indexOf("-netdev") + 1], "stream,id=n0,server=off,addr.type=unix,addr.path=/s/net/net.sock");
+  const dev = args.find((a) => a.startsWith("virtio-net-device,"))!;
+  for (const f of ["csum=off", "guest_csum=off", "guest_tso4=off", "host_tso4=off", "mac=5a:94:ef:e4:0c:ee"]) {
+    assert(dev.split(",").includes(f), dev);
+  }
+  assert(!qemuArgs(spec(ROOTS.dir), { ...host, fsSockets: {} }).includes("-netdev"));
+  assertEquals(sandboxPaths("/s").netSocket, "/s/net/net.sock");
 });
 
 Deno.test("a root's disks: the lower read-only, the upper and a disk image writable, as qemu attaches them", () => {

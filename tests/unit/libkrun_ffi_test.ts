@@ -7,6 +7,7 @@
  * (tests/util/require.ts).
  */
 
+import { macBytes } from "../../src/vmm/libkrun.ts";
 import { assert, assertEquals, assertThrows } from "../util/assert.ts";
 import { libkrunCandidates, LIBKRUNFW_SONAME, loadLibkrun, loadLibkrunfw } from "../../ffi/load.ts";
 import { cstr, CStrings } from "../../ffi/cstring.ts";
@@ -116,8 +117,15 @@ Deno.test({ name: "libkrun: configuration calls return what the header promises"
   assertEquals(k.krun_has_feature!(KRUN_FEATURE.blk), 1);
   assertEquals(k.krun_has_feature!(99n), EINVAL);
   assert(k.krun_get_max_vcpus!() >= 1);
+  assertEquals(k.krun_has_feature!(KRUN_FEATURE.net), 1);
   assertEquals(k.krun_free_ctx(ctx), 0);
   assertEquals(k.krun_free_ctx(ctx), ENOENT);
+  // A unix-stream virtio-net device (netd's framing): accepted, and TSI's port map refused after it.
+  const net = checkKrun("krun_create_ctx", k.krun_create_ctx());
+  const mac = a.bytes(macBytes("5a:94:ef:e4:0c:ee"));
+  assertEquals(k.krun_add_net_unixstream!(net, a.str("/tmp/krunbox-test-net.sock"), -1, mac, 0, 0), 0);
+  assertEquals(k.krun_set_port_map(net, a.array(["8080:80"])), EINVAL);
+  assertEquals(k.krun_free_ctx(net), 0);
   const err = assertThrows(() => checkKrun("krun_set_vm_config", k.krun_set_vm_config(ctx, 1, 512)), LibkrunError);
   assert(err.message.includes("krun_set_vm_config"), err.message);
 });

@@ -1,0 +1,456 @@
+/**
+ * The network engine end to end, as the attacker, in real qemu VMs: a guest
+ * (root in its VM) tries to reach what the policy denies, and the test
+ * checks the host side (servers that must see nothing, the DNS server's
+ * log, netd's own counters), never the guest's word. Every refusal has a
+ * positive control from the same client in the same run.
+ *
+ * The "internet" is a network namespace the test creates (tests/util/netns.ts:
+ * 203.0.113.200/29 only), plus a dummy interface in the root namespace holding
+ * one address of each private range and the metadata address, so nothing
+ * leaves this machine. Four VMs are booted: the default policy (shared by
+ * the default, port, robustness, host-profile-negative and, last, netd-death
+ * cases), a domain allowlist, the `host` profile, and `disableNetwork()`.
+ */
+
+import dgram from "node:dgram";
+import { join } from "node:path";
+import { processesMentioning, sandboxDir, skipVmReason } from "../util/e2e.ts";
+import { assert, assertEquals, assertRejects } from "../util/assert.ts";
+import { busyboxRoot } from "../../scripts/roots.ts";
+import { AgentClient } from "../../src/agent/client.ts";
+import { InvalidConfigError, type NetworkEvent, NotFoundError, Sandbox } from "../../mod.ts";
+import {
+  HOST_SIDE,
+  LOCAL_TARGETS,
+  LocalTargets,
+  netnsSkipReason,
+  NS_HOST,
+  NS_OTHER,
+  TestInternet,
+} from "../util/netns.ts";
+import { HELLO } from "../util/ns_servers.ts";
+import { buildGoProgram, UDP_ECHO_GO } from "../util/go_build.ts";
+
+const ignore = skipVmReason !== undefined || netnsSkipReason !== undefined;
+if (!skipVmReason && netnsSkipReason) console.log(`SKIPPING network tests: ${netnsSkipReason}`);
+
+/** What the host-only server answers (it must never reach a guest under the default policy). */
+const HOST_ONLY = "host-only-service";
+const DNS_HOSTS = { "ns.test": NS_HOST, "allowed.test": NS_HOST, "other.test": NS_OTHER, "loop.test": "127.0.0.1" };
+
+interface World {
+  inet: TestInternet;
+  targets: LocalTargets;
+  hostServer: Deno.TcpListener;
+  /** The host-only server's port (on every host address, loopback included). */
+  port: number;
+  tcpPort: number;
+  tcpBlocked: number;
+  udpPort: number;
+  pub: Sandbox;
+}
+
+let world: World | undefined;
+const others: Sandbox[] = [];
+
+/** A free host port (taken and released). */
+async function freePort(transport: "tcp" | "udp" = "tcp"): Promise<number> {
+  if (transport === "udp") {
+    const sock = dgram.createSocket("udp4");
+    await new Promise<void>((r) => sock.bind(0, "127.0.0.1", r));
+    const port = sock.address().port;
+    await new Promise<void>((r) => sock.close(() => r()));
+    return port;
+  }
+  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (l.addr as Deno.NetAddr).port;
+  l.close();
+  return port;
+}
+
+/** Sends one datagram to 127.0.0.1:`port` and returns the first answer ("" after 5 s). */
+async function udpRoundTrip(port: number, text: string): Promise<string> {
+  const sock = dgram.createSocket("udp4");
+  try {
+    return await new Promise<string>((resolve) => {
+      const timer = setTimeout(() => resolve(""), 5_000);
+      sock.on("message", (msg) => {
+        clearTimeout(timer);
+        resolve(new TextDecoder().decode(msg));
+      });
+      sock.send(new TextEncoder().encode(text), port, "127.0.0.1");
+    });
+  } finally {
+    sock.close();
+  }
+}
+
+async function serveHostOnly(listener: Deno.TcpListener): Promise<void> {
+  for await (const conn of listener) {
+    conn.write(new TextEncoder().encode(`${HOST_ONLY}\n`)).catch(() => {}).finally(() => conn.close());
+  }
+}
+
+/** The shared world: the test internet, the local targets, a host-only server and the default-policy VM. */
+let settingUp: Promise<World> | undefined;
+function setup(): Promise<World> {
+  return settingUp ??= (async () => {
+    const inet = await TestInternet.create(DNS_HOSTS);
+    let targets: LocalTargets | undefined;
+    let hostServer: Deno.TcpListener | undefined;
+    try {
+      // Before any netd starts: netd reads the host's addresses at start.
+      targets = await LocalTargets.create();
+      hostServer = Deno.listen({ hostname: "0.0.0.0", port: 0 });
+      serveHostOnly(hostServer).catch(() => {});
+      const port = (hostServer.addr as Deno.NetAddr).port;
+      const [tcpPort, tcpBlocked, udpPort] = [await freePort(), await freePort(), await freePort("udp")];
+      const root = await busyboxRoot();
+      const pub = await Sandbox.builder("net-public").image(root).memory(256)
+        .port(tcpPort, 8000).port(tcpBlocked, 8001).portUdp(udpPort, 9000)
+        .network((n) => n.dns({ upstream: [`${NS_HOST}:53`] }).deny(`127.0.0.1:tcp:${tcpBlocked}:ingress`))
+        .create();
+      return world = { inet, targets, hostServer, port, tcpPort, tcpBlocked, udpPort, pub };
+    } catch (e) {
+      hostServer?.close();
+      await targets?.[Symbol.asyncDispose]();
+      await inet.close();
+      throw e;
+    }
+  })();
+}
+
+Deno.test.afterAll(async () => {
+  for (const s of others) await s[Symbol.asyncDispose]().catch(() => {});
+  if (!world) return;
+  await world.pub[Symbol.asyncDispose]().catch(() => {});
+  world.hostServer.close();
+  await world.targets[Symbol.asyncDispose]();
+  await world.inet.close();
+});
+
+/** One attempt from the guest: exit code, whether each server's answer came back, and how long it took (guest clock). */
+interface Attempt {
+  readonly address: string;
+  readonly port: number;
+  readonly rc: number;
+  readonly hello: boolean;
+  readonly hostOnly: boolean;
+  readonly ms: number;
+}
+
+/** Connects with busybox nc to each target in one exec, sending a hand-written HTTP request. */
+async function attempts(sb: Sandbox, targets: readonly (readonly [string, number])[]): Promise<Attempt[]> {
+  const script = targets.map(([a, p]) =>
+    `s=$(cut -d' ' -f1 /proc/uptime); out=$(printf 'GET / HTTP/1.0\\r\\n\\r\\n' | timeout 5 nc ${a} ${p} 2>&1); ` +
+    `rc=$?; e=$(cut -d' ' -f1 /proc/uptime); ` +
+    `echo "T ${a} ${p} $rc $s $e $(echo "$out" | grep -c '${HELLO.trim()}') $(echo "$out" | grep -c ${HOST_ONLY})"`
+  ).join("\n");
+  const out = await sb.shell(script);
+  return out.stdout.split("\n").filter((l) => l.startsWith("T ")).map((l) => {
+    const [, address, port, rc, s, e, hello, hostOnly] = l.split(" ");
+    return {
+      address,
+      port: Number(port),
+      rc: Number(rc),
+      hello: Number(hello) > 0,
+      hostOnly: Number(hostOnly) > 0,
+      ms: Math.round((Number(e) - Number(s)) * 1000),
+    };
+  });
+}
+
+/** Events from `sb.networkEvents()` until `done` says enough (or `ms` pass). */
+async function eventsUntil(
+  sb: Sandbox,
+  done: (seen: NetworkEvent[]) => boolean,
+  ms = 5_000,
+): Promise<NetworkEvent[]> {
+  const seen: NetworkEvent[] = [];
+  const signal = AbortSignal.timeout(ms);
+  for await (const e of sb.networkEvents({ signal })) {
+    seen.push(e);
+    if (done(seen)) break;
+  }
+  return seen;
+}
+
+/** The runner's answer to a `runner.*` request (what a host client sees). */
+async function runnerRequest<M extends "runner.info" | "runner.netStats">(name: string, method: M) {
+  await using agent = await AgentClient.connect(join(sandboxDir(name), "agent.sock"), { timeoutMs: 5_000 });
+  return (await agent.request(method, {})).result;
+}
+
+/** The pid of the sandbox's netd: a child of one of its processes (the runner) named netd. */
+function netdPid(name: string): number | undefined {
+  const parents = new Set(processesMentioning(sandboxDir(name)));
+  for (const e of Deno.readDirSync("/proc")) {
+    if (!/^\d+$/.test(e.name)) continue;
+    try {
+      const stat = Deno.readTextFileSync(`/proc/${e.name}/stat`);
+      const comm = stat.slice(stat.indexOf("(") + 1, stat.lastIndexOf(")"));
+      const ppid = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
+      if (comm === "netd" && parents.has(ppid)) return Number(e.name);
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return undefined;
+}
+
+Deno.test(
+  { name: "default policy: the test internet by IP and by name; nothing of the host, LAN or metadata", ignore },
+  async () => {
+    const w = await setup();
+    // Host-side control: a server answers on every address the guest will try.
+    for (const a of ["127.0.0.1", HOST_SIDE, ...LOCAL_TARGETS]) {
+      const c = await Deno.connect({ hostname: a, port: w.port });
+      const buf = new Uint8Array(64);
+      const n = await c.read(buf);
+      c.close();
+      assertEquals(new TextDecoder().decode(buf.subarray(0, n ?? 0)).trim(), HOST_ONLY, `host server on ${a}`);
+    }
+    const lookup = await w.pub.shell("nslookup ns.test");
+    assert(lookup.stdout.includes(NS_HOST), lookup.stdout + lookup.stderr);
+    assert(w.inet.queries().includes("ns.test"), "the upstream DNS server saw the allowed query");
+    const denied = [
+      "10.0.2.2", // the gateway: slirp's old road to the host's 127.0.0.1
+      "10.0.2.3", // the DNS address
+      "10.0.2.254", // host.krunbox.internal, without the host profile
+      "10.0.2.1", // an unused address of the guest subnet
+      HOST_SIDE, // one of the host's own interface addresses
+      ...LOCAL_TARGETS, // 10/8, 172.16/12, 192.168/16, 169.254.169.254
+    ];
+    const results = await attempts(w.pub, [[NS_HOST, 80], ...denied.map((a) => [a, w.port] as const), [NS_HOST, 80]]);
+    assertEquals(results.length, denied.length + 2, JSON.stringify(results));
+    // Positive control, same client, same exec, before and after the refusals.
+    for (const r of [results[0], results[results.length - 1]]) assert(r.rc === 0 && r.hello, JSON.stringify(r));
+    console.log(
+      `refusals (guest clock, 10 ms ticks): ${results.slice(1, -1).map((r) => `${r.address} ${r.ms} ms`).join(", ")}`,
+    );
+    for (const r of results.slice(1, -1)) {
+      assert(r.rc !== 0 && !r.hostOnly, `reached ${r.address}: ${JSON.stringify(r)}`);
+      assert(r.ms < 1000, `refusing ${r.address} took ${r.ms} ms`);
+    }
+    const events = await eventsUntil(
+      w.pub,
+      (seen) => denied.every((a) => seen.some((e) => e.action === "denied" && e.address === a && e.port === w.port)),
+    );
+    for (const a of denied) {
+      assert(
+        events.some((e) => e.action === "denied" && e.address === a && e.port === w.port),
+        `no denied event for ${a}`,
+      );
+    }
+    assert(events.some((e) => e.action === "allowed" && e.address === NS_HOST && e.port === 80), "an allowed event");
+    const ev = events.find((e) => e.address === NS_HOST)!;
+    assert(ev.timestamp instanceof Date && ev.protocol === "tcp" && ev.direction === "egress", JSON.stringify(ev));
+  },
+);
+
+Deno.test(
+  { name: "port and portUdp round-trip through netd; an ingress rule blocks a published port", ignore },
+  async () => {
+    const w = await setup();
+    // busybox nc has no UDP: a static echo server built with the Go toolchain netd needs.
+    const echo = await buildGoProgram("udpecho", UDP_ECHO_GO);
+    await w.pub.fs().write("/udpecho", await Deno.readFile(echo));
+    await w.pub.shell(
+      "chmod +x /udpecho; (nc -ll -p 8000 -e echo tcp-hi >/dev/null 2>&1 &); " +
+        "(nc -ll -p 8001 -e echo tcp-hi >/dev/null 2>&1 &); (/udpecho 9000 >/dev/null 2>&1 &); sleep 0.5",
+    );
+    // Guest-side control: both TCP servers answer inside the guest.
+    const inside = await w.pub.shell("nc 127.0.0.1 8000 </dev/null; nc 127.0.0.1 8001 </dev/null");
+    assertEquals(inside.stdout, "tcp-hi\ntcp-hi\n");
+    assertEquals(await readFrom(w.tcpPort), "tcp-hi\n");
+    assertEquals(await readFrom(w.tcpBlocked), "", "the ingress rule let a client through");
+    assertEquals(await udpRoundTrip(w.udpPort, "ping"), "echo:ping");
+    const events = await eventsUntil(w.pub, (s) => s.some((e) => e.direction === "ingress" && e.action === "denied"));
+    assert(events.some((e) => e.direction === "ingress" && e.action === "denied"), "no ingress denied event");
+  },
+);
+
+/** What a client of a published host port reads until EOF ("" when refused or reset). */
+async function readFrom(port: number): Promise<string> {
+  let conn: Deno.TcpConn;
+  try {
+    conn = await Deno.connect({ hostname: "127.0.0.1", port });
+  } catch {
+    return "";
+  }
+  let text = "";
+  const close = () => {
+    try {
+      conn.close();
+    } catch {
+      // closed
+    }
+  };
+  const timer = setTimeout(close, 5_000);
+  try {
+    const buf = new Uint8Array(256);
+    for (let n = await conn.read(buf); n !== null; n = await conn.read(buf)) {
+      text += new TextDecoder().decode(buf.subarray(0, n));
+    }
+  } catch {
+    // reset
+  } finally {
+    clearTimeout(timer);
+    close();
+  }
+  return text;
+}
+
+Deno.test(
+  { name: "1,000 short connections leave netd's table empty; metrics count netd's bytes", ignore },
+  async () => {
+    const w = await setup();
+    const before = await w.pub.metrics();
+    const out = await w.pub.shell(
+      `f=0; i=0; while [ $i -lt 1000 ]; do printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc ${NS_HOST} 80 >/dev/null || f=$((f+1)); ` +
+        `i=$((i+1)); done; echo fails=$f`,
+    );
+    assertEquals(out.stdout.trim(), "fails=0");
+    const netStats = async () => {
+      const { stats } = await runnerRequest("net-public", "runner.netStats");
+      assert(stats !== null, "a networked sandbox has netd's counters");
+      return stats;
+    };
+    let stats = await netStats();
+    for (let i = 0; i < 60 && stats.connections > 0; i++) {
+      await new Promise((r) => setTimeout(r, 500));
+      stats = await netStats();
+    }
+    assertEquals(stats.connections, 0, JSON.stringify(stats));
+    assert(stats.flows >= 1000, JSON.stringify(stats));
+    const after = await w.pub.metrics();
+    // Each exchange moves at least the HTTP answer (~150 bytes) to the guest.
+    assert(
+      after.netRxBytes - before.netRxBytes > 1000 * 150,
+      `netRxBytes moved by ${after.netRxBytes - before.netRxBytes}`,
+    );
+    assert(
+      after.netTxBytes - before.netTxBytes > 1000 * 40,
+      `netTxBytes moved by ${after.netTxBytes - before.netTxBytes}`,
+    );
+  },
+);
+
+Deno.test({
+  name: "a domain allowlist: the allowed name works, others are NXDOMAIN unasked, rebinding refused",
+  ignore,
+}, async () => {
+  const w = await setup();
+  const sb = await Sandbox.builder("net-allow").image(await busyboxRoot()).memory(256)
+    .network((n) => n.policy("none").allow("allowed.test").allow("loop.test").dns({ upstream: [`${NS_HOST}:53`] }))
+    .create();
+  others.push(sb);
+  const names = await sb.shell("nslookup allowed.test; echo ---; nslookup other.test; echo ---; nslookup loop.test");
+  const [allowed, other, loop] = names.stdout.split("---\n");
+  assert(allowed.includes(NS_HOST), allowed);
+  assert(!other.includes(NS_OTHER) && /NXDOMAIN|can't find/i.test(other), other);
+  assert(!loop.includes("127.0.0.1"), `a rebinding answer reached the guest:\n${loop}`);
+  const queries = w.inet.queries();
+  assert(queries.includes("allowed.test") && queries.includes("loop.test"), "allowed names were resolved upstream");
+  assert(!queries.includes("other.test"), "a denied name reached the upstream DNS server");
+  // Host-side control: the other host serves.
+  assertEquals(await (await fetch(`http://${NS_OTHER}/`)).text(), HELLO);
+  const [viaName, otherIp, guestLoop] = await attempts(sb, [[NS_HOST, 80], [NS_OTHER, 80], ["127.0.0.1", w.port]]);
+  assert(viaName.rc === 0 && viaName.hello, `the allowed name's address: ${JSON.stringify(viaName)}`);
+  assert(otherIp.rc !== 0 && !otherIp.hello && otherIp.ms < 1000, `the denied host's IP: ${JSON.stringify(otherIp)}`);
+  assert(!guestLoop.hostOnly, "the guest's own 127.0.0.1 reached the host");
+  const events = await eventsUntil(
+    sb,
+    (s) =>
+      s.some((e) => e.reason === "rebinding") && s.some((e) => e.reason === "dns") &&
+      s.some((e) => e.action === "denied" && e.address === NS_OTHER),
+  );
+  assert(
+    events.some((e) => e.reason === "dns" && e.name === "other.test" && e.action === "denied"),
+    "no dns denial event",
+  );
+  assert(events.some((e) => e.reason === "rebinding" && e.name === "loop.test"), "no rebinding event");
+  assert(events.some((e) => e.action === "denied" && e.address === NS_OTHER), "no denial event for the other host");
+});
+
+Deno.test(
+  { name: "the host profile: host.krunbox.internal reaches a host loopback service only when allowed", ignore },
+  async () => {
+    const w = await setup();
+    // Only on loopback: what slirp's 10.0.2.2 used to hand every guest.
+    const loopOnly = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    serveHostOnly(loopOnly).catch(() => {});
+    const port = (loopOnly.addr as Deno.NetAddr).port;
+    try {
+      const sb = await Sandbox.builder("net-host").image(await busyboxRoot()).memory(256)
+        .network((n) => n.policy("host")).create();
+      others.push(sb);
+      const name = await sb.shell("nslookup host.krunbox.internal");
+      assert(name.stdout.includes("10.0.2.254"), name.stdout);
+      const [allowed, gateway] = await attempts(sb, [["10.0.2.254", port], ["10.0.2.2", port]]);
+      assert(
+        allowed.rc === 0 && allowed.hostOnly,
+        `host.krunbox.internal with the host profile: ${JSON.stringify(allowed)}`,
+      );
+      assert(gateway.rc !== 0 && !gateway.hostOnly, `the gateway still refuses: ${JSON.stringify(gateway)}`);
+      // The same client without the host profile (the default VM): refused, with a positive control.
+      const [refused, control] = await attempts(w.pub, [["10.0.2.254", port], [NS_HOST, 80]]);
+      assert(control.rc === 0 && control.hello, JSON.stringify(control));
+      assert(refused.rc !== 0 && !refused.hostOnly && refused.ms < 1000, JSON.stringify(refused));
+    } finally {
+      loopOnly.close();
+    }
+  },
+);
+
+Deno.test({ name: "disableNetwork(): only lo in the guest, connect and DNS fail, no netd", ignore }, async () => {
+  const w = await setup();
+  const sb = await Sandbox.builder("net-none").image(await busyboxRoot()).memory(256).disableNetwork().create();
+  others.push(sb);
+  const links = await sb.shell("ip -o link | cut -d: -f2 | tr -d ' '");
+  assertEquals(links.stdout.trim().split("\n"), ["lo"]);
+  const queries = w.inet.queries().length;
+  const [r] = await attempts(sb, [[NS_HOST, 80]]);
+  assert(r.rc !== 0 && !r.hello, JSON.stringify(r));
+  const dns = await sb.shell("timeout 5 nslookup ns.test");
+  assert(!dns.stdout.includes(NS_HOST), dns.stdout);
+  assertEquals(w.inet.queries().length, queries);
+  assertEquals(netdPid("net-none"), undefined);
+  assertEquals((await runnerRequest("net-none", "runner.info")).network, "none");
+});
+
+Deno.test(
+  { name: "a sandbox with secrets is refused (this netd intercepts no TLS), leaving nothing", ignore },
+  async () => {
+    const root = await busyboxRoot();
+    const err = await assertRejects(
+      () => Sandbox.builder("net-secret").image(root).secretEnv("API_KEY", "sk-test-123", "api.example.com").create(),
+      InvalidConfigError,
+    );
+    assertEquals(err.field, "secrets");
+    await assertRejects(() => Sandbox.get("net-secret"), NotFoundError);
+  },
+);
+
+Deno.test(
+  { name: "netd killed: the guest's connections and DNS fail (fail closed), the VM stays reachable", ignore },
+  async () => {
+    const w = await setup();
+    const [ok] = await attempts(w.pub, [[NS_HOST, 80]]);
+    assert(ok.rc === 0 && ok.hello, JSON.stringify(ok));
+    assertEquals((await runnerRequest("net-public", "runner.info")).network, "up");
+    const pid = netdPid("net-public");
+    assert(pid, "found the sandbox's netd");
+    Deno.kill(pid, "SIGKILL");
+    for (let i = 0; i < 50 && netdPid("net-public"); i++) await new Promise((r) => setTimeout(r, 100));
+    assertEquals((await runnerRequest("net-public", "runner.info")).network, "down");
+    const queries = w.inet.queries().length;
+    const [after] = await attempts(w.pub, [[NS_HOST, 80]]);
+    assert(after.rc !== 0 && !after.hello, JSON.stringify(after));
+    const dns = await w.pub.shell("timeout 5 nslookup ns.test");
+    assert(!dns.stdout.includes(NS_HOST), dns.stdout);
+    assertEquals(w.inet.queries().length, queries, "a query reached the upstream DNS server");
+    assertEquals((await w.pub.shell("echo alive")).stdout, "alive\n");
+  },
+);

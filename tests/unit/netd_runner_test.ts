@@ -1,0 +1,68 @@
+/**
+ * The runner's side of netd with the real engine (the provisioned `netd`
+ * asset), no VM: it starts, says ready, answers stats, refuses a bad
+ * configuration with netd's own words, and dies when told to.
+ */
+
+import { assert, assertEquals, assertRejects } from "../util/assert.ts";
+import { compileNetd } from "../../src/net/engine.ts";
+import { parseNetwork } from "../../src/net/policy.ts";
+import { BackendUnavailableError } from "../../src/errors.ts";
+import { assetVersion } from "../../src/store/assets.ts";
+import { sandboxPaths } from "../../src/vmm/backend.ts";
+import { NetEngine } from "../../src/vmm/netd.ts";
+
+const ignore = !(await assetVersion("netd"));
+if (ignore) console.log("SKIPPING netd runner tests: the netd asset is not provisioned (`./dev setup`)");
+
+async function place() {
+  const dir = await Deno.makeTempDir({ prefix: "krunbox-netd-unit-" });
+  const paths = sandboxPaths(dir);
+  const config = compileNetd(
+    { name: "unit", network: parseNetwork({ mode: "user" }), ports: [], secrets: [] },
+    undefined,
+    { socket: paths.netSocket, hostname: "unit" },
+  );
+  return { dir, paths, config };
+}
+
+Deno.test({ name: "netd: starts, listens in a 0700 directory, answers stats, exits when killed", ignore }, async () => {
+  const { dir, paths, config } = await place();
+  try {
+    using net = await NetEngine.start("qemu", config, paths);
+    assert(net.running && net.version.length > 0, net.version);
+    assertEquals((await Deno.stat(paths.netDir)).mode! & 0o777, 0o700);
+    assert((await Deno.stat(paths.netSocket)).isSocket);
+    assertEquals(await net.stats(), { rxBytes: 0, txBytes: 0, connections: 0, flows: 0 });
+    assertEquals(net.recent(), []);
+    net.kill();
+    const status = await net.exited;
+    assertEquals(status.signal, "SIGKILL");
+    assertEquals(net.running, false);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test({ name: "netd: a configuration it refuses fails the start with its words, typed", ignore }, async () => {
+  const { dir, paths, config } = await place();
+  try {
+    const bad = {
+      ...config,
+      secrets: [{
+        ...config.secrets[0],
+        env: "K",
+        placeholder: "p",
+        value: "v",
+        hosts: ["a.example"],
+        patterns: [],
+        inBody: false,
+        inQuery: false,
+      }],
+    };
+    const err = await assertRejects(() => NetEngine.start("qemu", bad, paths), BackendUnavailableError);
+    assert(/netd exited at start \(code 2\)/.test(err.message), err.message);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
