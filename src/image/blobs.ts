@@ -130,7 +130,8 @@ function stallGuard(ms: number, what: string) {
  * the consumer gives up: its input is then errored and chunks are dropped.
  *
  * @example
- * ```ts
+ * ```ts ignore
+ * // Needs a registry; tests/e2e/pull_test.ts streams every layer through it.
  * import { streamBlob } from "./blobs.ts";
  * import { RegistryClient } from "./registry.ts";
  * import { parseReference } from "./reference.ts";
