@@ -117,7 +117,8 @@ export class SandboxHandle {
  * and `start()` return.
  *
  * @example
- * ```ts
+ * ```ts ignore
+ * // Needs a stored sandbox, which needs a VM; tests/e2e/api_lifecycle_test.ts looks sandboxes up the same way.
  * import { Sandbox } from "@krunbox/krunbox";
  * import { getSandbox } from "./handle.ts";
  * console.log((await getSandbox("job-1", Sandbox)).status);
@@ -149,7 +150,8 @@ export async function listSandboxes(sandbox: typeof Sandbox): Promise<SandboxHan
  * Boots a stopped sandbox from its persisted config, as an instance of `sandbox`.
  *
  * @example
- * ```ts
+ * ```ts ignore
+ * // Needs a VM; tests/e2e/api_lifecycle_test.ts ("start a stopped sandbox: …") starts one the same way.
  * import { Sandbox } from "@krunbox/krunbox";
  * import { startSandbox } from "./handle.ts";
  * const sb = await startSandbox("job-1", false, Sandbox);

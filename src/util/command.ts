@@ -32,7 +32,9 @@ export interface RunResult {
  * @example
  * ```ts
  * import { CommandError } from "./command.ts";
- * throw new CommandError("mkfs.ext4 -q x", 1, "mkfs.ext4: No such file");
+ * const e = new CommandError("mkfs.ext4 -q x", 1, "mkfs.ext4: No such file");
+ * console.log(e.code, e.exitCode); // BACKEND_UNAVAILABLE 1
+ * if (!e.message.startsWith("`mkfs.ext4 -q x` exited with 1")) throw new Error(e.message);
  * ```
  */
 export class CommandError extends KrunboxError {
