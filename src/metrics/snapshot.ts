@@ -65,12 +65,6 @@ export async function processUsage(pid: number): Promise<ProcessUsage> {
 /**
  * Samples a sandbox; `previous` (the last sample's host usage) gives the
  * interval for `cpuPercent`; without it the first sample covers a 50 ms window.
- *
- * @example
- * ```ts
- * import { sampleMetrics } from "./snapshot.ts";
- * // const { metrics, usage } = await sampleMetrics(agent, vmmPid, 2, 1024, undefined);
- * ```
  */
 export async function sampleMetrics(
   agent: AgentClient,
