@@ -85,7 +85,7 @@ export interface KrunboxErrorOptions {
  * try {
  *   await Sandbox.get("nope");
  * } catch (e) {
- *   if (e instanceof KrunboxError && e.code === "NOT_FOUND") console.log("no such sandbox");
+ *   if (e instanceof KrunboxError && e.code === "NOT_FOUND") console.log("no such sandbox"); // no such sandbox
  * }
  * ```
  */

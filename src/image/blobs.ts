@@ -30,7 +30,7 @@ const BLOB_LOCK_WAIT_MS = DEFAULTS.blobLockWaitMs;
  * @example
  * ```ts
  * import { stallTimeoutMs } from "./blobs.ts";
- * console.log(stallTimeoutMs());
+ * console.log(stallTimeoutMs()); // 60000 (the default, unless KRUNBOX_PULL_STALL_MS is set)
  * ```
  */
 export function stallTimeoutMs(): number {

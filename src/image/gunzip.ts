@@ -22,7 +22,7 @@ import { settings } from "../settings.ts";
  * @example
  * ```ts
  * import { gunzipEngine } from "./gunzip.ts";
- * console.log(gunzipEngine());
+ * console.log(gunzipEngine()); // isal where ISA-L loads, else builtin
  * ```
  */
 export function gunzipEngine(): "isal" | "builtin" {

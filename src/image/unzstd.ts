@@ -57,7 +57,7 @@ function zstdCodec(zstd: Zstd): Codec {
  * ```ts
  * import { zstdSupport } from "./unzstd.ts";
  * const { ok, why } = zstdSupport();
- * console.log(ok ? "zstd layers ok" : why);
+ * console.log(ok ? "zstd layers ok" : why); // zstd layers ok (where libzstd loads)
  * ```
  */
 export function zstdSupport(): { ok: boolean; why?: string } {

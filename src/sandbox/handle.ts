@@ -23,7 +23,7 @@ import { DEFAULTS } from "../settings.ts";
  * @example
  * ```ts
  * import { Sandbox } from "@krunbox/krunbox";
- * for (const h of await Sandbox.list()) console.log(h.name, h.status);
+ * for (const h of await Sandbox.list()) console.log(h.name, h.status); // e.g. job-1 running (nothing in a new state home)
  * ```
  */
 export class SandboxHandle {
@@ -138,7 +138,7 @@ export async function getSandbox(name: string, sandbox: typeof Sandbox): Promise
  * ```ts
  * import { Sandbox } from "@krunbox/krunbox";
  * import { listSandboxes } from "./handle.ts";
- * console.log((await listSandboxes(Sandbox)).length);
+ * console.log((await listSandboxes(Sandbox)).length); // 0 in a new state home
  * ```
  */
 export async function listSandboxes(sandbox: typeof Sandbox): Promise<SandboxHandle[]> {

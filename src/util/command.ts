@@ -62,7 +62,7 @@ export class CommandError extends KrunboxError {
  * ```ts
  * import { runCommand } from "./command.ts";
  * const { stdout } = await runCommand("uname", ["-r"]);
- * console.log(stdout.trim());
+ * console.log(stdout.trim()); // e.g. 6.1.0-57-cloud-amd64
  * ```
  */
 export async function runCommand(cmd: string, args: string[], options: RunOptions = {}): Promise<RunResult> {
@@ -100,7 +100,7 @@ export async function runCommand(cmd: string, args: string[], options: RunOption
  * @example
  * ```ts
  * import { which } from "./command.ts";
- * console.log(await which("qemu-system-x86_64") ?? "qemu missing");
+ * console.log(await which("qemu-system-x86_64") ?? "qemu missing"); // e.g. /usr/bin/qemu-system-x86_64
  * ```
  */
 export async function which(program: string, extraDirs: string[] = []): Promise<string | undefined> {
