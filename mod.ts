@@ -4,7 +4,7 @@
  * @example
  * ```ts
  * import { KrunboxError } from "@krunbox/krunbox";
- * console.log(KrunboxError.name);
+ * console.log(KrunboxError.name); // KrunboxError
  * ```
  *
  * @module

@@ -34,7 +34,8 @@ export function cstr(s: string): Uint8Array<ArrayBuffer> {
  * const arena = new CStrings();
  * const path = arena.str("/tmp");
  * const argv = arena.array(["/init", "--flag"]);
- * console.log(path.length, argv.length);
+ * console.log(path.length, argv.length); // 5 24 ("/tmp" and its NUL; three 8-byte pointers, the last null)
+ * if (path.length !== 5 || argv.length !== 24) throw new Error("sizes");
  * ```
  */
 export class CStrings {

@@ -56,7 +56,7 @@ export const ISAL_GZIP = 1;
  * @example
  * ```ts
  * import { isalLibrary } from "./isal.ts";
- * console.log(isalLibrary.load() ? isalLibrary.path : isalLibrary.errors());
+ * console.log(isalLibrary.load() ? isalLibrary.path : isalLibrary.errors()); // libisal.so.2 where ISA-L is installed
  * ```
  */
 export const isalLibrary: OptionalLibrary<typeof SYMBOLS> = new OptionalLibrary(
@@ -72,7 +72,7 @@ export const isalLibrary: OptionalLibrary<typeof SYMBOLS> = new OptionalLibrary(
  * @example
  * ```ts
  * import { loadIsal } from "./isal.ts";
- * console.log(loadIsal() ? "ISA-L inflate" : "built-in inflate");
+ * console.log(loadIsal() ? "ISA-L inflate" : "built-in inflate"); // ISA-L inflate where libisal loads
  * ```
  */
 export function loadIsal(): Isal | undefined {

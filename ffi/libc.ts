@@ -65,7 +65,7 @@ const ERRNO_NAMES: Record<number, string> = {
  * ```ts
  * import { EOPNOTSUPP, loadLibc } from "./libc.ts";
  * const rc = loadLibc()?.setXattr("/tmp/f", "user.k", new Uint8Array([1]));
- * if (rc === EOPNOTSUPP) console.log("no user xattrs here");
+ * if (rc === EOPNOTSUPP) console.log("no user xattrs here"); // printed on filesystems without user xattrs (tmpfs)
  * ```
  */
 export const EOPNOTSUPP = 95;
@@ -77,7 +77,7 @@ export const EOPNOTSUPP = 95;
  * ```ts
  * import { ENODATA, loadLibc } from "./libc.ts";
  * const got = loadLibc()?.getXattr("/tmp/f", "user.absent");
- * if (got?.errno === ENODATA) console.log("not set");
+ * if (got?.errno === ENODATA) console.log("not set"); // printed when /tmp/f exists without that xattr
  * ```
  */
 export const ENODATA = 61;
@@ -103,7 +103,7 @@ export function errnoName(errno: number): string {
  * import { errnoName, type Libc, loadLibc } from "./libc.ts";
  * const libc: Libc | undefined = loadLibc();
  * const rc = libc?.setXattr("/tmp/f", "user.k", new Uint8Array([1])) ?? -1;
- * console.log(rc === 0 ? "ok" : rc > 0 ? errnoName(rc) : "no FFI");
+ * console.log(rc === 0 ? "ok" : rc > 0 ? errnoName(rc) : "no FFI"); // ENOENT when /tmp/f does not exist
  * ```
  */
 export interface Libc {
@@ -142,7 +142,7 @@ const SECCOMP_FILTER_FLAG_TSYNC = 1n;
  * @example
  * ```ts
  * import { libcLibrary } from "./libc.ts";
- * console.log(libcLibrary.load() ? `libc at ${libcLibrary.path}` : libcLibrary.errors().join("; "));
+ * console.log(libcLibrary.load() ? `libc at ${libcLibrary.path}` : libcLibrary.errors().join("; ")); // libc at libc.so.6
  * ```
  */
 export const libcLibrary: OptionalLibrary<typeof SYMBOLS> = new OptionalLibrary(undefined, "libc.so.6", SYMBOLS);

@@ -241,7 +241,8 @@ export type LibkrunSymbols = Deno.DynamicLibrary<typeof LIBKRUN_SYMBOLS>["symbol
  * ```ts
  * import { checkKrun } from "./libkrun.ts";
  * const ctx = checkKrun("krun_create_ctx", 0);
- * console.log(ctx);
+ * console.log(ctx); // 0 (a non-negative return is the value; a negative one throws LibkrunError)
+ * if (ctx !== 0) throw new Error(String(ctx));
  * ```
  */
 export function checkKrun(call: keyof typeof LIBKRUN_SYMBOLS, result: number): number {

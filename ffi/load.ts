@@ -38,7 +38,7 @@ export interface LibkrunSearch {
  * @example
  * ```ts
  * import { libkrunCandidates } from "./load.ts";
- * console.log(libkrunCandidates({ path: "/opt/libkrun.so.1", provisioned: "/home/me/.krunbox/assets/libkrun/libkrun.so.1" }));
+ * console.log(libkrunCandidates({ path: "/opt/libkrun.so.1", provisioned: "/home/me/.krunbox/assets/libkrun/libkrun.so.1" })); // [ "/opt/libkrun.so.1", "/home/me/.krunbox/assets/libkrun/libkrun.so.1", "libkrun.so.1" ]
  * ```
  */
 export function libkrunCandidates(search: LibkrunSearch): string[] {
@@ -81,7 +81,7 @@ export const LIBKRUNFW_SONAME = "libkrunfw.so.5";
  * ```ts
  * import { loadLibkrunfw } from "./load.ts";
  * using fw = loadLibkrunfw("/root/.krunbox/assets/libkrunfw/libkrunfw.so.5");
- * console.log("libkrunfw loaded", fw);
+ * console.log("libkrunfw loaded", fw); // libkrunfw loaded DynamicLibrary { … }
  * ```
  */
 export function loadLibkrunfw(provisioned: string): Deno.DynamicLibrary<Record<string, never>> & Disposable {
@@ -98,7 +98,7 @@ export function loadLibkrunfw(provisioned: string): Deno.DynamicLibrary<Record<s
  * import { openRequired } from "./load.ts";
  * try {
  *   using lib = openRequired("libz.so.1", ["/opt/libz.so.1", "libz.so.1"], {}, "apt-get install zlib1g");
- *   console.log("loaded", lib);
+ *   console.log("loaded", lib); // loaded DynamicLibrary { … } (from libz.so.1)
  * } catch (e) {
  *   console.log((e as Error).message); // "libkrun backend unavailable: libz.so.1 could not be loaded; tried: …"
  * }
@@ -127,7 +127,7 @@ export function openRequired<S extends Deno.ForeignLibraryInterface>(
  * ```ts
  * import { openFirst } from "./load.ts";
  * const { lib, path, errors } = openFirst(["/opt/libz.so.1", "libz.so.1"], {});
- * console.log(lib ? `opened ${path}` : errors.join("\n"));
+ * console.log(lib ? `opened ${path}` : errors.join("\n")); // opened libz.so.1 (/opt/libz.so.1 does not exist)
  * ```
  */
 export function openFirst<S extends Deno.ForeignLibraryInterface>(
@@ -157,7 +157,7 @@ export function openFirst<S extends Deno.ForeignLibraryInterface>(
  *   // const char *zlibVersion(void)
  *   zlibVersion: { parameters: [], result: "pointer" },
  * });
- * console.log(zlib.load() ? `zlib at ${zlib.path}` : zlib.errors().join("; "));
+ * console.log(zlib.load() ? `zlib at ${zlib.path}` : zlib.errors().join("; ")); // zlib at libz.so.1
  * ```
  */
 export class OptionalLibrary<S extends Deno.ForeignLibraryInterface> {

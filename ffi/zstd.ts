@@ -40,7 +40,7 @@ export const ZSTD_BUFFER = { size: 24, ptr: 0, length: 8, pos: 16 } as const;
  * @example
  * ```ts
  * import { zstdLibrary } from "./zstd.ts";
- * console.log(zstdLibrary.load() ? zstdLibrary.path : zstdLibrary.errors());
+ * console.log(zstdLibrary.load() ? zstdLibrary.path : zstdLibrary.errors()); // libzstd.so.1 where libzstd is installed
  * ```
  */
 export const zstdLibrary: OptionalLibrary<typeof SYMBOLS> = new OptionalLibrary(
@@ -56,7 +56,7 @@ export const zstdLibrary: OptionalLibrary<typeof SYMBOLS> = new OptionalLibrary(
  * @example
  * ```ts
  * import { loadZstd } from "./zstd.ts";
- * console.log(loadZstd() ? "zstd layers can be read" : "no libzstd");
+ * console.log(loadZstd() ? "zstd layers can be read" : "no libzstd"); // zstd layers can be read (where libzstd loads)
  * ```
  */
 export function loadZstd(): Zstd | undefined {

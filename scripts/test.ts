@@ -2,7 +2,8 @@
  * The whole test suite, as the README's test command runs it: static checks
  * (fmt, lint, types, publish dry-run, `deno doc --lint` of the public API),
  * the agent's Rust tests, the network engine's Go tests (when netd/ has a
- * go.mod), and the Deno tests (unit, agent in host mode, e2e with real VMs).
+ * go.mod), the Deno tests (unit, agent in host mode, e2e with real VMs), and
+ * the JSDoc `@example` blocks (`deno test --doc`, in a temp state home).
  * Ends with one plain line `N passed, N failed, N skipped` for CI: the exact
  * sum of what each runner's own summary says (scripts/test_summary.ts), where
  * a runner that ends without its summary counts as failed.
@@ -21,6 +22,7 @@
 import { fileURLToPath } from "node:url";
 import { which } from "../src/util/command.ts";
 import { requireAll } from "../src/host/ci.ts";
+import { homeLayout } from "../src/store/home.ts";
 import { add, cargoCounts, type Counts, denoCounts, goCounts, none, plain, type RunOutput } from "./test_summary.ts";
 
 const root = fileURLToPath(new URL("..", import.meta.url));
@@ -36,7 +38,8 @@ const enc = new TextEncoder();
 
 /**
  * Runs one command with its output shown as it comes (`show` may rewrite
- * stdout lines for the terminal) and captured for counting.
+ * stdout lines for the terminal) and captured for counting; `env` is added
+ * to this process's environment.
  */
 async function run(
   label: string,
@@ -44,11 +47,12 @@ async function run(
   args: string[],
   cwd = root,
   show: (line: string) => string | undefined = (l) => l,
+  env: Record<string, string> = {},
 ): Promise<RunOutput> {
   console.log(`\n=== ${label}: ${cmd} ${args.join(" ")}`);
   let child: Deno.ChildProcess;
   try {
-    child = new Deno.Command(cmd, { args, cwd, stdout: "piped", stderr: "piped" }).spawn();
+    child = new Deno.Command(cmd, { args, cwd, env, stdout: "piped", stderr: "piped" }).spawn();
   } catch (e) {
     const msg = `${label}: cannot start ${cmd}: ${(e as Error).message}`;
     console.log(msg);
@@ -147,6 +151,25 @@ const deno = await run("deno test", Deno.execPath(), [
   ...(onlyDeno ? passThrough : ["tests/"]),
 ]);
 record("deno test", denoCounts(deno));
+
+if (!onlyDeno) {
+  // The JSDoc examples run as one more deno runner, in a state home of their
+  // own (with the provisioned assets) and a temp dir inside it, so what they
+  // make goes when the home does.
+  const home = await Deno.makeTempDir({ prefix: "krunbox-doctest-" });
+  try {
+    await Deno.symlink(homeLayout().assets, `${home}/assets`);
+    await Deno.mkdir(`${home}/tmp`);
+    const args = ["test", "--doc", "-A", "mod.ts", "cli.ts", "src/", "ffi/"];
+    const env = { KRUNBOX_HOME: home, TMPDIR: `${home}/tmp` };
+    record(
+      "doc examples (deno test --doc)",
+      denoCounts(await run("doc examples", Deno.execPath(), args, root, undefined, env)),
+    );
+  } finally {
+    await Deno.remove(home, { recursive: true });
+  }
+}
 // Outside CI a skip stays a skip: list every reason printed, once.
 for (const line of plain(deno.stdout).split("\n")) {
   if (/^\s*(SKIPPING|skipped)\b/.test(line)) skips.add(line.trim());

@@ -85,7 +85,7 @@ export interface KrunboxErrorOptions {
  * try {
  *   await Sandbox.get("nope");
  * } catch (e) {
- *   if (e instanceof KrunboxError && e.code === "NOT_FOUND") console.log("no such sandbox");
+ *   if (e instanceof KrunboxError && e.code === "NOT_FOUND") console.log("no such sandbox"); // no such sandbox
  * }
  * ```
  */
@@ -107,7 +107,9 @@ export class KrunboxError extends Error {
  * @example
  * ```ts
  * import { NotFoundError } from "@krunbox/krunbox";
- * throw new NotFoundError("sandbox", "job-1");
+ * const e = new NotFoundError("sandbox", "job-1");
+ * console.log(e.code, e.kind, e.what); // NOT_FOUND sandbox job-1
+ * if (e.message !== 'sandbox "job-1" not found') throw new Error(e.message);
  * ```
  */
 export class NotFoundError extends KrunboxError {
@@ -122,8 +124,10 @@ export class NotFoundError extends KrunboxError {
  *
  * @example
  * ```ts
- * import { AlreadyExistsError } from "@krunbox/krunbox";
- * throw new AlreadyExistsError("sandbox", "job-1");
+ * import { AlreadyExistsError, KrunboxError } from "@krunbox/krunbox";
+ * const e = new AlreadyExistsError("sandbox", "job-1");
+ * console.log(e.code, e.kind, e.what); // ALREADY_EXISTS sandbox job-1
+ * if (!(e instanceof KrunboxError) || e.code !== "ALREADY_EXISTS") throw new Error(e.code);
  * ```
  */
 export class AlreadyExistsError extends KrunboxError {
@@ -143,7 +147,9 @@ export class AlreadyExistsError extends KrunboxError {
  * @example
  * ```ts
  * import { StillRunningError } from "@krunbox/krunbox";
- * throw new StillRunningError("job-1");
+ * const e = new StillRunningError("job-1");
+ * console.log(e.code, e.sandbox); // STILL_RUNNING job-1
+ * if (e.message !== 'sandbox "job-1" is running; stop it first') throw new Error(e.message);
  * ```
  */
 export class StillRunningError extends KrunboxError {
@@ -159,7 +165,9 @@ export class StillRunningError extends KrunboxError {
  * @example
  * ```ts
  * import { NotRunningError } from "@krunbox/krunbox";
- * throw new NotRunningError("job-1", "stopped");
+ * const e = new NotRunningError("job-1", "stopped");
+ * console.log(e.code, e.status); // NOT_RUNNING stopped
+ * if (e.message !== 'sandbox "job-1" is not running (status: stopped)') throw new Error(e.message);
  * ```
  */
 export class NotRunningError extends KrunboxError {
@@ -175,7 +183,9 @@ export class NotRunningError extends KrunboxError {
  * @example
  * ```ts
  * import { InvalidConfigError } from "@krunbox/krunbox";
- * throw new InvalidConfigError("cpus", "must be an integer from 1 to 64, got 0");
+ * const e = new InvalidConfigError("cpus", "must be an integer from 1 to 64, got 0");
+ * console.log(e.code, e.field); // INVALID_CONFIG cpus
+ * if (e.message !== "invalid cpus: must be an integer from 1 to 64, got 0") throw new Error(e.message);
  * ```
  */
 export class InvalidConfigError extends KrunboxError {
@@ -193,7 +203,9 @@ export class InvalidConfigError extends KrunboxError {
  * @example
  * ```ts
  * import { ImageError } from "@krunbox/krunbox";
- * throw new ImageError("IMAGE_NOT_FOUND", "127.0.0.1:5000/busybox:nope: manifest unknown");
+ * const e = new ImageError("IMAGE_NOT_FOUND", "127.0.0.1:5000/busybox:nope: manifest unknown");
+ * console.log(e.code, e.name); // IMAGE_NOT_FOUND ImageError
+ * if (e.code !== "IMAGE_NOT_FOUND") throw new Error(e.code);
  * ```
  */
 export class ImageError extends KrunboxError {
@@ -218,7 +230,9 @@ export class ImageError extends KrunboxError {
  * @example
  * ```ts
  * import { ExecTimeoutError } from "@krunbox/krunbox";
- * throw new ExecTimeoutError("sleep", 1000);
+ * const e = new ExecTimeoutError("sleep", 1000);
+ * console.log(e.code, e.cmd, e.timeoutMs); // EXEC_TIMEOUT sleep 1000
+ * if (e.message !== '"sleep" timed out after 1000 ms and was killed') throw new Error(e.message);
  * ```
  */
 export class ExecTimeoutError extends KrunboxError {
@@ -234,7 +248,9 @@ export class ExecTimeoutError extends KrunboxError {
  * @example
  * ```ts
  * import { ExecAbortedError } from "@krunbox/krunbox";
- * throw new ExecAbortedError("sleep");
+ * const e = new ExecAbortedError("sleep");
+ * console.log(e.code, e.cmd); // EXEC_ABORTED sleep
+ * if (e.message !== '"sleep" was aborted and killed') throw new Error(e.message);
  * ```
  */
 export class ExecAbortedError extends KrunboxError {
@@ -289,7 +305,9 @@ export type SpawnFailureKind =
  * @example
  * ```ts
  * import { ExecSpawnError } from "@krunbox/krunbox";
- * throw new ExecSpawnError("nope", "not_found", "ENOENT");
+ * const e = new ExecSpawnError("nope", "not_found", "ENOENT");
+ * console.log(e.code, e.kind, e.errno); // EXEC_SPAWN_FAILED not_found ENOENT
+ * if (e.message !== 'cannot start "nope": not found (ENOENT)') throw new Error(e.message);
  * ```
  */
 export class ExecSpawnError extends KrunboxError {
@@ -310,7 +328,9 @@ export class ExecSpawnError extends KrunboxError {
  * @example
  * ```ts
  * import { FsError } from "@krunbox/krunbox";
- * throw new FsError("ENOENT", "/missing");
+ * const e = new FsError("ENOENT", "/missing");
+ * console.log(e.code, e.errno, e.path); // FS ENOENT /missing
+ * if (e.message !== "ENOENT: /missing") throw new Error(e.message);
  * ```
  */
 export class FsError extends KrunboxError {
@@ -327,7 +347,9 @@ export class FsError extends KrunboxError {
  * @example
  * ```ts
  * import { BackendUnavailableError } from "@krunbox/krunbox";
- * throw new BackendUnavailableError("qemu", "qemu-system-x86_64", "run `./dev setup`");
+ * const e = new BackendUnavailableError("qemu", "qemu-system-x86_64", "run `./dev setup`");
+ * console.log(e.code, e.backend, e.fix); // BACKEND_UNAVAILABLE qemu run `./dev setup`
+ * if (e.message !== "qemu backend unavailable: qemu-system-x86_64. Fix: run `./dev setup`") throw new Error(e.message);
  * ```
  */
 export class BackendUnavailableError extends KrunboxError {
@@ -349,7 +371,9 @@ export class BackendUnavailableError extends KrunboxError {
  * @example
  * ```ts
  * import { VmCrashedError } from "@krunbox/krunbox";
- * throw new VmCrashedError("job-1", "Kernel panic - not syncing");
+ * const e = new VmCrashedError("job-1", "Kernel panic - not syncing");
+ * console.log(e.code, e.logTail); // VM_CRASHED Kernel panic - not syncing
+ * if (!e.message.endsWith("console log ends with:\nKernel panic - not syncing")) throw new Error(e.message);
  * ```
  */
 export class VmCrashedError extends KrunboxError {
@@ -369,7 +393,9 @@ export class VmCrashedError extends KrunboxError {
  * @example
  * ```ts
  * import { BootTimeoutError } from "@krunbox/krunbox";
- * throw new BootTimeoutError("job-1", 30000, "");
+ * const e = new BootTimeoutError("job-1", 30000, "");
+ * console.log(e.code, e.timeoutMs); // BOOT_TIMEOUT 30000
+ * if (!e.message.endsWith("the console log is empty")) throw new Error(e.message);
  * ```
  */
 export class BootTimeoutError extends KrunboxError {
@@ -395,7 +421,9 @@ export class BootTimeoutError extends KrunboxError {
  * @example
  * ```ts
  * import { ProtocolError } from "@krunbox/krunbox";
- * throw new ProtocolError("frame header of 5000000 bytes exceeds 1 MiB");
+ * const e = new ProtocolError("frame header of 5000000 bytes exceeds 1 MiB");
+ * console.log(e.code, e.message); // PROTOCOL frame header of 5000000 bytes exceeds 1 MiB
+ * if (e.code !== "PROTOCOL") throw new Error(e.code);
  * ```
  */
 export class ProtocolError extends KrunboxError {
@@ -412,7 +440,9 @@ export class ProtocolError extends KrunboxError {
  * @example
  * ```ts
  * import { AgentError } from "@krunbox/krunbox";
- * throw new AgentError(-32601, "method not found");
+ * const e = new AgentError(-32601, "method not found");
+ * console.log(e.code, e.rpcCode, e.message); // AGENT -32601 agent error -32601: method not found
+ * if (e.rpcCode !== -32601 || e.message !== "agent error -32601: method not found") throw new Error(e.message);
  * ```
  */
 export class AgentError extends KrunboxError {
@@ -452,7 +482,9 @@ export class AgentTimeoutError extends KrunboxError {
  * @example
  * ```ts
  * import { LibkrunError } from "@krunbox/krunbox";
- * throw new LibkrunError("krun_set_vm_config", -22);
+ * const e = new LibkrunError("krun_set_vm_config", -22);
+ * console.log(e.code, e.message); // LIBKRUN krun_set_vm_config failed with errno 22
+ * if (e.message !== "krun_set_vm_config failed with errno 22") throw new Error(e.message);
  * ```
  */
 export class LibkrunError extends KrunboxError {
@@ -468,7 +500,9 @@ export class LibkrunError extends KrunboxError {
  * @example
  * ```ts
  * import { StateError } from "@krunbox/krunbox";
- * throw new StateError("state home /ro is not writable; set KRUNBOX_HOME");
+ * const e = new StateError("state home /ro is not writable; set KRUNBOX_HOME");
+ * console.log(e.code, e.name); // STATE StateError
+ * if (e.code !== "STATE") throw new Error(e.code);
  * ```
  */
 export class StateError extends KrunboxError {
@@ -487,7 +521,9 @@ export class StateError extends KrunboxError {
  * @example
  * ```ts
  * import { SecretUnavailableError } from "@krunbox/krunbox";
- * throw new SecretUnavailableError("job-1", ["OPENAI_API_KEY"]);
+ * const e = new SecretUnavailableError("job-1", ["OPENAI_API_KEY"]);
+ * console.log(e.code, e.envs); // SECRET_UNAVAILABLE [ "OPENAI_API_KEY" ]
+ * if (e.code !== "SECRET_UNAVAILABLE" || e.envs[0] !== "OPENAI_API_KEY") throw new Error(e.code);
  * ```
  */
 export class SecretUnavailableError extends KrunboxError {

@@ -86,7 +86,8 @@ interface Pending {
  * One connection to an agent.
  *
  * @example
- * ```ts
+ * ```ts ignore
+ * // Needs a live agent; tests/agent/protocol_test.ts ("ping answers with the uptime") runs the same.
  * import { AgentClient } from "./client.ts";
  * await using agent = await AgentClient.connect("/tmp/agent.sock");
  * console.log((await agent.request("ping", {})).result);
@@ -120,7 +121,8 @@ export class AgentClient implements AsyncDisposable {
    * Connects to a unix socket and waits for the agent's `ready`.
    *
    * @example
-   * ```ts
+   * ```ts ignore
+   * // Needs a live agent; tests/agent/protocol_test.ts connects the same way to the agent in host mode.
    * import { AgentClient } from "./client.ts";
    * const agent = await AgentClient.connect("/tmp/agent.sock", { timeoutMs: 5000 });
    * console.log(agent.ready.boot);
@@ -141,7 +143,8 @@ export class AgentClient implements AsyncDisposable {
    * Wraps an open connection and waits for the agent's `ready`.
    *
    * @example
-   * ```ts
+   * ```ts ignore
+   * // Needs a live agent; tests/agent/protocol_test.ts runs the same against the agent in host mode.
    * import { AgentClient } from "./client.ts";
    * const conn = await Deno.connect({ transport: "unix", path: "/tmp/agent.sock" });
    * const agent = await AgentClient.fromConn(conn);

@@ -56,7 +56,8 @@ export interface ExecSpec {
  * How a process ended (exported as `ExecExitStatus`).
  *
  * @example
- * ```ts
+ * ```ts ignore
+ * // Needs a VM; tests/e2e/exec_fs_test.ts ("execStream: … exited") runs the same flow.
  * import { Sandbox } from "@krunbox/krunbox";
  * await using sb = await Sandbox.builder("job-1").image("/srv/rootfs").create();
  * const p = await sb.execStream("false");
@@ -162,7 +163,8 @@ export function spawnError(cmd: string, e: unknown): unknown {
  * A running process in the guest.
  *
  * @example
- * ```ts
+ * ```ts ignore
+ * // Needs a live agent; tests/agent/protocol_test.ts ("exec returns stdout, stderr and the exit code") runs the same.
  * import { AgentClient } from "./client.ts";
  * import { ExecProcess } from "./exec.ts";
  * const agent = await AgentClient.connect("/tmp/agent.sock");
@@ -403,7 +405,8 @@ async function collect(proc: ExecProcess, stream: "stdout" | "stderr", cmd: stri
  * Runs a process to completion, feeding stdin and collecting output.
  *
  * @example
- * ```ts
+ * ```ts ignore
+ * // Needs a live agent; tests/agent/protocol_test.ts ("exec passes env, cwd and stdin") runs the same.
  * import { AgentClient } from "./client.ts";
  * import { runToCompletion } from "./exec.ts";
  * const agent = await AgentClient.connect("/tmp/agent.sock");

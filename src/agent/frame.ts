@@ -52,7 +52,8 @@ const strictDecoder = new TextDecoder("utf-8", { fatal: true });
  * ```ts
  * import { encodeFrame } from "./frame.ts";
  * const bytes = encodeFrame({ jsonrpc: "2.0", id: 1, method: "ping", params: {} });
- * console.log(bytes.length);
+ * console.log(bytes.length); // 60 (a 4-byte length, then the JSON header)
+ * if (bytes.length !== 60) throw new Error(String(bytes.length));
  * ```
  */
 export function encodeFrame(header: RpcMessage, attachment: Uint8Array = new Uint8Array()): Uint8Array {
@@ -94,7 +95,7 @@ function validate(value: unknown): RpcMessage | string {
  * import { encodeFrame, FrameDecoder } from "./frame.ts";
  * const d = new FrameDecoder();
  * d.push(encodeFrame({ jsonrpc: "2.0", method: "ready", params: {} }));
- * console.log(d.next());
+ * console.log(d.next()); // { header: { jsonrpc: "2.0", method: "ready", params: {} }, attachment: Uint8Array(0) [] }
  * ```
  */
 export class FrameDecoder {
@@ -191,7 +192,7 @@ export class FrameDecoder {
  * ```ts
  * import { encodeFrame, FrameStream } from "./frame.ts";
  * const bytes = encodeFrame({ jsonrpc: "2.0", method: "ready", params: {} });
- * for await (const f of ReadableStream.from([bytes]).pipeThrough(new FrameStream())) console.log(f);
+ * for await (const f of ReadableStream.from([bytes]).pipeThrough(new FrameStream())) console.log(f); // { header: { jsonrpc: "2.0", method: "ready", … }, attachment: … }
  * ```
  */
 export class FrameStream extends TransformStream<Uint8Array, Frame | FrameDecodeError> {
@@ -277,7 +278,7 @@ export class FrameErrorCounts {
  * ```ts
  * import { FrameDecoder, isDecodeError } from "./frame.ts";
  * const f = new FrameDecoder().next();
- * if (f && isDecodeError(f)) console.log(f.error);
+ * if (f && isDecodeError(f)) console.log(f.error); // (nothing: an empty decoder has no frame yet)
  * ```
  */
 export function isDecodeError(f: Frame | FrameDecodeError): f is FrameDecodeError {

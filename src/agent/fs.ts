@@ -108,7 +108,8 @@ function toEntry(raw: WireEntry): FsEntry {
  * The guest filesystem, over one agent connection.
  *
  * @example
- * ```ts
+ * ```ts ignore
+ * // Needs a live agent; tests/agent/protocol_test.ts ("fs calls: write, read, …") runs the same.
  * import { AgentClient } from "./client.ts";
  * import { GuestFs } from "./fs.ts";
  * const fs = new GuestFs(await AgentClient.connect("/tmp/agent.sock"));

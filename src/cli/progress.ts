@@ -11,7 +11,8 @@
  * const p = new PullProgress({ live: false, write: (s) => lines.push(s) });
  * p.event({ phase: "resolved", reference: "r/x:1", manifestDigest: "sha256:ab", layers: 1, totalBytes: 2048 });
  * p.event({ phase: "layer", digest: "sha256:" + "c".repeat(64), downloadedBytes: 2048, totalBytes: 2048, cached: false });
- * console.log(lines.join(""));
+ * console.log(lines.join("")); // pulling r/x:1: 1 layers, 2.0 KiB, then cccccccccccc  2.0 KiB / 2.0 KiB  done
+ * if (!lines.join("").includes("2.0 KiB / 2.0 KiB  done")) throw new Error(lines.join(""));
  * ```
  *
  * @module

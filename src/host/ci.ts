@@ -12,7 +12,7 @@
  * @example
  * ```ts
  * import { requireAll } from "./ci.ts";
- * if (requireAll()) console.log("every required part must be present");
+ * if (requireAll()) console.log("every required part must be present"); // printed under CI=true or --require
  * ```
  */
 export function requireAll(): boolean {

@@ -164,7 +164,8 @@ export interface RegistryAuthOptions {
  * and how to answer a 401.
  *
  * @example
- * ```ts
+ * ```ts ignore
+ * // Needs a registry; tests/e2e/registry_test.ts ("without credentials", "with wrong credentials") runs this token/Basic flow.
  * import { RegistryAuth } from "./auth.ts";
  * const auth = new RegistryAuth({
  *   registry: "127.0.0.1:5000",

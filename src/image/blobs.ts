@@ -30,7 +30,7 @@ const BLOB_LOCK_WAIT_MS = DEFAULTS.blobLockWaitMs;
  * @example
  * ```ts
  * import { stallTimeoutMs } from "./blobs.ts";
- * console.log(stallTimeoutMs());
+ * console.log(stallTimeoutMs()); // 60000 (the default, unless KRUNBOX_PULL_STALL_MS is set)
  * ```
  */
 export function stallTimeoutMs(): number {
@@ -130,7 +130,8 @@ function stallGuard(ms: number, what: string) {
  * the consumer gives up: its input is then errored and chunks are dropped.
  *
  * @example
- * ```ts
+ * ```ts ignore
+ * // Needs a registry; tests/e2e/pull_test.ts streams every layer through it.
  * import { streamBlob } from "./blobs.ts";
  * import { RegistryClient } from "./registry.ts";
  * import { parseReference } from "./reference.ts";

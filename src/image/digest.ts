@@ -141,15 +141,16 @@ export interface DigestStreamOptions {
  * @example
  * ```ts
  * import { digestStream } from "./digest.ts";
- * import { RegistryClient } from "./registry.ts";
- * import { parseReference } from "./reference.ts";
- * const client = new RegistryClient(parseReference("127.0.0.1:5000/app:v1"));
- * const { manifest } = await client.resolve();
- * const layer = manifest.layers[0];
- * const { body } = await client.blob(layer.digest);
- * const hasher = digestStream({ expected: layer.digest, expectedSize: layer.size });
- * await body.pipeThrough(hasher).pipeThrough(new DecompressionStream("gzip")).pipeTo(new WritableStream());
- * console.log(hasher.digest === layer.digest); // true, else the pipe rejected with IMAGE_DIGEST_MISMATCH
+ * const blob = new TextEncoder().encode("hello");
+ * const expected = "sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824";
+ * const hasher = digestStream({ expected, expectedSize: blob.length });
+ * await ReadableStream.from([blob]).pipeThrough(hasher).pipeTo(new WritableStream());
+ * console.log(hasher.digest === expected, hasher.bytes); // true 5
+ * // A wrong digest errors the pipe with IMAGE_DIGEST_MISMATCH:
+ * const wrong = digestStream({ expected: "sha256:" + "0".repeat(64) });
+ * const err = await ReadableStream.from([blob]).pipeThrough(wrong).pipeTo(new WritableStream()).catch((e) => e);
+ * console.log(err.code); // IMAGE_DIGEST_MISMATCH
+ * if (err.code !== "IMAGE_DIGEST_MISMATCH") throw new Error(String(err));
  * ```
  */
 export function digestStream(options: DigestStreamOptions = {}): DigestStream {

@@ -22,7 +22,7 @@ import { settings } from "../settings.ts";
  * @example
  * ```ts
  * import { gunzipEngine } from "./gunzip.ts";
- * console.log(gunzipEngine());
+ * console.log(gunzipEngine()); // isal where ISA-L loads, else builtin
  * ```
  */
 export function gunzipEngine(): "isal" | "builtin" {
@@ -40,8 +40,10 @@ function invalid(what: string, detail: string, cause?: unknown): ImageError {
  * @example
  * ```ts
  * import { gunzip } from "./gunzip.ts";
- * const file = await Deno.open("layer.tar.gz");
- * for await (const chunk of file.readable.pipeThrough(gunzip("layer.tar.gz"))) console.log(chunk.length);
+ * const gz = ReadableStream.from([new TextEncoder().encode("hello gzip")]).pipeThrough(new CompressionStream("gzip"));
+ * const text = await new Response(gz.pipeThrough(gunzip("layer 1"))).text();
+ * console.log(text); // hello gzip
+ * if (text !== "hello gzip") throw new Error(text);
  * ```
  */
 export function gunzip(what: string): TransformStream<Uint8Array, Uint8Array> {

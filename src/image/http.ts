@@ -50,7 +50,8 @@ export interface GetOptions {
  * failures are `ImageError("IMAGE_PULL")`.
  *
  * @example
- * ```ts
+ * ```ts ignore
+ * // Needs a registry; tests/e2e/registry_test.ts runs every registry request through it.
  * import { getFollowing } from "./http.ts";
  * const res = await getFollowing("http://127.0.0.1:5000/v2/", new Headers(), "ping", { insecure: true });
  * console.log(res.status);

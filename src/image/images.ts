@@ -48,7 +48,8 @@ async function sizeOf(path: string): Promise<number> {
  * The image cache.
  *
  * @example
- * ```ts
+ * ```ts ignore
+ * // Needs a registry; tests/e2e/api_pull_test.ts runs the same pull, list and prune.
  * import { Images } from "@krunbox/krunbox";
  * await Images.pull("127.0.0.1:5000/busybox:1", { onProgress: (e) => console.log(e.phase) });
  * for (const img of await Images.list()) console.log(img.reference, img.size);

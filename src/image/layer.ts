@@ -55,10 +55,16 @@ export class MemoryBudget {
  * import { DataArea } from "./erofs.ts";
  * import { MemoryBudget, readLayer } from "./layer.ts";
  * import { readTar } from "./tar.ts";
- * using area = await DataArea.create("/tmp/lower.erofs");
- * const file = await Deno.open("layer.tar");
- * const entries = await readLayer(readTar(file.readable), area, new MemoryBudget(1 << 30));
- * console.log(entries.length);
+ * // A one-file layer, made with the host's tar.
+ * const dir = await Deno.makeTempDir();
+ * await Deno.mkdir(`${dir}/etc`);
+ * await Deno.writeTextFile(`${dir}/etc/os-release`, "ID=demo\n");
+ * const args = ["-cf", "-", "-C", dir, "etc"];
+ * const { stdout: tar } = await new Deno.Command("tar", { args, stdout: "piped" }).output();
+ * using area = await DataArea.create(`${dir}/lower.erofs`);
+ * const entries = await readLayer(readTar(ReadableStream.from([tar])), area, new MemoryBudget(1 << 30));
+ * console.log(entries.map((e) => e.path)); // [ "etc", "etc/os-release" ]
+ * if (entries.length !== 2) throw new Error(String(entries.length));
  * ```
  */
 export async function readLayer(

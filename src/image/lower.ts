@@ -36,10 +36,19 @@ export interface LowerOptions {
  * @example
  * ```ts
  * import { LowerBuilder } from "./lower.ts";
- * using lower = await LowerBuilder.create("/tmp/lower.erofs");
- * const layers = ["base.tar", "app.tar"].map(async (p) => lower.read((await Deno.open(p)).readable));
+ * // A one-file layer, made with the host's tar.
+ * const dir = await Deno.makeTempDir();
+ * await Deno.mkdir(`${dir}/etc`);
+ * await Deno.writeTextFile(`${dir}/etc/os-release`, "ID=demo\n");
+ * const args = ["-cf", "-", "-C", dir, "etc"];
+ * const { stdout: tar } = await new Deno.Command("tar", { args, stdout: "piped" }).output();
+ * using lower = await LowerBuilder.create(`${dir}/lower.erofs`);
+ * // Two layers (here the same one twice): the second one's files win.
+ * const layers = [tar, tar].map((t) => lower.read(ReadableStream.from([t])));
  * for (const [i, entries] of (await Promise.all(layers)).entries()) lower.apply(i, entries);
- * console.log(await lower.finish());
+ * const summary = await lower.finish();
+ * console.log(summary.inodes); // 3 (the root, etc, etc/os-release)
+ * if (summary.inodes !== 3) throw new Error(JSON.stringify(summary));
  * ```
  */
 export class LowerBuilder implements Disposable {

@@ -126,7 +126,8 @@ export interface ImageIndex {
  * An OCI image manifest or Docker manifest v2 schema 2.
  *
  * @example
- * ```ts
+ * ```ts ignore
+ * // Needs a registry; tests/e2e/registry_test.ts ("resolve by tag returns the pushed manifest and its config") runs the same.
  * import { RegistryClient } from "./registry.ts";
  * import { parseReference } from "./reference.ts";
  * const { manifest } = await new RegistryClient(parseReference("127.0.0.1:5000/app:v1")).resolve();
@@ -181,7 +182,8 @@ export interface ImageRuntimeConfig {
  * A parsed image config (OCI image spec "config").
  *
  * @example
- * ```ts
+ * ```ts ignore
+ * // Needs a registry; tests/e2e/registry_test.ts ("resolve by tag returns the pushed manifest and its config") runs the same.
  * import { RegistryClient } from "./registry.ts";
  * import { parseReference } from "./reference.ts";
  * const { config } = await new RegistryClient(parseReference("127.0.0.1:5000/app:v1")).resolve();

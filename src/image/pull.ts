@@ -241,7 +241,8 @@ async function build(client: RegistryClient, resolved: ResolvedImage, options: P
  * Makes an image available in the store and returns it.
  *
  * @example
- * ```ts
+ * ```ts ignore
+ * // Needs a registry; tests/e2e/pull_test.ts ("pull: layers (gzip, plain, a repeated blob) merge …") runs the same.
  * import { pullImage } from "./pull.ts";
  * import { Store } from "../store/db.ts";
  * using store = Store.open("/tmp/kb/db.sqlite");

@@ -48,7 +48,8 @@ export interface RegistryClientOptions {
  * What {@link RegistryClient.resolve} found.
  *
  * @example
- * ```ts
+ * ```ts ignore
+ * // Needs a registry; tests/e2e/registry_test.ts ("resolve by digest (and by tag+digest) returns the same") runs the same.
  * import { RegistryClient } from "./registry.ts";
  * import { parseReference } from "./reference.ts";
  * const ref = parseReference("127.0.0.1:5000/app:v1");
@@ -71,7 +72,8 @@ export interface ResolvedImage {
  * A blob download from {@link RegistryClient.blob}.
  *
  * @example
- * ```ts
+ * ```ts ignore
+ * // Needs a registry; tests/e2e/registry_test.ts ("Range resume returns the tail, …") runs the same against a local one.
  * import { RegistryClient } from "./registry.ts";
  * import { parseReference } from "./reference.ts";
  * const client = new RegistryClient(parseReference("127.0.0.1:5000/app:v1"));
@@ -99,7 +101,11 @@ export interface BlobResponse {
  * @example
  * ```ts
  * import type { BlobOptions } from "./registry.ts";
- * const resume: BlobOptions = { offset: (await Deno.stat("/tmp/partial.blob")).size };
+ * // Resume a download after the bytes already on disk.
+ * const partial = await Deno.makeTempFile();
+ * await Deno.writeFile(partial, new Uint8Array(4096));
+ * const resume: BlobOptions = { offset: (await Deno.stat(partial)).size };
+ * console.log(resume.offset); // 4096
  * ```
  */
 export interface BlobOptions {
@@ -121,7 +127,8 @@ export interface BlobOptions {
  * underlying `cause`.
  *
  * @example
- * ```ts
+ * ```ts ignore
+ * // Needs a registry; tests/e2e/registry_test.ts ("with wrong credentials", "resolve by tag …") runs the same against a local one.
  * import { RegistryClient } from "./registry.ts";
  * import { parseReference } from "./reference.ts";
  * const client = new RegistryClient(parseReference("127.0.0.1:5000/app:v1"), {
@@ -165,7 +172,8 @@ export class RegistryClient {
    * entry's digest), the config against the manifest's descriptor.
    *
    * @example
-   * ```ts
+   * ```ts ignore
+   * // Needs the internet (Docker Hub); tests/e2e/registry_test.ts ("resolve by tag …") resolves the same way from a local registry.
    * import { RegistryClient } from "./registry.ts";
    * import { parseReference } from "./reference.ts";
    * const image = await new RegistryClient(parseReference("alpine:3.20")).resolve();
@@ -225,7 +233,8 @@ export class RegistryClient {
    * here: pipe them through {@link digestStream}.
    *
    * @example
-   * ```ts
+   * ```ts ignore
+   * // Needs a registry; tests/e2e/registry_test.ts ("Range resume returns the tail, …") runs the same against a local one.
    * import { RegistryClient } from "./registry.ts";
    * import { parseReference } from "./reference.ts";
    * const client = new RegistryClient(parseReference("127.0.0.1:5000/app:v1"));

@@ -25,7 +25,7 @@ import { homeLayout } from "../store/home.ts";
  * @example
  * ```ts
  * import { imagePaths } from "./store.ts";
- * console.log(imagePaths().blob("sha256:" + "0".repeat(64)));
+ * console.log(imagePaths().blob("sha256:" + "0".repeat(64))); // $KRUNBOX_HOME/cache/blobs/sha256/000…000
  * ```
  */
 export function imagePaths(root = homeLayout().cache) {

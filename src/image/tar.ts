@@ -39,7 +39,16 @@ export type TarEntryType = "file" | "hardlink" | "symlink" | "char" | "block" | 
  *   for (let c = await entry.read(); c !== null; c = await entry.read()) n += c.length;
  *   return n;
  * }
- * for await (const e of readTar((await Deno.open("layer.tar")).readable)) console.log(e.name, await sizeOf(e));
+ * // A one-file layer, made with the host's tar.
+ * const dir = await Deno.makeTempDir();
+ * await Deno.mkdir(`${dir}/etc`);
+ * await Deno.writeTextFile(`${dir}/etc/os-release`, "ID=demo\n");
+ * const args = ["-cf", "-", "-C", dir, "etc"];
+ * const { stdout: tar } = await new Deno.Command("tar", { args, stdout: "piped" }).output();
+ * const sizes: string[] = [];
+ * for await (const e of readTar(ReadableStream.from([tar]))) sizes.push(`${e.name} ${await sizeOf(e)}`);
+ * console.log(sizes); // [ "etc/ 0", "etc/os-release 8" ]
+ * if (sizes[1] !== "etc/os-release 8") throw new Error(sizes.join());
  * ```
  */
 export interface TarEntry {
@@ -425,14 +434,22 @@ async function readMeta(src: Source, size: number, what: () => string, usage: Pu
  * @example
  * ```ts
  * import { readTar } from "./tar.ts";
- * const file = await Deno.open("layer.tar.gz");
- * const stream = file.readable.pipeThrough(new DecompressionStream("gzip"));
+ * // A one-file layer, made with the host's tar.
+ * const dir = await Deno.makeTempDir();
+ * await Deno.mkdir(`${dir}/etc`);
+ * await Deno.writeTextFile(`${dir}/etc/os-release`, "ID=demo\n");
+ * const args = ["-cf", "-", "-C", dir, "etc"];
+ * const { stdout: tar } = await new Deno.Command("tar", { args, stdout: "piped" }).output();
+ * const stream = ReadableStream.from([tar]).pipeThrough(new CompressionStream("gzip"))
+ *   .pipeThrough(new DecompressionStream("gzip"));
+ * let osRelease = "";
  * for await (const entry of readTar(stream)) {
- *   console.log(entry.type, entry.name, entry.size);
+ *   console.log(entry.type, entry.name, entry.size); // dir etc/ 0, then file etc/os-release 8
  *   if (entry.type === "file" && entry.name === "etc/os-release") {
- *     console.log(new TextDecoder().decode(await entry.bytes()));
+ *     osRelease = new TextDecoder().decode(await entry.bytes());
  *   }
  * }
+ * if (osRelease !== "ID=demo\n") throw new Error(osRelease);
  * ```
  */
 export async function* readTar(

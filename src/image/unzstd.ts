@@ -57,7 +57,7 @@ function zstdCodec(zstd: Zstd): Codec {
  * ```ts
  * import { zstdSupport } from "./unzstd.ts";
  * const { ok, why } = zstdSupport();
- * console.log(ok ? "zstd layers ok" : why);
+ * console.log(ok ? "zstd layers ok" : why); // zstd layers ok (where libzstd loads)
  * ```
  */
 export function zstdSupport(): { ok: boolean; why?: string } {
@@ -71,8 +71,13 @@ export function zstdSupport(): { ok: boolean; why?: string } {
  * @example
  * ```ts
  * import { unzstd } from "./unzstd.ts";
- * const file = await Deno.open("layer.tar.zst");
- * for await (const chunk of file.readable.pipeThrough(unzstd("layer.tar.zst"))) console.log(chunk.length);
+ * // `printf 'hello zstd\n' | zstd -c`
+ * const zst = Uint8Array.from([
+ *   40, 181, 47, 253, 4, 88, 89, 0, 0, 104, 101, 108, 108, 111, 32, 122, 115, 116, 100, 10, 108, 87, 249, 81,
+ * ]);
+ * const text = await new Response(ReadableStream.from([zst]).pipeThrough(unzstd("layer 1"))).text();
+ * console.log(text); // hello zstd
+ * if (text !== "hello zstd\n") throw new Error(text);
  * ```
  */
 export function unzstd(what: string): TransformStream<Uint8Array, Uint8Array> {

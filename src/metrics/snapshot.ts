@@ -50,7 +50,7 @@ export interface ProcessUsage {
  * @example
  * ```ts
  * import { processUsage } from "./snapshot.ts";
- * console.log(await processUsage(Deno.pid));
+ * console.log(await processUsage(Deno.pid)); // e.g. { cpuSeconds: 22.17, rssBytes: 178737152, at: 68.8 }
  * ```
  */
 export async function processUsage(pid: number): Promise<ProcessUsage> {
@@ -67,12 +67,6 @@ export async function processUsage(pid: number): Promise<ProcessUsage> {
 /**
  * Samples a sandbox; `previous` (the last sample's host usage) gives the
  * interval for `cpuPercent`; without it the first sample covers a 50 ms window.
- *
- * @example
- * ```ts
- * import { sampleMetrics } from "./snapshot.ts";
- * // const { metrics, usage } = await sampleMetrics(agent, vmmPid, 2, 1024, undefined);
- * ```
  */
 export async function sampleMetrics(
   agent: AgentClient,

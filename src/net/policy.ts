@@ -188,7 +188,10 @@ function derLength(der: Uint8Array): number {
  * @example
  * ```ts
  * import { parsePemCertificates } from "./policy.ts";
- * // const certs = parsePemCertificates(await Deno.readTextFile("ca.pem"));
+ * // "MAA=" is the smallest DER SEQUENCE (30 00); a real CA file parses the same way.
+ * const certs = parsePemCertificates("-----BEGIN CERTIFICATE-----\r\nMAA=\r\n-----END CERTIFICATE-----");
+ * console.log(certs.length, certs[0].endsWith("-----END CERTIFICATE-----\n")); // 1 true
+ * if (certs.length !== 1) throw new Error("one certificate expected");
  * ```
  */
 export function parsePemCertificates(pem: unknown): string[] {

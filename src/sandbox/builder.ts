@@ -128,8 +128,13 @@ export interface VolumeChooser {
  * @example
  * ```ts
  * import { Sandbox } from "@krunbox/krunbox";
- * const base = Sandbox.builder("job-1").image("/srv/rootfs").memory(256);
- * await using sb = await base.cpus(2).env("MODE", "test").create();
+ * const rootfs = await Deno.makeTempDir(); // any unpacked root directory
+ * const base = Sandbox.builder("job-1").image(rootfs).memory(256);
+ * const config = base.cpus(2).env("MODE", "test").build();
+ * console.log(config.cpus, config.memoryMib, config.env.MODE); // 2 256 test
+ * // Builders are immutable: `base` kept its default of one CPU.
+ * if (config.cpus !== 2 || base.build().cpus !== 1) throw new Error("builder changed");
+ * // `await base.create()` validates the same way, then boots the VM (tests/e2e/api_builder_test.ts).
  * ```
  */
 export class SandboxBuilder {

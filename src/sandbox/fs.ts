@@ -14,7 +14,8 @@ import { GuestFs } from "../agent/fs.ts";
  * The filesystem of a running sandbox.
  *
  * @example
- * ```ts
+ * ```ts ignore
+ * // Needs a VM; tests/e2e/exec_fs_test.ts copies files in and out the same way.
  * import { Sandbox } from "@krunbox/krunbox";
  * await using sb = await Sandbox.builder("fs-demo").image("/srv/rootfs").create();
  * await sb.fs().write("/tmp/a.txt", "hello");

@@ -25,7 +25,7 @@ import { DEFAULTS } from "../settings.ts";
  * @example
  * ```ts
  * import { Sandbox } from "@krunbox/krunbox";
- * for (const h of await Sandbox.list()) console.log(h.name, h.status);
+ * for (const h of await Sandbox.list()) console.log(h.name, h.status); // e.g. job-1 running (nothing in a new state home)
  * ```
  */
 export class SandboxHandle {
@@ -135,7 +135,8 @@ export class SandboxHandle {
  * and `start()` return.
  *
  * @example
- * ```ts
+ * ```ts ignore
+ * // Needs a stored sandbox, which needs a VM; tests/e2e/api_lifecycle_test.ts looks sandboxes up the same way.
  * import { Sandbox } from "@krunbox/krunbox";
  * import { getSandbox } from "./handle.ts";
  * console.log((await getSandbox("job-1", Sandbox)).status);
@@ -155,7 +156,7 @@ export async function getSandbox(name: string, sandbox: typeof Sandbox): Promise
  * ```ts
  * import { Sandbox } from "@krunbox/krunbox";
  * import { listSandboxes } from "./handle.ts";
- * console.log((await listSandboxes(Sandbox)).length);
+ * console.log((await listSandboxes(Sandbox)).length); // 0 in a new state home
  * ```
  */
 export async function listSandboxes(sandbox: typeof Sandbox): Promise<SandboxHandle[]> {
@@ -167,7 +168,8 @@ export async function listSandboxes(sandbox: typeof Sandbox): Promise<SandboxHan
  * Boots a stopped sandbox from its persisted config, as an instance of `sandbox`.
  *
  * @example
- * ```ts
+ * ```ts ignore
+ * // Needs a VM; tests/e2e/api_lifecycle_test.ts ("start a stopped sandbox: …") starts one the same way.
  * import { Sandbox } from "@krunbox/krunbox";
  * import { startSandbox } from "./handle.ts";
  * const sb = await startSandbox("job-1", false, Sandbox);

@@ -60,7 +60,8 @@ export interface Booted {
  * Anything that fails leaves no trace of the new sandbox.
  *
  * @example
- * ```ts
+ * ```ts ignore
+ * // Needs a VM; every e2e test that creates a sandbox (e.g. tests/e2e/lifecycle_test.ts) runs this path.
  * import { createAndLaunch } from "./launch.ts";
  * import { parseConfig } from "./config.ts";
  * const { launched } = await createAndLaunch(parseConfig({ name: "a", image: { kind: "dir", path: "/srv/root" } }), false, false);
@@ -95,7 +96,8 @@ export async function createAndLaunch(
  * Boots a stopped (or crashed) sandbox from its persisted config.
  *
  * @example
- * ```ts
+ * ```ts ignore
+ * // Needs a VM; tests/e2e/api_lifecycle_test.ts ("start a stopped sandbox: …") relaunches the same way.
  * import { relaunch } from "./launch.ts";
  * const { launched } = await relaunch("job-1", true);
  * console.log(launched.ready.vmmPid);
@@ -185,7 +187,8 @@ function runnerShell(): string {
  * ready event and connects to its relay.
  *
  * @example
- * ```ts
+ * ```ts ignore
+ * // Needs a VM; every e2e test that creates a sandbox (e.g. tests/e2e/lifecycle_test.ts) launches a runner this way.
  * import { launchRunner } from "./launch.ts";
  * import { pathsOf } from "./state.ts";
  * const { agent } = await launchRunner(pathsOf("job-1"), "job-1", false);
@@ -242,7 +245,8 @@ export async function launchRunner(paths: SandboxPaths, name: string, detached: 
  * Kills a sandbox's runner if it is alive and waits for its lock to drop.
  *
  * @example
- * ```ts
+ * ```ts ignore
+ * // Needs a running sandbox; tests/e2e/api_lifecycle_test.ts ("replace() over a running sandbox, …") kills a runner this way.
  * import { killRunner } from "./launch.ts";
  * import { requireRow } from "./state.ts";
  * import { openStore } from "../store/open.ts";

@@ -18,7 +18,8 @@ export const SCRIPTS_DIR = "/.msb/scripts";
  * Applies a config's patches, then installs its scripts.
  *
  * @example
- * ```ts
+ * ```ts ignore
+ * // Needs a VM; tests/e2e/qemu_busybox_test.ts ("builder patches edit the root …", "builder scripts are on PATH") runs the same.
  * import { Sandbox } from "@krunbox/krunbox";
  * import { applyRootEdits } from "./patches.ts";
  * await using sb = await Sandbox.builder("job-1").image("/srv/rootfs").create();

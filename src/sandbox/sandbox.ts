@@ -68,7 +68,8 @@ export interface ExitStatus {
  * A running sandbox.
  *
  * @example
- * ```ts
+ * ```ts ignore
+ * // Needs a VM; tests/e2e/exec_fs_test.ts creates a sandbox and execs in it the same way.
  * import { Sandbox } from "@krunbox/krunbox";
  * await using sb = await Sandbox.builder("job-1").image("/srv/rootfs").create();
  * const out = await sb.exec("echo", ["hello"]);

@@ -191,7 +191,7 @@ function guestHostname(config: SandboxConfig): string {
  * import { vmSpecOf } from "./spec.ts";
  * import { parseConfig } from "./config.ts";
  * const spec = await vmSpecOf(parseConfig({ name: "a", image: { kind: "dir", path: "/" } }), { kind: "dir", path: "/" });
- * console.log(spec.backend);
+ * console.log(spec.backend); // qemu on a host without KVM, else libkrun
  * ```
  */
 export async function vmSpecOf(config: SandboxConfig, root: VmRoot): Promise<VmSpec> {

@@ -53,7 +53,7 @@ export function isLive(status: SandboxStatus): boolean {
  * import { openStore } from "../store/open.ts";
  * import { reconcile } from "./state.ts";
  * using store = await openStore();
- * for (const row of store.list()) console.log(row.name, reconcile(store, row));
+ * for (const row of store.list()) console.log(row.name, reconcile(store, row)); // e.g. job-1 stopped (nothing in a new state home)
  * ```
  */
 export function reconcile(store: Store, row: SandboxRow): SandboxStatus {
@@ -116,7 +116,7 @@ export async function deleteState(store: Store, name: string): Promise<void> {
  * @example
  * ```ts
  * import { withNameLock } from "./state.ts";
- * console.log(await withNameLock("job-1", () => Promise.resolve("locked, then released")));
+ * console.log(await withNameLock("job-1", () => Promise.resolve("locked, then released"))); // locked, then released
  * ```
  */
 export async function withNameLock<T>(name: string, fn: () => Promise<T>): Promise<T> {

@@ -30,7 +30,7 @@ export const ASSET_MAIN_FILE: Readonly<Record<AssetName, string>> = {
  * @example
  * ```ts
  * import { assetDir } from "./assets.ts";
- * console.log(assetDir("kernel"));
+ * console.log(assetDir("kernel")); // $KRUNBOX_HOME/assets/kernel
  * ```
  */
 export function assetDir(name: AssetName, home?: string): string {
@@ -57,7 +57,7 @@ export function assetPath(name: AssetName, home?: string): string {
  * @example
  * ```ts
  * import { assetVersion } from "./assets.ts";
- * console.log(await assetVersion("kernel") ?? "not provisioned");
+ * console.log(await assetVersion("kernel") ?? "not provisioned"); // e.g. linux-image-6.1.0-57-cloud-amd64=6.1.192-3
  * ```
  */
 export async function assetVersion(name: AssetName, home?: string): Promise<string | undefined> {

@@ -103,8 +103,10 @@ function imageFromRaw(r: RawImage): ImageRow {
  * @example
  * ```ts
  * import { Store } from "./db.ts";
- * using store = Store.open("/tmp/kb/db.sqlite");
- * console.log(store.list().length);
+ * const dir = await Deno.makeTempDir();
+ * using store = Store.open(`${dir}/db.sqlite`);
+ * console.log(store.list().length); // 0: a new store has no sandboxes
+ * if (store.list().length !== 0) throw new Error("not empty");
  * ```
  */
 export class Store implements Disposable {

@@ -24,7 +24,7 @@ function libc(): Libc {
  * ```ts
  * import { tryLock } from "./lock.ts";
  * using lock = tryLock("/tmp/x.lock", true);
- * console.log(lock ? "mine" : "someone else has it");
+ * console.log(lock ? "mine" : "someone else has it"); // mine (nobody else holds it)
  * ```
  */
 export class FileLock implements Disposable {
@@ -92,7 +92,7 @@ export async function lockWait(path: string, timeoutMs: number, signal?: AbortSi
  * @example
  * ```ts
  * import { isLocked } from "./lock.ts";
- * console.log(isLocked("/tmp/x.lock"));
+ * console.log(isLocked("/tmp/x.lock")); // false (nobody holds it)
  * ```
  */
 export function isLocked(path: string): boolean {

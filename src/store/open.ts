@@ -18,7 +18,7 @@ import { homeLayout } from "./home.ts";
  * ```ts
  * import { openStore } from "./open.ts";
  * using store = await openStore();
- * console.log(store.list().length);
+ * console.log(store.list().length); // 0 in a new state home
  * ```
  */
 export async function openStore(): Promise<Store> {

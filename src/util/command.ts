@@ -32,7 +32,9 @@ export interface RunResult {
  * @example
  * ```ts
  * import { CommandError } from "./command.ts";
- * throw new CommandError("mkfs.ext4 -q x", 1, "mkfs.ext4: No such file");
+ * const e = new CommandError("mkfs.ext4 -q x", 1, "mkfs.ext4: No such file");
+ * console.log(e.code, e.exitCode); // BACKEND_UNAVAILABLE 1
+ * if (!e.message.startsWith("`mkfs.ext4 -q x` exited with 1")) throw new Error(e.message);
  * ```
  */
 export class CommandError extends KrunboxError {
@@ -60,7 +62,7 @@ export class CommandError extends KrunboxError {
  * ```ts
  * import { runCommand } from "./command.ts";
  * const { stdout } = await runCommand("uname", ["-r"]);
- * console.log(stdout.trim());
+ * console.log(stdout.trim()); // e.g. 6.1.0-57-cloud-amd64
  * ```
  */
 export async function runCommand(cmd: string, args: string[], options: RunOptions = {}): Promise<RunResult> {
@@ -98,7 +100,7 @@ export async function runCommand(cmd: string, args: string[], options: RunOption
  * @example
  * ```ts
  * import { which } from "./command.ts";
- * console.log(await which("qemu-system-x86_64") ?? "qemu missing");
+ * console.log(await which("qemu-system-x86_64") ?? "qemu missing"); // e.g. /usr/bin/qemu-system-x86_64
  * ```
  */
 export async function which(program: string, extraDirs: string[] = []): Promise<string | undefined> {

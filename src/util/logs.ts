@@ -10,7 +10,7 @@
  * @example
  * ```ts
  * import { logTail } from "./logs.ts";
- * console.log(await logTail("/var/log/dpkg.log", 5));
+ * console.log(await logTail("/var/log/dpkg.log", 5)); // the last 5 lines, or "" when the file is missing
  * ```
  */
 export async function logTail(path: string, lines = 20): Promise<string> {

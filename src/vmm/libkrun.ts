@@ -109,12 +109,6 @@ const TRAMPOLINE_DIRS = ["dev", "proc", "sys", "newroot", "tmp", "run"];
 /**
  * Configures a libkrun context for a spec. Returns the context id; the arena
  * must stay alive while libkrun may read its strings (the VM's life).
- *
- * @example
- * ```ts
- * import { configureContext } from "./libkrun.ts";
- * // const ctx = await configureContext(spec, "/s/vm.sock", new CStrings());
- * ```
  */
 export async function configureContext(spec: VmSpec, vmSock: string, arena: CStrings): Promise<number> {
   const k = load(spec.logLevel).symbols;

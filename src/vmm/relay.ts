@@ -81,13 +81,6 @@ const SWEEP_MS = 100;
 
 /**
  * The relay between a guest stream and host clients.
- *
- * @example
- * ```ts
- * import { Relay } from "./relay.ts";
- * // const relay = new Relay(vm.agent, async () => ({}));
- * // await relay.ready; relay.serve(Deno.listen({ transport: "unix", path: "agent.sock" }));
- * ```
  */
 export class Relay {
   readonly #guest: FrameWriter;

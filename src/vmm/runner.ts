@@ -76,12 +76,6 @@ function emitFailed(err: KrunboxError) {
 /**
  * One sandbox's runner: boots its VM, relays its clients, and moves its
  * status as the VM lives and ends.
- *
- * @example
- * ```ts
- * import { Runner } from "./runner.ts";
- * // const code = await new Runner(spec, sandboxPaths(dir), store, true).run();
- * ```
  */
 export class Runner {
   #status: StoredStatus = "creating";

@@ -107,7 +107,8 @@ function privateOptions(src: PrivateSource): string[] {
  * Prepares a private apt source (downloads only its package lists).
  *
  * @example
- * ```ts
+ * ```ts ignore
+ * // Downloads from Debian; no test runs it: `./dev setup` does (the libkrun step, src/host/provision/libkrun.ts).
  * import { preparePrivateSource } from "./apt.ts";
  * await preparePrivateSource({ dir: "/tmp/sid", line: "deb http://deb.debian.org/debian sid main" });
  * ```
@@ -126,7 +127,7 @@ export async function preparePrivateSource(src: PrivateSource): Promise<void> {
  * @example
  * ```ts
  * import { withFreshLists, candidateVersion } from "./apt.ts";
- * console.log(await withFreshLists(() => candidateVersion("busybox-static")));
+ * console.log(await withFreshLists(() => candidateVersion("busybox-static"))); // e.g. 1:1.35.0-4+deb12u1+b1
  * ```
  */
 export async function withFreshLists<T>(query: () => Promise<T>): Promise<T> {
@@ -145,7 +146,9 @@ export async function withFreshLists<T>(query: () => Promise<T>): Promise<T> {
  * @example
  * ```ts
  * import { candidateVersion } from "./apt.ts";
- * console.log(await candidateVersion("busybox-static"));
+ * const v = await candidateVersion("busybox-static");
+ * console.log(v); // e.g. 1:1.35.0-4+deb12u1+b1 (what this host's package lists offer)
+ * if (!/^[0-9]/.test(v)) throw new Error(v);
  * ```
  */
 export async function candidateVersion(pkg: string, src?: PrivateSource): Promise<string> {
@@ -163,7 +166,9 @@ export async function candidateVersion(pkg: string, src?: PrivateSource): Promis
  * @example
  * ```ts
  * import { firstDependency } from "./apt.ts";
- * console.log(await firstDependency("linux-image-cloud-amd64"));
+ * const dep = await firstDependency("linux-image-cloud-amd64");
+ * console.log(dep); // e.g. linux-image-6.1.0-57-cloud-amd64
+ * if (!dep.startsWith("linux-image-")) throw new Error(dep);
  * ```
  */
 export async function firstDependency(pkg: string): Promise<string> {
@@ -177,7 +182,8 @@ export async function firstDependency(pkg: string): Promise<string> {
  * Downloads a package's .deb and unpacks it into `into` (never installs).
  *
  * @example
- * ```ts
+ * ```ts ignore
+ * // Downloads from Debian; no test runs it: `./dev setup` does (the kernel step, src/host/provision/kernel.ts).
  * import { downloadAndUnpack } from "./apt.ts";
  * await downloadAndUnpack("busybox-static", "/tmp/bb");
  * ```

@@ -46,7 +46,18 @@ export interface StepOutcome {
  * @example
  * ```ts
  * import { runStep } from "./step.ts";
- * // await runStep(kernelStep, ctx);
+ * const home = await Deno.makeTempDir();
+ * const step = {
+ *   asset: "kernel" as const,
+ *   version: () => Promise.resolve("v1"),
+ *   build: (_ctx: unknown, out: string) => Deno.writeTextFile(`${out}/vmlinuz`, "not a kernel"),
+ * };
+ * const ctx = { projectDir: ".", home, log: () => {} };
+ * const first = await runStep(step, ctx);
+ * const second = await runStep(step, ctx);
+ * console.log(first.status, second.status); // built cached
+ * if (first.status !== "built" || second.status !== "cached") throw new Error(second.status);
+ * await Deno.remove(home, { recursive: true });
  * ```
  */
 export async function runStep(step: AssetStep, ctx: StepContext): Promise<StepOutcome> {
@@ -86,7 +97,14 @@ export async function runStep(step: AssetStep, ctx: StepContext): Promise<StepOu
  * @example
  * ```ts
  * import { hashFiles } from "./step.ts";
- * console.log(await hashFiles(["/src/deno.json"], "/src/"));
+ * const a = await Deno.makeTempDir();
+ * const b = await Deno.makeTempDir();
+ * await Deno.writeTextFile(`${a}/x.txt`, "same");
+ * await Deno.writeTextFile(`${b}/x.txt`, "same");
+ * const h = await hashFiles([`${a}/x.txt`], `${a}/`);
+ * console.log(h.length); // 16 (hex digits: the first 8 bytes of a SHA-256)
+ * // The same file under the same relative name hashes the same in any checkout.
+ * if (h !== await hashFiles([`${b}/x.txt`], `${b}/`)) throw new Error("hashes differ");
  * ```
  */
 export async function hashFiles(paths: string[], base = ""): Promise<string> {
@@ -113,7 +131,12 @@ export async function hashFiles(paths: string[], base = ""): Promise<string> {
  * @example
  * ```ts
  * import { listFiles } from "./step.ts";
- * console.log((await listFiles("agent/src")).length);
+ * const dir = await Deno.makeTempDir();
+ * await Deno.mkdir(`${dir}/target`);
+ * await Deno.writeTextFile(`${dir}/target/skipped`, "");
+ * await Deno.writeTextFile(`${dir}/kept.rs`, "");
+ * console.log(await listFiles(dir)); // [ "<dir>/kept.rs" ]
+ * if ((await listFiles(dir)).length !== 1) throw new Error("target/ was listed");
  * ```
  */
 export async function listFiles(dir: string): Promise<string[]> {
