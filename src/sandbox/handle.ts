@@ -109,7 +109,8 @@ export class SandboxHandle {
    * connection of its own (closed when the iteration ends).
    *
    * @example
-   * ```ts
+   * ```ts ignore
+   * // Needs a running sandbox: tests/e2e/network_test.ts runs the same flow.
    * import { Sandbox } from "@krunbox/krunbox";
    * const h = await Sandbox.get("job-1");
    * for await (const e of h.networkEvents()) if (e.action === "denied") console.log(e.address, e.port);

@@ -237,7 +237,8 @@ export class Sandbox implements AsyncDisposable {
    * sandbox stops, the loop breaks or `signal` aborts.
    *
    * @example
-   * ```ts
+   * ```ts ignore
+   * // Needs a VM: tests/e2e/network_test.ts runs the same flow.
    * import { Sandbox } from "@krunbox/krunbox";
    * await using sb = await Sandbox.builder("net").image("/srv/root").create();
    * for await (const e of sb.networkEvents()) {
