@@ -90,9 +90,9 @@ export async function looseEntries(root: string = homeLayout().root): Promise<Ti
 /**
  * Removes group/other bits from the state home and what krunbox keeps in it
  * (the home itself, its top-level directories and files, `sandboxes/` and
- * `cache/` all the way down); sockets and
- * symbolic links are left as they are (a link is never followed: a test home
- * linking a shared cache does not tighten it). The owner's bits stay, so an
+ * `cache/` all the way down); sockets and symbolic links are left as they
+ * are (a link is never followed: a test home linking a shared cache does not
+ * tighten it). The owner's bits stay, so an
  * executable asset stays executable. Not descended into: directory trees
  * that are guest data (the contents of named volumes and of cached directory
  * roots keep the modes their files have in the guest) and what krunbox did
