@@ -12,6 +12,7 @@ import type { OptionalLibrary } from "../../ffi/load.ts";
 import { loadLibkrun } from "../../ffi/load.ts";
 import { assetPath } from "../store/assets.ts";
 import { homeLayout } from "../store/home.ts";
+import { looseEntries } from "../store/private.ts";
 import { chooseBackend, probeHost } from "../vmm/detect.ts";
 import { type Check, checkAsset, qemuChecks } from "../vmm/prereqs.ts";
 import { virtiofsdArgs } from "../vmm/qemu.ts";
@@ -47,6 +48,23 @@ async function homeCheck(): Promise<Check> {
       fix: "set KRUNBOX_HOME to a writable directory",
     };
   }
+}
+
+/** Whether the state home is private (0700 directories, 0600 files; see src/store/private.ts). */
+async function privateHomeCheck(): Promise<Check> {
+  const { root } = homeLayout();
+  const loose = await looseEntries(root).catch((e: Error) => e);
+  if (loose instanceof Error) {
+    return { name: "private state home", ok: false, detail: `${root}: ${loose.message}`, fix: "check KRUNBOX_HOME" };
+  }
+  if (loose.length === 0) return { name: "private state home", ok: true, detail: "directories 0700, files 0600" };
+  const first = loose[0];
+  return {
+    name: "private state home",
+    ok: false,
+    detail: `${loose.length} entries readable by others, e.g. ${first.path} (${first.from.toString(8)})`,
+    fix: "the next krunbox command tightens them (or chmod -R go-rwx the state home)",
+  };
 }
 
 /** libkrunfw is loaded by libkrun by soname; check it opens on its own. */
@@ -210,6 +228,7 @@ export async function main(): Promise<number> {
   const checks: Check[] = [
     denoCheck(),
     await homeCheck(),
+    await privateHomeCheck(),
     {
       name: "hardware virtualization",
       ok: host.hardwareFlag !== undefined,

@@ -12,6 +12,7 @@
 
 import { ImageError, KrunboxError } from "../errors.ts";
 import { lockWait } from "../store/lock.ts";
+import { PRIVATE_DIR_MODE, PRIVATE_FILE_MODE } from "../store/private.ts";
 import { digestStream } from "./digest.ts";
 import type { Descriptor } from "./oci.ts";
 import type { RegistryClient } from "./registry.ts";
@@ -154,7 +155,7 @@ export async function streamBlob(
   try {
     const paths = imagePaths();
     const final = paths.blob(layer.digest);
-    await Deno.mkdir(paths.blobs, { recursive: true });
+    await Deno.mkdir(paths.blobs, { recursive: true, mode: PRIVATE_DIR_MODE });
     const lock = await lockWait(`${final}.lock`, BLOB_LOCK_WAIT_MS, stop);
     if (!lock) throw new ImageError("IMAGE_PULL", `another process has been downloading ${layer.digest} for 30 min`);
     try {
@@ -209,7 +210,13 @@ async function download(
   const { body, offset } = have > 0 && have === layer.size
     ? { body: ReadableStream.from<Uint8Array>([]), offset: have }
     : await client.blob(layer.digest, { offset: have, signal });
-  const file = await Deno.open(partial, { write: true, create: true, truncate: offset === 0, append: offset > 0 });
+  const file = await Deno.open(partial, {
+    write: true,
+    create: true,
+    truncate: offset === 0,
+    append: offset > 0,
+    mode: PRIVATE_FILE_MODE,
+  });
   try {
     // The hash covers the whole blob: what is already on disk goes through it
     // (and on to the consumer) first, and is not written again.

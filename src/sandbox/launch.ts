@@ -27,6 +27,7 @@ import type { SandboxRow, Store, StoredStatus } from "../store/db.ts";
 import { homeLayout } from "../store/home.ts";
 import { isLocked } from "../store/lock.ts";
 import { openStore } from "../store/open.ts";
+import { privateDir, touchPrivate, writePrivate } from "../store/private.ts";
 import type { SandboxPaths } from "../vmm/backend.ts";
 import type { RunnerEvent } from "../vmm/runner.ts";
 import { logTail } from "../util/logs.ts";
@@ -82,7 +83,10 @@ export async function createAndLaunch(
       await killRunner(store, existing);
       await deleteState(store, requested.name);
     }
-    await Deno.mkdir(pathsOf(requested.name).dir, { recursive: true });
+    // 0700: the only boundary of the sockets the runner, qemu and virtiofsd make in it (agent.sock, vm.sock,
+    // net.sock, fs-*.sock). Deno cannot read SO_PEERCRED of an accepted unix connection (no fd access), so
+    // no peer-uid check is possible there: no other uid may reach this directory.
+    await privateDir(pathsOf(requested.name).dir);
     try {
       return await boot(store, requested, { fresh: true, detached, pull });
     } catch (e) {
@@ -136,7 +140,9 @@ async function boot(store: Store, requested: SandboxConfig, plan: BootPlan): Pro
   const { root, image } = await prepareRoot(store, requested, paths, plan.pull);
   const config = plan.fresh && image ? withImageDefaults(requested, image.config) : requested;
   const spec = await vmSpecOf(config, root);
-  await Deno.writeTextFile(paths.vmSpec, JSON.stringify(spec, null, 1));
+  await writePrivate(paths.vmSpec, JSON.stringify(spec, null, 1));
+  // The logs exist 0600 before the runner and qemu append to them (they would create them with the umask's mode).
+  for (const log of [paths.consoleLog, paths.runnerLog]) await touchPrivate(log);
   if (plan.fresh) {
     if (!store.insert(name, JSON.stringify(config), "creating", plan.detached)) {
       throw new AlreadyExistsError("sandbox", name);

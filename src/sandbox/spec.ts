@@ -14,6 +14,7 @@ import type { ImageConfig } from "../image/oci.ts";
 import { createUpperDisk } from "../image/upper.ts";
 import type { Store } from "../store/db.ts";
 import { homeLayout } from "../store/home.ts";
+import { PRIVATE_DIR_MODE } from "../store/private.ts";
 import type { SandboxPaths, VmRoot, VmSpec } from "../vmm/backend.ts";
 import { chooseBackend, probeHost } from "../vmm/detect.ts";
 import { checkedPrograms, libkrunChecks, qemuChecks } from "../vmm/prereqs.ts";
@@ -133,7 +134,9 @@ async function realDir(path: string): Promise<string> {
 /** The directory of a named volume, created on first use. */
 async function namedVolume(name: string): Promise<string> {
   const dir = join(homeLayout().volumes, name);
-  await Deno.mkdir(dir, { recursive: true });
+  await Deno.mkdir(homeLayout().volumes, { recursive: true, mode: PRIVATE_DIR_MODE });
+  await Deno.chmod(homeLayout().volumes, PRIVATE_DIR_MODE);
+  await Deno.mkdir(dir, { recursive: true, mode: PRIVATE_DIR_MODE });
   return await Deno.realPath(dir);
 }
 

@@ -17,6 +17,7 @@ import type { SandboxRow, Store } from "../store/db.ts";
 import { homeLayout } from "../store/home.ts";
 import { isLocked, lockWait } from "../store/lock.ts";
 import { openStore } from "../store/open.ts";
+import { privateDir } from "../store/private.ts";
 import { type SandboxPaths, sandboxPaths } from "../vmm/backend.ts";
 import { DEFAULTS } from "../settings.ts";
 
@@ -120,7 +121,7 @@ export async function deleteState(store: Store, name: string): Promise<void> {
  * ```
  */
 export async function withNameLock<T>(name: string, fn: () => Promise<T>): Promise<T> {
-  await Deno.mkdir(homeLayout().sandboxes, { recursive: true });
+  await privateDir(homeLayout().sandboxes);
   const lock = await lockWait(pathsOf(name).nameLock, NAME_LOCK_MS);
   if (!lock) throw new StateError(`sandbox "${name}" is locked by another process for over ${NAME_LOCK_MS} ms`);
   try {

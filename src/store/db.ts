@@ -10,6 +10,7 @@
 
 import { DatabaseSync } from "node:sqlite";
 import { StateError } from "../errors.ts";
+import { PRIVATE_FILE_MODE } from "./private.ts";
 
 /** `PRAGMA application_id` of krunbox databases ("krbx"). */
 const APPLICATION_ID = 0x6b726278;
@@ -112,10 +113,19 @@ function imageFromRaw(r: RawImage): ImageRow {
 export class Store implements Disposable {
   private constructor(readonly db: DatabaseSync, readonly path: string) {}
 
-  /** Opens (creating and migrating) the database at `path`. */
+  /** Opens (creating 0600 and migrating) the database at `path`; its -wal and -shm files are 0600 too. */
   static open(path: string): Store {
     let db: DatabaseSync;
     try {
+      // 0600 before SQLite opens it: it gives its -wal and -shm the database file's mode.
+      Deno.openSync(path, { read: true, write: true, create: true, mode: PRIVATE_FILE_MODE }).close();
+      for (const p of [path, `${path}-wal`, `${path}-shm`]) {
+        try {
+          Deno.chmodSync(p, PRIVATE_FILE_MODE);
+        } catch (e) {
+          if (!(e instanceof Deno.errors.NotFound)) throw e;
+        }
+      }
       db = new DatabaseSync(path);
       db.exec("PRAGMA busy_timeout = 10000");
       db.exec("PRAGMA journal_mode = WAL");

@@ -10,6 +10,7 @@
 
 import { type Libc, loadLibc, LOCK } from "../../ffi/libc.ts";
 import { StateError } from "../errors.ts";
+import { PRIVATE_FILE_MODE } from "./private.ts";
 
 function libc(): Libc {
   const l = loadLibc();
@@ -55,7 +56,7 @@ export class FileLock implements Disposable {
  * ```
  */
 export function tryLock(path: string, exclusive: boolean): FileLock | undefined {
-  const fd = libc().openForLock(path, 0o644);
+  const fd = libc().openForLock(path, PRIVATE_FILE_MODE);
   if (fd < 0) throw new StateError(`cannot open lock file ${path} (errno ${-fd}); check that KRUNBOX_HOME is writable`);
   if (libc().flock(fd, (exclusive ? LOCK.ex : LOCK.sh) | LOCK.nb) !== 0) {
     libc().close(fd);

@@ -9,10 +9,13 @@
 import { StateError } from "../errors.ts";
 import { Store } from "./db.ts";
 import { homeLayout } from "./home.ts";
+import { privateDir, tightenHome } from "./private.ts";
 
 /**
- * Opens the store, creating the state home. A read-only or unusable home is
- * a {@link StateError} that names the path and the variable to set.
+ * Opens the store, creating the state home private (0700, see
+ * ./private.ts) and tightening an existing one with looser modes. A
+ * read-only or unusable home is a {@link StateError} that names the path and
+ * the variable to set.
  *
  * @example
  * ```ts
@@ -24,7 +27,10 @@ import { homeLayout } from "./home.ts";
 export async function openStore(): Promise<Store> {
   const home = homeLayout();
   try {
-    await Deno.mkdir(home.sandboxes, { recursive: true });
+    await privateDir(home.root);
+    await privateDir(home.sandboxes);
+    await privateDir(home.cache);
+    await tightenHome(home.root);
   } catch (cause) {
     throw new StateError(`cannot create the state home ${home.root}: ${(cause as Error).message}; set KRUNBOX_HOME`, {
       cause,

@@ -126,3 +126,130 @@ Deno.test("locks: held by a process, freed by the kernel when it is SIGKILLed", 
   await child.stdout.cancel().catch(() => {});
   assertEquals(isLocked(path), false);
 });
+
+/**
+ * Runs a TS snippet in a child deno under `umask`; `whileOpen` runs when the child prints "ready" (it then
+ * waits for its stdin to close, so what it holds open is still open), and the child's success is awaited.
+ */
+async function underUmask(
+  umask: string,
+  script: string,
+  env: Record<string, string> = {},
+  whileOpen: () => Promise<void> = () => Promise.resolve(),
+): Promise<void> {
+  const cmd = `umask ${umask}; exec "$0" eval --ext=ts "$1"`;
+  const tail = `\nconsole.log("ready"); for await (const _ of Deno.stdin.readable) { /* until closed */ }`;
+  const child = new Deno.Command("sh", {
+    args: ["-c", cmd, Deno.execPath(), script + tail],
+    env,
+    stdin: "piped",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  const stderr = new Response(child.stderr).text();
+  let seen = "";
+  for await (const chunk of child.stdout.pipeThrough(new TextDecoderStream())) {
+    seen += chunk;
+    if (seen.includes("ready")) break;
+  }
+  const checked = seen.includes("ready") ? whileOpen().then(() => undefined, (e: Error) => e) : undefined;
+  const failure = await checked;
+  await child.stdin.close();
+  const status = await child.status;
+  if (!status.success || !seen.includes("ready")) throw new Error(`child failed: ${await stderr}`);
+  if (failure) throw failure;
+}
+
+const src = (p: string) => JSON.stringify(new URL(`../../src/${p}`, import.meta.url).href);
+const perm = async (p: string) => (await Deno.lstat(p)).mode! & 0o777;
+
+for (const umask of ["000", "002"]) {
+  Deno.test(`store: under umask ${umask} a new home is 0700 with 0600 database, wal, shm and lock files`, async () => {
+    const home = `${await tmp()}/home`;
+    await underUmask(
+      umask,
+      `
+      import { openStore } from ${src("store/open.ts")};
+      import { tryLock } from ${src("store/lock.ts")};
+      import { privateDir } from ${src("store/private.ts")};
+      using store = await openStore();
+      store.insert("a", "{}", "stopped", false);
+      tryLock(${JSON.stringify(`${home}/sandboxes/a.lock`)}, true)?.release();
+      await privateDir(${JSON.stringify(`${home}/sandboxes/a/net`)});
+      // positive controls: what the umask alone makes
+      await Deno.writeTextFile(${JSON.stringify(`${home}/control.txt`)}, "x");
+      await Deno.mkdir(${JSON.stringify(`${home}/control-dir`)});
+      `,
+      { KRUNBOX_HOME: home },
+      async () => {
+        const loose = umask === "000" ? [0o666, 0o777] : [0o664, 0o775];
+        assertEquals([await perm(`${home}/control.txt`), await perm(`${home}/control-dir`)], loose);
+        for (
+          const d of [home, `${home}/sandboxes`, `${home}/cache`, `${home}/sandboxes/a`, `${home}/sandboxes/a/net`]
+        ) {
+          assertEquals((await perm(d)).toString(8), "700", d);
+        }
+        for (const f of ["db.sqlite", "db.sqlite-wal", "db.sqlite-shm", "sandboxes/a.lock"]) {
+          assertEquals((await perm(`${home}/${f}`)).toString(8), "600", f);
+        }
+      },
+    );
+  });
+}
+
+Deno.test("store: an existing home made 0755/0644 by hand is tightened at open; guest trees and links are left alone", async () => {
+  const outside = await tmp();
+  await Deno.chmod(outside, 0o755);
+  const home = await tmp();
+  const dirs = [
+    "sandboxes",
+    "sandboxes/a",
+    "sandboxes/a/net",
+    "cache",
+    "cache/images",
+    "volumes/v/sub",
+    "cache/roots/r/etc",
+  ];
+  for (const d of dirs) await Deno.mkdir(`${home}/${d}`, { recursive: true });
+  const files = ["sandboxes/a/vm.json", "sandboxes/a/console.log", "sandboxes/a.lock", "cache/images/x.erofs"];
+  for (const f of [...files, "volumes/v/sub/data.txt", "cache/roots/r/etc/passwd"]) {
+    await Deno.writeTextFile(`${home}/${f}`, "x");
+  }
+  await Deno.writeTextFile(`${home}/sandboxes/a/tool`, "x");
+  await Deno.symlink(outside, `${home}/assets`);
+  for (const d of ["", ...dirs]) await Deno.chmod(`${home}/${d}`, 0o755);
+  for (const f of [...files, "volumes/v/sub/data.txt", "cache/roots/r/etc/passwd"]) {
+    await Deno.chmod(`${home}/${f}`, 0o644);
+  }
+  await Deno.chmod(`${home}/sandboxes/a/tool`, 0o755);
+  {
+    using store = Store.open(`${home}/db.sqlite`);
+    store.insert("a", "{}", "stopped", false);
+  }
+  for (const f of ["db.sqlite", "db.sqlite-wal", "db.sqlite-shm"]) {
+    await Deno.chmod(`${home}/${f}`, 0o644).catch(() => {});
+  }
+  const { looseEntries } = await import("../../src/store/private.ts");
+  assert(
+    (await looseEntries(home)).some((t) => t.path === `${home}/db.sqlite` && t.from === 0o644),
+    "the doctor's walk sees it",
+  );
+  await underUmask("022", `import { openStore } from ${src("store/open.ts")}; using s = await openStore();`, {
+    KRUNBOX_HOME: home,
+  });
+  for (
+    const d of ["", "sandboxes", "sandboxes/a", "sandboxes/a/net", "cache", "cache/images", "volumes", "cache/roots"]
+  ) {
+    assertEquals((await perm(`${home}/${d}`)).toString(8), "700", d || "home");
+  }
+  for (const f of [...files, "db.sqlite"]) assertEquals((await perm(`${home}/${f}`)).toString(8), "600", f);
+  assertEquals((await perm(`${home}/sandboxes/a/tool`)).toString(8), "700", "the owner's exec bit stays");
+  // guest data keeps its modes, a link's target is not touched
+  assertEquals((await perm(`${home}/volumes/v/sub/data.txt`)).toString(8), "644");
+  assertEquals((await perm(`${home}/cache/roots/r/etc/passwd`)).toString(8), "644");
+  assertEquals((await perm(outside)).toString(8), "755");
+  assertEquals(
+    await looseEntries(home).then((l) => l.filter((t) => !t.path.includes("/volumes/") && !t.path.includes("/roots/"))),
+    [],
+  );
+});
