@@ -15,6 +15,7 @@
  */
 
 import { BackendUnavailableError, ExecSpawnError, KrunboxError } from "../errors.ts";
+import { type CommandSpec, type Parsed, positional } from "./command.ts";
 
 /** krunbox itself failed. */
 export const EXIT_KRUNBOX = 125;
@@ -42,4 +43,28 @@ export function errorLine(e: unknown): string {
   if (e instanceof BackendUnavailableError) return `krunbox: ${e.message}`;
   if (e instanceof KrunboxError) return `krunbox: ${e.message.split("\n")[0]}`;
   return `krunbox: ${e instanceof Error ? e.message : String(e)}`;
+}
+
+/**
+ * Runs `fn` for each positional of `p` (at least one, named `what` in the
+ * usage error): a failing one prints its one line and the others still run;
+ * the exit code is 125 if any failed, else 0.
+ */
+export async function eachPositional(
+  spec: CommandSpec,
+  p: Parsed,
+  what: string,
+  fn: (arg: string) => Promise<void>,
+): Promise<number> {
+  positional(spec, p, 0, what);
+  let failed = false;
+  for (const arg of p.positionals) {
+    try {
+      await fn(arg);
+    } catch (e) {
+      console.error(errorLine(e));
+      failed = true;
+    }
+  }
+  return failed ? EXIT_KRUNBOX : 0;
 }

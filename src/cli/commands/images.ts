@@ -7,7 +7,7 @@
 
 import { Images } from "../../image/images.ts";
 import { type CommandSpec, positional } from "../command.ts";
-import { errorLine, EXIT_KRUNBOX } from "../exit.ts";
+import { eachPositional } from "../exit.ts";
 import { ago, humanBytes, table } from "../format.ts";
 import type { Command } from "../main.ts";
 import { PullProgress, stderrSink } from "../progress.ts";
@@ -62,20 +62,11 @@ const rmiSpec: CommandSpec = { name: "rmi", usage: "rmi IMAGE [IMAGE...]", optio
 /** `krunbox rmi`. */
 export const rmi: Command = {
   spec: rmiSpec,
-  async run(p) {
-    positional(rmiSpec, p, 0, "IMAGE");
-    let failed = false;
-    for (const ref of p.positionals) {
-      try {
-        await Images.remove(ref);
-        console.log(ref);
-      } catch (e) {
-        console.error(errorLine(e));
-        failed = true;
-      }
-    }
-    return failed ? EXIT_KRUNBOX : 0;
-  },
+  run: (p) =>
+    eachPositional(rmiSpec, p, "IMAGE", async (ref) => {
+      await Images.remove(ref);
+      console.log(ref);
+    }),
 };
 
 const pruneSpec: CommandSpec = {

@@ -12,25 +12,15 @@ import type { SandboxHandle } from "../../sandbox/handle.ts";
 import { homeLayout } from "../../store/home.ts";
 import { sandboxPaths } from "../../vmm/backend.ts";
 import { type CommandSpec, type Parsed, positional } from "../command.ts";
-import { errorLine, EXIT_KRUNBOX } from "../exit.ts";
+import { eachPositional } from "../exit.ts";
 import { ago, table } from "../format.ts";
 import type { Command } from "../main.ts";
 import type { ImageSource } from "../../sandbox/config.ts";
 import { stderrSink, withStartProgress } from "../progress.ts";
 
-/** Runs `fn` for each NAME; errors print one line each and make the exit code 125. */
-async function eachName(spec: CommandSpec, p: Parsed, fn: (name: string) => Promise<void>): Promise<number> {
-  positional(spec, p, 0, "NAME");
-  let failed = false;
-  for (const name of p.positionals) {
-    try {
-      await fn(name);
-    } catch (e) {
-      console.error(errorLine(e));
-      failed = true;
-    }
-  }
-  return failed ? EXIT_KRUNBOX : 0;
+/** Runs `fn` for each NAME (see {@link eachPositional}). */
+function eachName(spec: CommandSpec, p: Parsed, fn: (name: string) => Promise<void>): Promise<number> {
+  return eachPositional(spec, p, "NAME", fn);
 }
 
 const startSpec: CommandSpec = { name: "start", usage: "start NAME [NAME...]", options: {} };
