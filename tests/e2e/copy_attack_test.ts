@@ -1,0 +1,239 @@
+/**
+ * copyToHost/copyFromHost against a hostile guest, in a real qemu VM (one
+ * sandbox for every case). The guest is the attacker: it swaps directories
+ * for symlinks while a copy runs (in its own tree and in a host directory it
+ * shares through a bind volume), plants links to /etc/passwd and `../../..`,
+ * answers with names "" and ".", and sends more than the caps allow. Every
+ * check looks at the host; each negative check has a positive control.
+ */
+
+import { leftovers, skipVmReason } from "../util/e2e.ts";
+import { assert, assertEquals, assertRejects } from "../util/assert.ts";
+import { busyboxRoot } from "../../scripts/roots.ts";
+import { FsError, Sandbox } from "../../mod.ts";
+import { linkStaysInside, SandboxFs } from "../../src/sandbox/fs.ts";
+import type { AgentClient } from "../../src/agent/client.ts";
+
+const ignore = skipVmReason !== undefined;
+const NAME = "copyattack";
+let sb: Sandbox | undefined;
+let share = "";
+const temps: string[] = [];
+
+async function temp(prefix: string): Promise<string> {
+  const d = await Deno.makeTempDir({ prefix: `krunbox-copy-${prefix}-` });
+  temps.push(d);
+  return d;
+}
+
+/** The shared sandbox; the host directory `share` is bind-mounted at /share, writable by the guest. */
+async function sandbox(): Promise<Sandbox> {
+  if (sb) return sb;
+  share = await temp("share");
+  sb = await Sandbox.builder(NAME).image(await busyboxRoot()).memory(256).shell("/bin/ash").workdir("/tmp")
+    .volume("/share", (v) => v.bind(share)).create();
+  return sb;
+}
+
+Deno.test.afterAll(async () => {
+  await sb?.[Symbol.asyncDispose]();
+  if (sb) {
+    assertEquals(await leftovers(NAME), []);
+    await Sandbox.remove(NAME);
+  }
+  for (const d of temps) await Deno.remove(d, { recursive: true }).catch(() => {});
+});
+
+function names(dir: string): string[] {
+  return [...Deno.readDirSync(dir)].map((e) => e.name).sort();
+}
+
+Deno.test("linkStaysInside: only leading ../ no deeper than the link, then names without ..", () => {
+  assert(linkStaysInside("f", 0));
+  assert(linkStaysInside("./sub/f", 0));
+  assert(linkStaysInside("../f", 1));
+  assert(linkStaysInside("../../a/b", 2));
+  assert(!linkStaysInside("../f", 0));
+  assert(!linkStaysInside("../../..", 2));
+  assert(!linkStaysInside("/etc/passwd", 5));
+  assert(!linkStaysInside("a/../../x", 3)); // a may be a link: a/.. need not be the link's directory
+  assert(!linkStaysInside("f", -1)); // the copied path itself
+  assert(!linkStaysInside("", 0));
+});
+
+Deno.test(
+  { name: "a guest swapping directories for symlinks during copyToHost writes nothing outside", ignore },
+  async () => {
+    const s = await sandbox();
+    const outside = await temp("outside");
+    // The guest's tree; its d is swapped in the guest for a link whose text is the host's outside dir,
+    // and that path also exists in the guest (with files) so the guest side of the copy follows it.
+    await s.shell(
+      `mkdir -p /tmp/src/d/sub ${outside} && echo one > /tmp/src/d/f && echo two > /tmp/src/d/sub/g && ` +
+        `echo planted > ${outside}/planted`,
+    );
+    // Positive control, before any racer: the honest copy lands in the target (on the shared dir).
+    const first = await s.fs().copyToHost("/tmp/src", `${share}/t`);
+    assertEquals(await Deno.readTextFile(`${share}/t/d/sub/g`), "two\n");
+    assertEquals([first.files, first.dirs], [2, 3]);
+    await Deno.remove(`${share}/t`, { recursive: true });
+
+    // Racers: in the guest's own tree, and in the host target it shares (/share/t/d becomes a host symlink).
+    // (A live exec: the agent ends what an exec leaves behind when it exits.)
+    const racer = await s.execStream("sh", {
+      args: [
+        "-c",
+        `i=0; while :; do ` +
+        `mv /tmp/src/d /tmp/src/d.x; ln -s ${outside} /tmp/src/d; rm /tmp/src/d; mv /tmp/src/d.x /tmp/src/d; ` +
+        `if mv /share/t/d /share/t/d.x 2>/dev/null; then ln -s ${outside} /share/t/d; ` +
+        `ln -s ${outside} /share/t/d.x/sub 2>/dev/null; i=$((i+1)); echo $i > /tmp/swaps; ` +
+        `rm -f /share/t/d; mv /share/t/d.x /share/t/d; fi; done`,
+      ],
+    });
+    let completed = 0;
+    let refused = 0;
+    const errnos = new Set<string>();
+    try {
+      for (let i = 0; i < 60; i++) {
+        await Deno.remove(`${share}/t`, { recursive: true }).catch(() => {});
+        try {
+          await s.fs().copyToHost("/tmp/src", `${share}/t`);
+          completed++;
+        } catch (e) {
+          if (!(e instanceof FsError)) throw e;
+          errnos.add(e.errno);
+          refused++;
+        }
+        assertEquals(names(outside), [], `iteration ${i}: nothing is written outside the target`);
+      }
+    } finally {
+      racer.kill();
+      await racer.exited.catch(() => {});
+    }
+    const swaps = Number((await s.shell("cat /tmp/swaps 2>/dev/null || echo 0")).stdout.trim());
+    console.log(
+      `60 copies: ${completed} completed, ${refused} refused (${[...errnos].join(", ")}); ${swaps} host swaps`,
+    );
+    assert(swaps > 0, "the racer really swapped host directories for symlinks meanwhile");
+    assertEquals(names(outside), []);
+    await Deno.remove(`${share}/t`, { recursive: true }).catch(() => {});
+    await s.shell(`rm -rf ${outside}`);
+  },
+);
+
+Deno.test({ name: "guest symlinks to /etc/passwd or ../../.. are not recreated or followed", ignore }, async () => {
+  const s = await sandbox();
+  const dest = await temp("links");
+  const passwd = await Deno.readFile("/etc/passwd");
+  await s.shell(
+    "mkdir -p /tmp/links/sub && echo in > /tmp/links/f && ln -s /etc/passwd /tmp/links/p && " +
+      "ln -s ../../.. /tmp/links/sub/up && ln -s f /tmp/links/ok && ln -s ../f /tmp/links/sub/back && " +
+      "ln -s sub/../../x /tmp/links/tricky",
+  );
+  const r = await s.fs().copyToHost("/tmp/links", `${dest}/l`);
+  // Links that stay inside are copied as links (positive control) ...
+  assertEquals(await Deno.readLink(`${dest}/l/ok`), "f");
+  assertEquals(await Deno.readTextFile(`${dest}/l/sub/back`), "in\n");
+  // ... the others are skipped, reported, and nothing of the host was read or written through them.
+  assertEquals(names(`${dest}/l`), ["f", "ok", "sub"]);
+  assertEquals(names(`${dest}/l/sub`), ["back"]);
+  assertEquals(r.skipped.map((e) => `${e.path} -> ${e.target}`).sort(), [
+    "/tmp/links/p -> /etc/passwd",
+    "/tmp/links/sub/up -> ../../..",
+    "/tmp/links/tricky -> sub/../../x",
+  ]);
+  assertEquals(await Deno.readFile("/etc/passwd"), passwd);
+  // The copied path being a link: skipped (it would point wherever its text says, next to the target).
+  await s.shell("ln -sf /etc/passwd /tmp/plink");
+  const top = await s.fs().copyToHost("/tmp/plink", `${dest}/plink`);
+  assertEquals([top.skipped.length, names(dest)], [1, ["l"]]);
+  // An existing host file is never replaced or written through (O_EXCL|O_NOFOLLOW).
+  await Deno.symlink("/etc/passwd", `${dest}/hostlink`);
+  const e = await assertRejects(() => s.fs().copyToHost("/tmp/links/f", `${dest}/hostlink`), FsError);
+  assertEquals(e.errno, "EEXIST");
+  assertEquals(await Deno.readFile("/etc/passwd"), passwd);
+});
+
+Deno.test({ name: "copyFromHost of a tree with a link to a secret dir never reads the secret", ignore }, async () => {
+  const s = await sandbox();
+  const secret = await temp("ssh");
+  await Deno.writeTextFile(`${secret}/id_ed25519`, "SECRET-KEY-7f3a");
+  const src = await temp("from");
+  await Deno.mkdir(`${src}/t/sub`, { recursive: true });
+  await Deno.writeTextFile(`${src}/t/sub/f.txt`, "public");
+  await Deno.symlink(secret, `${src}/t/keys`);
+  await Deno.symlink(`${secret}/id_ed25519`, `${src}/t/sub/key`);
+  const r = await s.fs().copyFromHost(`${src}/t`, "/tmp/in");
+  assertEquals([r.files, r.dirs, r.symlinks], [1, 2, 2]);
+  // Positive control: the honest file arrived; the links arrived as links (their text only).
+  assertEquals(await s.fs().readText("/tmp/in/sub/f.txt"), "public");
+  assertEquals((await s.fs().stat("/tmp/in/keys")).target, secret);
+  const seen = await s.shell("grep -rs SECRET-KEY /tmp/in; find /tmp/in -type f; cat /tmp/in/keys/* 2>&1 | head -1");
+  assert(!seen.stdout.includes("SECRET-KEY"), seen.stdout);
+  assert(seen.stdout.includes("/tmp/in/sub/f.txt"), seen.stdout);
+  // The secret's directory itself through the link, as the top path: a link, not its contents.
+  await Deno.symlink(secret, `${src}/topkeys`);
+  await s.fs().copyFromHost(`${src}/topkeys`, "/tmp/topkeys");
+  assertEquals((await s.fs().stat("/tmp/topkeys")).kind, "symlink");
+  assertEquals((await s.shell("cat /tmp/topkeys/* 2>/dev/null; true")).stdout, "");
+});
+
+Deno.test({ name: 'guest names "", ".", "..", "a/b" are refused with EINVAL naming the entry', ignore }, async () => {
+  const s = await sandbox();
+  await s.shell("mkdir -p /tmp/named && echo x > /tmp/named/real");
+  const real = s.fs().agent;
+  // The attacker owns the agent: its listing of /tmp/named adds a name that is not one component.
+  const lying = (extra: string) =>
+    new SandboxFs(
+      {
+        request: async (method: string, params: unknown, options: unknown) => {
+          // deno-lint-ignore no-explicit-any
+          const reply = await (real.request as any)(method, params, options);
+          if (method !== "fs.list") return reply;
+          const entries = reply.result.entries as { name: string; path: string }[];
+          const fake = { ...entries[0], name: extra, path: `/tmp/named/${extra}` };
+          return { ...reply, result: { entries: [fake, ...entries] } };
+        },
+      } as unknown as AgentClient,
+    );
+  // Positive control: the honest listing copies.
+  const dest = await temp("names");
+  await s.fs().copyToHost("/tmp/named", `${dest}/ok`);
+  assertEquals(names(`${dest}/ok`), ["real"]);
+  for (const bad of ["", ".", "..", "a/b", "x\0y"]) {
+    const e = await assertRejects(() => lying(bad).copyToHost("/tmp/named", `${dest}/n`), FsError);
+    assertEquals(e.errno, "EINVAL");
+    assert(e.path.endsWith(`/tmp/named/${bad}`), e.path);
+    await Deno.remove(`${dest}/n`, { recursive: true });
+  }
+  assertEquals(names(dest), ["ok"]);
+});
+
+Deno.test({ name: "byte and entry caps and an abort end a copy with a typed error", ignore }, async () => {
+  const s = await sandbox();
+  await s.shell("mkdir -p /tmp/big/d && head -c 3000000 /dev/zero > /tmp/big/d/blob && touch /tmp/big/a /tmp/big/b");
+  const dest = await temp("caps");
+  // Positive control: within the caps it copies.
+  const ok = await s.fs().copyToHost("/tmp/big", `${dest}/ok`, { maxBytes: 3_000_000, maxEntries: 5 });
+  assertEquals([ok.bytes, ok.files], [3_000_000, 3]);
+  const big = await assertRejects(() => s.fs().copyToHost("/tmp/big", `${dest}/b`, { maxBytes: 2_000_000 }), FsError);
+  assertEquals(big.errno, "EFBIG");
+  assert(String((big.cause as Error).message).includes("KRUNBOX_COPY_MAX_BYTES"));
+  assertEquals(names(`${dest}/b/d`), [], "the half-written file was removed");
+  const many = await assertRejects(() => s.fs().copyToHost("/tmp/big", `${dest}/e`, { maxEntries: 4 }), FsError);
+  assertEquals(many.errno, "E2BIG");
+  const ac = new AbortController();
+  ac.abort(new Error("stop"));
+  const aborted = await assertRejects(() => s.fs().copyToHost("/tmp/big", `${dest}/a`, { signal: ac.signal }), Error);
+  assertEquals(aborted.message, "stop");
+  // The same caps on the way in.
+  const from = await temp("capsin");
+  await Deno.writeFile(`${from}/blob`, new Uint8Array(3_000_000));
+  await Deno.writeFile(`${from}/small`, new Uint8Array(1));
+  const inBig = await assertRejects(() => s.fs().copyFromHost(from, "/tmp/capin1", { maxBytes: 1_000_000 }), FsError);
+  assertEquals(inBig.errno, "EFBIG");
+  const inMany = await assertRejects(() => s.fs().copyFromHost(from, "/tmp/capin2", { maxEntries: 2 }), FsError);
+  assertEquals(inMany.errno, "E2BIG");
+  const inOk = await s.fs().copyFromHost(from, "/tmp/capin3", { maxBytes: 3_000_001, maxEntries: 3 });
+  assertEquals(inOk.bytes, 3_000_001);
+});
