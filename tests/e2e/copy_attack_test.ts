@@ -61,63 +61,93 @@ Deno.test("linkStaysInside: only leading ../ no deeper than the link, then names
   assert(!linkStaysInside("", 0));
 });
 
+/**
+ * Runs `copy` `iterations` times while `script` loops in the guest (a live exec: the agent ends what an exec
+ * leaves behind; `$SWAPPED` in it counts a swap); typed FsErrors count as refusals. Answers what happened and how often the racer swapped.
+ */
+async function race(
+  s: Sandbox,
+  script: string,
+  iterations: number,
+  copy: (i: number) => Promise<unknown>,
+  check: (i: number) => void,
+): Promise<{ completed: number; refused: number; errnos: string[]; swaps: number }> {
+  await s.shell("rm -f /tmp/swaps");
+  script = script.replaceAll("$SWAPPED", "i=$((i+1)); echo $i > /tmp/swaps");
+  const racer = await s.execStream("sh", {
+    args: ["-c", `i=0; while :; do ${script}; done`],
+  });
+  let completed = 0;
+  let refused = 0;
+  const errnos = new Set<string>();
+  try {
+    for (let i = 0; i < iterations; i++) {
+      try {
+        await copy(i);
+        completed++;
+      } catch (e) {
+        if (!(e instanceof FsError)) throw e;
+        errnos.add(e.errno);
+        refused++;
+      }
+      check(i);
+    }
+  } finally {
+    racer.kill();
+    await racer.exited.catch(() => {});
+  }
+  const swaps = Number((await s.shell("cat /tmp/swaps 2>/dev/null || echo 0")).stdout.trim());
+  return { completed, refused, errnos: [...errnos], swaps };
+}
+
+const FILES = Array.from({ length: 20 }, (_, i) => `f${String(i).padStart(2, "0")}`);
+
 Deno.test(
   { name: "a guest swapping directories for symlinks during copyToHost writes nothing outside", ignore },
   async () => {
     const s = await sandbox();
     const outside = await temp("outside");
-    // The guest's tree; its d is swapped in the guest for a link whose text is the host's outside dir,
-    // and that path also exists in the guest (with files) so the guest side of the copy follows it.
+    const dest = await temp("dest");
+    // The guest's tree (20 files in d: a long window); the link's text is the host's outside dir, and that
+    // path also exists in the guest (with files) so the guest side of the copy follows it.
     await s.shell(
-      `mkdir -p /tmp/src/d/sub ${outside} && echo one > /tmp/src/d/f && echo two > /tmp/src/d/sub/g && ` +
-        `echo planted > ${outside}/planted`,
+      `mkdir -p /tmp/src/d/sub ${outside} && cd /tmp/src/d && for f in ${FILES.join(" ")}; do echo $f > $f; done && ` +
+        `echo two > sub/g && echo planted > ${outside}/planted`,
     );
     // Positive control, before any racer: the honest copy lands in the target (on the shared dir).
-    const first = await s.fs().copyToHost("/tmp/src", `${share}/t`);
-    assertEquals(await Deno.readTextFile(`${share}/t/d/sub/g`), "two\n");
-    assertEquals([first.files, first.dirs], [2, 3]);
-    await Deno.remove(`${share}/t`, { recursive: true });
+    const first = await s.fs().copyToHost("/tmp/src", `${share}/first`);
+    assertEquals(await Deno.readTextFile(`${share}/first/d/sub/g`), "two\n");
+    assertEquals([first.files, first.dirs], [21, 3]);
+    await Deno.remove(`${share}/first`, { recursive: true });
+    const nothingOutside = (i: number) => assertEquals(names(outside), [], `iteration ${i}: nothing written outside`);
 
-    // Racers: in the guest's own tree, and in the host target it shares (/share/t/d becomes a host symlink).
-    // (A live exec: the agent ends what an exec leaves behind when it exits.)
-    const racer = await s.execStream("sh", {
-      args: [
-        "-c",
-        `i=0; while :; do ` +
-        `mv /tmp/src/d /tmp/src/d.x; ln -s ${outside} /tmp/src/d; rm /tmp/src/d; mv /tmp/src/d.x /tmp/src/d; ` +
-        `if mv /share/t/d /share/t/d.x 2>/dev/null; then ln -s ${outside} /share/t/d; ` +
-        `ln -s ${outside} /share/t/d.x/sub 2>/dev/null; i=$((i+1)); echo $i > /tmp/swaps; ` +
-        `rm -f /share/t/d; mv /share/t/d.x /share/t/d; fi; done`,
-      ],
-    });
-    let completed = 0;
-    let refused = 0;
-    const errnos = new Set<string>();
-    try {
-      for (let i = 0; i < 60; i++) {
-        await Deno.remove(`${share}/t`, { recursive: true }).catch(() => {});
-        try {
-          await s.fs().copyToHost("/tmp/src", `${share}/t`);
-          completed++;
-        } catch (e) {
-          if (!(e instanceof FsError)) throw e;
-          errnos.add(e.errno);
-          refused++;
-        }
-        assertEquals(names(outside), [], `iteration ${i}: nothing is written outside the target`);
-      }
-    } finally {
-      racer.kill();
-      await racer.exited.catch(() => {});
-    }
-    const swaps = Number((await s.shell("cat /tmp/swaps 2>/dev/null || echo 0")).stdout.trim());
-    console.log(
-      `60 copies: ${completed} completed, ${refused} refused (${[...errnos].join(", ")}); ${swaps} host swaps`,
+    // 1. The guest swaps its own d for a link to the host's outside dir (as text) and back (with pauses, so
+    //    that some copies also run whole: the positive control in the same run).
+    const own = await race(
+      s,
+      `mv /tmp/src/d /tmp/src/d.x; ln -s ${outside} /tmp/src/d; $SWAPPED; rm /tmp/src/d; mv /tmp/src/d.x /tmp/src/d; sleep 0.2`,
+      30,
+      (i) => s.fs().copyToHost("/tmp/src", `${dest}/${i}`),
+      nothingOutside,
     );
-    assert(swaps > 0, "the racer really swapped host directories for symlinks meanwhile");
+    console.log(`guest tree: ${JSON.stringify(own)}`);
+    assert(own.swaps > 0 && own.completed > 0, "the racer swapped, and honest copies still landed");
+
+    // 2. The guest shares the host target: /share/t/d becomes a host symlink to the outside dir meanwhile.
+    await Deno.mkdir(`${share}/t`);
+    const shared = await race(
+      s,
+      `for x in /share/t/*/d; do if mv $x $x.x 2>/dev/null; then ln -s ${outside} $x; $SWAPPED; ` +
+        `rm -f $x; mv $x.x $x; fi; done`,
+      30,
+      (i) => s.fs().copyToHost("/tmp/src", `${share}/t/${i}`),
+      nothingOutside,
+    );
+    console.log(`shared host target: ${JSON.stringify(shared)}`);
+    assert(shared.swaps > 0, "the racer really swapped host directories for symlinks meanwhile");
     assertEquals(names(outside), []);
     await Deno.remove(`${share}/t`, { recursive: true }).catch(() => {});
-    await s.shell(`rm -rf ${outside}`);
+    await s.shell(`rm -rf ${outside} /tmp/src`);
   },
 );
 
@@ -176,6 +206,35 @@ Deno.test({ name: "copyFromHost of a tree with a link to a secret dir never read
   await s.fs().copyFromHost(`${src}/topkeys`, "/tmp/topkeys");
   assertEquals((await s.fs().stat("/tmp/topkeys")).kind, "symlink");
   assertEquals((await s.shell("cat /tmp/topkeys/* 2>/dev/null; true")).stdout, "");
+});
+
+Deno.test({
+  name: "a guest swapping a shared host dir for a link to a secret during copyFromHost reads nothing of it",
+  ignore,
+}, async () => {
+  const s = await sandbox();
+  const secret = await temp("secret");
+  await Deno.mkdir(`${share}/src/d`, { recursive: true });
+  for (const f of FILES) {
+    await Deno.writeTextFile(`${secret}/${f}`, "SECRET-RACE-91c2");
+    await Deno.writeTextFile(`${share}/src/d/${f}`, "public");
+  }
+  // The guest shares the host tree being copied in: it swaps src/d for a host link to the secret dir.
+  const r = await race(
+    s,
+    `if mv /share/src/d /share/src/d.x 2>/dev/null; then ln -s ${secret} /share/src/d; $SWAPPED; ` +
+      `rm -f /share/src/d; mv /share/src/d.x /share/src/d; fi`,
+    30,
+    (i) => s.fs().copyFromHost(`${share}/src`, `/tmp/race-in/${i}`),
+    () => {},
+  );
+  const got = await s.shell("grep -rl SECRET-RACE /tmp/race-in; grep -rl public /tmp/race-in | head -1");
+  console.log(`copyFromHost: ${JSON.stringify(r)}`);
+  assert(r.swaps > 0, "the racer really swapped the host dir for a link meanwhile");
+  assert(!got.stdout.includes("SECRET-RACE"), got.stdout);
+  assert(got.stdout.includes("/tmp/race-in/"), "positive control: honest copies landed");
+  await Deno.remove(`${share}/src`, { recursive: true });
+  await s.shell("rm -rf /tmp/race-in");
 });
 
 Deno.test({ name: 'guest names "", ".", "..", "a/b" are refused with EINVAL naming the entry', ignore }, async () => {
