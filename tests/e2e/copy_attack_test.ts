@@ -151,6 +151,67 @@ Deno.test(
   },
 );
 
+/**
+ * The agent as the attacker times its answers: when the host asks about `trigger` it first swaps a host dir it
+ * shares for a symlink (through the real guest), waits until the host sees the link, then answers.
+ */
+function swapping(s: Sandbox, trigger: string, swap: string, seen: string): SandboxFs {
+  const real = s.fs().agent;
+  let done = false;
+  return new SandboxFs(
+    {
+      request: async (method: string, params: { path?: string }, options: unknown) => {
+        if (!done && (method === "fs.stat" || method === "fs.open") && params.path === trigger) {
+          done = true;
+          await s.shell(swap);
+          for (let i = 0; i < 100 && !Deno.lstatSync(seen).isSymlink; i++) await new Promise((r) => setTimeout(r, 20));
+          assert(Deno.lstatSync(seen).isSymlink, "the host sees the guest's link");
+        }
+        // deno-lint-ignore no-explicit-any
+        return await (real.request as any)(method, params, options);
+      },
+    } as unknown as AgentClient,
+  );
+}
+
+Deno.test({ name: "a guest that swaps a shared dir while it holds back an answer gains nothing", ignore }, async () => {
+  const s = await sandbox();
+  const outside = await temp("held-outside");
+  const secret = await temp("held-secret");
+  await s.shell(`mkdir -p /tmp/held/d && cd /tmp/held/d && for f in ${FILES.join(" ")}; do echo $f > $f; done`);
+  // copyToHost into a shared target: at f05 the guest turns the host's t/d into a link to the outside dir.
+  await Deno.mkdir(`${share}/held`);
+  const out = await swapping(
+    s,
+    "/tmp/held/d/f05",
+    `mv /share/held/t/d /share/held/t/d.x && ln -s ${outside} /share/held/t/d`,
+    `${share}/held/t/d`,
+  ).copyToHost("/tmp/held", `${share}/held/t`).catch((e) => e);
+  assertEquals(names(outside), [], "nothing was written through the swapped-in link");
+  // Positive control: the copy went on into the directory it had opened (now d.x), whole.
+  assert(!(out instanceof Error), String(out));
+  assertEquals(names(`${share}/held/t/d.x`), FILES);
+
+  // copyFromHost of a shared source: at f05 the guest turns the host's src/d into a link to the secret dir.
+  await Deno.mkdir(`${share}/held/src/d`, { recursive: true });
+  for (const f of FILES) {
+    await Deno.writeTextFile(`${secret}/${f}`, "SECRET-HELD-55e1");
+    await Deno.writeTextFile(`${share}/held/src/d/${f}`, "public");
+  }
+  const inn = await swapping(
+    s,
+    "/tmp/held-in/d/f05",
+    `mv /share/held/src/d /share/held/src/d.x && ln -s ${secret} /share/held/src/d`,
+    `${share}/held/src/d`,
+  ).copyFromHost(`${share}/held/src`, "/tmp/held-in").catch((e) => e);
+  assert(!(inn instanceof Error), String(inn));
+  const got = await s.shell("grep -rh SECRET-HELD /tmp/held-in; grep -l public /tmp/held-in/d/* | wc -l");
+  assert(!got.stdout.includes("SECRET-HELD"), got.stdout);
+  assertEquals(got.stdout.trim(), String(FILES.length), "positive control: every file came from the real dir");
+  await Deno.remove(`${share}/held`, { recursive: true });
+  await s.shell("rm -rf /tmp/held /tmp/held-in");
+});
+
 Deno.test({ name: "guest symlinks to /etc/passwd or ../../.. are not recreated or followed", ignore }, async () => {
   const s = await sandbox();
   const dest = await temp("links");
@@ -228,7 +289,7 @@ Deno.test({
     (i) => s.fs().copyFromHost(`${share}/src`, `/tmp/race-in/${i}`),
     () => {},
   );
-  const got = await s.shell("grep -rl SECRET-RACE /tmp/race-in; grep -rl public /tmp/race-in | head -1");
+  const got = await s.shell("grep -rh SECRET-RACE /tmp/race-in; grep -rl public /tmp/race-in | head -1");
   console.log(`copyFromHost: ${JSON.stringify(r)}`);
   assert(r.swaps > 0, "the racer really swapped the host dir for a link meanwhile");
   assert(!got.stdout.includes("SECRET-RACE"), got.stdout);
