@@ -2,7 +2,11 @@
  * The few libc calls krunbox needs and Deno has no API for: advisory locks
  * that can be tried without blocking (`flock`, for the sandbox locks),
  * extended attributes (tests read image xattrs back with them), and a
- * seccomp filter for a whole process (the qemu runner's, src/vmm/seccomp.ts).
+ * seccomp filter for a whole process (the qemu runner's, src/vmm/seccomp.ts),
+ * and the `*at` calls that walk a host tree from directory descriptors
+ * without following links (`openat`, `mkdirat`, `fstatat`, `symlinkat`,
+ * `readlinkat`, `unlinkat`, plus `fstat`, `fchmod`, `read`, `write`: the
+ * race-free copies of src/sandbox/fs.ts).
  * One symbols table, C signature beside each entry. Opened lazily through the
  * one loader (ffi/load.ts; needs `--allow-ffi`); {@link loadLibc} answers
  * `undefined` where FFI is unavailable so callers can degrade.
