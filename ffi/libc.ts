@@ -2,7 +2,11 @@
  * The few libc calls krunbox needs and Deno has no API for: advisory locks
  * that can be tried without blocking (`flock`, for the sandbox locks),
  * extended attributes (tests read image xattrs back with them), and a
- * seccomp filter for a whole process (the qemu runner's, src/vmm/seccomp.ts).
+ * seccomp filter for a whole process (the qemu runner's, src/vmm/seccomp.ts),
+ * and the `*at` calls that walk a host tree from directory descriptors
+ * without following links (`openat`, `mkdirat`, `fstatat`, `symlinkat`,
+ * `readlinkat`, `unlinkat`, plus `fstat`, `fchmod`, `read`, `write`: the
+ * race-free copies of src/sandbox/fs.ts).
  * One symbols table, C signature beside each entry. Opened lazily through the
  * one loader (ffi/load.ts; needs `--allow-ffi`); {@link loadLibc} answers
  * `undefined` where FFI is unavailable so callers can degrade.
@@ -33,6 +37,26 @@ const SYMBOLS = {
   prctl: { parameters: ["i32", "u64", "u64", "u64", "u64"], result: "i32" },
   // long syscall(long number, ...): here seccomp(unsigned int operation, unsigned int flags, void *args)
   syscall: { parameters: ["i64", "u64", "u64", "buffer"], result: "i64" },
+  // int openat(int dirfd, const char *pathname, int flags, mode_t mode)
+  openat: { parameters: ["i32", "buffer", "i32", "u32"], result: "i32" },
+  // int mkdirat(int dirfd, const char *pathname, mode_t mode)
+  mkdirat: { parameters: ["i32", "buffer", "u32"], result: "i32" },
+  // int fstat(int fd, struct stat *statbuf)
+  fstat: { parameters: ["i32", "buffer"], result: "i32" },
+  // int fstatat(int dirfd, const char *pathname, struct stat *statbuf, int flags)
+  fstatat: { parameters: ["i32", "buffer", "buffer", "i32"], result: "i32" },
+  // int fchmod(int fd, mode_t mode)
+  fchmod: { parameters: ["i32", "u32"], result: "i32" },
+  // int symlinkat(const char *target, int newdirfd, const char *linkpath)
+  symlinkat: { parameters: ["buffer", "i32", "buffer"], result: "i32" },
+  // ssize_t readlinkat(int dirfd, const char *pathname, char *buf, size_t bufsiz)
+  readlinkat: { parameters: ["i32", "buffer", "buffer", "usize"], result: "isize" },
+  // int unlinkat(int dirfd, const char *pathname, int flags)
+  unlinkat: { parameters: ["i32", "buffer", "i32"], result: "i32" },
+  // ssize_t read(int fd, void *buf, size_t count): on a worker thread (a file on a slow disk must not stall the loop)
+  read: { parameters: ["i32", "buffer", "usize"], result: "isize", nonblocking: true },
+  // ssize_t write(int fd, const void *buf, size_t count): on a worker thread
+  write: { parameters: ["i32", "buffer", "usize"], result: "isize", nonblocking: true },
 } as const satisfies Deno.ForeignLibraryInterface;
 
 const ENOSYS = 38;
@@ -40,7 +64,9 @@ const ERRNO_NAMES: Record<number, string> = {
   1: "EPERM",
   2: "ENOENT",
   3: "ESRCH",
+  4: "EINTR",
   5: "EIO",
+  9: "EBADF",
   7: "E2BIG",
   13: "EACCES",
   17: "EEXIST",
@@ -51,6 +77,8 @@ const ERRNO_NAMES: Record<number, string> = {
   30: "EROFS",
   34: "ERANGE",
   36: "ENAMETOOLONG",
+  39: "ENOTEMPTY",
+  40: "ELOOP",
   38: "ENOSYS",
   61: "ENODATA",
   95: "EOPNOTSUPP",
@@ -124,7 +152,67 @@ export interface Libc {
    * removed. 0, or the errno (`ESRCH` when a thread could not be synchronised).
    */
   installSeccompFilter(program: Uint8Array): number;
+  /**
+   * `openat(2)` of `path` relative to the directory `dirfd` ({@link AT_FDCWD}
+   * for the working directory) with {@link O} flags (`O_CLOEXEC` always
+   * added): a file descriptor, or minus the errno. With `O.nofollow` a
+   * final symlink fails with `ELOOP` (`ENOTDIR` with `O.directory`).
+   */
+  openAt(dirfd: number, path: string, flags: number, mode?: number): number;
+  /** `mkdirat(2)`: 0 or the errno (`EEXIST` also when a symlink has that name; it is not followed). */
+  mkdirAt(dirfd: number, name: string, mode: number): number;
+  /** `fstat(2)`: what an open descriptor is. */
+  fstat(fd: number): FileStat | { errno: number };
+  /** `fstatat(2)`; `follow: false` (the default) stats a final symlink itself (`AT_SYMLINK_NOFOLLOW`). */
+  fstatAt(dirfd: number, path: string, follow?: boolean): FileStat | { errno: number };
+  /** `fchmod(2)`: 0 or the errno. */
+  fchmod(fd: number, mode: number): number;
+  /** `symlinkat(2)`: creates `name` in `dirfd` pointing at `target`; 0 or the errno (`EEXIST` if taken). */
+  symlinkAt(target: string, dirfd: number, name: string): number;
+  /** `readlinkat(2)`: the link text, or the errno (`EINVAL` when not a link). */
+  readlinkAt(dirfd: number, name: string): { value?: string; errno: number };
+  /** `unlinkat(2)`; `dir: true` removes an empty directory (`AT_REMOVEDIR`). 0 or the errno. */
+  unlinkAt(dirfd: number, name: string, dir?: boolean): number;
+  /** `read(2)` on a worker thread: bytes read (0 at the end), or minus the errno. */
+  read(fd: number, buf: Uint8Array): Promise<number>;
+  /** `write(2)` of all of `buf` (short writes retried) on a worker thread: 0 or the errno. */
+  writeAll(fd: number, buf: Uint8Array): Promise<number>;
 }
+
+/** What `fstat`/`fstatAt` answer (from `struct stat`). */
+export interface FileStat {
+  /** `st_dev`. */
+  readonly dev: bigint;
+  /** `st_ino`. */
+  readonly ino: bigint;
+  /** `st_mode`: type and permission bits (see {@link S_IFMT}). */
+  readonly mode: number;
+  /** `st_size`. */
+  readonly size: number;
+  /** Always 0 (a stat that worked). */
+  readonly errno: 0;
+}
+
+/** `openat(2)` flags (x86_64 / generic Linux values). */
+export const O = {
+  rdonly: 0,
+  wronly: 0o1,
+  creat: 0o100,
+  excl: 0o200,
+  nonblock: 0o4000,
+  directory: 0o200000,
+  nofollow: 0o400000,
+  cloexec: 0o2000000,
+} as const;
+/** `dirfd` meaning the working directory. */
+export const AT_FDCWD = -100;
+/** The file-type bits of `st_mode` and their values. */
+export const S_IFMT = 0o170000;
+/** `st_mode & S_IFMT` of a directory, regular file and symlink. */
+export const S_IF = { dir: 0o040000, reg: 0o100000, lnk: 0o120000 } as const;
+const AT_SYMLINK_NOFOLLOW = 0x100;
+const AT_REMOVEDIR = 0x200;
+const STAT_SIZE = 144; // sizeof(struct stat) on x86_64
 
 /** `flock(2)` operations. */
 export const LOCK = { sh: 1, ex: 2, nb: 4, un: 8 } as const;
@@ -146,6 +234,18 @@ const SECCOMP_FILTER_FLAG_TSYNC = 1n;
  * ```
  */
 export const libcLibrary: OptionalLibrary<typeof SYMBOLS> = new OptionalLibrary(undefined, "libc.so.6", SYMBOLS);
+
+function statOf(buf: Uint8Array): FileStat {
+  // struct stat on x86_64: st_dev @0, st_ino @8, st_nlink @16, st_mode @24 (u32), st_size @48.
+  const v = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
+  return {
+    dev: v.getBigUint64(0, true),
+    ino: v.getBigUint64(8, true),
+    mode: v.getUint32(24, true),
+    size: Number(v.getBigInt64(48, true)),
+    errno: 0,
+  };
+}
 
 let cached: Libc | undefined;
 
@@ -205,6 +305,47 @@ export function loadLibc(): Libc | undefined {
       const rc = s.syscall(SYS_SECCOMP, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_TSYNC, fprog);
       // With TSYNC a positive result is the id of a thread that could not be synchronised.
       return rc < 0n ? errno() || ENOSYS : rc > 0n ? 3 /* ESRCH */ : 0;
+    },
+    openAt(dirfd, path, flags, mode = 0) {
+      const fd = s.openat(dirfd, cstr(path), flags | O.cloexec, mode);
+      return fd < 0 ? -(errno() || ENOSYS) : fd;
+    },
+    mkdirAt: (dirfd, name, mode) => check(s.mkdirat(dirfd, cstr(name), mode)),
+    fstat(fd) {
+      const buf = new Uint8Array(STAT_SIZE);
+      return s.fstat(fd, buf) < 0 ? { errno: errno() || ENOSYS } : statOf(buf);
+    },
+    fstatAt(dirfd, path, follow = false) {
+      const buf = new Uint8Array(STAT_SIZE);
+      const rc = s.fstatat(dirfd, cstr(path), buf, follow ? 0 : AT_SYMLINK_NOFOLLOW);
+      return rc < 0 ? { errno: errno() || ENOSYS } : statOf(buf);
+    },
+    fchmod: (fd, mode) => check(s.fchmod(fd, mode)),
+    symlinkAt: (target, dirfd, name) => check(s.symlinkat(cstr(target), dirfd, cstr(name))),
+    readlinkAt(dirfd, name) {
+      const p = cstr(name);
+      // PATH_MAX bytes hold any link text Linux stores; one more tells a full buffer from a cut one.
+      const buf = new Uint8Array(4097);
+      const n = Number(s.readlinkat(dirfd, p, buf, BigInt(buf.length)));
+      if (n < 0) return { errno: errno() || ENOSYS };
+      if (n >= buf.length) return { errno: 36 /* ENAMETOOLONG */ };
+      return { value: new TextDecoder().decode(buf.subarray(0, n)), errno: 0 };
+    },
+    unlinkAt: (dirfd, name, dir = false) => check(s.unlinkat(dirfd, cstr(name), dir ? AT_REMOVEDIR : 0)),
+    async read(fd, buf) {
+      // errno is per thread: a nonblocking call's errno is read on another thread, so a failure
+      // is re-derived with fstat here (EBADF) or reported as EIO.
+      const n = Number(await s.read(fd, buf, BigInt(buf.length)));
+      return n >= 0 ? n : -(s.fstat(fd, new Uint8Array(STAT_SIZE)) < 0 ? errno() || 5 : 5);
+    },
+    async writeAll(fd, buf) {
+      for (let off = 0; off < buf.length;) {
+        const part = buf.subarray(off);
+        const n = Number(await s.write(fd, part, BigInt(part.length)));
+        if (n < 0) return s.fstat(fd, new Uint8Array(STAT_SIZE)) < 0 ? errno() || 5 : 5;
+        off += n;
+      }
+      return 0;
     },
   };
   return cached;

@@ -66,6 +66,16 @@ export const SETTINGS: readonly SettingDoc[] = [
     default: "67108864 (64 MiB)",
   },
   {
+    name: "KRUNBOX_COPY_MAX_BYTES",
+    meaning: "bytes one copyToHost/copyFromHost may move; over it the copy fails with FS EFBIG",
+    default: "17179869184 (16 GiB)",
+  },
+  {
+    name: "KRUNBOX_COPY_MAX_ENTRIES",
+    meaning: "entries (files, directories, links) one copyToHost/copyFromHost may visit; over it FS E2BIG",
+    default: "1000000",
+  },
+  {
     name: "KRUNBOX_PULL_MAX_BYTES",
     meaning: "uncompressed layer bytes (the tar streams) one image may have; over it a pull fails with IMAGE_INVALID",
     default: "34359738368 (32 GiB)",
@@ -147,6 +157,10 @@ export const DEFAULTS = {
   execMaxOutputBytes: 64 << 20,
   /** Bytes `fs().read()`/`readText()` collect before failing with FS EFBIG (a guest file can be endless). */
   fsReadMaxBytes: 1 << 30,
+  /** Bytes one `copyToHost`/`copyFromHost` moves before failing with FS EFBIG (`KRUNBOX_COPY_MAX_BYTES`). */
+  copyMaxBytes: 16 * 2 ** 30,
+  /** Entries one `copyToHost`/`copyFromHost` visits before failing with FS E2BIG (`KRUNBOX_COPY_MAX_ENTRIES`). */
+  copyMaxEntries: 1_000_000,
   /** Broken frames an agent connection survives; one more ends it (an honest agent sends none). */
   agentMaxBrokenFrames: 256,
   /** Bytes the relay queues for one client before it cuts that client off (an AgentClient drains its socket at once). */
@@ -247,6 +261,10 @@ export const settings = {
   debug: (): boolean => (env("KRUNBOX_DEBUG") ?? "0") !== "0",
   /** The path override of an optional library (`KRUNBOX_LIBISAL_PATH`, `KRUNBOX_LIBZSTD_PATH`). */
   libraryPath: (variable: "KRUNBOX_LIBISAL_PATH" | "KRUNBOX_LIBZSTD_PATH"): string | undefined => env(variable),
+  /** `KRUNBOX_COPY_MAX_BYTES`, default 16 GiB. */
+  copyMaxBytes: (): number => positiveInteger("KRUNBOX_COPY_MAX_BYTES", DEFAULTS.copyMaxBytes),
+  /** `KRUNBOX_COPY_MAX_ENTRIES`, default 1,000,000. */
+  copyMaxEntries: (): number => positiveInteger("KRUNBOX_COPY_MAX_ENTRIES", DEFAULTS.copyMaxEntries),
   /** `KRUNBOX_PULL_MAX_BYTES`, default 32 GiB. */
   pullMaxBytes: (): number => positiveInteger("KRUNBOX_PULL_MAX_BYTES", DEFAULTS.pullMaxBytes),
   /** `KRUNBOX_PULL_MAX_ENTRIES`, default 1,000,000. */
