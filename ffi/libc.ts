@@ -37,6 +37,8 @@ const SYMBOLS = {
   prctl: { parameters: ["i32", "u64", "u64", "u64", "u64"], result: "i32" },
   // long syscall(long number, ...): here seccomp(unsigned int operation, unsigned int flags, void *args)
   syscall: { parameters: ["i64", "u64", "u64", "buffer"], result: "i64" },
+  // int mkfifo(const char *pathname, mode_t mode)
+  mkfifo: { parameters: ["buffer", "u32"], result: "i32" },
   // int openat(int dirfd, const char *pathname, int flags, mode_t mode)
   openat: { parameters: ["i32", "buffer", "i32", "u32"], result: "i32" },
   // int mkdirat(int dirfd, const char *pathname, mode_t mode)
@@ -159,6 +161,8 @@ export interface Libc {
    * final symlink fails with `ELOOP` (`ENOTDIR` with `O.directory`).
    */
   openAt(dirfd: number, path: string, flags: number, mode?: number): number;
+  /** `mkfifo(3)`: creates a FIFO at `path` with `mode`; 0 or the errno (`EEXIST` if the name is taken). */
+  mkfifo(path: string, mode: number): number;
   /** `mkdirat(2)`: 0 or the errno (`EEXIST` also when a symlink has that name; it is not followed). */
   mkdirAt(dirfd: number, name: string, mode: number): number;
   /** `fstat(2)`: what an open descriptor is. */
@@ -311,6 +315,7 @@ export function loadLibc(): Libc | undefined {
       return fd < 0 ? -(errno() || ENOSYS) : fd;
     },
     mkdirAt: (dirfd, name, mode) => check(s.mkdirat(dirfd, cstr(name), mode)),
+    mkfifo: (path, mode) => check(s.mkfifo(cstr(path), mode)),
     fstat(fd) {
       const buf = new Uint8Array(STAT_SIZE);
       return s.fstat(fd, buf) < 0 ? { errno: errno() || ENOSYS } : statOf(buf);

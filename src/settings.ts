@@ -53,6 +53,11 @@ export const SETTINGS: readonly SettingDoc[] = [
     default: "the provisioned copy",
   },
   { name: "KRUNBOX_LIBISAL_PATH", meaning: "libisal.so.2 to load before the system's", default: "libisal.so.2" },
+  {
+    name: "KRUNBOX_CONSOLE_MAX_BYTES",
+    meaning: "bytes of guest console kept per part (console.log, then console.log.1)",
+    default: "8388608 (8 MiB)",
+  },
   { name: "KRUNBOX_DEBUG", meaning: "the CLI prints an error's stack as well as its message", default: "off" },
   { name: "KRUNBOX_LIBZSTD_PATH", meaning: "libzstd.so.1 to load before the system's", default: "libzstd.so.1" },
   {
@@ -257,6 +262,8 @@ export const settings = {
   execMaxOutputBytes: (): number => positive("KRUNBOX_EXEC_MAX_OUTPUT_BYTES", DEFAULTS.execMaxOutputBytes),
   /** `KRUNBOX_LIBKRUN_PATH`, or undefined. */
   libkrunPath: (): string | undefined => env("KRUNBOX_LIBKRUN_PATH"),
+  /** `KRUNBOX_CONSOLE_MAX_BYTES`: the guest console kept per part (two parts at most), default 8 MiB. */
+  consoleMaxBytes: (): number => positive("KRUNBOX_CONSOLE_MAX_BYTES", 8 << 20),
   /** True when `KRUNBOX_DEBUG` is set (to anything but `0`). */
   debug: (): boolean => (env("KRUNBOX_DEBUG") ?? "0") !== "0",
   /** The path override of an optional library (`KRUNBOX_LIBISAL_PATH`, `KRUNBOX_LIBZSTD_PATH`). */

@@ -81,7 +81,10 @@ export interface VmSpec {
 export interface SandboxPaths {
   readonly dir: string;
   readonly vmSpec: string;
+  /** The guest console as the host keeps it (bounded: see src/vmm/console.ts); `console.log.1` is the previous part. */
   readonly consoleLog: string;
+  /** The FIFO the VMM writes the guest console into; the runner drains it into {@link consoleLog}. */
+  readonly consoleFifo: string;
   readonly runnerLog: string;
   /** The runner's relay: host clients connect here. */
   readonly agentSocket: string;
@@ -118,6 +121,7 @@ export function sandboxPaths(dir: string): SandboxPaths {
     dir,
     vmSpec: `${dir}/vm.json`,
     consoleLog: `${dir}/console.log`,
+    consoleFifo: `${dir}/console.fifo`,
     runnerLog: `${dir}/runner.log`,
     agentSocket: `${dir}/agent.sock`,
     runnerLock: `${dir}/runner.lock`,

@@ -122,7 +122,7 @@ export async function configureContext(spec: VmSpec, vmSock: string, arena: CStr
     addVsock(c, vmSock);
     if (spec.network === "user") addNet(c, spec, paths);
     const setConsole = required(k.krun_set_console_output, "krun_set_console_output");
-    checkKrun("krun_set_console_output", setConsole(c.id, arena.str(paths.consoleLog)));
+    checkKrun("krun_set_console_output", setConsole(c.id, arena.str(paths.consoleFifo)));
     return c.id;
   } catch (e) {
     k.krun_free_ctx(c.id);

@@ -120,7 +120,7 @@ export function qemuArgs(spec: VmSpec, host: QemuHost): string[] {
     "-append",
     cmdline.join(" "),
     "-chardev",
-    `file,id=con,path=${sandboxPaths(spec.dir).consoleLog}`,
+    `file,id=con,path=${sandboxPaths(spec.dir).consoleFifo}`,
     "-serial",
     "chardev:con",
     "-global",

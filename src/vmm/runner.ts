@@ -38,7 +38,7 @@ import {
   VmCrashedError,
   type WireError,
 } from "../errors.ts";
-import { DEFAULTS } from "../settings.ts";
+import { DEFAULTS, settings } from "../settings.ts";
 import { Store, type StoredStatus } from "../store/db.ts";
 import { homeLayout } from "../store/home.ts";
 import { tryLock } from "../store/lock.ts";
@@ -46,6 +46,7 @@ import { closeQuietly } from "../util/close.ts";
 import { logTail } from "../util/logs.ts";
 import { type SandboxPaths, sandboxPaths, type Vm, type VmExit, type VmSpec } from "./backend.ts";
 import { listenFresh } from "./channel.ts";
+import { ConsoleLog } from "./console.ts";
 import { NetEngine } from "./netd.ts";
 import { qemuBackend } from "./qemu.ts";
 import { Relay } from "./relay.ts";
@@ -91,6 +92,8 @@ export class Runner {
   #vm?: Vm;
   #relay?: Relay;
   #net?: NetEngine;
+  /** The guest console's bounded copy on the host (drained from the VMM's FIFO). */
+  #console?: ConsoleLog;
   #finished?: Promise<void>;
 
   /** A runner for `spec`; `attached` when an owner holds its stdin. */
@@ -194,6 +197,7 @@ export class Runner {
   async #exited(exit: VmExit): Promise<void> {
     for (const t of this.#timers) clearTimeout(t);
     this.#net?.kill();
+    await this.#console?.[Symbol.asyncDispose]();
     await Deno.remove(this.paths.agentSocket).catch(() => {});
     if (this.#bootFailed) return this.#log("exited: the boot failed");
     if (this.#orderly) this.#enter("stopped", this.#stopReason ?? "stopped");
@@ -220,10 +224,12 @@ export class Runner {
   async #boot(): Promise<Vm | undefined> {
     try {
       const backend = this.spec.backend === "qemu" ? qemuBackend : (await import("./libkrun.ts")).libkrunBackend;
+      this.#console = await ConsoleLog.start(this.paths, settings.consoleMaxBytes());
       if (this.spec.netd) this.#net = await this.#startNet(this.spec.netd);
       return this.#vm = await backend.boot(this.spec, this.#bootAbort.signal);
     } catch (e) {
       this.#net?.kill();
+      await this.#console?.[Symbol.asyncDispose]();
       const err = e instanceof KrunboxError ? e : new BackendUnavailableError(
         this.spec.backend,
         String((e as Error).message ?? e),
