@@ -144,9 +144,12 @@ export function qemuArgs(spec: VmSpec, host: QemuHost): string[] {
     }
   }
   for (const disk of rootDisks(spec.root)) {
+    // A writable disk honours the guest's flushes (cache=writeback: the host page cache, and an fsync in
+    // the guest is an fdatasync on the host), so what the guest synced survives a host crash; a read-only
+    // one is never written, and unsafe spares it every flush.
     args.push(
       "-drive",
-      `id=${disk.id},file=${disk.path},format=${disk.format},if=none,cache=unsafe${
+      `id=${disk.id},file=${disk.path},format=${disk.format},if=none,cache=${disk.readonly ? "unsafe" : "writeback"}${
         disk.readonly ? ",readonly=on" : ""
       }`,
       "-device",

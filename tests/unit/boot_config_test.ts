@@ -110,12 +110,12 @@ Deno.test("a root's disks: the lower read-only, the upper and a disk image writa
   };
   assertEquals(drives(ROOTS.overlay), [
     "id=lower,file=/cache/lowers/abc.erofs,format=raw,if=none,cache=unsafe,readonly=on",
-    "id=upper,file=/s/upper.ext4,format=raw,if=none,cache=unsafe",
+    "id=upper,file=/s/upper.ext4,format=raw,if=none,cache=writeback",
   ]);
-  assertEquals(drives(ROOTS.disk), ["id=root,file=/images/debian.qcow2,format=qcow2,if=none,cache=unsafe"]);
+  assertEquals(drives(ROOTS.disk), ["id=root,file=/images/debian.qcow2,format=qcow2,if=none,cache=writeback"]);
   assertEquals(drives(ROOTS.dir), []);
   const args = qemuArgs(spec(ROOTS.overlay), host);
-  assert(args.includes(`file,id=con,path=${sandboxPaths(spec(ROOTS.overlay).dir).consoleLog}`), args.join(" "));
+  assert(args.includes(`file,id=con,path=${sandboxPaths(spec(ROOTS.overlay).dir).consoleFifo}`), args.join(" "));
 });
 
 Deno.test("qemu serves a directory root first, as tag root, then the shares; socket names stay in the sandbox dir", () => {
