@@ -49,7 +49,8 @@ export class PullProgress {
   readonly #sink: ProgressSink;
   readonly #layers = new Map<string, Layer>();
   #drawn = 0;
-  #lastDraw = 0;
+  /** When the block was last drawn (never, at first: the first event always draws). */
+  #lastDraw = -Infinity;
 
   constructor(sink: ProgressSink) {
     this.#sink = sink;

@@ -105,7 +105,7 @@ Deno.test({
   await using _inet = await TestInternet.create({});
   const size = 8 << 20;
   const before = await s.metrics();
-  // busybox nc with a hand-written request (its wget segfaults here); the count includes the response headers.
+  // busybox nc with a hand-written request (its HTTP client segfaults here); the count includes the headers.
   const got = await s.shell(`printf 'GET /bytes/${size} HTTP/1.0\\r\\n\\r\\n' | nc ${NS_HOST} 80 | wc -c`);
   const bytes = Number(got.stdout.trim());
   assert(bytes > size && bytes < size + 1024, `downloaded ${got.stdout.trim()} bytes`);
