@@ -47,7 +47,7 @@ export {
   type VolumeChooser,
 } from "./src/sandbox/builder.ts";
 export { SandboxHandle } from "./src/sandbox/handle.ts";
-export { type CopyOptions, type CopyReport, SandboxFs } from "./src/sandbox/fs.ts";
+export { type CopyOptions, type CopyReport, SandboxFs, type SkippedEntry } from "./src/sandbox/fs.ts";
 export type { GuestFs } from "./src/agent/fs.ts";
 export type { SandboxStatus } from "./src/sandbox/state.ts";
 export type {
