@@ -14,6 +14,7 @@ import { ProtocolError } from "../errors.ts";
 import { DEFAULTS } from "../settings.ts";
 import { closeQuietly } from "../util/close.ts";
 import { encodeFrame, type RpcMessage } from "./frame.ts";
+import { writeAll } from "../util/bytes.ts";
 
 /** Options of a {@link FrameWriter}. */
 export interface FrameWriterOptions {
@@ -94,7 +95,7 @@ export class FrameWriter {
     const done = this.#chain.then(async () => {
       try {
         if (this.#failed) throw this.#failed;
-        for (let off = 0; off < bytes.length;) off += await this.conn.write(bytes.subarray(off));
+        await writeAll(this.conn, bytes);
       } catch (e) {
         this.#failed ??= e instanceof Error ? e : new Error(String(e));
         throw this.#failed;

@@ -48,6 +48,7 @@ import {
   xattrEntrySize,
   type XattrRecord,
 } from "./erofs_format.ts";
+import { writeAll } from "../util/bytes.ts";
 
 export { BLOCK_SIZE } from "./erofs_format.ts";
 
@@ -506,5 +507,5 @@ function dirBlocks(items: DirItem[]): DirItem[][] {
 
 async function writeAt(file: Deno.FsFile, at: number, bytes: Uint8Array): Promise<void> {
   await file.seek(at, Deno.SeekMode.Start);
-  for (let off = 0; off < bytes.length;) off += await file.write(bytes.subarray(off));
+  await writeAll(file, bytes);
 }

@@ -37,3 +37,20 @@ export async function readAllBytes(stream: ReadableStream<Uint8Array>): Promise<
   for await (const c of stream) chunks.push(c);
   return concatBytes(chunks);
 }
+
+/**
+ * Writes every byte of `bytes` to `w` (a `Deno.FsFile`, `Deno.Conn` or
+ * `Deno.stdout`), whose `write` may take only part of a buffer.
+ *
+ * @example
+ * ```ts
+ * import { writeAll } from "./bytes.ts";
+ * const path = await Deno.makeTempFile();
+ * using f = await Deno.open(path, { write: true });
+ * await writeAll(f, new TextEncoder().encode("hello"));
+ * console.log(await Deno.readTextFile(path)); // hello
+ * ```
+ */
+export async function writeAll(w: { write(p: Uint8Array): Promise<number> }, bytes: Uint8Array): Promise<void> {
+  for (let off = 0; off < bytes.length;) off += await w.write(bytes.subarray(off));
+}

@@ -19,6 +19,7 @@
 import { loadLibc } from "../../ffi/libc.ts";
 import { BackendUnavailableError } from "../errors.ts";
 import type { SandboxPaths } from "./backend.ts";
+import { writeAll } from "../util/bytes.ts";
 
 /** Bytes read from the FIFO at a time. */
 const CHUNK = 64 * 1024;
@@ -119,7 +120,7 @@ export class ConsoleLog implements AsyncDisposable {
       this.#out = await Deno.open(this.#path, { write: true, create: true, truncate: true, mode: 0o600 });
       this.#size = 0;
     }
-    for (let off = 0; off < bytes.length;) off += await this.#out.write(bytes.subarray(off));
+    await writeAll(this.#out, bytes);
     this.#size += bytes.length;
   }
 

@@ -17,6 +17,7 @@ import { ago, table } from "../format.ts";
 import type { Command } from "../main.ts";
 import type { ImageSource } from "../../sandbox/config.ts";
 import { stderrSink, withStartProgress } from "../progress.ts";
+import { writeAll } from "../../util/bytes.ts";
 
 /** Runs `fn` for each NAME (see {@link eachPositional}). */
 function eachName(spec: CommandSpec, p: Parsed, fn: (name: string) => Promise<void>): Promise<number> {
@@ -184,15 +185,11 @@ async function copyFrom(path: string, offset: number): Promise<number> {
     while (at < size) {
       const n = await f.read(buf.subarray(0, Math.min(buf.length, size - at)));
       if (n === null) break;
-      await writeAll(buf.subarray(0, n));
+      await writeAll(Deno.stdout, buf.subarray(0, n));
       at += n;
     }
     return at;
   } finally {
     f.close();
   }
-}
-
-async function writeAll(bytes: Uint8Array): Promise<void> {
-  for (let off = 0; off < bytes.length;) off += await Deno.stdout.write(bytes.subarray(off));
 }
