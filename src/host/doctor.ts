@@ -13,9 +13,10 @@ import { loadLibkrun } from "../../ffi/load.ts";
 import { assetPath } from "../store/assets.ts";
 import { homeLayout } from "../store/home.ts";
 import { looseEntries } from "../store/private.ts";
-import { chooseBackend, probeHost } from "../vmm/detect.ts";
+import { chooseBackend, type HostVirtualization, probeHost } from "../vmm/detect.ts";
 import { type Check, checkAsset, qemuChecks } from "../vmm/prereqs.ts";
 import { virtiofsdArgs } from "../vmm/qemu.ts";
+import { which } from "../util/command.ts";
 import { join } from "node:path";
 
 const MIN_DENO = [2, 9, 0];
@@ -221,6 +222,97 @@ try { Deno.chmodSync(Deno.args[0], 0o4755); console.log("allowed"); } catch (e) 
   }
 }
 
+/** A doctor line: a check, or a warning (`warn`: true, ok) about a limit that is known and not yet fixed. */
+type Line = Check & { readonly warn?: boolean };
+
+/** The group that owns /dev/kvm, by name when /etc/group has it. */
+async function kvmGroup(): Promise<string> {
+  const gid = (await Deno.stat("/dev/kvm").catch(() => undefined))?.gid;
+  if (gid === undefined || gid === null) return "kvm";
+  const groups = await Deno.readTextFile("/etc/group").catch(() => "");
+  return groups.split("\n").map((l) => l.split(":")).find((f) => f[2] === String(gid))?.[0] ?? `gid ${gid}`;
+}
+
+/** The /dev/kvm line: for a non-root user the fix names the group to join. */
+async function kvmCheck(host: HostVirtualization): Promise<Check> {
+  if (host.kvmUsable) return { name: "/dev/kvm", ok: true, detail: `opens read-write (as ${who()})` };
+  const missing = (host.kvmProblem ?? "").includes("does not exist");
+  const group = await kvmGroup();
+  return {
+    name: "/dev/kvm",
+    ok: false,
+    detail: `${host.kvmProblem ?? "unusable"} (as ${who()})`,
+    fix: missing
+      ? "load kvm_intel or kvm_amd (modprobe)"
+      : Deno.uid() === 0
+      ? "check the device node (crw-rw---- root:kvm) and any container device policy"
+      : group === "root"
+      ? "/dev/kvm is root-only here: have root `chgrp kvm /dev/kvm; chmod 660 /dev/kvm` (udev does it), then join the kvm group"
+      : `join the ${group} group (usermod -aG ${group} $USER, then log in again)`,
+  };
+}
+
+function who(): string {
+  return Deno.uid() === 0 ? "root" : `uid ${Deno.uid()}`;
+}
+
+/**
+ * Whether this user can create a user and a mount namespace, tried for real
+ * with `unshare` (what virtiofsd's `--sandbox namespace` needs as non-root),
+ * next to the kernel's limits that decide it.
+ */
+async function namespaceCheck(): Promise<Check> {
+  const read = (p: string) => Deno.readTextFile(p).then((t) => t.trim(), () => undefined);
+  const max = await read("/proc/sys/user/max_user_namespaces");
+  const clone = await read("/proc/sys/kernel/unprivileged_userns_clone");
+  const limits = `user.max_user_namespaces=${max ?? "absent"}` +
+    (clone === undefined ? "" : `, kernel.unprivileged_userns_clone=${clone}`);
+  const unshare = await which("unshare", ["/usr/bin", "/bin"]);
+  if (!unshare) {
+    return {
+      name: "user+mount namespaces",
+      ok: false,
+      detail: `unshare not found; ${limits}`,
+      fix: "apt-get install util-linux",
+    };
+  }
+  const out = await new Deno.Command(unshare, {
+    args: ["--user", "--map-root-user", "--mount", "true"],
+    stderr: "piped",
+  })
+    .output().catch((e: Error) => ({ success: false, stderr: new TextEncoder().encode(e.message) }));
+  if (out.success) {
+    return { name: "user+mount namespaces", ok: true, detail: `unshare --user --mount works as ${who()} (${limits})` };
+  }
+  return {
+    name: "user+mount namespaces",
+    ok: false,
+    detail: `unshare --user --mount fails as ${who()}: ${new TextDecoder().decode(out.stderr).trim()} (${limits})`,
+    fix: "sysctl user.max_user_namespaces=15000" +
+      (clone === undefined ? "" : " kernel.unprivileged_userns_clone=1"),
+  };
+}
+
+/** What a non-root user lacks here, by name (root lacks nothing krunbox asks for). */
+function privilegeLine(checks: readonly Check[]): Line {
+  if (Deno.uid() === 0) return { name: "privileges", ok: true, detail: "root: nothing is lacking" };
+  const lacking = checks.filter((c) =>
+    !c.ok && ["/dev/kvm", "user+mount namespaces", "virtiofsd sandbox"].includes(c.name)
+  )
+    .map((c) => c.name);
+  const mkfs = checks.find((c) => c.name === "mkfs.ext4");
+  const notes = [
+    mkfs?.ok ? `mkfs.ext4 found by absolute path (${mkfs.detail})` : "mkfs.ext4 not found",
+    "network namespaces not needed (netd serves the network in user space)",
+  ];
+  return {
+    name: "privileges",
+    ok: lacking.length === 0,
+    detail: `uid ${Deno.uid()} lacks ${lacking.length ? lacking.join(", ") : "nothing"}; ${notes.join("; ")}`,
+    fix: lacking.length ? "see the fix under each line named" : undefined,
+  };
+}
+
 /** Runs the doctor: prints every check; resolves 0 when a backend can run. */
 export async function main(): Promise<number> {
   const host = await probeHost();
@@ -237,29 +329,39 @@ export async function main(): Promise<number> {
         ? undefined
         : "libkrun needs a host with VT-x/AMD-V (or nested virtualization enabled); qemu works without",
     },
-    {
-      name: "/dev/kvm",
-      ok: host.kvmUsable,
-      detail: host.kvmUsable ? "opens read-write" : host.kvmProblem ?? "unusable",
-      fix: host.kvmUsable ? undefined : "load kvm_intel/kvm_amd and give this user read-write access (kvm group)",
-    },
+    await kvmCheck(host),
     await checkAsset("libkrun"),
     await checkAsset("libkrunfw"),
     libkrunfwLoadable(),
     libkrunLoadable(),
     ...qemu,
-    ...await shareChecks(qemu.find((c) => c.name === "virtiofsd")!),
     libraryCheck("ISA-L inflate", isalLibrary, "image pulls", "pulls use the slower built-in gunzip", "libisal2"),
     libraryCheck("libzstd", zstdLibrary, "tar+zstd layers", "images with zstd layers cannot be pulled", "libzstd1"),
   ];
-  const width = Math.max(...checks.map((c) => c.name.length));
-  for (const c of checks) {
+  const shares = await shareChecks(qemu.find((c) => c.name === "virtiofsd")!);
+  const containment: Line[] = [
+    ...shares,
+    await namespaceCheck(),
+    {
+      name: "libkrun runner",
+      ok: true,
+      warn: true,
+      detail: "NOT contained by a mount namespace yet (not built): it sees the host's files as this user; " +
+        "only qemu's shares are sandboxed",
+    },
+  ];
+  containment.push(privilegeLine([...checks, ...containment]));
+  const width = Math.max(...[...checks, ...containment].map((c) => c.name.length));
+  const print = (c: Line) =>
     console.log(
-      `${c.ok ? " ok " : "FAIL"}  ${c.name.padEnd(width)}  ${c.detail}${
+      `${c.warn ? "warn" : c.ok ? " ok " : "FAIL"}  ${c.name.padEnd(width)}  ${c.detail}${
         c.ok || !c.fix ? "" : `\n      ${"".padEnd(width)}  fix: ${c.fix}`
       }`,
     );
-  }
+  checks.forEach(print);
+  console.log("\ncontainment");
+  containment.forEach(print);
+  checks.push(...shares);
   const decision = chooseBackend("auto", host);
   console.log(`\nbackend auto → ${decision.backend}: ${decision.reason}`);
   const qemuOk = checks.filter((c) => qemu.includes(c) || c.name.startsWith("virtiofsd") || c.name.startsWith("share"))
