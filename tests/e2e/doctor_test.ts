@@ -13,12 +13,17 @@
 import { join } from "node:path";
 import { assert, assertEquals, assertMatch } from "../util/assert.ts";
 import { assetPath } from "../../src/store/assets.ts";
+import { need } from "../util/require.ts";
 
 const doctor = new URL("../../src/host/doctor.ts", import.meta.url).pathname;
 const repo = new URL("../../", import.meta.url).pathname;
 const NOBODY = 65534;
 const virtiofsd = assetPath("virtiofsd");
-const haveVirtiofsd = await Deno.stat(virtiofsd).then(() => true, () => false);
+const haveVirtiofsd = need(
+  "qemu",
+  await Deno.stat(virtiofsd).then(() => undefined, () => `${virtiofsd} is missing`),
+  "doctor containment tests",
+) === undefined;
 const haveSetpriv = await new Deno.Command("setpriv", { args: ["--version"], stdout: "null", stderr: "null" }).output()
   .then((o) => o.success, () => false);
 const dec = new TextDecoder();
