@@ -226,9 +226,7 @@ try { Deno.chmodSync(Deno.args[0], 0o4755); console.log("allowed"); } catch (e) 
 type Line = Check & { readonly warn?: boolean };
 
 /** The group that owns /dev/kvm, by name when /etc/group has it. */
-async function kvmGroup(): Promise<string> {
-  const gid = (await Deno.stat("/dev/kvm").catch(() => undefined))?.gid;
-  if (gid === undefined || gid === null) return "kvm";
+async function groupName(gid: number): Promise<string> {
   const groups = await Deno.readTextFile("/etc/group").catch(() => "");
   return groups.split("\n").map((l) => l.split(":")).find((f) => f[2] === String(gid))?.[0] ?? `gid ${gid}`;
 }
@@ -236,13 +234,13 @@ async function kvmGroup(): Promise<string> {
 /** The /dev/kvm line: for a non-root user the fix names the group to join. */
 async function kvmCheck(host: HostVirtualization): Promise<Check> {
   if (host.kvmUsable) return { name: "/dev/kvm", ok: true, detail: `opens read-write (as ${who()})` };
-  const missing = (host.kvmProblem ?? "").includes("does not exist");
-  const group = await kvmGroup();
+  const node = await Deno.stat("/dev/kvm").catch(() => undefined);
+  const group = node?.gid == null ? "kvm" : await groupName(node.gid);
   return {
     name: "/dev/kvm",
     ok: false,
     detail: `${host.kvmProblem ?? "unusable"} (as ${who()})`,
-    fix: missing
+    fix: !node
       ? "load kvm_intel or kvm_amd (modprobe)"
       : Deno.uid() === 0
       ? "check the device node (crw-rw---- root:kvm) and any container device policy"
@@ -361,11 +359,9 @@ export async function main(): Promise<number> {
   checks.forEach(print);
   console.log("\ncontainment");
   containment.forEach(print);
-  checks.push(...shares);
   const decision = chooseBackend("auto", host);
   console.log(`\nbackend auto → ${decision.backend}: ${decision.reason}`);
-  const qemuOk = checks.filter((c) => qemu.includes(c) || c.name.startsWith("virtiofsd") || c.name.startsWith("share"))
-    .every((c) => c.ok);
+  const qemuOk = [...qemu, ...shares].every((c) => c.ok);
   const libkrunOk = checks.find((c) => c.name === "libkrun loads")?.ok && host.hardwareFlag && host.kvmUsable;
   return qemuOk || libkrunOk ? 0 : 1;
 }
