@@ -18,7 +18,7 @@ import {
   validateName,
   type VolumeMount,
 } from "./config.ts";
-import { createAndLaunch } from "./launch.ts";
+import { loadLaunch } from "./handle.ts";
 import { applyRootEdits } from "./patches.ts";
 import { InvalidConfigError, StateError } from "../errors.ts";
 import type { PullEvent, PullPolicy } from "../image/pull.ts";
@@ -421,6 +421,7 @@ export class SandboxBuilder {
   async #create(detached: boolean): Promise<Sandbox> {
     const sandbox = this.#opts.sandbox;
     if (!sandbox) throw new StateError("this builder was made with `new SandboxBuilder`: use `Sandbox.builder(name)`");
+    const { createAndLaunch } = await loadLaunch();
     const { launched, config } = await createAndLaunch(this.build(), detached, this.#opts.replace ?? false, {
       policy: this.#opts.pullPolicy,
       auth: this.#opts.auth,
