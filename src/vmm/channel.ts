@@ -8,10 +8,14 @@
  */
 
 import { closeQuietly } from "../util/close.ts";
+import { PRIVATE_FILE_MODE } from "../store/private.ts";
 import type { VmExit } from "./backend.ts";
 
 /**
- * Listens on `path`, removing a stale socket of an earlier boot first.
+ * Listens on `path`, removing a stale socket of an earlier boot first. The
+ * socket is made 0600 at once (its mode would follow the umask): its 0700
+ * directory already keeps other uids out, and the home holds no entry with
+ * group or other bits.
  *
  * @example
  * ```ts
@@ -22,7 +26,14 @@ import type { VmExit } from "./backend.ts";
  */
 export async function listenFresh(path: string): Promise<Deno.UnixListener> {
   await Deno.remove(path).catch(() => {});
-  return Deno.listen({ transport: "unix", path });
+  const listener = Deno.listen({ transport: "unix", path });
+  try {
+    await Deno.chmod(path, PRIVATE_FILE_MODE);
+  } catch (e) {
+    listener.close();
+    throw e;
+  }
+  return listener;
 }
 
 /**
