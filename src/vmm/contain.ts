@@ -144,7 +144,8 @@ export function bwrapArgs(spec: VmSpec, host: ContainHost): string[] {
     "/sys/devices/system/cpu",
     "--dev",
     "/dev",
-    "--dev-bind",
+    // -try: where there is none, libkrun's own open names the problem.
+    "--dev-bind-try",
     "/dev/kvm",
     "/dev/kvm",
     "--proc",
