@@ -9,7 +9,7 @@
  */
 
 import { join } from "node:path";
-import { assert, assertEquals } from "../util/assert.ts";
+import { assert, assertEquals, assertMatch, assertThrows } from "../util/assert.ts";
 import type { VmSpec } from "../../src/vmm/backend.ts";
 import {
   bwrapArgs,
@@ -22,7 +22,8 @@ import {
   withContainFds,
 } from "../../src/vmm/contain.ts";
 import { shareFilter } from "../../src/vmm/seccomp.ts";
-import { checkBwrap } from "../../src/vmm/prereqs.ts";
+import { checkBwrap, requireChecks } from "../../src/vmm/prereqs.ts";
+import { BackendUnavailableError } from "../../src/errors.ts";
 import { need } from "../util/require.ts";
 
 const SPEC: VmSpec = {
@@ -117,6 +118,25 @@ Deno.test("bwrap args: a shared writable root is writable, disks as the spec say
   assert(at(oci, "--ro-bind", "/cache/l.erofs", "/cache/l.erofs") >= 0, "the shared lower read-only");
   assert(at(oci, "--setenv", "DENO_DIR", "/tmp/deno") >= 0);
   assert(!oci.includes("/work/krunbox"), "remote code: no local package bound");
+});
+
+Deno.test("no bwrap: libkrun's prerequisites fail typed, naming the package", async () => {
+  const path = Deno.env.get("PATH");
+  Deno.env.set("PATH", "/nonexistent");
+  try {
+    const check = await checkBwrap();
+    assertEquals(check.ok, false);
+    const err = assertThrows(() => requireChecks("libkrun", [check]), BackendUnavailableError);
+    assertEquals(err.code, "BACKEND_UNAVAILABLE");
+    assertMatch(err.message, /bwrap: not found: the libkrun runner .* runs only inside bubblewrap/);
+    assertMatch(err.fix ?? "", /apt-get install bubblewrap/);
+  } finally {
+    if (path === undefined) Deno.env.delete("PATH");
+    else Deno.env.set("PATH", path);
+  }
+  // Positive control: with the PATH back, bwrap is found where it is installed (in /usr/bin from Debian's package).
+  const found = await checkBwrap();
+  if (found.ok) assertMatch(found.detail, /\/bwrap$/);
 });
 
 const bwrap = await checkBwrap();
