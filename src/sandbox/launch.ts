@@ -30,7 +30,7 @@ import { openStore } from "../store/open.ts";
 import { privateDir, touchPrivate, writePrivate } from "../store/private.ts";
 import { type SandboxPaths, sandboxPaths, type VmSpec } from "../vmm/backend.ts";
 import { bwrapArgs, containHost, withContainFds } from "../vmm/contain.ts";
-import { checkBwrap } from "../vmm/prereqs.ts";
+import { checkBwrap, checkedPrograms } from "../vmm/prereqs.ts";
 import { shareFilter } from "../vmm/seccomp.ts";
 import type { RunnerEvent } from "../vmm/runner.ts";
 import { logTail } from "../util/logs.ts";
@@ -196,11 +196,13 @@ function runnerShell(): string {
  * share filter written for bwrap to load, this boot's info file fresh.
  */
 async function contained(spec: VmSpec, command: readonly string[]): Promise<string[]> {
-  const bwrap = spec.programs?.bwrap ?? (await checkBwrap()).detail;
+  // Resolved with the other prerequisites (vmSpecOf); a spec without it is checked here, failing typed.
+  const bwrap = spec.programs?.bwrap ?? checkedPrograms("libkrun", [await checkBwrap()]).bwrap;
   const paths = sandboxPaths(spec.dir);
-  await writePrivate(paths.seccompFilter, shareFilter());
-  await Deno.remove(paths.containInfo).catch(() => {});
-  await touchPrivate(paths.containInfo);
+  // Made anew, never through a link: the directory was writable by a runner that served a guest.
+  for (const f of [paths.seccompFilter, paths.containInfo]) await Deno.remove(f).catch(() => {});
+  await Deno.writeFile(paths.seccompFilter, shareFilter(), { createNew: true, mode: 0o600 });
+  await Deno.writeFile(paths.containInfo, new Uint8Array(), { createNew: true, mode: 0o600 });
   const args = bwrapArgs(spec, await containHost(homeLayout()));
   return withContainFds(paths.seccompFilter, paths.containInfo, [bwrap, ...args, "--", ...command]);
 }

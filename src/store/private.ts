@@ -50,13 +50,8 @@ export async function privateDir(path: string): Promise<void> {
  * await writePrivate(`${await Deno.makeTempDir()}/vm.json`, "{}");
  * ```
  */
-export async function writePrivate(
-  path: string,
-  data: string | Uint8Array,
-  options: { append?: boolean } = {},
-): Promise<void> {
-  if (typeof data === "string") await Deno.writeTextFile(path, data, { ...options, mode: PRIVATE_FILE_MODE });
-  else await Deno.writeFile(path, data, { ...options, mode: PRIVATE_FILE_MODE });
+export async function writePrivate(path: string, data: string, options: { append?: boolean } = {}): Promise<void> {
+  await Deno.writeTextFile(path, data, { ...options, mode: PRIVATE_FILE_MODE });
   await Deno.chmod(path, PRIVATE_FILE_MODE);
 }
 
