@@ -28,7 +28,10 @@ import { homeLayout } from "../store/home.ts";
 import { isLocked } from "../store/lock.ts";
 import { openStore } from "../store/open.ts";
 import { privateDir, touchPrivate, writePrivate } from "../store/private.ts";
-import type { SandboxPaths } from "../vmm/backend.ts";
+import { type SandboxPaths, sandboxPaths, type VmSpec } from "../vmm/backend.ts";
+import { bwrapArgs, containHost, withContainFds } from "../vmm/contain.ts";
+import { checkBwrap, checkedPrograms } from "../vmm/prereqs.ts";
+import { shareFilter } from "../vmm/seccomp.ts";
 import type { RunnerEvent } from "../vmm/runner.ts";
 import { logTail } from "../util/logs.ts";
 import { DEFAULTS, settings } from "../settings.ts";
@@ -153,7 +156,7 @@ async function boot(store: Store, requested: SandboxConfig, plan: BootPlan): Pro
     store.update(name, { status: "creating", stopReason: null, detached: plan.detached });
   }
   try {
-    return { launched: await launchRunner(paths, name, plan.detached), config };
+    return { launched: await launchRunner(paths, name, plan.detached, spec), config };
   } catch (e) {
     if (!plan.fresh) store.update(name, { status: "crashed", stopReason: `start failed: ${(e as Error).message}` });
     throw e;
@@ -189,6 +192,22 @@ function runnerShell(): string {
 }
 
 /**
+ * The libkrun runner's command under bubblewrap (src/vmm/contain.ts): the
+ * share filter written for bwrap to load, this boot's info file fresh.
+ */
+async function contained(spec: VmSpec, command: readonly string[]): Promise<string[]> {
+  // Resolved with the other prerequisites (vmSpecOf); a spec without it is checked here, failing typed.
+  const bwrap = spec.programs?.bwrap ?? checkedPrograms("libkrun", [await checkBwrap()]).bwrap;
+  const paths = sandboxPaths(spec.dir);
+  // Made anew, never through a link: the directory was writable by a runner that served a guest.
+  for (const f of [paths.seccompFilter, paths.containInfo]) await Deno.remove(f).catch(() => {});
+  await Deno.writeFile(paths.seccompFilter, shareFilter(), { createNew: true, mode: 0o600 });
+  await Deno.writeFile(paths.containInfo, new Uint8Array(), { createNew: true, mode: 0o600 });
+  const args = bwrapArgs(spec, await containHost(homeLayout()));
+  return withContainFds(paths.seccompFilter, paths.containInfo, [bwrap, ...args, "--", ...command]);
+}
+
+/**
  * Starts the runner of a sandbox whose `vm.json` is written, waits for its
  * ready event and connects to its relay.
  *
@@ -201,11 +220,18 @@ function runnerShell(): string {
  * await agent.request("runner.stop", {});
  * ```
  */
-export async function launchRunner(paths: SandboxPaths, name: string, detached: boolean): Promise<Launched> {
+export async function launchRunner(
+  paths: SandboxPaths,
+  name: string,
+  detached: boolean,
+  spec?: VmSpec,
+): Promise<Launched> {
   const runnerUrl = new URL("../vmm/runner.ts", import.meta.url).href;
   const runnerArgs = ["run", "--allow-all", "--no-prompt", runnerUrl, paths.dir, detached ? "detached" : "attached"];
+  const vm = spec ?? JSON.parse(await Deno.readTextFile(paths.vmSpec)) as VmSpec;
+  const command = [Deno.execPath(), ...runnerArgs];
   const runner = new Deno.Command(runnerShell(), {
-    args: ["-c", RUNNER_EXEC, paths.runnerLog, Deno.execPath(), ...runnerArgs],
+    args: ["-c", RUNNER_EXEC, paths.runnerLog, ...(vm.backend === "libkrun" ? await contained(vm, command) : command)],
     // Attached: stdin is the lifeline (EOF: the owner is gone). Detached: nothing of ours.
     stdin: detached ? "null" : "piped",
     stdout: "piped",

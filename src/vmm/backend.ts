@@ -103,6 +103,10 @@ export interface SandboxPaths {
   readonly netDir: string;
   /** netd's frame socket: the VMM's virtio-net backend connects here (per boot). */
   readonly netSocket: string;
+  /** libkrun: the share filter's program, which bwrap loads for the runner (per boot). */
+  readonly seccompFilter: string;
+  /** libkrun: bwrap's info (the contained runner's host pid; per boot). */
+  readonly containInfo: string;
   /** qemu: the vhost-user socket of the virtiofsd serving share `tag` (per boot). */
   fsSocket(tag: string): string;
 }
@@ -132,6 +136,8 @@ export function sandboxPaths(dir: string): SandboxPaths {
     trampoline: `${dir}/trampoline`,
     netDir: `${dir}/net`,
     netSocket: `${dir}/net/net.sock`,
+    seccompFilter: `${dir}/seccomp.bpf`,
+    containInfo: `${dir}/contain.json`,
     fsSocket: (tag) => `${dir}/fs-${tag.replaceAll("/", "_")}.sock`,
   };
 }

@@ -45,6 +45,7 @@ import {
 import { NET_PLAN } from "../net/engine.ts";
 import { type BootConfig, bootConfig, GUEST_NET, rootDisks } from "./boot_config.ts";
 import { acceptAgent, listenFresh } from "./channel.ts";
+import { containedPid } from "./contain.ts";
 
 /** The vsock port the agent connects to. */
 export const AGENT_VSOCK_PORT = 1024;
@@ -254,6 +255,7 @@ export const libkrunBackend: Backend = {
         "see the sandbox's console.log; `./dev doctor` checks KVM",
       ));
     signal.removeEventListener("abort", kill);
-    return { agent, exited, vmmPid: Deno.pid, inProcess: true, kill };
+    // Contained (src/vmm/contain.ts), this process is pid 1 of its own pid namespace: the host's pid is bwrap's word.
+    return { agent, exited, vmmPid: (await containedPid(paths.containInfo)) ?? Deno.pid, inProcess: true, kill };
   },
 };

@@ -118,7 +118,31 @@ export async function qemuChecks(): Promise<Check[]> {
  * ```
  */
 export async function libkrunChecks(): Promise<Check[]> {
-  return await Promise.all([checkAsset("libkrun"), checkAsset("libkrunfw"), checkAsset("agent", "guest agent")]);
+  return await Promise.all([
+    checkAsset("libkrun"),
+    checkAsset("libkrunfw"),
+    checkAsset("agent", "guest agent"),
+    checkBwrap(),
+  ]);
+}
+
+/**
+ * bubblewrap, which contains the libkrun runner (src/vmm/contain.ts):
+ * without it no libkrun VM starts.
+ *
+ * @example
+ * ```ts
+ * import { checkBwrap } from "./prereqs.ts";
+ * console.log(await checkBwrap());
+ * ```
+ */
+export async function checkBwrap(): Promise<Check> {
+  const found = await checkProgram("bwrap", "bubblewrap");
+  return found.ok ? found : {
+    ...found,
+    detail: "not found: the libkrun runner serves the guest's files from its own process and runs only inside " +
+      "bubblewrap's namespaces (no bwrap, no libkrun VM)",
+  };
 }
 
 /**
