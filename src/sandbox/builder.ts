@@ -20,6 +20,7 @@ import {
 } from "./config.ts";
 import { createAndLaunch } from "./launch.ts";
 import { applyRootEdits } from "./patches.ts";
+import { PhaseClock } from "../util/phases.ts";
 import { InvalidConfigError, StateError } from "../errors.ts";
 import type { PullEvent, PullPolicy } from "../image/pull.ts";
 import type { BasicAuth } from "../image/auth.ts";
@@ -419,13 +420,14 @@ export class SandboxBuilder {
   }
 
   async #create(detached: boolean): Promise<Sandbox> {
+    const clock = new PhaseClock();
     const sandbox = this.#opts.sandbox;
     if (!sandbox) throw new StateError("this builder was made with `new SandboxBuilder`: use `Sandbox.builder(name)`");
     const { launched, config } = await createAndLaunch(this.build(), detached, this.#opts.replace ?? false, {
       policy: this.#opts.pullPolicy,
       auth: this.#opts.auth,
       onProgress: this.#opts.onPull,
-    });
+    }, clock);
     const sb = sandbox.fromLaunch(config, launched, !detached);
     try {
       await applyRootEdits(sb.fs(), config);
@@ -433,6 +435,8 @@ export class SandboxBuilder {
       await sb.kill().catch(() => {});
       throw e;
     }
+    // The root's files and patches (often none): the end of create().
+    clock.mark("host.finish");
     return sb;
   }
 }

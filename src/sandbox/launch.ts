@@ -31,6 +31,7 @@ import { privateDir, touchPrivate, writePrivate } from "../store/private.ts";
 import type { SandboxPaths } from "../vmm/backend.ts";
 import type { RunnerEvent } from "../vmm/runner.ts";
 import { logTail } from "../util/logs.ts";
+import { PhaseClock } from "../util/phases.ts";
 import { DEFAULTS, settings } from "../settings.ts";
 import { parseConfig, type SandboxConfig } from "./config.ts";
 import { prepareRoot, refuseSecrets, vmSpecOf, withImageDefaults } from "./spec.ts";
@@ -45,6 +46,11 @@ export interface Launched {
   readonly runner: Deno.ChildProcess;
   /** The runner's ready line. */
   readonly ready: Extract<RunnerEvent, { event: "ready" }>;
+  /**
+   * The boot's phases so far: the caller's `host.prepare`, the runner's
+   * (from its ready line) and `host.connect`; the caller may mark more.
+   */
+  readonly clock: PhaseClock;
 }
 
 /** A booted sandbox: its runner and the config it runs (with the image's defaults). */
@@ -74,6 +80,7 @@ export async function createAndLaunch(
   detached: boolean,
   replace: boolean,
   pull: PullOptions = {},
+  clock: PhaseClock = new PhaseClock(),
 ): Promise<Booted> {
   using store = await openStore();
   return await withNameLock(requested.name, async () => {
@@ -88,7 +95,7 @@ export async function createAndLaunch(
     // no peer-uid check is possible there: no other uid may reach this directory.
     await privateDir(pathsOf(requested.name).dir);
     try {
-      return await boot(store, requested, { fresh: true, detached, pull });
+      return await boot(store, requested, { fresh: true, detached, pull, clock });
     } catch (e) {
       await deleteState(store, requested.name).catch(() => {});
       throw e;
@@ -107,7 +114,7 @@ export async function createAndLaunch(
  * console.log(launched.ready.vmmPid);
  * ```
  */
-export async function relaunch(name: string, detached: boolean): Promise<Booted> {
+export async function relaunch(name: string, detached: boolean, clock: PhaseClock = new PhaseClock()): Promise<Booted> {
   using store = await openStore();
   return await withNameLock(name, async () => {
     const row = requireRow(store, name);
@@ -115,7 +122,7 @@ export async function relaunch(name: string, detached: boolean): Promise<Booted>
     const config = parseConfig(JSON.parse(row.config));
     // Secret values are never stored: without them the sandbox cannot start (it stays as it was).
     secretValues(name, config.secrets, undefined);
-    return await boot(store, config, { fresh: false, detached, pull: { policy: "if-missing" } });
+    return await boot(store, config, { fresh: false, detached, pull: { policy: "if-missing" }, clock });
   });
 }
 
@@ -125,6 +132,8 @@ interface BootPlan {
   readonly fresh: boolean;
   readonly detached: boolean;
   readonly pull: PullOptions;
+  /** Times the boot from the caller's create() or start(). */
+  readonly clock: PhaseClock;
 }
 
 /**
@@ -153,7 +162,7 @@ async function boot(store: Store, requested: SandboxConfig, plan: BootPlan): Pro
     store.update(name, { status: "creating", stopReason: null, detached: plan.detached });
   }
   try {
-    return { launched: await launchRunner(paths, name, plan.detached), config };
+    return { launched: await launchRunner(paths, name, plan.detached, plan.clock), config };
   } catch (e) {
     if (!plan.fresh) store.update(name, { status: "crashed", stopReason: `start failed: ${(e as Error).message}` });
     throw e;
@@ -201,9 +210,24 @@ function runnerShell(): string {
  * await agent.request("runner.stop", {});
  * ```
  */
-export async function launchRunner(paths: SandboxPaths, name: string, detached: boolean): Promise<Launched> {
+export async function launchRunner(
+  paths: SandboxPaths,
+  name: string,
+  detached: boolean,
+  clock: PhaseClock = new PhaseClock(),
+): Promise<Launched> {
   const runnerUrl = new URL("../vmm/runner.ts", import.meta.url).href;
-  const runnerArgs = ["run", "--allow-all", "--no-prompt", runnerUrl, paths.dir, detached ? "detached" : "attached"];
+  clock.mark("host.prepare");
+  const spawnedAt = clock.lastMs;
+  const runnerArgs = [
+    "run",
+    "--allow-all",
+    "--no-prompt",
+    runnerUrl,
+    paths.dir,
+    detached ? "detached" : "attached",
+    String(spawnedAt),
+  ];
   const runner = new Deno.Command(runnerShell(), {
     args: ["-c", RUNNER_EXEC, paths.runnerLog, Deno.execPath(), ...runnerArgs],
     // Attached: stdin is the lifeline (EOF: the owner is gone). Detached: nothing of ours.
@@ -243,8 +267,10 @@ export async function launchRunner(paths: SandboxPaths, name: string, detached: 
     runner.kill("SIGKILL");
     throw e;
   }
+  clock.adopt(event.bootPhases ?? [], spawnedAt);
+  clock.mark("host.connect");
   if (detached) runner.unref();
-  return { agent, runner, ready: event };
+  return { agent, runner, ready: event, clock };
 }
 
 /**

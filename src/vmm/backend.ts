@@ -9,6 +9,7 @@
  */
 
 import type { NetdConfig } from "../net/engine.ts";
+import type { PhaseClock } from "../util/phases.ts";
 import type { BackendKind } from "./detect.ts";
 
 /** The root filesystem as the VM sees it. */
@@ -165,6 +166,10 @@ export interface Vm {
 /** A backend boots a spec. */
 export interface Backend {
   readonly kind: BackendKind;
-  /** Boots the VM; resolves once the agent stream is connected (not yet ready). */
-  boot(spec: VmSpec, signal: AbortSignal): Promise<Vm>;
+  /**
+   * Boots the VM; resolves once the agent stream is connected (not yet
+   * ready). `clock`, when given, gets the backend's host-side phases
+   * (`vmm.*`), its last mark the VMM's exec.
+   */
+  boot(spec: VmSpec, signal: AbortSignal, clock?: PhaseClock): Promise<Vm>;
 }

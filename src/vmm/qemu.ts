@@ -16,6 +16,7 @@ import { join } from "node:path";
 import { BackendUnavailableError } from "../errors.ts";
 import { assetDir, assetPath } from "../store/assets.ts";
 import { closeQuietly } from "../util/close.ts";
+import type { PhaseClock } from "../util/phases.ts";
 import {
   type Backend,
   KERNEL_LOGLEVEL,
@@ -233,11 +234,12 @@ export function qemuShares(spec: VmSpec): VmShare[] {
  */
 export const qemuBackend: Backend = {
   kind: "qemu",
-  async boot(spec: VmSpec, signal: AbortSignal): Promise<Vm> {
+  async boot(spec: VmSpec, signal: AbortSignal, clock?: PhaseClock): Promise<Vm> {
     const paths = sandboxPaths(spec.dir);
     const programs = spec.programs ?? await checkedPrograms("qemu", await qemuChecks());
     const host = await probeHost();
     await writeInitrd(paths, qemuBootConfig(spec, await kernelModules()));
+    clock?.mark("vmm.prepare");
     const children = new ChildGroup("qemu", paths.runnerLog);
     signal.addEventListener("abort", () => children.kill(), { once: true });
     let listener: Deno.UnixListener | undefined;
@@ -253,6 +255,7 @@ export const qemuBackend: Backend = {
         fsSockets,
         netSocket: spec.network === "user" ? paths.netSocket : undefined,
       });
+      clock?.mark("vmm.helpers");
       const vmm = await startQemu(children, programs["qemu-system-x86_64"], args, paths);
       const bootFiles = [paths.vmSocket, paths.initrd, ...Object.values(fsSockets).flatMap((s) => [s, `${s}.pid`])];
       const exited = whenExited(vmm, children, listener, bootFiles);

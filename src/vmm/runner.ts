@@ -44,6 +44,7 @@ import { homeLayout } from "../store/home.ts";
 import { tryLock } from "../store/lock.ts";
 import { closeQuietly } from "../util/close.ts";
 import { logTail } from "../util/logs.ts";
+import { type BootPhase, epochMs, PhaseClock } from "../util/phases.ts";
 import { type SandboxPaths, sandboxPaths, type Vm, type VmExit, type VmSpec } from "./backend.ts";
 import { listenFresh } from "./channel.ts";
 import { ConsoleLog } from "./console.ts";
@@ -53,13 +54,26 @@ import { Relay } from "./relay.ts";
 
 /** The lines a runner prints on stdout for its starter. */
 export type RunnerEvent =
-  | { event: "ready"; bootMs: number; boot: Record<string, number>; vmmPid: number }
+  | {
+    event: "ready";
+    bootMs: number;
+    boot: Record<string, number>;
+    vmmPid: number;
+    /**
+     * The runner's part of the boot, from its spawn (the starter's clock,
+     * given as the runner's third argument) to this line: `runner.*`, the
+     * backend's `vmm.*`, and the guest's `guest.*` from its own uptime.
+     */
+    bootPhases: readonly BootPhase[];
+  }
   /** `error` is the error itself ({@link errorToWire}): the starter rethrows the same class with the same fields. */
   | { event: "failed"; code: string; message: string; error?: WireError };
 
-/** The agent's `ready` parameters the runner reads. */
+/** The agent's `ready` parameters the runner reads, and when the runner got them. */
 interface ReadyParams {
   readonly boot: Record<string, number>;
+  /** Epoch milliseconds at which the ready frame reached the runner. */
+  readonly receivedMs: number;
 }
 
 function emit(e: RunnerEvent) {
@@ -96,12 +110,17 @@ export class Runner {
   #console?: ConsoleLog;
   #finished?: Promise<void>;
 
-  /** A runner for `spec`; `attached` when an owner holds its stdin. */
+  /**
+   * A runner for `spec`; `attached` when an owner holds its stdin. `clock`
+   * times the boot (its origin the runner's spawn, `runner.start` and
+   * `runner.load` already marked by {@link main}).
+   */
   constructor(
     readonly spec: VmSpec,
     readonly paths: SandboxPaths,
     readonly store: Store,
     attached: boolean,
+    readonly clock: PhaseClock = new PhaseClock(),
   ) {
     this.#attached = attached;
   }
@@ -125,7 +144,15 @@ export class Runner {
       if (!ready) return 1;
       await this.#running(vm, ready);
       relay.serve(listener);
-      emit({ event: "ready", bootMs: this.#bootMs(ready), boot: ready.boot, vmmPid: vm.vmmPid });
+      this.clock.mark("runner.ready");
+      this.#log(`boot phases: ${this.clock}`);
+      emit({
+        event: "ready",
+        bootMs: this.#bootMs(ready),
+        boot: ready.boot,
+        vmmPid: vm.vmmPid,
+        bootPhases: this.clock.phases,
+      });
       this.#watch();
       await this.#finished;
       // Let a runner.stop/kill reply reach its caller before the connections close.
@@ -141,6 +168,7 @@ export class Runner {
 
   /** creating → running: the agent is ready. */
   async #running(vm: Vm, ready: ReadyParams): Promise<void> {
+    this.#guestPhases(ready);
     await vm.booted?.();
     const bootMs = this.#bootMs(ready);
     this.store.update(this.spec.name, { bootMs });
@@ -226,7 +254,8 @@ export class Runner {
       const backend = this.spec.backend === "qemu" ? qemuBackend : (await import("./libkrun.ts")).libkrunBackend;
       this.#console = await ConsoleLog.start(this.paths, settings.consoleMaxBytes());
       if (this.spec.netd) this.#net = await this.#startNet(this.spec.netd);
-      return this.#vm = await backend.boot(this.spec, this.#bootAbort.signal);
+      this.clock.mark("runner.prepare");
+      return this.#vm = await backend.boot(this.spec, this.#bootAbort.signal, this.clock);
     } catch (e) {
       this.#net?.kill();
       await this.#console?.[Symbol.asyncDispose]();
@@ -259,7 +288,7 @@ export class Runner {
     const signal = this.#bootAbort.signal;
     const bootTimer = setTimeout(() => this.#bootAbort.abort(), this.spec.bootTimeoutMs);
     const ready = await Promise.race([
-      relay.ready.then((f) => f.header.params as unknown as ReadyParams),
+      relay.ready.then((f) => ({ ...(f.header.params as { boot: Record<string, number> }), receivedMs: epochMs() })),
       vm.exited.then(() => undefined),
       new Promise<undefined>((r) => signal.addEventListener("abort", () => r(undefined))),
     ]);
@@ -340,6 +369,21 @@ export class Runner {
     }
   }
 
+  /**
+   * The guest's phases in host time, from its uptime at ready (CLOCK_BOOTTIME,
+   * which starts with the kernel): the kernel started `readyMs` before the
+   * ready frame arrived, and ran until the agent started (`agentStartMs`).
+   * The VMM's start is the time from its exec (the backend's last mark) to
+   * the kernel's start. The frame's transit is counted in the agent's phase.
+   */
+  #guestPhases(ready: ReadyParams): void {
+    const readyMs = ready.boot.readyMs ?? 0;
+    const kernelStart = ready.receivedMs - readyMs;
+    this.clock.mark("vmm.start", kernelStart);
+    this.clock.mark("guest.kernel", kernelStart + (ready.boot.agentStartMs ?? 0));
+    this.clock.mark("guest.agent", ready.receivedMs);
+  }
+
   #bootMs(ready: ReadyParams): number {
     return ready.boot.readyMs ?? 0;
   }
@@ -349,7 +393,8 @@ export class Runner {
   }
 }
 
-async function main(dir: string, mode: "attached" | "detached"): Promise<number> {
+async function main(dir: string, mode: "attached" | "detached", clock: PhaseClock): Promise<number> {
+  clock.mark("runner.load");
   const paths = sandboxPaths(dir);
   const lock = tryLock(paths.runnerLock, true);
   if (!lock) {
@@ -359,17 +404,20 @@ async function main(dir: string, mode: "attached" | "detached"): Promise<number>
   try {
     const spec = JSON.parse(await Deno.readTextFile(paths.vmSpec)) as VmSpec;
     using store = Store.open(homeLayout().db);
-    return await new Runner(spec, paths, store, mode === "attached").run();
+    return await new Runner(spec, paths, store, mode === "attached", clock).run();
   } finally {
     lock.release();
   }
 }
 
 if (import.meta.main) {
-  const [dir, mode] = Deno.args;
+  const [dir, mode, spawnedAt] = Deno.args;
   if (!dir || (mode !== "attached" && mode !== "detached")) {
-    console.error("usage: runner.ts <sandbox dir> attached|detached");
+    console.error("usage: runner.ts <sandbox dir> attached|detached [spawn time, epoch ms]");
     Deno.exit(2);
   }
-  Deno.exit(await main(dir, mode));
+  // From the starter's spawn to this process's start (Deno's own start included), then to here (the modules).
+  const clock = new PhaseClock(Number(spawnedAt) || performance.timeOrigin);
+  clock.mark("runner.start", performance.timeOrigin);
+  Deno.exit(await main(dir, mode, clock));
 }
