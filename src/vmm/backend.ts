@@ -10,6 +10,7 @@
 
 import type { NetdConfig } from "../net/engine.ts";
 import type { PhaseClock } from "../util/phases.ts";
+import type { BootConfig } from "./boot_config.ts";
 import type { BackendKind } from "./detect.ts";
 
 /** The root filesystem as the VM sees it. */
@@ -96,8 +97,6 @@ export interface SandboxPaths {
   readonly upperDisk: string;
   /** The VMM's end of the agent channel: the runner listens, the VMM connects (per boot). */
   readonly vmSocket: string;
-  /** qemu: this boot's initramfs (the shared one plus its boot config). */
-  readonly initrd: string;
   /** libkrun: the virtiofs root of a guest whose real root is on disks. */
   readonly trampoline: string;
   /** netd's 0700 directory. */
@@ -129,7 +128,6 @@ export function sandboxPaths(dir: string): SandboxPaths {
     nameLock: `${dir}.lock`,
     upperDisk: `${dir}/upper.ext4`,
     vmSocket: `${dir}/vm.sock`,
-    initrd: `${dir}/initrd.img`,
     trampoline: `${dir}/trampoline`,
     netDir: `${dir}/net`,
     netSocket: `${dir}/net/net.sock`,
@@ -159,8 +157,12 @@ export interface Vm {
   readonly inProcess?: boolean;
   /** Kills the VMM and its helpers at once. */
   kill(): void;
-  /** Called once the guest agent is ready: per-boot files the VMM has loaded can go. */
-  booted?(): Promise<void>;
+  /**
+   * This boot's config, for an agent that asks for it over its channel
+   * (`boot.config`; qemu, whose shared initramfs carries only a base
+   * config). A backend that hands the config over otherwise has none here.
+   */
+  readonly bootConfig?: BootConfig;
 }
 
 /** A backend boots a spec. */

@@ -136,13 +136,13 @@ export class Runner {
     if (!vm) return 1;
     // The terminal status is written before any client hears that the VM is gone.
     this.#finished = vm.exited.then((exit) => this.#exited(exit));
-    const relay = this.#relay = new Relay(vm.agent, (method, params) => this.#control(method, params));
+    const relay = this.#relay = new Relay(vm.agent, (method, params) => this.#control(method, params), vm.bootConfig);
     this.#net?.onEvent((e) => relay.publish("runner.netEvent", { event: e as unknown as Record<string, unknown> }));
     const listener = await listenFresh(this.paths.agentSocket);
     try {
       const ready = await this.#awaitReady(vm, relay);
       if (!ready) return 1;
-      await this.#running(vm, ready);
+      this.#running(ready);
       relay.serve(listener);
       this.clock.mark("runner.ready");
       this.#log(`boot phases: ${this.clock}`);
@@ -167,9 +167,8 @@ export class Runner {
   // --- status transitions -------------------------------------------------
 
   /** creating → running: the agent is ready. */
-  async #running(vm: Vm, ready: ReadyParams): Promise<void> {
+  #running(ready: ReadyParams): void {
     this.#guestPhases(ready);
-    await vm.booted?.();
     const bootMs = this.#bootMs(ready);
     this.store.update(this.spec.name, { bootMs });
     this.#log(

@@ -8,6 +8,7 @@
 import { processesMentioning, sandboxDir, skipVmReason } from "../util/e2e.ts";
 import { assert, assertEquals } from "../util/assert.ts";
 import { busyboxRoot } from "../../scripts/roots.ts";
+import { assetPath } from "../../src/store/assets.ts";
 import { type BootPhase, Sandbox } from "../../mod.ts";
 
 const ignore = skipVmReason !== undefined;
@@ -105,6 +106,35 @@ Deno.test({ name: "bootPhases of create() and start(): contiguous, adding up, pl
     const lines = log.split("\n").filter((l) => l.includes("boot phases: "));
     assertEquals(lines.length, 2, log);
     assert(/runner\.start \d+ ms, .*guest\.agent \d+ ms, runner\.ready \d+ ms; total \d+ ms/.test(lines[0]), lines[0]);
+  } finally {
+    await sb.kill().catch(() => {});
+    await Sandbox.remove(name).catch(() => {});
+  }
+});
+
+Deno.test({
+  name: "every qemu boot uses the shared initramfs as it is; the guest asks the host for its config",
+  ignore,
+}, async () => {
+  const name = "shared-initrd";
+  const initramfs = assetPath("initramfs");
+  const before = await Deno.stat(initramfs);
+  const sb = await Sandbox.builder(name).image(root).memory(256).env("FROM_HOST", "yes").replace().create();
+  try {
+    // The sandbox's own settings reached the guest without being in any archive.
+    assertEquals((await sb.exec("hostname")).stdout.trim(), name);
+    assertEquals((await sb.shell("echo $FROM_HOST")).stdout.trim(), "yes");
+    const qemu = processesMentioning(sandboxDir(name)).map((pid) =>
+      Deno.readTextFileSync(`/proc/${pid}/cmdline`).split("\0")
+    ).find((argv) => argv[0].endsWith("qemu-system-x86_64"));
+    assert(qemu, "no qemu process of the sandbox");
+    assertEquals(qemu[qemu.indexOf("-initrd") + 1], initramfs);
+    const files = [...Deno.readDirSync(sandboxDir(name))].map((e) => e.name);
+    assert(!files.some((f) => f.includes("initrd")), files.join(" "));
+    const console = await Deno.readTextFile(`${sandboxDir(name)}/console.log`);
+    assert(console.includes("boot config from the host"), console);
+    const after = await Deno.stat(initramfs);
+    assertEquals([after.size, after.mtime?.getTime()], [before.size, before.mtime?.getTime()]);
   } finally {
     await sb.kill().catch(() => {});
     await Sandbox.remove(name).catch(() => {});
