@@ -14,10 +14,10 @@ use crate::sys::{self, check, cstr, log, mount};
 use crate::transport::{ConnIo, Stream};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashSet};
-use std::sync::Arc;
 use std::io;
 use std::os::fd::{AsRawFd, IntoRawFd};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const NOSUID: libc::c_ulong = libc::MS_NOSUID;
@@ -143,12 +143,13 @@ fn ask_host(t: &Transport) -> Result<(BootConfig, Arc<Stream>), String> {
 fn serve_forever(t: &Transport, mut opened: Option<Arc<Stream>>) -> ! {
     loop {
         let err = match t {
-            Transport::VirtioPort { name } => match opened.take().map(Ok).unwrap_or_else(|| {
-                crate::transport::open_port(name, Duration::from_secs(5))
-            }) {
-                Ok(s) => crate::transport::serve_port(s),
-                Err(e) => e,
-            },
+            Transport::VirtioPort { name } => {
+                match opened.take().map(Ok).unwrap_or_else(|| crate::transport::open_port(name, Duration::from_secs(5)))
+                {
+                    Ok(s) => crate::transport::serve_port(s),
+                    Err(e) => e,
+                }
+            }
             Transport::Vsock { port } => match crate::transport::serve_vsock(*port) {
                 Ok(()) => continue,
                 Err(e) => e,

@@ -11,7 +11,7 @@
 import type { NetdConfig } from "../net/engine.ts";
 import type { PhaseClock } from "../util/phases.ts";
 import type { BootConfig } from "./boot_config.ts";
-import type { BackendKind } from "./detect.ts";
+import type { BackendKind, HostVirtualization } from "./detect.ts";
 
 /** The root filesystem as the VM sees it. */
 export type VmRoot =
@@ -77,6 +77,8 @@ export interface VmSpec {
    * prerequisites; a backend given none checks and resolves them itself.
    */
   readonly programs?: Readonly<Record<string, string>>;
+  /** The host's virtualization as the caller probed it (choosing the backend); a backend given none probes. */
+  readonly host?: HostVirtualization;
 }
 
 /** Files of a sandbox directory. */

@@ -295,7 +295,7 @@ export const qemuBackend: Backend = {
   async boot(spec: VmSpec, signal: AbortSignal, clock?: PhaseClock): Promise<Vm> {
     const paths = sandboxPaths(spec.dir);
     const programs = spec.programs ?? await checkedPrograms("qemu", await qemuChecks());
-    const host = await probeHost();
+    const host = spec.host ?? await probeHost();
     // Answered over the agent channel when the guest asks (`boot.config`): the shared initramfs is used as it is.
     const config = qemuBootConfig(spec, await kernelModules());
     clock?.mark("vmm.prepare");
@@ -428,7 +428,8 @@ export function virtiofsdArgs(
 
 /**
  * One virtiofsd per share (the runner's share filter installed first, so
- * each inherits it), each ready on its vhost-user socket; the sockets by tag.
+ * each inherits it), all started together, each ready on its vhost-user
+ * socket; the sockets by tag.
  */
 async function startVirtiofsd(
   children: ChildGroup,
@@ -436,16 +437,15 @@ async function startVirtiofsd(
   shares: readonly VmShare[],
   paths: SandboxPaths,
 ): Promise<Record<string, string>> {
-  const fsSockets: Record<string, string> = {};
   if (shares.length > 0) installShareFilter();
-  for (const share of shares) {
+  // All started at once, then each awaited: their starts overlap.
+  const started = await Promise.all(shares.map(async (share) => {
     const sock = paths.fsSocket(share.tag);
     await Deno.remove(sock).catch(() => {});
-    const child = children.spawn(virtiofsd, virtiofsdArgs(share, sock));
-    await children.waitForSocket(child, sock, "virtiofsd");
-    fsSockets[share.tag] = sock;
-  }
-  return fsSockets;
+    return { tag: share.tag, sock, child: children.spawn(virtiofsd, virtiofsdArgs(share, sock)) };
+  }));
+  await Promise.all(started.map((s) => children.waitForSocket(s.child, s.sock, "virtiofsd")));
+  return Object.fromEntries(started.map((s) => [s.tag, s.sock]));
 }
 
 /** Starts qemu with `args`, its command line first in the runner log. */
