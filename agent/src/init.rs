@@ -52,17 +52,20 @@ fn boot(started: Instant) -> (BootConfig, Option<Arc<Stream>>) {
     };
     let mut loaded = HashSet::new();
     load_modules(&cfg.modules, &mut loaded);
+    agent::mark_boot("transport");
     let mut opened = None;
     if cfg.from_host {
         match ask_host(&cfg.transport) {
             Ok((c, stream)) => {
                 cfg = c;
                 opened = Some(stream);
+                agent::mark_boot("config");
                 load_modules(&cfg.modules, &mut loaded);
             }
             Err(e) => log(&format!("boot config from the host: {e}; using the base config")),
         }
     }
+    agent::mark_boot("modules");
     match assemble_root(&cfg.root) {
         Ok(true) => {
             if let Err(e) = switch_root() {
@@ -72,6 +75,7 @@ fn boot(started: Instant) -> (BootConfig, Option<Arc<Stream>>) {
         Ok(false) => {}
         Err(e) => log(&format!("root: {e}; staying in the initramfs")),
     }
+    agent::mark_boot("root");
     system_mounts();
     for m in &cfg.mounts {
         if let Err(e) = user_mount(m) {
@@ -92,6 +96,7 @@ fn boot(started: Instant) -> (BootConfig, Option<Arc<Stream>>) {
         ("HOME".to_string(), "/root".to_string()),
     ]);
     env.extend(cfg.env.clone());
+    agent::mark_boot("setup");
     agent::init(Mode::Init, env, cfg.workdir.clone().unwrap_or_else(|| "/".into()), started);
     crate::reaper::start();
     (cfg, opened)

@@ -39,16 +39,18 @@ import {
   type WireError,
 } from "../errors.ts";
 import { DEFAULTS, settings } from "../settings.ts";
-import { Store, type StoredStatus } from "../store/db.ts";
+import type { StoredStatus } from "../store/db.ts";
 import { homeLayout } from "../store/home.ts";
 import { tryLock } from "../store/lock.ts";
 import { closeQuietly } from "../util/close.ts";
 import { logTail } from "../util/logs.ts";
+import type { NotificationParams } from "../agent/rpc.ts";
 import { type BootPhase, epochMs, PhaseClock } from "../util/phases.ts";
 import { type SandboxPaths, sandboxPaths, type Vm, type VmExit, type VmSpec } from "./backend.ts";
 import { listenFresh } from "./channel.ts";
 import { ConsoleLog } from "./console.ts";
-import { NetEngine } from "./netd.ts";
+import type { NetEngine } from "./netd.ts";
+import { DeferredStore } from "./deferred_store.ts";
 import { qemuBackend } from "./qemu.ts";
 import { Relay } from "./relay.ts";
 
@@ -57,7 +59,7 @@ export type RunnerEvent =
   | {
     event: "ready";
     bootMs: number;
-    boot: Record<string, number>;
+    boot: ReadyBoot;
     vmmPid: number;
     /**
      * The runner's part of the boot, from its spawn (the starter's clock,
@@ -69,12 +71,18 @@ export type RunnerEvent =
   /** `error` is the error itself ({@link errorToWire}): the starter rethrows the same class with the same fields. */
   | { event: "failed"; code: string; message: string; error?: WireError };
 
+/** The `boot` timings of the agent's `ready` (agent/PROTOCOL.md). */
+export type ReadyBoot = NotificationParams<"ready">["boot"];
+
 /** The agent's `ready` parameters the runner reads, and when the runner got them. */
 interface ReadyParams {
-  readonly boot: Record<string, number>;
+  readonly boot: ReadyBoot;
   /** Epoch milliseconds at which the ready frame reached the runner. */
   readonly receivedMs: number;
 }
+
+/** At most this many of the agent's boot steps become phases. */
+const MAX_GUEST_STEPS = 16;
 
 function emit(e: RunnerEvent) {
   try {
@@ -118,7 +126,7 @@ export class Runner {
   constructor(
     readonly spec: VmSpec,
     readonly paths: SandboxPaths,
-    readonly store: Store,
+    readonly store: DeferredStore,
     attached: boolean,
     readonly clock: PhaseClock = new PhaseClock(),
   ) {
@@ -139,9 +147,12 @@ export class Runner {
     const relay = this.#relay = new Relay(vm.agent, (method, params) => this.#control(method, params), vm.bootConfig);
     this.#net?.onEvent((e) => relay.publish("runner.netEvent", { event: e as unknown as Record<string, unknown> }));
     const listener = await listenFresh(this.paths.agentSocket);
+    // The VMM runs: the store loads while the guest boots.
+    const storeOpen = this.store.open();
     try {
       const ready = await this.#awaitReady(vm, relay);
       if (!ready) return 1;
+      await storeOpen;
       this.#running(ready);
       relay.serve(listener);
       this.clock.mark("runner.ready");
@@ -272,6 +283,7 @@ export class Runner {
 
   /** Starts netd; its death while the VM lives turns the network off (logged), never the VM's traffic loose. */
   async #startNet(config: NonNullable<VmSpec["netd"]>): Promise<NetEngine> {
+    const { NetEngine } = await import("./netd.ts");
     const net = await NetEngine.start(this.spec.backend, config, this.paths);
     this.#log(`netd ${net.version} ready (pid ${net.pid})`);
     net.exited.then((s) => {
@@ -287,7 +299,7 @@ export class Runner {
     const signal = this.#bootAbort.signal;
     const bootTimer = setTimeout(() => this.#bootAbort.abort(), this.spec.bootTimeoutMs);
     const ready = await Promise.race([
-      relay.ready.then((f) => ({ ...(f.header.params as { boot: Record<string, number> }), receivedMs: epochMs() })),
+      relay.ready.then((f) => ({ ...(f.header.params as { boot: ReadyBoot }), receivedMs: epochMs() })),
       vm.exited.then(() => undefined),
       new Promise<undefined>((r) => signal.addEventListener("abort", () => r(undefined))),
     ]);
@@ -373,14 +385,21 @@ export class Runner {
    * which starts with the kernel): the kernel started `readyMs` before the
    * ready frame arrived, and ran until the agent started (`agentStartMs`).
    * The VMM's start is the time from its exec (the backend's last mark) to
-   * the kernel's start. The frame's transit is counted in the agent's phase.
+   * the kernel's start. The agent's own steps (`guest.<step>`) follow when
+   * it reports them, then `guest.ready` (serving, and the frame's transit);
+   * without them its whole start is `guest.agent`.
    */
   #guestPhases(ready: ReadyParams): void {
     const readyMs = ready.boot.readyMs ?? 0;
     const kernelStart = ready.receivedMs - readyMs;
     this.clock.mark("vmm.start", kernelStart);
     this.clock.mark("guest.kernel", kernelStart + (ready.boot.agentStartMs ?? 0));
-    this.clock.mark("guest.agent", ready.receivedMs);
+    // The guest's word, so bounded: a few steps with plain names.
+    const steps = (Array.isArray(ready.boot.steps) ? ready.boot.steps : []).filter((s) =>
+      typeof s?.name === "string" && /^[a-z][a-z0-9_-]{0,31}$/.test(s.name) && Number.isFinite(s.endMs)
+    ).slice(0, MAX_GUEST_STEPS);
+    for (const s of steps) this.clock.mark(`guest.${s.name}`, kernelStart + s.endMs);
+    this.clock.mark(steps.length ? "guest.ready" : "guest.agent", ready.receivedMs);
   }
 
   #bootMs(ready: ReadyParams): number {
@@ -402,8 +421,13 @@ async function main(dir: string, mode: "attached" | "detached", clock: PhaseCloc
   }
   try {
     const spec = JSON.parse(await Deno.readTextFile(paths.vmSpec)) as VmSpec;
-    using store = Store.open(homeLayout().db);
-    return await new Runner(spec, paths, store, mode === "attached", clock).run();
+    using store = new DeferredStore(homeLayout().db);
+    try {
+      return await new Runner(spec, paths, store, mode === "attached", clock).run();
+    } finally {
+      // A failed boot's status was queued: it is written before the runner ends.
+      await store.open();
+    }
   } finally {
     lock.release();
   }
