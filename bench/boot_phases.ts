@@ -4,14 +4,18 @@
  * (`Sandbox.bootPhases`), the host's part up to the VMM's exec, and the
  * total. Runs one after another; figures under load are noisy.
  *
- *   deno run -A bench/boot_phases.ts [runs=7]
+ *   deno run -A bench/boot_phases.ts [runs=7] [--json]
+ *
+ * `--json` prints every run's phases (one JSON object) instead of medians,
+ * for a driver that alternates two trees.
  */
 
 import { busyboxRoot } from "../scripts/roots.ts";
 import { type BootPhase, Sandbox } from "../mod.ts";
 import { median } from "./stats.ts";
 
-const runs = Number(Deno.args[0] ?? 7);
+const json = Deno.args.includes("--json");
+const runs = Number(Deno.args.find((a) => !a.startsWith("--")) ?? 7);
 const root = await busyboxRoot();
 Deno.env.set("KRUNBOX_BACKEND", "qemu");
 
@@ -34,6 +38,10 @@ for (let i = 0; i < runs; i++) {
   totals.push(phases.reduce((s, p) => s + p.durationMs, 0));
 }
 
+if (json) {
+  console.log(JSON.stringify({ phases: Object.fromEntries(byName), hostMs, totals }));
+  Deno.exit(0);
+}
 const load = (await Deno.readTextFile("/proc/loadavg")).split(" ").slice(0, 3).join(" ");
 console.log(`boot phases, median of ${runs} runs (busybox dir root, 256 MiB, qemu; load average ${load}):`);
 for (const [name, xs] of byName) console.log(`  ${name.padEnd(16)} ${median(xs).toFixed(1).padStart(8)} ms`);

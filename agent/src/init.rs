@@ -138,7 +138,7 @@ fn ask_host(t: &Transport) -> Result<(BootConfig, Arc<Stream>), String> {
             }
             Ok(Some(_)) => {}
             // The host side is not connected (yet): a port reads 0 then.
-            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            Ok(None) => std::thread::sleep(Duration::from_millis(2)),
             Err(e) => return Err(e.to_string()),
         }
     }
