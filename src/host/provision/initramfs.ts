@@ -12,6 +12,7 @@ import { join } from "node:path";
 import { assetDir, assetPath, assetVersion } from "../../store/assets.ts";
 import { type CpioEntry, encodeCpio } from "../../vmm/cpio.ts";
 import { qemuBaseBootConfig } from "../../vmm/qemu.ts";
+import { INITRAMFS_LAYOUT } from "../../vmm/prereqs.ts";
 import type { AssetStep } from "./step.ts";
 
 /** Provisions `assets/initramfs/initramfs.cpio`. */
@@ -21,8 +22,8 @@ export const initramfsStep: AssetStep = {
     const agent = await assetVersion("agent", ctx.home);
     const kernel = await assetVersion("kernel", ctx.home);
     if (!agent || !kernel) throw new Error("needs the agent and kernel assets first");
-    // `base1`: the archive carries the base boot config (the agent asks the host for the rest).
-    return `agent-${agent}+${kernel}+base1`;
+    // The layout (the base boot config; the agent asks the host for the rest): checked by qemuChecks.
+    return `agent-${agent}+${kernel}+${INITRAMFS_LAYOUT}`;
   },
   async build(ctx, out) {
     const kernelDir = assetDir("kernel", ctx.home);
