@@ -36,10 +36,13 @@ async function nextFrame(conn: Deno.Conn, decoder: FrameDecoder): Promise<Frame>
   }
 }
 
-Deno.test("boot.config is answered once before ready, refused after", async () => {
+/** A relay over a socket pair with `config`; `fn` gets the raw guest end and a way to ask. */
+async function withRelay(
+  config: Record<string, unknown> | undefined,
+  fn: (relay: Relay, guest: Deno.Conn, ask: (id: number) => Promise<Frame["header"]>) => Promise<void>,
+): Promise<void> {
   const dir = await Deno.makeTempDir();
   const [host, guest] = await pair(dir);
-  const config = { hostname: "sb", modules: ["/lib/modules/virtio_blk.ko"], transport: { kind: "virtio-port" } };
   const relay = new Relay(host, () => Promise.resolve({}), config);
   const decoder = new FrameDecoder();
   const ask = async (id: number) => {
@@ -47,6 +50,18 @@ Deno.test("boot.config is answered once before ready, refused after", async () =
     return (await nextFrame(guest, decoder)).header;
   };
   try {
+    await fn(relay, guest, ask);
+  } finally {
+    guest.close();
+    await relay.guestClosed;
+    closeQuietly(host);
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+Deno.test("boot.config is answered once before ready, refused after", async () => {
+  const config = { hostname: "sb", modules: ["/lib/modules/virtio_blk.ko"], transport: { kind: "virtio-port" } };
+  await withRelay(config, async (relay, guest, ask) => {
     const first = await ask(0);
     assertEquals([first.id, first.result], [0, config]);
     const second = await ask(1);
@@ -55,26 +70,12 @@ Deno.test("boot.config is answered once before ready, refused after", async () =
     await relay.ready;
     const late = await ask(2);
     assertEquals([late.id, late.result, typeof late.error?.code], [2, undefined, "number"]);
-  } finally {
-    guest.close();
-    await relay.guestClosed;
-    closeQuietly(host);
-    await Deno.remove(dir, { recursive: true });
-  }
+  });
 });
 
 Deno.test("without a config to give (libkrun), boot.config is refused", async () => {
-  const dir = await Deno.makeTempDir();
-  const [host, guest] = await pair(dir);
-  const relay = new Relay(host, () => Promise.resolve({}));
-  try {
-    await guest.write(encodeFrame({ jsonrpc: "2.0", id: 7, method: "boot.config", params: {} }));
-    const answer = (await nextFrame(guest, new FrameDecoder())).header;
+  await withRelay(undefined, async (_relay, _guest, ask) => {
+    const answer = await ask(7);
     assertEquals([answer.id, answer.result, typeof answer.error?.code], [7, undefined, "number"]);
-  } finally {
-    guest.close();
-    await relay.guestClosed;
-    closeQuietly(host);
-    await Deno.remove(dir, { recursive: true });
-  }
+  });
 });
