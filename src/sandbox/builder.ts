@@ -20,6 +20,7 @@ import {
 } from "./config.ts";
 import { loadLaunch } from "./handle.ts";
 import { applyRootEdits } from "./patches.ts";
+import { PhaseClock } from "../util/phases.ts";
 import { InvalidConfigError, StateError } from "../errors.ts";
 import type { PullEvent, PullPolicy } from "../image/pull.ts";
 import type { BasicAuth } from "../image/auth.ts";
@@ -419,6 +420,7 @@ export class SandboxBuilder {
   }
 
   async #create(detached: boolean): Promise<Sandbox> {
+    const clock = new PhaseClock();
     const sandbox = this.#opts.sandbox;
     if (!sandbox) throw new StateError("this builder was made with `new SandboxBuilder`: use `Sandbox.builder(name)`");
     const { createAndLaunch } = await loadLaunch();
@@ -426,7 +428,7 @@ export class SandboxBuilder {
       policy: this.#opts.pullPolicy,
       auth: this.#opts.auth,
       onProgress: this.#opts.onPull,
-    });
+    }, clock);
     const sb = sandbox.fromLaunch(config, launched, !detached);
     try {
       await applyRootEdits(sb.fs(), config);
@@ -434,6 +436,8 @@ export class SandboxBuilder {
       await sb.kill().catch(() => {});
       throw e;
     }
+    // The root's files and patches (often none): the end of create().
+    clock.mark("host.finish");
     return sb;
   }
 }

@@ -180,7 +180,9 @@ export async function listSandboxes(sandbox: typeof Sandbox): Promise<SandboxHan
 export async function startSandbox(name: string, detached: boolean, sandbox: typeof Sandbox): Promise<Sandbox> {
   const { relaunch } = await loadLaunch();
   const { launched, config } = await relaunch(name, detached);
-  return sandbox.fromLaunch(config, launched, !detached);
+  const sb = sandbox.fromLaunch(config, launched, !detached);
+  launched.clock.mark("host.finish");
+  return sb;
 }
 
 /**

@@ -34,6 +34,7 @@ import { checkBwrap, checkedPrograms } from "../vmm/prereqs.ts";
 import { shareFilter } from "../vmm/seccomp.ts";
 import type { RunnerEvent } from "../vmm/runner.ts";
 import { logTail } from "../util/logs.ts";
+import { PhaseClock } from "../util/phases.ts";
 import { DEFAULTS, settings } from "../settings.ts";
 import { parseConfig, type SandboxConfig } from "./config.ts";
 import { prepareRoot, refuseSecrets, vmSpecOf, withImageDefaults } from "./spec.ts";
@@ -48,6 +49,11 @@ export interface Launched {
   readonly runner: Deno.ChildProcess;
   /** The runner's ready line. */
   readonly ready: Extract<RunnerEvent, { event: "ready" }>;
+  /**
+   * The boot's phases so far: the caller's `host.prepare`, the runner's
+   * (from its ready line) and `host.connect`; the caller may mark more.
+   */
+  readonly clock: PhaseClock;
 }
 
 /** A booted sandbox: its runner and the config it runs (with the image's defaults). */
@@ -77,6 +83,7 @@ export async function createAndLaunch(
   detached: boolean,
   replace: boolean,
   pull: PullOptions = {},
+  clock: PhaseClock = new PhaseClock(),
 ): Promise<Booted> {
   using store = await openStore();
   return await withNameLock(requested.name, async () => {
@@ -91,7 +98,7 @@ export async function createAndLaunch(
     // no peer-uid check is possible there: no other uid may reach this directory.
     await privateDir(pathsOf(requested.name).dir);
     try {
-      return await boot(store, requested, { fresh: true, detached, pull });
+      return await boot(store, requested, { fresh: true, detached, pull, clock });
     } catch (e) {
       await deleteState(store, requested.name).catch(() => {});
       throw e;
@@ -110,7 +117,7 @@ export async function createAndLaunch(
  * console.log(launched.ready.vmmPid);
  * ```
  */
-export async function relaunch(name: string, detached: boolean): Promise<Booted> {
+export async function relaunch(name: string, detached: boolean, clock: PhaseClock = new PhaseClock()): Promise<Booted> {
   using store = await openStore();
   return await withNameLock(name, async () => {
     const row = requireRow(store, name);
@@ -118,7 +125,7 @@ export async function relaunch(name: string, detached: boolean): Promise<Booted>
     const config = parseConfig(JSON.parse(row.config));
     // Secret values are never stored: without them the sandbox cannot start (it stays as it was).
     secretValues(name, config.secrets, undefined);
-    return await boot(store, config, { fresh: false, detached, pull: { policy: "if-missing" } });
+    return await boot(store, config, { fresh: false, detached, pull: { policy: "if-missing" }, clock });
   });
 }
 
@@ -128,6 +135,8 @@ interface BootPlan {
   readonly fresh: boolean;
   readonly detached: boolean;
   readonly pull: PullOptions;
+  /** Times the boot from the caller's create() or start(). */
+  readonly clock: PhaseClock;
 }
 
 /**
@@ -156,7 +165,7 @@ async function boot(store: Store, requested: SandboxConfig, plan: BootPlan): Pro
     store.update(name, { status: "creating", stopReason: null, detached: plan.detached });
   }
   try {
-    return { launched: await launchRunner(paths, name, plan.detached, spec), config };
+    return { launched: await launchRunner(paths, name, plan.detached, spec, plan.clock), config };
   } catch (e) {
     if (!plan.fresh) store.update(name, { status: "crashed", stopReason: `start failed: ${(e as Error).message}` });
     throw e;
@@ -195,7 +204,7 @@ function runnerShell(): string {
  * The libkrun runner's command under bubblewrap (src/vmm/contain.ts): the
  * share filter written for bwrap to load, this boot's info file fresh.
  */
-async function contained(spec: VmSpec, command: readonly string[]): Promise<string[]> {
+async function contained(spec: VmSpec): Promise<(command: readonly string[]) => string[]> {
   // Resolved with the other prerequisites (vmSpecOf); a spec without it is checked here, failing typed.
   const bwrap = spec.programs?.bwrap ?? checkedPrograms("libkrun", [await checkBwrap()]).bwrap;
   const paths = sandboxPaths(spec.dir);
@@ -204,7 +213,7 @@ async function contained(spec: VmSpec, command: readonly string[]): Promise<stri
   await Deno.writeFile(paths.seccompFilter, shareFilter(), { createNew: true, mode: 0o600 });
   await Deno.writeFile(paths.containInfo, new Uint8Array(), { createNew: true, mode: 0o600 });
   const args = bwrapArgs(spec, await containHost(homeLayout()));
-  return withContainFds(paths.seccompFilter, paths.containInfo, [bwrap, ...args, "--", ...command]);
+  return (command) => withContainFds(paths.seccompFilter, paths.containInfo, [bwrap, ...args, "--", ...command]);
 }
 
 /**
@@ -225,13 +234,24 @@ export async function launchRunner(
   name: string,
   detached: boolean,
   spec?: VmSpec,
+  clock: PhaseClock = new PhaseClock(),
 ): Promise<Launched> {
   const runnerUrl = new URL("../vmm/runner.ts", import.meta.url).href;
-  const runnerArgs = ["run", "--allow-all", "--no-prompt", runnerUrl, paths.dir, detached ? "detached" : "attached"];
   const vm = spec ?? JSON.parse(await Deno.readTextFile(paths.vmSpec)) as VmSpec;
-  const command = [Deno.execPath(), ...runnerArgs];
+  const wrap = vm.backend === "libkrun" ? await contained(vm) : (command: readonly string[]) => [...command];
+  clock.mark("host.prepare");
+  const spawnedAt = clock.lastMs;
+  const runnerArgs = [
+    "run",
+    "--allow-all",
+    "--no-prompt",
+    runnerUrl,
+    paths.dir,
+    detached ? "detached" : "attached",
+    String(spawnedAt),
+  ];
   const runner = new Deno.Command(runnerShell(), {
-    args: ["-c", RUNNER_EXEC, paths.runnerLog, ...(vm.backend === "libkrun" ? await contained(vm, command) : command)],
+    args: ["-c", RUNNER_EXEC, paths.runnerLog, ...wrap([Deno.execPath(), ...runnerArgs])],
     // Attached: stdin is the lifeline (EOF: the owner is gone). Detached: nothing of ours.
     stdin: detached ? "null" : "piped",
     stdout: "piped",
@@ -269,8 +289,10 @@ export async function launchRunner(
     runner.kill("SIGKILL");
     throw e;
   }
+  clock.adopt(event.bootPhases ?? [], spawnedAt);
+  clock.mark("host.connect");
   if (detached) runner.unref();
-  return { agent, runner, ready: event };
+  return { agent, runner, ready: event, clock };
 }
 
 /**

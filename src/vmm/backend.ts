@@ -9,7 +9,9 @@
  */
 
 import type { NetdConfig } from "../net/engine.ts";
-import type { BackendKind } from "./detect.ts";
+import type { PhaseClock } from "../util/phases.ts";
+import type { BootConfig } from "./boot_config.ts";
+import type { BackendKind, HostVirtualization } from "./detect.ts";
 
 /** The root filesystem as the VM sees it. */
 export type VmRoot =
@@ -75,6 +77,8 @@ export interface VmSpec {
    * prerequisites; a backend given none checks and resolves them itself.
    */
   readonly programs?: Readonly<Record<string, string>>;
+  /** The host's virtualization as the caller probed it (choosing the backend); a backend given none probes. */
+  readonly host?: HostVirtualization;
 }
 
 /** Files of a sandbox directory. */
@@ -95,8 +99,6 @@ export interface SandboxPaths {
   readonly upperDisk: string;
   /** The VMM's end of the agent channel: the runner listens, the VMM connects (per boot). */
   readonly vmSocket: string;
-  /** qemu: this boot's initramfs (the shared one plus its boot config). */
-  readonly initrd: string;
   /** libkrun: the virtiofs root of a guest whose real root is on disks. */
   readonly trampoline: string;
   /** netd's 0700 directory. */
@@ -132,7 +134,6 @@ export function sandboxPaths(dir: string): SandboxPaths {
     nameLock: `${dir}.lock`,
     upperDisk: `${dir}/upper.ext4`,
     vmSocket: `${dir}/vm.sock`,
-    initrd: `${dir}/initrd.img`,
     trampoline: `${dir}/trampoline`,
     netDir: `${dir}/net`,
     netSocket: `${dir}/net/net.sock`,
@@ -164,13 +165,21 @@ export interface Vm {
   readonly inProcess?: boolean;
   /** Kills the VMM and its helpers at once. */
   kill(): void;
-  /** Called once the guest agent is ready: per-boot files the VMM has loaded can go. */
-  booted?(): Promise<void>;
+  /**
+   * This boot's config, for an agent that asks for it over its channel
+   * (`boot.config`; qemu, whose shared initramfs carries only a base
+   * config). A backend that hands the config over otherwise has none here.
+   */
+  readonly bootConfig?: BootConfig;
 }
 
 /** A backend boots a spec. */
 export interface Backend {
   readonly kind: BackendKind;
-  /** Boots the VM; resolves once the agent stream is connected (not yet ready). */
-  boot(spec: VmSpec, signal: AbortSignal): Promise<Vm>;
+  /**
+   * Boots the VM; resolves once the agent stream is connected (not yet
+   * ready). `clock`, when given, gets the backend's host-side phases
+   * (`vmm.*`), its last mark the VMM's exec.
+   */
+  boot(spec: VmSpec, signal: AbortSignal, clock?: PhaseClock): Promise<Vm>;
 }

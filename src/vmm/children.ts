@@ -13,11 +13,10 @@ import { BackendUnavailableError } from "../errors.ts";
 import { DEFAULTS } from "../settings.ts";
 import { logTail } from "../util/logs.ts";
 import type { BackendKind } from "./detect.ts";
+import { dirname } from "node:path";
 
 const SETPRIV = "setpriv";
 const TIE_TO_RUNNER = ["--pdeathsig", "KILL", "--"];
-/** How often {@link ChildGroup.waitForSocket} looks for the socket. */
-const SOCKET_POLL_MS = 5;
 /** How long a helper that exited at start gets for its last stderr to reach the log. */
 const LAST_WORDS_MS = 50;
 
@@ -85,18 +84,34 @@ export class ChildGroup implements Disposable {
     await Promise.all(this.#children.map((c) => c.status));
   }
 
-  /** Waits for `child` to create the socket `path`; fails with its last log lines if it exits first. */
+  /**
+   * Waits for `child` to create the socket `path` (an inotify watch on its
+   * directory, no polling); fails with its last log lines if it exits first.
+   */
   async waitForSocket(
     child: Deno.ChildProcess,
     path: string,
     what: string,
     ms = DEFAULTS.helperSocketMs,
   ): Promise<void> {
-    const end = Date.now() + ms;
-    let exited = false;
-    child.status.then(() => (exited = true));
-    while (Date.now() < end) {
-      if (exited) {
+    // Watching before the first look: a socket made in between is seen by one or the other.
+    const watcher = Deno.watchFs(dirname(path), { recursive: false });
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    try {
+      const created = (async () => {
+        if (await isSocket(path)) return "created" as const;
+        for await (const e of watcher) {
+          if (e.paths.includes(path) && await isSocket(path)) return "created" as const;
+        }
+        return "timeout" as const;
+      })();
+      const outcome = await Promise.race([
+        created,
+        child.status.then(() => "exited" as const),
+        new Promise<"timeout">((r) => (timer = setTimeout(() => r("timeout"), ms))),
+      ]);
+      if (outcome === "created") return;
+      if (outcome === "exited") {
         await new Promise((r) => setTimeout(r, LAST_WORDS_MS));
         throw new BackendUnavailableError(
           this.backend,
@@ -104,18 +119,15 @@ export class ChildGroup implements Disposable {
           `see ${this.logPath}`,
         );
       }
-      try {
-        if ((await Deno.stat(path)).isSocket) return;
-      } catch {
-        // not yet
-      }
-      await new Promise((r) => setTimeout(r, SOCKET_POLL_MS));
+      throw new BackendUnavailableError(
+        this.backend,
+        `${what} did not create ${path} within ${ms} ms`,
+        "see the sandbox's runner.log",
+      );
+    } finally {
+      clearTimeout(timer);
+      watcher.close();
     }
-    throw new BackendUnavailableError(
-      this.backend,
-      `${what} did not create ${path} within ${ms} ms`,
-      "see the sandbox's runner.log",
-    );
   }
 
   /** Kills every helper. */
@@ -128,4 +140,8 @@ export class ChildGroup implements Disposable {
     const file = await Deno.open(this.logPath, { append: true, create: true });
     await stream.pipeTo(file.writable).catch(() => {});
   }
+}
+
+async function isSocket(path: string): Promise<boolean> {
+  return await Deno.stat(path).then((s) => s.isSocket === true, () => false);
 }

@@ -42,6 +42,7 @@ import {
   type VmLogLevel,
   type VmSpec,
 } from "./backend.ts";
+import type { PhaseClock } from "../util/phases.ts";
 import { NET_PLAN } from "../net/engine.ts";
 import { type BootConfig, bootConfig, GUEST_NET, rootDisks } from "./boot_config.ts";
 import { acceptAgent, listenFresh } from "./channel.ts";
@@ -234,12 +235,13 @@ export function macBytes(mac: string): Uint8Array {
  */
 export const libkrunBackend: Backend = {
   kind: "libkrun",
-  async boot(spec: VmSpec, signal: AbortSignal): Promise<Vm> {
+  async boot(spec: VmSpec, signal: AbortSignal, clock?: PhaseClock): Promise<Vm> {
     const arena = new CStrings();
     const paths = sandboxPaths(spec.dir);
     const listener = await listenFresh(paths.vmSocket);
     const ctx = await configureContext(spec, paths.vmSocket, arena);
     const k = load(spec.logLevel).symbols;
+    clock?.mark("vmm.prepare");
     // Resolves only if the VM could not start: on success the process ends with the guest.
     const started = k.krun_start_enter(ctx);
     const exited: Promise<VmExit> = started.then((rc) => {
