@@ -10,6 +10,7 @@
 
 import type { NetdConfig } from "../net/engine.ts";
 import type { BackendKind } from "./detect.ts";
+import type { RunnerLog } from "./runner_log.ts";
 
 /** The root filesystem as the VM sees it. */
 export type VmRoot =
@@ -165,6 +166,6 @@ export interface Vm {
 /** A backend boots a spec. */
 export interface Backend {
   readonly kind: BackendKind;
-  /** Boots the VM; resolves once the agent stream is connected (not yet ready). */
-  boot(spec: VmSpec, signal: AbortSignal): Promise<Vm>;
+  /** Boots the VM (its helpers' output and its own lines into `log`); resolves once the agent stream is connected (not yet ready). */
+  boot(spec: VmSpec, signal: AbortSignal, log: RunnerLog): Promise<Vm>;
 }

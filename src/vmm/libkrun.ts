@@ -45,6 +45,7 @@ import {
 import { NET_PLAN } from "../net/engine.ts";
 import { type BootConfig, bootConfig, GUEST_NET, rootDisks } from "./boot_config.ts";
 import { acceptAgent, listenFresh } from "./channel.ts";
+import type { RunnerLog } from "./runner_log.ts";
 
 /** The vsock port the agent connects to. */
 export const AGENT_VSOCK_PORT = 1024;
@@ -233,7 +234,7 @@ export function macBytes(mac: string): Uint8Array {
  */
 export const libkrunBackend: Backend = {
   kind: "libkrun",
-  async boot(spec: VmSpec, signal: AbortSignal): Promise<Vm> {
+  async boot(spec: VmSpec, signal: AbortSignal, log: RunnerLog): Promise<Vm> {
     const arena = new CStrings();
     const paths = sandboxPaths(spec.dir);
     const listener = await listenFresh(paths.vmSocket);
@@ -245,7 +246,8 @@ export const libkrunBackend: Backend = {
       void arena; // keep every string alive for as long as libkrun runs
       return { code: rc, signal: null };
     });
-    const kill = () => Deno.exit(137);
+    // The process ends with the VM: the queued log lines get their bounded flush first (never an unbounded wait).
+    const kill = () => void log.flush().finally(() => Deno.exit(137));
     signal.addEventListener("abort", kill, { once: true });
     const agent = await acceptAgent(listener, exited, (e) =>
       new BackendUnavailableError(

@@ -30,6 +30,7 @@ import { NET_PLAN } from "../net/engine.ts";
 import { type BootConfig, bootConfig, GUEST_NET, ROOT_TAG, rootDisks } from "./boot_config.ts";
 import { acceptAgent, listenFresh } from "./channel.ts";
 import { ChildGroup } from "./children.ts";
+import type { RunnerLog } from "./runner_log.ts";
 import { encodeCpio } from "./cpio.ts";
 import { probeHost } from "./detect.ts";
 import { GUEST_MODULES, loadOrder, type ModuleIndex } from "./modules.ts";
@@ -233,12 +234,12 @@ export function qemuShares(spec: VmSpec): VmShare[] {
  */
 export const qemuBackend: Backend = {
   kind: "qemu",
-  async boot(spec: VmSpec, signal: AbortSignal): Promise<Vm> {
+  async boot(spec: VmSpec, signal: AbortSignal, log: RunnerLog): Promise<Vm> {
     const paths = sandboxPaths(spec.dir);
     const programs = spec.programs ?? await checkedPrograms("qemu", await qemuChecks());
     const host = await probeHost();
     await writeInitrd(paths, qemuBootConfig(spec, await kernelModules()));
-    const children = new ChildGroup("qemu", paths.runnerLog);
+    const children = new ChildGroup("qemu", log);
     signal.addEventListener("abort", () => children.kill(), { once: true });
     let listener: Deno.UnixListener | undefined;
     try {
@@ -253,7 +254,7 @@ export const qemuBackend: Backend = {
         fsSockets,
         netSocket: spec.network === "user" ? paths.netSocket : undefined,
       });
-      const vmm = await startQemu(children, programs["qemu-system-x86_64"], args, paths);
+      const vmm = await startQemu(children, programs["qemu-system-x86_64"], args);
       const bootFiles = [paths.vmSocket, paths.initrd, ...Object.values(fsSockets).flatMap((s) => [s, `${s}.pid`])];
       const exited = whenExited(vmm, children, listener, bootFiles);
       const agent = await acceptAgent(
@@ -401,9 +402,8 @@ async function startQemu(
   children: ChildGroup,
   qemu: string,
   args: readonly string[],
-  paths: SandboxPaths,
 ): Promise<Deno.ChildProcess> {
-  await Deno.writeTextFile(paths.runnerLog, `qemu ${args.join(" ")}\n`, { append: true });
+  await children.log.write(`qemu ${args.join(" ")}\n`);
   return children.spawn(qemu, args, "log");
 }
 

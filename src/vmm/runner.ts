@@ -50,6 +50,7 @@ import { ConsoleLog } from "./console.ts";
 import { NetEngine } from "./netd.ts";
 import { qemuBackend } from "./qemu.ts";
 import { Relay } from "./relay.ts";
+import { RunnerLog } from "./runner_log.ts";
 
 /** The lines a runner prints on stdout for its starter. */
 export type RunnerEvent =
@@ -96,12 +97,13 @@ export class Runner {
   #console?: ConsoleLog;
   #finished?: Promise<void>;
 
-  /** A runner for `spec`; `attached` when an owner holds its stdin. */
+  /** A runner for `spec`; `attached` when an owner holds its stdin; every line of the sandbox's runner log goes to `log`. */
   constructor(
     readonly spec: VmSpec,
     readonly paths: SandboxPaths,
     readonly store: Store,
     attached: boolean,
+    readonly log: RunnerLog,
   ) {
     this.#attached = attached;
   }
@@ -226,7 +228,7 @@ export class Runner {
       const backend = this.spec.backend === "qemu" ? qemuBackend : (await import("./libkrun.ts")).libkrunBackend;
       this.#console = await ConsoleLog.start(this.paths, settings.consoleMaxBytes());
       if (this.spec.netd) this.#net = await this.#startNet(this.spec.netd);
-      return this.#vm = await backend.boot(this.spec, this.#bootAbort.signal);
+      return this.#vm = await backend.boot(this.spec, this.#bootAbort.signal, this.log);
     } catch (e) {
       this.#net?.kill();
       await this.#console?.[Symbol.asyncDispose]();
@@ -244,7 +246,7 @@ export class Runner {
 
   /** Starts netd; its death while the VM lives turns the network off (logged), never the VM's traffic loose. */
   async #startNet(config: NonNullable<VmSpec["netd"]>): Promise<NetEngine> {
-    const net = await NetEngine.start(this.spec.backend, config, this.paths);
+    const net = await NetEngine.start(this.spec.backend, config, this.paths, this.log);
     this.#log(`netd ${net.version} ready (pid ${net.pid})`);
     net.exited.then((s) => {
       if (this.#vm && this.#status !== "stopped" && this.#status !== "crashed" && !this.#orderly) {
@@ -345,7 +347,7 @@ export class Runner {
   }
 
   #log(m: string): void {
-    Deno.writeTextFileSync(this.paths.runnerLog, `${new Date().toISOString()} ${m}\n`, { append: true });
+    this.log.line(m);
   }
 }
 
@@ -356,10 +358,14 @@ async function main(dir: string, mode: "attached" | "detached"): Promise<number>
     emitFailed(new StillRunningError(basename(dir)));
     return 3;
   }
+  // Every writer of runner.log, this process's own stderr included, goes through one bounded log from here on.
+  // Its close waits for queued lines at most DEFAULTS.logFlushMs: the exit never waits on the log.
+  await using log = await RunnerLog.open(paths.runnerLog);
+  log.captureStderr();
   try {
     const spec = JSON.parse(await Deno.readTextFile(paths.vmSpec)) as VmSpec;
     using store = Store.open(homeLayout().db);
-    return await new Runner(spec, paths, store, mode === "attached").run();
+    return await new Runner(spec, paths, store, mode === "attached", log).run();
   } finally {
     lock.release();
   }
