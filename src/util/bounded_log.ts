@@ -33,6 +33,7 @@ import { AT_FDCWD, loadLibc, O } from "../../ffi/libc.ts";
 import { DEFAULTS } from "../settings.ts";
 import { writeAll } from "./bytes.ts";
 import { closeQuietly } from "./close.ts";
+import { fileTail } from "./logs.ts";
 
 /** How often a log that a descriptor follows checks its current part's size. */
 export const CHECK_MS = 50;
@@ -226,23 +227,8 @@ export class BoundedLog implements AsyncDisposable {
 
   /** Keeps only the last `capBytes` of `part` (from a line start when one is near), if it grew past them. */
   async #cut(part: string): Promise<void> {
-    const f = await Deno.open(part);
-    let tail: Uint8Array;
-    try {
-      const size = (await f.stat()).size;
-      if (size <= this.capBytes) return;
-      await f.seek(size - this.capBytes, Deno.SeekMode.Start);
-      tail = new Uint8Array(this.capBytes);
-      let got = 0;
-      while (got < tail.length) {
-        const n = await f.read(tail.subarray(got));
-        if (n === null) break;
-        got += n;
-      }
-      tail = tail.subarray(0, got);
-    } finally {
-      f.close();
-    }
+    const { bytes: tail, cut } = await fileTail(part, this.capBytes);
+    if (!cut) return;
     const nl = tail.subarray(0, MIN_CAP).indexOf(10);
     const tmp = `${part}.tmp`;
     await Deno.writeFile(tmp, nl >= 0 ? tail.subarray(nl + 1) : tail, { mode: 0o600 });

@@ -19,10 +19,10 @@ import { concatBytes } from "./bytes.ts";
  */
 export async function logTail(path: string, lines = 20): Promise<string> {
   // Only the end is read, however long the parts grew: at most TAIL_BYTES in all.
-  const newer = await tailOf(path, TAIL_BYTES);
+  const newer = await fileTail(path, TAIL_BYTES);
   let { bytes, cut } = newer;
   if (!cut) {
-    const older = await tailOf(`${path}.1`, TAIL_BYTES - bytes.length);
+    const older = await fileTail(`${path}.1`, TAIL_BYTES - bytes.length);
     if (older.bytes.length > 0) ({ bytes, cut } = { bytes: concatBytes([older.bytes, bytes]), cut: older.cut });
   }
   let text = new TextDecoder().decode(bytes);
@@ -30,8 +30,20 @@ export async function logTail(path: string, lines = 20): Promise<string> {
   return text.trimEnd().split("\n").slice(-lines).join("\n");
 }
 
-/** The last `max` bytes of `path` (none when it is missing or unreadable); `cut` when there were more. */
-async function tailOf(path: string, max: number): Promise<{ bytes: Uint8Array; cut: boolean }> {
+/**
+ * The last `max` bytes of `path` (none when it is missing or unreadable);
+ * `cut` when the file holds more.
+ *
+ * @example
+ * ```ts
+ * import { fileTail } from "./logs.ts";
+ * const path = await Deno.makeTempFile();
+ * await Deno.writeTextFile(path, "abcdef");
+ * const { bytes, cut } = await fileTail(path, 2);
+ * console.log(new TextDecoder().decode(bytes), cut); // ef true
+ * ```
+ */
+export async function fileTail(path: string, max: number): Promise<{ bytes: Uint8Array; cut: boolean }> {
   let f: Deno.FsFile;
   try {
     f = await Deno.open(path);
