@@ -8,6 +8,7 @@
  * @module
  */
 
+import type { ByteChannel } from "../agent/writer.ts";
 import type { NetdConfig } from "../net/engine.ts";
 import type { BackendKind } from "./detect.ts";
 import type { RunnerLog } from "./runner_log.ts";
@@ -147,7 +148,7 @@ export interface VmExit {
 /** A booting or running VM. */
 export interface Vm {
   /** The byte stream to the guest agent (the first frame will be `ready`). */
-  readonly agent: Deno.Conn;
+  readonly agent: ByteChannel;
   /** Resolves when the VMM has exited. */
   readonly exited: Promise<VmExit>;
   /** The host process that runs the guest (for CPU and memory figures). */

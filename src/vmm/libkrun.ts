@@ -256,6 +256,8 @@ export const libkrunBackend: Backend = {
         "see the sandbox's console.log; `./dev doctor` checks KVM",
       ));
     signal.removeEventListener("abort", kill);
+    // One VMM, one agent stream: the listener is closed; the path goes too, so nothing can be reached there.
+    await Deno.remove(paths.vmSocket).catch(() => {});
     return { agent, exited, vmmPid: Deno.pid, inProcess: true, kill };
   },
 };

@@ -41,7 +41,7 @@ import {
   type RpcMessage,
 } from "../agent/frame.ts";
 import { decodeErrorCode, type Method, type Params, RPC_ERROR } from "../agent/rpc.ts";
-import { FrameWriter } from "../agent/writer.ts";
+import { type ByteChannel, FrameWriter } from "../agent/writer.ts";
 import { DEFAULTS } from "../settings.ts";
 import { closeQuietly } from "../util/close.ts";
 
@@ -101,7 +101,7 @@ export class Relay {
   /** Resolves when the guest stream ends. */
   readonly guestClosed: Promise<void>;
 
-  constructor(guest: Deno.Conn, readonly control: ControlHandler) {
+  constructor(guest: ByteChannel, readonly control: ControlHandler) {
     this.#guest = new FrameWriter(guest, { peer: "the guest agent" });
     let onReady!: (f: Frame) => void;
     this.ready = new Promise((r) => (onReady = r));
@@ -232,7 +232,7 @@ export class Relay {
     }
   }
 
-  async #readGuest(guest: Deno.Conn, onReady: (f: Frame) => void): Promise<void> {
+  async #readGuest(guest: ByteChannel, onReady: (f: Frame) => void): Promise<void> {
     try {
       for await (const f of guest.readable.pipeThrough(new FrameStream())) {
         if (isDecodeError(f)) {
