@@ -58,7 +58,8 @@ export class ChildGroup implements Disposable {
 
   /**
    * Starts `program` tied to the runner with its stdin and stdout as pipes
-   * for the caller (a control channel: netd); its stderr goes to the log.
+   * for the caller (netd's control channel, qemu's agent channel); its
+   * stderr goes to the log.
    */
   spawnPiped(program: string, args: readonly string[]): Deno.ChildProcess {
     const child = new Deno.Command(SETPRIV, {

@@ -13,6 +13,7 @@ import { ChildGroup } from "../../src/vmm/children.ts";
 import { RunnerLog } from "../../src/vmm/runner_log.ts";
 import { BoundedLog } from "../../src/util/bounded_log.ts";
 import { logTail } from "../../src/util/logs.ts";
+import { DEFAULTS } from "../../src/settings.ts";
 
 const CAP = 256 * 1024;
 const FLOOD = 4 << 20;
@@ -128,6 +129,33 @@ Deno.test("BoundedLog: writers that share a log share its size count; a long log
       "b-199",
       "c-199",
     ]);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("BoundedLog: a log whose file never takes its bytes does not hold its closer past the flush bound", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "krunbox-bounded-stuck-" });
+  const path = `${dir}/stuck.log`;
+  try {
+    // A FIFO nobody reads: once its 64 KiB buffer is full, every write waits forever (a disk that stopped).
+    const mk = await new Deno.Command("mkfifo", { args: ["-m", "600", path] }).output();
+    assert(mk.success, "mkfifo");
+    const holder = await Deno.open(path, { read: true, write: true });
+    const log = await BoundedLog.open(path, 64 << 20);
+    const chunk = new Uint8Array(256 * 1024);
+    const writes = [log.write(chunk), log.write(chunk)];
+    const stuck = await log.flush(200);
+    assertEquals(stuck, false, "the writes are stuck (the control: a flush cannot finish)");
+    const t0 = performance.now();
+    await log[Symbol.asyncDispose]();
+    const ms = performance.now() - t0;
+    assert(
+      ms < DEFAULTS.logFlushMs + 500,
+      `disposal took ${ms.toFixed(0)} ms, past its ${DEFAULTS.logFlushMs} ms bound`,
+    );
+    holder.close(); // the stuck write fails (no reader left), so nothing stays pending
+    await Promise.all(writes);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
