@@ -8,10 +8,12 @@
  * @module
  */
 
+import type { ByteChannel } from "../agent/writer.ts";
 import type { NetdConfig } from "../net/engine.ts";
 import type { PhaseClock } from "../util/phases.ts";
 import type { BootConfig } from "./boot_config.ts";
 import type { BackendKind, HostVirtualization } from "./detect.ts";
+import type { RunnerLog } from "./runner_log.ts";
 
 /** The root filesystem as the VM sees it. */
 export type VmRoot =
@@ -153,7 +155,7 @@ export interface VmExit {
 /** A booting or running VM. */
 export interface Vm {
   /** The byte stream to the guest agent (the first frame will be `ready`). */
-  readonly agent: Deno.Conn;
+  readonly agent: ByteChannel;
   /** Resolves when the VMM has exited. */
   readonly exited: Promise<VmExit>;
   /** The host process that runs the guest (for CPU and memory figures). */
@@ -177,9 +179,10 @@ export interface Vm {
 export interface Backend {
   readonly kind: BackendKind;
   /**
-   * Boots the VM; resolves once the agent stream is connected (not yet
-   * ready). `clock`, when given, gets the backend's host-side phases
-   * (`vmm.*`), its last mark the VMM's exec.
+   * Boots the VM (its helpers' output and its own lines into `log`);
+   * resolves once the agent stream is connected (not yet ready). `clock`,
+   * when given, gets the backend's host-side phases (`vmm.*`), its last
+   * mark the VMM's exec.
    */
-  boot(spec: VmSpec, signal: AbortSignal, clock?: PhaseClock): Promise<Vm>;
+  boot(spec: VmSpec, signal: AbortSignal, log: RunnerLog, clock?: PhaseClock): Promise<Vm>;
 }

@@ -3,8 +3,8 @@
  * starts under `setpriv --pdeathsig KILL`, so the kernel kills it when the
  * runner dies, however it dies (a SIGKILLed runner must not leave an
  * unmanaged VM). Deno spawns from the main thread, so the "parent" whose
- * death counts is the runner process itself. Their output is appended to
- * the sandbox's `runner.log`.
+ * death counts is the runner process itself. Their output goes to the
+ * sandbox's bounded `runner.log` ({@link RunnerLog}).
  *
  * @module
  */
@@ -14,6 +14,7 @@ import { DEFAULTS } from "../settings.ts";
 import { logTail } from "../util/logs.ts";
 import type { BackendKind } from "./detect.ts";
 import { dirname } from "node:path";
+import type { RunnerLog } from "./runner_log.ts";
 
 const SETPRIV = "setpriv";
 const TIE_TO_RUNNER = ["--pdeathsig", "KILL", "--"];
@@ -26,7 +27,9 @@ const LAST_WORDS_MS = 50;
  * @example
  * ```ts
  * import { ChildGroup } from "./children.ts";
- * using children = new ChildGroup("qemu", "/tmp/runner.log");
+ * import { RunnerLog } from "./runner_log.ts";
+ * await using log = await RunnerLog.open(`${await Deno.makeTempDir()}/runner.log`);
+ * using children = new ChildGroup("qemu", log);
  * const sleeper = children.spawn("sleep", ["60"]);
  * children.kill();
  * console.log((await sleeper.status).signal); // "SIGKILL"
@@ -35,8 +38,8 @@ const LAST_WORDS_MS = 50;
 export class ChildGroup implements Disposable {
   readonly #children: Deno.ChildProcess[] = [];
 
-  /** `backend` names who fails when a helper does; `logPath` receives their output. */
-  constructor(readonly backend: BackendKind, readonly logPath: string) {}
+  /** `backend` names who fails when a helper does; `log` receives their output. */
+  constructor(readonly backend: BackendKind, readonly log: RunnerLog) {}
 
   /** Starts `program` tied to the runner; its stderr (and stdout, when `stdout` is "log") go to the log. */
   spawn(program: string, args: readonly string[], stdout: "log" | "null" = "null"): Deno.ChildProcess {
@@ -47,14 +50,15 @@ export class ChildGroup implements Disposable {
       stderr: "piped",
     }).spawn();
     this.#children.push(child);
-    if (stdout === "log") this.#toLog(child.stdout);
-    this.#toLog(child.stderr);
+    if (stdout === "log") this.log.pipeFrom(child.stdout);
+    this.log.pipeFrom(child.stderr);
     return child;
   }
 
   /**
    * Starts `program` tied to the runner with its stdin and stdout as pipes
-   * for the caller (a control channel: netd); its stderr goes to the log.
+   * for the caller (netd's control channel, qemu's agent channel); its
+   * stderr goes to the log.
    */
   spawnPiped(program: string, args: readonly string[]): Deno.ChildProcess {
     const child = new Deno.Command(SETPRIV, {
@@ -64,7 +68,7 @@ export class ChildGroup implements Disposable {
       stderr: "piped",
     }).spawn();
     this.#children.push(child);
-    this.#toLog(child.stderr);
+    this.log.pipeFrom(child.stderr);
     return child;
   }
 
@@ -113,10 +117,11 @@ export class ChildGroup implements Disposable {
       if (outcome === "created") return;
       if (outcome === "exited") {
         await new Promise((r) => setTimeout(r, LAST_WORDS_MS));
+        await this.log.flush(LAST_WORDS_MS);
         throw new BackendUnavailableError(
           this.backend,
-          `${what} exited at start:\n${await logTail(this.logPath, 5)}\n`,
-          `see ${this.logPath}`,
+          `${what} exited at start:\n${await logTail(this.log.path, 5)}\n`,
+          `see ${this.log.path}`,
         );
       }
       throw new BackendUnavailableError(
@@ -133,12 +138,6 @@ export class ChildGroup implements Disposable {
   /** Kills every helper. */
   [Symbol.dispose](): void {
     this.kill();
-  }
-
-  /** One append handle per stream: a pipe locks its destination for its whole life. */
-  async #toLog(stream: ReadableStream<Uint8Array>): Promise<void> {
-    const file = await Deno.open(this.logPath, { append: true, create: true });
-    await stream.pipeTo(file.writable).catch(() => {});
   }
 }
 

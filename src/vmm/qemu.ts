@@ -6,16 +6,15 @@
  * through `virtiofsd` with memfd guest memory), and the console in the
  * sandbox's `console.log`.
  *
- * qemu connects to the runner's listening socket as a client
- * (`server=off`): the runner listens before qemu starts, so no side polls.
+ * The agent channel is qemu's stdin and stdout (`-chardev stdio`), pipes
+ * the runner made when it spawned qemu: no socket path exists that anyone
+ * could connect to first and be taken for the guest (./channel.ts).
  *
  * @module
  */
 
 import { join } from "node:path";
-import { BackendUnavailableError } from "../errors.ts";
 import { assetDir, assetPath } from "../store/assets.ts";
-import { closeQuietly } from "../util/close.ts";
 import type { PhaseClock } from "../util/phases.ts";
 import {
   type Backend,
@@ -29,8 +28,9 @@ import {
 } from "./backend.ts";
 import { NET_PLAN } from "../net/engine.ts";
 import { type BootConfig, bootConfig, GUEST_NET, ROOT_TAG, rootDisks } from "./boot_config.ts";
-import { acceptAgent, listenFresh } from "./channel.ts";
+import { stdioChannel } from "./channel.ts";
 import { ChildGroup } from "./children.ts";
+import type { RunnerLog } from "./runner_log.ts";
 import { probeHost } from "./detect.ts";
 import { loadOrder, type ModuleIndex } from "./modules.ts";
 import { checkedPrograms, qemuChecks } from "./prereqs.ts";
@@ -61,13 +61,14 @@ export interface QemuHost {
   readonly accel: "kvm" | "tcg";
   /** The host TSC frequency, to skip the guest's TSC calibration (hangs ~1 boot in 8 under TCG otherwise). */
   readonly tscKhz: number | undefined;
-  /** The runner's socket qemu connects the agent port to. */
-  readonly agentSocket: string;
   /** vhost-user sockets of virtiofsd, by share tag. */
   readonly fsSockets: Readonly<Record<string, string>>;
   /** netd's frame socket, for a networked sandbox. */
   readonly netSocket?: string;
 }
+
+/** The agent port's chardev: qemu's stdin and stdout, pipes only the runner holds (no path to connect to). */
+export const AGENT_CHARDEV = "stdio,id=agent,signal=off";
 
 /**
  * The qemu command line for a spec (pure: no I/O).
@@ -78,7 +79,7 @@ export interface QemuHost {
  * const args = qemuArgs(
  *   { name: "a", backend: "qemu", cpus: 1, memoryMib: 512, dir: "/s", root: { kind: "dir", path: "/r" },
  *     shares: [], ports: [], network: "none", boot: {}, bootTimeoutMs: 30000 },
- *   { kernel: "/k", initrd: "/i", accel: "tcg", tscKhz: 2300000, agentSocket: "/s/vm.sock", fsSockets: { root: "/s/fs-root.sock" } },
+ *   { kernel: "/k", initrd: "/i", accel: "tcg", tscKhz: 2300000, fsSockets: { root: "/s/fs-root.sock" } },
  * );
  * console.log(args.join(" "));
  * ```
@@ -133,7 +134,7 @@ export function qemuArgs(spec: VmSpec, host: QemuHost): string[] {
     "-device",
     "virtio-serial-device",
     "-chardev",
-    `socket,id=agent,path=${host.agentSocket},server=off`,
+    AGENT_CHARDEV,
     "-device",
     "virtserialport,chardev=agent,name=agent",
   ];
@@ -297,42 +298,34 @@ export function qemuShares(spec: VmSpec): VmShare[] {
  */
 export const qemuBackend: Backend = {
   kind: "qemu",
-  async boot(spec: VmSpec, signal: AbortSignal, clock?: PhaseClock): Promise<Vm> {
+  async boot(spec: VmSpec, signal: AbortSignal, log: RunnerLog, clock?: PhaseClock): Promise<Vm> {
     const paths = sandboxPaths(spec.dir);
     const programs = spec.programs ?? await checkedPrograms("qemu", await qemuChecks());
     const host = spec.host ?? await probeHost();
     // Answered over the agent channel when the guest asks (`boot.config`): the shared initramfs is used as it is.
     const config = qemuBootConfig(spec, await kernelModules());
     clock?.mark("vmm.prepare");
-    const children = new ChildGroup("qemu", paths.runnerLog);
+    const children = new ChildGroup("qemu", log);
     signal.addEventListener("abort", () => children.kill(), { once: true });
-    let listener: Deno.UnixListener | undefined;
     try {
       const fsSockets = await startVirtiofsd(children, programs["virtiofsd"], qemuShares(spec), paths);
-      listener = await listenFresh(paths.vmSocket);
       const args = qemuArgs(spec, {
         kernel: assetPath("kernel"),
         initrd: assetPath("initramfs"),
         accel: host.hardwareFlag && host.kvmUsable ? "kvm" : "tcg",
         tscKhz: host.tscKhz,
-        agentSocket: paths.vmSocket,
         fsSockets,
         netSocket: spec.network === "user" ? paths.netSocket : undefined,
       });
       clock?.mark("vmm.helpers");
-      const vmm = await startQemu(children, programs["qemu-system-x86_64"], args, paths);
-      const bootFiles = [paths.vmSocket, ...Object.values(fsSockets).flatMap((s) => [s, `${s}.pid`])];
-      const exited = whenExited(vmm, children, listener, bootFiles);
-      const agent = await acceptAgent(
-        listener,
-        exited,
-        (e) =>
-          new BackendUnavailableError("qemu", `qemu exited at start (code ${e.code})`, "see the sandbox's runner.log"),
-      );
+      const vmm = await startQemu(children, programs["qemu-system-x86_64"], args);
+      const bootFiles = Object.values(fsSockets).flatMap((s) => [s, `${s}.pid`]);
+      const exited = whenExited(vmm, children, bootFiles);
+      // qemu exiting before the agent's ready is the runner's boot failure (VM_CRASHED, with the console's end).
+      const agent = stdioChannel(vmm);
       return { agent, exited, vmmPid: vmm.pid, kill: () => children.kill(), bootConfig: config };
     } catch (e) {
       children.kill();
-      if (listener) closeQuietly(listener);
       throw e;
     }
   },
@@ -458,22 +451,19 @@ async function startQemu(
   children: ChildGroup,
   qemu: string,
   args: readonly string[],
-  paths: SandboxPaths,
 ): Promise<Deno.ChildProcess> {
-  await Deno.writeTextFile(paths.runnerLog, `qemu ${args.join(" ")}\n`, { append: true });
-  return children.spawn(qemu, args, "log");
+  await children.log.write(`qemu ${args.join(" ")}\n`);
+  return children.spawnPiped(qemu, args);
 }
 
 /** Resolves when qemu has exited and its helpers with it, this boot's files removed. */
 async function whenExited(
   vmm: Deno.ChildProcess,
   children: ChildGroup,
-  listener: Deno.UnixListener,
   bootFiles: readonly string[],
 ): Promise<VmExit> {
   const s = await vmm.status;
   children.kill();
-  closeQuietly(listener);
   await children.exited();
   // Per-boot files; the next boot makes them anew.
   for (const f of bootFiles) await Deno.remove(f).catch(() => {});

@@ -45,7 +45,7 @@ import {
   type RpcMessage,
 } from "../agent/frame.ts";
 import { decodeErrorCode, type Method, type Params, RPC_ERROR } from "../agent/rpc.ts";
-import { FrameWriter } from "../agent/writer.ts";
+import { type ByteChannel, FrameWriter } from "../agent/writer.ts";
 import { DEFAULTS } from "../settings.ts";
 import { closeQuietly } from "../util/close.ts";
 
@@ -109,7 +109,7 @@ export class Relay {
   #bootConfig: Readonly<Record<string, unknown>> | undefined;
 
   /** A relay of the guest stream `guest`; `bootConfig` answers the agent's `boot.config`. */
-  constructor(guest: Deno.Conn, readonly control: ControlHandler, bootConfig?: Readonly<Record<string, unknown>>) {
+  constructor(guest: ByteChannel, readonly control: ControlHandler, bootConfig?: Readonly<Record<string, unknown>>) {
     this.#bootConfig = bootConfig;
     this.#guest = new FrameWriter(guest, { peer: "the guest agent" });
     let onReady!: (f: Frame) => void;
@@ -241,7 +241,7 @@ export class Relay {
     }
   }
 
-  async #readGuest(guest: Deno.Conn, onReady: (f: Frame) => void): Promise<void> {
+  async #readGuest(guest: ByteChannel, onReady: (f: Frame) => void): Promise<void> {
     try {
       for await (const f of guest.readable.pipeThrough(new FrameStream())) {
         if (isDecodeError(f)) {

@@ -53,6 +53,7 @@ import type { NetEngine } from "./netd.ts";
 import { DeferredStore } from "./deferred_store.ts";
 import { qemuBackend } from "./qemu.ts";
 import { Relay } from "./relay.ts";
+import { RunnerLog } from "./runner_log.ts";
 
 /** The lines a runner prints on stdout for its starter. */
 export type RunnerEvent =
@@ -119,15 +120,17 @@ export class Runner {
   #finished?: Promise<void>;
 
   /**
-   * A runner for `spec`; `attached` when an owner holds its stdin. `clock`
-   * times the boot (its origin the runner's spawn, `runner.start` and
-   * `runner.load` already marked by {@link main}).
+   * A runner for `spec`; `attached` when an owner holds its stdin; every
+   * line of the sandbox's runner log goes to `log`. `clock` times the boot
+   * (its origin the runner's spawn, `runner.start` and `runner.load`
+   * already marked by {@link main}).
    */
   constructor(
     readonly spec: VmSpec,
     readonly paths: SandboxPaths,
     readonly store: DeferredStore,
     attached: boolean,
+    readonly log: RunnerLog,
     readonly clock: PhaseClock = new PhaseClock(),
   ) {
     this.#attached = attached;
@@ -265,7 +268,7 @@ export class Runner {
       this.#console = await ConsoleLog.start(this.paths, settings.consoleMaxBytes());
       if (this.spec.netd) this.#net = await this.#startNet(this.spec.netd);
       this.clock.mark("runner.prepare");
-      return this.#vm = await backend.boot(this.spec, this.#bootAbort.signal, this.clock);
+      return this.#vm = await backend.boot(this.spec, this.#bootAbort.signal, this.log, this.clock);
     } catch (e) {
       this.#net?.kill();
       await this.#console?.[Symbol.asyncDispose]();
@@ -284,7 +287,7 @@ export class Runner {
   /** Starts netd; its death while the VM lives turns the network off (logged), never the VM's traffic loose. */
   async #startNet(config: NonNullable<VmSpec["netd"]>): Promise<NetEngine> {
     const { NetEngine } = await import("./netd.ts");
-    const net = await NetEngine.start(this.spec.backend, config, this.paths);
+    const net = await NetEngine.start(this.spec.backend, config, this.paths, this.log);
     this.#log(`netd ${net.version} ready (pid ${net.pid})`);
     net.exited.then((s) => {
       if (this.#vm && this.#status !== "stopped" && this.#status !== "crashed" && !this.#orderly) {
@@ -407,7 +410,7 @@ export class Runner {
   }
 
   #log(m: string): void {
-    Deno.writeTextFileSync(this.paths.runnerLog, `${new Date().toISOString()} ${m}\n`, { append: true });
+    this.log.line(m);
   }
 }
 
@@ -419,11 +422,15 @@ async function main(dir: string, mode: "attached" | "detached", clock: PhaseCloc
     emitFailed(new StillRunningError(basename(dir)));
     return 3;
   }
+  // Every writer of runner.log, this process's own stderr included, goes through one bounded log from here on.
+  // Its close waits for queued lines at most DEFAULTS.logFlushMs: the exit never waits on the log.
+  await using log = await RunnerLog.open(paths.runnerLog);
+  log.captureStderr();
   try {
     const spec = JSON.parse(await Deno.readTextFile(paths.vmSpec)) as VmSpec;
     using store = new DeferredStore(homeLayout().db);
     try {
-      return await new Runner(spec, paths, store, mode === "attached", clock).run();
+      return await new Runner(spec, paths, store, mode === "attached", log, clock).run();
     } finally {
       // A failed boot's status was queued: it is written before the runner ends.
       await store.open();

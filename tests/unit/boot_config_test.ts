@@ -76,7 +76,7 @@ Deno.test("both backends give the same root and mounts; only modules, transport 
 });
 
 Deno.test("qemu's network is a stream netdev to netd's socket, never slirp, without offloads", () => {
-  const host = { kernel: "/k", initrd: "/i", accel: "tcg" as const, tscKhz: undefined, agentSocket: "/s/vm.sock" };
+  const host = { kernel: "/k", initrd: "/i", accel: "tcg" as const, tscKhz: undefined };
   const spec1 = { ...spec(ROOTS.dir, "user"), ports: [{ host: 8080, guest: 80, protocol: "tcp" as const }] };
   const args = qemuArgs(spec1, { ...host, fsSockets: {}, netSocket: "/s/net/net.sock" });
   const line = args.join(" ");
@@ -101,7 +101,6 @@ Deno.test("a root's disks: the lower read-only, the upper and a disk image writa
     initrd: "/i",
     accel: "tcg" as const,
     tscKhz: undefined,
-    agentSocket: "/s/vm.sock",
     fsSockets: {},
   };
   const drives = (root: VmRoot) => {
