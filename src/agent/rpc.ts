@@ -178,6 +178,12 @@ export const METHODS = {
   "runner.kill": { params: {} as Empty, result: {} as { status: string }, deadline: "control" },
   "runner.drain": { params: {} as Empty, result: {} as { status: string }, deadline: "control" },
   "runner.detach": { params: {} as Empty, result: {} as { detached: boolean }, deadline: "control" },
+  /** Moves the sandbox's row to `name` with `config` (JSON): a warm pool's handout (src/sandbox/pool.ts). */
+  "runner.rename": {
+    params: {} as { name: string; config: string },
+    result: {} as { name: string },
+    deadline: "control",
+  },
   /** netd's counters (`stats` line) for metrics. */
   "runner.netStats": { params: {} as Empty, result: {} as { stats: RunnerNetStats }, deadline: "control" },
   /** The recent network events, then one `runner.netEvent` notification per new one, tagged with this id. */
