@@ -216,6 +216,8 @@ export const DEFAULTS = {
   idleCheckMs: 100,
   /** A warm pool's sandbox that does not answer its handout (`guest.configure`) this fast is replaced, not handed out. */
   poolHandoutTimeoutMs: 5_000,
+  /** From a warm pool's handout to the refill boot it causes (`Sandbox.pool({ refillDelayMs })`). */
+  poolRefillDelayMs: 100,
   /** The largest warm pool (`Sandbox.pool({ size })`). */
   poolMaxSize: 64,
   /** Boots in a row that may fail before a warm pool stops refilling (creates then boot cold). */

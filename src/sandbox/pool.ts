@@ -25,8 +25,15 @@
  *   its handout within `DEFAULTS.poolHandoutTimeoutMs`, is killed and
  *   replaced, never handed out; the next one is tried, and with none left
  *   `create()` boots cold.
+ * - A new pooled guest runs one `shell -c true` and one `guest.configure`
+ *   (its own hostname and env again) before it counts as ready: what the
+ *   first spawn and the first configure after a boot cost (the shell's pages
+ *   in the guest's page cache, the first /etc/hostname write) is paid then,
+ *   not by the handout or the user's first exec.
  * - Every handout starts a refill in the background (ready + booting ≤
- *   size). Boots that keep failing stop the refills (`lastError`).
+ *   size), `refillDelayMs` later (default 100 ms; one timer for a burst), so
+ *   that a new boot's CPU burst does not land on the handout and the
+ *   caller's first commands. Boots that keep failing stop the refills (`lastError`).
  * - Pooled sandboxes are attached to the process that made the pool (they
  *   die with it) and are killed and deleted with the pool (`close()`,
  *   `await using`); sandboxes already handed out are the user's and stay.
@@ -38,8 +45,10 @@
 
 import { AgentError, InvalidConfigError, KrunboxError, ProtocolError, StateError } from "../errors.ts";
 import { configureGuest } from "../agent/configure.ts";
+import { runToCompletion } from "../agent/exec.ts";
 import { DEFAULTS } from "../settings.ts";
 import { openStore } from "../store/open.ts";
+import type { Store } from "../store/db.ts";
 import { isPoolName, POOL_NAME_PREFIX, type SandboxConfig } from "./config.ts";
 import { type Booted, clearName, createAndLaunch, type Launched } from "./launch.ts";
 import type { Sandbox } from "./sandbox.ts";
@@ -132,15 +141,25 @@ export class WarmPool implements AsyncDisposable {
   readonly #ready: Entry[] = [];
   readonly #booting = new Set<Promise<void>>();
   readonly #closing = new Set<Promise<void>>();
+  /** Handouts in progress (close waits for them before it closes the store). */
+  readonly #takes = new Set<Promise<void>>();
   #closed = false;
   #failuresInRow = 0;
   #lastError: unknown;
   #waiters: (() => void)[] = [];
   #sweep: Promise<void>;
   #stats = { handedOut: 0, replaced: 0, bootFailures: 0 };
+  readonly #refillDelayMs: number;
+  #refillTimer: ReturnType<typeof setTimeout> | undefined;
+  /** Open for the pool's life: a handout does not pay for opening the database. */
+  #store: Store | undefined;
 
   /** @internal Use `Sandbox.pool(…)`. `template` is a built config (its name, hostname and env are not used). */
-  constructor(template: SandboxConfig, size: number) {
+  constructor(template: SandboxConfig, size: number, refillDelayMs: number = DEFAULTS.poolRefillDelayMs) {
+    if (!Number.isFinite(refillDelayMs) || refillDelayMs < 0) {
+      throw new InvalidConfigError("pool.refillDelayMs", `must be a number ≥ 0, got ${refillDelayMs}`);
+    }
+    this.#refillDelayMs = refillDelayMs;
     if (!Number.isSafeInteger(size) || size < 1 || size > DEFAULTS.poolMaxSize) {
       throw new InvalidConfigError("pool.size", `must be an integer from 1 to ${DEFAULTS.poolMaxSize}, got ${size}`);
     }
@@ -208,14 +227,35 @@ export class WarmPool implements AsyncDisposable {
    * @internal Called by `SandboxBuilder.create()`.
    */
   async take(requested: SandboxConfig, replace: boolean, sandbox: typeof Sandbox): Promise<Sandbox | undefined> {
-    if (this.#ready.length === 0) return undefined;
-    using store = await openStore();
+    if (this.#closed || this.#ready.length === 0) return undefined;
+    const p = (async () => {
+      const store = this.#store ??= await openStore();
+      try {
+        return await this.#takeLocked(store, requested, replace, sandbox);
+      } finally {
+        this.#scheduleFill();
+      }
+    })();
+    const settled = p.then(() => {}, () => {});
+    this.#takes.add(settled);
+    try {
+      return await p;
+    } finally {
+      this.#takes.delete(settled);
+    }
+  }
+
+  async #takeLocked(
+    store: Store,
+    requested: SandboxConfig,
+    replace: boolean,
+    sandbox: typeof Sandbox,
+  ): Promise<Sandbox | undefined> {
     return await withNameLock(requested.name, async () => {
       await clearName(store, requested.name, replace);
       for (;;) {
         const entry = this.#ready.shift();
         if (!entry) return undefined;
-        this.#fill();
         try {
           const sb = await this.#handOut(entry, requested, sandbox);
           this.#stats.handedOut++;
@@ -268,6 +308,20 @@ export class WarmPool implements AsyncDisposable {
     return sandbox.fromLaunch(config, entry.launched, true);
   }
 
+  /**
+   * Refills `refillDelayMs` after a handout (one timer for a burst of them):
+   * a new boot's runner, disk and VMM start do not share the CPU with the
+   * handout and the caller's first commands.
+   */
+  #scheduleFill(): void {
+    if (this.#refillTimer !== undefined || this.#closed) return;
+    this.#refillTimer = setTimeout(() => {
+      this.#refillTimer = undefined;
+      this.#fill();
+    }, this.#refillDelayMs);
+    Deno.unrefTimer(this.#refillTimer);
+  }
+
   /** Boots sandboxes until ready + booting reaches the size. */
   #fill(): void {
     while (
@@ -300,6 +354,7 @@ export class WarmPool implements AsyncDisposable {
     launched.runner.unref();
     launched.agent.unrefWhenIdle();
     const entry: Entry = { name, config, launched, exited: false };
+    await warmUp(entry);
     launched.runner.status.then(() => {
       entry.exited = true;
       const i = this.#ready.indexOf(entry);
@@ -348,18 +403,38 @@ export class WarmPool implements AsyncDisposable {
   async close(): Promise<void> {
     if (!this.#closed) {
       this.#closed = true;
+      clearTimeout(this.#refillTimer);
       pools.delete(this);
       for (const e of this.#ready.splice(0)) this.#discard(e);
       this.#wake();
     }
-    while (this.#booting.size > 0 || this.#closing.size > 0) {
-      await Promise.allSettled([...this.#booting, ...this.#closing]);
+    while (this.#booting.size > 0 || this.#closing.size > 0 || this.#takes.size > 0) {
+      await Promise.allSettled([...this.#booting, ...this.#closing, ...this.#takes]);
     }
+    this.#store?.close();
+    this.#store = undefined;
   }
 
   async [Symbol.asyncDispose](): Promise<void> {
     await this.close();
   }
+}
+
+/**
+ * One `shell -c true` and one `guest.configure` in a new pooled guest, so
+ * that what a first exec and a handout pay once per boot (the agent's first
+ * spawn, the shell's pages in the guest's page cache) is paid before it
+ * counts as ready. A failure is not the pool's: an image without its shell
+ * still serves execs of other programs.
+ */
+async function warmUp(entry: Entry): Promise<void> {
+  const c = entry.config;
+  const agent = entry.launched.agent;
+  await runToCompletion(agent, { cmd: c.shell, args: ["-c", "true"], cwd: c.workdir, user: c.user }).catch(() => {});
+  // The same call a handout makes (its own hostname and env again): the first one after a boot is the slow one.
+  await configureGuest(agent, { hostname: guestHostname(c), env: c.env, time: true, seed: true }, {
+    timeoutMs: DEFAULTS.poolHandoutTimeoutMs,
+  }).catch(() => {});
 }
 
 /** Removes the link a failed handout made (never a real directory). */

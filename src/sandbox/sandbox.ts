@@ -72,6 +72,12 @@ export interface PoolOptions {
    * sandbox's own. Secrets are refused.
    */
   readonly shape?: (b: SandboxBuilder) => SandboxBuilder;
+  /**
+   * Milliseconds from a handout to the refill boot it causes (default 100;
+   * one timer for a burst of handouts): the boot's CPU burst then does not
+   * land on the handout and the caller's first commands.
+   */
+  readonly refillDelayMs?: number;
 }
 
 /** How a sandbox ended. */
@@ -163,7 +169,7 @@ export class Sandbox implements AsyncDisposable {
     let b = Sandbox.builder("pool").image(options.image).cpus(options.cpus ?? 1).memory(options.memory ?? 512);
     if (options.shape) b = options.shape(b);
     if (!(b instanceof SandboxBuilder)) throw new InvalidConfigError("pool.shape", "must return a SandboxBuilder");
-    return new WarmPool(b.build(), options.size);
+    return new WarmPool(b.build(), options.size, options.refillDelayMs);
   }
 
   /** Deletes a stopped sandbox and its state. */
