@@ -415,6 +415,7 @@ export class WarmPool implements AsyncDisposable {
     this.#store = undefined;
   }
 
+  /** {@link close}: `await using pool = Sandbox.pool(…)` ends the pool with its scope. */
   async [Symbol.asyncDispose](): Promise<void> {
     await this.close();
   }
