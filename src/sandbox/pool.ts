@@ -43,14 +43,15 @@
  * @module
  */
 
-import { AgentError, InvalidConfigError, KrunboxError, ProtocolError, StateError } from "../errors.ts";
+import { InvalidConfigError, StateError } from "../errors.ts";
+import { isLocked } from "../store/lock.ts";
 import { configureGuest } from "../agent/configure.ts";
 import { runToCompletion } from "../agent/exec.ts";
 import { DEFAULTS } from "../settings.ts";
 import { openStore } from "../store/open.ts";
 import type { Store } from "../store/db.ts";
 import { isPoolName, POOL_NAME_PREFIX, type SandboxConfig } from "./config.ts";
-import { type Booted, clearName, createAndLaunch, type Launched } from "./launch.ts";
+import { type Booted, clearName, createAndLaunch, killRunner, type Launched } from "./launch.ts";
 import type { Sandbox } from "./sandbox.ts";
 import { guestHostname } from "./spec.ts";
 import { deleteState, isLive, linkPooledDir, pathsOf, reconcile, withNameLock } from "./state.ts";
@@ -152,7 +153,7 @@ export class WarmPool implements AsyncDisposable {
   readonly #refillDelayMs: number;
   #refillTimer: ReturnType<typeof setTimeout> | undefined;
   /** Open for the pool's life: a handout does not pay for opening the database. */
-  #store: Store | undefined;
+  #store: Promise<Store> | undefined;
 
   /** @internal Use `Sandbox.pool(…)`. `template` is a built config (its name, hostname and env are not used). */
   constructor(template: SandboxConfig, size: number, refillDelayMs: number = DEFAULTS.poolRefillDelayMs) {
@@ -229,7 +230,7 @@ export class WarmPool implements AsyncDisposable {
   async take(requested: SandboxConfig, replace: boolean, sandbox: typeof Sandbox): Promise<Sandbox | undefined> {
     if (this.#closed || this.#ready.length === 0) return undefined;
     const p = (async () => {
-      const store = this.#store ??= await openStore();
+      const store = await (this.#store ??= openStore());
       try {
         return await this.#takeLocked(store, requested, replace, sandbox);
       } finally {
@@ -257,7 +258,7 @@ export class WarmPool implements AsyncDisposable {
         const entry = this.#ready.shift();
         if (!entry) return undefined;
         try {
-          const sb = await this.#handOut(entry, requested, sandbox);
+          const sb = await this.#handOut(entry, requested, store, sandbox);
           this.#stats.handedOut++;
           return sb;
         } catch (e) {
@@ -274,7 +275,7 @@ export class WarmPool implements AsyncDisposable {
     });
   }
 
-  async #handOut(entry: Entry, requested: SandboxConfig, sandbox: typeof Sandbox): Promise<Sandbox> {
+  async #handOut(entry: Entry, requested: SandboxConfig, store: Store, sandbox: typeof Sandbox): Promise<Sandbox> {
     const { agent, ready } = entry.launched;
     if (entry.exited || agent.isClosed || !processAlive(ready.vmmPid)) throw new DeadEntry("gone");
     const config: SandboxConfig = {
@@ -299,11 +300,16 @@ export class WarmPool implements AsyncDisposable {
         timeoutMs: DEFAULTS.poolHandoutTimeoutMs,
       });
     } catch (e) {
-      await deleteLink(config.name);
-      if (e instanceof AgentError || e instanceof ProtocolError || e instanceof KrunboxError) {
-        throw new DeadEntry("rename failed", { cause: e });
+      // A runner that renamed and then died, or whose answer was lost, left its row under the name: we hold the
+      // name's lock and cleared it before, so that row is this entry's, to end and delete (the directory goes with
+      // the entry).
+      const left = store.get(config.name);
+      if (left) {
+        await killRunner(store, left).catch(() => {});
+        store.delete(config.name);
       }
-      throw e;
+      await deleteLink(config.name);
+      throw new DeadEntry("rename failed", { cause: e });
     }
     return sandbox.fromLaunch(config, entry.launched, true);
   }
@@ -411,7 +417,7 @@ export class WarmPool implements AsyncDisposable {
     while (this.#booting.size > 0 || this.#closing.size > 0 || this.#takes.size > 0) {
       await Promise.allSettled([...this.#booting, ...this.#closing, ...this.#takes]);
     }
-    this.#store?.close();
+    (await this.#store?.catch(() => undefined))?.close();
     this.#store = undefined;
   }
 
@@ -452,7 +458,8 @@ async function deleteLink(name: string): Promise<void> {
 async function sweepLeftovers(): Promise<void> {
   using store = await openStore();
   for (const row of store.list()) {
-    if (!isPoolName(row.name) || isLive(reconcile(store, row))) continue;
+    // A name lock held: a pool is booting or deleting it right now.
+    if (!isPoolName(row.name) || isLocked(pathsOf(row.name).nameLock) || isLive(reconcile(store, row))) continue;
     await withNameLock(row.name, async () => {
       const fresh = store.get(row.name);
       if (fresh && !isLive(reconcile(store, fresh))) await deleteState(store, row.name);

@@ -9,9 +9,9 @@
 
 import { join } from "node:path";
 import { processesMentioning, sandboxDir, skipVmReason, testHome } from "../util/e2e.ts";
-import { assert, assertEquals } from "../util/assert.ts";
+import { assert, assertEquals, assertRejects } from "../util/assert.ts";
 import { busyboxRoot } from "../../scripts/roots.ts";
-import { Sandbox } from "../../mod.ts";
+import { AlreadyExistsError, Sandbox } from "../../mod.ts";
 import { AgentClient } from "../../src/agent/client.ts";
 import { openStore } from "../../src/store/open.ts";
 import { isPoolName } from "../../src/sandbox/config.ts";
@@ -121,6 +121,14 @@ Deno.test(
       assert(pool.stats.replaced >= 1, `replaced ${pool.stats.replaced}`);
       await pool.ready();
       assert(!pool.vmmPids.includes(victim));
+      // A taken name is refused as for a cold create, and costs the pool nothing.
+      const handed = pool.stats.handedOut;
+      await assertRejects(() => Sandbox.builder("pool-kill-a").image(root).memory(256).create(), AlreadyExistsError);
+      assertEquals([pool.stats.ready, pool.stats.handedOut], [2, handed]);
+      // Another shape (memory) is not served by the pool: it boots cold.
+      await using other = await Sandbox.builder("pool-other-shape").image(root).memory(320).create();
+      assertEquals((await other.exec("echo", ["cold"])).stdout, "cold\n");
+      assertEquals([pool.stats.handedOut, pool.vmmPids.includes(await vmmPid(other.name))], [handed, false]);
     } finally {
       await Promise.all(sbs.map((sb) => sb.kill().catch(() => {})));
     }
