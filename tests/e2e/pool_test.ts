@@ -91,7 +91,15 @@ Deno.test(
       const first = sbs[seen.findIndex((s) => pooledPids.has(s.pid))];
       const link = sandboxDir(first.name);
       const target = join(testHome, "sandboxes", Deno.readLinkSync(link));
+      await first.fs().write("/kept.txt", "from the pooled boot");
       await first.stop();
+      // Started again under its name (through the link), with its stored config and its files.
+      {
+        await using again = await Sandbox.start(first.name);
+        const out = await again.shell("hostname; echo $JOB; cat /kept.txt");
+        assertEquals(out.stdout.trim().split("\n"), [first.name, first.config().env.JOB, "from the pooled boot"]);
+        await again.stop();
+      }
       await Sandbox.remove(first.name);
       assert(!(await Deno.lstat(link).then(() => true, () => false)), "link removed");
       assert(!(await Deno.lstat(target).then(() => true, () => false)), "pooled directory removed");
