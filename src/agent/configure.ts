@@ -60,6 +60,32 @@ export function configureParams(c: GuestConfigure): GuestConfigureParams {
 }
 
 /**
+ * Throws {@link InvalidConfigError} (`guest.env`) for an env the agent
+ * refuses: a name that is empty or holds `=` or NUL, or a value with NUL.
+ *
+ * @example
+ * ```ts
+ * import { checkGuestEnv } from "./configure.ts";
+ * checkGuestEnv({ PATH: "/bin" });
+ * try {
+ *   checkGuestEnv({ "A=B": "1" });
+ * } catch (e) {
+ *   console.log((e as Error).message); // invalid guest.env: "A=B" is not a variable name
+ * }
+ * ```
+ */
+export function checkGuestEnv(env: Readonly<Record<string, string>>): void {
+  for (const [k, v] of Object.entries(env)) {
+    if (k.length === 0 || k.includes("=") || k.includes("\0")) {
+      throw new InvalidConfigError("guest.env", `${JSON.stringify(k)} is not a variable name`);
+    }
+    if (typeof v !== "string" || v.includes("\0")) {
+      throw new InvalidConfigError("guest.env", `the value of ${k} is not a string without NUL`);
+    }
+  }
+}
+
+/**
  * Maps the agent's answer to malformed params (-32602 with `data.field`) to
  * an {@link InvalidConfigError} on `guest.<field>`; anything else unchanged.
  *

@@ -45,7 +45,7 @@
 
 import { InvalidConfigError, StateError } from "../errors.ts";
 import { isLocked } from "../store/lock.ts";
-import { configureGuest } from "../agent/configure.ts";
+import { checkGuestEnv, configureGuest } from "../agent/configure.ts";
 import { runToCompletion } from "../agent/exec.ts";
 import { DEFAULTS } from "../settings.ts";
 import { openStore } from "../store/open.ts";
@@ -286,30 +286,29 @@ export class WarmPool implements AsyncDisposable {
       patches: requested.patches,
       scripts: requested.scripts,
     };
-    try {
-      await configureGuest(agent, { hostname: guestHostname(config), env: config.env, time: true, seed: true }, {
-        timeoutMs: DEFAULTS.poolHandoutTimeoutMs,
-      });
-    } catch (e) {
-      if (e instanceof InvalidConfigError) throw e;
-      throw new DeadEntry("no answer", { cause: e });
-    }
+    // Refused here, before anything is applied (the agent would refuse it too, after the rename below).
+    checkGuestEnv(config.env);
     await linkPooledDir(config.name, entry.name);
-    try {
-      await agent.request("runner.rename", { name: config.name, config: JSON.stringify(config) }, {
-        timeoutMs: DEFAULTS.poolHandoutTimeoutMs,
-      });
-    } catch (e) {
-      // A runner that renamed and then died, or whose answer was lost, left its row under the name: we hold the
-      // name's lock and cleared it before, so that row is this entry's, to end and delete (the directory goes with
-      // the entry).
+    // Both at once (one goes to the guest, one to its runner): the handout waits for the slower, not the sum.
+    const timeoutMs = DEFAULTS.poolHandoutTimeoutMs;
+    const [configured, renamed] = await Promise.allSettled([
+      configureGuest(agent, { hostname: guestHostname(config), env: config.env, time: true, seed: true }, {
+        timeoutMs,
+      }),
+      agent.request("runner.rename", { name: config.name, config: JSON.stringify(config) }, { timeoutMs }),
+    ]);
+    const failed = [configured, renamed].find((r) => r.status === "rejected");
+    if (failed) {
+      // A runner that renamed (its guest then not answering, or its own answer lost) left its row under the name:
+      // we hold the name's lock and cleared it before, so that row is this entry's, to end and delete (the
+      // directory goes with the entry).
       const left = store.get(config.name);
       if (left) {
         await killRunner(store, left).catch(() => {});
         store.delete(config.name);
       }
       await deleteLink(config.name);
-      throw new DeadEntry("rename failed", { cause: e });
+      throw new DeadEntry("the handout failed", { cause: failed.reason });
     }
     return sandbox.fromLaunch(config, entry.launched, true);
   }
