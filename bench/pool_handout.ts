@@ -53,6 +53,20 @@ await timed("bench-pool-warmup"); // page cache of kernel, initramfs and root
     if (pool.stats.handedOut !== runs) throw new Error(`only ${pool.stats.handedOut} of ${runs} runs were handouts`);
   }
 }
+// The floor under both: an exec of `true` in a running, warm sandbox.
+const floor: number[] = [];
+{
+  await using sb = await shape("bench-floor").create();
+  for (let i = 0; i < 3; i++) await sb.exec("true");
+  for (let i = 0; i < runs; i++) {
+    await new Promise((r) => setTimeout(r, 200));
+    const t0 = performance.now();
+    await sb.exec("true");
+    floor.push(performance.now() - t0);
+  }
+  await sb.kill();
+  await Sandbox.remove(sb.name);
+}
 const list = (xs: number[]) => xs.map((x) => x.toFixed(1)).join(", ");
 console.log(`cold create → first exec:         median ${median(cold).toFixed(0)} ms  (${list(cold)})`);
 console.log(`pool handout create → first exec: median ${median(hand).toFixed(1)} ms  (${list(hand)})`);
@@ -61,5 +75,6 @@ console.log(`pool handout, refill at once:      median ${median(handNow).toFixed
 console.log(
   `  of which create() (the handout): median ${median(handNowCreate).toFixed(1)} ms  (${list(handNowCreate)})`,
 );
+console.log(`floor: exec of true, warm sandbox: median ${median(floor).toFixed(1)} ms  (${list(floor)})`);
 console.log(`load average at the end: ${Deno.loadavg().map((x) => x.toFixed(1)).join(" ")} (2 cores shared)`);
 console.log(`goal: handout ≤ 20 ms: ${median(hand) <= 20 ? "met" : "not met"}`);
