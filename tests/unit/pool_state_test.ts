@@ -6,25 +6,12 @@
  */
 
 import { assert, assertEquals, assertRejects, assertThrows } from "../util/assert.ts";
+import { inHome } from "../util/temp_home.ts";
 import { InvalidConfigError, StateError } from "../../src/errors.ts";
 import { openStore } from "../../src/store/open.ts";
 import { isPoolName, parseConfig, validateName } from "../../src/sandbox/config.ts";
 import { deleteState, linkPooledDir, pathsOf, withNameLock } from "../../src/sandbox/state.ts";
 import { Sandbox } from "../../mod.ts";
-
-/** Runs `fn` with KRUNBOX_HOME set to a fresh temp directory. */
-async function inHome(fn: (home: string) => Promise<void>): Promise<void> {
-  const saved = Deno.env.get("KRUNBOX_HOME");
-  const home = await Deno.makeTempDir({ prefix: "krunbox-home-" });
-  Deno.env.set("KRUNBOX_HOME", home);
-  try {
-    await fn(home);
-  } finally {
-    if (saved === undefined) Deno.env.delete("KRUNBOX_HOME");
-    else Deno.env.set("KRUNBOX_HOME", saved);
-    await Deno.remove(home, { recursive: true });
-  }
-}
 
 const pooled = ".pool-0123456789abcdef";
 const exists = (p: string) => Deno.lstat(p).then(() => true, () => false);
