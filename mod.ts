@@ -38,8 +38,9 @@ export {
 } from "./src/errors.ts";
 export { type BackendChoice, type BackendKind } from "./src/vmm/detect.ts";
 export { Sandbox } from "./src/sandbox/sandbox.ts";
-export type { ExecOptions, ExecStreamOptions, ExitStatus } from "./src/sandbox/sandbox.ts";
+export type { ExecOptions, ExecStreamOptions, ExitStatus, PoolOptions } from "./src/sandbox/sandbox.ts";
 export type { BootPhase } from "./src/util/phases.ts";
+export { type PoolStats, WarmPool } from "./src/sandbox/pool.ts";
 export {
   type ImageChooser,
   type PatchChooser,

@@ -221,6 +221,14 @@ export const DEFAULTS = {
   helperSocketMs: 5_000,
   /** How often the runner checks the idle timeout. */
   idleCheckMs: 100,
+  /** A warm pool's sandbox that does not answer its handout (`guest.configure`) this fast is replaced, not handed out. */
+  poolHandoutTimeoutMs: 5_000,
+  /** From a warm pool's handout to the refill boot it causes (`Sandbox.pool({ refillDelayMs })`). */
+  poolRefillDelayMs: 100,
+  /** The largest warm pool (`Sandbox.pool({ size })`). */
+  poolMaxSize: 64,
+  /** Boots in a row that may fail before a warm pool stops refilling (creates then boot cold). */
+  poolMaxBootFailures: 3,
   /** Largest manifest or index accepted (as containerd). */
   manifestMaxBytes: 4 << 20,
   /** Largest image config accepted. */

@@ -21,6 +21,7 @@ import {
 import { loadLaunch } from "./handle.ts";
 import { applyRootEdits } from "./patches.ts";
 import { PhaseClock } from "../util/phases.ts";
+import { takePooled } from "./pool.ts";
 import { InvalidConfigError, StateError } from "../errors.ts";
 import type { PullEvent, PullPolicy } from "../image/pull.ts";
 import type { BasicAuth } from "../image/auth.ts";
@@ -419,17 +420,34 @@ export class SandboxBuilder {
     return await this.#create(true);
   }
 
-  async #create(detached: boolean): Promise<Sandbox> {
-    const clock = new PhaseClock();
-    const sandbox = this.#opts.sandbox;
-    if (!sandbox) throw new StateError("this builder was made with `new SandboxBuilder`: use `Sandbox.builder(name)`");
+  async #boot(
+    requested: SandboxConfig,
+    detached: boolean,
+    replace: boolean,
+    sandbox: typeof Sandbox,
+    clock: PhaseClock,
+  ): Promise<Sandbox> {
     const { createAndLaunch } = await loadLaunch();
-    const { launched, config } = await createAndLaunch(this.build(), detached, this.#opts.replace ?? false, {
+    const { launched, config } = await createAndLaunch(requested, detached, replace, {
       policy: this.#opts.pullPolicy,
       auth: this.#opts.auth,
       onProgress: this.#opts.onPull,
     }, clock);
-    const sb = sandbox.fromLaunch(config, launched, !detached);
+    return sandbox.fromLaunch(config, launched, !detached);
+  }
+
+  async #create(detached: boolean): Promise<Sandbox> {
+    const clock = new PhaseClock();
+    const sandbox = this.#opts.sandbox;
+    if (!sandbox) throw new StateError("this builder was made with `new SandboxBuilder`: use `Sandbox.builder(name)`");
+    const requested = this.build();
+    const replace = this.#opts.replace ?? false;
+    // A warm pool of this process serves attached creates of its shape (a pull policy of "always" boots cold).
+    const pooled = detached || this.#opts.pullPolicy === "always"
+      ? undefined
+      : await takePooled(requested, replace, sandbox);
+    const sb = pooled ?? await this.#boot(requested, detached, replace, sandbox, clock);
+    const config = sb.config();
     try {
       await applyRootEdits(sb.fs(), config);
     } catch (e) {

@@ -110,6 +110,25 @@ export const CONFIG_DEFAULTS = {
 
 const NAME_RE = /^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$/;
 
+/** The prefix of a warm pool's internal sandbox names (src/sandbox/pool.ts). */
+export const POOL_NAME_PREFIX = ".pool-";
+const POOL_NAME_RE = /^\.pool-[0-9a-f]{16}$/;
+
+/**
+ * Whether `name` is a warm pool's internal name (`.pool-` and 16 hex
+ * digits): never a valid user name (those start with a letter or digit), so
+ * pooled sandboxes cannot collide with a user's and `Sandbox.list` hides them.
+ *
+ * @example
+ * ```ts
+ * import { isPoolName } from "./config.ts";
+ * console.log(isPoolName(".pool-0123456789abcdef"), isPoolName("job-1")); // true false
+ * ```
+ */
+export function isPoolName(name: string): boolean {
+  return POOL_NAME_RE.test(name);
+}
+
 /**
  * Checks a sandbox name: 1–63 characters of letters, digits, `_`, `.`, `-`,
  * starting with a letter or digit (it becomes a directory name and a hostname).
@@ -277,7 +296,8 @@ export function parseConfig(raw: unknown): SandboxConfig {
   if (r.maxDurationSecs !== undefined) int("maxDurationSecs", r.maxDurationSecs, 1, 31_536_000);
   return {
     ...r,
-    name: validateName(r.name),
+    // A pool's internal name only comes from the pool (builders check names with validateName).
+    name: typeof r.name === "string" && isPoolName(r.name) ? r.name : validateName(r.name),
     cpus: int("cpus", r.cpus, 1, 64),
     memoryMib: int("memoryMib", r.memoryMib, 64, 1 << 20),
     rootDiskMib: int("rootDiskMib", r.rootDiskMib, 64, 16 << 20),

@@ -13,7 +13,7 @@ import { NotRunningError } from "../errors.ts";
 import { sampleMetrics, type SandboxMetrics } from "../metrics/snapshot.ts";
 import type { SandboxRow } from "../store/db.ts";
 import { openStore } from "../store/open.ts";
-import { parseConfig, type SandboxConfig } from "./config.ts";
+import { isPoolName, parseConfig, type SandboxConfig } from "./config.ts";
 import type { Sandbox } from "./sandbox.ts";
 import { pathsOf, reconcile, removeSandbox, requireRow, type SandboxStatus } from "./state.ts";
 import { DEFAULTS } from "../settings.ts";
@@ -151,7 +151,8 @@ export async function getSandbox(name: string, sandbox: typeof Sandbox): Promise
 }
 
 /**
- * Handles on every stored sandbox.
+ * Handles on every stored sandbox but a warm pool's (not handed out yet:
+ * internal names, {@link isPoolName}).
  *
  * @example
  * ```ts
@@ -162,7 +163,9 @@ export async function getSandbox(name: string, sandbox: typeof Sandbox): Promise
  */
 export async function listSandboxes(sandbox: typeof Sandbox): Promise<SandboxHandle[]> {
   using store = await openStore();
-  return store.list().map((row) => new SandboxHandle(row, reconcile(store, row), sandbox));
+  return store.list().filter((row) => !isPoolName(row.name)).map((row) =>
+    new SandboxHandle(row, reconcile(store, row), sandbox)
+  );
 }
 
 /**

@@ -87,12 +87,7 @@ export async function createAndLaunch(
 ): Promise<Booted> {
   using store = await openStore();
   return await withNameLock(requested.name, async () => {
-    const existing = store.get(requested.name);
-    if (existing) {
-      if (!replace) throw new AlreadyExistsError("sandbox", requested.name);
-      await killRunner(store, existing);
-      await deleteState(store, requested.name);
-    }
+    await clearName(store, requested.name, replace);
     // 0700: the only boundary of the sockets the runner, qemu and virtiofsd make in it (agent.sock, vm.sock,
     // net.sock, fs-*.sock). Deno cannot read SO_PEERCRED of an accepted unix connection (no fd access), so
     // no peer-uid check is possible there: no other uid may reach this directory.
@@ -104,6 +99,28 @@ export async function createAndLaunch(
       throw e;
     }
   });
+}
+
+/**
+ * Makes `name` free for a new sandbox, under its name lock: an existing
+ * sandbox of that name is an {@link AlreadyExistsError}, or with `replace`
+ * is killed and removed.
+ *
+ * @example
+ * ```ts
+ * import { clearName } from "./launch.ts";
+ * import { withNameLock } from "./state.ts";
+ * import { openStore } from "../store/open.ts";
+ * using store = await openStore();
+ * await withNameLock("free-name", () => clearName(store, "free-name", false)); // nothing there: no error
+ * ```
+ */
+export async function clearName(store: Store, name: string, replace: boolean): Promise<void> {
+  const existing = store.get(name);
+  if (!existing) return;
+  if (!replace) throw new AlreadyExistsError("sandbox", name);
+  await killRunner(store, existing);
+  await deleteState(store, name);
 }
 
 /**

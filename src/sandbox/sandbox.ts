@@ -21,6 +21,7 @@ import { SandboxFs } from "./fs.ts";
 import { type NetworkEventsOptions, networkEventStream } from "./net_events.ts";
 import type { NetworkEvent } from "../net/engine.ts";
 import { SandboxBuilder } from "./builder.ts";
+import { WarmPool } from "./pool.ts";
 import { getSandbox, listSandboxes, type SandboxHandle, startSandbox } from "./handle.ts";
 
 /** Options of `execWith`. */
@@ -53,6 +54,31 @@ export interface ExecOptions {
 export interface ExecStreamOptions extends Omit<ExecOptions, "stdin" | "maxOutputBytes"> {
   /** Open stdin as a writable stream. */
   readonly stdin?: boolean;
+}
+
+/** What `Sandbox.pool` keeps booted. */
+export interface PoolOptions {
+  /** How many sandboxes to keep ready (1 to 64). */
+  readonly size: number;
+  /** The image, as `SandboxBuilder.image` takes it (an OCI reference, a directory or a disk image). */
+  readonly image: string;
+  /** vCPUs (default 1). */
+  readonly cpus?: number;
+  /** MiB of memory (default 512). */
+  readonly memory?: number;
+  /**
+   * The rest of the shape (network, volumes, ports, backend, user, workdir, …)
+   * on a builder that already has `image`, `cpus` and `memory`. Its name,
+   * hostname, env, patches and scripts are not used: those are each
+   * sandbox's own. Secrets are refused.
+   */
+  readonly shape?: (b: SandboxBuilder) => SandboxBuilder;
+  /**
+   * Milliseconds from a handout to the refill boot it causes (default 100;
+   * one timer for a burst of handouts): the boot's CPU burst then does not
+   * land on the handout and the caller's first commands.
+   */
+  readonly refillDelayMs?: number;
 }
 
 /** How a sandbox ended. */
@@ -116,6 +142,36 @@ export class Sandbox implements AsyncDisposable {
   /** Handles on all stored sandboxes. */
   static list(): Promise<SandboxHandle[]> {
     return listSandboxes(Sandbox);
+  }
+
+  /**
+   * A warm pool: keeps `size` sandboxes of one image and shape booted. From
+   * then on an attached `create()` in this process whose config matches the
+   * pool's (everything equal but name, hostname, env, patches and scripts)
+   * is handed a ready sandbox instead of booting one: its name, hostname
+   * and env are applied in one agent call, and it is the user's from then on
+   * (listed, stopped, removed like any other; the pool does not stop it).
+   * The pool refills in the background; a pooled sandbox that died is
+   * replaced, never handed out; with none ready, `create()` boots cold.
+   * Pooled sandboxes are not in `Sandbox.list` and are killed with the pool
+   * (`await using`, or `close()`) or with this process. `createDetached()`
+   * and `pullPolicy("always")` always boot cold. See src/sandbox/pool.ts.
+   *
+   * @example
+   * ```ts ignore
+   * // Needs VMs; tests/e2e/pool_test.ts runs the same.
+   * import { Sandbox } from "@krunbox/krunbox";
+   * await using pool = Sandbox.pool({ image: "/srv/rootfs", memory: 256, size: 3 });
+   * await pool.ready(); // optional: creates before it boot cold
+   * await using sb = await Sandbox.builder("job-1").image("/srv/rootfs").memory(256).env("MODE", "ci").create();
+   * console.log((await sb.exec("hostname")).stdout); // job-1
+   * ```
+   */
+  static pool(options: PoolOptions): WarmPool {
+    let b = Sandbox.builder("pool").image(options.image).cpus(options.cpus ?? 1).memory(options.memory ?? 512);
+    if (options.shape) b = options.shape(b);
+    if (!(b instanceof SandboxBuilder)) throw new InvalidConfigError("pool.shape", "must return a SandboxBuilder");
+    return new WarmPool(b.build(), options.size, options.refillDelayMs);
   }
 
   /** Deletes a stopped sandbox and its state. */

@@ -180,8 +180,17 @@ export function netdOf(config: SandboxConfig, socket: string): NetdConfig | unde
   return compileNetd({ ...config, secrets: [] }, undefined, { socket, hostname: guestHostname(config) });
 }
 
-/** The guest's hostname: the config's, else the name made a valid label. */
-function guestHostname(config: SandboxConfig): string {
+/**
+ * The guest's hostname: the config's, else the name made a valid label.
+ *
+ * @example
+ * ```ts
+ * import { guestHostname } from "./spec.ts";
+ * import { parseConfig } from "./config.ts";
+ * console.log(guestHostname(parseConfig({ name: "job_1", image: { kind: "dir", path: "/" } }))); // job-1
+ * ```
+ */
+export function guestHostname(config: SandboxConfig): string {
   return config.hostname ?? config.name.replace(/[^a-zA-Z0-9-]/g, "-").slice(0, 63);
 }
 

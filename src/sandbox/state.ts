@@ -20,6 +20,7 @@ import { openStore } from "../store/open.ts";
 import { privateDir } from "../store/private.ts";
 import { type SandboxPaths, sandboxPaths } from "../vmm/backend.ts";
 import { DEFAULTS } from "../settings.ts";
+import { isPoolName } from "./config.ts";
 
 /** The status a reader sees. */
 export type SandboxStatus = "running" | "draining" | "stopped" | "crashed";
@@ -105,10 +106,48 @@ export function requireRow(store: Store, name: string): SandboxRow {
  * ```
  */
 export async function deleteState(store: Store, name: string): Promise<void> {
-  await Deno.remove(pathsOf(name).dir, { recursive: true }).catch((e) => {
+  const dir = pathsOf(name).dir;
+  // A sandbox handed out by a warm pool: its name is a link to the pooled directory, which goes too.
+  const target = await pooledTarget(dir);
+  if (target) await removeTree(join(homeLayout().sandboxes, target));
+  await removeTree(dir);
+  store.delete(name);
+}
+
+async function removeTree(path: string): Promise<void> {
+  await Deno.remove(path, { recursive: true }).catch((e) => {
     if (!(e instanceof Deno.errors.NotFound)) throw e;
   });
-  store.delete(name);
+}
+
+/** The pooled directory a sandbox directory links to (a sibling's name), or undefined for a real directory. */
+async function pooledTarget(dir: string): Promise<string | undefined> {
+  const info = await Deno.lstat(dir).catch(() => undefined);
+  if (!info?.isSymlink) return undefined;
+  const target = await Deno.readLink(dir);
+  return isPoolName(target) ? target : undefined;
+}
+
+/**
+ * Points the directory of `name` at the directory of the pooled sandbox
+ * `pooled` (a relative link between siblings of `sandboxes/`): the pooled
+ * runner, VMM and helpers keep the paths they were started with, and every
+ * path the library derives from the new name (sockets, locks, logs, disks)
+ * reaches the same files. {@link deleteState} removes both. The caller holds
+ * the name lock of `name`, which is not stored.
+ *
+ * @example
+ * ```ts
+ * import { linkPooledDir, pathsOf } from "./state.ts";
+ * await Deno.mkdir(pathsOf(".pool-00000000000000aa").dir, { recursive: true });
+ * await linkPooledDir("linked-doc", ".pool-00000000000000aa");
+ * console.log(Deno.readLinkSync(pathsOf("linked-doc").dir)); // .pool-00000000000000aa
+ * ```
+ */
+export async function linkPooledDir(name: string, pooled: string): Promise<void> {
+  if (!isPoolName(pooled)) throw new StateError(`${pooled} is not a pooled sandbox`);
+  await removeTree(pathsOf(name).dir);
+  await Deno.symlink(pooled, pathsOf(name).dir);
 }
 
 /**

@@ -234,6 +234,24 @@ export class Store implements Disposable {
     this.db.prepare("UPDATE sandboxes SET config = ?, updated_at = ? WHERE name = ?").run(config, Date.now(), name);
   }
 
+  /**
+   * Renames a sandbox row and replaces its config in one statement (a warm
+   * pool's sandbox handed out under its user's name: created now, as far
+   * as the user can tell); false when `from` is gone or `to` is taken.
+   */
+  rename(from: string, to: string, config: string): boolean {
+    const now = Date.now();
+    try {
+      const r = this.db.prepare(
+        "UPDATE sandboxes SET name = ?, config = ?, created_at = ?, updated_at = ? WHERE name = ?",
+      ).run(to, config, now, now, from);
+      return Number(r.changes) === 1;
+    } catch (e) {
+      if (/UNIQUE constraint/.test((e as Error).message)) return false;
+      throw e;
+    }
+  }
+
   /** Deletes a sandbox row. */
   delete(name: string): void {
     this.db.prepare("DELETE FROM sandboxes WHERE name = ?").run(name);

@@ -40,6 +40,17 @@ export class DeferredStore implements Disposable {
     else this.#queued.push([name, fields]);
   }
 
+  /**
+   * Moves a row to a new name with a new config, at once (in the same turn
+   * as the caller's later writes go to the new name): false when the new
+   * name is taken or the old one is not stored. A warm pool's handout comes
+   * after the boot, so the store is open; before that this throws.
+   */
+  rename(from: string, to: string, config: string): boolean {
+    if (!this.#store) throw new Error("the store is not open yet (the boot has not finished)");
+    return this.#store.rename(from, to, config);
+  }
+
   /** Opens the store (once) and applies the queued updates. */
   open(): Promise<void> {
     return this.#opening ??= (async () => {

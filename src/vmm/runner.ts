@@ -118,6 +118,8 @@ export class Runner {
   /** The guest console's bounded copy on the host (drained from the VMM's FIFO). */
   #console?: ConsoleLog;
   #finished?: Promise<void>;
+  /** The sandbox's name in the store: the spec's, until a `runner.rename` (a warm pool's handout). */
+  #name: string;
 
   /**
    * A runner for `spec`; `attached` when an owner holds its stdin; every
@@ -134,6 +136,7 @@ export class Runner {
     readonly clock: PhaseClock = new PhaseClock(),
   ) {
     this.#attached = attached;
+    this.#name = spec.name;
   }
 
   /** The status last written. */
@@ -184,7 +187,7 @@ export class Runner {
   #running(ready: ReadyParams): void {
     this.#guestPhases(ready);
     const bootMs = this.#bootMs(ready);
-    this.store.update(this.spec.name, { bootMs });
+    this.store.update(this.#name, { bootMs });
     this.#log(
       `ready: kernel ${ready.boot.kernelMs} ms, agent start ${ready.boot.agentStartMs} ms, ready ${bootMs} ms`,
     );
@@ -223,7 +226,23 @@ export class Runner {
   /** The runner outlives its owner from now on. */
   detach(): void {
     this.#attached = false;
-    this.store.update(this.spec.name, { detached: true });
+    this.store.update(this.#name, { detached: true });
+  }
+
+  /**
+   * Moves this sandbox's row to a new name with its new config, in the same
+   * turn as every later status write goes there: a warm pool hands out a
+   * running sandbox this way (its caller holds the new name's lock and has
+   * linked the name's directory to this one's).
+   */
+  rename(name: unknown, config: unknown): string {
+    if (typeof name !== "string" || typeof config !== "string") throw new Error("runner.rename: name and config");
+    if (!this.store.rename(this.#name, name, config)) {
+      throw new Error(`runner.rename: "${name}" is taken or "${this.#name}" is not stored`);
+    }
+    this.#log(`renamed: ${this.#name} -> ${name}`);
+    this.#name = name;
+    return name;
   }
 
   /** Marks an orderly end; an in-process VMM ends this process with the guest, so its status cannot wait. */
@@ -256,7 +275,7 @@ export class Runner {
   #enter(status: StoredStatus, reason?: string): void {
     this.#status = status;
     if (reason !== undefined) this.#stopReason = reason;
-    this.store.update(this.spec.name, { status, stopReason: this.#stopReason, detached: !this.#attached });
+    this.store.update(this.#name, { status, stopReason: this.#stopReason, detached: !this.#attached });
   }
 
   // --- steps ----------------------------------------------------------------
@@ -378,6 +397,8 @@ export class Runner {
       case "runner.detach":
         this.detach();
         return { detached: true };
+      case "runner.rename":
+        return { name: this.rename(params.name, params.config) };
       default:
         throw new Error(`unknown runner method ${method}`);
     }

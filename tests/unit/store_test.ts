@@ -253,3 +253,16 @@ Deno.test("store: an existing home made 0755/0644 by hand is tightened at open; 
     [],
   );
 });
+
+Deno.test("store: rename moves a row with a new config in one statement; a taken or missing name is false", async () => {
+  const dir = await tmp();
+  using store = Store.open(`${dir}/db.sqlite`);
+  store.insert(".pool-00000000000000aa", '{"name":".pool-00000000000000aa"}', "running", false);
+  store.insert("taken", "{}", "stopped", false);
+  assertEquals(store.rename(".pool-00000000000000aa", "taken", "{}"), false);
+  assertEquals(store.rename("missing", "free", "{}"), false);
+  assert(store.rename(".pool-00000000000000aa", "job-1", '{"name":"job-1"}'));
+  assertEquals(store.get(".pool-00000000000000aa"), undefined);
+  const row = store.get("job-1")!;
+  assertEquals([row.config, row.status], ['{"name":"job-1"}', "running"]);
+});

@@ -1,0 +1,169 @@
+/**
+ * Warm pools on real qemu VMs, checked on the host: 10 concurrent creates
+ * against a pool of 3 get 10 distinct working sandboxes under their own
+ * names (store, `Sandbox.list`, the CLI, the sandbox directory) and the pool
+ * refills; a pooled VM killed from the host (its VMM pid) is never handed
+ * out while a live one is; closing the pool ends its VMs' host processes and
+ * deletes their state.
+ */
+
+import { join } from "node:path";
+import { processesMentioning, sandboxDir, skipVmReason, testHome } from "../util/e2e.ts";
+import { assert, assertEquals, assertRejects } from "../util/assert.ts";
+import { busyboxRoot } from "../../scripts/roots.ts";
+import { AlreadyExistsError, Sandbox } from "../../mod.ts";
+import { AgentClient } from "../../src/agent/client.ts";
+import { openStore } from "../../src/store/open.ts";
+import { isPoolName } from "../../src/sandbox/config.ts";
+
+const ignore = skipVmReason !== undefined;
+const opts = { sanitizeResources: false, sanitizeOps: false };
+
+/** The VMM pid a sandbox's runner reports. */
+async function vmmPid(name: string): Promise<number> {
+  await using agent = await AgentClient.connect(join(sandboxDir(name), "agent.sock"));
+  return (await agent.request("runner.info", {})).result.vmmPid;
+}
+
+/** Internal names of the pooled sandboxes in the store now. */
+async function pooledRows(): Promise<string[]> {
+  using store = await openStore();
+  return store.list().map((r) => r.name).filter(isPoolName);
+}
+
+function alive(pid: number): boolean {
+  try {
+    const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
+    return !/^\d+ \(.*\) [ZX]/.test(stat);
+  } catch {
+    return false;
+  }
+}
+
+Deno.test(
+  { name: "pool: 10 concurrent creates get 10 distinct working sandboxes; the pool refills", ignore, ...opts },
+  async () => {
+    const root = await busyboxRoot();
+    await using pool = Sandbox.pool({ image: root, memory: 256, size: 3 });
+    await pool.ready();
+    const pooledPids = new Set(pool.vmmPids);
+    assertEquals(pooledPids.size, 3);
+    const names = Array.from({ length: 10 }, (_, i) => `pool-job-${i}`);
+    const sbs = await Promise.all(
+      names.map((n, i) => Sandbox.builder(n).image(root).memory(256).env("JOB", String(i)).create()),
+    );
+    try {
+      const seen = await Promise.all(sbs.map(async (sb, i) => {
+        assertEquals(sb.name, names[i]);
+        const out = await sb.shell("hostname; echo $JOB; cat /proc/sys/kernel/random/boot_id");
+        const [host, job, bootId] = out.stdout.trim().split("\n");
+        assertEquals([host, job], [names[i], String(i)], `sandbox ${names[i]}`);
+        return { bootId, pid: await vmmPid(names[i]) };
+      }));
+      assertEquals(new Set(seen.map((s) => s.bootId)).size, 10, "10 distinct guests");
+      assertEquals(new Set(seen.map((s) => s.pid)).size, 10, "10 distinct VMMs");
+      const handed = seen.filter((s) => pooledPids.has(s.pid)).length;
+      assertEquals(handed, 3, "the 3 ready sandboxes were handed out, the other 7 booted cold");
+      assertEquals(pool.stats.handedOut, 3);
+      // The user's names everywhere: store, list, the CLI; pooled ones hidden.
+      const listed = (await Sandbox.list()).map((h) => h.name);
+      assertEquals(listed, [...names].sort());
+      const cli = await new Deno.Command(Deno.execPath(), {
+        args: ["run", "-A", new URL("../../cli.ts", import.meta.url).pathname, "ls", "-a", "--json"],
+        env: { KRUNBOX_HOME: testHome },
+        stdout: "piped",
+        stderr: "inherit",
+      }).output();
+      assert(cli.success, "krunbox ls");
+      const cliNames = (JSON.parse(new TextDecoder().decode(cli.stdout)) as { name: string }[]).map((r) => r.name);
+      assertEquals(cliNames.sort(), [...names].sort());
+      for (const n of names) {
+        const h = await Sandbox.get(n);
+        assertEquals([h.status, h.config().name], ["running", n]);
+        assert(JSON.parse(h.configJson).env.JOB !== undefined, "the user's env is stored");
+      }
+      // The pool refills behind the handouts.
+      await pool.ready();
+      assertEquals(pool.stats.ready, 3);
+      const fresh = new Set(pool.vmmPids);
+      assert(![...fresh].some((p) => pooledPids.has(p)), "refilled with new VMs");
+      // A handed-out sandbox is an ordinary one: stop and remove delete its pooled directory too.
+      const first = sbs[seen.findIndex((s) => pooledPids.has(s.pid))];
+      const link = sandboxDir(first.name);
+      const target = join(testHome, "sandboxes", Deno.readLinkSync(link));
+      await first.fs().write("/kept.txt", "from the pooled boot");
+      await first.stop();
+      // Started again under its name (through the link), with its stored config and its files.
+      {
+        await using again = await Sandbox.start(first.name);
+        const out = await again.shell("hostname; echo $JOB; cat /kept.txt");
+        assertEquals(out.stdout.trim().split("\n"), [first.name, first.config().env.JOB, "from the pooled boot"]);
+        await again.stop();
+      }
+      await Sandbox.remove(first.name);
+      assert(!(await Deno.lstat(link).then(() => true, () => false)), "link removed");
+      assert(!(await Deno.lstat(target).then(() => true, () => false)), "pooled directory removed");
+    } finally {
+      await Promise.all(sbs.map((sb) => sb.kill().catch(() => {})));
+    }
+  },
+);
+
+Deno.test(
+  { name: "pool: a pooled VM killed from the host is replaced, never handed out", ignore, ...opts },
+  async () => {
+    const root = await busyboxRoot();
+    await using pool = Sandbox.pool({ image: root, memory: 256, size: 2 });
+    await pool.ready();
+    const [victim, survivor] = pool.vmmPids;
+    Deno.kill(victim, "SIGKILL");
+    // No wait: the handouts race the runner noticing its VM's death.
+    const sbs = await Promise.all(
+      ["pool-kill-a", "pool-kill-b"].map((n) => Sandbox.builder(n).image(root).memory(256).create()),
+    );
+    try {
+      const pids = await Promise.all(sbs.map((sb) => vmmPid(sb.name)));
+      assert(!pids.includes(victim), `the killed VMM ${victim} was handed out: ${pids}`);
+      assert(pids.includes(survivor), `the live pooled VMM ${survivor} was handed out (positive control): ${pids}`);
+      for (const sb of sbs) assertEquals((await sb.exec("echo", ["ok"])).stdout, "ok\n");
+      assert(pool.stats.replaced >= 1, `replaced ${pool.stats.replaced}`);
+      await pool.ready();
+      assert(!pool.vmmPids.includes(victim));
+      // A taken name is refused as for a cold create, and costs the pool nothing.
+      const handed = pool.stats.handedOut;
+      await assertRejects(() => Sandbox.builder("pool-kill-a").image(root).memory(256).create(), AlreadyExistsError);
+      assertEquals([pool.stats.ready, pool.stats.handedOut], [2, handed]);
+      // Another shape (memory) is not served by the pool: it boots cold.
+      await using other = await Sandbox.builder("pool-other-shape").image(root).memory(320).create();
+      assertEquals((await other.exec("echo", ["cold"])).stdout, "cold\n");
+      assertEquals([pool.stats.handedOut, pool.vmmPids.includes(await vmmPid(other.name))], [handed, false]);
+    } finally {
+      await Promise.all(sbs.map((sb) => sb.kill().catch(() => {})));
+    }
+  },
+);
+
+Deno.test(
+  { name: "pool: closing it ends its VMs' host processes and deletes their state", ignore, ...opts },
+  async () => {
+    const root = await busyboxRoot();
+    const before = new Set(await pooledRows());
+    const pool = Sandbox.pool({ image: root, memory: 256, size: 2 });
+    await pool.ready();
+    const pids = pool.vmmPids;
+    const rows = (await pooledRows()).filter((n) => !before.has(n));
+    assertEquals(rows.length, 2);
+    const procs = rows.flatMap((n) => processesMentioning(sandboxDir(n)));
+    // Positive control: runner, qemu, virtiofsd of each are there.
+    assert(procs.length >= 4 && pids.every(alive), `processes ${procs}, vmms ${pids}`);
+    assertEquals((await Sandbox.list()).filter((h) => rows.includes(h.name)).length, 0, "pooled ones are not listed");
+    await pool.close();
+    assertEquals(pids.filter(alive), [], "VMMs gone");
+    assertEquals(procs.filter(alive), [], "runners and helpers gone");
+    assertEquals((await pooledRows()).filter((n) => rows.includes(n)), [], "rows deleted");
+    for (const n of rows) assert(!(await Deno.lstat(sandboxDir(n)).then(() => true, () => false)), `${n} deleted`);
+    // A closed pool hands nothing out: this create boots cold.
+    await using sb = await Sandbox.builder("pool-after-close").image(root).memory(256).create();
+    assert(!pids.includes(await vmmPid(sb.name)));
+  },
+);
