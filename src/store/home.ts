@@ -38,6 +38,8 @@ export interface HomeLayout {
   readonly sandboxes: string;
   /** Named volumes. */
   readonly volumes: string;
+  /** qemu snapshot templates, one directory per key (src/vmm/template.ts). */
+  readonly templates: string;
   /** The SQLite database. */
   readonly db: string;
 }
@@ -58,6 +60,7 @@ export function homeLayout(root: string = krunboxHome()): HomeLayout {
     cache: join(root, "cache"),
     sandboxes: join(root, "sandboxes"),
     volumes: join(root, "volumes"),
+    templates: join(root, "templates"),
     db: join(root, "db.sqlite"),
   };
 }

@@ -75,6 +75,16 @@ export interface VmSpec {
    * prerequisites; a backend given none checks and resolves them itself.
    */
   readonly programs?: Readonly<Record<string, string>>;
+  /**
+   * True when this is the sandbox's first boot (create): its upper disk is
+   * still empty, so it may be restored from a snapshot template instead
+   * (src/vmm/template.ts). A later start boots its own disk cold.
+   */
+  readonly firstBoot?: boolean;
+  /** qemu: a QMP monitor connection for the runner ({@link Vm.qmp}; snapshot templates). */
+  readonly qmp?: boolean;
+  /** qemu: restore the VM state from this migration URI (`-incoming`) instead of booting. */
+  readonly incoming?: string;
 }
 
 /** Files of a sandbox directory. */
@@ -103,6 +113,8 @@ export interface SandboxPaths {
   readonly netDir: string;
   /** netd's frame socket: the VMM's virtio-net backend connects here (per boot). */
   readonly netSocket: string;
+  /** qemu: the QMP monitor socket (the runner listens, qemu connects; per boot, templates only). */
+  readonly qmpSocket: string;
   /** qemu: the vhost-user socket of the virtiofsd serving share `tag` (per boot). */
   fsSocket(tag: string): string;
 }
@@ -132,6 +144,7 @@ export function sandboxPaths(dir: string): SandboxPaths {
     trampoline: `${dir}/trampoline`,
     netDir: `${dir}/net`,
     netSocket: `${dir}/net/net.sock`,
+    qmpSocket: `${dir}/qmp.sock`,
     fsSocket: (tag) => `${dir}/fs-${tag.replaceAll("/", "_")}.sock`,
   };
 }
@@ -158,9 +171,30 @@ export interface Vm {
   readonly inProcess?: boolean;
   /** Kills the VMM and its helpers at once. */
   kill(): void;
+  /** qemu with {@link VmSpec.qmp}: the QMP monitor connection. */
+  readonly qmp?: Deno.Conn;
+  /**
+   * How the guest came up: restored from a snapshot template (the agent is
+   * past its `ready` and says nothing until asked: the runner configures
+   * it), or booted cold and why (no template for this root or backend).
+   */
+  readonly start?: VmStart;
   /** Called once the guest agent is ready: per-boot files the VMM has loaded can go. */
   booted?(): Promise<void>;
 }
+
+/** How a VM came up (the ready event's `start`). */
+export type VmStart =
+  | {
+    readonly mode: "restored";
+    /** The template's key (src/vmm/template.ts). */
+    readonly template: string;
+    /** True when this create built the template first. */
+    readonly built: boolean;
+    /** The agent's `ready` params as the template's boot sent them. */
+    readonly ready: Record<string, unknown>;
+  }
+  | { readonly mode: "cold"; readonly reason: string };
 
 /** A backend boots a spec. */
 export interface Backend {

@@ -132,6 +132,16 @@ export function qemuArgs(spec: VmSpec, host: QemuHost): string[] {
     "-device",
     "virtserialport,chardev=agent,name=agent",
   ];
+  // Snapshot templates (src/vmm/template.ts): a monitor to save the state with, or the state to restore.
+  if (spec.qmp) {
+    args.push(
+      "-chardev",
+      `socket,id=qmp,path=${sandboxPaths(spec.dir).qmpSocket},server=off`,
+      "-mon",
+      "chardev=qmp,mode=control",
+    );
+  }
+  if (spec.incoming) args.push("-incoming", spec.incoming);
   if (usesVirtiofs) {
     args.push("-object", `memory-backend-memfd,id=mem,size=${spec.memoryMib}M,share=on`);
     for (const [tag, sock] of Object.entries(host.fsSockets)) {
@@ -241,9 +251,11 @@ export const qemuBackend: Backend = {
     const children = new ChildGroup("qemu", paths.runnerLog);
     signal.addEventListener("abort", () => children.kill(), { once: true });
     let listener: Deno.UnixListener | undefined;
+    let qmpListener: Deno.UnixListener | undefined;
     try {
       const fsSockets = await startVirtiofsd(children, programs["virtiofsd"], qemuShares(spec), paths);
       listener = await listenFresh(paths.vmSocket);
+      if (spec.qmp) qmpListener = await listenFresh(paths.qmpSocket);
       const args = qemuArgs(spec, {
         kernel: assetPath("kernel"),
         initrd: paths.initrd,
@@ -254,20 +266,24 @@ export const qemuBackend: Backend = {
         netSocket: spec.network === "user" ? paths.netSocket : undefined,
       });
       const vmm = await startQemu(children, programs["qemu-system-x86_64"], args, paths);
-      const bootFiles = [paths.vmSocket, paths.initrd, ...Object.values(fsSockets).flatMap((s) => [s, `${s}.pid`])];
+      const bootFiles = [
+        paths.vmSocket,
+        paths.qmpSocket,
+        paths.initrd,
+        ...Object.values(fsSockets).flatMap((s) => [s, `${s}.pid`]),
+      ];
       const exited = whenExited(vmm, children, listener, bootFiles);
-      const agent = await acceptAgent(
-        listener,
-        exited,
-        (e) =>
-          new BackendUnavailableError("qemu", `qemu exited at start (code ${e.code})`, "see the sandbox's runner.log"),
-      );
+      const failed = (e: VmExit) =>
+        new BackendUnavailableError("qemu", `qemu exited at start (code ${e.code})`, "see the sandbox's runner.log");
+      const agent = await acceptAgent(listener, exited, failed);
+      const qmp = qmpListener ? await acceptAgent(qmpListener, exited, failed) : undefined;
       // qemu copied the initrd into guest memory at start: its 6 MB need not stay on disk.
       const booted = () => Deno.remove(paths.initrd).catch(() => {});
-      return { agent, exited, vmmPid: vmm.pid, kill: () => children.kill(), booted };
+      return { agent, qmp, exited, vmmPid: vmm.pid, kill: () => children.kill(), booted };
     } catch (e) {
       children.kill();
       if (listener) closeQuietly(listener);
+      if (qmpListener) closeQuietly(qmpListener);
       throw e;
     }
   },

@@ -105,7 +105,21 @@ export class Relay {
     this.#guest = new FrameWriter(guest, { peer: "the guest agent" });
     let onReady!: (f: Frame) => void;
     this.ready = new Promise((r) => (onReady = r));
+    this.#onReady = onReady;
     this.guestClosed = this.#readGuest(guest, onReady);
+  }
+
+  readonly #onReady: (f: Frame) => void;
+
+  /**
+   * Takes `frame` as the agent's ready: a guest restored from a snapshot
+   * template announced its ready before it was saved and says nothing until
+   * asked; clients get this one (the runner's, with this boot's figures).
+   */
+  adoptReady(frame: Frame): void {
+    if (this.#readyFrame) return;
+    this.#readyFrame = frame;
+    this.#onReady(frame);
   }
 
   /** Broken frames seen from the guest (each skipped): counters and the first few messages. */

@@ -44,18 +44,30 @@ import { homeLayout } from "../store/home.ts";
 import { tryLock } from "../store/lock.ts";
 import { closeQuietly } from "../util/close.ts";
 import { logTail } from "../util/logs.ts";
-import { type SandboxPaths, sandboxPaths, type Vm, type VmExit, type VmSpec } from "./backend.ts";
+import { type SandboxPaths, sandboxPaths, type Vm, type VmExit, type VmSpec, type VmStart } from "./backend.ts";
 import { listenFresh } from "./channel.ts";
 import { ConsoleLog } from "./console.ts";
 import { NetEngine } from "./netd.ts";
-import { qemuBackend } from "./qemu.ts";
 import { Relay } from "./relay.ts";
+import { configureParams, templatingBackend } from "./template.ts";
 
 /** The lines a runner prints on stdout for its starter. */
 export type RunnerEvent =
-  | { event: "ready"; bootMs: number; boot: Record<string, number>; vmmPid: number }
+  | {
+    event: "ready";
+    bootMs: number;
+    boot: Record<string, number>;
+    vmmPid: number;
+    /** Restored from a snapshot template, or booted cold and why (src/vmm/template.ts). */
+    start?: RunnerStart;
+  }
   /** `error` is the error itself ({@link errorToWire}): the starter rethrows the same class with the same fields. */
   | { event: "failed"; code: string; message: string; error?: WireError };
+
+/** The ready event's `start`: {@link VmStart} without the template's ready params. */
+export type RunnerStart =
+  | { mode: "restored"; template: string; built: boolean }
+  | { mode: "cold"; reason: string };
 
 /** The agent's `ready` parameters the runner reads. */
 interface ReadyParams {
@@ -95,6 +107,8 @@ export class Runner {
   /** The guest console's bounded copy on the host (drained from the VMM's FIFO). */
   #console?: ConsoleLog;
   #finished?: Promise<void>;
+  /** When the backend's boot began (performance.now()). */
+  #bootStart = 0;
 
   /** A runner for `spec`; `attached` when an owner holds its stdin. */
   constructor(
@@ -121,11 +135,16 @@ export class Runner {
     this.#net?.onEvent((e) => relay.publish("runner.netEvent", { event: e as unknown as Record<string, unknown> }));
     const listener = await listenFresh(this.paths.agentSocket);
     try {
-      const ready = await this.#awaitReady(vm, relay);
+      const ready = vm.start?.mode === "restored"
+        ? await this.#configureRestored(vm, vm.start, relay)
+        : await this.#awaitReady(vm, relay);
       if (!ready) return 1;
       await this.#running(vm, ready);
       relay.serve(listener);
-      emit({ event: "ready", bootMs: this.#bootMs(ready), boot: ready.boot, vmmPid: vm.vmmPid });
+      const start: RunnerStart = vm.start?.mode === "restored"
+        ? { mode: "restored", template: vm.start.template, built: vm.start.built }
+        : { mode: "cold", reason: vm.start?.reason ?? "libkrun has no snapshot API" };
+      emit({ event: "ready", bootMs: this.#bootMs(ready), boot: ready.boot, vmmPid: vm.vmmPid, start });
       this.#watch();
       await this.#finished;
       // Let a runner.stop/kill reply reach its caller before the connections close.
@@ -145,7 +164,9 @@ export class Runner {
     const bootMs = this.#bootMs(ready);
     this.store.update(this.spec.name, { bootMs });
     this.#log(
-      `ready: kernel ${ready.boot.kernelMs} ms, agent start ${ready.boot.agentStartMs} ms, ready ${bootMs} ms`,
+      vm.start?.mode === "restored"
+        ? `ready: restored in ${bootMs} ms`
+        : `ready: kernel ${ready.boot.kernelMs} ms, agent start ${ready.boot.agentStartMs} ms, ready ${bootMs} ms`,
     );
     this.#enter("running");
   }
@@ -223,7 +244,10 @@ export class Runner {
   /** Boots through the spec's backend; undefined (the failure told) when it cannot. */
   async #boot(): Promise<Vm | undefined> {
     try {
-      const backend = this.spec.backend === "qemu" ? qemuBackend : (await import("./libkrun.ts")).libkrunBackend;
+      const backend = this.spec.backend === "qemu"
+        ? templatingBackend((m) => this.#log(m))
+        : (await import("./libkrun.ts")).libkrunBackend;
+      this.#bootStart = performance.now();
       this.#console = await ConsoleLog.start(this.paths, settings.consoleMaxBytes());
       if (this.spec.netd) this.#net = await this.#startNet(this.spec.netd);
       return this.#vm = await backend.boot(this.spec, this.#bootAbort.signal);
@@ -274,6 +298,39 @@ export class Runner {
       : new VmCrashedError(this.spec.name, tail);
     this.#failBoot(err, `boot failed: ${err.code}`);
     return undefined;
+  }
+
+  /**
+   * A guest restored from a template: its clock, entropy, hostname and env
+   * set in one `guest.configure`; its ready is the template's with this
+   * restore's time. Undefined (the VM killed, the failure told) when the
+   * guest does not answer.
+   */
+  async #configureRestored(
+    vm: Vm,
+    start: Extract<VmStart, { mode: "restored" }>,
+    relay: Relay,
+  ): Promise<ReadyParams | undefined> {
+    try {
+      const reply = await relay.requestGuest("guest.configure", configureParams(this.spec), this.spec.bootTimeoutMs);
+      if (reply.error) throw new Error(`guest.configure: ${reply.error.message}`);
+    } catch (e) {
+      this.#bootFailed = true;
+      vm.kill();
+      await vm.exited;
+      const err = new VmCrashedError(this.spec.name, `the restored guest did not configure: ${(e as Error).message}`);
+      this.#failBoot(err, `boot failed: ${err.code}`);
+      return undefined;
+    }
+    const restoredMs = Math.round(performance.now() - this.#bootStart);
+    const template = start.ready as { boot?: Record<string, number> };
+    const params = {
+      ...start.ready,
+      boot: { restoredMs, readyMs: restoredMs, templateReadyMs: template.boot?.readyMs ?? 0 },
+    };
+    relay.adoptReady({ header: { jsonrpc: "2.0", method: "ready", params }, attachment: new Uint8Array() });
+    this.#log(`restored from template ${start.template.slice(0, 12)}${start.built ? " (built now)" : ""}`);
+    return params as ReadyParams;
   }
 
   /** Once running: the owner's lifeline, the duration and idle limits, and signals, each a reason to stop. */
