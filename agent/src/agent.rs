@@ -35,8 +35,13 @@ pub struct Agent {
     /// CLOCK_BOOTTIME at start (init mode) or 0 (host mode).
     pub agent_start_ms: f64,
     ready_ms: Mutex<f64>,
-    /// Environment every exec starts from (never the agent's own in init mode).
-    pub default_env: BTreeMap<String, String>,
+    /// What a configured env is merged over (init mode: PATH and HOME; host
+    /// mode: the agent's PATH).
+    base_env: BTreeMap<String, String>,
+    /// Environment every exec starts from (never the agent's own in init
+    /// mode): `base_env` with the boot config's env, or with the env of the
+    /// last `guest.configure`.
+    default_env: Mutex<BTreeMap<String, String>>,
     /// Default exec working directory.
     pub workdir: String,
     shutting_down: AtomicBool,
@@ -47,8 +52,17 @@ pub struct Agent {
 
 static AGENT: OnceLock<Agent> = OnceLock::new();
 
-/// Sets up the global state; call once before serving.
-pub fn init(mode: Mode, default_env: BTreeMap<String, String>, workdir: String, started: Instant) {
+/// Sets up the global state; call once before serving. The default exec env
+/// is `base_env` with `env` merged over it.
+pub fn init(
+    mode: Mode,
+    base_env: BTreeMap<String, String>,
+    env: BTreeMap<String, String>,
+    workdir: String,
+    started: Instant,
+) {
+    let mut default_env = base_env.clone();
+    default_env.extend(env);
     let agent_start_ms = match mode {
         Mode::Init => boottime_ms() - started.elapsed().as_secs_f64() * 1000.0,
         Mode::Host => 0.0,
@@ -58,7 +72,8 @@ pub fn init(mode: Mode, default_env: BTreeMap<String, String>, workdir: String, 
         started,
         agent_start_ms,
         ready_ms: Mutex::new(0.0),
-        default_env,
+        base_env,
+        default_env: Mutex::new(default_env),
         workdir,
         shutting_down: AtomicBool::new(false),
         live_groups: Mutex::new(HashSet::new()),
@@ -73,7 +88,8 @@ pub fn get() -> &'static Agent {
         started: Instant::now(),
         agent_start_ms: 0.0,
         ready_ms: Mutex::new(0.0),
-        default_env: BTreeMap::new(),
+        base_env: BTreeMap::new(),
+        default_env: Mutex::new(BTreeMap::new()),
         workdir: "/".into(),
         shutting_down: AtomicBool::new(false),
         live_groups: Mutex::new(HashSet::new()),
@@ -101,6 +117,19 @@ impl Agent {
             "agentStartMs": self.agent_start_ms,
             "readyMs": *lock(&self.ready_ms),
         })
+    }
+
+    /// The environment a new exec starts from.
+    pub fn default_env(&self) -> BTreeMap<String, String> {
+        lock(&self.default_env).clone()
+    }
+
+    /// Replaces the default exec env: the base env with `env` merged over it
+    /// (as the boot config's env is).
+    pub fn set_env(&self, env: BTreeMap<String, String>) {
+        let mut merged = self.base_env.clone();
+        merged.extend(env);
+        *lock(&self.default_env) = merged;
     }
 
     pub fn is_shutting_down(&self) -> bool {

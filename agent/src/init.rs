@@ -63,7 +63,9 @@ fn boot(started: Instant) -> BootConfig {
         }
     }
     if let Some(h) = &cfg.hostname {
-        set_hostname(h);
+        if let Err(e) = set_hostname(h) {
+            log(&format!("sethostname {h}: {e}"));
+        }
     }
     network(&cfg);
     if let Some(n) = cfg.rlimits.nofile {
@@ -71,12 +73,11 @@ fn boot(started: Instant) -> BootConfig {
             log(&format!("rlimit nofile {n}: {e}"));
         }
     }
-    let mut env = BTreeMap::from([
+    let base = BTreeMap::from([
         ("PATH".to_string(), agent::DEFAULT_PATH.to_string()),
         ("HOME".to_string(), "/root".to_string()),
     ]);
-    env.extend(cfg.env.clone());
-    agent::init(Mode::Init, env, cfg.workdir.clone().unwrap_or_else(|| "/".into()), started);
+    agent::init(Mode::Init, base, cfg.env.clone(), cfg.workdir.clone().unwrap_or_else(|| "/".into()), started);
     crate::reaper::start();
     cfg
 }
@@ -274,12 +275,12 @@ fn user_mount(m: &Mount) -> io::Result<()> {
     }
 }
 
-fn set_hostname(name: &str) {
-    if unsafe { libc::sethostname(name.as_ptr() as *const libc::c_char, name.len()) } < 0 {
-        log(&format!("sethostname {name}: {}", io::Error::last_os_error()));
-    }
-    // Only where /etc is writable; a read-only image keeps its own.
+/// sethostname(2), then /etc/hostname where /etc is writable (a read-only
+/// image keeps its own file).
+pub fn set_hostname(name: &str) -> io::Result<()> {
+    crate::sys::check(unsafe { libc::sethostname(name.as_ptr() as *const libc::c_char, name.len()) })?;
     let _ = std::fs::write("/etc/hostname", format!("{name}\n"));
+    Ok(())
 }
 
 fn network(cfg: &BootConfig) {

@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod boot_config;
+pub mod configure;
 pub mod errno;
 pub mod exec;
 pub mod frame;

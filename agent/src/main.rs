@@ -49,7 +49,7 @@ fn main() {
 fn serve(path: &str, started: Instant) -> i32 {
     let path_var = std::env::var("PATH").unwrap_or_else(|_| agent::DEFAULT_PATH.into());
     let env = BTreeMap::from([("PATH".to_string(), path_var)]);
-    agent::init(agent::Mode::Host, env, "/".into(), started);
+    agent::init(agent::Mode::Host, env, BTreeMap::new(), "/".into(), started);
     krunbox_agent::reaper::start();
     match transport::serve_unix(path) {
         Ok(()) => 0,

@@ -114,17 +114,21 @@ fn check_strings(p: &StartParams) -> Result<(), SpawnError> {
             return Err(invalid("bad user name"));
         }
     }
-    for (k, v) in &p.env {
-        if k.is_empty() || k.contains('=') || nul(k) || nul(v) {
-            return Err(invalid("bad environment variable name or value"));
-        }
+    if !valid_env(&p.env) {
+        return Err(invalid("bad environment variable name or value"));
     }
     Ok(())
 }
 
+/// Whether every name is non-empty without `=` or NUL and no value has a NUL
+/// (what execve can carry).
+pub fn valid_env(env: &BTreeMap<String, String>) -> bool {
+    env.iter().all(|(k, v)| !k.is_empty() && !k.contains('=') && !k.contains('\0') && !v.contains('\0'))
+}
+
 /// The environment of the new process.
 fn build_env(p: &StartParams, user: Option<&User>) -> BTreeMap<String, String> {
-    let mut env = agent::get().default_env.clone();
+    let mut env = agent::get().default_env();
     if let Some(u) = user {
         env.insert("HOME".into(), u.home.clone());
         if let Some(n) = &u.name {

@@ -335,3 +335,30 @@ fn odd_params_do_not_break_the_agent() {
     assert_eq!(c.response(id).header["error"]["code"], -32602);
     assert!(c.call("ping", json!({}))["uptimeMs"].is_number());
 }
+
+#[test]
+fn guest_configure_sets_the_exec_env_and_checks_its_params() {
+    let agent = Agent::start();
+    let mut c = agent.connect();
+    // Host mode applies env only: hostname, clock and seed are checked, not applied to the host.
+    let r = c.call(
+        "guest.configure",
+        json!({"env": {"POOLED": "yes"}, "hostname": "job-1", "timeNs": 1.7e18,
+               "seed": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="}),
+    );
+    assert_eq!(r, json!({}));
+    let (r, _) = c.start(json!({"cmd": "sh", "args": ["-c", "echo $POOLED; echo ${PATH:+has-path}"]}));
+    let (out, _, _) = c.exec_output(r);
+    assert_eq!(String::from_utf8_lossy(&out), "yes\nhas-path\n", "env merged over the base env");
+    // A second configure replaces the first env (not merged over it).
+    assert_eq!(c.call("guest.configure", json!({"env": {"OTHER": "1"}})), json!({}));
+    let (r, _) = c.start(json!({"cmd": "sh", "args": ["-c", "echo ${POOLED:-gone} $OTHER"]}));
+    assert_eq!(String::from_utf8_lossy(&c.exec_output(r).0), "gone 1\n");
+    // Malformed params: -32602 naming the field, and nothing applied.
+    let e = c.call_err("guest.configure", json!({"env": {"NEW": "1"}, "seed": "AAAA"}));
+    assert_eq!(e["code"], -32602);
+    assert_eq!(e["data"]["field"], "seed");
+    let (r, _) = c.start(json!({"cmd": "sh", "args": ["-c", "echo ${NEW:-unset}"]}));
+    assert_eq!(String::from_utf8_lossy(&c.exec_output(r).0), "unset\n");
+    assert_eq!(c.call_err("guest.configure", json!({"hostname": "a b"}))["data"]["field"], "hostname");
+}

@@ -101,6 +101,15 @@ export type GuestMetrics = {
   processes: number;
 };
 
+/** `guest.configure` params (agent/PROTOCOL.md, "guest.configure"). */
+export type GuestConfigureWire = {
+  hostname?: string;
+  env?: Readonly<Record<string, string>>;
+  timeNs?: number;
+  /** base64 of at least 32 bytes. */
+  seed?: string;
+};
+
 /** The `runner.info` result (answered by the runner, not the agent). */
 export type RunnerInfo = {
   status: string;
@@ -161,6 +170,8 @@ export const METHODS = {
   "fs.copy": { params: {} as { from: string; to: string }, result: {} as Empty, deadline: "agent" },
   "fs.symlink": { params: {} as { target: string; path: string }, result: {} as Empty, deadline: "agent" },
   metrics: { params: {} as Empty, result: {} as GuestMetrics, deadline: "agent" },
+  /** A booted guest's identity in one call (src/agent/configure.ts). */
+  "guest.configure": { params: {} as GuestConfigureWire, result: {} as Empty, deadline: "agent" },
   shutdown: { params: {} as { graceMs: number }, result: {} as Empty, deadline: "control" },
   "runner.info": { params: {} as Empty, result: {} as RunnerInfo, deadline: "control" },
   "runner.stop": { params: {} as { graceMs?: number }, result: {} as { status: string }, deadline: "control" },
