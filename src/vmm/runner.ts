@@ -49,7 +49,8 @@ import { listenFresh } from "./channel.ts";
 import { ConsoleLog } from "./console.ts";
 import { NetEngine } from "./netd.ts";
 import { Relay } from "./relay.ts";
-import { configureParams, templatingBackend } from "./template.ts";
+import { templatingBackend } from "./template.ts";
+import { configureParams } from "../agent/configure.ts";
 
 /** The lines a runner prints on stdout for its starter. */
 export type RunnerEvent =
@@ -68,6 +69,13 @@ export type RunnerEvent =
 export type RunnerStart =
   | { mode: "restored"; template: string; built: boolean }
   | { mode: "cold"; reason: string };
+
+/** The ready event's `start` of a VM (a backend that says nothing has no snapshots: libkrun). */
+function startOf(vm: Vm): RunnerStart {
+  return vm.start?.mode === "restored"
+    ? { mode: "restored", template: vm.start.template, built: vm.start.built }
+    : { mode: "cold", reason: vm.start?.reason ?? "libkrun has no snapshot API" };
+}
 
 /** The agent's `ready` parameters the runner reads. */
 interface ReadyParams {
@@ -141,10 +149,7 @@ export class Runner {
       if (!ready) return 1;
       await this.#running(vm, ready);
       relay.serve(listener);
-      const start: RunnerStart = vm.start?.mode === "restored"
-        ? { mode: "restored", template: vm.start.template, built: vm.start.built }
-        : { mode: "cold", reason: vm.start?.reason ?? "libkrun has no snapshot API" };
-      emit({ event: "ready", bootMs: this.#bootMs(ready), boot: ready.boot, vmmPid: vm.vmmPid, start });
+      emit({ event: "ready", bootMs: this.#bootMs(ready), boot: ready.boot, vmmPid: vm.vmmPid, start: startOf(vm) });
       this.#watch();
       await this.#finished;
       // Let a runner.stop/kill reply reach its caller before the connections close.
@@ -163,10 +168,12 @@ export class Runner {
     await vm.booted?.();
     const bootMs = this.#bootMs(ready);
     this.store.update(this.spec.name, { bootMs });
+    const start = startOf(vm);
     this.#log(
-      vm.start?.mode === "restored"
-        ? `ready: restored in ${bootMs} ms`
-        : `ready: kernel ${ready.boot.kernelMs} ms, agent start ${ready.boot.agentStartMs} ms, ready ${bootMs} ms`,
+      start.mode === "restored"
+        ? `ready: restored from template ${start.template}${start.built ? " (built now)" : ""} in ${bootMs} ms`
+        : `ready: kernel ${ready.boot.kernelMs} ms, agent start ${ready.boot.agentStartMs} ms, ready ${bootMs} ms; ` +
+          `booted cold: ${start.reason}`,
     );
     this.#enter("running");
   }
@@ -312,7 +319,18 @@ export class Runner {
     relay: Relay,
   ): Promise<ReadyParams | undefined> {
     try {
-      const reply = await relay.requestGuest("guest.configure", configureParams(this.spec), this.spec.bootTimeoutMs);
+      // The clock (the saved guest's stood still), fresh host entropy for its kernel (siblings of one
+      // template would otherwise draw the same random numbers), this sandbox's hostname and env.
+      const reply = await relay.requestGuest(
+        "guest.configure",
+        configureParams({
+          hostname: this.spec.boot.hostname as string | undefined,
+          env: this.spec.boot.env as Record<string, string> | undefined,
+          time: true,
+          seed: true,
+        }),
+        this.spec.bootTimeoutMs,
+      );
       if (reply.error) throw new Error(`guest.configure: ${reply.error.message}`);
     } catch (e) {
       this.#bootFailed = true;
@@ -329,7 +347,6 @@ export class Runner {
       boot: { restoredMs, readyMs: restoredMs, templateReadyMs: template.boot?.readyMs ?? 0 },
     };
     relay.adoptReady({ header: { jsonrpc: "2.0", method: "ready", params }, attachment: new Uint8Array() });
-    this.#log(`restored from template ${start.template.slice(0, 12)}${start.built ? " (built now)" : ""}`);
     return params as ReadyParams;
   }
 

@@ -370,34 +370,3 @@ export function templatingBackend(log: (m: string) => void): Backend {
     },
   };
 }
-
-/** Bytes of host entropy a restored guest's kernel is reseeded with. */
-export const RESEED_BYTES = 64;
-
-/**
- * The `guest.configure` a restored guest gets at once: the host's clock
- * (the saved guest's stopped when it was saved), fresh bytes from the
- * host's CSPRNG for its kernel (credited with RNDADDENTROPY, then
- * RNDRESEEDCRNG: every sandbox restored from one template would otherwise
- * draw the same random numbers), and this sandbox's hostname and env.
- *
- * @example
- * ```ts
- * import { configureParams } from "./template.ts";
- * const p = configureParams({ name: "a", backend: "qemu", cpus: 1, memoryMib: 256, dir: "/s",
- *   root: { kind: "dir", path: "/r" }, shares: [], ports: [], network: "none",
- *   boot: { hostname: "a", env: { A: "1" } }, bootTimeoutMs: 1 });
- * console.log(p.hostname, p.env); // a { A: "1" }
- * ```
- */
-export function configureParams(
-  spec: VmSpec,
-): { hostname?: string; env?: Record<string, string>; timeNs: number; seed: string } {
-  const seed = crypto.getRandomValues(new Uint8Array(RESEED_BYTES));
-  return {
-    hostname: spec.boot.hostname as string | undefined,
-    env: spec.boot.env as Record<string, string> | undefined,
-    timeNs: Date.now() * 1e6,
-    seed: btoa(String.fromCharCode(...seed)),
-  };
-}
