@@ -354,6 +354,7 @@ export function templatingBackend(log: (m: string) => void): Backend {
       };
       const reason = coldReason(spec);
       if (reason || spec.root.kind !== "overlay") return await cold(reason ?? "not an overlay root");
+      const t0 = performance.now();
       const key = await templateKey(spec);
       let found;
       try {
@@ -363,8 +364,15 @@ export function templatingBackend(log: (m: string) => void): Backend {
         log(`template ${key.slice(0, 12)} could not be built: ${(e as Error).message}`);
         return await cold(`the template could not be built: ${(e as Error).message}`);
       }
+      const t1 = performance.now();
       await copyDisk(found.paths.upper, spec.root.upper);
+      const t2 = performance.now();
       const vm = await qemuBackend.boot({ ...spec, incoming: `exec:cat ${shellQuote(found.paths.state)}` }, signal);
+      log(
+        `restoring template ${key.slice(0, 12)}: key and lookup ${Math.round(t1 - t0)} ms, upper copy ${
+          Math.round(t2 - t1)
+        } ms, qemu started and connected ${Math.round(performance.now() - t2)} ms`,
+      );
       const start: VmStart = { mode: "restored", template: key, built: found.built, ready: found.meta.ready };
       return { ...vm, start };
     },
