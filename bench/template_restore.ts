@@ -39,7 +39,11 @@ async function once(name: string, cold: boolean): Promise<{ create: number; tota
 }
 
 const warm = await once("bench-tpl-warm", false);
-console.log(`first create of the shape (builds the template unless the state home has it, then restores): ${warm.total.toFixed(0)} ms`);
+console.log(
+  `first create of the shape (builds the template unless the state home has it, then restores): ${
+    warm.total.toFixed(0)
+  } ms`,
+);
 const cold: { create: number; total: number }[] = [];
 const restored: { create: number; total: number }[] = [];
 for (let i = 0; i < runs; i++) {
