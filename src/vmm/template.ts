@@ -19,9 +19,10 @@
  * - **Key**: everything the saved state depends on: the image's lower
  *   (path, by manifest digest, and identity), the kernel, the initramfs and
  *   agent (their versions and file identities), the qemu binary, the host's
- *   accelerator and TSC, and the shape (cpus, memory, upper size, network
+ *   accelerator and TSC, the shape (cpus, memory, upper size, network
  *   device and MAC, log level, modules, the boot config but hostname and
- *   env). A change makes a new key, so a template is never used across them.
+ *   env) and qemu's whole command line (with placeholder paths). A change
+ *   makes a new key, so a template is never used across them.
  *
  * Directory roots and volumes (virtiofs cannot migrate), disk-image roots
  * (written in place: no per-sandbox copy to restore onto), a later start of
@@ -42,7 +43,7 @@ import { closeQuietly } from "../util/close.ts";
 import { FrameStream, isDecodeError } from "../agent/frame.ts";
 import type { Backend, Vm, VmSpec, VmStart } from "./backend.ts";
 import { probeHost } from "./detect.ts";
-import { qemuBackend } from "./qemu.ts";
+import { qemuArgs, qemuBackend } from "./qemu.ts";
 import { Qmp } from "./qmp.ts";
 
 /** Bumped when what a template holds changes meaning. */
@@ -142,8 +143,6 @@ export async function templateKey(spec: VmSpec): Promise<string> {
     initramfs: [await version("initramfs"), await identity(assetPath("initramfs"))],
     agent: await version("agent"),
     qemu: qemu ? await identity(qemu) : "qemu-system-x86_64",
-    accel: host.hardwareFlag && host.kvmUsable ? "kvm" : "tcg",
-    tscKhz: host.tscKhz ?? null,
     cpus: spec.cpus,
     memoryMib: spec.memoryMib,
     network: spec.network,
@@ -151,6 +150,16 @@ export async function templateKey(spec: VmSpec): Promise<string> {
     logLevel: spec.logLevel ?? "warn",
     extraModules: spec.extraModules ?? [],
     boot,
+    // The command line with placeholder paths: a change to how qemu is started is a new template too.
+    args: qemuArgs({ ...spec, dir: "/S", root: { ...spec.root, lower: "/L", upper: "/U" }, qmp: false }, {
+      kernel: "/K",
+      initrd: "/I",
+      accel: host.hardwareFlag && host.kvmUsable ? "kvm" : "tcg",
+      tscKhz: host.tscKhz,
+      agentSocket: "/A",
+      fsSockets: {},
+      netSocket: spec.network === "user" ? "/N" : undefined,
+    }),
   };
   const digest = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(JSON.stringify(inputs)));
   // 128 bits: enough against collisions, and short enough for the build directory's sockets (SUN_LEN).
