@@ -49,7 +49,7 @@ import { listenFresh } from "./channel.ts";
 import { ConsoleLog } from "./console.ts";
 import { NetEngine } from "./netd.ts";
 import { Relay } from "./relay.ts";
-import { templatingBackend } from "./template.ts";
+import { discardTemplate, templatingBackend } from "./template.ts";
 import { configureParams } from "../agent/configure.ts";
 
 /** The lines a runner prints on stdout for its starter. */
@@ -321,7 +321,7 @@ export class Runner {
     try {
       // The clock (the saved guest's stood still), fresh host entropy for its kernel (siblings of one
       // template would otherwise draw the same random numbers), this sandbox's hostname and env.
-      const reply = await relay.requestGuest(
+      const configured = relay.requestGuest(
         "guest.configure",
         configureParams({
           hostname: this.spec.boot.hostname as string | undefined,
@@ -331,11 +331,17 @@ export class Runner {
         }),
         this.spec.bootTimeoutMs,
       );
+      const reply = await Promise.race([
+        configured,
+        vm.exited.then((x) => Promise.reject(new Error(`qemu exited (code ${x.code}) while restoring`))),
+      ]);
       if (reply.error) throw new Error(`guest.configure: ${reply.error.message}`);
     } catch (e) {
       this.#bootFailed = true;
       vm.kill();
       await vm.exited;
+      // A template that cannot be restored is rebuilt by the next create.
+      await discardTemplate(start.template);
       const err = new VmCrashedError(this.spec.name, `the restored guest did not configure: ${(e as Error).message}`);
       this.#failBoot(err, `boot failed: ${err.code}`);
       return undefined;

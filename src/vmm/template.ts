@@ -289,7 +289,10 @@ async function buildTemplate(
   let vm: Vm | undefined;
   try {
     vm = await qemuBackend.boot(tspec, signal);
-    const ready = await readReady(vm.agent, vm.exited);
+    // A template VM that does not come up in the boot timeout is killed (its exit ends the wait).
+    const booting = vm;
+    const timer = setTimeout(() => booting.kill(), spec.bootTimeoutMs);
+    const ready = await readReady(vm.agent, vm.exited).finally(() => clearTimeout(timer));
     const bootMs = Math.round(performance.now() - t0);
     using qmp = await Qmp.open(vm.qmp!);
     const t1 = performance.now();
@@ -386,4 +389,18 @@ export function templatingBackend(log: (m: string) => void): Backend {
       return { ...vm, start };
     },
   };
+}
+
+/**
+ * Removes template `key` (a restore from it failed: the next create builds
+ * it anew).
+ *
+ * @example
+ * ```ts
+ * import { discardTemplate } from "./template.ts";
+ * await discardTemplate("0123456789abcdef0123456789abcdef"); // nothing there: nothing done
+ * ```
+ */
+export async function discardTemplate(key: string): Promise<void> {
+  await Deno.remove(templatePaths(key).dir, { recursive: true }).catch(() => {});
 }

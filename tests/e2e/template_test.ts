@@ -140,6 +140,8 @@ Deno.test(
       assert(/^[0-9a-f]{16} T _text$/.test(textB), ob.stdout);
       assertEquals(textB, textC, "one saved boot: the same kernel base");
       assert(/^[0-9a-f-]{36}$/.test(uuidB) && bytesB.trim().length > 0, ob.stdout);
+      // Without the restore's guest.configure (neither seed nor clock) these two were equal; the seed alone
+      // makes them differ.
       assertNotEquals(uuidB, uuidC, "first uuid");
       assertNotEquals(bytesB, bytesC, "first getrandom bytes");
 
@@ -187,5 +189,37 @@ Deno.test({ name: "a changed shape makes a new template; directory roots boot co
   } finally {
     for (const s of [a, b, d]) await s[Symbol.asyncDispose]();
     await remove("tpl-m1", "tpl-m2", "tpl-dir");
+  }
+});
+
+Deno.test({ name: "a template whose state cannot be restored is discarded and built anew", ...opts }, async () => {
+  const r = await image();
+  const a = await Sandbox.builder("tpl-x1").image(r).memory(288).disableNetwork().create();
+  const key = await startOf("tpl-x1");
+  await a.stopAndWait();
+  assert(templates().includes(key), key);
+  // Truncate the saved state: qemu cannot load it.
+  const state = join(testHome, "templates", key, "state");
+  const f = await Deno.open(state, { write: true });
+  await f.truncate(4096);
+  f.close();
+  const t0 = performance.now();
+  const err = await Sandbox.builder("tpl-x2").image(r).memory(288).disableNetwork().create().then(
+    () => undefined,
+    (e) => e as Error & { code?: string },
+  );
+  assert(err !== undefined, "a create from a broken template fails");
+  assert(performance.now() - t0 < 30_000, "and fails fast (not after the boot timeout)");
+  assertEquals(err.code, "VM_CRASHED", err.message);
+  assert(!templates().includes(key), "the broken template is gone");
+  // The next create builds it again and is restored from it.
+  await Sandbox.remove("tpl-x2").catch(() => {});
+  const b = await Sandbox.builder("tpl-x2").image(r).memory(288).disableNetwork().create();
+  try {
+    assertEquals(await startOf("tpl-x2"), key);
+    assertEquals((await b.exec("true")).code, 0);
+  } finally {
+    await b[Symbol.asyncDispose]();
+    await remove("tpl-x1", "tpl-x2");
   }
 });
