@@ -40,6 +40,8 @@ export interface HomeLayout {
   readonly volumes: string;
   /** qemu snapshot templates, one directory per key (src/vmm/template.ts). */
   readonly templates: string;
+  /** Snapshots of running qemu sandboxes, one directory per name (`sb.snapshot(name)`). */
+  readonly snapshots: string;
   /** The SQLite database. */
   readonly db: string;
 }
@@ -61,6 +63,7 @@ export function homeLayout(root: string = krunboxHome()): HomeLayout {
     sandboxes: join(root, "sandboxes"),
     volumes: join(root, "volumes"),
     templates: join(root, "templates"),
+    snapshots: join(root, "snapshots"),
     db: join(root, "db.sqlite"),
   };
 }

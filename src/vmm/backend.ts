@@ -83,6 +83,8 @@ export interface VmSpec {
   readonly firstBoot?: boolean;
   /** qemu: a QMP monitor connection for the runner ({@link Vm.qmp}; snapshot templates). */
   readonly qmp?: boolean;
+  /** qemu: a first boot restored from this snapshot (src/vmm/template.ts) instead of a template. */
+  readonly fromSnapshot?: string;
   /** qemu: restore the VM state from this migration URI (`-incoming`) instead of booting. */
   readonly incoming?: string;
 }
@@ -193,6 +195,8 @@ export type VmStart =
     readonly built: boolean;
     /** The agent's `ready` params as the template's boot sent them. */
     readonly ready: Record<string, unknown>;
+    /** Forked from this snapshot (`sb.snapshot(name)`) rather than a template. */
+    readonly snapshot?: string;
   }
   | { readonly mode: "cold"; readonly reason: string };
 

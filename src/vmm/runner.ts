@@ -49,7 +49,8 @@ import { listenFresh } from "./channel.ts";
 import { ConsoleLog } from "./console.ts";
 import { NetEngine } from "./netd.ts";
 import { Relay } from "./relay.ts";
-import { discardTemplate, templatingBackend } from "./template.ts";
+import { discardTemplate, saveSnapshot, templatingBackend } from "./template.ts";
+import { Qmp } from "./qmp.ts";
 import { configureParams } from "../agent/configure.ts";
 
 /** The lines a runner prints on stdout for its starter. */
@@ -115,6 +116,10 @@ export class Runner {
   /** The guest console's bounded copy on the host (drained from the VMM's FIFO). */
   #console?: ConsoleLog;
   #finished?: Promise<void>;
+  /** The agent's ready as clients got it (a snapshot keeps it for its forks). */
+  #ready?: ReadyParams;
+  /** The VM's QMP monitor, opened at the first snapshot. */
+  #qmp?: Qmp;
   /** When the backend's boot began (performance.now()). */
   #bootStart = 0;
 
@@ -147,6 +152,7 @@ export class Runner {
         ? await this.#configureRestored(vm, vm.start, relay)
         : await this.#awaitReady(vm, relay);
       if (!ready) return 1;
+      this.#ready = ready;
       await this.#running(vm, ready);
       relay.serve(listener);
       emit({ event: "ready", bootMs: this.#bootMs(ready), boot: ready.boot, vmmPid: vm.vmmPid, start: startOf(vm) });
@@ -171,7 +177,10 @@ export class Runner {
     const start = startOf(vm);
     this.#log(
       start.mode === "restored"
-        ? `ready: restored from template ${start.template}${start.built ? " (built now)" : ""} in ${bootMs} ms`
+        ? `ready: restored from ${
+          vm.start?.mode === "restored" && vm.start.snapshot ? `snapshot ${vm.start.snapshot} of ` : ""
+        }` +
+          `template ${start.template}${start.built ? " (built now)" : ""} in ${bootMs} ms`
         : `ready: kernel ${ready.boot.kernelMs} ms, agent start ${ready.boot.agentStartMs} ms, ready ${bootMs} ms; ` +
           `booted cold: ${start.reason}`,
     );
@@ -412,6 +421,19 @@ export class Runner {
       case "runner.drain":
         this.drain();
         return { status: "draining" };
+      case "runner.snapshot": {
+        if (!this.#vm?.qmp || !this.#ready) {
+          throw new Error("this sandbox cannot be snapshotted (qemu, OCI image only)");
+        }
+        this.#qmp ??= await Qmp.open(this.#vm.qmp);
+        await saveSnapshot(
+          this.#qmp,
+          this.spec,
+          String(params.name),
+          this.#ready as unknown as Record<string, unknown>,
+        );
+        return { name: String(params.name) };
+      }
       case "runner.detach":
         this.detach();
         return { detached: true };

@@ -33,7 +33,7 @@
  */
 
 import { join } from "node:path";
-import { BackendUnavailableError } from "../errors.ts";
+import { AlreadyExistsError, BackendUnavailableError, InvalidConfigError, NotFoundError } from "../errors.ts";
 import { settings } from "../settings.ts";
 import { assetDir, assetPath } from "../store/assets.ts";
 import { homeLayout } from "../store/home.ts";
@@ -217,6 +217,12 @@ async function readReady(agent: Deno.Conn, exited: Promise<unknown>): Promise<Re
  * guest by itself, with no monitor of its own.
  */
 async function saveState(qmp: Qmp, state: string): Promise<void> {
+  await migrateTo(qmp, state);
+  await qmp.execute("quit").catch(() => {});
+}
+
+/** Migrates the VM to the file `state`; qemu leaves it paused once done. */
+async function migrateTo(qmp: Qmp, state: string): Promise<void> {
   await qmp.execute("migrate-set-capabilities", { capabilities: [{ capability: "events", state: true }] });
   // Unthrottled: the default (128 MiB/s) would make a 256 MiB guest's save wait for nothing.
   await qmp.execute("migrate-set-parameters", { "max-bandwidth": Number.MAX_SAFE_INTEGER });
@@ -230,11 +236,10 @@ async function saveState(qmp: Qmp, state: string): Promise<void> {
     const info = await qmp.execute("query-migrate").catch(() => ({})) as { "error-desc"?: string };
     throw new BackendUnavailableError(
       "qemu",
-      `saving the template failed: ${info["error-desc"] ?? status}`,
+      `saving the VM failed: ${info["error-desc"] ?? status}`,
       "see runner.log",
     );
   }
-  await qmp.execute("quit").catch(() => {});
 }
 
 function shellQuote(s: string): string {
@@ -360,11 +365,14 @@ export function templatingBackend(log: (m: string) => void): Backend {
   return {
     kind: "qemu",
     async boot(spec: VmSpec, signal: AbortSignal): Promise<Vm> {
+      // An overlay root's VM keeps a monitor: `runner.snapshot` saves it through it.
+      const monitored = spec.root.kind === "overlay" ? { ...spec, qmp: true } : spec;
       const cold = async (reason: string): Promise<Vm> => {
-        const vm = await qemuBackend.boot(spec, signal);
+        const vm = await qemuBackend.boot(monitored, signal);
         return { ...vm, start: { mode: "cold", reason } };
       };
       const reason = coldReason(spec);
+      if (spec.fromSnapshot) return await fromSnapshot({ ...spec, qmp: true }, spec.fromSnapshot, reason, signal);
       if (reason || spec.root.kind !== "overlay") return await cold(reason ?? "not an overlay root");
       const t0 = performance.now();
       const key = await templateKey(spec);
@@ -379,7 +387,10 @@ export function templatingBackend(log: (m: string) => void): Backend {
       const t1 = performance.now();
       await copyDisk(found.paths.upper, spec.root.upper);
       const t2 = performance.now();
-      const vm = await qemuBackend.boot({ ...spec, incoming: `exec:cat ${shellQuote(found.paths.state)}` }, signal);
+      const vm = await qemuBackend.boot(
+        { ...monitored, incoming: `exec:cat ${shellQuote(found.paths.state)}` },
+        signal,
+      );
       log(
         `restoring template ${key.slice(0, 12)}: key and lookup ${Math.round(t1 - t0)} ms, upper copy ${
           Math.round(t2 - t1)
@@ -403,4 +414,80 @@ export function templatingBackend(log: (m: string) => void): Backend {
  */
 export async function discardTemplate(key: string): Promise<void> {
   await Deno.remove(templatePaths(key).dir, { recursive: true }).catch(() => {});
+}
+
+/**
+ * The files of snapshot `name` (the same layout as a template's).
+ *
+ * @example
+ * ```ts
+ * import { snapshotPaths } from "./template.ts";
+ * console.log(snapshotPaths("s1", "/tmp/s").state); // /tmp/s/s1/state
+ * ```
+ */
+export function snapshotPaths(name: string, root: string = homeLayout().snapshots): TemplatePaths {
+  return templatePaths(name, root);
+}
+
+/**
+ * Saves the running VM behind `qmp` as snapshot `name`: its state (the VM
+ * pauses for the migration's last pass), a copy of its upper disk taken
+ * while it is paused, and the key of its image and shape; then the VM goes
+ * on. A name already taken is refused.
+ *
+ * @example
+ * ```ts ignore
+ * // Needs a running qemu VM with a monitor; tests/e2e/template_test.ts ("fork") snapshots one.
+ * import { saveSnapshot } from "./template.ts";
+ * declare const qmp: import("./qmp.ts").Qmp, spec: import("./backend.ts").VmSpec;
+ * await saveSnapshot(qmp, spec, "s1", {});
+ * ```
+ */
+export async function saveSnapshot(
+  qmp: Qmp,
+  spec: VmSpec,
+  name: string,
+  ready: Record<string, unknown>,
+): Promise<void> {
+  if (spec.root.kind !== "overlay" || spec.shares.length > 0) {
+    throw new InvalidConfigError("snapshot", "only a qemu sandbox of an OCI image without volumes can be snapshotted");
+  }
+  const paths = snapshotPaths(name);
+  await Deno.mkdir(homeLayout().snapshots, { recursive: true, mode: 0o700 });
+  using lock = await lockWait(paths.lock, 0);
+  if (!lock || await readMeta(paths)) throw new AlreadyExistsError("snapshot", name);
+  const build = `${paths.dir}.b`;
+  await Deno.remove(build, { recursive: true }).catch(() => {});
+  await Deno.mkdir(build, { mode: 0o700 });
+  try {
+    const key = await templateKey(spec);
+    try {
+      await migrateTo(qmp, join(build, "state"));
+      // Paused: the disk holds what the saved memory last flushed to it.
+      await copyDisk(spec.root.upper, join(build, "upper.ext4"));
+    } finally {
+      await qmp.execute("cont").catch(() => {});
+    }
+    const meta: TemplateMeta = { key, createdAt: new Date().toISOString(), ready, bootMs: 0, saveMs: 0 };
+    await Deno.writeTextFile(join(build, "meta.json"), JSON.stringify(meta, null, 1));
+    await Deno.rename(build, paths.dir);
+  } catch (e) {
+    await Deno.remove(build, { recursive: true }).catch(() => {});
+    throw e;
+  }
+}
+
+/** Restores snapshot `name` for a spec of the same image and shape (else an {@link InvalidConfigError}). */
+async function fromSnapshot(spec: VmSpec, name: string, refused: string | undefined, signal: AbortSignal): Promise<Vm> {
+  if (refused) throw new InvalidConfigError("fromSnapshot", `cannot fork snapshot ${name}: ${refused}`);
+  if (spec.root.kind !== "overlay") throw new InvalidConfigError("fromSnapshot", "only an OCI image root can fork");
+  const paths = snapshotPaths(name);
+  const meta = await readMeta(paths);
+  if (!meta) throw new NotFoundError("snapshot", name);
+  if (meta.key !== await templateKey(spec)) {
+    throw new InvalidConfigError("fromSnapshot", `snapshot ${name} was taken of another image or shape`);
+  }
+  await copyDisk(paths.upper, spec.root.upper);
+  const vm = await qemuBackend.boot({ ...spec, incoming: `exec:cat ${shellQuote(paths.state)}` }, signal);
+  return { ...vm, start: { mode: "restored", template: meta.key, built: false, ready: meta.ready, snapshot: name } };
 }

@@ -223,3 +223,46 @@ Deno.test({ name: "a template whose state cannot be restored is discarded and bu
     await remove("tpl-x1", "tpl-x2");
   }
 });
+
+Deno.test({ name: "fork: sb.snapshot(name) and fromSnapshot(name) branch a running sandbox", ...opts }, async () => {
+  const r = await image();
+  const src = await Sandbox.builder("tpl-src").image(r).memory(256).disableNetwork().create();
+  try {
+    await src.fs().write("/root/on-disk", "before");
+    await src.fs().write("/tmp/in-memory", "tmpfs"); // /tmp is a tmpfs: only the saved memory has it
+    await src.snapshot("snap1");
+    // The source goes on, and what it does later is not in the snapshot.
+    await src.fs().write("/root/after", "later");
+    assertEquals((await src.exec("cat", ["/tmp/in-memory"])).stdout, "tmpfs");
+    await using fork = await Sandbox.builder("tpl-fork").image(r).memory(256).disableNetwork().env("F", "1")
+      .fromSnapshot("snap1").create();
+    const log = await Deno.readTextFile(join(sandboxDir("tpl-fork"), "runner.log"));
+    assert(/ready: restored from snapshot snap1 of template [0-9a-f]{32} /.test(log), log);
+    assertEquals(await fork.fs().readText("/root/on-disk"), "before");
+    assertEquals(await fork.fs().readText("/tmp/in-memory"), "tmpfs");
+    assertEquals(
+      (await fork.exec("test", ["-e", "/root/after"])).code,
+      1,
+      "the source's later write is not in the fork",
+    );
+    assertEquals((await fork.shell("hostname; echo ${F:-none}")).stdout, "tpl-fork\n1\n");
+    const [a, b] = await Promise.all([
+      src.exec("cat", ["/proc/sys/kernel/random/uuid"]),
+      fork.exec("cat", ["/proc/sys/kernel/random/uuid"]),
+    ]);
+    assertNotEquals(a.stdout, b.stdout, "fork and source uuid");
+    // Writes of the fork stay its own.
+    await fork.fs().write("/root/fork-only", "f");
+    assertEquals((await src.exec("test", ["-e", "/root/fork-only"])).code, 1);
+    // A taken name is refused; another shape cannot fork it.
+    let taken = "";
+    await src.snapshot("snap1").catch((e) => taken = String(e.message));
+    assert(/already exists/.test(taken), taken);
+    const other = await Sandbox.builder("tpl-fork2").image(r).memory(320).disableNetwork().fromSnapshot("snap1")
+      .create().then(() => "created", (e) => `${e.code}: ${e.message}`);
+    assert(other.startsWith("INVALID_CONFIG:") && /another image or shape/.test(other), other);
+  } finally {
+    await src[Symbol.asyncDispose]();
+    await remove("tpl-src", "tpl-fork", "tpl-fork2");
+  }
+});
