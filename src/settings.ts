@@ -63,6 +63,11 @@ export const SETTINGS: readonly SettingDoc[] = [
     meaning: "bytes of runner log (runner, VMM, virtiofsd, netd) kept per part (runner.log, then runner.log.1)",
     default: "8388608 (8 MiB)",
   },
+  {
+    name: "KRUNBOX_TEMPLATES",
+    meaning: "`0` boots every qemu sandbox cold instead of restoring a snapshot template of its image and shape",
+    default: "on",
+  },
   { name: "KRUNBOX_DEBUG", meaning: "the CLI prints an error's stack as well as its message", default: "off" },
   { name: "KRUNBOX_LIBZSTD_PATH", meaning: "libzstd.so.1 to load before the system's", default: "libzstd.so.1" },
   {
@@ -281,6 +286,8 @@ export const settings = {
   consoleMaxBytes: (): number => positive("KRUNBOX_CONSOLE_MAX_BYTES", 8 << 20),
   /** `KRUNBOX_RUNNER_LOG_MAX_BYTES`: the runner log kept per part (two parts at most), default 8 MiB. */
   runnerLogMaxBytes: (): number => positive("KRUNBOX_RUNNER_LOG_MAX_BYTES", 8 << 20),
+  /** False when `KRUNBOX_TEMPLATES=0`: no qemu sandbox is restored from a snapshot template. */
+  templates: (): boolean => env("KRUNBOX_TEMPLATES") !== "0",
   /** True when `KRUNBOX_DEBUG` is set (to anything but `0`). */
   debug: (): boolean => (env("KRUNBOX_DEBUG") ?? "0") !== "0",
   /** The path override of an optional library (`KRUNBOX_LIBISAL_PATH`, `KRUNBOX_LIBZSTD_PATH`). */

@@ -184,6 +184,8 @@ export const METHODS = {
     result: {} as { name: string },
     deadline: "control",
   },
+  /** Saves the running VM as snapshot `name` (src/vmm/template.ts); the VM goes on. */
+  "runner.snapshot": { params: {} as { name: string }, result: {} as { name: string }, deadline: "agent" },
   /** netd's counters (`stats` line) for metrics. */
   "runner.netStats": { params: {} as Empty, result: {} as { stats: RunnerNetStats }, deadline: "control" },
   /** The recent network events, then one `runner.netEvent` notification per new one, tagged with this id. */

@@ -12,6 +12,7 @@ import type { OptionalLibrary } from "../../ffi/load.ts";
 import { loadLibkrun } from "../../ffi/load.ts";
 import { assetPath } from "../store/assets.ts";
 import { homeLayout } from "../store/home.ts";
+import { settings } from "../settings.ts";
 import { looseEntries } from "../store/private.ts";
 import { chooseBackend, type HostVirtualization, probeHost } from "../vmm/detect.ts";
 import { type Check, checkAsset, checkBwrap, qemuChecks } from "../vmm/prereqs.ts";
@@ -400,6 +401,26 @@ function privilegeLine(checks: readonly Check[]): Line {
   };
 }
 
+/** What snapshot templates (src/vmm/template.ts) do here: which sandboxes are restored, which boot cold. */
+function templatesLine(): Check {
+  const dir = homeLayout().templates;
+  let n = 0;
+  try {
+    for (const e of Deno.readDirSync(dir)) if (e.isDirectory && /^[0-9a-f]{32}$/.test(e.name)) n++;
+  } catch {
+    // none yet
+  }
+  return {
+    name: "snapshot templates",
+    ok: true,
+    detail: settings.templates()
+      ? `qemu: OCI-image sandboxes are restored from a saved VM of their image and shape (${n} in ${dir}); ` +
+        "directory roots, volumes and disk images boot cold (virtiofs cannot migrate; a disk image is written " +
+        "in place), and so does libkrun (no snapshot API)"
+      : "off (KRUNBOX_TEMPLATES=0): every sandbox boots cold",
+  };
+}
+
 /** Runs the doctor: prints every check; resolves 0 when a backend can run. */
 export async function main(): Promise<number> {
   const host = await probeHost();
@@ -424,6 +445,7 @@ export async function main(): Promise<number> {
     ...qemu,
     libraryCheck("ISA-L inflate", isalLibrary, "image pulls", "pulls use the slower built-in gunzip", "libisal2"),
     libraryCheck("libzstd", zstdLibrary, "tar+zstd layers", "images with zstd layers cannot be pulled", "libzstd1"),
+    templatesLine(),
   ];
   const shares = await shareChecks(qemu.find((c) => c.name === "virtiofsd")!);
   const containment: Line[] = [

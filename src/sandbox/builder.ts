@@ -222,6 +222,16 @@ export class SandboxBuilder {
     return this.#with({ hostname: name });
   }
 
+  /**
+   * Starts as a fork of snapshot `name` (`sb.snapshot(name)`): the same
+   * image and shape are required (qemu, OCI images); memory, processes and
+   * files are the snapshot's, hostname, env, clock and randomness this
+   * sandbox's own.
+   */
+  fromSnapshot(name: string): SandboxBuilder {
+    return this.#with({ fromSnapshot: name });
+  }
+
   /** A script installed at `/.msb/scripts/<name>`, executable and on PATH. */
   script(name: string, content: string): SandboxBuilder {
     return this.#with({ scripts: { ...this.#draft.scripts, [name]: content } });

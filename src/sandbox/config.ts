@@ -69,6 +69,12 @@ export interface SandboxConfig {
   readonly user?: string | number;
   /** The guest's hostname (default: the sandbox name). */
   readonly hostname?: string;
+  /**
+   * Start as a fork of the running machine saved by `sb.snapshot(name)`
+   * (qemu, OCI image of the same image and shape): its memory, processes and
+   * files, with this sandbox's own hostname, env, clock and randomness.
+   */
+  readonly fromSnapshot?: string;
   /** Scripts by file name, installed executable in `/.msb/scripts` (on PATH). */
   readonly scripts: Readonly<Record<string, string>>;
   /** Edits applied to the root once, at create, before any process runs. */
@@ -254,6 +260,9 @@ export function parseConfig(raw: unknown): SandboxConfig {
   if (r.workdir !== undefined) absPath("workdir", r.workdir);
   if (r.hostname !== undefined && !/^[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?$/.test(r.hostname)) {
     throw new InvalidConfigError("hostname", `${JSON.stringify(r.hostname)} is not a valid hostname`);
+  }
+  if (r.fromSnapshot !== undefined && !/^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$/.test(r.fromSnapshot)) {
+    throw new InvalidConfigError("fromSnapshot", `${JSON.stringify(r.fromSnapshot)} is not a snapshot name`);
   }
   if (
     r.user !== undefined &&

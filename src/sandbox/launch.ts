@@ -168,7 +168,12 @@ async function boot(store: Store, requested: SandboxConfig, plan: BootPlan): Pro
   refuseSecrets(requested);
   const { root, image } = await prepareRoot(store, requested, paths, plan.pull);
   const config = plan.fresh && image ? withImageDefaults(requested, image.config) : requested;
-  const spec = await vmSpecOf(config, root);
+  // A first boot may be restored from a snapshot template (src/vmm/template.ts); a restart boots its own disk.
+  const spec = {
+    ...await vmSpecOf(config, root),
+    firstBoot: plan.fresh,
+    fromSnapshot: plan.fresh ? config.fromSnapshot : undefined,
+  };
   await writePrivate(paths.vmSpec, JSON.stringify(spec, null, 1));
   // The logs exist 0600 before the runner and qemu append to them (they would create them with the umask's mode).
   for (const log of [paths.consoleLog, paths.runnerLog]) await touchPrivate(log);

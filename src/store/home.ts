@@ -38,6 +38,10 @@ export interface HomeLayout {
   readonly sandboxes: string;
   /** Named volumes. */
   readonly volumes: string;
+  /** qemu snapshot templates, one directory per key (src/vmm/template.ts). */
+  readonly templates: string;
+  /** Snapshots of running qemu sandboxes, one directory per name (`sb.snapshot(name)`). */
+  readonly snapshots: string;
   /** The SQLite database. */
   readonly db: string;
 }
@@ -58,6 +62,8 @@ export function homeLayout(root: string = krunboxHome()): HomeLayout {
     cache: join(root, "cache"),
     sandboxes: join(root, "sandboxes"),
     volumes: join(root, "volumes"),
+    templates: join(root, "templates"),
+    snapshots: join(root, "snapshots"),
     db: join(root, "db.sqlite"),
   };
 }

@@ -81,6 +81,18 @@ export interface VmSpec {
   readonly programs?: Readonly<Record<string, string>>;
   /** The host's virtualization as the caller probed it (choosing the backend); a backend given none probes. */
   readonly host?: HostVirtualization;
+  /**
+   * True when this is the sandbox's first boot (create): its upper disk is
+   * still empty, so it may be restored from a snapshot template instead
+   * (src/vmm/template.ts). A later start boots its own disk cold.
+   */
+  readonly firstBoot?: boolean;
+  /** qemu: a QMP monitor connection for the runner ({@link Vm.qmp}; snapshot templates). */
+  readonly qmp?: boolean;
+  /** qemu: a first boot restored from this snapshot (src/vmm/template.ts) instead of a template. */
+  readonly fromSnapshot?: string;
+  /** qemu: restore the VM state from this migration URI (`-incoming`) instead of booting. */
+  readonly incoming?: string;
 }
 
 /** Files of a sandbox directory. */
@@ -111,6 +123,8 @@ export interface SandboxPaths {
   readonly seccompFilter: string;
   /** libkrun: bwrap's info (the contained runner's host pid; per boot). */
   readonly containInfo: string;
+  /** qemu: the QMP monitor socket (the runner listens, qemu connects; per boot, templates only). */
+  readonly qmpSocket: string;
   /** qemu: the vhost-user socket of the virtiofsd serving share `tag` (per boot). */
   fsSocket(tag: string): string;
 }
@@ -141,6 +155,7 @@ export function sandboxPaths(dir: string): SandboxPaths {
     netSocket: `${dir}/net/net.sock`,
     seccompFilter: `${dir}/seccomp.bpf`,
     containInfo: `${dir}/contain.json`,
+    qmpSocket: `${dir}/qmp.sock`,
     fsSocket: (tag) => `${dir}/fs-${tag.replaceAll("/", "_")}.sock`,
   };
 }
@@ -173,7 +188,32 @@ export interface Vm {
    * config). A backend that hands the config over otherwise has none here.
    */
   readonly bootConfig?: BootConfig;
+  /** qemu with {@link VmSpec.qmp}: the QMP monitor connection. */
+  readonly qmp?: Deno.Conn;
+  /**
+   * How the guest came up: restored from a snapshot template (the agent is
+   * past its `ready` and says nothing until asked: the runner configures
+   * it), or booted cold and why (no template for this root or backend).
+   */
+  readonly start?: VmStart;
+  /** Called once the guest agent is ready: per-boot files the VMM has loaded can go. */
+  booted?(): Promise<void>;
 }
+
+/** How a VM came up (the ready event's `start`). */
+export type VmStart =
+  | {
+    readonly mode: "restored";
+    /** The template's key (src/vmm/template.ts). */
+    readonly template: string;
+    /** True when this create built the template first. */
+    readonly built: boolean;
+    /** The agent's `ready` params as the template's boot sent them. */
+    readonly ready: Record<string, unknown>;
+    /** Forked from this snapshot (`sb.snapshot(name)`) rather than a template. */
+    readonly snapshot?: string;
+  }
+  | { readonly mode: "cold"; readonly reason: string };
 
 /** A backend boots a spec. */
 export interface Backend {

@@ -14,7 +14,9 @@
  */
 
 import { join } from "node:path";
+import { BackendUnavailableError } from "../errors.ts";
 import { assetDir, assetPath } from "../store/assets.ts";
+import { closeQuietly } from "../util/close.ts";
 import type { PhaseClock } from "../util/phases.ts";
 import {
   type Backend,
@@ -28,7 +30,7 @@ import {
 } from "./backend.ts";
 import { NET_PLAN } from "../net/engine.ts";
 import { type BootConfig, bootConfig, GUEST_NET, ROOT_TAG, rootDisks } from "./boot_config.ts";
-import { stdioChannel } from "./channel.ts";
+import { acceptAgent, listenFresh, stdioChannel } from "./channel.ts";
 import { ChildGroup } from "./children.ts";
 import type { RunnerLog } from "./runner_log.ts";
 import { probeHost } from "./detect.ts";
@@ -138,6 +140,16 @@ export function qemuArgs(spec: VmSpec, host: QemuHost): string[] {
     "-device",
     "virtserialport,chardev=agent,name=agent",
   ];
+  // Snapshot templates (src/vmm/template.ts): a monitor to save the state with, or the state to restore.
+  if (spec.qmp) {
+    args.push(
+      "-chardev",
+      `socket,id=qmp,path=${sandboxPaths(spec.dir).qmpSocket},server=off`,
+      "-mon",
+      "chardev=qmp,mode=control",
+    );
+  }
+  if (spec.incoming) args.push("-incoming", spec.incoming);
   if (usesVirtiofs) {
     args.push("-object", `memory-backend-memfd,id=mem,size=${spec.memoryMib}M,share=on`);
     for (const [tag, sock] of Object.entries(host.fsSockets)) {
@@ -307,8 +319,10 @@ export const qemuBackend: Backend = {
     clock?.mark("vmm.prepare");
     const children = new ChildGroup("qemu", log);
     signal.addEventListener("abort", () => children.kill(), { once: true });
+    let qmpListener: Deno.UnixListener | undefined;
     try {
       const fsSockets = await startVirtiofsd(children, programs["virtiofsd"], qemuShares(spec), paths);
+      if (spec.qmp) qmpListener = await listenFresh(paths.qmpSocket);
       const args = qemuArgs(spec, {
         kernel: assetPath("kernel"),
         initrd: assetPath("initramfs"),
@@ -319,13 +333,19 @@ export const qemuBackend: Backend = {
       });
       clock?.mark("vmm.helpers");
       const vmm = await startQemu(children, programs["qemu-system-x86_64"], args);
-      const bootFiles = Object.values(fsSockets).flatMap((s) => [s, `${s}.pid`]);
+      const bootFiles = [paths.qmpSocket, ...Object.values(fsSockets).flatMap((s) => [s, `${s}.pid`])];
       const exited = whenExited(vmm, children, bootFiles);
       // qemu exiting before the agent's ready is the runner's boot failure (VM_CRASHED, with the console's end).
       const agent = stdioChannel(vmm);
-      return { agent, exited, vmmPid: vmm.pid, kill: () => children.kill(), bootConfig: config };
+      const failed = (e: VmExit) =>
+        new BackendUnavailableError("qemu", `qemu exited at start (code ${e.code})`, "see the sandbox's runner.log");
+      const qmp = qmpListener ? await acceptAgent(qmpListener, exited, failed) : undefined;
+      // One monitor connection: the path goes at once, so nothing else can reach qemu's monitor there.
+      if (qmpListener) await Deno.remove(paths.qmpSocket).catch(() => {});
+      return { agent, qmp, exited, vmmPid: vmm.pid, kill: () => children.kill(), bootConfig: config };
     } catch (e) {
       children.kill();
+      if (qmpListener) closeQuietly(qmpListener);
       throw e;
     }
   },

@@ -114,7 +114,21 @@ export class Relay {
     this.#guest = new FrameWriter(guest, { peer: "the guest agent" });
     let onReady!: (f: Frame) => void;
     this.ready = new Promise((r) => (onReady = r));
+    this.#onReady = onReady;
     this.guestClosed = this.#readGuest(guest, onReady);
+  }
+
+  readonly #onReady: (f: Frame) => void;
+
+  /**
+   * Takes `frame` as the agent's ready: a guest restored from a snapshot
+   * template announced its ready before it was saved and says nothing until
+   * asked; clients get this one (the runner's, with this boot's figures).
+   */
+  adoptReady(frame: Frame): void {
+    if (this.#readyFrame) return;
+    this.#readyFrame = frame;
+    this.#onReady(frame);
   }
 
   /** Broken frames seen from the guest (each skipped): counters and the first few messages. */
@@ -269,10 +283,7 @@ export class Relay {
   #answerBootConfig(id: number): void {
     const config = this.#readyFrame ? undefined : this.#bootConfig;
     this.#bootConfig = undefined;
-    const answer: RpcMessage = config
-      ? { jsonrpc: "2.0", id, result: config as Record<string, unknown> }
-      : { jsonrpc: "2.0", id, error: { code: RPC_ERROR.INVALID_REQUEST, message: "no boot config to give" } };
-    this.#guest.write(answer).catch(() => {});
+    this.#guest.write(bootConfigAnswer(id, config)).catch(() => {});
   }
 
   /** Disconnects every client after its pending frames (the runner calls it once the final status is written). */
@@ -439,4 +450,20 @@ export class Relay {
       else this.#routes.delete(id);
     }
   }
+}
+
+/**
+ * The answer to the agent's `boot.config` request `id`: the config, or a
+ * refusal when there is none to give (asked twice, or after `ready`).
+ *
+ * @example
+ * ```ts
+ * import { bootConfigAnswer } from "./relay.ts";
+ * console.log(bootConfigAnswer(0, { hostname: "job" }).result); // { hostname: "job" }
+ * ```
+ */
+export function bootConfigAnswer(id: number, config: Readonly<Record<string, unknown>> | undefined): RpcMessage {
+  return config
+    ? { jsonrpc: "2.0", id, result: config as Record<string, unknown> }
+    : { jsonrpc: "2.0", id, error: { code: RPC_ERROR.INVALID_REQUEST, message: "no boot config to give" } };
 }

@@ -46,14 +46,16 @@ import { closeQuietly } from "../util/close.ts";
 import { logTail } from "../util/logs.ts";
 import type { NotificationParams } from "../agent/rpc.ts";
 import { type BootPhase, epochMs, PhaseClock } from "../util/phases.ts";
-import { type SandboxPaths, sandboxPaths, type Vm, type VmExit, type VmSpec } from "./backend.ts";
+import { type SandboxPaths, sandboxPaths, type Vm, type VmExit, type VmSpec, type VmStart } from "./backend.ts";
 import { listenFresh } from "./channel.ts";
 import { ConsoleLog } from "./console.ts";
 import type { NetEngine } from "./netd.ts";
 import { DeferredStore } from "./deferred_store.ts";
-import { qemuBackend } from "./qemu.ts";
 import { Relay } from "./relay.ts";
 import { RunnerLog } from "./runner_log.ts";
+import { discardTemplate, saveSnapshot, templatingBackend } from "./template.ts";
+import { Qmp } from "./qmp.ts";
+import { configureParams } from "../agent/configure.ts";
 
 /** The lines a runner prints on stdout for its starter. */
 export type RunnerEvent =
@@ -65,15 +67,30 @@ export type RunnerEvent =
     /**
      * The runner's part of the boot, from its spawn (the starter's clock,
      * given as the runner's third argument) to this line: `runner.*`, the
-     * backend's `vmm.*`, and the guest's `guest.*` from its own uptime.
+     * backend's `vmm.*`, and the guest's `guest.*` from its own uptime (a
+     * restored guest: `vmm.restore`).
      */
     bootPhases: readonly BootPhase[];
+    /** Restored from a snapshot template, or booted cold and why (src/vmm/template.ts). */
+    start?: RunnerStart;
   }
   /** `error` is the error itself ({@link errorToWire}): the starter rethrows the same class with the same fields. */
   | { event: "failed"; code: string; message: string; error?: WireError };
 
 /** The `boot` timings of the agent's `ready` (agent/PROTOCOL.md). */
 export type ReadyBoot = NotificationParams<"ready">["boot"];
+
+/** The ready event's `start`: {@link VmStart} without the template's ready params. */
+export type RunnerStart =
+  | { mode: "restored"; template: string; built: boolean }
+  | { mode: "cold"; reason: string };
+
+/** The ready event's `start` of a VM (a backend that says nothing has no snapshots: libkrun). */
+function startOf(vm: Vm): RunnerStart {
+  return vm.start?.mode === "restored"
+    ? { mode: "restored", template: vm.start.template, built: vm.start.built }
+    : { mode: "cold", reason: vm.start?.reason ?? "libkrun has no snapshot API" };
+}
 
 /** The agent's `ready` parameters the runner reads, and when the runner got them. */
 interface ReadyParams {
@@ -120,6 +137,12 @@ export class Runner {
   #finished?: Promise<void>;
   /** The sandbox's name in the store: the spec's, until a `runner.rename` (a warm pool's handout). */
   #name: string;
+  /** The agent's ready as clients got it (a snapshot keeps it for its forks). */
+  #ready?: ReadyParams;
+  /** The VM's QMP monitor, opened at the first snapshot. */
+  #qmp?: Qmp;
+  /** When the backend's boot began (performance.now()). */
+  #bootStart = 0;
 
   /**
    * A runner for `spec`; `attached` when an owner holds its stdin; every
@@ -156,10 +179,13 @@ export class Runner {
     // The VMM runs: the store loads while the guest boots.
     const storeOpen = this.store.open();
     try {
-      const ready = await this.#awaitReady(vm, relay);
+      const ready = vm.start?.mode === "restored"
+        ? await this.#configureRestored(vm, vm.start, relay)
+        : await this.#awaitReady(vm, relay);
       if (!ready) return 1;
+      this.#ready = ready;
       await storeOpen;
-      this.#running(ready);
+      await this.#running(vm, ready);
       relay.serve(listener);
       this.clock.mark("runner.ready");
       this.#log(`boot phases: ${this.clock}`);
@@ -169,6 +195,7 @@ export class Runner {
         boot: ready.boot,
         vmmPid: vm.vmmPid,
         bootPhases: this.clock.phases,
+        start: startOf(vm),
       });
       this.#watch();
       await this.#finished;
@@ -184,12 +211,22 @@ export class Runner {
   // --- status transitions -------------------------------------------------
 
   /** creating → running: the agent is ready. */
-  #running(ready: ReadyParams): void {
-    this.#guestPhases(ready);
+  async #running(vm: Vm, ready: ReadyParams): Promise<void> {
+    await vm.booted?.();
+    // A restored guest's own boot steps are the template's: its phase is the restore.
+    if (vm.start?.mode === "restored") this.clock.mark("vmm.restore", ready.receivedMs);
+    else this.#guestPhases(ready);
     const bootMs = this.#bootMs(ready);
     this.store.update(this.#name, { bootMs });
+    const start = startOf(vm);
     this.#log(
-      `ready: kernel ${ready.boot.kernelMs} ms, agent start ${ready.boot.agentStartMs} ms, ready ${bootMs} ms`,
+      start.mode === "restored"
+        ? `ready: restored from ${
+          vm.start?.mode === "restored" && vm.start.snapshot ? `snapshot ${vm.start.snapshot} of ` : ""
+        }` +
+          `template ${start.template}${start.built ? " (built now)" : ""} in ${bootMs} ms`
+        : `ready: kernel ${ready.boot.kernelMs} ms, agent start ${ready.boot.agentStartMs} ms, ready ${bootMs} ms; ` +
+          `booted cold: ${start.reason}`,
     );
     this.#enter("running");
   }
@@ -283,7 +320,10 @@ export class Runner {
   /** Boots through the spec's backend; undefined (the failure told) when it cannot. */
   async #boot(): Promise<Vm | undefined> {
     try {
-      const backend = this.spec.backend === "qemu" ? qemuBackend : (await import("./libkrun.ts")).libkrunBackend;
+      const backend = this.spec.backend === "qemu"
+        ? templatingBackend()
+        : (await import("./libkrun.ts")).libkrunBackend;
+      this.#bootStart = performance.now();
       this.#console = await ConsoleLog.start(this.paths, settings.consoleMaxBytes());
       if (this.spec.netd) this.#net = await this.#startNet(this.spec.netd);
       this.clock.mark("runner.prepare");
@@ -336,6 +376,57 @@ export class Runner {
       : new VmCrashedError(this.spec.name, tail);
     this.#failBoot(err, `boot failed: ${err.code}`);
     return undefined;
+  }
+
+  /**
+   * A guest restored from a template: its clock, entropy, hostname and env
+   * set in one `guest.configure`; its ready is the template's with this
+   * restore's time. Undefined (the VM killed, the failure told) when the
+   * guest does not answer.
+   */
+  async #configureRestored(
+    vm: Vm,
+    start: Extract<VmStart, { mode: "restored" }>,
+    relay: Relay,
+  ): Promise<ReadyParams | undefined> {
+    try {
+      // The clock (the saved guest's stood still), fresh host entropy for its kernel (siblings of one
+      // template would otherwise draw the same random numbers), this sandbox's hostname and env.
+      const configured = relay.requestGuest(
+        "guest.configure",
+        configureParams({
+          hostname: this.spec.boot.hostname as string | undefined,
+          env: this.spec.boot.env as Record<string, string> | undefined,
+          time: true,
+          seed: true,
+        }),
+        this.spec.bootTimeoutMs,
+      );
+      const reply = await Promise.race([
+        configured,
+        vm.exited.then((x) => Promise.reject(new Error(`qemu exited (code ${x.code}) while restoring`))),
+      ]);
+      if (reply.error) throw new Error(`guest.configure: ${reply.error.message}`);
+    } catch (e) {
+      this.#bootFailed = true;
+      vm.kill();
+      await vm.exited;
+      // A template that cannot be restored is rebuilt by the next create.
+      await discardTemplate(start.template);
+      const err = new VmCrashedError(this.spec.name, `the restored guest did not configure: ${(e as Error).message}`);
+      this.#failBoot(err, `boot failed: ${err.code}`);
+      return undefined;
+    }
+    const restoredMs = Math.round(performance.now() - this.#bootStart);
+    // No kernel or agent start of its own: the whole boot is the restore.
+    const params: ReadyParams = {
+      ...start.ready,
+      boot: { kernelMs: 0, agentStartMs: 0, readyMs: restoredMs },
+      receivedMs: epochMs(),
+    };
+    const { receivedMs: _, ...ready } = params;
+    relay.adoptReady({ header: { jsonrpc: "2.0", method: "ready", params: ready }, attachment: new Uint8Array() });
+    return params;
   }
 
   /** Once running: the owner's lifeline, the duration and idle limits, and signals, each a reason to stop. */
@@ -394,6 +485,19 @@ export class Runner {
       case "runner.drain":
         this.drain();
         return { status: "draining" };
+      case "runner.snapshot": {
+        if (!this.#vm?.qmp || !this.#ready) {
+          throw new Error("this sandbox cannot be snapshotted (qemu, OCI image only)");
+        }
+        this.#qmp ??= await Qmp.open(this.#vm.qmp);
+        await saveSnapshot(
+          this.#qmp,
+          this.spec,
+          String(params.name),
+          this.#ready as unknown as Record<string, unknown>,
+        );
+        return { name: String(params.name) };
+      }
       case "runner.detach":
         this.detach();
         return { detached: true };
