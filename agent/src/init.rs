@@ -75,6 +75,12 @@ fn boot(started: Instant) -> BootConfig {
         ("PATH".to_string(), agent::DEFAULT_PATH.to_string()),
         ("HOME".to_string(), "/root".to_string()),
     ]);
+    if let Some(pem) = &cfg.ca_pem {
+        for e in crate::trust::install(Path::new("/"), pem) {
+            log(&format!("sandbox CA: {e}"));
+        }
+        env.extend(crate::trust::env());
+    }
     env.extend(cfg.env.clone());
     agent::init(Mode::Init, env, cfg.workdir.clone().unwrap_or_else(|| "/".into()), started);
     crate::reaper::start();

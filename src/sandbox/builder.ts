@@ -421,11 +421,12 @@ export class SandboxBuilder {
   async #create(detached: boolean): Promise<Sandbox> {
     const sandbox = this.#opts.sandbox;
     if (!sandbox) throw new StateError("this builder was made with `new SandboxBuilder`: use `Sandbox.builder(name)`");
+    const values = new Map((this.#opts.secrets ?? []).map((s) => [s.env, s.value]));
     const { launched, config } = await createAndLaunch(this.build(), detached, this.#opts.replace ?? false, {
       policy: this.#opts.pullPolicy,
       auth: this.#opts.auth,
       onProgress: this.#opts.onPull,
-    });
+    }, values);
     const sb = sandbox.fromLaunch(config, launched, !detached);
     try {
       await applyRootEdits(sb.fs(), config);

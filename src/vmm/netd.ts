@@ -56,6 +56,8 @@ export class NetEngine implements Disposable {
   #running = true;
   /** The version netd reported in its `ready` line. */
   version = "";
+  /** The sandbox CA netd reported in its `ready` line (only with secrets). */
+  caPem: string | undefined;
   /** Resolves when netd has exited (for whatever reason). */
   readonly exited: Promise<Deno.CommandStatus>;
 
@@ -172,6 +174,7 @@ export class NetEngine implements Disposable {
         switch (m.type) {
           case "ready":
             this.version = m.version;
+            this.caPem = m.caPem;
             onReady();
             break;
           case "event":

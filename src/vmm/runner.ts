@@ -48,6 +48,8 @@ import { type SandboxPaths, sandboxPaths, type Vm, type VmExit, type VmSpec } fr
 import { listenFresh } from "./channel.ts";
 import { ConsoleLog } from "./console.ts";
 import { NetEngine } from "./netd.ts";
+import { netdSecrets } from "../net/engine.ts";
+import { readRunnerSecrets } from "./runner_secrets.ts";
 import { qemuBackend } from "./qemu.ts";
 import { Relay } from "./relay.ts";
 
@@ -96,14 +98,19 @@ export class Runner {
   #console?: ConsoleLog;
   #finished?: Promise<void>;
 
-  /** A runner for `spec`; `attached` when an owner holds its stdin. */
+  /** The secrets' values (env name → value), memory only: they go to netd's stdin. */
+  readonly #secretValues?: ReadonlyMap<string, string>;
+
+  /** A runner for `spec`; `attached` when an owner holds its stdin; `secretValues` for a spec with secrets. */
   constructor(
     readonly spec: VmSpec,
     readonly paths: SandboxPaths,
     readonly store: Store,
     attached: boolean,
+    secretValues?: ReadonlyMap<string, string>,
   ) {
     this.#attached = attached;
+    this.#secretValues = secretValues;
   }
 
   /** The status last written. */
@@ -225,8 +232,23 @@ export class Runner {
     try {
       const backend = this.spec.backend === "qemu" ? qemuBackend : (await import("./libkrun.ts")).libkrunBackend;
       this.#console = await ConsoleLog.start(this.paths, settings.consoleMaxBytes());
-      if (this.spec.netd) this.#net = await this.#startNet(this.spec.netd);
-      return this.#vm = await backend.boot(this.spec, this.#bootAbort.signal);
+      let spec = this.spec;
+      if (spec.netd) {
+        const secrets = netdSecrets(spec.name, spec.secrets ?? [], this.#secretValues);
+        this.#net = await this.#startNet({ ...spec.netd, secrets });
+        if (secrets.length > 0) {
+          // The guest trusts netd's CA: it reaches the VMM's boot config only, never vm.json.
+          if (!this.#net.caPem) {
+            throw new BackendUnavailableError(
+              spec.backend,
+              "netd sent no CA for a sandbox with secrets",
+              "run `./dev setup` (it rebuilds netd)",
+            );
+          }
+          spec = { ...spec, caPem: this.#net.caPem };
+        }
+      }
+      return this.#vm = await backend.boot(spec, this.#bootAbort.signal);
     } catch (e) {
       this.#net?.kill();
       await this.#console?.[Symbol.asyncDispose]();
@@ -358,8 +380,10 @@ async function main(dir: string, mode: "attached" | "detached"): Promise<number>
   }
   try {
     const spec = JSON.parse(await Deno.readTextFile(paths.vmSpec)) as VmSpec;
+    // With secrets, their values are the starter's first line on stdin (runner_secrets.ts).
+    const values = spec.secrets?.length ? await readRunnerSecrets(Deno.stdin) : undefined;
     using store = Store.open(homeLayout().db);
-    return await new Runner(spec, paths, store, mode === "attached").run();
+    return await new Runner(spec, paths, store, mode === "attached", values).run();
   } finally {
     lock.release();
   }
