@@ -21,18 +21,23 @@ const BUILT: readonly AssetName[] = ["agent", "netd", "initramfs"];
 const LINKED: readonly AssetName[] = ["kernel", "libkrunfw", "libkrun", "virtiofsd"];
 
 /**
- * Makes `home`'s assets directory (replacing a link to the real one) and
- * builds the agent, netd and initramfs into it from `projectDir`.
+ * Makes `home`'s assets directory (replacing a link to the real one, whose
+ * other assets it links) and builds the agent, netd and initramfs into it
+ * from `projectDir`.
  *
  * @example
  * ```ts ignore
  * import { freshAssets } from "./fresh_assets.ts";
- * await freshAssets(testHome, realHomeAssets);
+ * await freshAssets(testHome);
  * ```
  */
-export async function freshAssets(home: string, realAssets: string, projectDir = projectRoot()): Promise<void> {
+export async function freshAssets(home: string, projectDir = projectRoot()): Promise<void> {
   const dir = homeLayout(home).assets;
   const st = await Deno.lstat(dir).catch(() => undefined);
+  // The real assets: where the home's link points, else the default home's.
+  const realAssets = st?.isSymlink
+    ? await Deno.readLink(dir)
+    : join(Deno.env.get("HOME") ?? "/root", ".krunbox", "assets");
   if (st?.isSymlink) await Deno.remove(dir);
   await Deno.mkdir(dir, { recursive: true });
   for (const a of LINKED) {
