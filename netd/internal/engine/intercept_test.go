@@ -3,18 +3,12 @@ package engine
 import (
 	"bufio"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/base64"
 	"encoding/json"
-	"encoding/pem"
 	"fmt"
 	"io"
-	"math/big"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -22,6 +16,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"krunbox.dev/netd/internal/mitm"
 )
 
 // The secret of these tests: the guest holds only placeholder; value must
@@ -33,36 +29,22 @@ const (
 	testQueryValue  = "q-VALUE-91a0"
 )
 
-// testCA is a CA of the test (what trustCa names) issuing server certs.
-type testCA struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-	pem  string
-}
-
-func newTestCA(t *testing.T) *testCA {
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "netd test CA"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true,
-		BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+// newTestCA is the upstream servers' CA (what trustCa names): a CA of the
+// same kind as netd's, made for the test.
+func newTestCA(t *testing.T) *mitm.CA {
+	ca, err := mitm.NewCA("upstream test", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cert, _ := x509.ParseCertificate(der)
-	return &testCA{cert, key, string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))}
+	return ca
 }
 
-func (ca *testCA) leaf(t *testing.T, name string) tls.Certificate {
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: name},
-		DNSNames: []string{name}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}, KeyUsage: x509.KeyUsageDigitalSignature}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
+func leaf(t *testing.T, ca *mitm.CA, name string) tls.Certificate {
+	c, err := ca.Leaf(name)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+	return *c
 }
 
 // recorder is a real HTTPS server on 127.0.0.1 that records every request
@@ -120,7 +102,7 @@ type secretsHarness struct {
 // startSecrets runs an engine with one header secret for api.test (and
 // *.api2.test), one query secret for api.test, trustCa = ca, the given
 // servers' ports intercepted and bypass names.
-func startSecrets(t *testing.T, ca *testCA, servers map[string]*recorder, bypass []string) *secretsHarness {
+func startSecrets(t *testing.T, ca *mitm.CA, servers map[string]*recorder, bypass []string) *secretsHarness {
 	var ports []int
 	names := map[string]int{}
 	for n, s := range servers {
@@ -128,7 +110,7 @@ func startSecrets(t *testing.T, ca *testCA, servers map[string]*recorder, bypass
 		names[n] = s.port
 	}
 	cfg := baseConfig(t, rulesHost, "deny", map[string]any{
-		"trustCa": []string{ca.pem},
+		"trustCa": []string{ca.PEM()},
 		"tls":     map[string]any{"ports": ports, "bypass": bypass},
 		"secrets": []any{
 			map[string]any{"env": "API_KEY", "placeholder": testPlaceholder, "value": testValue, "hosts": []string{"api.test"}, "patterns": []string{"*.api2.test"}},
@@ -194,20 +176,12 @@ func (sh *secretsHarness) noValueAnywhere(t *testing.T) {
 }
 
 func (sh *secretsHarness) actions(action string) []Event {
-	sh.mu.Lock()
-	defer sh.mu.Unlock()
-	var out []Event
-	for _, ev := range sh.events {
-		if ev.Action == action {
-			out = append(out, ev)
-		}
-	}
-	return out
+	return sh.eventsWhere(func(ev Event) bool { return ev.Action == action })
 }
 
 func TestSecretsSubstitutedForTheirHostBlockedElsewhere(t *testing.T) {
 	ca := newTestCA(t)
-	apiCert, otherCert := ca.leaf(t, "api.test"), ca.leaf(t, "other.test")
+	apiCert, otherCert := leaf(t, ca, "api.test"), leaf(t, ca, "other.test")
 	api, other := newRecorder(t, &apiCert), newRecorder(t, &otherCert)
 	sh := startSecrets(t, ca, map[string]*recorder{"api.test": api, "other.test": other}, nil)
 	c := sh.client(sh.netdRoots(t))
@@ -282,7 +256,7 @@ func TestSecretsSubstitutedForTheirHostBlockedElsewhere(t *testing.T) {
 
 func TestSecretsHostMustMatchSNI(t *testing.T) {
 	ca := newTestCA(t)
-	apiCert := ca.leaf(t, "api.test")
+	apiCert := leaf(t, ca, "api.test")
 	api := newRecorder(t, &apiCert)
 	sh := startSecrets(t, ca, map[string]*recorder{"api.test": api}, nil)
 	roots := sh.netdRoots(t)
@@ -318,7 +292,7 @@ func TestSecretsHostMustMatchSNI(t *testing.T) {
 
 func TestSecretsUpstreamCertificateVerified(t *testing.T) {
 	ca := newTestCA(t)
-	apiCert := ca.leaf(t, "api.test")
+	apiCert := leaf(t, ca, "api.test")
 	good := newRecorder(t, &apiCert)
 	bad := newRecorder(t, nil) // httptest's own certificate, not under trustCa
 	sh := startSecrets(t, ca, map[string]*recorder{"api.test": good, "bad.test": bad}, nil)
@@ -341,13 +315,13 @@ func TestSecretsUpstreamCertificateVerified(t *testing.T) {
 
 func TestSecretsBypassPassesThroughUntouched(t *testing.T) {
 	ca := newTestCA(t)
-	pinnedCert := ca.leaf(t, "pinned.test")
+	pinnedCert := leaf(t, ca, "pinned.test")
 	pinned := newRecorder(t, &pinnedCert)
 	sh := startSecrets(t, ca, map[string]*recorder{"pinned.test": pinned}, []string{"pinned.test"})
 	// The guest trusts only the server's own CA: a handshake through a
 	// netd leaf would fail, so success shows the bytes were not touched.
 	own := x509.NewCertPool()
-	own.AddCert(ca.cert)
+	own.AddCert(ca.Certificate())
 	c := sh.client(own)
 	code, _, err := get(c, fmt.Sprintf("https://pinned.test:%d/p", pinned.port), map[string]string{"Authorization": "Bearer " + testPlaceholder})
 	if err != nil || code != 200 {
@@ -372,7 +346,7 @@ func TestSecretsBypassPassesThroughUntouched(t *testing.T) {
 // certificate, and there is no CA.
 func TestNoSecretsNoInterception(t *testing.T) {
 	ca := newTestCA(t)
-	apiCert := ca.leaf(t, "api.test")
+	apiCert := leaf(t, ca, "api.test")
 	api := newRecorder(t, &apiCert)
 	h := start(t, baseConfig(t, rulesHost, "deny", map[string]any{"tls": map[string]any{"ports": []int{api.port}, "bypass": []string{}}}))
 	if h.e.CAPem() != "" {
@@ -380,7 +354,7 @@ func TestNoSecretsNoInterception(t *testing.T) {
 	}
 	sh := &secretsHarness{harness: h, ports: map[string]int{"api.test": api.port}}
 	own := x509.NewCertPool()
-	own.AddCert(ca.cert)
+	own.AddCert(ca.Certificate())
 	if code, _, err := get(sh.client(own), fmt.Sprintf("https://api.test:%d/", api.port), nil); err != nil || code != 200 {
 		t.Fatalf("direct TLS: %d %v", code, err)
 	}

@@ -44,8 +44,14 @@ type CA struct {
 	leaves map[string]*tls.Certificate
 }
 
-func serial() (*big.Int, error) {
-	return rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
+// keyAndSerial is a new P-256 key and a random 127-bit serial number.
+func keyAndSerial() (*ecdsa.PrivateKey, *big.Int, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, err
+	}
+	sn, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
+	return key, sn, err
 }
 
 // NewCA makes a CA (ECDSA P-256) whose name carries label (the sandbox's
@@ -54,11 +60,7 @@ func NewCA(label string, now func() time.Time) (*CA, error) {
 	if now == nil {
 		now = time.Now
 	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, err
-	}
-	sn, err := serial()
+	key, sn, err := keyAndSerial()
 	if err != nil {
 		return nil, err
 	}
@@ -119,11 +121,7 @@ func (c *CA) Leaf(name string) (*tls.Certificate, error) {
 }
 
 func (c *CA) issue(name string, now time.Time) (*tls.Certificate, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, err
-	}
-	sn, err := serial()
+	key, sn, err := keyAndSerial()
 	if err != nil {
 		return nil, err
 	}
