@@ -4,12 +4,12 @@
  * side (what real HTTPS servers in a test network namespace received, and
  * every file under the state home), never the guest's word.
  *
- * - `api.test` (203.0.113.202:443), the secret's host: its server receives
+ * - `api.test` (203.0.113.204:443), the secret's host: its server receives
  *   the real value in the Authorization header (and in Basic credentials),
  *   through a certificate chain the guest's curl verified against netd's CA
  *   (the agent installed it), while netd verified the server's real
  *   certificate against the test CA given with `trustCa`.
- * - `other.test` (203.0.113.203:443): receives nothing of a request that
+ * - `other.test` (203.0.113.206:443): receives nothing of a request that
  *   carries the placeholder (netd answers 403), and does receive a plain
  *   request from the same client in the same run (the positive control).
  * - No file under the state home (SQLite, vm.json, logs, console, disks)
@@ -25,8 +25,8 @@ import { sandboxDir, skipVmReason, testHome } from "../util/e2e.ts";
 import { assert, assertEquals, assertRejects } from "../util/assert.ts";
 import { debianRoot } from "../../scripts/roots.ts";
 import { type NetworkEvent, Sandbox, SecretUnavailableError } from "../../mod.ts";
-import { netnsSkipReason, NS_HOST, NS_OTHER, TestInternet } from "../util/netns.ts";
-import { NsHttps } from "../util/ns_https.ts";
+import { netnsSkipReason } from "../util/netns.ts";
+import { HTTPS_A, HTTPS_B, NsHttps } from "../util/ns_https.ts";
 import { freshAssets } from "../util/fresh_assets.ts";
 
 const ignore = skipVmReason !== undefined || netnsSkipReason !== undefined;
@@ -95,14 +95,10 @@ Deno.test({
 }, async () => {
   await freshAssets(testHome);
   const root = await debianRoot(["busybox-static", "ca-certificates", "curl"], "debian-curl");
-  await using inet = await TestInternet.create({});
-  await using https = await NsHttps.start(inet.ns, {
-    [`${NS_HOST}:443`]: "api.test",
-    [`${NS_OTHER}:443`]: "other.test",
-  });
+  await using https = await NsHttps.start({ "api.test": HTTPS_A, "other.test": HTTPS_B });
   const sb = await Sandbox.builder(NAME).image(root).memory(512)
     // netd answers the two names itself: this test is about TLS, not the upstream DNS path (network_test.ts).
-    .network((n) => n.dns({ hosts: { "api.test": NS_HOST, "other.test": NS_OTHER } }).trustCa(https.ca))
+    .network((n) => n.dns({ hosts: { "api.test": HTTPS_A, "other.test": HTTPS_B } }).trustCa(https.ca))
     .secretEnv("OPENAI_API_KEY", VALUE, "api.test")
     .create();
   let stopped = false;

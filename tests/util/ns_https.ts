@@ -1,17 +1,34 @@
 /**
- * An HTTPS server for the test "internet" (tests/util/netns.ts): a small Go
- * program (standard library only, built with ./go_build.ts) run inside the
- * namespace that makes its own test CA in memory, serves one name per
- * address (`203.0.113.202:443` → `api.test`, …) with a leaf of that CA, and
+ * HTTPS servers in a network namespace of their own: a small Go program
+ * (standard library only, built with ./go_build.ts) that makes its own test
+ * CA in memory, serves one name per address with a leaf of that CA, and
  * prints, as JSON lines on stdout, `{"ready":true,"ca":PEM}` once it listens
  * and then one record per request it receives: the server name, the Host,
  * the SNI, the request target and every header. The test reads what the
  * host side received, never the guest's word.
  *
+ * Addresses: the part of tests/util/netns.ts's 203.0.113.200/29 that
+ * TestInternet leaves unused — {@link HTTPS_A} and {@link HTTPS_B} in the
+ * namespace, {@link HTTPS_HOST_SIDE} on the host end of the veth — each
+ * routed as a /32, so a TestInternet of another test process (its /29
+ * route) does not take their traffic, nor this namespace its.
+ *
  * @module
  */
 
 import { buildGoProgram } from "./go_build.ts";
+
+/** The first server address (public to netd's classifier, never a real network). */
+export const HTTPS_A = "203.0.113.204";
+/** The second server address. */
+export const HTTPS_B = "203.0.113.206";
+/** The host end of the veth pair. */
+export const HTTPS_HOST_SIDE = "203.0.113.205";
+
+async function ip(...args: string[]): Promise<void> {
+  const out = await new Deno.Command("ip", { args, stdout: "null", stderr: "piped" }).output();
+  if (!out.success) throw new Error(`ip ${args.join(" ")}: ${new TextDecoder().decode(out.stderr).trim()}`);
+}
 
 const SOURCE = `package main
 
@@ -91,12 +108,12 @@ export interface HttpsRecord {
 }
 
 /**
- * The HTTPS servers, running in namespace `ns`.
+ * The HTTPS servers and their namespace (root needed).
  *
  * @example
  * ```ts ignore
- * import { NsHttps } from "./ns_https.ts";
- * await using https = await NsHttps.start(inet.ns, { "203.0.113.202:443": "api.test" });
+ * import { HTTPS_A, NsHttps } from "./ns_https.ts";
+ * await using https = await NsHttps.start({ "api.test": HTTPS_A });
  * console.log(https.ca, https.records());
  * ```
  */
@@ -108,13 +125,38 @@ export class NsHttps implements AsyncDisposable {
     /** The test CA's certificate (what a sandbox passes as `trustCa`). */
     readonly ca: string,
     records: HttpsRecord[],
+    readonly ns: string,
+    readonly vethHost: string,
   ) {
     this.#records = records;
   }
 
-  /** Builds the server, starts it in `ns` and waits until it listens. */
-  static async start(ns: string, listen: Record<string, string>): Promise<NsHttps> {
+  /** Makes the namespace, builds the server, starts it there (name → address, port 443), waits until it listens. */
+  static async start(names: Record<string, string>): Promise<NsHttps> {
     const bin = await buildGoProgram("nshttps", SOURCE);
+    const tag = `kbt${Deno.pid % 100000}`;
+    const [ns, vethHost, vethNs] = [`${tag}-tls`, `${tag}h`, `${tag}n`];
+    const addrs = Object.values(names);
+    const teardown = async () => {
+      await ip("link", "del", vethHost).catch(() => {}); // its routes go with it
+      await ip("netns", "del", ns).catch(() => {});
+    };
+    await ip("netns", "add", ns);
+    try {
+      await ip("link", "add", vethHost, "type", "veth", "peer", "name", vethNs);
+      await ip("link", "set", vethNs, "netns", ns);
+      await ip("addr", "add", `${HTTPS_HOST_SIDE}/32`, "dev", vethHost);
+      await ip("link", "set", vethHost, "up");
+      for (const a of addrs) await ip("-n", ns, "addr", "add", `${a}/32`, "dev", vethNs);
+      await ip("-n", ns, "link", "set", vethNs, "up");
+      await ip("-n", ns, "link", "set", "lo", "up");
+      await ip("-n", ns, "route", "add", `${HTTPS_HOST_SIDE}/32`, "dev", vethNs);
+      for (const a of addrs) await ip("route", "add", `${a}/32`, "dev", vethHost, "src", HTTPS_HOST_SIDE);
+    } catch (e) {
+      await teardown();
+      throw e;
+    }
+    const listen = Object.fromEntries(Object.entries(names).map(([name, a]) => [`${a}:443`, name]));
     const child = new Deno.Command("ip", {
       args: ["netns", "exec", ns, bin, JSON.stringify(listen)],
       stdin: "null",
@@ -144,10 +186,11 @@ export class NsHttps implements AsyncDisposable {
       })().catch(reject);
     });
     try {
-      return new NsHttps(child, await ready, records);
+      return new NsHttps(child, await ready, records, ns, vethHost);
     } catch (e) {
       child.kill("SIGKILL");
       await child.status;
+      await teardown();
       throw e;
     }
   }
@@ -164,5 +207,7 @@ export class NsHttps implements AsyncDisposable {
       // gone
     }
     await this.child.status;
+    await ip("link", "del", this.vethHost).catch(() => {});
+    await ip("netns", "del", this.ns).catch(() => {});
   }
 }

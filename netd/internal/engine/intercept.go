@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"net/netip"
 	"strings"
+	"sync"
 	"time"
 
 	"krunbox.dev/netd/internal/config"
@@ -187,20 +188,42 @@ func (e *Engine) terminate(guest guestConn, host hostConn, raw []byte, dst netip
 // be the SNI name; a placeholder to a host its secret does not name blocks
 // the request before any of it goes upstream), rewritten and forwarded.
 func (e *Engine) proxyHTTP(g, up *tls.Conn, dst netip.Addr, port int, sni string) {
+	// The guest's write side closes once: after the upstream's last
+	// response, or after netd's own answer to a blocked request; never in
+	// between (closing up to block a request may end the copy with a clean
+	// EOF: the upstream's close_notify).
+	var mu sync.Mutex
+	blocking, closed := false, false
+	closeGuest := func() {
+		if !closed {
+			closed = true
+			_ = g.CloseWrite()
+		}
+	}
 	responses := make(chan error, 1)
 	go func() {
 		_, err := io.Copy(g, up)
-		if err == nil {
-			_ = g.CloseWrite()
+		mu.Lock()
+		if err == nil && !blocking {
+			closeGuest()
 		}
+		mu.Unlock()
 		responses <- err
 	}()
 	block := func(status, why string) {
+		mu.Lock()
+		blocking = true
+		mu.Unlock()
 		_ = up.Close() // nothing more goes upstream
 		<-responses
+		mu.Lock()
+		defer mu.Unlock()
+		if closed {
+			return // the upstream had ended the connection: nothing more can be said
+		}
 		body := "krunbox: " + why + "\n"
 		_, _ = fmt.Fprintf(g, "HTTP/1.1 %s\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s", status, len(body), body)
-		_ = g.CloseWrite()
+		closeGuest()
 	}
 	br := bufio.NewReader(g)
 	upw := bufio.NewWriter(up)
