@@ -76,7 +76,9 @@ fn boot(started: Instant) -> BootConfig {
         ("HOME".to_string(), "/root".to_string()),
     ]);
     if let Some(pem) = &cfg.ca_pem {
-        for e in crate::trust::install(Path::new("/"), pem) {
+        // A shared writable directory root is the host's own directory: its trust store is not edited.
+        let host_dir = matches!(cfg.root, Root::Virtiofs { upper: None, .. });
+        for e in crate::trust::install(Path::new("/"), pem, !host_dir) {
             log(&format!("sandbox CA: {e}"));
         }
         env.extend(crate::trust::env());

@@ -41,18 +41,20 @@ fn with_newline(pem: &str) -> String {
     s
 }
 
-/// Installs `pem` under `root` ("/" in a VM): the agent's files, and the
-/// system bundle when it exists (once: a second boot of the same root does
-/// not append twice). Returns the errors it met (each step goes on).
-pub fn install(root: &Path, pem: &str) -> Vec<String> {
+/// Installs `pem` under `root` ("/" in a VM): the agent's files, and, with
+/// `system`, the system bundle when it exists (once: a second boot of the
+/// same root does not append twice). `system` is false for a root that is
+/// the host's own directory shared writable: the agent does not edit a
+/// host file. Returns the errors it met (each step goes on).
+pub fn install(root: &Path, pem: &str, system: bool) -> Vec<String> {
     let mut errors = Vec::new();
     if !is_pem_certificate(pem) {
         return vec!["caPem is not a PEM certificate".into()];
     }
     let pem = with_newline(pem);
     let at = |p: &str| root.join(p.trim_start_matches('/'));
-    let system = std::fs::read_to_string(at(SYSTEM_BUNDLE)).ok();
-    let mut bundle = system.clone().unwrap_or_default();
+    let system_text = std::fs::read_to_string(at(SYSTEM_BUNDLE)).ok();
+    let mut bundle = system_text.clone().unwrap_or_default();
     if !bundle.contains(pem.trim()) {
         if !bundle.is_empty() && !bundle.ends_with('\n') {
             bundle.push('\n');
@@ -68,7 +70,7 @@ pub fn install(root: &Path, pem: &str) -> Vec<String> {
             errors.push(format!("{p}: {e}"));
         }
     }
-    if let Some(sys) = system {
+    if let (Some(sys), true) = (system_text, system) {
         if !sys.contains(pem.trim()) {
             let appended = std::fs::OpenOptions::new().append(true).open(at(SYSTEM_BUNDLE)).and_then(|mut f| {
                 let sep = if sys.is_empty() || sys.ends_with('\n') { "" } else { "\n" };
@@ -94,8 +96,11 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("etc/ssl/certs")).unwrap();
         std::fs::write(dir.join("etc/ssl/certs/ca-certificates.crt"), "SYSTEM ROOTS").unwrap();
+        assert!(install(&dir, PEM, false).is_empty());
+        let sys = std::fs::read_to_string(dir.join("etc/ssl/certs/ca-certificates.crt")).unwrap();
+        assert_eq!(sys, "SYSTEM ROOTS", "a host directory root is not edited");
         for _ in 0..2 {
-            assert!(install(&dir, PEM).is_empty());
+            assert!(install(&dir, PEM, true).is_empty());
         }
         let sys = std::fs::read_to_string(dir.join("etc/ssl/certs/ca-certificates.crt")).unwrap();
         assert_eq!(sys, format!("SYSTEM ROOTS\n{PEM}\n"));
@@ -108,10 +113,10 @@ mod tests {
     fn without_a_system_bundle_only_its_own_files() {
         let dir = std::env::temp_dir().join(format!("trust-none-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        assert!(install(&dir, PEM).is_empty());
+        assert!(install(&dir, PEM, true).is_empty());
         assert!(!dir.join("etc/ssl/certs/ca-certificates.crt").exists());
         assert_eq!(std::fs::read_to_string(dir.join("run/krunbox/ca-bundle.pem")).unwrap(), format!("{PEM}\n"));
-        assert!(!install(&dir, "not a certificate").is_empty());
+        assert!(!install(&dir, "not a certificate", true).is_empty());
         assert_eq!(env()["SSL_CERT_FILE"], BUNDLE_FILE);
         std::fs::remove_dir_all(&dir).unwrap();
     }

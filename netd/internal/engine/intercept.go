@@ -41,7 +41,33 @@ const (
 	// MaxScannedBody is how much of a request body netd holds to substitute
 	// (a secret with inBody): a longer body is forwarded unscanned.
 	MaxScannedBody = 1 << 20
+	// MaxRequestHead bounds a request's line and headers (what netd holds
+	// to read them): past it the request is refused.
+	MaxRequestHead = 1 << 20
 )
+
+var errHeadTooLarge = errors.New("request head too large")
+
+// headLimit is the guest's side of an intercepted connection: while a
+// request head is read (start…stop) at most MaxRequestHead bytes come
+// through, so a guest cannot make netd hold an endless header.
+type headLimit struct {
+	r       io.Reader
+	reading bool
+	n       int
+}
+
+func (h *headLimit) start() { h.reading, h.n = true, 0 }
+func (h *headLimit) stop()  { h.reading = false }
+
+func (h *headLimit) Read(p []byte) (int, error) {
+	if h.reading && h.n >= MaxRequestHead {
+		return 0, errHeadTooLarge
+	}
+	n, err := h.r.Read(p)
+	h.n += n
+	return n, err
+}
 
 // interceptor is the TLS interception of a sandbox with secrets.
 type interceptor struct {
@@ -225,14 +251,19 @@ func (e *Engine) proxyHTTP(g, up *tls.Conn, dst netip.Addr, port int, sni string
 		_, _ = fmt.Fprintf(g, "HTTP/1.1 %s\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s", status, len(body), body)
 		closeGuest()
 	}
-	br := bufio.NewReader(g)
+	heads := &headLimit{r: g}
+	br := bufio.NewReader(heads)
 	upw := bufio.NewWriter(up)
 	for {
+		heads.start()
 		req, err := http.ReadRequest(br)
+		heads.stop()
 		if err != nil {
 			if errors.Is(err, io.EOF) {
 				_ = up.CloseWrite()
 				<-responses
+			} else if errors.Is(err, errHeadTooLarge) {
+				block("431 Request Header Fields Too Large", "the request head is over 1 MiB")
 			} else if !errors.Is(err, net.ErrClosed) {
 				block("400 Bad Request", "not an HTTP/1.1 request")
 			}

@@ -359,3 +359,39 @@ func TestNoSecretsNoInterception(t *testing.T) {
 		t.Fatalf("direct TLS: %d %v", code, err)
 	}
 }
+
+// A guest cannot make netd hold an endless request head: past
+// MaxRequestHead the request is refused (431) and nothing goes upstream.
+func TestSecretsRequestHeadBounded(t *testing.T) {
+	ca := newTestCA(t)
+	apiCert := leaf(t, ca, "api.test")
+	api := newRecorder(t, &apiCert)
+	sh := startSecrets(t, ca, map[string]*recorder{"api.test": api}, nil)
+	conn, err := sh.dial("10.0.2.254", api.port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(20 * time.Second))
+	tc := tls.Client(conn, &tls.Config{ServerName: "api.test", RootCAs: sh.netdRoots(t)})
+	go func() {
+		fmt.Fprintf(tc, "GET / HTTP/1.1\r\nHost: api.test\r\nX-Big: ")
+		chunk := strings.Repeat("a", 64<<10)
+		for i := 0; i < (MaxRequestHead>>16)+4; i++ {
+			if _, err := io.WriteString(tc, chunk); err != nil {
+				return
+			}
+		}
+	}()
+	resp, err := http.ReadResponse(bufio.NewReader(tc), nil)
+	if err != nil || resp.StatusCode != 431 {
+		t.Fatalf("an endless header: %v %v, want 431", resp, err)
+	}
+	if n := len(api.requests()); n != 0 {
+		t.Fatalf("api.test received %d requests", n)
+	}
+	// Positive control: an ordinary request on a new connection passes.
+	if code, _, err := get(sh.client(sh.netdRoots(t)), fmt.Sprintf("https://api.test:%d/ok", api.port), nil); err != nil || code != 200 {
+		t.Fatalf("ordinary request: %d %v", code, err)
+	}
+}
