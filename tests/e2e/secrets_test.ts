@@ -133,6 +133,13 @@ Deno.test({
     assertEquals(atApi[1].headers["Authorization"], [`Basic ${btoa(`user:${VALUE}`)}`]);
     assertEquals([atApi[0].sni, atApi[0].host], ["api.test", "api.test"]);
 
+    // The system trust store holds netd's CA too: curl without the agent's variables verifies through it.
+    const store = await sb.shell(
+      "env -u CURL_CA_BUNDLE -u SSL_CERT_FILE curl -sS --max-time 10 -o /dev/null -w '%{http_code}' https://api.test/store",
+    );
+    assertEquals(store.stdout, "200", store.stderr);
+    assertEquals(https.records().filter((r) => r.target === "/store").length, 1);
+
     // Another host: a plain request arrives (control); the placeholder does not, and netd answers 403.
     const plain = await curl(sb, "https://other.test/plain");
     assertEquals(plain.code, "200", plain.out);
