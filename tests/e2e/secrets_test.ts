@@ -179,3 +179,27 @@ Deno.test({
     await sb.removePersisted().catch(() => {});
   }
 });
+
+Deno.test({
+  name: "secrets: a detached sandbox gets its values too (the runner's stdin closes after them)",
+  ignore,
+  sanitizeResources: false,
+  sanitizeOps: false,
+}, async () => {
+  await freshAssets(testHome);
+  const root = await debianRoot(["busybox-static", "ca-certificates", "curl"], "debian-curl");
+  await using https = await NsHttps.start({ "api.test": HTTPS_A });
+  const name = `${NAME}-detached`;
+  const sb = await Sandbox.builder(name).image(root).memory(512)
+    .network((n) => n.dns({ hosts: { "api.test": HTTPS_A } }).trustCa(https.ca))
+    .secretEnv("OPENAI_API_KEY", VALUE, "api.test")
+    .createDetached();
+  try {
+    const r = await curl(sb, `-H "Authorization: Bearer $OPENAI_API_KEY" https://api.test/detached`);
+    assertEquals(r.code, "200", r.out);
+    const got = https.records().filter((x) => x.target === "/detached");
+    assertEquals(got.map((x) => x.headers["Authorization"]), [[`Bearer ${VALUE}`]]);
+  } finally {
+    await sb.removePersisted().catch(() => {});
+  }
+});
