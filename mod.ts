@@ -39,6 +39,7 @@ export {
 export { type BackendChoice, type BackendKind } from "./src/vmm/detect.ts";
 export { Sandbox } from "./src/sandbox/sandbox.ts";
 export type { ExecOptions, ExecStreamOptions, ExitStatus } from "./src/sandbox/sandbox.ts";
+export type { BootPhase } from "./src/util/phases.ts";
 export {
   type ImageChooser,
   type PatchChooser,

@@ -14,7 +14,7 @@ import { Sandbox } from "../mod.ts";
 import { assetPath } from "../src/store/assets.ts";
 import { vmSpecOf } from "../src/sandbox/spec.ts";
 import { parseConfig } from "../src/sandbox/config.ts";
-import { qemuArgs, qemuBootConfig } from "../src/vmm/qemu.ts";
+import { AGENT_CHARDEV, qemuArgs, qemuBootConfig } from "../src/vmm/qemu.ts";
 import { encodeCpio } from "../src/vmm/cpio.ts";
 import { assetDir } from "../src/store/assets.ts";
 import { median } from "./stats.ts";
@@ -61,9 +61,10 @@ async function plain(i: number): Promise<number> {
     initrd,
     accel: "tcg",
     tscKhz: 2300000,
-    agentSocket: vmSock,
     fsSockets: { root: fsSock },
   });
+  // krunbox hands qemu the agent channel on its stdio; plain qemu here connects a socket instead.
+  args[args.indexOf(AGENT_CHARDEV)] = `socket,id=agent,path=${vmSock},server=off`;
   const qemu = new Deno.Command("qemu-system-x86_64", { args, stdout: "null", stderr: "null" }).spawn();
   const conn = await listener.accept();
   await conn.read(new Uint8Array(8)); // the first bytes of the agent's ready frame

@@ -11,8 +11,7 @@
  *   deno run -A bench/libkrun_vs_msb_nested.ts [runs=5] [cpus=1] [memoryMiB=256]
  */
 
-import { bootNestedHost, L1 } from "../tests/nested/host.ts";
-import { ensureMsb } from "./msb.ts";
+import { L1_MSB, runInL1 } from "./nested/l1.ts";
 import { median } from "./stats.ts";
 
 const runs = Number(Deno.args[0] ?? 5);
@@ -22,31 +21,15 @@ if (!Number.isInteger(runs) || runs < 5) throw new Error(`runs must be an intege
 if (!Number.isInteger(cpus) || cpus < 1 || !Number.isInteger(memory) || memory < 64) {
   throw new Error(`cpus must be >= 1 and memory >= 64 MiB (got ${cpus}, ${memory})`);
 }
-const msbPkg = await ensureMsb();
-
-await using l1 = await bootNestedHost("bench-l1", [{ guestPath: "/opt/msb", hostPath: msbPkg }]);
-const out = await l1.execWith(`${L1.denoDir}/deno`, {
-  args: [
-    "run",
-    "-A",
-    "--no-check",
-    "--no-lock",
-    "bench/nested/create_exec.ts",
-    "/opt/msb/bin/msb",
-    String(runs),
-    String(cpus),
-    String(memory),
-  ],
-  cwd: L1.project,
-  env: { KRUNBOX_HOME: L1.home, DENO_DIR: `${L1.home}/deno`, HOME: "/root", NO_COLOR: "1" },
-  timeout: 20 * 60_000,
-});
-if (!out.success) throw new Error(`the nested workload failed:\n${out.stdout}\n${out.stderr}`);
-const { krunbox, msb } = JSON.parse(out.stdout.trim().split("\n").at(-1)!) as {
-  krunbox: number[];
-  msb: number[];
-};
-if (krunbox.length !== runs || msb.length !== runs) throw new Error(`expected ${runs} runs a side:\n${out.stdout}`);
+const { krunbox, msb } = await runInL1<{ krunbox: number[]; msb: number[] }>("bench/nested/create_exec.ts", [
+  L1_MSB,
+  String(runs),
+  String(cpus),
+  String(memory),
+]);
+if (krunbox.length !== runs || msb.length !== runs) {
+  throw new Error(`expected ${runs} runs a side:\n${JSON.stringify({ krunbox, msb })}`);
+}
 const fmt = (xs: number[]) => xs.map((x) => (x / 1000).toFixed(1)).join(", ");
 console.log(`in the L1, ${cpus} vCPU(s) and ${memory} MiB each, ${runs} runs after a warm-up:`);
 console.log(

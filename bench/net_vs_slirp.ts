@@ -21,7 +21,7 @@ import { parseConfig } from "../src/sandbox/config.ts";
 import { vmSpecOf } from "../src/sandbox/spec.ts";
 import { assetDir, assetPath } from "../src/store/assets.ts";
 import { encodeCpio } from "../src/vmm/cpio.ts";
-import { qemuArgs, qemuBootConfig, qemuShares } from "../src/vmm/qemu.ts";
+import { AGENT_CHARDEV, qemuArgs, qemuBootConfig, qemuShares } from "../src/vmm/qemu.ts";
 import { probeHost } from "../src/vmm/detect.ts";
 import { buildGoProgram } from "../tests/util/go_build.ts";
 import { NS_HOST, TestInternet } from "../tests/util/netns.ts";
@@ -147,10 +147,11 @@ async function slirpGuest(root: string, benchDir: string): Promise<{ run: Run; c
     accel: "tcg",
     // The host TSC frequency: without it about one TCG boot in 8 hangs in TSC calibration.
     tscKhz: (await probeHost()).tscKhz,
-    agentSocket: vmSock,
     fsSockets,
     netSocket: join(dir, "unused.sock"),
   });
+  // The agent on a socket this bench listens on, rather than qemu's stdio (the runner's channel).
+  args[args.indexOf(AGENT_CHARDEV)] = `socket,id=agent,path=${vmSock},server=off`;
   // Swap netd's stream netdev for slirp; the device (and its no-offload flags) stays the same.
   const at = args.indexOf("-netdev");
   args[at + 1] = "user,id=n0";

@@ -3,6 +3,7 @@
  * that can be tried without blocking (`flock`, for the sandbox locks),
  * extended attributes (tests read image xattrs back with them), and a
  * seccomp filter for a whole process (the qemu runner's, src/vmm/seccomp.ts),
+ * `dup2` (the runner's stderr follows its bounded log, src/util/bounded_log.ts),
  * and the `*at` calls that walk a host tree from directory descriptors
  * without following links (`openat`, `mkdirat`, `fstatat`, `symlinkat`,
  * `readlinkat`, `unlinkat`, plus `fstat`, `fchmod`, `read`, `write`: the
@@ -31,6 +32,8 @@ const SYMBOLS = {
   flock: { parameters: ["i32", "i32"], result: "i32" },
   // int close(int fd)
   close: { parameters: ["i32"], result: "i32" },
+  // int dup2(int oldfd, int newfd)
+  dup2: { parameters: ["i32", "i32"], result: "i32" },
   // int *__errno_location(void)
   __errno_location: { parameters: [], result: "pointer" },
   // int prctl(int option, unsigned long arg2, unsigned long arg3, unsigned long arg4, unsigned long arg5)
@@ -147,6 +150,8 @@ export interface Libc {
   flock(fd: number, operation: number): number;
   /** `close(2)`. */
   close(fd: number): void;
+  /** `dup2(2)`: makes `newfd` refer to what `oldfd` does (without close-on-exec); 0 or the errno. */
+  dup2(oldfd: number, newfd: number): number;
   /**
    * Sets `no_new_privs` and installs a classic-BPF seccomp filter (8-byte
    * `struct sock_filter` entries) on every thread of this process
@@ -203,6 +208,7 @@ export const O = {
   wronly: 0o1,
   creat: 0o100,
   excl: 0o200,
+  append: 0o2000,
   nonblock: 0o4000,
   directory: 0o200000,
   nofollow: 0o400000,
@@ -298,6 +304,7 @@ export function loadLibc(): Libc | undefined {
     },
     flock: (fd, operation) => check(s.flock(fd, operation)),
     close: (fd) => void s.close(fd),
+    dup2: (oldfd, newfd) => check(s.dup2(oldfd, newfd)),
     installSeccompFilter(program) {
       if (program.length === 0 || program.length % 8 !== 0 || program.length / 8 > 4096) return 22; // EINVAL
       if (s.prctl(PR_SET_NO_NEW_PRIVS, 1n, 0n, 0n, 0n) < 0) return errno() || ENOSYS;

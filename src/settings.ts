@@ -58,6 +58,11 @@ export const SETTINGS: readonly SettingDoc[] = [
     meaning: "bytes of guest console kept per part (console.log, then console.log.1)",
     default: "8388608 (8 MiB)",
   },
+  {
+    name: "KRUNBOX_RUNNER_LOG_MAX_BYTES",
+    meaning: "bytes of runner log (runner, VMM, virtiofsd, netd) kept per part (runner.log, then runner.log.1)",
+    default: "8388608 (8 MiB)",
+  },
   { name: "KRUNBOX_DEBUG", meaning: "the CLI prints an error's stack as well as its message", default: "off" },
   { name: "KRUNBOX_LIBZSTD_PATH", meaning: "libzstd.so.1 to load before the system's", default: "libzstd.so.1" },
   {
@@ -144,6 +149,8 @@ export const DEFAULTS = {
   relayConnectMs: 10_000,
   /** How long a runner that failed to boot gets to exit before it is killed. */
   runnerExitMs: 2_000,
+  /** How long a closing log (runner.log, console.log) lets its queued writes reach the disk before dropping them. */
+  logFlushMs: 1_000,
   /** How long `kill` waits for the relay to take its request before going on without it. */
   killConnectMs: 5_000,
   /** How long `kill` waits for the runner to let go of its lock. */
@@ -264,6 +271,8 @@ export const settings = {
   libkrunPath: (): string | undefined => env("KRUNBOX_LIBKRUN_PATH"),
   /** `KRUNBOX_CONSOLE_MAX_BYTES`: the guest console kept per part (two parts at most), default 8 MiB. */
   consoleMaxBytes: (): number => positive("KRUNBOX_CONSOLE_MAX_BYTES", 8 << 20),
+  /** `KRUNBOX_RUNNER_LOG_MAX_BYTES`: the runner log kept per part (two parts at most), default 8 MiB. */
+  runnerLogMaxBytes: (): number => positive("KRUNBOX_RUNNER_LOG_MAX_BYTES", 8 << 20),
   /** True when `KRUNBOX_DEBUG` is set (to anything but `0`). */
   debug: (): boolean => (env("KRUNBOX_DEBUG") ?? "0") !== "0",
   /** The path override of an optional library (`KRUNBOX_LIBISAL_PATH`, `KRUNBOX_LIBZSTD_PATH`). */

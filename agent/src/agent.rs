@@ -47,6 +47,14 @@ pub struct Agent {
 
 static AGENT: OnceLock<Agent> = OnceLock::new();
 
+/// Init mode's boot steps: each step's name and the uptime at its end.
+static BOOT_MARKS: Mutex<Vec<(&'static str, f64)>> = Mutex::new(Vec::new());
+
+/// Records the end of boot step `name` (init mode), for the `boot.steps` of `ready`.
+pub fn mark_boot(name: &'static str) {
+    lock(&BOOT_MARKS).push((name, boottime_ms()));
+}
+
 /// Sets up the global state; call once before serving.
 pub fn init(mode: Mode, default_env: BTreeMap<String, String>, workdir: String, started: Instant) {
     let agent_start_ms = match mode {
@@ -96,10 +104,13 @@ impl Agent {
 
     /// The `boot` object of `ready`.
     pub fn boot_json(&self) -> serde_json::Value {
+        let steps: Vec<_> =
+            lock(&BOOT_MARKS).iter().map(|(name, ms)| serde_json::json!({"name": name, "endMs": ms})).collect();
         serde_json::json!({
             "kernelMs": self.agent_start_ms,
             "agentStartMs": self.agent_start_ms,
             "readyMs": *lock(&self.ready_ms),
+            "steps": steps,
         })
     }
 

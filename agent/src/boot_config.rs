@@ -19,6 +19,11 @@ pub struct BootConfig {
     pub transport: Transport,
     pub network: Option<Network>,
     pub rlimits: Rlimits,
+    /// A base config (the one in the shared qemu initramfs): load `modules`,
+    /// open `transport`, and ask the host for this boot's config with the
+    /// `boot.config` request (PROTOCOL.md, "Boot config").
+    #[serde(rename = "fromHost", skip_serializing_if = "std::ops::Not::not")]
+    pub from_host: bool,
     /// netd's per-sandbox CA (a sandbox with secrets): installed into the
     /// guest's trust store (`trust.rs`).
     #[serde(rename = "caPem", skip_serializing_if = "Option::is_none")]
@@ -167,6 +172,9 @@ mod tests {
         let c = parse(r#"{"root":{"kind":"block","serial":"root","fstype":"ext4"},"transport":{"kind":"virtio-port","name":"x"}}"#).unwrap();
         assert_eq!(c.root, Root::Block { serial: "root".into(), fstype: "ext4".into() });
         assert_eq!(parse("{}").unwrap().root, Root::Initramfs);
+        assert!(!parse("{}").unwrap().from_host);
+        let base = parse(r#"{"fromHost":true,"modules":["/lib/modules/virtio_console.ko"]}"#).unwrap();
+        assert!(base.from_host && base.modules.len() == 1);
         assert!(parse(r#"{"root":{"kind":"nfs"}}"#).is_err());
     }
 }

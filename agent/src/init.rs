@@ -9,11 +9,15 @@
 
 use crate::agent::{self, Mode};
 use crate::boot_config::{self, BootConfig, Disk, Mount, Root, Transport};
+use crate::frame::{self, FrameReader};
 use crate::sys::{self, check, cstr, log, mount};
-use std::collections::BTreeMap;
+use crate::transport::{ConnIo, Stream};
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, HashSet};
 use std::io;
 use std::os::fd::{AsRawFd, IntoRawFd};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const NOSUID: libc::c_ulong = libc::MS_NOSUID;
@@ -22,17 +26,21 @@ const NOEXEC: libc::c_ulong = libc::MS_NOEXEC;
 
 /// Runs PID 1. Never returns.
 pub fn run_pid1(started: Instant) -> ! {
-    let cfg = boot(started);
-    serve_forever(&cfg.transport)
+    let (cfg, opened) = boot(started);
+    serve_forever(&cfg.transport, opened)
 }
 
-/// All boot steps up to (not including) the transport.
-fn boot(started: Instant) -> BootConfig {
+/// How long the agent waits for the host's answer to `boot.config`.
+const HOST_CONFIG_PATIENCE: Duration = Duration::from_secs(10);
+
+/// All boot steps up to (not including) serving the transport; the
+/// transport's stream when it was opened to ask the host for the config.
+fn boot(started: Instant) -> (BootConfig, Option<Arc<Stream>>) {
     mount_once("proc", "/proc", "proc", NOSUID | NODEV | NOEXEC, "");
     mount_once("sysfs", "/sys", "sysfs", NOSUID | NODEV | NOEXEC, "");
     mount_once("devtmpfs", "/dev", "devtmpfs", NOSUID, "mode=0755");
     ensure_std_fds();
-    let cfg = match boot_config::load(boot_config::FILE) {
+    let mut cfg = match boot_config::load(boot_config::FILE) {
         Ok((c, from)) => {
             log(&format!("boot config from {from}"));
             c
@@ -42,11 +50,22 @@ fn boot(started: Instant) -> BootConfig {
             BootConfig::default()
         }
     };
-    for m in &cfg.modules {
-        if let Err(e) = load_module(m) {
-            log(&format!("module {m}: {e}"));
+    let mut loaded = HashSet::new();
+    load_modules(&cfg.modules, &mut loaded);
+    agent::mark_boot("transport");
+    let mut opened = None;
+    if cfg.from_host {
+        match ask_host(&cfg.transport) {
+            Ok((c, stream)) => {
+                cfg = c;
+                opened = Some(stream);
+                agent::mark_boot("config");
+                load_modules(&cfg.modules, &mut loaded);
+            }
+            Err(e) => log(&format!("boot config from the host: {e}; using the base config")),
         }
     }
+    agent::mark_boot("modules");
     match assemble_root(&cfg.root) {
         Ok(true) => {
             if let Err(e) = switch_root() {
@@ -56,6 +75,7 @@ fn boot(started: Instant) -> BootConfig {
         Ok(false) => {}
         Err(e) => log(&format!("root: {e}; staying in the initramfs")),
     }
+    agent::mark_boot("root");
     system_mounts();
     for m in &cfg.mounts {
         if let Err(e) = user_mount(m) {
@@ -84,18 +104,65 @@ fn boot(started: Instant) -> BootConfig {
         env.extend(crate::trust::env());
     }
     env.extend(cfg.env.clone());
+    agent::mark_boot("setup");
     agent::init(Mode::Init, env, cfg.workdir.clone().unwrap_or_else(|| "/".into()), started);
     crate::reaper::start();
-    cfg
+    (cfg, opened)
 }
 
-fn serve_forever(t: &Transport) -> ! {
+/// Loads each module not loaded yet, in order; failures are logged.
+fn load_modules(modules: &[String], loaded: &mut HashSet<String>) {
+    for m in modules {
+        if !loaded.insert(m.clone()) {
+            continue;
+        }
+        if let Err(e) = load_module(m) {
+            log(&format!("module {m}: {e}"));
+        }
+    }
+}
+
+/// Opens the transport of a base config and asks the host for this boot's
+/// config (`boot.config`, id 0; the host answers before anything else is
+/// sent on the stream). Only a virtio port can be asked this way.
+fn ask_host(t: &Transport) -> Result<(BootConfig, Arc<Stream>), String> {
+    let Transport::VirtioPort { name } = t else { return Err(format!("cannot ask over {t:?}")) };
+    let stream = crate::transport::open_port(name, Duration::from_secs(5)).map_err(|e| e.to_string())?;
+    let io = ConnIo::new(stream.clone());
+    let request = json!({"jsonrpc": "2.0", "id": 0, "method": "boot.config", "params": {}});
+    io.write_all(&frame::encode(&request, &[]).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+    let deadline = Instant::now() + HOST_CONFIG_PATIENCE;
+    let mut reader = FrameReader::new(&io);
+    while Instant::now() < deadline {
+        match reader.read_frame() {
+            Ok(Some(f)) if f.header.get("id") == Some(&json!(0)) => {
+                if let Some(err) = f.header.get("error") {
+                    return Err(format!("the host refused: {err}"));
+                }
+                let result = f.header.get("result").cloned().unwrap_or(Value::Null);
+                let c: BootConfig = serde_json::from_value(result).map_err(|e| format!("bad boot config: {e}"))?;
+                log("boot config from the host");
+                return Ok((c, stream));
+            }
+            Ok(Some(_)) => {}
+            // The host side is not connected (yet): a port reads 0 then.
+            Ok(None) => std::thread::sleep(Duration::from_millis(2)),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Err("no answer".into())
+}
+
+fn serve_forever(t: &Transport, mut opened: Option<Arc<Stream>>) -> ! {
     loop {
         let err = match t {
-            Transport::VirtioPort { name } => match crate::transport::open_port(name, Duration::from_secs(5)) {
-                Ok(s) => crate::transport::serve_port(s),
-                Err(e) => e,
-            },
+            Transport::VirtioPort { name } => {
+                match opened.take().map(Ok).unwrap_or_else(|| crate::transport::open_port(name, Duration::from_secs(5)))
+                {
+                    Ok(s) => crate::transport::serve_port(s),
+                    Err(e) => e,
+                }
+            }
             Transport::Vsock { port } => match crate::transport::serve_vsock(*port) {
                 Ok(()) => continue,
                 Err(e) => e,

@@ -225,6 +225,11 @@ pub fn find_port(name: &str) -> Option<String> {
     None
 }
 
+/// How often [`open_port`] looks for a port that is not there yet: the agent
+/// opens it right after loading virtio_console, whose ports appear a few
+/// milliseconds later (sysfs has no change notification to wait on).
+const PORT_RETRY: Duration = Duration::from_millis(2);
+
 /// Opens the port named `name`, retrying while it does not exist yet
 /// (drivers probe asynchronously); gives up after `patience`.
 pub fn open_port(name: &str, patience: Duration) -> io::Result<Arc<Stream>> {
@@ -243,7 +248,7 @@ pub fn open_port(name: &str, patience: Duration) -> io::Result<Arc<Stream>> {
         if Instant::now() >= deadline {
             return Err(err);
         }
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(PORT_RETRY);
     }
 }
 

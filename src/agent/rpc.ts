@@ -194,7 +194,13 @@ export type ReadyInfo = {
   /** Exec output flow-control window in bytes. */
   readonly window: number;
   /** Boot timings in ms on the guest's boot clock. */
-  readonly boot: { readonly kernelMs: number; readonly agentStartMs: number; readonly readyMs: number };
+  readonly boot: {
+    readonly kernelMs: number;
+    readonly agentStartMs: number;
+    readonly readyMs: number;
+    /** The agent's boot steps (init mode), each with the uptime at its end (PROTOCOL.md, `ready`). */
+    readonly steps?: readonly { readonly name: string; readonly endMs: number }[];
+  };
 };
 
 /** Every notification, both directions, with its params. */

@@ -16,6 +16,20 @@ import { closeQuietly } from "../util/close.ts";
 import { encodeFrame, type RpcMessage } from "./frame.ts";
 import { writeAll } from "../util/bytes.ts";
 
+/**
+ * A byte stream both ways: what the relay and a {@link FrameWriter} need of
+ * a connection. A `Deno.Conn` is one; so is a child's stdin and stdout
+ * (the qemu agent channel, src/vmm/channel.ts).
+ */
+export interface ByteChannel {
+  /** The bytes the peer sends. */
+  readonly readable: ReadableStream<Uint8Array>;
+  /** Writes some of `p` (maybe not all); resolves with how many bytes. */
+  write(p: Uint8Array): Promise<number>;
+  /** Ends both directions (an already-closed channel is not an error to the caller: see closeQuietly). */
+  close(): void;
+}
+
 /** Options of a {@link FrameWriter}. */
 export interface FrameWriterOptions {
   /** Bytes queued and not yet written before the writer gives up (default `DEFAULTS.agentWriteQueueBytes`). */
@@ -48,7 +62,7 @@ export class FrameWriter {
   readonly #max: number;
   readonly #options: FrameWriterOptions;
 
-  constructor(readonly conn: Deno.Conn, options: FrameWriterOptions = {}) {
+  constructor(readonly conn: ByteChannel, options: FrameWriterOptions = {}) {
     this.#options = options;
     this.#max = options.maxQueuedBytes ?? DEFAULTS.agentWriteQueueBytes;
   }

@@ -14,7 +14,10 @@ import { assetPath } from "../store/assets.ts";
 import { homeLayout } from "../store/home.ts";
 import { looseEntries } from "../store/private.ts";
 import { chooseBackend, type HostVirtualization, probeHost } from "../vmm/detect.ts";
-import { type Check, checkAsset, qemuChecks } from "../vmm/prereqs.ts";
+import { type Check, checkAsset, checkBwrap, qemuChecks } from "../vmm/prereqs.ts";
+import { sandboxPaths, type VmSpec } from "../vmm/backend.ts";
+import { bwrapArgs, containHost, RUNNER_CAPS, runnerCapMask, withContainFds } from "../vmm/contain.ts";
+import { shareFilter } from "../vmm/seccomp.ts";
 import { virtiofsdArgs } from "../vmm/qemu.ts";
 import { which } from "../util/command.ts";
 import { join } from "node:path";
@@ -222,6 +225,92 @@ try { Deno.chmodSync(Deno.args[0], 0o4755); console.log("allowed"); } catch (e) 
   }
 }
 
+/**
+ * How the libkrun runner is contained here, probed: the runner's own bwrap
+ * arguments (src/vmm/contain.ts) for a probe sandbox run `deno eval`, which
+ * reports its capabilities, no_new_privs, seccomp mode and whether it sees a
+ * file beside its share (it must not) and the share's file (it must).
+ */
+async function runnerContainmentCheck(): Promise<Check> {
+  const name = "libkrun runner";
+  const bwrap = await checkBwrap();
+  if (!bwrap.ok) return { name, ok: false, detail: bwrap.detail, fix: bwrap.fix };
+  const version = await new Deno.Command(bwrap.detail, { args: ["--version"], stdout: "piped", stderr: "null" })
+    .output().then((o) => new TextDecoder().decode(o.stdout).trim(), () => "bwrap");
+  const dir = await Deno.makeTempDir({ prefix: "krunbox-doctor-" });
+  try {
+    const sandbox = join(dir, "home", "sandboxes", "probe");
+    const share = join(dir, "share");
+    for (const d of [sandbox, share, join(dir, "home", "assets")]) await Deno.mkdir(d, { recursive: true });
+    await Deno.writeTextFile(join(share, "seen"), "");
+    await Deno.writeTextFile(join(dir, "canary"), "");
+    const spec: VmSpec = {
+      name: "probe",
+      backend: "libkrun",
+      cpus: 1,
+      memoryMib: 128,
+      dir: sandbox,
+      root: { kind: "dir", path: share },
+      shares: [],
+      ports: [],
+      network: "none",
+      boot: {},
+      bootTimeoutMs: 1000,
+    };
+    const host = await containHost({ assets: join(dir, "home", "assets"), db: join(dir, "home", "db.sqlite") });
+    const paths = sandboxPaths(sandbox);
+    await Deno.writeFile(paths.seccompFilter, shareFilter());
+    const code = `const s = Deno.readTextFileSync("/proc/self/status");
+const f = (n) => s.split(String.fromCharCode(10)).find((l) => l.startsWith(n + ":"))?.split(":")[1].trim();
+const seen = (p) => { try { Deno.statSync(p); return true; } catch { return false; } };
+console.log(JSON.stringify({ capEff: f("CapEff"), nnp: f("NoNewPrivs"), seccomp: f("Seccomp"),
+  canary: seen(${JSON.stringify(join(dir, "canary"))}), share: seen(${JSON.stringify(join(share, "seen"))}) }));`;
+    const argv = withContainFds(paths.seccompFilter, paths.containInfo, [
+      bwrap.detail,
+      ...bwrapArgs(spec, host),
+      "--",
+      host.deno,
+      "eval",
+      code,
+    ]);
+    const out = await new Deno.Command(argv[0], { args: argv.slice(1), stdout: "piped", stderr: "piped" }).output();
+    const said = new TextDecoder().decode(out.stdout).trim();
+    let probe: { capEff: string; nnp: string; seccomp: string; canary: boolean; share: boolean } | undefined;
+    try {
+      probe = out.success ? JSON.parse(said) : undefined;
+    } catch {
+      probe = undefined;
+    }
+    const mask = runnerCapMask(Deno.uid() ?? 0);
+    const good = probe && BigInt(`0x${probe.capEff}`) === mask && probe.nnp === "1" && probe.seccomp === "2" &&
+      !probe.canary && probe.share;
+    if (!good) {
+      const why = probe ? JSON.stringify(probe) : new TextDecoder().decode(out.stderr).trim().split("\n").pop();
+      return {
+        name,
+        ok: false,
+        detail: `${version} did not contain the probe as ${who()}: ${why}; no libkrun VM starts without it`,
+        fix: Deno.uid() === 0
+          ? "run where mount and pid namespaces can be created (not in a locked-down container)"
+          : "allow unprivileged user namespaces (sysctl user.max_user_namespaces=15000; " +
+            "kernel.unprivileged_userns_clone=1 where that setting exists)",
+      };
+    }
+    const caps = Deno.uid() === 0
+      ? `capabilities ${RUNNER_CAPS.map((c) => c.slice(4).toLowerCase()).join(",")} only`
+      : "a user namespace, no capabilities";
+    return {
+      name,
+      ok: true,
+      detail: `contained by ${version}: own mount, pid, ipc, uts namespaces; ${caps} ` +
+        `(CapEff ${probe!.capEff}); no_new_privs; the share filter (seccomp); ` +
+        `host files beside its share unseen (probe, as ${who()})`,
+    };
+  } finally {
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+  }
+}
+
 /** A doctor line: a check, or a warning (`warn`: true, ok) about a limit that is known and not yet fixed. */
 type Line = Check & { readonly warn?: boolean };
 
@@ -340,13 +429,7 @@ export async function main(): Promise<number> {
   const containment: Line[] = [
     ...shares,
     await namespaceCheck(),
-    {
-      name: "libkrun runner",
-      ok: true,
-      warn: true,
-      detail: "NOT contained by a mount namespace yet (not built): it sees the host's files as this user; " +
-        "only qemu's shares are sandboxed",
-    },
+    await runnerContainmentCheck(),
   ];
   containment.push(privilegeLine([...checks, ...containment]));
   const width = Math.max(...[...checks, ...containment].map((c) => c.name.length));
@@ -362,7 +445,8 @@ export async function main(): Promise<number> {
   const decision = chooseBackend("auto", host);
   console.log(`\nbackend auto → ${decision.backend}: ${decision.reason}`);
   const qemuOk = [...qemu, ...shares].every((c) => c.ok);
-  const libkrunOk = checks.find((c) => c.name === "libkrun loads")?.ok && host.hardwareFlag && host.kvmUsable;
+  const libkrunOk = checks.find((c) => c.name === "libkrun loads")?.ok && host.hardwareFlag && host.kvmUsable &&
+    containment.find((c) => c.name === "libkrun runner")?.ok;
   return qemuOk || libkrunOk ? 0 : 1;
 }
 

@@ -18,8 +18,9 @@ import {
   validateName,
   type VolumeMount,
 } from "./config.ts";
-import { createAndLaunch } from "./launch.ts";
+import { loadLaunch } from "./handle.ts";
 import { applyRootEdits } from "./patches.ts";
+import { PhaseClock } from "../util/phases.ts";
 import { InvalidConfigError, StateError } from "../errors.ts";
 import type { PullEvent, PullPolicy } from "../image/pull.ts";
 import type { BasicAuth } from "../image/auth.ts";
@@ -419,14 +420,23 @@ export class SandboxBuilder {
   }
 
   async #create(detached: boolean): Promise<Sandbox> {
+    const clock = new PhaseClock();
     const sandbox = this.#opts.sandbox;
     if (!sandbox) throw new StateError("this builder was made with `new SandboxBuilder`: use `Sandbox.builder(name)`");
     const values = new Map((this.#opts.secrets ?? []).map((s) => [s.env, s.value]));
-    const { launched, config } = await createAndLaunch(this.build(), detached, this.#opts.replace ?? false, {
-      policy: this.#opts.pullPolicy,
-      auth: this.#opts.auth,
-      onProgress: this.#opts.onPull,
-    }, values);
+    const { createAndLaunch } = await loadLaunch();
+    const { launched, config } = await createAndLaunch(
+      this.build(),
+      detached,
+      this.#opts.replace ?? false,
+      {
+        policy: this.#opts.pullPolicy,
+        auth: this.#opts.auth,
+        onProgress: this.#opts.onPull,
+      },
+      clock,
+      values,
+    );
     const sb = sandbox.fromLaunch(config, launched, !detached);
     try {
       await applyRootEdits(sb.fs(), config);
@@ -434,6 +444,8 @@ export class SandboxBuilder {
       await sb.kill().catch(() => {});
       throw e;
     }
+    // The root's files and patches (often none): the end of create().
+    clock.mark("host.finish");
     return sb;
   }
 }

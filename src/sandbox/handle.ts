@@ -14,7 +14,6 @@ import { sampleMetrics, type SandboxMetrics } from "../metrics/snapshot.ts";
 import type { SandboxRow } from "../store/db.ts";
 import { openStore } from "../store/open.ts";
 import { parseConfig, type SandboxConfig } from "./config.ts";
-import { killRunner, relaunch } from "./launch.ts";
 import type { Sandbox } from "./sandbox.ts";
 import { pathsOf, reconcile, removeSandbox, requireRow, type SandboxStatus } from "./state.ts";
 import { DEFAULTS } from "../settings.ts";
@@ -88,6 +87,7 @@ export class SandboxHandle {
   /** Kills it at once. */
   async kill(): Promise<void> {
     using store = await openStore();
+    const { killRunner } = await loadLaunch();
     await killRunner(store, requireRow(store, this.name));
   }
 
@@ -178,6 +178,18 @@ export async function listSandboxes(sandbox: typeof Sandbox): Promise<SandboxHan
  * ```
  */
 export async function startSandbox(name: string, detached: boolean, sandbox: typeof Sandbox): Promise<Sandbox> {
+  const { relaunch } = await loadLaunch();
   const { launched, config } = await relaunch(name, detached);
-  return sandbox.fromLaunch(config, launched, !detached);
+  const sb = sandbox.fromLaunch(config, launched, !detached);
+  launched.clock.mark("host.finish");
+  return sb;
+}
+
+/**
+ * The boot code (image, VM spec, runner start) loaded when a call needs it,
+ * so a program that only lists or execs never loads it (the CLI's `exec`
+ * and `ls` start faster).
+ */
+export function loadLaunch(): Promise<typeof import("./launch.ts")> {
+  return import("./launch.ts");
 }

@@ -28,9 +28,13 @@ import { homeLayout } from "../store/home.ts";
 import { isLocked } from "../store/lock.ts";
 import { openStore } from "../store/open.ts";
 import { privateDir, touchPrivate, writePrivate } from "../store/private.ts";
-import type { SandboxPaths } from "../vmm/backend.ts";
+import { type SandboxPaths, sandboxPaths, type VmSpec } from "../vmm/backend.ts";
+import { bwrapArgs, containHost, withContainFds } from "../vmm/contain.ts";
+import { checkBwrap, checkedPrograms } from "../vmm/prereqs.ts";
+import { shareFilter } from "../vmm/seccomp.ts";
 import type { RunnerEvent } from "../vmm/runner.ts";
 import { logTail } from "../util/logs.ts";
+import { PhaseClock } from "../util/phases.ts";
 import { DEFAULTS, settings } from "../settings.ts";
 import { parseConfig, type SandboxConfig } from "./config.ts";
 import { prepareRoot, vmSpecOf, withImageDefaults } from "./spec.ts";
@@ -46,6 +50,11 @@ export interface Launched {
   readonly runner: Deno.ChildProcess;
   /** The runner's ready line. */
   readonly ready: Extract<RunnerEvent, { event: "ready" }>;
+  /**
+   * The boot's phases so far: the caller's `host.prepare`, the runner's
+   * (from its ready line) and `host.connect`; the caller may mark more.
+   */
+  readonly clock: PhaseClock;
 }
 
 /** A booted sandbox: its runner and the config it runs (with the image's defaults). */
@@ -77,6 +86,7 @@ export async function createAndLaunch(
   detached: boolean,
   replace: boolean,
   pull: PullOptions = {},
+  clock: PhaseClock = new PhaseClock(),
   values?: ReadonlyMap<string, string>,
 ): Promise<Booted> {
   // Every secret needs its value: refused before anything is touched.
@@ -94,7 +104,7 @@ export async function createAndLaunch(
     // no peer-uid check is possible there: no other uid may reach this directory.
     await privateDir(pathsOf(requested.name).dir);
     try {
-      return await boot(store, requested, { fresh: true, detached, pull, values });
+      return await boot(store, requested, { fresh: true, detached, pull, clock, values });
     } catch (e) {
       await deleteState(store, requested.name).catch(() => {});
       throw e;
@@ -113,7 +123,7 @@ export async function createAndLaunch(
  * console.log(launched.ready.vmmPid);
  * ```
  */
-export async function relaunch(name: string, detached: boolean): Promise<Booted> {
+export async function relaunch(name: string, detached: boolean, clock: PhaseClock = new PhaseClock()): Promise<Booted> {
   using store = await openStore();
   return await withNameLock(name, async () => {
     const row = requireRow(store, name);
@@ -121,7 +131,7 @@ export async function relaunch(name: string, detached: boolean): Promise<Booted>
     const config = parseConfig(JSON.parse(row.config));
     // Secret values are never stored: without them the sandbox cannot start (it stays as it was).
     secretValues(name, config.secrets, undefined);
-    return await boot(store, config, { fresh: false, detached, pull: { policy: "if-missing" } });
+    return await boot(store, config, { fresh: false, detached, pull: { policy: "if-missing" }, clock });
   });
 }
 
@@ -131,6 +141,8 @@ interface BootPlan {
   readonly fresh: boolean;
   readonly detached: boolean;
   readonly pull: PullOptions;
+  /** Times the boot from the caller's create() or start(). */
+  readonly clock: PhaseClock;
   /** The secrets' values (memory only); absent at start, where {@link relaunch} refuses secrets. */
   readonly values?: ReadonlyMap<string, string>;
 }
@@ -160,7 +172,7 @@ async function boot(store: Store, requested: SandboxConfig, plan: BootPlan): Pro
   }
   try {
     const values = secretValues(name, config.secrets, plan.values);
-    return { launched: await launchRunner(paths, name, plan.detached, values), config };
+    return { launched: await launchRunner(paths, name, plan.detached, spec, plan.clock, values), config };
   } catch (e) {
     if (!plan.fresh) store.update(name, { status: "crashed", stopReason: `start failed: ${(e as Error).message}` });
     throw e;
@@ -196,6 +208,22 @@ function runnerShell(): string {
 }
 
 /**
+ * The libkrun runner's command under bubblewrap (src/vmm/contain.ts): the
+ * share filter written for bwrap to load, this boot's info file fresh.
+ */
+async function contained(spec: VmSpec): Promise<(command: readonly string[]) => string[]> {
+  // Resolved with the other prerequisites (vmSpecOf); a spec without it is checked here, failing typed.
+  const bwrap = spec.programs?.bwrap ?? checkedPrograms("libkrun", [await checkBwrap()]).bwrap;
+  const paths = sandboxPaths(spec.dir);
+  // Made anew, never through a link: the directory was writable by a runner that served a guest.
+  for (const f of [paths.seccompFilter, paths.containInfo]) await Deno.remove(f).catch(() => {});
+  await Deno.writeFile(paths.seccompFilter, shareFilter(), { createNew: true, mode: 0o600 });
+  await Deno.writeFile(paths.containInfo, new Uint8Array(), { createNew: true, mode: 0o600 });
+  const args = bwrapArgs(spec, await containHost(homeLayout()));
+  return (command) => withContainFds(paths.seccompFilter, paths.containInfo, [bwrap, ...args, "--", ...command]);
+}
+
+/**
  * Starts the runner of a sandbox whose `vm.json` is written, waits for its
  * ready event and connects to its relay. With secrets, their values are the
  * first line on the runner's stdin ({@link runnerSecretsLine}): a detached
@@ -215,12 +243,26 @@ export async function launchRunner(
   paths: SandboxPaths,
   name: string,
   detached: boolean,
+  spec?: VmSpec,
+  clock: PhaseClock = new PhaseClock(),
   secrets: readonly { secret: SecretConfig; value: string }[] = [],
 ): Promise<Launched> {
   const runnerUrl = new URL("../vmm/runner.ts", import.meta.url).href;
-  const runnerArgs = ["run", "--allow-all", "--no-prompt", runnerUrl, paths.dir, detached ? "detached" : "attached"];
+  const vm = spec ?? JSON.parse(await Deno.readTextFile(paths.vmSpec)) as VmSpec;
+  const wrap = vm.backend === "libkrun" ? await contained(vm) : (command: readonly string[]) => [...command];
+  clock.mark("host.prepare");
+  const spawnedAt = clock.lastMs;
+  const runnerArgs = [
+    "run",
+    "--allow-all",
+    "--no-prompt",
+    runnerUrl,
+    paths.dir,
+    detached ? "detached" : "attached",
+    String(spawnedAt),
+  ];
   const runner = new Deno.Command(runnerShell(), {
-    args: ["-c", RUNNER_EXEC, paths.runnerLog, Deno.execPath(), ...runnerArgs],
+    args: ["-c", RUNNER_EXEC, paths.runnerLog, ...wrap([Deno.execPath(), ...runnerArgs])],
     // Attached: stdin is the lifeline (EOF: the owner is gone). Detached: nothing of ours but the secrets' line.
     stdin: detached && secrets.length === 0 ? "null" : "piped",
     stdout: "piped",
@@ -264,8 +306,10 @@ export async function launchRunner(
     runner.kill("SIGKILL");
     throw e;
   }
+  clock.adopt(event.bootPhases ?? [], spawnedAt);
+  clock.mark("host.connect");
   if (detached) runner.unref();
-  return { agent, runner, ready: event };
+  return { agent, runner, ready: event, clock };
 }
 
 /**

@@ -13,6 +13,7 @@ import { RPC_ERROR } from "../agent/rpc.ts";
 import { type ProcessUsage, sampleMetrics, type SandboxMetrics } from "../metrics/snapshot.ts";
 import { metricsStream } from "../metrics/stream.ts";
 import { openStore } from "../store/open.ts";
+import type { BootPhase, PhaseClock } from "../util/phases.ts";
 import type { SandboxConfig } from "./config.ts";
 import type { Launched } from "./launch.ts";
 import { reconcile, removeSandbox, requireRow } from "./state.ts";
@@ -85,6 +86,7 @@ export class Sandbox implements AsyncDisposable {
   #vmmPid: number;
   #lastUsage: ProcessUsage | undefined;
   #fs: SandboxFs | undefined;
+  #bootClock: PhaseClock | undefined;
 
   /** @internal Use `Sandbox.builder(…).create()`, `Sandbox.start` or `SandboxHandle.connect`. */
   constructor(config: SandboxConfig, agent: AgentClient, vmmPid: number, runner: Deno.ChildProcess | undefined) {
@@ -133,7 +135,21 @@ export class Sandbox implements AsyncDisposable {
 
   /** @internal */
   static fromLaunch(config: SandboxConfig, launched: Launched, attached: boolean): Sandbox {
-    return new Sandbox(config, launched.agent, launched.ready.vmmPid, attached ? launched.runner : undefined);
+    const sb = new Sandbox(config, launched.agent, launched.ready.vmmPid, attached ? launched.runner : undefined);
+    sb.#bootClock = launched.clock;
+    return sb;
+  }
+
+  /**
+   * Where the time of the `create()` or `start()` that booted this sandbox
+   * went: contiguous phases from the call (`startMs` 0) to its return,
+   * adding up to its wall time — the caller's (`host.*`), the runner's
+   * (`runner.*`), the VMM's (`vmm.*`) and the guest's (`guest.kernel`,
+   * `guest.agent`, from the guest's own uptime). Empty for a sandbox this
+   * process connected to without booting it.
+   */
+  get bootPhases(): readonly BootPhase[] {
+    return this.#bootClock?.phases ?? [];
   }
 
   /** The sandbox's name. */

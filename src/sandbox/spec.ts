@@ -177,7 +177,8 @@ function guestHostname(config: SandboxConfig): string {
  * ```
  */
 export async function vmSpecOf(config: SandboxConfig, root: VmRoot): Promise<VmSpec> {
-  const { backend } = chooseBackend(config.backend, await probeHost());
+  const host = await probeHost();
+  const { backend } = chooseBackend(config.backend, host);
   // Fail fast, in the caller, with the doctor's words.
   const programs = checkedPrograms(backend, backend === "qemu" ? await qemuChecks() : await libkrunChecks());
   const paths = pathsOf(config.name);
@@ -218,5 +219,6 @@ export async function vmSpecOf(config: SandboxConfig, root: VmRoot): Promise<VmS
     idleTimeoutSecs: config.idleTimeoutSecs,
     maxDurationSecs: config.maxDurationSecs,
     programs,
+    host,
   };
 }

@@ -8,9 +8,13 @@
  * @module
  */
 
+import type { ByteChannel } from "../agent/writer.ts";
 import type { NetdConfig } from "../net/engine.ts";
 import type { SecretConfig } from "../net/secrets.ts";
-import type { BackendKind } from "./detect.ts";
+import type { PhaseClock } from "../util/phases.ts";
+import type { BootConfig } from "./boot_config.ts";
+import type { BackendKind, HostVirtualization } from "./detect.ts";
+import type { RunnerLog } from "./runner_log.ts";
 
 /** The root filesystem as the VM sees it. */
 export type VmRoot =
@@ -85,6 +89,8 @@ export interface VmSpec {
    * prerequisites; a backend given none checks and resolves them itself.
    */
   readonly programs?: Readonly<Record<string, string>>;
+  /** The host's virtualization as the caller probed it (choosing the backend); a backend given none probes. */
+  readonly host?: HostVirtualization;
 }
 
 /** Files of a sandbox directory. */
@@ -105,14 +111,16 @@ export interface SandboxPaths {
   readonly upperDisk: string;
   /** The VMM's end of the agent channel: the runner listens, the VMM connects (per boot). */
   readonly vmSocket: string;
-  /** qemu: this boot's initramfs (the shared one plus its boot config). */
-  readonly initrd: string;
   /** libkrun: the virtiofs root of a guest whose real root is on disks. */
   readonly trampoline: string;
   /** netd's 0700 directory. */
   readonly netDir: string;
   /** netd's frame socket: the VMM's virtio-net backend connects here (per boot). */
   readonly netSocket: string;
+  /** libkrun: the share filter's program, which bwrap loads for the runner (per boot). */
+  readonly seccompFilter: string;
+  /** libkrun: bwrap's info (the contained runner's host pid; per boot). */
+  readonly containInfo: string;
   /** qemu: the vhost-user socket of the virtiofsd serving share `tag` (per boot). */
   fsSocket(tag: string): string;
 }
@@ -138,10 +146,11 @@ export function sandboxPaths(dir: string): SandboxPaths {
     nameLock: `${dir}.lock`,
     upperDisk: `${dir}/upper.ext4`,
     vmSocket: `${dir}/vm.sock`,
-    initrd: `${dir}/initrd.img`,
     trampoline: `${dir}/trampoline`,
     netDir: `${dir}/net`,
     netSocket: `${dir}/net/net.sock`,
+    seccompFilter: `${dir}/seccomp.bpf`,
+    containInfo: `${dir}/contain.json`,
     fsSocket: (tag) => `${dir}/fs-${tag.replaceAll("/", "_")}.sock`,
   };
 }
@@ -156,7 +165,7 @@ export interface VmExit {
 /** A booting or running VM. */
 export interface Vm {
   /** The byte stream to the guest agent (the first frame will be `ready`). */
-  readonly agent: Deno.Conn;
+  readonly agent: ByteChannel;
   /** Resolves when the VMM has exited. */
   readonly exited: Promise<VmExit>;
   /** The host process that runs the guest (for CPU and memory figures). */
@@ -168,13 +177,22 @@ export interface Vm {
   readonly inProcess?: boolean;
   /** Kills the VMM and its helpers at once. */
   kill(): void;
-  /** Called once the guest agent is ready: per-boot files the VMM has loaded can go. */
-  booted?(): Promise<void>;
+  /**
+   * This boot's config, for an agent that asks for it over its channel
+   * (`boot.config`; qemu, whose shared initramfs carries only a base
+   * config). A backend that hands the config over otherwise has none here.
+   */
+  readonly bootConfig?: BootConfig;
 }
 
 /** A backend boots a spec. */
 export interface Backend {
   readonly kind: BackendKind;
-  /** Boots the VM; resolves once the agent stream is connected (not yet ready). */
-  boot(spec: VmSpec, signal: AbortSignal): Promise<Vm>;
+  /**
+   * Boots the VM (its helpers' output and its own lines into `log`);
+   * resolves once the agent stream is connected (not yet ready). `clock`,
+   * when given, gets the backend's host-side phases (`vmm.*`), its last
+   * mark the VMM's exec.
+   */
+  boot(spec: VmSpec, signal: AbortSignal, log: RunnerLog, clock?: PhaseClock): Promise<Vm>;
 }

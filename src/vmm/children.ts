@@ -3,8 +3,8 @@
  * starts under `setpriv --pdeathsig KILL`, so the kernel kills it when the
  * runner dies, however it dies (a SIGKILLed runner must not leave an
  * unmanaged VM). Deno spawns from the main thread, so the "parent" whose
- * death counts is the runner process itself. Their output is appended to
- * the sandbox's `runner.log`.
+ * death counts is the runner process itself. Their output goes to the
+ * sandbox's bounded `runner.log` ({@link RunnerLog}).
  *
  * @module
  */
@@ -13,11 +13,11 @@ import { BackendUnavailableError } from "../errors.ts";
 import { DEFAULTS } from "../settings.ts";
 import { logTail } from "../util/logs.ts";
 import type { BackendKind } from "./detect.ts";
+import { dirname } from "node:path";
+import type { RunnerLog } from "./runner_log.ts";
 
 const SETPRIV = "setpriv";
 const TIE_TO_RUNNER = ["--pdeathsig", "KILL", "--"];
-/** How often {@link ChildGroup.waitForSocket} looks for the socket. */
-const SOCKET_POLL_MS = 5;
 /** How long a helper that exited at start gets for its last stderr to reach the log. */
 const LAST_WORDS_MS = 50;
 
@@ -27,7 +27,9 @@ const LAST_WORDS_MS = 50;
  * @example
  * ```ts
  * import { ChildGroup } from "./children.ts";
- * using children = new ChildGroup("qemu", "/tmp/runner.log");
+ * import { RunnerLog } from "./runner_log.ts";
+ * await using log = await RunnerLog.open(`${await Deno.makeTempDir()}/runner.log`);
+ * using children = new ChildGroup("qemu", log);
  * const sleeper = children.spawn("sleep", ["60"]);
  * children.kill();
  * console.log((await sleeper.status).signal); // "SIGKILL"
@@ -36,8 +38,8 @@ const LAST_WORDS_MS = 50;
 export class ChildGroup implements Disposable {
   readonly #children: Deno.ChildProcess[] = [];
 
-  /** `backend` names who fails when a helper does; `logPath` receives their output. */
-  constructor(readonly backend: BackendKind, readonly logPath: string) {}
+  /** `backend` names who fails when a helper does; `log` receives their output. */
+  constructor(readonly backend: BackendKind, readonly log: RunnerLog) {}
 
   /** Starts `program` tied to the runner; its stderr (and stdout, when `stdout` is "log") go to the log. */
   spawn(program: string, args: readonly string[], stdout: "log" | "null" = "null"): Deno.ChildProcess {
@@ -48,14 +50,15 @@ export class ChildGroup implements Disposable {
       stderr: "piped",
     }).spawn();
     this.#children.push(child);
-    if (stdout === "log") this.#toLog(child.stdout);
-    this.#toLog(child.stderr);
+    if (stdout === "log") this.log.pipeFrom(child.stdout);
+    this.log.pipeFrom(child.stderr);
     return child;
   }
 
   /**
    * Starts `program` tied to the runner with its stdin and stdout as pipes
-   * for the caller (a control channel: netd); its stderr goes to the log.
+   * for the caller (netd's control channel, qemu's agent channel); its
+   * stderr goes to the log.
    */
   spawnPiped(program: string, args: readonly string[]): Deno.ChildProcess {
     const child = new Deno.Command(SETPRIV, {
@@ -65,7 +68,7 @@ export class ChildGroup implements Disposable {
       stderr: "piped",
     }).spawn();
     this.#children.push(child);
-    this.#toLog(child.stderr);
+    this.log.pipeFrom(child.stderr);
     return child;
   }
 
@@ -85,47 +88,59 @@ export class ChildGroup implements Disposable {
     await Promise.all(this.#children.map((c) => c.status));
   }
 
-  /** Waits for `child` to create the socket `path`; fails with its last log lines if it exits first. */
+  /**
+   * Waits for `child` to create the socket `path` (an inotify watch on its
+   * directory, no polling); fails with its last log lines if it exits first.
+   */
   async waitForSocket(
     child: Deno.ChildProcess,
     path: string,
     what: string,
     ms = DEFAULTS.helperSocketMs,
   ): Promise<void> {
-    const end = Date.now() + ms;
-    let exited = false;
-    child.status.then(() => (exited = true));
-    while (Date.now() < end) {
-      if (exited) {
+    // Watching before the first look: a socket made in between is seen by one or the other.
+    const watcher = Deno.watchFs(dirname(path), { recursive: false });
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    try {
+      const created = (async () => {
+        if (await isSocket(path)) return "created" as const;
+        for await (const e of watcher) {
+          if (e.paths.includes(path) && await isSocket(path)) return "created" as const;
+        }
+        return "timeout" as const;
+      })();
+      const outcome = await Promise.race([
+        created,
+        child.status.then(() => "exited" as const),
+        new Promise<"timeout">((r) => (timer = setTimeout(() => r("timeout"), ms))),
+      ]);
+      if (outcome === "created") return;
+      if (outcome === "exited") {
         await new Promise((r) => setTimeout(r, LAST_WORDS_MS));
+        await this.log.flush(LAST_WORDS_MS);
         throw new BackendUnavailableError(
           this.backend,
-          `${what} exited at start:\n${await logTail(this.logPath, 5)}\n`,
-          `see ${this.logPath}`,
+          `${what} exited at start:\n${await logTail(this.log.path, 5)}\n`,
+          `see ${this.log.path}`,
         );
       }
-      try {
-        if ((await Deno.stat(path)).isSocket) return;
-      } catch {
-        // not yet
-      }
-      await new Promise((r) => setTimeout(r, SOCKET_POLL_MS));
+      throw new BackendUnavailableError(
+        this.backend,
+        `${what} did not create ${path} within ${ms} ms`,
+        "see the sandbox's runner.log",
+      );
+    } finally {
+      clearTimeout(timer);
+      watcher.close();
     }
-    throw new BackendUnavailableError(
-      this.backend,
-      `${what} did not create ${path} within ${ms} ms`,
-      "see the sandbox's runner.log",
-    );
   }
 
   /** Kills every helper. */
   [Symbol.dispose](): void {
     this.kill();
   }
+}
 
-  /** One append handle per stream: a pipe locks its destination for its whole life. */
-  async #toLog(stream: ReadableStream<Uint8Array>): Promise<void> {
-    const file = await Deno.open(this.logPath, { append: true, create: true });
-    await stream.pipeTo(file.writable).catch(() => {});
-  }
+async function isSocket(path: string): Promise<boolean> {
+  return await Deno.stat(path).then((s) => s.isSocket === true, () => false);
 }

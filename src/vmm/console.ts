@@ -1,9 +1,9 @@
 /**
  * The guest console, kept bounded on the host. The VMM (qemu's serial
  * chardev, libkrun's console output) writes into a FIFO in the sandbox
- * directory; the runner drains it into `console.log`, and when that file
- * reaches its cap it becomes `console.log.1` (replacing the older part) and
- * a new `console.log` starts. So the console never takes more than twice
+ * directory; the runner drains it into `console.log`, a {@link BoundedLog}:
+ * when that file reaches its cap it becomes `console.log.1` (replacing the
+ * older part) and a new `console.log` starts. So the console never takes more than twice
  * the cap on disk, whatever the guest writes (`cat /dev/zero >
  * /dev/console`), and a guest that writes faster than the disk takes only
  * slows its own console (the FIFO's back-pressure). The newest bytes are
@@ -19,7 +19,7 @@
 import { loadLibc } from "../../ffi/libc.ts";
 import { BackendUnavailableError } from "../errors.ts";
 import type { SandboxPaths } from "./backend.ts";
-import { writeAll } from "../util/bytes.ts";
+import { BoundedLog } from "../util/bounded_log.ts";
 
 /** Bytes read from the FIFO at a time. */
 const CHUNK = 64 * 1024;
@@ -46,20 +46,15 @@ const CHUNK = 64 * 1024;
  */
 export class ConsoleLog implements AsyncDisposable {
   readonly #fifo: Deno.FsFile;
-  readonly #path: string;
-  readonly #cap: number;
-  #out: Deno.FsFile;
-  #size = 0;
+  readonly #log: BoundedLog;
   #total = 0;
   #pump: Promise<void>;
   #closed = false;
   #waiters: { bytes: number; resolve: () => void }[] = [];
 
-  private constructor(fifo: Deno.FsFile, out: Deno.FsFile, path: string, cap: number) {
+  private constructor(fifo: Deno.FsFile, log: BoundedLog) {
     this.#fifo = fifo;
-    this.#out = out;
-    this.#path = path;
-    this.#cap = cap;
+    this.#log = log;
     this.#pump = this.#run();
   }
 
@@ -80,8 +75,8 @@ export class ConsoleLog implements AsyncDisposable {
     }
     // Read-write: this open does not wait for a writer, and the VMM's open for writing does not wait for us.
     const fifo = await Deno.open(paths.consoleFifo, { read: true, write: true });
-    const out = await Deno.open(paths.consoleLog, { write: true, create: true, truncate: true, mode: 0o600 });
-    return new ConsoleLog(fifo, out, paths.consoleLog, Math.max(CHUNK, capBytes));
+    const log = await BoundedLog.open(paths.consoleLog, Math.max(CHUNK, capBytes), { truncate: true });
+    return new ConsoleLog(fifo, log);
   }
 
   /** Bytes drained so far (all parts, including what was rotated away). */
@@ -101,7 +96,7 @@ export class ConsoleLog implements AsyncDisposable {
       while (!this.#closed) {
         const n = await this.#fifo.read(buf);
         if (n === null) break;
-        await this.#write(buf.subarray(0, n));
+        await this.#log.write(buf.subarray(0, n));
         this.#total += n;
         this.#waiters = this.#waiters.filter((w) => (w.bytes <= this.#total ? (w.resolve(), false) : true));
       }
@@ -113,17 +108,6 @@ export class ConsoleLog implements AsyncDisposable {
     }
   }
 
-  async #write(bytes: Uint8Array): Promise<void> {
-    if (this.#size + bytes.length > this.#cap) {
-      this.#out.close();
-      await Deno.rename(this.#path, `${this.#path}.1`);
-      this.#out = await Deno.open(this.#path, { write: true, create: true, truncate: true, mode: 0o600 });
-      this.#size = 0;
-    }
-    await writeAll(this.#out, bytes);
-    this.#size += bytes.length;
-  }
-
   /** Stops draining (the VMM is gone) and closes both files. */
   async [Symbol.asyncDispose](): Promise<void> {
     if (this.#closed) return;
@@ -133,11 +117,9 @@ export class ConsoleLog implements AsyncDisposable {
     } catch {
       // already closed
     }
-    await Promise.race([this.#pump, new Promise((r) => setTimeout(r, 1000))]);
-    try {
-      this.#out.close();
-    } catch {
-      // closed by a rotation in flight
-    }
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    await Promise.race([this.#pump, new Promise((r) => (timer = setTimeout(r, 1000)))]);
+    clearTimeout(timer);
+    await this.#log[Symbol.asyncDispose]();
   }
 }

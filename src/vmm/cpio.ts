@@ -1,7 +1,7 @@
 /**
- * A writer for the cpio "newc" format, the format of Linux initramfs archives.
- * Linux accepts several archives concatenated, which is how a per-sandbox
- * boot config is appended to the shared initramfs without rewriting it.
+ * A writer for the cpio "newc" format, the format of Linux initramfs archives
+ * (provisioning writes the shared qemu initramfs with it; Linux also accepts
+ * several archives concatenated, a later file replacing an earlier one).
  *
  * @module
  */

@@ -42,9 +42,12 @@ import {
   type VmLogLevel,
   type VmSpec,
 } from "./backend.ts";
+import type { PhaseClock } from "../util/phases.ts";
 import { NET_PLAN } from "../net/engine.ts";
 import { type BootConfig, bootConfig, GUEST_NET, rootDisks } from "./boot_config.ts";
 import { acceptAgent, listenFresh } from "./channel.ts";
+import { containedPid } from "./contain.ts";
+import type { RunnerLog } from "./runner_log.ts";
 
 /** The vsock port the agent connects to. */
 export const AGENT_VSOCK_PORT = 1024;
@@ -233,19 +236,21 @@ export function macBytes(mac: string): Uint8Array {
  */
 export const libkrunBackend: Backend = {
   kind: "libkrun",
-  async boot(spec: VmSpec, signal: AbortSignal): Promise<Vm> {
+  async boot(spec: VmSpec, signal: AbortSignal, log: RunnerLog, clock?: PhaseClock): Promise<Vm> {
     const arena = new CStrings();
     const paths = sandboxPaths(spec.dir);
     const listener = await listenFresh(paths.vmSocket);
     const ctx = await configureContext(spec, paths.vmSocket, arena);
     const k = load(spec.logLevel).symbols;
+    clock?.mark("vmm.prepare");
     // Resolves only if the VM could not start: on success the process ends with the guest.
     const started = k.krun_start_enter(ctx);
     const exited: Promise<VmExit> = started.then((rc) => {
       void arena; // keep every string alive for as long as libkrun runs
       return { code: rc, signal: null };
     });
-    const kill = () => Deno.exit(137);
+    // The process ends with the VM: the queued log lines get their bounded flush first (never an unbounded wait).
+    const kill = () => void log.flush().finally(() => Deno.exit(137));
     signal.addEventListener("abort", kill, { once: true });
     const agent = await acceptAgent(listener, exited, (e) =>
       new BackendUnavailableError(
@@ -254,6 +259,9 @@ export const libkrunBackend: Backend = {
         "see the sandbox's console.log; `./dev doctor` checks KVM",
       ));
     signal.removeEventListener("abort", kill);
-    return { agent, exited, vmmPid: Deno.pid, inProcess: true, kill };
+    // One VMM, one agent stream: the listener is closed; the path goes too, so nothing can be reached there.
+    await Deno.remove(paths.vmSocket).catch(() => {});
+    // Contained (src/vmm/contain.ts), this process is pid 1 of its own pid namespace: the host's pid is bwrap's word.
+    return { agent, exited, vmmPid: (await containedPid(paths.containInfo)) ?? Deno.pid, inProcess: true, kill };
   },
 };

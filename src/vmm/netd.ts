@@ -32,6 +32,7 @@ import { logTail } from "../util/logs.ts";
 import type { SandboxPaths } from "./backend.ts";
 import { ChildGroup } from "./children.ts";
 import type { BackendKind } from "./detect.ts";
+import type { RunnerLog } from "./runner_log.ts";
 
 /** Receives each decision netd reports. */
 export type NetEventListener = (event: NetworkEvent) => void;
@@ -42,7 +43,7 @@ export type NetEventListener = (event: NetworkEvent) => void;
  * @example
  * ```ts
  * import { NetEngine } from "./netd.ts";
- * // using net = await NetEngine.start("qemu", spec.netd!, sandboxPaths(spec.dir));
+ * // using net = await NetEngine.start("qemu", spec.netd!, sandboxPaths(spec.dir), runnerLog);
  * // console.log((await net.stats()).connections);
  * ```
  */
@@ -77,15 +78,19 @@ export class NetEngine implements Disposable {
    * netd's own words (its `error` line or its log) when it exits first or
    * takes longer than `DEFAULTS.netdReadyMs`.
    */
-  static async start(backend: BackendKind, config: NetdConfig, paths: SandboxPaths): Promise<NetEngine> {
+  static async start(
+    backend: BackendKind,
+    config: NetdConfig,
+    paths: SandboxPaths,
+    runnerLog: RunnerLog,
+  ): Promise<NetEngine> {
     await Deno.mkdir(paths.netDir, { recursive: true, mode: 0o700 });
     await Deno.chmod(paths.netDir, 0o700);
     await Deno.remove(paths.netSocket).catch(() => {});
-    const children = new ChildGroup(backend, paths.runnerLog);
+    const children = new ChildGroup(backend, runnerLog);
     const child = children.spawnPiped(assetPath("netd"), []);
     const engine = new NetEngine(children, child);
-    const log = (m: string) =>
-      Deno.writeTextFile(paths.runnerLog, `${new Date().toISOString()} netd: ${m}\n`, { append: true }).catch(() => {});
+    const log = (m: string) => runnerLog.line(`netd: ${m}`);
     let onReady!: () => void;
     const ready = new Promise<void>((r) => (onReady = r));
     const errors: string[] = [];
@@ -108,13 +113,14 @@ export class NetEngine implements Disposable {
     if (outcome === "ready") return engine;
     engine.kill();
     const status = await engine.exited;
-    const why = errors.length > 0 ? errors.join("; ") : await logTail(paths.runnerLog, 5);
+    if (errors.length === 0) await runnerLog.flush();
+    const why = errors.length > 0 ? errors.join("; ") : await logTail(runnerLog.path, 5);
     throw new BackendUnavailableError(
       backend,
       outcome === "timeout"
         ? `netd did not become ready within ${DEFAULTS.netdReadyMs} ms`
         : `netd exited at start (code ${status.code}): ${why}`,
-      `see ${paths.runnerLog}; \`./dev setup\` builds netd`,
+      `see ${runnerLog.path}; \`./dev setup\` builds netd`,
     );
   }
 

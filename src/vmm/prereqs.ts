@@ -26,6 +26,14 @@ export interface Check {
 const SETUP_FIX = "run `./dev setup` (or `deno task setup`)";
 
 /**
+ * The layout of the qemu initramfs this code boots, part of its version
+ * stamp: `base1` carries a base boot config and the agent that asks the
+ * host for the rest. An archive without it would boot an agent that waits
+ * for a config nobody sends.
+ */
+export const INITRAMFS_LAYOUT = "base1";
+
+/**
  * Checks one provisioned asset.
  *
  * @example
@@ -34,13 +42,20 @@ const SETUP_FIX = "run `./dev setup` (or `deno task setup`)";
  * console.log(await checkAsset("kernel"));
  * ```
  */
-export async function checkAsset(name: AssetName, label: string = name): Promise<Check> {
+export async function checkAsset(name: AssetName, label: string = name, layout?: string): Promise<Check> {
   const version = await assetVersion(name);
   const path = assetPath(name);
   const exists = await Deno.stat(path).then(() => true, () => false);
-  return version && exists
-    ? { name: label, ok: true, detail: `${path} (${version})` }
-    : { name: label, ok: false, detail: `${path} is missing`, fix: SETUP_FIX };
+  if (!version || !exists) return { name: label, ok: false, detail: `${path} is missing`, fix: SETUP_FIX };
+  if (layout && !version.split("+").includes(layout)) {
+    return {
+      name: label,
+      ok: false,
+      detail: `${path} (${version}) is older than this krunbox (${layout})`,
+      fix: SETUP_FIX,
+    };
+  }
+  return { name: label, ok: true, detail: `${path} (${version})` };
 }
 
 /**
@@ -103,7 +118,7 @@ export async function qemuChecks(): Promise<Check[]> {
     checkVirtiofsd(),
     checkProgram("mkfs.ext4", "e2fsprogs"),
     checkAsset("kernel", "guest kernel"),
-    checkAsset("initramfs", "guest initramfs"),
+    checkAsset("initramfs", "guest initramfs", INITRAMFS_LAYOUT),
     checkAsset("agent", "guest agent"),
   ]);
 }
@@ -118,7 +133,31 @@ export async function qemuChecks(): Promise<Check[]> {
  * ```
  */
 export async function libkrunChecks(): Promise<Check[]> {
-  return await Promise.all([checkAsset("libkrun"), checkAsset("libkrunfw"), checkAsset("agent", "guest agent")]);
+  return await Promise.all([
+    checkAsset("libkrun"),
+    checkAsset("libkrunfw"),
+    checkAsset("agent", "guest agent"),
+    checkBwrap(),
+  ]);
+}
+
+/**
+ * bubblewrap, which contains the libkrun runner (src/vmm/contain.ts):
+ * without it no libkrun VM starts.
+ *
+ * @example
+ * ```ts
+ * import { checkBwrap } from "./prereqs.ts";
+ * console.log(await checkBwrap());
+ * ```
+ */
+export async function checkBwrap(): Promise<Check> {
+  const found = await checkProgram("bwrap", "bubblewrap");
+  return found.ok ? found : {
+    ...found,
+    detail: "not found: the libkrun runner serves the guest's files from its own process and runs only inside " +
+      "bubblewrap's namespaces (no bwrap, no libkrun VM)",
+  };
 }
 
 /**

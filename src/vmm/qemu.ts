@@ -6,16 +6,16 @@
  * through `virtiofsd` with memfd guest memory), and the console in the
  * sandbox's `console.log`.
  *
- * qemu connects to the runner's listening socket as a client
- * (`server=off`): the runner listens before qemu starts, so no side polls.
+ * The agent channel is qemu's stdin and stdout (`-chardev stdio`), pipes
+ * the runner made when it spawned qemu: no socket path exists that anyone
+ * could connect to first and be taken for the guest (./channel.ts).
  *
  * @module
  */
 
 import { join } from "node:path";
-import { BackendUnavailableError } from "../errors.ts";
 import { assetDir, assetPath } from "../store/assets.ts";
-import { closeQuietly } from "../util/close.ts";
+import type { PhaseClock } from "../util/phases.ts";
 import {
   type Backend,
   KERNEL_LOGLEVEL,
@@ -28,11 +28,11 @@ import {
 } from "./backend.ts";
 import { NET_PLAN } from "../net/engine.ts";
 import { type BootConfig, bootConfig, GUEST_NET, ROOT_TAG, rootDisks } from "./boot_config.ts";
-import { acceptAgent, listenFresh } from "./channel.ts";
+import { stdioChannel } from "./channel.ts";
 import { ChildGroup } from "./children.ts";
-import { encodeCpio } from "./cpio.ts";
+import type { RunnerLog } from "./runner_log.ts";
 import { probeHost } from "./detect.ts";
-import { GUEST_MODULES, loadOrder, type ModuleIndex } from "./modules.ts";
+import { loadOrder, type ModuleIndex } from "./modules.ts";
 import { checkedPrograms, qemuChecks } from "./prereqs.ts";
 import { installShareFilter } from "./seccomp.ts";
 
@@ -61,13 +61,14 @@ export interface QemuHost {
   readonly accel: "kvm" | "tcg";
   /** The host TSC frequency, to skip the guest's TSC calibration (hangs ~1 boot in 8 under TCG otherwise). */
   readonly tscKhz: number | undefined;
-  /** The runner's socket qemu connects the agent port to. */
-  readonly agentSocket: string;
   /** vhost-user sockets of virtiofsd, by share tag. */
   readonly fsSockets: Readonly<Record<string, string>>;
   /** netd's frame socket, for a networked sandbox. */
   readonly netSocket?: string;
 }
+
+/** The agent port's chardev: qemu's stdin and stdout, pipes only the runner holds (no path to connect to). */
+export const AGENT_CHARDEV = "stdio,id=agent,signal=off";
 
 /**
  * The qemu command line for a spec (pure: no I/O).
@@ -78,7 +79,7 @@ export interface QemuHost {
  * const args = qemuArgs(
  *   { name: "a", backend: "qemu", cpus: 1, memoryMib: 512, dir: "/s", root: { kind: "dir", path: "/r" },
  *     shares: [], ports: [], network: "none", boot: {}, bootTimeoutMs: 30000 },
- *   { kernel: "/k", initrd: "/i", accel: "tcg", tscKhz: 2300000, agentSocket: "/s/vm.sock", fsSockets: { root: "/s/fs-root.sock" } },
+ *   { kernel: "/k", initrd: "/i", accel: "tcg", tscKhz: 2300000, fsSockets: { root: "/s/fs-root.sock" } },
  * );
  * console.log(args.join(" "));
  * ```
@@ -96,6 +97,11 @@ export function qemuArgs(spec: VmSpec, host: QemuHost): string[] {
     `loglevel=${KERNEL_LOGLEVEL[level]}`,
     // Skips the crypto self-tests, a few hundred ms of every TCG boot.
     "cryptomgr.notests",
+    // One UART (ttyS0) instead of probing four; no audit subsystem in a sandbox guest.
+    "8250.nr_uarts=1",
+    "audit=0",
+    // RCU grace periods expedited: boot-time synchronize_rcu() calls (module loads, mounts) return sooner.
+    "rcupdate.rcu_expedited=1",
     ...(host.tscKhz ? [`tsc_early_khz=${host.tscKhz}`, "tsc=reliable"] : []),
   ];
   const args = [
@@ -128,7 +134,7 @@ export function qemuArgs(spec: VmSpec, host: QemuHost): string[] {
     "-device",
     "virtio-serial-device",
     "-chardev",
-    `socket,id=agent,path=${host.agentSocket},server=off`,
+    AGENT_CHARDEV,
     "-device",
     "virtserialport,chardev=agent,name=agent",
   ];
@@ -189,15 +195,73 @@ export function qemuArgs(spec: VmSpec, host: QemuHost): string[] {
 export function qemuBootConfig(
   spec: VmSpec,
   modules: ModuleIndex,
-  wanted: readonly string[] = [...GUEST_MODULES, ...(spec.extraModules ?? [])],
+  wanted: readonly string[] = qemuModules(spec),
 ): BootConfig {
   return bootConfig(spec, {
-    modules: loadOrder(modules, wanted).map((m) => `/lib/modules/${m}.ko`),
+    modules: moduleFiles(modules, wanted),
     dirRoot: { kind: "virtiofs", tag: ROOT_TAG },
     dirLowerTag: ROOT_TAG,
-    transport: { kind: "virtio-port", name: "agent" },
+    transport: QEMU_TRANSPORT,
     network: spec.network === "user" ? GUEST_NET : null,
   });
+}
+
+/** The agent's transport on qemu: the virtio-serial port `agent`. */
+const QEMU_TRANSPORT = Object.freeze({ kind: "virtio-port", name: "agent" } as const);
+
+/** The modules a qemu guest needs for its transport alone (the base config's). */
+const TRANSPORT_MODULES = ["virtio_mmio", "virtio_console"] as const;
+
+/** Guest paths of `wanted` and their dependencies, in load order. */
+function moduleFiles(modules: ModuleIndex, wanted: readonly string[]): string[] {
+  return loadOrder(modules, wanted).map((m) => `/lib/modules/${m}.ko`);
+}
+
+/**
+ * The modules a qemu guest of `spec` loads: the transport's, and only what
+ * its devices and root need (each costs a few ms of a TCG boot):
+ * virtio_blk for disks, erofs and overlay for an image root, overlay for a
+ * private directory root, virtiofs for a directory root or shares,
+ * virtio_net with a network; then the spec's extra modules.
+ *
+ * @example
+ * ```ts
+ * import { qemuModules } from "./qemu.ts";
+ * console.log(qemuModules(
+ *   { name: "a", backend: "qemu", cpus: 1, memoryMib: 512, dir: "/s", root: { kind: "dir", path: "/r" },
+ *     shares: [], ports: [], network: "none", boot: {}, bootTimeoutMs: 30000 },
+ * )); // ["virtio_mmio", "virtio_console", "virtiofs"]
+ * ```
+ */
+export function qemuModules(spec: VmSpec): string[] {
+  const root = spec.root;
+  const wanted: string[] = [...TRANSPORT_MODULES];
+  if (rootDisks(root).length > 0) wanted.push("virtio_blk");
+  if (root.kind === "overlay") wanted.push("erofs");
+  if (root.kind === "overlay" || (root.kind === "dir" && root.upper)) wanted.push("overlay");
+  if (root.kind === "dir" || spec.shares.length > 0) wanted.push("virtiofs");
+  if (spec.network === "user") wanted.push("virtio_net");
+  return [...wanted, ...(spec.extraModules ?? [])];
+}
+
+/**
+ * The boot config the shared initramfs carries as `krunbox/boot.json`: the
+ * transport and its modules, and `fromHost`, which makes the agent ask the
+ * runner for this boot's config over that transport (`boot.config`) before
+ * anything else. Nothing of a sandbox is in it, so every boot uses the
+ * provisioned archive as it is.
+ *
+ * @example
+ * ```ts
+ * import { qemuBaseBootConfig } from "./qemu.ts";
+ * const idx = { virtio_mmio: { file: "m/virtio_mmio.ko", deps: [] }, virtio_console: { file: "m/virtio_console.ko", deps: [] } };
+ * console.log(qemuBaseBootConfig(idx).modules); // ["/lib/modules/virtio_mmio.ko", "/lib/modules/virtio_console.ko"]
+ * ```
+ */
+export function qemuBaseBootConfig(
+  modules: ModuleIndex,
+): { fromHost: true; modules: string[]; transport: typeof QEMU_TRANSPORT } {
+  return { fromHost: true, modules: moduleFiles(modules, TRANSPORT_MODULES), transport: QEMU_TRANSPORT };
 }
 
 /**
@@ -221,9 +285,10 @@ export function qemuShares(spec: VmSpec): VmShare[] {
 }
 
 /**
- * The qemu backend. A boot: check the programs, write this boot's
- * initramfs, start a virtiofsd per shared directory, listen for the agent
- * port, start qemu, accept its connection.
+ * The qemu backend. A boot: check the programs, make this boot's config
+ * (the runner's relay hands it to the agent when it asks), start a
+ * virtiofsd per shared directory, listen for the agent port, start qemu
+ * with the shared initramfs, accept its connection.
  *
  * @example
  * ```ts
@@ -233,41 +298,34 @@ export function qemuShares(spec: VmSpec): VmShare[] {
  */
 export const qemuBackend: Backend = {
   kind: "qemu",
-  async boot(spec: VmSpec, signal: AbortSignal): Promise<Vm> {
+  async boot(spec: VmSpec, signal: AbortSignal, log: RunnerLog, clock?: PhaseClock): Promise<Vm> {
     const paths = sandboxPaths(spec.dir);
     const programs = spec.programs ?? await checkedPrograms("qemu", await qemuChecks());
-    const host = await probeHost();
-    await writeInitrd(paths, qemuBootConfig(spec, await kernelModules()));
-    const children = new ChildGroup("qemu", paths.runnerLog);
+    const host = spec.host ?? await probeHost();
+    // Answered over the agent channel when the guest asks (`boot.config`): the shared initramfs is used as it is.
+    const config = qemuBootConfig(spec, await kernelModules());
+    clock?.mark("vmm.prepare");
+    const children = new ChildGroup("qemu", log);
     signal.addEventListener("abort", () => children.kill(), { once: true });
-    let listener: Deno.UnixListener | undefined;
     try {
       const fsSockets = await startVirtiofsd(children, programs["virtiofsd"], qemuShares(spec), paths);
-      listener = await listenFresh(paths.vmSocket);
       const args = qemuArgs(spec, {
         kernel: assetPath("kernel"),
-        initrd: paths.initrd,
+        initrd: assetPath("initramfs"),
         accel: host.hardwareFlag && host.kvmUsable ? "kvm" : "tcg",
         tscKhz: host.tscKhz,
-        agentSocket: paths.vmSocket,
         fsSockets,
         netSocket: spec.network === "user" ? paths.netSocket : undefined,
       });
-      const vmm = await startQemu(children, programs["qemu-system-x86_64"], args, paths);
-      const bootFiles = [paths.vmSocket, paths.initrd, ...Object.values(fsSockets).flatMap((s) => [s, `${s}.pid`])];
-      const exited = whenExited(vmm, children, listener, bootFiles);
-      const agent = await acceptAgent(
-        listener,
-        exited,
-        (e) =>
-          new BackendUnavailableError("qemu", `qemu exited at start (code ${e.code})`, "see the sandbox's runner.log"),
-      );
-      // qemu copied the initrd into guest memory at start: its 6 MB need not stay on disk.
-      const booted = () => Deno.remove(paths.initrd).catch(() => {});
-      return { agent, exited, vmmPid: vmm.pid, kill: () => children.kill(), booted };
+      clock?.mark("vmm.helpers");
+      const vmm = await startQemu(children, programs["qemu-system-x86_64"], args);
+      const bootFiles = Object.values(fsSockets).flatMap((s) => [s, `${s}.pid`]);
+      const exited = whenExited(vmm, children, bootFiles);
+      // qemu exiting before the agent's ready is the runner's boot failure (VM_CRASHED, with the console's end).
+      const agent = stdioChannel(vmm);
+      return { agent, exited, vmmPid: vmm.pid, kill: () => children.kill(), bootConfig: config };
     } catch (e) {
       children.kill();
-      if (listener) closeQuietly(listener);
       throw e;
     }
   },
@@ -276,14 +334,6 @@ export const qemuBackend: Backend = {
 /** The guest kernel's module index (written by provisioning beside the kernel). */
 async function kernelModules(): Promise<ModuleIndex> {
   return JSON.parse(await Deno.readTextFile(join(assetDir("kernel"), "modules.json"))).modules as ModuleIndex;
-}
-
-/** This boot's initramfs: the shared one plus a small archive with boot.json (Linux unpacks both). */
-async function writeInitrd(paths: SandboxPaths, config: BootConfig): Promise<void> {
-  const boot = new TextEncoder().encode(JSON.stringify(config));
-  await Deno.copyFile(assetPath("initramfs"), paths.initrd);
-  const extra = encodeCpio([{ kind: "dir", path: "krunbox" }, { kind: "file", path: "krunbox/boot.json", data: boot }]);
-  await Deno.writeFile(paths.initrd, extra, { append: true });
 }
 
 /** The host identity virtiofsd runs as (the runner's). */
@@ -376,7 +426,8 @@ export function virtiofsdArgs(
 
 /**
  * One virtiofsd per share (the runner's share filter installed first, so
- * each inherits it), each ready on its vhost-user socket; the sockets by tag.
+ * each inherits it), all started together, each ready on its vhost-user
+ * socket; the sockets by tag.
  */
 async function startVirtiofsd(
   children: ChildGroup,
@@ -384,16 +435,15 @@ async function startVirtiofsd(
   shares: readonly VmShare[],
   paths: SandboxPaths,
 ): Promise<Record<string, string>> {
-  const fsSockets: Record<string, string> = {};
   if (shares.length > 0) installShareFilter();
-  for (const share of shares) {
+  // All started at once, then each awaited: their starts overlap.
+  const started = await Promise.all(shares.map(async (share) => {
     const sock = paths.fsSocket(share.tag);
     await Deno.remove(sock).catch(() => {});
-    const child = children.spawn(virtiofsd, virtiofsdArgs(share, sock));
-    await children.waitForSocket(child, sock, "virtiofsd");
-    fsSockets[share.tag] = sock;
-  }
-  return fsSockets;
+    return { tag: share.tag, sock, child: children.spawn(virtiofsd, virtiofsdArgs(share, sock)) };
+  }));
+  await Promise.all(started.map((s) => children.waitForSocket(s.child, s.sock, "virtiofsd")));
+  return Object.fromEntries(started.map((s) => [s.tag, s.sock]));
 }
 
 /** Starts qemu with `args`, its command line first in the runner log. */
@@ -401,22 +451,19 @@ async function startQemu(
   children: ChildGroup,
   qemu: string,
   args: readonly string[],
-  paths: SandboxPaths,
 ): Promise<Deno.ChildProcess> {
-  await Deno.writeTextFile(paths.runnerLog, `qemu ${args.join(" ")}\n`, { append: true });
-  return children.spawn(qemu, args, "log");
+  await children.log.write(`qemu ${args.join(" ")}\n`);
+  return children.spawnPiped(qemu, args);
 }
 
 /** Resolves when qemu has exited and its helpers with it, this boot's files removed. */
 async function whenExited(
   vmm: Deno.ChildProcess,
   children: ChildGroup,
-  listener: Deno.UnixListener,
   bootFiles: readonly string[],
 ): Promise<VmExit> {
   const s = await vmm.status;
   children.kill();
-  closeQuietly(listener);
   await children.exited();
   // Per-boot files; the next boot makes them anew.
   for (const f of bootFiles) await Deno.remove(f).catch(() => {});

@@ -28,6 +28,10 @@
  *   same grace; the runner's own requests have deadlines;
  * - broken frames from the guest are counted (bounded), skipped, never kept.
  *
+ * Before its `ready`, the agent of a base config asks for this boot's
+ * config (`boot.config`, agent/PROTOCOL.md "Boot config"): the relay answers
+ * it once with the config the backend made, and refuses any later ask.
+ *
  * @module
  */
 
@@ -41,7 +45,7 @@ import {
   type RpcMessage,
 } from "../agent/frame.ts";
 import { decodeErrorCode, type Method, type Params, RPC_ERROR } from "../agent/rpc.ts";
-import { FrameWriter } from "../agent/writer.ts";
+import { type ByteChannel, FrameWriter } from "../agent/writer.ts";
 import { DEFAULTS } from "../settings.ts";
 import { closeQuietly } from "../util/close.ts";
 
@@ -101,7 +105,12 @@ export class Relay {
   /** Resolves when the guest stream ends. */
   readonly guestClosed: Promise<void>;
 
-  constructor(guest: Deno.Conn, readonly control: ControlHandler) {
+  /** This boot's config, until the guest has asked for it (once). */
+  #bootConfig: Readonly<Record<string, unknown>> | undefined;
+
+  /** A relay of the guest stream `guest`; `bootConfig` answers the agent's `boot.config`. */
+  constructor(guest: ByteChannel, readonly control: ControlHandler, bootConfig?: Readonly<Record<string, unknown>>) {
+    this.#bootConfig = bootConfig;
     this.#guest = new FrameWriter(guest, { peer: "the guest agent" });
     let onReady!: (f: Frame) => void;
     this.ready = new Promise((r) => (onReady = r));
@@ -232,7 +241,7 @@ export class Relay {
     }
   }
 
-  async #readGuest(guest: Deno.Conn, onReady: (f: Frame) => void): Promise<void> {
+  async #readGuest(guest: ByteChannel, onReady: (f: Frame) => void): Promise<void> {
     try {
       for await (const f of guest.readable.pipeThrough(new FrameStream())) {
         if (isDecodeError(f)) {
@@ -245,11 +254,25 @@ export class Relay {
           onReady(f);
           continue;
         }
+        if (f.header.method === "boot.config" && typeof f.header.id === "number") {
+          this.#answerBootConfig(f.header.id);
+          continue;
+        }
         this.#fromGuest(f);
       }
     } catch {
       // the VM went away
     }
+  }
+
+  /** The agent's one `boot.config` before its ready; after that (or with none to give), a refusal. */
+  #answerBootConfig(id: number): void {
+    const config = this.#readyFrame ? undefined : this.#bootConfig;
+    this.#bootConfig = undefined;
+    const answer: RpcMessage = config
+      ? { jsonrpc: "2.0", id, result: config as Record<string, unknown> }
+      : { jsonrpc: "2.0", id, error: { code: RPC_ERROR.INVALID_REQUEST, message: "no boot config to give" } };
+    this.#guest.write(answer).catch(() => {});
   }
 
   /** Disconnects every client after its pending frames (the runner calls it once the final status is written). */

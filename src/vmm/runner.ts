@@ -39,30 +39,52 @@ import {
   type WireError,
 } from "../errors.ts";
 import { DEFAULTS, settings } from "../settings.ts";
-import { Store, type StoredStatus } from "../store/db.ts";
+import type { StoredStatus } from "../store/db.ts";
 import { homeLayout } from "../store/home.ts";
 import { tryLock } from "../store/lock.ts";
 import { closeQuietly } from "../util/close.ts";
 import { logTail } from "../util/logs.ts";
+import type { NotificationParams } from "../agent/rpc.ts";
+import { type BootPhase, epochMs, PhaseClock } from "../util/phases.ts";
 import { type SandboxPaths, sandboxPaths, type Vm, type VmExit, type VmSpec } from "./backend.ts";
 import { listenFresh } from "./channel.ts";
 import { ConsoleLog } from "./console.ts";
-import { NetEngine } from "./netd.ts";
-import { netdSecrets } from "../net/engine.ts";
+import type { NetEngine } from "./netd.ts";
+import { DeferredStore } from "./deferred_store.ts";
 import { readRunnerSecrets } from "./runner_secrets.ts";
 import { qemuBackend } from "./qemu.ts";
 import { Relay } from "./relay.ts";
+import { RunnerLog } from "./runner_log.ts";
 
 /** The lines a runner prints on stdout for its starter. */
 export type RunnerEvent =
-  | { event: "ready"; bootMs: number; boot: Record<string, number>; vmmPid: number }
+  | {
+    event: "ready";
+    bootMs: number;
+    boot: ReadyBoot;
+    vmmPid: number;
+    /**
+     * The runner's part of the boot, from its spawn (the starter's clock,
+     * given as the runner's third argument) to this line: `runner.*`, the
+     * backend's `vmm.*`, and the guest's `guest.*` from its own uptime.
+     */
+    bootPhases: readonly BootPhase[];
+  }
   /** `error` is the error itself ({@link errorToWire}): the starter rethrows the same class with the same fields. */
   | { event: "failed"; code: string; message: string; error?: WireError };
 
-/** The agent's `ready` parameters the runner reads. */
+/** The `boot` timings of the agent's `ready` (agent/PROTOCOL.md). */
+export type ReadyBoot = NotificationParams<"ready">["boot"];
+
+/** The agent's `ready` parameters the runner reads, and when the runner got them. */
 interface ReadyParams {
-  readonly boot: Record<string, number>;
+  readonly boot: ReadyBoot;
+  /** Epoch milliseconds at which the ready frame reached the runner. */
+  readonly receivedMs: number;
 }
+
+/** At most this many of the agent's boot steps become phases. */
+const MAX_GUEST_STEPS = 16;
 
 function emit(e: RunnerEvent) {
   try {
@@ -101,12 +123,19 @@ export class Runner {
   /** The secrets' values (env name → value), memory only: they go to netd's stdin. */
   readonly #secretValues?: ReadonlyMap<string, string>;
 
-  /** A runner for `spec`; `attached` when an owner holds its stdin; `secretValues` for a spec with secrets. */
+  /**
+   * A runner for `spec`; `attached` when an owner holds its stdin; every
+   * line of the sandbox's runner log goes to `log`. `clock` times the boot
+   * (its origin the runner's spawn, `runner.start` and `runner.load`
+   * already marked by {@link main}). `secretValues` for a spec with secrets.
+   */
   constructor(
     readonly spec: VmSpec,
     readonly paths: SandboxPaths,
-    readonly store: Store,
+    readonly store: DeferredStore,
     attached: boolean,
+    readonly log: RunnerLog,
+    readonly clock: PhaseClock = new PhaseClock(),
     secretValues?: ReadonlyMap<string, string>,
   ) {
     this.#attached = attached;
@@ -124,15 +153,26 @@ export class Runner {
     if (!vm) return 1;
     // The terminal status is written before any client hears that the VM is gone.
     this.#finished = vm.exited.then((exit) => this.#exited(exit));
-    const relay = this.#relay = new Relay(vm.agent, (method, params) => this.#control(method, params));
+    const relay = this.#relay = new Relay(vm.agent, (method, params) => this.#control(method, params), vm.bootConfig);
     this.#net?.onEvent((e) => relay.publish("runner.netEvent", { event: e as unknown as Record<string, unknown> }));
     const listener = await listenFresh(this.paths.agentSocket);
+    // The VMM runs: the store loads while the guest boots.
+    const storeOpen = this.store.open();
     try {
       const ready = await this.#awaitReady(vm, relay);
       if (!ready) return 1;
-      await this.#running(vm, ready);
+      await storeOpen;
+      this.#running(ready);
       relay.serve(listener);
-      emit({ event: "ready", bootMs: this.#bootMs(ready), boot: ready.boot, vmmPid: vm.vmmPid });
+      this.clock.mark("runner.ready");
+      this.#log(`boot phases: ${this.clock}`);
+      emit({
+        event: "ready",
+        bootMs: this.#bootMs(ready),
+        boot: ready.boot,
+        vmmPid: vm.vmmPid,
+        bootPhases: this.clock.phases,
+      });
       this.#watch();
       await this.#finished;
       // Let a runner.stop/kill reply reach its caller before the connections close.
@@ -147,8 +187,8 @@ export class Runner {
   // --- status transitions -------------------------------------------------
 
   /** creating → running: the agent is ready. */
-  async #running(vm: Vm, ready: ReadyParams): Promise<void> {
-    await vm.booted?.();
+  #running(ready: ReadyParams): void {
+    this.#guestPhases(ready);
     const bootMs = this.#bootMs(ready);
     this.store.update(this.spec.name, { bootMs });
     this.#log(
@@ -234,6 +274,7 @@ export class Runner {
       this.#console = await ConsoleLog.start(this.paths, settings.consoleMaxBytes());
       let spec = this.spec;
       if (spec.netd) {
+        const { netdSecrets } = await import("../net/engine.ts");
         const secrets = netdSecrets(spec.name, spec.secrets ?? [], this.#secretValues);
         this.#net = await this.#startNet({ ...spec.netd, secrets });
         if (secrets.length > 0) {
@@ -248,7 +289,8 @@ export class Runner {
           spec = { ...spec, caPem: this.#net.caPem };
         }
       }
-      return this.#vm = await backend.boot(spec, this.#bootAbort.signal);
+      this.clock.mark("runner.prepare");
+      return this.#vm = await backend.boot(spec, this.#bootAbort.signal, this.log, this.clock);
     } catch (e) {
       this.#net?.kill();
       await this.#console?.[Symbol.asyncDispose]();
@@ -266,7 +308,8 @@ export class Runner {
 
   /** Starts netd; its death while the VM lives turns the network off (logged), never the VM's traffic loose. */
   async #startNet(config: NonNullable<VmSpec["netd"]>): Promise<NetEngine> {
-    const net = await NetEngine.start(this.spec.backend, config, this.paths);
+    const { NetEngine } = await import("./netd.ts");
+    const net = await NetEngine.start(this.spec.backend, config, this.paths, this.log);
     this.#log(`netd ${net.version} ready (pid ${net.pid})`);
     net.exited.then((s) => {
       if (this.#vm && this.#status !== "stopped" && this.#status !== "crashed" && !this.#orderly) {
@@ -281,7 +324,7 @@ export class Runner {
     const signal = this.#bootAbort.signal;
     const bootTimer = setTimeout(() => this.#bootAbort.abort(), this.spec.bootTimeoutMs);
     const ready = await Promise.race([
-      relay.ready.then((f) => f.header.params as unknown as ReadyParams),
+      relay.ready.then((f) => ({ ...(f.header.params as { boot: ReadyBoot }), receivedMs: epochMs() })),
       vm.exited.then(() => undefined),
       new Promise<undefined>((r) => signal.addEventListener("abort", () => r(undefined))),
     ]);
@@ -362,38 +405,73 @@ export class Runner {
     }
   }
 
+  /**
+   * The guest's phases in host time, from its uptime at ready (CLOCK_BOOTTIME,
+   * which starts with the kernel): the kernel started `readyMs` before the
+   * ready frame arrived, and ran until the agent started (`agentStartMs`).
+   * The VMM's start is the time from its exec (the backend's last mark) to
+   * the kernel's start. The agent's own steps (`guest.<step>`) follow when
+   * it reports them, then `guest.ready` (serving, and the frame's transit);
+   * without them its whole start is `guest.agent`.
+   */
+  #guestPhases(ready: ReadyParams): void {
+    const readyMs = ready.boot.readyMs ?? 0;
+    const kernelStart = ready.receivedMs - readyMs;
+    this.clock.mark("vmm.start", kernelStart);
+    this.clock.mark("guest.kernel", kernelStart + (ready.boot.agentStartMs ?? 0));
+    // The guest's word, so bounded: a few steps with plain names.
+    const steps = (Array.isArray(ready.boot.steps) ? ready.boot.steps : []).filter((s) =>
+      typeof s?.name === "string" && /^[a-z][a-z0-9_-]{0,31}$/.test(s.name) && Number.isFinite(s.endMs)
+    ).slice(0, MAX_GUEST_STEPS);
+    for (const s of steps) this.clock.mark(`guest.${s.name}`, kernelStart + s.endMs);
+    this.clock.mark(steps.length ? "guest.ready" : "guest.agent", ready.receivedMs);
+  }
+
   #bootMs(ready: ReadyParams): number {
     return ready.boot.readyMs ?? 0;
   }
 
   #log(m: string): void {
-    Deno.writeTextFileSync(this.paths.runnerLog, `${new Date().toISOString()} ${m}\n`, { append: true });
+    this.log.line(m);
   }
 }
 
-async function main(dir: string, mode: "attached" | "detached"): Promise<number> {
+async function main(dir: string, mode: "attached" | "detached", clock: PhaseClock): Promise<number> {
+  clock.mark("runner.load");
   const paths = sandboxPaths(dir);
   const lock = tryLock(paths.runnerLock, true);
   if (!lock) {
     emitFailed(new StillRunningError(basename(dir)));
     return 3;
   }
+  // Every writer of runner.log, this process's own stderr included, goes through one bounded log from here on.
+  // Its close waits for queued lines at most DEFAULTS.logFlushMs: the exit never waits on the log.
+  await using log = await RunnerLog.open(paths.runnerLog);
+  log.captureStderr();
   try {
     const spec = JSON.parse(await Deno.readTextFile(paths.vmSpec)) as VmSpec;
     // With secrets, their values are the starter's first line on stdin (runner_secrets.ts).
     const values = spec.secrets?.length ? await readRunnerSecrets(Deno.stdin) : undefined;
-    using store = Store.open(homeLayout().db);
-    return await new Runner(spec, paths, store, mode === "attached", values).run();
+    using store = new DeferredStore(homeLayout().db);
+    try {
+      return await new Runner(spec, paths, store, mode === "attached", log, clock, values).run();
+    } finally {
+      // A failed boot's status was queued: it is written before the runner ends.
+      await store.open();
+    }
   } finally {
     lock.release();
   }
 }
 
 if (import.meta.main) {
-  const [dir, mode] = Deno.args;
+  const [dir, mode, spawnedAt] = Deno.args;
   if (!dir || (mode !== "attached" && mode !== "detached")) {
-    console.error("usage: runner.ts <sandbox dir> attached|detached");
+    console.error("usage: runner.ts <sandbox dir> attached|detached [spawn time, epoch ms]");
     Deno.exit(2);
   }
-  Deno.exit(await main(dir, mode));
+  // From the starter's spawn to this process's start (Deno's own start included), then to here (the modules).
+  const clock = new PhaseClock(Number(spawnedAt) || performance.timeOrigin);
+  clock.mark("runner.start", performance.timeOrigin);
+  Deno.exit(await main(dir, mode, clock));
 }

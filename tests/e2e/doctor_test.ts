@@ -1,8 +1,9 @@
 /**
  * The doctor's containment section, run for real and checked against the
  * host's own facts: the virtiofsd version it prints is what the binary says,
- * the namespace line agrees with `unshare` run here, the libkrun runner is
- * reported as not contained, and as uid 65534 (`setpriv`, a private home with
+ * the namespace line agrees with `unshare` run here, the libkrun runner
+ * line reports what bubblewrap gave a probe (as root the chosen capabilities,
+ * as a user none), and as uid 65534 (`setpriv`, a private home with
  * a copy of the provisioned virtiofsd) the /dev/kvm line fails exactly when
  * that uid cannot open /dev/kvm, with "join the … group" as its fix, and
  * virtiofsd runs with ids squashed instead of root's dropped capabilities.
@@ -14,6 +15,7 @@ import { join } from "node:path";
 import { assert, assertEquals, assertMatch } from "../util/assert.ts";
 import { assetPath } from "../../src/store/assets.ts";
 import { need } from "../util/require.ts";
+import { checkBwrap } from "../../src/vmm/prereqs.ts";
 
 const doctor = new URL("../../src/host/doctor.ts", import.meta.url).pathname;
 const repo = new URL("../../", import.meta.url).pathname;
@@ -62,7 +64,18 @@ Deno.test({ name: "doctor: containment lines match this host", ignore: !haveVirt
   assertEquals(line(out.stdout, "user+mount namespaces").startsWith(" ok "), unshare.code === 0, out.stdout);
   const max = (await Deno.readTextFile("/proc/sys/user/max_user_namespaces")).trim();
   assertMatch(line(out.stdout, "user+mount namespaces"), new RegExp(`user\\.max_user_namespaces=${max}`));
-  assertMatch(line(out.stdout, "libkrun runner"), /^warn .*NOT contained by a mount namespace/);
+  // The runner line says what bwrap really gave the probe; without bwrap it fails with the package to install.
+  const bwrap = await checkBwrap();
+  const runner = line(out.stdout, "libkrun runner");
+  if (bwrap.ok) {
+    assertMatch(runner, /^ ok .*contained by bubblewrap [\d.]+: own mount, pid, ipc, uts namespaces/);
+    if (Deno.uid() === 0) {
+      assertMatch(runner, /capabilities chown,dac_override,fowner,setgid,setuid only \(CapEff 0+cb\)/);
+    }
+  } else {
+    assert(runner.startsWith("FAIL"), runner);
+    assertMatch(fixOf(out.stdout, "libkrun runner"), /apt-get install bubblewrap/);
+  }
   const kvm = await Deno.open("/dev/kvm", { read: true, write: true }).then((f) => (f.close(), true), () => false);
   assertEquals(line(out.stdout, "/dev/kvm").startsWith(" ok "), kvm, out.stdout);
 });
@@ -124,6 +137,11 @@ Deno.test({
     const mode = line(out.stdout, "virtiofsd sandbox");
     assertMatch(mode, /ids squashed to the caller's \(as uid 65534\)/);
     assert(!mode.includes("--modcaps"), mode);
+    // The runner as an ordinary user: a user namespace, no capabilities at all (or the fix when it cannot).
+    const runner = line(out.stdout, "libkrun runner");
+    if ((await checkBwrap()).ok && unshare.code === 0) {
+      assertMatch(runner, /^ ok .*a user namespace, no capabilities \(CapEff 0+\).*as uid 65534/);
+    }
   } finally {
     await Deno.remove(parent, { recursive: true });
   }

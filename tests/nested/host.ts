@@ -26,8 +26,12 @@ export const L1 = {
   home: "/var/lib/krunbox",
 } as const;
 
-/** Packages of the L1's Debian root besides minbase. */
-const L1_PACKAGES = ["busybox-static", "libisal2", "e2fsprogs", "ca-certificates"];
+/**
+ * Packages of the L1's Debian root besides minbase (bubblewrap: the libkrun
+ * runner runs only under it). The cached root is keyed by this list
+ * (scripts/roots.ts): changing it rebuilds the root.
+ */
+const L1_PACKAGES = ["busybox-static", "libisal2", "e2fsprogs", "ca-certificates", "bubblewrap"];
 
 /**
  * Boots an L1 with kvm-amd loaded. The caller owns the returned sandbox.

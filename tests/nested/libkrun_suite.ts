@@ -13,6 +13,11 @@ import { busyboxRoot } from "../../scripts/roots.ts";
 import { Images, Sandbox } from "../../mod.ts";
 import { chooseBackend, probeHost } from "../../src/vmm/detect.ts";
 import { need } from "../util/require.ts";
+import { dirname } from "node:path";
+import { AgentClient } from "../../src/agent/client.ts";
+import { homeLayout } from "../../src/store/home.ts";
+import { pathsOf } from "../../src/sandbox/state.ts";
+import { runnerCapMask } from "../../src/vmm/contain.ts";
 
 const noImage = need(
   "nested",
@@ -67,6 +72,97 @@ Deno.test({
   assert(/^overlay \/ overlay/m.test((await sb.exec("cat", ["/proc/mounts"])).stdout));
   await sb.stopAndWait();
   await Sandbox.remove("krun-oci");
+});
+
+// --- containment: the runner under bubblewrap (src/vmm/contain.ts), seen from the L1 host ---------------
+
+/** The contained runner's deno process (its exe is deno, its command line names runner.ts and the sandbox dir). */
+function runnerProcess(dir: string): number[] {
+  const pids: number[] = [];
+  for (const e of Deno.readDirSync("/proc")) {
+    if (!/^\d+$/.test(e.name)) continue;
+    try {
+      const argv = Deno.readTextFileSync(`/proc/${e.name}/cmdline`).split("\0");
+      if (Deno.readLinkSync(`/proc/${e.name}/exe`) !== Deno.execPath()) continue;
+      if (argv.some((a) => a.endsWith("/vmm/runner.ts")) && argv.includes(dir)) pids.push(Number(e.name));
+    } catch {
+      // gone, or not ours to read
+    }
+  }
+  return pids;
+}
+
+const exists = (path: string) => {
+  try {
+    Deno.lstatSync(path);
+    return true;
+  } catch {
+    return false;
+  }
+};
+
+Deno.test("libkrun runner contained: own namespaces, capabilities cut, host files out of sight, shares in", async () => {
+  const tag = crypto.randomUUID().slice(0, 8);
+  // Canaries outside every share (the L1's /root, /tmp, another sandbox's directory), one beside the share.
+  const canaries = [`/root/canary-${tag}`, `/tmp/canary-${tag}`, `${homeLayout().sandboxes}/other-${tag}/secret`];
+  const share = await Deno.makeTempDir({ prefix: `krun-share-${tag}-` });
+  await Deno.writeTextFile(`${share}/present`, "from the host\n");
+  for (const c of canaries) {
+    await Deno.mkdir(dirname(c), { recursive: true });
+    await Deno.writeTextFile(c, "canary\n");
+  }
+  const sb = await Sandbox.builder("krun-contain").image(await busyboxRoot()).backend("libkrun").memory(256)
+    .volume("/data", (v) => v.bind(share)).replace().create();
+  try {
+    const paths = pathsOf("krun-contain");
+    const pids = runnerProcess(paths.dir);
+    assertEquals(pids.length, 1, `one runner process for ${paths.dir}: ${pids}`);
+    const pid = pids[0];
+    // The pid the sandbox reports (metrics read it) is the runner's host pid, not its pid 1 inside.
+    await using agent = await AgentClient.connect(paths.agentSocket);
+    assertEquals((await agent.request("runner.info", {})).result.vmmPid, pid);
+
+    const status = Deno.readTextFileSync(`/proc/${pid}/status`);
+    const field = (name: string) => new RegExp(`^${name}:\\s*(\\S+)`, "m").exec(status)?.[1];
+    assertEquals(BigInt(`0x${field("CapEff")}`), runnerCapMask(0), status);
+    assertEquals(BigInt(`0x${field("CapPrm")}`), runnerCapMask(0), status);
+    assertEquals(field("NoNewPrivs"), "1");
+    assertEquals(field("Seccomp"), "2", "the share filter is on (seccomp filter mode)");
+    for (const ns of ["mnt", "pid", "ipc", "uts"]) {
+      assert(Deno.readLinkSync(`/proc/${pid}/ns/${ns}`) !== Deno.readLinkSync(`/proc/self/ns/${ns}`), `own ${ns} ns`);
+    }
+    const seen = (p: string) => exists(`/proc/${pid}/root${p}`);
+    // Positive controls first: the share, the sandbox directory, the database, libkrun, deno, /dev/kvm.
+    for (const p of [`${share}/present`, paths.vmSpec, homeLayout().db, Deno.execPath(), "/dev/kvm", "/usr/bin"]) {
+      assert(seen(p), `${p} is visible to the runner`);
+    }
+    for (const p of [...canaries, "/etc/passwd", "/etc/shadow", "/dev/vda", "/sys/kernel"]) {
+      assert(!seen(p), `${p} is out of the runner's sight`);
+    }
+    // Its /proc is its own pid namespace's: pid 1 there is the runner itself.
+    assert(Deno.readTextFileSync(`/proc/${pid}/root/proc/1/cmdline`).includes("runner.ts"), "its pid 1 is itself");
+
+    // The guest still works: exec, fs, the share both ways.
+    assertEquals((await sb.exec("cat", ["/data/present"])).stdout, "from the host\n");
+    await sb.fs().write("/data/from-guest", "hi");
+    assertEquals(await Deno.readTextFile(`${share}/from-guest`), "hi");
+    // The share filter on libkrun, checked on the host: chmod 0640 applies, the setuid bit and a device node do not.
+    const out = await sb.shell(
+      "chmod 0640 /data/from-guest; echo plain=$?; chmod 4755 /data/from-guest; echo setuid=$?; " +
+        "mknod /data/dev c 1 3; echo mknod=$?; mkfifo /data/fifo; echo fifo=$?",
+    );
+    assert(out.stdout.includes("plain=0") && out.stdout.includes("fifo=0"), out.stdout + out.stderr);
+    assertEquals((await Deno.stat(`${share}/from-guest`)).mode! & 0o7777, 0o640, out.stdout);
+    assert(!exists(`${share}/dev`) || !(await Deno.lstat(`${share}/dev`)).isCharDevice, "no device node on the host");
+    assert((await Deno.lstat(`${share}/fifo`)).isFifo, "the fifo (no privilege needed) was made");
+    await sb.stopAndWait();
+    await Sandbox.remove("krun-contain");
+  } finally {
+    await sb[Symbol.asyncDispose]().catch(() => {});
+    for (const c of canaries) await Deno.remove(c).catch(() => {});
+    await Deno.remove(dirname(canaries[2]), { recursive: true }).catch(() => {});
+    await Deno.remove(share, { recursive: true }).catch(() => {});
+  }
 });
 
 // --- network: netd through krun_add_net_unixstream (no TSI) -------------------

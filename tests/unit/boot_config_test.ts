@@ -8,7 +8,7 @@ import { assert, assertEquals } from "../util/assert.ts";
 import { sandboxPaths, type VmRoot, type VmSpec } from "../../src/vmm/backend.ts";
 import { rootDisks } from "../../src/vmm/boot_config.ts";
 import { libkrunBootConfig } from "../../src/vmm/libkrun.ts";
-import { qemuArgs, qemuBootConfig, qemuShares } from "../../src/vmm/qemu.ts";
+import { qemuArgs, qemuBaseBootConfig, qemuBootConfig, qemuModules, qemuShares } from "../../src/vmm/qemu.ts";
 import { GUEST_NET } from "../../src/vmm/boot_config.ts";
 
 const ROOTS: Record<VmRoot["kind"], VmRoot> = {
@@ -85,7 +85,7 @@ Deno.test("netd's CA (set by the runner) reaches both backends' boot config; wit
 });
 
 Deno.test("qemu's network is a stream netdev to netd's socket, never slirp, without offloads", () => {
-  const host = { kernel: "/k", initrd: "/i", accel: "tcg" as const, tscKhz: undefined, agentSocket: "/s/vm.sock" };
+  const host = { kernel: "/k", initrd: "/i", accel: "tcg" as const, tscKhz: undefined };
   const spec1 = { ...spec(ROOTS.dir, "user"), ports: [{ host: 8080, guest: 80, protocol: "tcp" as const }] };
   const args = qemuArgs(spec1, { ...host, fsSockets: {}, netSocket: "/s/net/net.sock" });
   const line = args.join(" ");
@@ -110,7 +110,6 @@ Deno.test("a root's disks: the lower read-only, the upper and a disk image writa
     initrd: "/i",
     accel: "tcg" as const,
     tscKhz: undefined,
-    agentSocket: "/s/vm.sock",
     fsSockets: {},
   };
   const drives = (root: VmRoot) => {
@@ -136,5 +135,41 @@ Deno.test("qemu serves a directory root first, as tag root, then the shares; soc
   assertEquals(qemuShares(spec(ROOTS.overlay)).map((s) => s.tag), ["v0", "v1"]);
   const paths = sandboxPaths("/s");
   assertEquals(paths.fsSocket("../a/b"), "/s/fs-.._a_b.sock");
-  assertEquals([paths.vmSocket, paths.initrd, paths.trampoline], ["/s/vm.sock", "/s/initrd.img", "/s/trampoline"]);
+  assertEquals([paths.vmSocket, paths.trampoline], ["/s/vm.sock", "/s/trampoline"]);
+});
+
+Deno.test("a qemu guest loads only the modules its root, shares and network need", () => {
+  const none = (root: VmRoot) => ({ ...spec(root), shares: [] });
+  const base = ["virtio_mmio", "virtio_console"];
+  assertEquals(qemuModules(none(ROOTS.dir)), [...base, "virtiofs"]);
+  assertEquals(qemuModules(none({ kind: "dir", path: "/r", upper: "/s/u" })), [
+    ...base,
+    "virtio_blk",
+    "overlay",
+    "virtiofs",
+  ]);
+  assertEquals(qemuModules(none(ROOTS.overlay)), [...base, "virtio_blk", "erofs", "overlay"]);
+  assertEquals(qemuModules(none(ROOTS.disk)), [...base, "virtio_blk"]);
+  assertEquals(qemuModules(spec(ROOTS.disk, "user")), [...base, "virtio_blk", "virtiofs", "virtio_net"]);
+  assertEquals(qemuModules({ ...none(ROOTS.disk), extraModules: ["kvm-amd"] }), [...base, "virtio_blk", "kvm-amd"]);
+});
+
+Deno.test("the shared initramfs's base config: the transport and its modules, and ask the host for the rest", () => {
+  const idx = {
+    virtio: { file: "k/virtio.ko", deps: [] },
+    virtio_mmio: { file: "k/virtio_mmio.ko", deps: ["virtio"] },
+    virtio_console: { file: "k/virtio_console.ko", deps: ["virtio"] },
+    virtio_blk: { file: "k/virtio_blk.ko", deps: ["virtio"] },
+  };
+  const baseConfig = qemuBaseBootConfig(idx);
+  assertEquals(baseConfig, {
+    fromHost: true,
+    modules: ["/lib/modules/virtio.ko", "/lib/modules/virtio_mmio.ko", "/lib/modules/virtio_console.ko"],
+    transport: { kind: "virtio-port", name: "agent" },
+  });
+  // The host's answer has the same transport and starts with the same modules (the agent loads each once).
+  const full = qemuBootConfig({ ...spec(ROOTS.disk), shares: [] }, idx);
+  assertEquals(full.transport, baseConfig.transport);
+  assertEquals(full.modules.slice(0, 3), baseConfig.modules);
+  assertEquals("fromHost" in full, false);
 });

@@ -11,6 +11,7 @@ import { BackendUnavailableError } from "../../src/errors.ts";
 import { assetVersion } from "../../src/store/assets.ts";
 import { sandboxPaths } from "../../src/vmm/backend.ts";
 import { NetEngine } from "../../src/vmm/netd.ts";
+import { RunnerLog } from "../../src/vmm/runner_log.ts";
 
 const ignore = !(await assetVersion("netd"));
 if (ignore) console.log("SKIPPING netd runner tests: the netd asset is not provisioned (`./dev setup`)");
@@ -29,7 +30,8 @@ async function place() {
 Deno.test({ name: "netd: starts, listens in a 0700 directory, answers stats, exits when killed", ignore }, async () => {
   const { dir, paths, config } = await place();
   try {
-    using net = await NetEngine.start("qemu", config, paths);
+    await using log = await RunnerLog.open(paths.runnerLog);
+    using net = await NetEngine.start("qemu", config, paths, log);
     assert(net.running && net.version.length > 0, net.version);
     assertEquals((await Deno.stat(paths.netDir)).mode! & 0o777, 0o700);
     assert((await Deno.stat(paths.netSocket)).isSocket);
@@ -60,7 +62,8 @@ Deno.test({ name: "netd: a configuration it refuses fails the start with its wor
         inQuery: false,
       }],
     };
-    const err = await assertRejects(() => NetEngine.start("qemu", bad, paths), BackendUnavailableError);
+    await using log = await RunnerLog.open(paths.runnerLog);
+    const err = await assertRejects(() => NetEngine.start("qemu", bad, paths, log), BackendUnavailableError);
     assert(/netd exited at start \(code 2\)/.test(err.message), err.message);
   } finally {
     await Deno.remove(dir, { recursive: true });
@@ -85,18 +88,20 @@ Deno.test({
         inQuery: false,
       }],
     };
-    using net = await NetEngine.start("qemu", withSecret, paths);
+    await using log = await RunnerLog.open(paths.runnerLog);
+    using net = await NetEngine.start("qemu", withSecret, paths, log);
     assert(net.caPem?.startsWith("-----BEGIN CERTIFICATE-----"), String(net.caPem));
     assert(!net.caPem!.includes("sk-unit-value"), "the CA line holds no value");
-    const log = await Deno.readTextFile(paths.runnerLog).catch(() => "");
-    assert(!log.includes("sk-unit-value"), "the runner log holds no value");
+    const text = await Deno.readTextFile(paths.runnerLog).catch(() => "");
+    assert(!text.includes("sk-unit-value"), "the runner log holds no value");
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
   // Positive control: without secrets there is no CA.
   const plain = await place();
   try {
-    using net = await NetEngine.start("qemu", plain.config, plain.paths);
+    await using log = await RunnerLog.open(plain.paths.runnerLog);
+    using net = await NetEngine.start("qemu", plain.config, plain.paths, log);
     assertEquals(net.caPem, undefined);
   } finally {
     await Deno.remove(plain.dir, { recursive: true });

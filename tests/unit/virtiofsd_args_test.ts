@@ -56,7 +56,6 @@ Deno.test("a private directory root: a read-only share under the sandbox's upper
     initrd: "/i",
     accel: "tcg" as const,
     tscKhz: 1,
-    agentSocket: "/v",
     fsSockets: { root: "/f" },
   };
   assert(qemuArgs(spec, host).some((a) => a.startsWith("id=upper,file=/s/upper.ext4,")), "the upper disk is attached");

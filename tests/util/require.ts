@@ -50,6 +50,10 @@ export const PARTS = {
     what: "the nested libkrun suite (libkrun in an L1 VM)",
     how: "needs the qemu backend, libkrun, libkrunfw and the registry tools: run `./dev setup`",
   },
+  bubblewrap: {
+    what: "bubblewrap (bwrap), which contains the libkrun runner",
+    how: "run `./dev setup` (or apt-get install bubblewrap)",
+  },
   // For the tests that start netd (the runner already fails a CI run whose netd/ has go tests but no go).
   netd: {
     what: "the network engine netd",

@@ -156,7 +156,11 @@ export const logs: Command = {
     const drain = async () => {
       for (const f of files) offsets.set(f, await copyFrom(f, offsets.get(f) ?? 0));
     };
-    await drain();
+    // Each log's older part first (console.log.1, then console.log): the bounded logs rotate into it.
+    for (const f of files) {
+      await copyFrom(`${f}.1`, 0);
+      offsets.set(f, await copyFrom(f, 0));
+    }
     if (!p.values.follow) return 0;
     while (true) {
       const { status } = await Sandbox.get(name);

@@ -14,6 +14,7 @@ export const HOST_PACKAGES: Readonly<Record<string, string>> = {
   "libcap-ng-dev": "building the Rust virtiofsd (qemu shares)",
   "libseccomp-dev": "building the Rust virtiofsd (qemu shares)",
   "e2fsprogs": "per-sandbox writable ext4 disks (mkfs.ext4)",
+  "bubblewrap": "libkrun backend: the runner's containment (bwrap: namespaces, capabilities, seccomp)",
   "libisal2": "ISA-L inflate: fast layer decompression for image pulls",
   "libzstd1": "tar+zstd image layers",
   "zstd": "tests: building tar+zstd layers",

@@ -1,7 +1,9 @@
 /**
- * The qemu guest's initramfs: the agent as `/init` and the kernel modules it
- * loads. Per-sandbox settings are not in it: the backend appends a small
- * second archive with `krunbox/boot.json` at boot (Linux unpacks both).
+ * The qemu guest's initramfs: the agent as `/init`, the kernel modules it
+ * loads, and a base `krunbox/boot.json` ({@link qemuBaseBootConfig}: the
+ * transport and its modules). Every boot uses this archive as it is: the
+ * agent asks the runner for the sandbox's own config over the agent
+ * channel, so nothing per sandbox is written or copied at boot.
  *
  * @module
  */
@@ -9,6 +11,8 @@
 import { join } from "node:path";
 import { assetDir, assetPath, assetVersion } from "../../store/assets.ts";
 import { type CpioEntry, encodeCpio } from "../../vmm/cpio.ts";
+import { qemuBaseBootConfig } from "../../vmm/qemu.ts";
+import { INITRAMFS_LAYOUT } from "../../vmm/prereqs.ts";
 import type { AssetStep } from "./step.ts";
 
 /** Provisions `assets/initramfs/initramfs.cpio`. */
@@ -18,15 +22,19 @@ export const initramfsStep: AssetStep = {
     const agent = await assetVersion("agent", ctx.home);
     const kernel = await assetVersion("kernel", ctx.home);
     if (!agent || !kernel) throw new Error("needs the agent and kernel assets first");
-    return `agent-${agent}+${kernel}`;
+    // The layout (the base boot config; the agent asks the host for the rest): checked by qemuChecks.
+    return `agent-${agent}+${kernel}+${INITRAMFS_LAYOUT}`;
   },
   async build(ctx, out) {
     const kernelDir = assetDir("kernel", ctx.home);
+    const modules = JSON.parse(await Deno.readTextFile(join(kernelDir, "modules.json"))).modules;
+    const base = new TextEncoder().encode(JSON.stringify(qemuBaseBootConfig(modules)));
     const entries: CpioEntry[] = [
       { kind: "file", path: "init", data: await Deno.readFile(assetPath("agent", ctx.home)), mode: 0o755 },
       { kind: "dir", path: "lib" },
       { kind: "dir", path: "lib/modules" },
       { kind: "dir", path: "krunbox" },
+      { kind: "file", path: "krunbox/boot.json", data: base },
       { kind: "dir", path: "dev" },
       { kind: "dir", path: "proc" },
       { kind: "dir", path: "sys" },

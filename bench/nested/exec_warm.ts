@@ -1,0 +1,55 @@
+/**
+ * Runs INSIDE the nested test host (see bench/exec_vs_msb_nested.ts): one
+ * running sandbox a side on the same busybox root, then `runs` rounds that
+ * alternate, each timing as a process `krunbox exec NAME true` (the CLI:
+ * Deno's start, module loading, the agent round trip) and `msb exec NAME --
+ * true`, and in this process `sb.exec("true")` (the API round trip the CLI
+ * adds to). One warm-up round is discarded. Prints one JSON line.
+ *
+ * Usage: exec_warm.ts <msb binary> [runs=5]
+ *
+ * @module
+ */
+
+import { busyboxRoot } from "../../scripts/roots.ts";
+import { Sandbox } from "../../mod.ts";
+
+const [msb, runsArg] = Deno.args;
+const runs = Number(runsArg ?? 5);
+const root = await busyboxRoot();
+const cli = new URL("../../cli.ts", import.meta.url).pathname;
+
+async function timed(cmd: string, args: string[]): Promise<number> {
+  const t0 = performance.now();
+  const out = await new Deno.Command(cmd, { args, stdout: "null", stderr: "piped" }).output();
+  if (!out.success) throw new Error(`${cmd} ${args.join(" ")}: ${new TextDecoder().decode(out.stderr)}`);
+  return performance.now() - t0;
+}
+
+const NAME = "exec-k";
+const MSB_NAME = "exec-m";
+await using sb = await Sandbox.builder(NAME).image(root).backend("libkrun").memory(256).replace().create();
+await timed(msb, ["create", "--quiet", "--name", MSB_NAME, "--memory", "256M", "--replace", root]);
+try {
+  const round = async () => ({
+    cli: await timed(Deno.execPath(), ["run", "-A", "--no-check", cli, "exec", NAME, "true"]),
+    msb: await timed(msb, ["exec", MSB_NAME, "--", "true"]),
+    api: await (async () => {
+      const t0 = performance.now();
+      await sb.exec("true");
+      return performance.now() - t0;
+    })(),
+  });
+  await round();
+  const rounds = [];
+  for (let i = 0; i < runs; i++) rounds.push(await round());
+  console.log(JSON.stringify({
+    cli: rounds.map((r) => r.cli),
+    msb: rounds.map((r) => r.msb),
+    api: rounds.map((r) => r.api),
+  }));
+} finally {
+  await timed(msb, ["rm", "--force", "--quiet", MSB_NAME]).catch(() => {});
+  await sb.kill().catch(() => {});
+  await Sandbox.remove(NAME).catch(() => {});
+}
