@@ -87,20 +87,34 @@ async function curl(sb: Sandbox, args: string): Promise<{ code: string; out: str
   return { code: r.stdout.split(" ")[0], out: `${r.stdout}${r.stderr}` };
 }
 
-Deno.test({
-  name: "secrets: the value reaches only its host (host-side record), never another host nor a file",
-  ignore,
-  sanitizeResources: false,
-  sanitizeOps: false,
-}, async () => {
+const VM_OPTS = { ignore, sanitizeResources: false, sanitizeOps: false };
+
+/**
+ * The servers (name → address) and a curl sandbox whose OPENAI_API_KEY is a
+ * secret for api.test; netd answers the names itself (this test is about
+ * TLS, not the upstream DNS path: network_test.ts) and trusts the servers' CA.
+ */
+async function world(name: string, names: Record<string, string>, detached = false) {
   await freshAssets(testHome);
   const root = await debianRoot(["busybox-static", "ca-certificates", "curl"], "debian-curl");
-  await using https = await NsHttps.start({ "api.test": HTTPS_A, "other.test": HTTPS_B });
-  const sb = await Sandbox.builder(NAME).image(root).memory(512)
-    // netd answers the two names itself: this test is about TLS, not the upstream DNS path (network_test.ts).
-    .network((n) => n.dns({ hosts: { "api.test": HTTPS_A, "other.test": HTTPS_B } }).trustCa(https.ca))
-    .secretEnv("OPENAI_API_KEY", VALUE, "api.test")
-    .create();
+  const https = await NsHttps.start(names);
+  try {
+    const b = Sandbox.builder(name).image(root).memory(512)
+      .network((n) => n.dns({ hosts: names }).trustCa(https.ca))
+      .secretEnv("OPENAI_API_KEY", VALUE, "api.test");
+    return { https, sb: detached ? await b.createDetached() : await b.create() };
+  } catch (e) {
+    await https[Symbol.asyncDispose]();
+    throw e;
+  }
+}
+
+Deno.test({
+  name: "secrets: the value reaches only its host (host-side record), never another host nor a file",
+  ...VM_OPTS,
+}, async () => {
+  const { https, sb } = await world(NAME, { "api.test": HTTPS_A, "other.test": HTTPS_B });
+  await using _https = https;
   let stopped = false;
   try {
     const events: NetworkEvent[] = [];
@@ -182,18 +196,10 @@ Deno.test({
 
 Deno.test({
   name: "secrets: a detached sandbox gets its values too (the runner's stdin closes after them)",
-  ignore,
-  sanitizeResources: false,
-  sanitizeOps: false,
+  ...VM_OPTS,
 }, async () => {
-  await freshAssets(testHome);
-  const root = await debianRoot(["busybox-static", "ca-certificates", "curl"], "debian-curl");
-  await using https = await NsHttps.start({ "api.test": HTTPS_A });
-  const name = `${NAME}-detached`;
-  const sb = await Sandbox.builder(name).image(root).memory(512)
-    .network((n) => n.dns({ hosts: { "api.test": HTTPS_A } }).trustCa(https.ca))
-    .secretEnv("OPENAI_API_KEY", VALUE, "api.test")
-    .createDetached();
+  const { https, sb } = await world(`${NAME}-detached`, { "api.test": HTTPS_A }, true);
+  await using _https = https;
   try {
     const r = await curl(sb, `-H "Authorization: Bearer $OPENAI_API_KEY" https://api.test/detached`);
     assertEquals(r.code, "200", r.out);
