@@ -57,6 +57,10 @@ func run(stdin io.Reader, stdout, stderr io.Writer, args []string) int {
 	logf := func(format string, a ...any) { fmt.Fprintf(stderr, "netd: "+format+"\n", a...) }
 	e, err := engine.New(cfg, out, engine.Options{Log: logf})
 	if err != nil {
+		var ce *config.Error
+		if errors.As(err, &ce) {
+			return fail(2, err)
+		}
 		return fail(1, err)
 	}
 	defer func() {
@@ -80,7 +84,11 @@ func run(stdin io.Reader, stdout, stderr io.Writer, args []string) int {
 		}
 		return fail(1, err)
 	}
-	out.Line(map[string]any{"type": "ready", "version": version}, true)
+	ready := map[string]any{"type": "ready", "version": version}
+	if ca := e.CAPem(); ca != "" {
+		ready["caPem"] = ca // only with secrets; its key never leaves netd's memory
+	}
+	out.Line(ready, true)
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()

@@ -3,7 +3,10 @@ package main
 import (
 	"bufio"
 	"context"
+	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -129,19 +132,38 @@ func TestBadConfigExits2NamingTheField(t *testing.T) {
 	}
 }
 
-func TestSecretsAreRefused(t *testing.T) {
-	line, sock := testConfig(t, `,"secrets":[{"env":"K","placeholder":"krunbox-secret-x","value":"sk-real","hosts":["api.example.com"]}]`)
+// With secrets, the ready line carries the sandbox CA (one PEM certificate,
+// a CA) and nothing of the value; a bad secret exits 2 naming its field, not
+// its value; without secrets there is no caPem.
+func TestSecretsReadyCarriesTheCA(t *testing.T) {
+	line, _ := testConfig(t, `,"secrets":[{"env":"K","placeholder":"krunbox-secret-0123456789abcdef","value":"sk-real","hosts":["api.example.com"]}]`)
 	p := startNetd(t, line)
 	m := p.next(t)
-	msg, _ := m["message"].(string)
-	if m["type"] != "error" || !strings.Contains(msg, "secrets are not supported by this netd yet") || strings.Contains(msg, "sk-real") {
+	pemText, _ := m["caPem"].(string)
+	if m["type"] != "ready" || strings.Contains(fmt.Sprint(m), "sk-real") {
 		t.Fatalf("line: %v", m)
+	}
+	block, rest := pem.Decode([]byte(pemText))
+	if block == nil || strings.TrimSpace(string(rest)) != "" {
+		t.Fatalf("caPem is not one PEM block: %q", pemText)
+	}
+	cert, err := x509.ParseCertificate(block.Bytes)
+	if err != nil || !cert.IsCA {
+		t.Fatalf("caPem: %v (CA %v)", err, cert != nil && cert.IsCA)
+	}
+	bad, _ := testConfig(t, `,"secrets":[{"env":"K","placeholder":"krunbox-secret-0123456789abcdef","value":"sk-real","hosts":[]}]`)
+	p = startNetd(t, bad)
+	m = p.next(t)
+	if msg, _ := m["message"].(string); m["type"] != "error" || !strings.Contains(msg, "secrets[0].hosts") || strings.Contains(msg, "sk-real") {
+		t.Fatalf("bad secret: %v", m)
 	}
 	if code := p.exit(t, 5*time.Second); code != 2 {
 		t.Fatalf("exit %d", code)
 	}
-	if _, err := os.Stat(sock); err == nil {
-		t.Fatal("the socket was created for a refused configuration")
+	plain, _ := testConfig(t, "")
+	p = startNetd(t, plain)
+	if m := p.next(t); m["type"] != "ready" || m["caPem"] != nil {
+		t.Fatalf("without secrets: %v", m)
 	}
 }
 

@@ -24,6 +24,10 @@ pub struct BootConfig {
     /// `boot.config` request (PROTOCOL.md, "Boot config").
     #[serde(rename = "fromHost", skip_serializing_if = "std::ops::Not::not")]
     pub from_host: bool,
+    /// netd's per-sandbox CA (a sandbox with secrets): installed into the
+    /// guest's trust store (`trust.rs`).
+    #[serde(rename = "caPem", skip_serializing_if = "Option::is_none")]
+    pub ca_pem: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -152,6 +156,9 @@ mod tests {
         assert_eq!(c.transport, Transport::Vsock { port: 1024 });
         assert_eq!(c.rlimits.nofile, Some(1048576));
         assert_eq!(c.network.unwrap().dns, vec!["10.0.2.3"]);
+        assert_eq!(c.ca_pem, None);
+        let c = parse(r#"{"caPem":"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"}"#).unwrap();
+        assert!(c.ca_pem.unwrap().starts_with("-----BEGIN CERTIFICATE-----"));
     }
 
     #[test]

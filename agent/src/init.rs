@@ -93,10 +93,18 @@ fn boot(started: Instant) -> (BootConfig, Option<Arc<Stream>>) {
             log(&format!("rlimit nofile {n}: {e}"));
         }
     }
-    let base = BTreeMap::from([
+    let mut base = BTreeMap::from([
         ("PATH".to_string(), agent::DEFAULT_PATH.to_string()),
         ("HOME".to_string(), "/root".to_string()),
     ]);
+    if let Some(pem) = &cfg.ca_pem {
+        // A shared writable directory root is the host's own directory: its trust store is not edited.
+        let host_dir = matches!(cfg.root, Root::Virtiofs { upper: None, .. });
+        for e in crate::trust::install(Path::new("/"), pem, !host_dir) {
+            log(&format!("sandbox CA: {e}"));
+        }
+        base.extend(crate::trust::env());
+    }
     agent::mark_boot("setup");
     agent::init(Mode::Init, base, cfg.env.clone(), cfg.workdir.clone().unwrap_or_else(|| "/".into()), started);
     crate::reaper::start();

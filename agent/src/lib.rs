@@ -19,4 +19,5 @@ pub mod shutdown;
 pub mod spawn;
 pub mod sys;
 pub mod transport;
+pub mod trust;
 pub mod users;

@@ -168,16 +168,35 @@ export function compileNetd(
     maxConnections: net.maxConnections,
     trustCa: net.trustCa,
     tls: { ports: net.tls.ports, bypass: net.tls.bypass },
-    secrets: secretValues(sandbox.name, sandbox.secrets, values).map(({ secret, value }) => ({
-      env: secret.env,
-      placeholder: secret.placeholder,
-      value,
-      hosts: secret.hosts,
-      patterns: secret.patterns,
-      inBody: secret.inBody,
-      inQuery: secret.inQuery,
-    })),
+    secrets: netdSecrets(sandbox.name, sandbox.secrets, values),
   };
+}
+
+/**
+ * The `secrets` member of netd's configuration: each stored secret with its
+ * value from `values` (env name → value, memory only; a missing one is a
+ * `SecretUnavailableError`). What it returns goes to netd's stdin only.
+ *
+ * @example
+ * ```ts
+ * import { netdSecrets } from "./engine.ts";
+ * console.log(netdSecrets("job", [], undefined)); // []
+ * ```
+ */
+export function netdSecrets(
+  sandbox: string,
+  secrets: readonly SecretConfig[],
+  values: ReadonlyMap<string, string> | undefined,
+): NetdConfig["secrets"] {
+  return secretValues(sandbox, secrets, values).map(({ secret, value }) => ({
+    env: secret.env,
+    placeholder: secret.placeholder,
+    value,
+    hosts: secret.hosts,
+    patterns: secret.patterns,
+    inBody: secret.inBody,
+    inQuery: secret.inQuery,
+  }));
 }
 
 /**

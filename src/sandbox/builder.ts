@@ -437,12 +437,21 @@ export class SandboxBuilder {
     sandbox: typeof Sandbox,
     clock: PhaseClock,
   ): Promise<Sandbox> {
+    // The secrets' values go to the runner in memory (its stdin), never into the stored config.
+    const values = new Map((this.#opts.secrets ?? []).map((s) => [s.env, s.value]));
     const { createAndLaunch } = await loadLaunch();
-    const { launched, config } = await createAndLaunch(requested, detached, replace, {
-      policy: this.#opts.pullPolicy,
-      auth: this.#opts.auth,
-      onProgress: this.#opts.onPull,
-    }, clock);
+    const { launched, config } = await createAndLaunch(
+      requested,
+      detached,
+      replace,
+      {
+        policy: this.#opts.pullPolicy,
+        auth: this.#opts.auth,
+        onProgress: this.#opts.onPull,
+      },
+      clock,
+      values,
+    );
     return sandbox.fromLaunch(config, launched, !detached);
   }
 

@@ -37,9 +37,10 @@ import { logTail } from "../util/logs.ts";
 import { PhaseClock } from "../util/phases.ts";
 import { DEFAULTS, settings } from "../settings.ts";
 import { parseConfig, type SandboxConfig } from "./config.ts";
-import { prepareRoot, refuseSecrets, vmSpecOf, withImageDefaults } from "./spec.ts";
+import { prepareRoot, vmSpecOf, withImageDefaults } from "./spec.ts";
 import { deleteState, isLive, pathsOf, reconcile, requireRow, withNameLock } from "./state.ts";
-import { secretValues } from "../net/secrets.ts";
+import { type SecretConfig, secretValues } from "../net/secrets.ts";
+import { runnerSecretsLine } from "../vmm/runner_secrets.ts";
 
 /** A launched runner: its ready event and a client connected to its relay. */
 export interface Launched {
@@ -67,7 +68,9 @@ export interface Booted {
 /**
  * Creates the stored sandbox and its directory, then boots it. With
  * `replace`, an existing sandbox of that name is killed and removed first.
- * Anything that fails leaves no trace of the new sandbox.
+ * Anything that fails leaves no trace of the new sandbox. `values` are the
+ * secrets' values (env name → value, memory only): they go to the runner's
+ * stdin and from there to netd's, never to a file.
  *
  * @example
  * ```ts ignore
@@ -84,7 +87,10 @@ export async function createAndLaunch(
   replace: boolean,
   pull: PullOptions = {},
   clock: PhaseClock = new PhaseClock(),
+  values?: ReadonlyMap<string, string>,
 ): Promise<Booted> {
+  // Every secret needs its value: refused before anything is touched.
+  secretValues(requested.name, requested.secrets, values);
   using store = await openStore();
   return await withNameLock(requested.name, async () => {
     await clearName(store, requested.name, replace);
@@ -93,7 +99,7 @@ export async function createAndLaunch(
     // no peer-uid check is possible there: no other uid may reach this directory.
     await privateDir(pathsOf(requested.name).dir);
     try {
-      return await boot(store, requested, { fresh: true, detached, pull, clock });
+      return await boot(store, requested, { fresh: true, detached, pull, clock, values });
     } catch (e) {
       await deleteState(store, requested.name).catch(() => {});
       throw e;
@@ -154,6 +160,8 @@ interface BootPlan {
   readonly pull: PullOptions;
   /** Times the boot from the caller's create() or start(). */
   readonly clock: PhaseClock;
+  /** The secrets' values (memory only); absent at start, where {@link relaunch} refuses secrets. */
+  readonly values?: ReadonlyMap<string, string>;
 }
 
 /**
@@ -164,8 +172,6 @@ interface BootPlan {
 async function boot(store: Store, requested: SandboxConfig, plan: BootPlan): Promise<Booted> {
   const name = requested.name;
   const paths = pathsOf(name);
-  // Refused before any pull or disk work.
-  refuseSecrets(requested);
   const { root, image } = await prepareRoot(store, requested, paths, plan.pull);
   const config = plan.fresh && image ? withImageDefaults(requested, image.config) : requested;
   // A first boot may be restored from a snapshot template (src/vmm/template.ts); a restart boots its own disk.
@@ -187,7 +193,8 @@ async function boot(store: Store, requested: SandboxConfig, plan: BootPlan): Pro
     store.update(name, { status: "creating", stopReason: null, detached: plan.detached });
   }
   try {
-    return { launched: await launchRunner(paths, name, plan.detached, spec, plan.clock), config };
+    const values = secretValues(name, config.secrets, plan.values);
+    return { launched: await launchRunner(paths, name, plan.detached, spec, plan.clock, values), config };
   } catch (e) {
     if (!plan.fresh) store.update(name, { status: "crashed", stopReason: `start failed: ${(e as Error).message}` });
     throw e;
@@ -240,7 +247,10 @@ async function contained(spec: VmSpec): Promise<(command: readonly string[]) => 
 
 /**
  * Starts the runner of a sandbox whose `vm.json` is written, waits for its
- * ready event and connects to its relay.
+ * ready event and connects to its relay. With secrets, their values are the
+ * first line on the runner's stdin ({@link runnerSecretsLine}): a detached
+ * runner's stdin closes after it, an attached one's stays open as the
+ * lifeline.
  *
  * @example
  * ```ts ignore
@@ -257,6 +267,7 @@ export async function launchRunner(
   detached: boolean,
   spec?: VmSpec,
   clock: PhaseClock = new PhaseClock(),
+  secrets: readonly { secret: SecretConfig; value: string }[] = [],
 ): Promise<Launched> {
   const runnerUrl = new URL("../vmm/runner.ts", import.meta.url).href;
   const vm = spec ?? JSON.parse(await Deno.readTextFile(paths.vmSpec)) as VmSpec;
@@ -274,13 +285,19 @@ export async function launchRunner(
   ];
   const runner = new Deno.Command(runnerShell(), {
     args: ["-c", RUNNER_EXEC, paths.runnerLog, ...wrap([Deno.execPath(), ...runnerArgs])],
-    // Attached: stdin is the lifeline (EOF: the owner is gone). Detached: nothing of ours.
-    stdin: detached ? "null" : "piped",
+    // Attached: stdin is the lifeline (EOF: the owner is gone). Detached: nothing of ours but the secrets' line.
+    stdin: detached && secrets.length === 0 ? "null" : "piped",
     stdout: "piped",
     stderr: "null",
     detached,
     env: { KRUNBOX_HOME: homeLayout().root },
   }).spawn();
+  if (secrets.length > 0) {
+    const w = runner.stdin.getWriter();
+    await w.write(new TextEncoder().encode(runnerSecretsLine(secrets))).catch(() => {}); // a dead runner: said below
+    w.releaseLock();
+    if (detached) await runner.stdin.close().catch(() => {});
+  }
   const line = await firstLine(runner.stdout);
   let event: RunnerEvent | undefined;
   try {

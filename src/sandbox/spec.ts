@@ -141,31 +141,10 @@ async function namedVolume(name: string): Promise<string> {
 }
 
 /**
- * Refuses a config with secrets (fail closed): this version's netd does no
- * TLS interception, so it could not keep a value to its hosts. Called
- * before anything is pulled or booted.
- *
- * @example
- * ```ts
- * import { refuseSecrets } from "./spec.ts";
- * import { parseConfig } from "./config.ts";
- * refuseSecrets(parseConfig({ name: "a", image: { kind: "dir", path: "/" } })); // no secrets: fine
- * ```
- */
-export function refuseSecrets(config: SandboxConfig): void {
-  if (config.secrets.length > 0) {
-    throw new InvalidConfigError(
-      "secrets",
-      "secret substitution needs TLS interception, which this version of the network engine does not do; " +
-        "remove secret()/secretEnv() and pass the value another way",
-    );
-  }
-}
-
-/**
  * netd's configuration for a networked config (undefined without a
- * network). It never holds a secret (it is written into `vm.json`):
- * {@link refuseSecrets} keeps configs with secrets from booting.
+ * network). It never holds a secret value (it is written into `vm.json`):
+ * its `secrets` is empty; the runner adds them, with their values, in memory
+ * ({@link VmSpec.secrets}).
  *
  * @example
  * ```ts
@@ -232,6 +211,7 @@ export async function vmSpecOf(config: SandboxConfig, root: VmRoot): Promise<VmS
     ports: config.ports,
     network: config.network.mode,
     netd: netdOf(config, paths.netSocket),
+    secrets: config.secrets,
     boot: {
       hostname: guestHostname(config),
       env: { PATH: GUEST_PATH, HOME: "/root", ...config.env },

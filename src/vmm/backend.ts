@@ -10,6 +10,7 @@
 
 import type { ByteChannel } from "../agent/writer.ts";
 import type { NetdConfig } from "../net/engine.ts";
+import type { SecretConfig } from "../net/secrets.ts";
 import type { PhaseClock } from "../util/phases.ts";
 import type { BootConfig } from "./boot_config.ts";
 import type { BackendKind, HostVirtualization } from "./detect.ts";
@@ -59,9 +60,18 @@ export interface VmSpec {
   /**
    * netd's configuration line (netd/PROTOCOL.md) for a networked sandbox:
    * the runner starts netd with it before the VMM. Never holds a secret
-   * value (a sandbox with secrets is refused before a spec is made).
+   * value: its `secrets` is empty here, and the runner fills it in memory
+   * from {@link VmSpec.secrets} and the values its starter writes on its
+   * stdin.
    */
   readonly netd?: NetdConfig;
+  /** The sandbox's secrets without their values (env, placeholder, hosts): what the runner pairs with the values. */
+  readonly secrets?: readonly SecretConfig[];
+  /**
+   * netd's per-sandbox CA (its `ready` line's `caPem`), for the guest to
+   * trust: set by the runner in memory after netd is ready, never in `vm.json`.
+   */
+  readonly caPem?: string;
   /** The agent's boot config (agent/PROTOCOL.md, "Boot config"), minus what the backend adds. */
   readonly boot: Record<string, unknown>;
   /** Give up when the agent is not ready after this long. */

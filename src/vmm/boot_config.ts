@@ -68,6 +68,8 @@ export interface BootConfig {
   readonly mounts: readonly unknown[];
   readonly transport: GuestTransport;
   readonly network: GuestNetwork | null;
+  /** netd's per-sandbox CA (a sandbox with secrets): the agent installs it into the guest's trust store. */
+  readonly caPem?: string;
 }
 
 /** What a backend adds to the shared boot config. */
@@ -146,7 +148,8 @@ export function guestRoot(root: VmRoot, dirRoot: GuestRoot, dirLowerTag: string 
 /**
  * The agent's boot config for a spec: the spec's entries (hostname, env,
  * workdir, rlimits, its tmpfs mounts), the root, every share as a virtiofs
- * mount, and what the backend adds.
+ * mount, what the backend adds, and netd's CA when the runner set one
+ * ({@link VmSpec.caPem}).
  *
  * @example
  * ```ts
@@ -175,5 +178,6 @@ export function bootConfig(spec: VmSpec, backend: BackendBoot): BootConfig {
     mounts: [...((spec.boot.mounts as unknown[] | undefined) ?? []), ...shares],
     transport: backend.transport,
     network: backend.network,
+    ...(spec.caPem ? { caPem: spec.caPem } : {}),
   };
 }

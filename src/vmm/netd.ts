@@ -57,6 +57,8 @@ export class NetEngine implements Disposable {
   #running = true;
   /** The version netd reported in its `ready` line. */
   version = "";
+  /** The sandbox CA netd reported in its `ready` line (only with secrets). */
+  caPem: string | undefined;
   /** Resolves when netd has exited (for whatever reason). */
   readonly exited: Promise<Deno.CommandStatus>;
 
@@ -178,6 +180,7 @@ export class NetEngine implements Disposable {
         switch (m.type) {
           case "ready":
             this.version = m.version;
+            this.caPem = m.caPem;
             onReady();
             break;
           case "event":

@@ -51,6 +51,7 @@ import { listenFresh } from "./channel.ts";
 import { ConsoleLog } from "./console.ts";
 import type { NetEngine } from "./netd.ts";
 import { DeferredStore } from "./deferred_store.ts";
+import { readRunnerSecrets } from "./runner_secrets.ts";
 import { Relay } from "./relay.ts";
 import { RunnerLog } from "./runner_log.ts";
 import { discardTemplate, saveSnapshot, templatingBackend } from "./template.ts";
@@ -144,11 +145,14 @@ export class Runner {
   /** When the backend's boot began (performance.now()). */
   #bootStart = 0;
 
+  /** The secrets' values (env name → value), memory only: they go to netd's stdin. */
+  readonly #secretValues?: ReadonlyMap<string, string>;
+
   /**
    * A runner for `spec`; `attached` when an owner holds its stdin; every
    * line of the sandbox's runner log goes to `log`. `clock` times the boot
    * (its origin the runner's spawn, `runner.start` and `runner.load`
-   * already marked by {@link main}).
+   * already marked by {@link main}). `secretValues` for a spec with secrets.
    */
   constructor(
     readonly spec: VmSpec,
@@ -157,9 +161,11 @@ export class Runner {
     attached: boolean,
     readonly log: RunnerLog,
     readonly clock: PhaseClock = new PhaseClock(),
+    secretValues?: ReadonlyMap<string, string>,
   ) {
     this.#attached = attached;
     this.#name = spec.name;
+    this.#secretValues = secretValues;
   }
 
   /** The status last written. */
@@ -325,9 +331,25 @@ export class Runner {
         : (await import("./libkrun.ts")).libkrunBackend;
       this.#bootStart = performance.now();
       this.#console = await ConsoleLog.start(this.paths, settings.consoleMaxBytes());
-      if (this.spec.netd) this.#net = await this.#startNet(this.spec.netd);
+      let spec = this.spec;
+      if (spec.netd) {
+        const { netdSecrets } = await import("../net/engine.ts");
+        const secrets = netdSecrets(spec.name, spec.secrets ?? [], this.#secretValues);
+        this.#net = await this.#startNet({ ...spec.netd, secrets });
+        if (secrets.length > 0) {
+          // The guest trusts netd's CA: it reaches the VMM's boot config only, never vm.json.
+          if (!this.#net.caPem) {
+            throw new BackendUnavailableError(
+              spec.backend,
+              "netd sent no CA for a sandbox with secrets",
+              "run `./dev setup` (it rebuilds netd)",
+            );
+          }
+          spec = { ...spec, caPem: this.#net.caPem };
+        }
+      }
       this.clock.mark("runner.prepare");
-      return this.#vm = await backend.boot(this.spec, this.#bootAbort.signal, this.log, this.clock);
+      return this.#vm = await backend.boot(spec, this.#bootAbort.signal, this.log, this.clock);
     } catch (e) {
       this.#net?.kill();
       await this.#console?.[Symbol.asyncDispose]();
@@ -553,9 +575,11 @@ async function main(dir: string, mode: "attached" | "detached", clock: PhaseCloc
   log.captureStderr();
   try {
     const spec = JSON.parse(await Deno.readTextFile(paths.vmSpec)) as VmSpec;
+    // With secrets, their values are the starter's first line on stdin (runner_secrets.ts).
+    const values = spec.secrets?.length ? await readRunnerSecrets(Deno.stdin) : undefined;
     using store = new DeferredStore(homeLayout().db);
     try {
-      return await new Runner(spec, paths, store, mode === "attached", log, clock).run();
+      return await new Runner(spec, paths, store, mode === "attached", log, clock, values).run();
     } finally {
       // A failed boot's status was queued: it is written before the runner ends.
       await store.open();

@@ -109,6 +109,8 @@ export function coldReason(spec: VmSpec): string | undefined {
   if (spec.root.kind === "disk") return "a disk image root is written in place: no per-sandbox copy to restore onto";
   if (spec.shares.length > 0) return "volumes are on virtiofs, which cannot migrate";
   if (!spec.firstBoot) return "a restart boots the sandbox's own disk";
+  // Its own CA (netd's, per sandbox) is installed in the guest at boot: no template could hold it.
+  if (spec.caPem || (spec.secrets?.length ?? 0) > 0) return "a sandbox with secrets trusts its own CA from boot";
   return undefined;
 }
 

@@ -75,6 +75,15 @@ Deno.test("both backends give the same root and mounts; only modules, transport 
   assertEquals(GUEST_NET, { iface: "eth0", address: "10.0.2.15/24", gateway: "10.0.2.2", dns: ["10.0.2.3"] });
 });
 
+Deno.test("netd's CA (set by the runner) reaches both backends' boot config; without it there is none", () => {
+  const caPem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+  const withCa = { ...spec(ROOTS.dir, "user"), caPem };
+  assertEquals(qemuBootConfig(withCa, {}, []).caPem, caPem);
+  assertEquals(libkrunBootConfig(withCa).caPem, caPem);
+  assert(!("caPem" in qemuBootConfig(spec(ROOTS.dir, "user"), {}, [])), "no CA member without one");
+  assert(!("caPem" in libkrunBootConfig(spec(ROOTS.dir, "user"))), "no CA member without one");
+});
+
 Deno.test("qemu's network is a stream netdev to netd's socket, never slirp, without offloads", () => {
   const host = { kernel: "/k", initrd: "/i", accel: "tcg" as const, tscKhz: undefined };
   const spec1 = { ...spec(ROOTS.dir, "user"), ports: [{ host: 8080, guest: 80, protocol: "tcp" as const }] };

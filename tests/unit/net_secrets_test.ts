@@ -187,7 +187,16 @@ Deno.test("secrets: nothing the store writes (SQLite, its WAL, vm.json) holds a 
     // Positive control: the same search finds the placeholder where the config went.
     const found = await grep(files, cfg.secrets[0].placeholder);
     assert(found.includes(homeLayout().db) || found.includes(`${homeLayout().db}-wal`), "…in the database");
-    if (specWritten) assert(found.includes(pathsOf("sec").vmSpec), "…and in vm.json (the guest's env)");
+    if (specWritten) {
+      assert(found.includes(pathsOf("sec").vmSpec), "…and in vm.json (the guest's env)");
+      // vm.json pairs nothing with a value: netd's secrets are filled in by the runner, in memory, from its stdin;
+      // the secrets it lists are the stored ones (placeholders), and netd's CA is never there either.
+      const spec = JSON.parse(await Deno.readTextFile(pathsOf("sec").vmSpec));
+      assertEquals(spec.netd.secrets, []);
+      assertEquals(spec.secrets.map((s: { env: string }) => s.env), ["OPENAI_API_KEY", "GITHUB_TOKEN"]);
+      assert(spec.secrets.every((s: Record<string, unknown>) => !("value" in s)), "no value member in vm.json");
+      assertEquals(spec.caPem, undefined);
+    }
 
     // start(): the values are gone, so it refuses at once, naming them, and leaves the sandbox stopped.
     const e = await assertRejects(() => Sandbox.start("sec"), SecretUnavailableError, "OPENAI_API_KEY, GITHUB_TOKEN");

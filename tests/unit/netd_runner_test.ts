@@ -69,3 +69,41 @@ Deno.test({ name: "netd: a configuration it refuses fails the start with its wor
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test({
+  name: "netd: with secrets its ready line carries the sandbox CA (a PEM certificate), nothing of the value",
+  ignore,
+}, async () => {
+  const { dir, paths, config } = await place();
+  try {
+    const withSecret = {
+      ...config,
+      secrets: [{
+        env: "K",
+        placeholder: "krunbox-secret-0123456789abcdef0123456789abcdef",
+        value: "sk-unit-value-3c1f",
+        hosts: ["a.example"],
+        patterns: [],
+        inBody: false,
+        inQuery: false,
+      }],
+    };
+    await using log = await RunnerLog.open(paths.runnerLog);
+    using net = await NetEngine.start("qemu", withSecret, paths, log);
+    assert(net.caPem?.startsWith("-----BEGIN CERTIFICATE-----"), String(net.caPem));
+    assert(!net.caPem!.includes("sk-unit-value"), "the CA line holds no value");
+    const text = await Deno.readTextFile(paths.runnerLog).catch(() => "");
+    assert(!text.includes("sk-unit-value"), "the runner log holds no value");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+  // Positive control: without secrets there is no CA.
+  const plain = await place();
+  try {
+    await using log = await RunnerLog.open(plain.paths.runnerLog);
+    using net = await NetEngine.start("qemu", plain.config, plain.paths, log);
+    assertEquals(net.caPem, undefined);
+  } finally {
+    await Deno.remove(plain.dir, { recursive: true });
+  }
+});

@@ -30,6 +30,9 @@ export const NS_HOST = "203.0.113.202";
 /** A second address of the namespace side (a second public host; HTTP listens on both). */
 export const NS_OTHER = "203.0.113.203";
 
+/** The machine-wide lock one test internet at a time holds (its addresses are fixed). */
+const LOCK_FILE = "/tmp/krunbox-test-internet.lock";
+
 async function ip(...args: string[]): Promise<void> {
   const out = await new Deno.Command("ip", { args, stdout: "null", stderr: "piped" }).output();
   if (!out.success) throw new Error(`ip ${args.join(" ")}: ${new TextDecoder().decode(out.stderr).trim()}`);
@@ -60,6 +63,7 @@ export const netnsSkipReason: string | undefined = await (async () => {
 export class TestInternet implements AsyncDisposable {
   readonly #queries: string[] = [];
   #closed = false;
+  #lock?: Deno.FsFile;
 
   private constructor(
     /** The namespace's name. */
@@ -68,8 +72,26 @@ export class TestInternet implements AsyncDisposable {
     readonly servers: Deno.ChildProcess,
   ) {}
 
-  /** Creates the namespace, the veth pair and the servers; `hosts` are the DNS server's A records. */
+  /**
+   * Creates the namespace, the veth pair and the servers; `hosts` are the
+   * DNS server's A records. Every test internet uses the same addresses, so
+   * two at once on one machine (two test processes) would split the routes:
+   * it first waits for {@link LOCK_FILE}, held until {@link close}.
+   */
   static async create(hosts: Record<string, string>): Promise<TestInternet> {
+    const lock = await Deno.open(LOCK_FILE, { create: true, write: true });
+    await lock.lock(true);
+    try {
+      const net = await TestInternet.#create(hosts);
+      net.#lock = lock;
+      return net;
+    } catch (e) {
+      lock.close();
+      throw e;
+    }
+  }
+
+  static async #create(hosts: Record<string, string>): Promise<TestInternet> {
     const tag = `kbx${Deno.pid % 100000}`;
     const ns = `${tag}-inet`;
     const vethHost = `${tag}h`;
@@ -147,6 +169,7 @@ export class TestInternet implements AsyncDisposable {
     await this.servers.status;
     await ip("link", "del", this.vethHost).catch(() => {});
     await ip("netns", "del", this.ns).catch(() => {});
+    this.#lock?.close(); // closing the file releases the lock
   }
 
   async [Symbol.asyncDispose](): Promise<void> {

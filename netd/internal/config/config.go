@@ -118,7 +118,8 @@ type TLS struct {
 	Bypass []string `json:"bypass"`
 }
 
-// Secret is one secret (refused by this netd: see Parse).
+// Secret is one secret: its value is substituted for its placeholder only
+// in intercepted TLS requests to its hosts (PROTOCOL.md).
 type Secret struct {
 	Env         string   `json:"env"`
 	Placeholder string   `json:"placeholder"`
@@ -299,10 +300,80 @@ func (c *Config) validate() error {
 			return bad(fmt.Sprintf("tls.ports[%d]", i), "must be 1..65535 (got %d)", p)
 		}
 	}
-	if len(c.Secrets) > 0 {
-		return bad("secrets", "secrets are not supported by this netd yet (no TLS interception): refusing to start rather than send placeholders unsubstituted")
+	return c.validateSecrets()
+}
+
+// MaxSecretValue bounds a secret's value (PROTOCOL.md: at most 16 KiB).
+const MaxSecretValue = 16 << 10
+
+// validateSecrets checks the secrets and the interception settings. Errors
+// name the field, never a value.
+func (c *Config) validateSecrets() error {
+	if len(c.Secrets) > 0 && len(c.TLS.Ports) == 0 {
+		c.TLS.Ports = []int{443}
+	}
+	for i, b := range c.TLS.Bypass {
+		n, err := NormalizeName(b)
+		if err != nil {
+			return bad(fmt.Sprintf("tls.bypass[%d]", i), "%v", err)
+		}
+		c.TLS.Bypass[i] = n
+	}
+	envs, placeholders := map[string]bool{}, map[string]bool{}
+	for i := range c.Secrets {
+		s := &c.Secrets[i]
+		f := fmt.Sprintf("secrets[%d]", i)
+		if s.Env == "" || envs[s.Env] {
+			return bad(f+".env", "empty or not unique")
+		}
+		envs[s.Env] = true
+		if len(s.Placeholder) < 16 || strings.ContainsAny(s.Placeholder, "\x00\r\n") || placeholders[s.Placeholder] {
+			return bad(f+".placeholder", "shorter than 16 bytes, with NUL/CR/LF, or not unique")
+		}
+		placeholders[s.Placeholder] = true
+		if s.Value == "" || len(s.Value) > MaxSecretValue || strings.ContainsAny(s.Value, "\x00\r\n") {
+			return bad(f+".value", "must be 1..%d bytes without NUL, CR or LF (not shown)", MaxSecretValue)
+		}
+		if strings.Contains(s.Value, s.Placeholder) {
+			return bad(f+".value", "contains its own placeholder")
+		}
+		if len(s.Hosts)+len(s.Patterns) == 0 {
+			return bad(f+".hosts", "a secret needs at least one host or pattern")
+		}
+		for j, h := range s.Hosts {
+			n, err := NormalizeName(h)
+			if err != nil {
+				return bad(fmt.Sprintf("%s.hosts[%d]", f, j), "not a DNS name")
+			}
+			s.Hosts[j] = n
+		}
+		for j, p := range s.Patterns {
+			rest, ok := strings.CutPrefix(p, "*.")
+			n, err := NormalizeName(rest)
+			if !ok || err != nil || !strings.Contains(n, ".") {
+				return bad(fmt.Sprintf("%s.patterns[%d]", f, j), `must be "*.NAME" with at least two labels after the wildcard`)
+			}
+			s.Patterns[j] = "*." + n
+		}
 	}
 	return nil
+}
+
+// Allows says whether the secret's value may be sent to host (a lower-case
+// name): one of its hosts, or one more label under one of its patterns.
+func (s *Secret) Allows(host string) bool {
+	for _, h := range s.Hosts {
+		if h == host {
+			return true
+		}
+	}
+	for _, p := range s.Patterns {
+		label, rest, ok := strings.Cut(host, ".")
+		if ok && label != "" && "*."+rest == p {
+			return true
+		}
+	}
+	return false
 }
 
 func (c *Config) validatePolicy() error {

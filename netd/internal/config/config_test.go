@@ -34,11 +34,17 @@ func TestConfigErrorsNameTheField(t *testing.T) {
 		"policy.rules[0].protocols[0]": func(m map[string]any) {
 			m["policy"] = map[string]any{"rules": []any{map[string]any{"action": "allow", "dest": map[string]any{"kind": "any"}, "protocols": []any{"sctp"}}}}
 		},
-		"ports[0].protocol": func(m map[string]any) { m["ports"] = []any{map[string]any{"protocol": "x", "host": 1, "guest": 1}} },
-		"maxConnections":    func(m map[string]any) { m["maxConnections"] = -1 },
-		"dns.upstream[0]":   func(m map[string]any) { m["dns"] = map[string]any{"upstream": []any{"resolver"}} },
-		"secrets":           func(m map[string]any) { m["secrets"] = []any{map[string]any{"env": "A", "value": "v"}} },
-		"mtu":               func(m map[string]any) { m["mtu"] = "big" },
+		"ports[0].protocol":      func(m map[string]any) { m["ports"] = []any{map[string]any{"protocol": "x", "host": 1, "guest": 1}} },
+		"maxConnections":         func(m map[string]any) { m["maxConnections"] = -1 },
+		"dns.upstream[0]":        func(m map[string]any) { m["dns"] = map[string]any{"upstream": []any{"resolver"}} },
+		"secrets[0].placeholder": func(m map[string]any) { m["secrets"] = []any{map[string]any{"env": "A", "value": "v"}} },
+		"secrets[0].value": func(m map[string]any) {
+			m["secrets"] = []any{map[string]any{"env": "A", "placeholder": "krunbox-secret-0123456789abcdef", "value": "a\nb", "hosts": []any{"a.example"}}}
+		},
+		"secrets[0].patterns[0]": func(m map[string]any) {
+			m["secrets"] = []any{map[string]any{"env": "A", "placeholder": "krunbox-secret-0123456789abcdef", "value": "v", "patterns": []any{"*.com"}}}
+		},
+		"mtu": func(m map[string]any) { m["mtu"] = "big" },
 	} {
 		m := map[string]any{}
 		b, _ := json.Marshal(base)

@@ -87,6 +87,7 @@ type Engine struct {
 	names  *policy.Names
 	flows  table
 	up     []netip.AddrPort
+	mitm   *interceptor // nil without secrets: no interception at all
 
 	stack *stack.Stack
 	ep    *channel.Endpoint
@@ -135,6 +136,11 @@ func New(cfg *config.Config, out *Output, opts Options) (*Engine, error) {
 	if len(e.up) == 0 {
 		e.up = resolvConf("/etc/resolv.conf")
 	}
+	mitm, err := newInterceptor(cfg)
+	if err != nil {
+		return nil, err
+	}
+	e.mitm = mitm
 	e.ctx, e.cancel = context.WithCancel(context.Background())
 	if err := e.buildStack(); err != nil {
 		return nil, err

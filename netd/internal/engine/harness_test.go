@@ -138,11 +138,16 @@ func (h *harness) udp(addr string, port int) *gonet.UDPConn {
 
 // eventsFor returns the events seen for an address.
 func (h *harness) eventsFor(addr string) []Event {
+	return h.eventsWhere(func(ev Event) bool { return ev.Address == addr })
+}
+
+// eventsWhere returns the events seen that keep says to keep.
+func (h *harness) eventsWhere(keep func(Event) bool) []Event {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	var out []Event
 	for _, ev := range h.events {
-		if ev.Address == addr {
+		if keep(ev) {
 			out = append(out, ev)
 		}
 	}

@@ -67,6 +67,10 @@ func (e *Engine) handleTCP(r *tcp.ForwarderRequest) {
 	go func() {
 		defer e.wg.Done()
 		defer e.flows.release()
+		if e.intercepts(port) {
+			e.intercept(guest, hostConn{host}, dst, port, name)
+			return
+		}
 		e.splice(guest, hostConn{host})
 	}()
 }
