@@ -37,7 +37,20 @@ function fail(path: string, what: string, errno: number): never {
   throw new StateError(`${path}: ${what} (${errnoName(errno)})`);
 }
 
-/** Unlinks `path` (not a directory); a missing one is fine. */
+/**
+ * Unlinks `path` (a link itself, never its target; a directory there is a
+ * {@link StateError}); a missing one is fine.
+ *
+ * @example
+ * ```ts
+ * import { removeEntry } from "./nofollow.ts";
+ * removeEntry("/nonexistent/status.json");
+ * ```
+ */
+export function removeEntry(path: string): void {
+  unlinkEntry(libc(), path);
+}
+
 function unlinkEntry(l: Libc, path: string): void {
   const rc = l.unlinkAt(AT_FDCWD, path);
   if (rc === EISDIR) throw new StateError(`${path} is a directory where krunbox keeps a file`);

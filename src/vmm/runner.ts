@@ -6,7 +6,8 @@
  * - Holds `runner.lock` for its whole life: readers that find the lock free
  *   and no terminal status know the sandbox crashed.
  * - Boots the VM through its backend, relays host clients on `agent.sock`,
- *   writes the status (running, draining, stopped, crashed) to the store.
+ *   writes the status (running, draining, stopped, crashed) to its
+ *   `status.json` (src/vmm/status_file.ts); it never opens the database.
  * - Tells its starter how boot went with one JSON line on stdout
  *   (`{"event":"ready",…}` or `{"event":"failed",…}`).
  * - Attached: EOF on stdin (the owner exited or dropped the sandbox, however
@@ -39,8 +40,7 @@ import {
   type WireError,
 } from "../errors.ts";
 import { DEFAULTS, settings } from "../settings.ts";
-import { Store, type StoredStatus } from "../store/db.ts";
-import { homeLayout } from "../store/home.ts";
+import type { StoredStatus } from "../store/db.ts";
 import { tryLock } from "../store/lock.ts";
 import { closeQuietly } from "../util/close.ts";
 import { logTail } from "../util/logs.ts";
@@ -50,6 +50,7 @@ import { ConsoleLog } from "./console.ts";
 import { NetEngine } from "./netd.ts";
 import { qemuBackend } from "./qemu.ts";
 import { Relay } from "./relay.ts";
+import { StatusFile } from "./status_file.ts";
 
 /** The lines a runner prints on stdout for its starter. */
 export type RunnerEvent =
@@ -100,7 +101,7 @@ export class Runner {
   constructor(
     readonly spec: VmSpec,
     readonly paths: SandboxPaths,
-    readonly store: Store,
+    readonly store: StatusFile,
     attached: boolean,
   ) {
     this.#attached = attached;
@@ -143,7 +144,7 @@ export class Runner {
   async #running(vm: Vm, ready: ReadyParams): Promise<void> {
     await vm.booted?.();
     const bootMs = this.#bootMs(ready);
-    this.store.update(this.spec.name, { bootMs });
+    this.store.update({ bootMs });
     this.#log(
       `ready: kernel ${ready.boot.kernelMs} ms, agent start ${ready.boot.agentStartMs} ms, ready ${bootMs} ms`,
     );
@@ -182,7 +183,7 @@ export class Runner {
   /** The runner outlives its owner from now on. */
   detach(): void {
     this.#attached = false;
-    this.store.update(this.spec.name, { detached: true });
+    this.store.update({ detached: true });
   }
 
   /** Marks an orderly end; an in-process VMM ends this process with the guest, so its status cannot wait. */
@@ -215,7 +216,7 @@ export class Runner {
   #enter(status: StoredStatus, reason?: string): void {
     this.#status = status;
     if (reason !== undefined) this.#stopReason = reason;
-    this.store.update(this.spec.name, { status, stopReason: this.#stopReason, detached: !this.#attached });
+    this.store.update({ status, stopReason: this.#stopReason, detached: !this.#attached });
   }
 
   // --- steps ----------------------------------------------------------------
@@ -358,8 +359,8 @@ async function main(dir: string, mode: "attached" | "detached"): Promise<number>
   }
   try {
     const spec = JSON.parse(await Deno.readTextFile(paths.vmSpec)) as VmSpec;
-    using store = Store.open(homeLayout().db);
-    return await new Runner(spec, paths, store, mode === "attached").run();
+    const status = new StatusFile(paths.statusFile, spec.name, mode === "detached");
+    return await new Runner(spec, paths, status, mode === "attached").run();
   } finally {
     lock.release();
   }
