@@ -72,8 +72,8 @@ export function parseRunnerStatus(text: string, name: string): RunnerStatus {
   }
   if (typeof o.detached !== "boolean") throw bad("detached must be a boolean");
   const ms = o.bootMs;
-  if (ms !== null && !(typeof ms === "number" && Number.isInteger(ms) && ms >= 0 && ms <= BOOT_MS_MAX)) {
-    throw bad(`bootMs must be null or an integer from 0 to ${BOOT_MS_MAX}`);
+  if (ms !== null && !(typeof ms === "number" && Number.isFinite(ms) && ms >= 0 && ms <= BOOT_MS_MAX)) {
+    throw bad(`bootMs must be null or a number from 0 to ${BOOT_MS_MAX}`);
   }
   return o as unknown as RunnerStatus;
 }
