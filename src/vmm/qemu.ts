@@ -16,6 +16,7 @@ import { join } from "node:path";
 import { BackendUnavailableError } from "../errors.ts";
 import { assetDir, assetPath } from "../store/assets.ts";
 import { closeQuietly } from "../util/close.ts";
+import { removeEntry } from "../util/nofollow.ts";
 import {
   type Backend,
   KERNEL_LOGLEVEL,
@@ -281,6 +282,8 @@ async function kernelModules(): Promise<ModuleIndex> {
 /** This boot's initramfs: the shared one plus a small archive with boot.json (Linux unpacks both). */
 async function writeInitrd(paths: SandboxPaths, config: BootConfig): Promise<void> {
   const boot = new TextEncoder().encode(JSON.stringify(config));
+  // Made anew: a link left in the directory (a libkrun runner served a guest from it before) is never written through.
+  removeEntry(paths.initrd);
   await Deno.copyFile(assetPath("initramfs"), paths.initrd);
   const extra = encodeCpio([{ kind: "dir", path: "krunbox" }, { kind: "file", path: "krunbox/boot.json", data: boot }]);
   await Deno.writeFile(paths.initrd, extra, { append: true });
