@@ -6,6 +6,7 @@
  */
 
 import { assert, assertEquals, assertRejects } from "../util/assert.ts";
+import { inHome } from "../util/temp_home.ts";
 import { InvalidConfigError, NotFoundError, StateError, StillRunningError } from "../../src/errors.ts";
 import { tryLock } from "../../src/store/lock.ts";
 import { openStore } from "../../src/store/open.ts";
@@ -13,20 +14,6 @@ import { parseConfig } from "../../src/sandbox/config.ts";
 import { createAndLaunch, relaunch } from "../../src/sandbox/launch.ts";
 import { pathsOf, reconcile, removeSandbox, requireRow } from "../../src/sandbox/state.ts";
 import { SandboxBuilder } from "../../src/sandbox/builder.ts";
-
-/** Runs `fn` with KRUNBOX_HOME set to a fresh temp directory. */
-async function inHome(fn: (home: string) => Promise<void>): Promise<void> {
-  const saved = Deno.env.get("KRUNBOX_HOME");
-  const home = await Deno.makeTempDir({ prefix: "krunbox-home-" });
-  Deno.env.set("KRUNBOX_HOME", home);
-  try {
-    await fn(home);
-  } finally {
-    if (saved === undefined) Deno.env.delete("KRUNBOX_HOME");
-    else Deno.env.set("KRUNBOX_HOME", saved);
-    await Deno.remove(home, { recursive: true });
-  }
-}
 
 const exists = (path: string) => Deno.stat(path).then(() => true, () => false);
 const configOf = (name: string, path: string) => parseConfig({ name, image: { kind: "dir", path } });

@@ -13,6 +13,7 @@
  */
 
 import { assert, assertEquals, assertMatch, assertThrows } from "../util/assert.ts";
+import { inHome } from "../util/temp_home.ts";
 import { StateError } from "../../src/errors.ts";
 import { libcLibrary } from "../../ffi/libc.ts";
 import { tryLock } from "../../src/store/lock.ts";
@@ -21,20 +22,6 @@ import { parseConfig } from "../../src/sandbox/config.ts";
 import { pathsOf } from "../../src/sandbox/state.ts";
 import { Sandbox } from "../../mod.ts";
 import { parseRunnerStatus, readRunnerStatus, StatusFile } from "../../src/vmm/status_file.ts";
-
-/** Runs `fn` with KRUNBOX_HOME set to a fresh temp directory. */
-async function inHome(fn: (home: string) => Promise<void>): Promise<void> {
-  const saved = Deno.env.get("KRUNBOX_HOME");
-  const home = await Deno.makeTempDir({ prefix: "krunbox-home-" });
-  Deno.env.set("KRUNBOX_HOME", home);
-  try {
-    await fn(home);
-  } finally {
-    if (saved === undefined) Deno.env.delete("KRUNBOX_HOME");
-    else Deno.env.set("KRUNBOX_HOME", saved);
-    await Deno.remove(home, { recursive: true });
-  }
-}
 
 const valid = (name: string, status = "draining", stopReason: string | null = "forged") =>
   JSON.stringify({ name, status, stopReason, detached: true, bootMs: 1234 });
@@ -146,7 +133,9 @@ Deno.test("runner status: a hostile status.json changes nothing but its own row,
       assertEquals(got.b, ["running", null], what);
       assertEquals(got.a[0], "crashed", what);
       assertMatch(String(got.a[1]), /status\.json|status file/, what);
-      if (what.startsWith("a link")) assertEquals(await Deno.readTextFile(outside), valid("a"), "the target is untouched");
+      if (what.startsWith("a link")) {
+        assertEquals(await Deno.readTextFile(outside), valid("a"), "the target is untouched");
+      }
     }
     assertEquals(store.get("b")!.status, "running");
     assertEquals(store.get("b")!.detached, false);
