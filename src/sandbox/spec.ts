@@ -91,7 +91,9 @@ async function ensureUpperDisk(paths: SandboxPaths, sizeMib: number): Promise<vo
   const st = await Deno.lstat(paths.upperDisk).catch(() => undefined);
   if (!st) return await createUpperDisk(paths.upperDisk, sizeMib);
   if (!st.isFile || st.nlink !== 1) {
-    throw new StateError(`${paths.upperDisk} is not a regular file of this sandbox (a link or another kind): refusing it`);
+    throw new StateError(
+      `${paths.upperDisk} is not a regular file of this sandbox (a link or another kind): refusing it`,
+    );
   }
 }
 

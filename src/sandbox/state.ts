@@ -98,7 +98,9 @@ export function reconciled(store: Store, stale: SandboxRow): Reconciled {
     invalid = e;
   }
   if (!liveStored(current.status)) return { row: current, status: current.status as SandboxStatus };
-  if (locked) return { row: current, status: current.status === "creating" ? "running" : current.status as SandboxStatus };
+  if (locked) {
+    return { row: current, status: current.status === "creating" ? "running" : current.status as SandboxStatus };
+  }
   const stopReason = invalid ? invalid.message : "the runner disappeared without a clean stop";
   store.update(row.name, { status: "crashed", stopReason });
   return { row: store.get(row.name) ?? current, status: "crashed" };

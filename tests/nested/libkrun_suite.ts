@@ -139,7 +139,9 @@ Deno.test("libkrun runner contained: own namespaces, capabilities cut, host file
     }
     // The runner never opens the database (its status goes to its own status.json): it is not there at all.
     const db = homeLayout().db;
-    for (const p of [...canaries, db, `${db}-wal`, `${db}-shm`, "/etc/passwd", "/etc/shadow", "/dev/vda", "/sys/kernel"]) {
+    for (
+      const p of [...canaries, db, `${db}-wal`, `${db}-shm`, "/etc/passwd", "/etc/shadow", "/dev/vda", "/sys/kernel"]
+    ) {
       assert(!seen(p), `${p} is out of the runner's sight`);
     }
     // Its /proc is its own pid namespace's: pid 1 there is the runner itself.

@@ -10,7 +10,7 @@ import { assert, assertEquals, assertThrows } from "../util/assert.ts";
 import { StateError } from "../../src/errors.ts";
 import { libcLibrary } from "../../ffi/libc.ts";
 import { createFresh, ensureFile, readBounded, readSlice } from "../../src/util/nofollow.ts";
-import { touchPrivate, tightenHome, writePrivate } from "../../src/store/private.ts";
+import { tightenHome, touchPrivate, writePrivate } from "../../src/store/private.ts";
 import { logTail } from "../../src/util/logs.ts";
 
 async function inDir(fn: (dir: string, outside: string) => Promise<void>): Promise<void> {
