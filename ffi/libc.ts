@@ -60,6 +60,8 @@ const SYMBOLS = {
   unlinkat: { parameters: ["i32", "buffer", "i32"], result: "i32" },
   // ssize_t read(int fd, void *buf, size_t count): on a worker thread (a file on a slow disk must not stall the loop)
   read: { parameters: ["i32", "buffer", "usize"], result: "isize", nonblocking: true },
+  // ssize_t pread(int fd, void *buf, size_t count, off_t offset); blocking: regular files only
+  pread: { parameters: ["i32", "buffer", "usize", "i64"], result: "isize" },
   // ssize_t write(int fd, const void *buf, size_t count): on a worker thread
   write: { parameters: ["i32", "buffer", "usize"], result: "isize", nonblocking: true },
 } as const satisfies Deno.ForeignLibraryInterface;
@@ -182,6 +184,8 @@ export interface Libc {
   readlinkAt(dirfd: number, name: string): { value?: string; errno: number };
   /** `unlinkat(2)`; `dir: true` removes an empty directory (`AT_REMOVEDIR`). 0 or the errno. */
   unlinkAt(dirfd: number, name: string, dir?: boolean): number;
+  /** `pread(2)` on this thread (for regular files: it does not wait on a peer): bytes read (0 at the end), or minus the errno. */
+  pread(fd: number, buf: Uint8Array, offset: number): number;
   /** `read(2)` on a worker thread: bytes read (0 at the end), or minus the errno. */
   read(fd: number, buf: Uint8Array): Promise<number>;
   /** `write(2)` of all of `buf` (short writes retried) on a worker thread: 0 or the errno. */
@@ -194,6 +198,8 @@ export interface FileStat {
   readonly dev: bigint;
   /** `st_ino`. */
   readonly ino: bigint;
+  /** `st_nlink`: how many names the file has. */
+  readonly nlink: number;
   /** `st_mode`: type and permission bits (see {@link S_IFMT}). */
   readonly mode: number;
   /** `st_size`. */
@@ -212,6 +218,8 @@ export const O = {
   nonblock: 0o4000,
   directory: 0o200000,
   nofollow: 0o400000,
+  /** `O_PATH`: a descriptor naming the entry, opening nothing (no FIFO waits, no device opened). */
+  path: 0o10000000,
   cloexec: 0o2000000,
 } as const;
 /** `dirfd` meaning the working directory. */
@@ -251,6 +259,7 @@ function statOf(buf: Uint8Array): FileStat {
   return {
     dev: v.getBigUint64(0, true),
     ino: v.getBigUint64(8, true),
+    nlink: Number(v.getBigUint64(16, true)),
     mode: v.getUint32(24, true),
     size: Number(v.getBigInt64(48, true)),
     errno: 0,
@@ -344,6 +353,10 @@ export function loadLibc(): Libc | undefined {
       return { value: new TextDecoder().decode(buf.subarray(0, n)), errno: 0 };
     },
     unlinkAt: (dirfd, name, dir = false) => check(s.unlinkat(dirfd, cstr(name), dir ? AT_REMOVEDIR : 0)),
+    pread(fd, buf, offset) {
+      const n = Number(s.pread(fd, buf, BigInt(buf.length), BigInt(offset)));
+      return n >= 0 ? n : -(errno() || 5);
+    },
     async read(fd, buf) {
       // errno is per thread: a nonblocking call's errno is read on another thread, so a failure
       // is re-derived with fstat here (EBADF) or reported as EIO.

@@ -178,9 +178,9 @@ export const METHODS = {
   "runner.kill": { params: {} as Empty, result: {} as { status: string }, deadline: "control" },
   "runner.drain": { params: {} as Empty, result: {} as { status: string }, deadline: "control" },
   "runner.detach": { params: {} as Empty, result: {} as { detached: boolean }, deadline: "control" },
-  /** Moves the sandbox's row to `name` with `config` (JSON): a warm pool's handout (src/sandbox/pool.ts). */
+  /** The runner reports under `name` from now on: a warm pool's handout, which moves the row (src/sandbox/pool.ts). */
   "runner.rename": {
-    params: {} as { name: string; config: string },
+    params: {} as { name: string },
     result: {} as { name: string },
     deadline: "control",
   },

@@ -258,7 +258,7 @@ async function runnerContainmentCheck(): Promise<Check> {
       boot: {},
       bootTimeoutMs: 1000,
     };
-    const host = await containHost({ assets: join(dir, "home", "assets"), db: join(dir, "home", "db.sqlite") });
+    const host = await containHost({ assets: join(dir, "home", "assets") });
     const paths = sandboxPaths(sandbox);
     await Deno.writeFile(paths.seccompFilter, shareFilter());
     const code = `const s = Deno.readTextFileSync("/proc/self/status");

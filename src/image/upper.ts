@@ -19,7 +19,8 @@ import { runCommand, which } from "../util/command.ts";
  */
 export async function createUpperDisk(path: string, sizeMib: number): Promise<void> {
   await Deno.remove(path).catch(() => {});
-  const file = await Deno.open(path, { write: true, create: true, truncate: true, mode: 0o600 });
+  // createNew (O_EXCL): never through a link left where the old file was.
+  const file = await Deno.open(path, { write: true, createNew: true, mode: 0o600 });
   await file.truncate(sizeMib * 1024 * 1024);
   file.close();
   // Lazy init keeps the file sparse; no reserved blocks on a scratch disk.

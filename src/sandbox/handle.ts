@@ -15,7 +15,7 @@ import type { SandboxRow } from "../store/db.ts";
 import { openStore } from "../store/open.ts";
 import { isPoolName, parseConfig, type SandboxConfig } from "./config.ts";
 import type { Sandbox } from "./sandbox.ts";
-import { pathsOf, reconcile, removeSandbox, requireRow, type SandboxStatus } from "./state.ts";
+import { pathsOf, reconcile, reconciled, removeSandbox, requireRow, type SandboxStatus } from "./state.ts";
 import { DEFAULTS } from "../settings.ts";
 
 /**
@@ -145,9 +145,8 @@ export class SandboxHandle {
  */
 export async function getSandbox(name: string, sandbox: typeof Sandbox): Promise<SandboxHandle> {
   using store = await openStore();
-  const row = requireRow(store, name);
-  const status = reconcile(store, row);
-  return new SandboxHandle(store.get(name) ?? row, status, sandbox);
+  const { row, status } = reconciled(store, requireRow(store, name));
+  return new SandboxHandle(row, status, sandbox);
 }
 
 /**
@@ -163,9 +162,10 @@ export async function getSandbox(name: string, sandbox: typeof Sandbox): Promise
  */
 export async function listSandboxes(sandbox: typeof Sandbox): Promise<SandboxHandle[]> {
   using store = await openStore();
-  return store.list().filter((row) => !isPoolName(row.name)).map((row) =>
-    new SandboxHandle(row, reconcile(store, row), sandbox)
-  );
+  return store.list().filter((stored) => !isPoolName(stored.name)).map((stored) => {
+    const { row, status } = reconciled(store, stored);
+    return new SandboxHandle(row, status, sandbox);
+  });
 }
 
 /**

@@ -19,6 +19,7 @@ import {
   BootTimeoutError,
   errorFromWire,
   KrunboxError,
+  StateError,
   StillRunningError,
   VmCrashedError,
 } from "../errors.ts";
@@ -35,6 +36,7 @@ import { shareFilter } from "../vmm/seccomp.ts";
 import type { RunnerEvent } from "../vmm/runner.ts";
 import { logTail } from "../util/logs.ts";
 import { PhaseClock } from "../util/phases.ts";
+import { readBounded, removeEntry } from "../util/nofollow.ts";
 import { DEFAULTS, settings } from "../settings.ts";
 import { parseConfig, type SandboxConfig } from "./config.ts";
 import { prepareRoot, vmSpecOf, withImageDefaults } from "./spec.ts";
@@ -180,9 +182,13 @@ async function boot(store: Store, requested: SandboxConfig, plan: BootPlan): Pro
     firstBoot: plan.fresh,
     fromSnapshot: plan.fresh ? config.fromSnapshot : undefined,
   };
+  // Made anew, never through a link (src/util/nofollow.ts): the directory was writable by a runner that served a guest.
   await writePrivate(paths.vmSpec, JSON.stringify(spec, null, 1));
-  // The logs exist 0600 before the runner and qemu append to them (they would create them with the umask's mode).
+  // The logs exist 0600 before the runner and qemu append to them (they would create them with the umask's mode), and
+  // are regular files of ours: the runner's stderr is appended to runner.log by the starting shell, as the host.
   for (const log of [paths.consoleLog, paths.runnerLog]) await touchPrivate(log);
+  // The last boot's report is not this one's (a reader would merge it: src/sandbox/state.ts).
+  removeEntry(paths.statusFile);
   if (plan.fresh) {
     if (!store.insert(name, JSON.stringify(config), "creating", plan.detached)) {
       throw new AlreadyExistsError("sandbox", name);
@@ -238,11 +244,20 @@ async function contained(spec: VmSpec): Promise<(command: readonly string[]) => 
   const bwrap = spec.programs?.bwrap ?? checkedPrograms("libkrun", [await checkBwrap()]).bwrap;
   const paths = sandboxPaths(spec.dir);
   // Made anew, never through a link: the directory was writable by a runner that served a guest.
-  for (const f of [paths.seccompFilter, paths.containInfo]) await Deno.remove(f).catch(() => {});
-  await Deno.writeFile(paths.seccompFilter, shareFilter(), { createNew: true, mode: 0o600 });
-  await Deno.writeFile(paths.containInfo, new Uint8Array(), { createNew: true, mode: 0o600 });
+  await writePrivate(paths.seccompFilter, shareFilter());
+  await writePrivate(paths.containInfo, new Uint8Array());
   const args = bwrapArgs(spec, await containHost(homeLayout()));
   return (command) => withContainFds(paths.seccompFilter, paths.containInfo, [bwrap, ...args, "--", ...command]);
+}
+
+/** The most bytes a `vm.json` may hold when the host reads it back. */
+const VM_SPEC_MAX_BYTES = 1 << 20;
+
+/** A sandbox's `vm.json`, read without following a link and bounded; a missing one is a {@link StateError}. */
+function readSpec(paths: SandboxPaths): VmSpec {
+  const bytes = readBounded(paths.vmSpec, VM_SPEC_MAX_BYTES);
+  if (!bytes) throw new StateError(`${paths.vmSpec} is missing`);
+  return JSON.parse(new TextDecoder().decode(bytes)) as VmSpec;
 }
 
 /**
@@ -270,7 +285,7 @@ export async function launchRunner(
   secrets: readonly { secret: SecretConfig; value: string }[] = [],
 ): Promise<Launched> {
   const runnerUrl = new URL("../vmm/runner.ts", import.meta.url).href;
-  const vm = spec ?? JSON.parse(await Deno.readTextFile(paths.vmSpec)) as VmSpec;
+  const vm = spec ?? readSpec(paths);
   const wrap = vm.backend === "libkrun" ? await contained(vm) : (command: readonly string[]) => [...command];
   clock.mark("host.prepare");
   const spawnedAt = clock.lastMs;

@@ -16,9 +16,9 @@
  *   guest alive; then `sandboxes/<name>` becomes a link to the pooled
  *   directory (the pooled runner, VMM and virtiofsd keep the paths they were
  *   started with; every path derived from the name reaches the same files),
- *   and the runner itself renames its row and stores the user's config
- *   (`runner.rename`), in the same turn as all its later status writes go
- *   to the new name. From then on it is an ordinary sandbox of that name:
+ *   and the host moves its row to the name with the user's config while the
+ *   runner reports under the new name from then on (`runner.rename`; the
+ *   runner never opens the database). From then on it is an ordinary sandbox of that name:
  *   stop, start, remove and `replace()` work as for any other (removing it
  *   removes the link and the pooled directory).
  * - A pooled sandbox whose runner or VMM is gone, or that does not answer
@@ -296,20 +296,13 @@ export class WarmPool implements AsyncDisposable {
       configureGuest(agent, { hostname: guestHostname(config), env: config.env, time: true, seed: true }, {
         timeoutMs,
       }),
-      agent.request("runner.rename", { name: config.name, config: JSON.stringify(config) }, { timeoutMs }),
+      agent.request("runner.rename", { name: config.name }, { timeoutMs }),
     ]);
     const failed = [configured, renamed].find((r) => r.status === "rejected");
-    if (failed) {
-      // A runner that renamed (its guest then not answering, or its own answer lost) left its row under the name:
-      // we hold the name's lock and cleared it before, so that row is this entry's, to end and delete (the
-      // directory goes with the entry).
-      const left = store.get(config.name);
-      if (left) {
-        await (await loadLaunch()).killRunner(store, left).catch(() => {});
-        store.delete(config.name);
-      }
+    // The row moves here, by the host, under the name's lock: the runner never opens the database.
+    if (failed || !store.rename(entry.name, config.name, JSON.stringify(config))) {
       await deleteLink(config.name);
-      throw new DeadEntry("the handout failed", { cause: failed.reason });
+      throw new DeadEntry("the handout failed", failed ? { cause: failed.reason } : undefined);
     }
     return sandbox.fromLaunch(config, entry.launched, true);
   }

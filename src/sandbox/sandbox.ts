@@ -16,7 +16,7 @@ import { openStore } from "../store/open.ts";
 import type { BootPhase, PhaseClock } from "../util/phases.ts";
 import type { SandboxConfig } from "./config.ts";
 import type { Launched } from "./launch.ts";
-import { reconcile, removeSandbox, requireRow } from "./state.ts";
+import { reconcile, reconciled, removeSandbox, requireRow } from "./state.ts";
 import { SandboxFs } from "./fs.ts";
 import { type NetworkEventsOptions, networkEventStream } from "./net_events.ts";
 import type { NetworkEvent } from "../net/engine.ts";
@@ -350,10 +350,11 @@ export class Sandbox implements AsyncDisposable {
   async wait(): Promise<ExitStatus> {
     await this.#ended();
     using store = await openStore();
-    const row = store.get(this.name);
-    const final = row && reconcile(store, row) === "crashed" ? "crashed" : "stopped";
-    // reconcile may have just written the crash reason: read the row once more only then.
-    const reason = (final === "crashed" ? store.get(this.name) : row)?.stopReason ?? "stopped";
+    const stored = store.get(this.name);
+    // The runner's report merged (a crash written if it left none): the row as it ended.
+    const seen = stored && reconciled(store, stored);
+    const final = seen?.status === "crashed" ? "crashed" : "stopped";
+    const reason = seen?.row.stopReason ?? "stopped";
     return { status: final, success: final === "stopped", reason };
   }
 

@@ -8,7 +8,7 @@
  */
 
 import { join } from "node:path";
-import { InvalidConfigError } from "../errors.ts";
+import { InvalidConfigError, StateError } from "../errors.ts";
 import { type PulledImage, pullImage, type PullOptions } from "../image/pull.ts";
 import type { ImageConfig } from "../image/oci.ts";
 import { createUpperDisk } from "../image/upper.ts";
@@ -61,9 +61,7 @@ export async function prepareRoot(
   const img = config.image;
   if (img.kind === "oci") {
     const image = await pullImage(store, img.reference, pull);
-    if (!(await Deno.stat(paths.upperDisk).then(() => true, () => false))) {
-      await createUpperDisk(paths.upperDisk, config.rootDiskMib);
-    }
+    await ensureUpperDisk(paths, config.rootDiskMib);
     return { root: { kind: "overlay", lower: image.lower, upper: paths.upperDisk }, image };
   }
   let st: Deno.FileInfo;
@@ -76,13 +74,27 @@ export async function prepareRoot(
     if (!st.isDirectory) throw new InvalidConfigError("image", `${img.path} is not a directory`);
     if (img.writable) return { root: { kind: "dir", path: img.path } };
     // Read-only to the guest, like an OCI lower: its writes go to its own upper disk.
-    if (!(await Deno.stat(paths.upperDisk).then(() => true, () => false))) {
-      await createUpperDisk(paths.upperDisk, config.rootDiskMib);
-    }
+    await ensureUpperDisk(paths, config.rootDiskMib);
     return { root: { kind: "dir", path: img.path, upper: paths.upperDisk } };
   }
   if (!st.isFile) throw new InvalidConfigError("image", `${img.path} is not a disk image file`);
   return { root: { kind: "disk", path: img.path, format: img.format, fstype: img.fstype } };
+}
+
+/**
+ * Creates the sandbox's upper disk when it has none. One that exists must
+ * be a regular file with one link: the VMM opens it read-write as the host
+ * (qemu) or binds it (bwrap), so a link a runner planted there
+ * (`upper.ext4 -> /etc/shadow`) would hand the guest that file.
+ */
+async function ensureUpperDisk(paths: SandboxPaths, sizeMib: number): Promise<void> {
+  const st = await Deno.lstat(paths.upperDisk).catch(() => undefined);
+  if (!st) return await createUpperDisk(paths.upperDisk, sizeMib);
+  if (!st.isFile || st.nlink !== 1) {
+    throw new StateError(
+      `${paths.upperDisk} is not a regular file of this sandbox (a link or another kind): refusing it`,
+    );
+  }
 }
 
 /**

@@ -5,8 +5,10 @@
  *
  * States: `creating` (booting) → `running` ⇄ `draining` → `stopped`;
  * any live state → `crashed` when the runner is gone without having written
- * a terminal status (its lock is free). Every reader reconciles, so a crash
- * is seen even if no caller was alive when it happened.
+ * a terminal status (its lock is free). The runner reports its status in
+ * its own `status.json`, never in the database; every reader reconciles
+ * (merging that report into the row), so a status change and a crash are
+ * seen even if no caller was alive when they happened.
  *
  * @module
  */
@@ -19,6 +21,7 @@ import { isLocked, lockWait } from "../store/lock.ts";
 import { openStore } from "../store/open.ts";
 import { privateDir } from "../store/private.ts";
 import { type SandboxPaths, sandboxPaths } from "../vmm/backend.ts";
+import { readRunnerStatus, type RunnerStatus } from "../vmm/status_file.ts";
 import { DEFAULTS } from "../settings.ts";
 import { isPoolName } from "./config.ts";
 
@@ -46,9 +49,71 @@ export function isLive(status: SandboxStatus): boolean {
   return status === "running" || status === "draining";
 }
 
+/** A row as a reader sees it: the runner's report merged, liveness checked. */
+export interface Reconciled {
+  /** The row after the merge (and after a crash was written, if one was). */
+  readonly row: SandboxRow;
+  readonly status: SandboxStatus;
+}
+
+function liveStored(status: SandboxRow["status"]): boolean {
+  return status === "creating" || status === "running" || status === "draining";
+}
+
 /**
- * The status of a stored sandbox, reconciled with its runner's lock (and
- * written back when it changed).
+ * A stored sandbox as a reader sees it. While its row says it lives, the
+ * runner's `status.json` (src/vmm/status_file.ts: the runner never opens
+ * the database) is merged into that row and only that row; then a runner
+ * whose lock is free without a terminal status is `crashed` (written back).
+ * An invalid status file (a runner a guest may own wrote it) changes
+ * nothing: while the runner lives the row stays as it was, once it is gone
+ * the sandbox is `crashed` with the reason naming the file.
+ *
+ * @example
+ * ```ts
+ * import { openStore } from "../store/open.ts";
+ * import { reconciled } from "./state.ts";
+ * using store = await openStore();
+ * for (const r of store.list()) console.log(r.name, reconciled(store, r).status); // e.g. job-1 stopped (nothing in a new state home)
+ * ```
+ */
+export function reconciled(store: Store, stale: SandboxRow): Reconciled {
+  if (!liveStored(stale.status)) return { row: stale, status: stale.status as SandboxStatus };
+  // The row as it is now: another reader may have merged or ended it since `stale` was read.
+  const row = store.get(stale.name) ?? stale;
+  if (!liveStored(row.status)) return { row, status: row.status as SandboxStatus };
+  const paths = pathsOf(row.name);
+  // The lock first: a runner writes its terminal status before it releases the lock.
+  const locked = isLocked(paths.runnerLock);
+  let invalid: StateError | undefined;
+  let current = row;
+  try {
+    const reported = readRunnerStatus(paths.statusFile, row.name);
+    if (reported && differs(current, reported)) {
+      const { status, stopReason, detached, bootMs } = reported;
+      store.update(row.name, { status, stopReason, detached, ...(bootMs !== null ? { bootMs } : {}) });
+      current = store.get(row.name) ?? row;
+    }
+  } catch (e) {
+    if (!(e instanceof StateError)) throw e;
+    invalid = e;
+  }
+  if (!liveStored(current.status)) return { row: current, status: current.status as SandboxStatus };
+  if (locked) {
+    return { row: current, status: current.status === "creating" ? "running" : current.status as SandboxStatus };
+  }
+  const stopReason = invalid ? invalid.message : "the runner disappeared without a clean stop";
+  store.update(row.name, { status: "crashed", stopReason });
+  return { row: store.get(row.name) ?? current, status: "crashed" };
+}
+
+function differs(row: SandboxRow, r: RunnerStatus): boolean {
+  return row.status !== r.status || row.stopReason !== r.stopReason || row.detached !== r.detached ||
+    (r.bootMs !== null && row.bootMs !== r.bootMs);
+}
+
+/**
+ * The status of a stored sandbox ({@link reconciled}).
  *
  * @example
  * ```ts
@@ -59,16 +124,7 @@ export function isLive(status: SandboxStatus): boolean {
  * ```
  */
 export function reconcile(store: Store, row: SandboxRow): SandboxStatus {
-  const live = row.status === "creating" || row.status === "running" || row.status === "draining";
-  if (!live) return row.status as SandboxStatus;
-  if (isLocked(pathsOf(row.name).runnerLock)) {
-    return row.status === "creating" ? "running" : row.status as SandboxStatus;
-  }
-  // Re-read: the runner may have written a terminal status just before releasing its lock.
-  const fresh = store.get(row.name);
-  if (fresh && fresh.status !== row.status) return reconcile(store, fresh);
-  store.update(row.name, { status: "crashed", stopReason: "the runner disappeared without a clean stop" });
-  return "crashed";
+  return reconciled(store, row).status;
 }
 
 /**

@@ -13,6 +13,7 @@
  */
 
 import { join } from "node:path";
+import { createFresh, ensureFile, walkNoFollow } from "../util/nofollow.ts";
 import { homeLayout } from "./home.ts";
 
 /** The mode of every directory krunbox makes in its state home. */
@@ -41,8 +42,8 @@ export async function privateDir(path: string): Promise<void> {
 }
 
 /**
- * Writes a file 0600 (the mode on create, then a `chmod` for a file that
- * existed with a looser one).
+ * Writes a file 0600, created anew: whatever had the name (a link a runner
+ * planted, a FIFO) is unlinked, never followed (src/util/nofollow.ts).
  *
  * @example
  * ```ts
@@ -50,15 +51,16 @@ export async function privateDir(path: string): Promise<void> {
  * await writePrivate(`${await Deno.makeTempDir()}/vm.json`, "{}");
  * ```
  */
-export async function writePrivate(path: string, data: string, options: { append?: boolean } = {}): Promise<void> {
-  await Deno.writeTextFile(path, data, { ...options, mode: PRIVATE_FILE_MODE });
-  await Deno.chmod(path, PRIVATE_FILE_MODE);
+export async function writePrivate(path: string, data: string | Uint8Array): Promise<void> {
+  await createFresh(path, data, PRIVATE_FILE_MODE);
 }
 
 /**
- * Creates an empty 0600 file if it is missing (and tightens it if not), so a
- * process that appends to it later (qemu's console, the runner's log) never
- * creates it with the umask's mode.
+ * Makes sure a 0600 regular file is at `path` (kept with its content when
+ * it is one, made empty anew when missing or anything else, a link never
+ * followed), so a process that appends to it later (qemu's console, the
+ * runner's log) never creates it with the umask's mode nor writes through a
+ * link.
  *
  * @example
  * ```ts
@@ -67,8 +69,7 @@ export async function writePrivate(path: string, data: string, options: { append
  * ```
  */
 export async function touchPrivate(path: string): Promise<void> {
-  (await Deno.open(path, { write: true, create: true, mode: PRIVATE_FILE_MODE })).close();
-  await Deno.chmod(path, PRIVATE_FILE_MODE);
+  await ensureFile(path, PRIVATE_FILE_MODE);
 }
 
 /** An entry whose group/other bits were removed by {@link tightenHome}. */
@@ -81,10 +82,10 @@ export interface Tightened {
 }
 
 /** The loose entries of a home (what {@link tightenHome} would change), found without changing anything. */
-export async function looseEntries(root: string = homeLayout().root): Promise<Tightened[]> {
+export function looseEntries(root: string = homeLayout().root): Promise<Tightened[]> {
   const found: Tightened[] = [];
-  await visit(root, found);
-  return found;
+  visit(root, found, false);
+  return Promise.resolve(found);
 }
 
 /**
@@ -105,10 +106,12 @@ export async function looseEntries(root: string = homeLayout().root): Promise<Ti
  * console.log(changed.length); // 0
  * ```
  */
-export async function tightenHome(root: string = homeLayout().root): Promise<Tightened[]> {
-  const found = await looseEntries(root);
-  for (const t of found) await Deno.chmod(t.path, t.to).catch(() => {});
-  return found;
+export function tightenHome(root: string = homeLayout().root): Promise<Tightened[]> {
+  // By descriptor (src/util/nofollow.ts): an entry swapped for a link while the walk runs (a runner can write its
+  // sandbox directory) is never followed, as the last name or as a directory on the way.
+  const found: Tightened[] = [];
+  visit(root, found, true);
+  return Promise.resolve(found);
 }
 
 /**
@@ -123,26 +126,14 @@ function descends(rel: string): boolean {
   return rel === "" || top === "sandboxes" || (top === "cache" && !(rel + "/").startsWith("cache/roots/"));
 }
 
-async function visit(root: string, found: Tightened[], rel = ""): Promise<void> {
-  const path = rel ? join(root, rel) : root;
-  let info: Deno.FileInfo;
-  try {
-    info = await Deno.lstat(path);
-  } catch {
-    return;
-  }
-  if (info.isSymlink || info.mode === null) return;
-  const bits = info.mode & 0o7777;
-  const dir = info.isDirectory;
-  if (!dir && !info.isFile) return; // sockets, fifos: the directory is their boundary
-  const to = dir ? (bits & ~0o077) | 0o700 : bits & ~0o077;
-  if (to !== bits) found.push({ path, from: bits, to });
-  if (!dir || !descends(rel)) return;
-  const names: string[] = [];
-  try {
-    for await (const e of Deno.readDir(path)) names.push(e.name);
-  } catch {
-    return; // gone meanwhile
-  }
-  for (const name of names) await visit(root, found, rel ? `${rel}/${name}` : name);
+function visit(root: string, found: Tightened[], tighten: boolean): void {
+  walkNoFollow(root, (e) => {
+    const bits = e.mode & 0o7777;
+    const to = e.isDirectory ? (bits & ~0o077) | 0o700 : bits & ~0o077;
+    if (to !== bits) {
+      found.push({ path: e.rel ? join(root, e.rel) : root, from: bits, to });
+      if (tighten) e.chmod(to);
+    }
+    return e.isDirectory && descends(e.rel);
+  });
 }

@@ -5,6 +5,7 @@
  */
 
 import { concatBytes } from "./bytes.ts";
+import { readSlice } from "./nofollow.ts";
 
 /**
  * The last lines of a log file (for error messages). A bounded log's older
@@ -31,8 +32,10 @@ export async function logTail(path: string, lines = 20): Promise<string> {
 }
 
 /**
- * The last `max` bytes of `path` (none when it is missing or unreadable);
- * `cut` when the file holds more.
+ * The last `max` bytes of `path` (none when it is missing, unreadable, a
+ * link or not a regular file: never read through a link or from a FIFO a
+ * runner left in its directory, src/util/nofollow.ts); `cut` when the file
+ * holds more.
  *
  * @example
  * ```ts
@@ -43,29 +46,13 @@ export async function logTail(path: string, lines = 20): Promise<string> {
  * console.log(new TextDecoder().decode(bytes), cut); // ef true
  * ```
  */
-export async function fileTail(path: string, max: number): Promise<{ bytes: Uint8Array; cut: boolean }> {
-  let f: Deno.FsFile;
+export function fileTail(path: string, max: number): Promise<{ bytes: Uint8Array; cut: boolean }> {
+  const none = { bytes: new Uint8Array(), cut: false };
   try {
-    f = await Deno.open(path);
+    const slice = readSlice(path, "end", max);
+    return Promise.resolve(slice ? { bytes: slice.bytes, cut: slice.offset > 0 } : none);
   } catch {
-    return { bytes: new Uint8Array(), cut: false };
-  }
-  try {
-    const size = (await f.stat()).size;
-    const start = Math.max(0, size - max);
-    await f.seek(start, Deno.SeekMode.Start);
-    const buf = new Uint8Array(size - start);
-    let got = 0;
-    while (got < buf.length) {
-      const n = await f.read(buf.subarray(got));
-      if (n === null) break;
-      got += n;
-    }
-    return { bytes: buf.subarray(0, got), cut: start > 0 };
-  } catch {
-    return { bytes: new Uint8Array(), cut: false };
-  } finally {
-    f.close();
+    return Promise.resolve(none);
   }
 }
 

@@ -114,6 +114,8 @@ export interface SandboxPaths {
   /** The FIFO the VMM writes the guest console into; the runner drains it into {@link consoleLog}. */
   readonly consoleFifo: string;
   readonly runnerLog: string;
+  /** The runner's status, written by it alone (src/vmm/status_file.ts); the host merges it into the sandbox's row. */
+  readonly statusFile: string;
   /** The runner's relay: host clients connect here. */
   readonly agentSocket: string;
   /** Held by the runner for its whole life. */
@@ -155,6 +157,7 @@ export function sandboxPaths(dir: string): SandboxPaths {
     consoleLog: `${dir}/console.log`,
     consoleFifo: `${dir}/console.fifo`,
     runnerLog: `${dir}/runner.log`,
+    statusFile: `${dir}/status.json`,
     agentSocket: `${dir}/agent.sock`,
     runnerLock: `${dir}/runner.lock`,
     nameLock: `${dir}.lock`,

@@ -9,7 +9,7 @@
  * - a private mount namespace on an empty tmpfs root showing only the root
  *   filesystem's directory or disks and the shares (read-only ones bound
  *   read-only: the host kernel enforces them besides libkrun), the sandbox
- *   directory, the database files, the assets (libkrun, libkrunfw, the
+ *   directory (not the database), the assets (libkrun, libkrunfw, the
  *   agent, netd), the deno binary and the runner's code and module cache
  *   (read-only), `/usr` and a few `/etc` files (read-only), a minimal `/dev`
  *   with `/dev/kvm`, a `/proc` of its own and a tmpfs `/tmp`;
@@ -28,9 +28,12 @@
  * published ports there (unix sockets are reached by path, whatever the
  * network namespace).
  *
- * Known residue: the database is visible read-write (the runner writes its
- * status there), so a guest that escaped libkrun's share could still edit
- * other sandboxes' rows.
+ * The database is not there: the runner reports its status in its own
+ * `status.json` (src/vmm/status_file.ts), which the host parses strictly
+ * and merges into that sandbox's row only; and every file the host writes
+ * or reads in the sandbox directory is opened without following a link
+ * (src/util/nofollow.ts), so what an escaped guest can reach is that
+ * directory, the shares and what the runner reads.
  *
  * @module
  */
@@ -38,7 +41,11 @@
 import { dirname } from "node:path";
 import { fileURLToPath } from "node:url";
 import type { VmSpec } from "./backend.ts";
+import { readBounded } from "../util/nofollow.ts";
 import { rootDisks } from "./boot_config.ts";
+
+/** The most bytes of bwrap's info file read (it holds a few dozen). */
+const INFO_MAX_BYTES = 4096;
 
 /**
  * The capabilities a root runner keeps: what libkrun's virtiofs uses to act
@@ -92,8 +99,6 @@ export interface ContainHost {
   readonly denoDir?: string;
   /** The state home's assets directory (libkrun, libkrunfw, the agent, netd). */
   readonly assets: string;
-  /** The database and its WAL files (bound read-write; they must exist). */
-  readonly dbFiles: readonly string[];
   /** Top-level directories that are symlinks on the host (`/bin` → `usr/bin`), else absent. */
   readonly links: Readonly<Record<string, string>>;
 }
@@ -123,7 +128,7 @@ const ETC_FILES = [
  * const args = bwrapArgs(
  *   { name: "a", backend: "libkrun", cpus: 1, memoryMib: 256, dir: "/h/sandboxes/a", root: { kind: "dir", path: "/r" },
  *     shares: [], ports: [], network: "none", boot: {}, bootTimeoutMs: 30000 },
- *   { uid: 0, deno: "/opt/deno/deno", assets: "/h/assets", dbFiles: ["/h/db.sqlite"], links: { "/lib": "usr/lib" } },
+ *   { uid: 0, deno: "/opt/deno/deno", assets: "/h/assets", links: { "/lib": "usr/lib" } },
  * );
  * console.log(args.includes("--cap-drop")); // true
  * ```
@@ -172,7 +177,6 @@ export function bwrapArgs(spec: VmSpec, host: ContainHost): string[] {
     args.push("--setenv", "DENO_DIR", "/tmp/deno");
   }
   bind(host.assets, true);
-  for (const f of host.dbFiles) bind(f, false);
   bind(spec.dir, false);
 
   args.push(
@@ -222,17 +226,10 @@ export function withContainFds(seccompFile: string, infoFile: string, argv: read
 /**
  * The host's facts for {@link bwrapArgs}: this process's uid, deno, the
  * package root (when the runner's code is local), Deno's module cache, the
- * state home's assets and database (its WAL files created empty if no
- * connection made them yet: an empty WAL is no WAL to SQLite, and bound
- * files must exist), and which top-level directories are symlinks.
+ * state home's assets, and which top-level directories are symlinks.
  */
-export async function containHost(home: { readonly assets: string; readonly db: string }): Promise<ContainHost> {
+export async function containHost(home: { readonly assets: string }): Promise<ContainHost> {
   const runner = new URL("./runner.ts", import.meta.url);
-  const dbFiles = [home.db, `${home.db}-wal`, `${home.db}-shm`];
-  for (const f of dbFiles) {
-    const file = await Deno.open(f, { create: true, write: true, mode: 0o600 });
-    file.close();
-  }
   const links: Record<string, string> = {};
   for (const d of SYSTEM_DIRS) {
     const target = await Deno.readLink(d).catch(() => undefined);
@@ -247,7 +244,6 @@ export async function containHost(home: { readonly assets: string; readonly db: 
     code: runner.protocol === "file:" ? fileURLToPath(new URL("../..", runner)) : undefined,
     denoDir: hasCache ? denoDir : undefined,
     assets: home.assets,
-    dbFiles,
     links,
   };
 }
@@ -266,8 +262,15 @@ export async function containHost(home: { readonly assets: string; readonly db: 
 export async function containedPid(infoFile: string): Promise<number | undefined> {
   // bwrap writes the file after it cloned the runner; a few tries cover a runner that got here first.
   for (let i = 0; i < 50; i++) {
-    const text = await Deno.readTextFile(infoFile).catch(() => undefined);
-    if (text === undefined) return undefined;
+    // Bounded and never through a link (src/util/nofollow.ts).
+    let text: string;
+    try {
+      const bytes = readBounded(infoFile, INFO_MAX_BYTES);
+      if (!bytes) return undefined;
+      text = new TextDecoder().decode(bytes);
+    } catch {
+      return undefined;
+    }
     const m = /"child-pid":\s*(\d+)/.exec(text);
     if (m) return Number(m[1]);
     await new Promise((r) => setTimeout(r, 20));

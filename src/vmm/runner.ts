@@ -6,7 +6,8 @@
  * - Holds `runner.lock` for its whole life: readers that find the lock free
  *   and no terminal status know the sandbox crashed.
  * - Boots the VM through its backend, relays host clients on `agent.sock`,
- *   writes the status (running, draining, stopped, crashed) to the store.
+ *   writes the status (running, draining, stopped, crashed) to its
+ *   `status.json` (src/vmm/status_file.ts); it never opens the database.
  * - Tells its starter how boot went with one JSON line on stdout
  *   (`{"event":"ready",…}` or `{"event":"failed",…}`).
  * - Attached: EOF on stdin (the owner exited or dropped the sandbox, however
@@ -40,7 +41,6 @@ import {
 } from "../errors.ts";
 import { DEFAULTS, settings } from "../settings.ts";
 import type { StoredStatus } from "../store/db.ts";
-import { homeLayout } from "../store/home.ts";
 import { tryLock } from "../store/lock.ts";
 import { closeQuietly } from "../util/close.ts";
 import { logTail } from "../util/logs.ts";
@@ -50,13 +50,13 @@ import { type SandboxPaths, sandboxPaths, type Vm, type VmExit, type VmSpec, typ
 import { listenFresh } from "./channel.ts";
 import { ConsoleLog } from "./console.ts";
 import type { NetEngine } from "./netd.ts";
-import { DeferredStore } from "./deferred_store.ts";
 import { readRunnerSecrets } from "./runner_secrets.ts";
 import { Relay } from "./relay.ts";
 import { RunnerLog } from "./runner_log.ts";
 import { discardTemplate, saveSnapshot, templatingBackend } from "./template.ts";
 import { Qmp } from "./qmp.ts";
 import { configureParams } from "../agent/configure.ts";
+import { StatusFile } from "./status_file.ts";
 
 /** The lines a runner prints on stdout for its starter. */
 export type RunnerEvent =
@@ -157,7 +157,7 @@ export class Runner {
   constructor(
     readonly spec: VmSpec,
     readonly paths: SandboxPaths,
-    readonly store: DeferredStore,
+    readonly store: StatusFile,
     attached: boolean,
     readonly log: RunnerLog,
     readonly clock: PhaseClock = new PhaseClock(),
@@ -182,15 +182,12 @@ export class Runner {
     const relay = this.#relay = new Relay(vm.agent, (method, params) => this.#control(method, params), vm.bootConfig);
     this.#net?.onEvent((e) => relay.publish("runner.netEvent", { event: e as unknown as Record<string, unknown> }));
     const listener = await listenFresh(this.paths.agentSocket);
-    // The VMM runs: the store loads while the guest boots.
-    const storeOpen = this.store.open();
     try {
       const ready = vm.start?.mode === "restored"
         ? await this.#configureRestored(vm, vm.start, relay)
         : await this.#awaitReady(vm, relay);
       if (!ready) return 1;
       this.#ready = ready;
-      await storeOpen;
       await this.#running(vm, ready);
       relay.serve(listener);
       this.clock.mark("runner.ready");
@@ -223,7 +220,7 @@ export class Runner {
     if (vm.start?.mode === "restored") this.clock.mark("vmm.restore", ready.receivedMs);
     else this.#guestPhases(ready);
     const bootMs = this.#bootMs(ready);
-    this.store.update(this.#name, { bootMs });
+    this.store.update({ bootMs });
     const start = startOf(vm);
     this.#log(
       start.mode === "restored"
@@ -269,22 +266,19 @@ export class Runner {
   /** The runner outlives its owner from now on. */
   detach(): void {
     this.#attached = false;
-    this.store.update(this.#name, { detached: true });
+    this.store.update({ detached: true });
   }
 
   /**
-   * Moves this sandbox's row to a new name with its new config, in the same
-   * turn as every later status write goes there: a warm pool hands out a
-   * running sandbox this way (its caller holds the new name's lock and has
-   * linked the name's directory to this one's).
+   * Takes a new name (a warm pool's handout: its caller holds the name's
+   * lock, has linked the name's directory to this one's and moves the row):
+   * every later status report names it.
    */
-  rename(name: unknown, config: unknown): string {
-    if (typeof name !== "string" || typeof config !== "string") throw new Error("runner.rename: name and config");
-    if (!this.store.rename(this.#name, name, config)) {
-      throw new Error(`runner.rename: "${name}" is taken or "${this.#name}" is not stored`);
-    }
+  rename(name: unknown): string {
+    if (typeof name !== "string" || name.length === 0) throw new Error("runner.rename: a name");
     this.#log(`renamed: ${this.#name} -> ${name}`);
     this.#name = name;
+    this.store.rename(name);
     return name;
   }
 
@@ -318,7 +312,7 @@ export class Runner {
   #enter(status: StoredStatus, reason?: string): void {
     this.#status = status;
     if (reason !== undefined) this.#stopReason = reason;
-    this.store.update(this.#name, { status, stopReason: this.#stopReason, detached: !this.#attached });
+    this.store.update({ status, stopReason: this.#stopReason, detached: !this.#attached });
   }
 
   // --- steps ----------------------------------------------------------------
@@ -524,7 +518,7 @@ export class Runner {
         this.detach();
         return { detached: true };
       case "runner.rename":
-        return { name: this.rename(params.name, params.config) };
+        return { name: this.rename(params.name) };
       default:
         throw new Error(`unknown runner method ${method}`);
     }
@@ -577,13 +571,9 @@ async function main(dir: string, mode: "attached" | "detached", clock: PhaseCloc
     const spec = JSON.parse(await Deno.readTextFile(paths.vmSpec)) as VmSpec;
     // With secrets, their values are the starter's first line on stdin (runner_secrets.ts).
     const values = spec.secrets?.length ? await readRunnerSecrets(Deno.stdin) : undefined;
-    using store = new DeferredStore(homeLayout().db);
-    try {
-      return await new Runner(spec, paths, store, mode === "attached", log, clock, values).run();
-    } finally {
-      // A failed boot's status was queued: it is written before the runner ends.
-      await store.open();
-    }
+    // The runner never opens the database: its status goes to a file the host merges (src/sandbox/state.ts).
+    const status = new StatusFile(paths.statusFile, spec.name, mode === "detached");
+    return await new Runner(spec, paths, status, mode === "attached", log, clock, values).run();
   } finally {
     lock.release();
   }

@@ -18,6 +18,7 @@ import type { Command } from "../main.ts";
 import type { ImageSource } from "../../sandbox/config.ts";
 import { stderrSink, withStartProgress } from "../progress.ts";
 import { writeAll } from "../../util/bytes.ts";
+import { readSlice } from "../../util/nofollow.ts";
 
 /** Runs `fn` for each NAME (see {@link eachPositional}). */
 function eachName(spec: CommandSpec, p: Parsed, fn: (name: string) => Promise<void>): Promise<number> {
@@ -171,29 +172,19 @@ export const logs: Command = {
   },
 };
 
-/** Copies `path` from `offset` to stdout; returns the new offset (a missing file is empty). */
+/**
+ * Copies `path` from `offset` to stdout; returns the new offset (a missing file is empty). Read in bounded chunks,
+ * never through a link or from a FIFO its runner left (src/util/nofollow.ts).
+ */
 async function copyFrom(path: string, offset: number): Promise<number> {
-  let f: Deno.FsFile;
-  try {
-    f = await Deno.open(path);
-  } catch (e) {
-    if (e instanceof Deno.errors.NotFound) return offset;
-    throw e;
-  }
-  try {
-    const size = (await f.stat()).size;
-    if (size < offset) offset = 0; // truncated or rotated
-    await f.seek(offset, Deno.SeekMode.Start);
-    const buf = new Uint8Array(64 * 1024);
-    let at = offset;
-    while (at < size) {
-      const n = await f.read(buf.subarray(0, Math.min(buf.length, size - at)));
-      if (n === null) break;
-      await writeAll(Deno.stdout, buf.subarray(0, n));
-      at += n;
+  for (let at = offset;;) {
+    const slice = readSlice(path, at, 64 * 1024);
+    if (!slice) return at;
+    if (slice.size < at) at = 0; // truncated or rotated
+    else if (slice.bytes.length === 0) return at;
+    else {
+      await writeAll(Deno.stdout, slice.bytes);
+      at += slice.bytes.length;
     }
-    return at;
-  } finally {
-    f.close();
   }
 }
