@@ -96,7 +96,11 @@ func (e *Engine) servePortTCP(ln *net.TCPListener, p config.Port) {
 				_ = c.Close()
 				return
 			}
-			e.splice(hostConn{c}, guestConn{g, ep})
+			var leak func(*config.Secret)
+			if e.leaks != nil {
+				leak = func(s *config.Secret) { e.secretBlocked(policy.Ingress, "tcp", client, p.Host, "", s) }
+			}
+			e.splice(guestConn{g, ep}, hostConn{c}, leak)
 		}()
 	}
 }
@@ -160,6 +164,12 @@ func (e *Engine) servePortUDP(uc *net.UDPConn, p config.Port) {
 					mu.Lock()
 					f.last = time.Now()
 					mu.Unlock()
+					if e.leaks != nil {
+						if s := e.leaks.in(rb[:n]); s != nil {
+							e.secretBlocked(policy.Ingress, "udp", from.Addr(), p.Host, "", s)
+							continue
+						}
+					}
 					if _, err := uc.WriteToUDPAddrPort(rb[:n], from); err != nil {
 						return
 					}

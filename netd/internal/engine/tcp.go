@@ -6,11 +6,15 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/waiter"
+
+	"krunbox.dev/netd/internal/config"
+	"krunbox.dev/netd/internal/policy"
 )
 
 func (e *Engine) installTCP() {
@@ -71,8 +75,17 @@ func (e *Engine) handleTCP(r *tcp.ForwarderRequest) {
 			e.intercept(guest, hostConn{host}, dst, port, name)
 			return
 		}
-		e.splice(guest, hostConn{host})
+		e.splice(guest, hostConn{host}, e.leakTo("tcp", dst, port, name))
 	}()
+}
+
+// leakTo is what reports a placeholder the guest sent on a flow to dst:port
+// (nil without secrets: nothing is scanned).
+func (e *Engine) leakTo(proto string, dst netip.Addr, port int, name string) func(*config.Secret) {
+	if e.leaks == nil {
+		return nil
+	}
+	return func(s *config.Secret) { e.secretBlocked(policy.Egress, proto, dst, port, name, s) }
 }
 
 // halfCloser is a stream whose write side closes alone and that can be
@@ -103,21 +116,64 @@ func (h hostConn) Abort() {
 
 // splice copies both ways: an EOF one way is passed on as a half-close the
 // same way, a reset (or any error) reading one side resets the other; both
-// ends close when both directions are done (or Close runs).
-func (e *Engine) splice(a, b halfCloser) {
-	closeBoth, done := e.pair(a, b)
+// ends close when both directions are done (or Close runs). In a sandbox
+// with secrets, what the guest sends is scanned on the way (scanGuest):
+// a placeholder resets both ends before any of the read that completes it
+// goes out, and leak reports it.
+func (e *Engine) splice(guest, host halfCloser, leak func(*config.Secret)) {
+	closeBoth, done := e.pair(guest, host)
 	defer done()
 	var wg sync.WaitGroup
-	pipe := func(dst, src halfCloser) {
+	pipe := func(dst, src halfCloser, sc *streamScanner) {
 		defer wg.Done()
 		buf := make([]byte, 64<<10)
+		write := func(b []byte) bool {
+			if len(b) == 0 {
+				return true
+			}
+			if _, werr := dst.Write(b); werr != nil {
+				src.Abort()
+				closeBoth()
+				return false
+			}
+			return true
+		}
+		deadline := false
 		for {
+			if sc != nil && sc.holding() != deadline {
+				deadline = sc.holding()
+				var t time.Time
+				if deadline {
+					t = time.Now().Add(HoldFlush)
+				}
+				_ = src.SetReadDeadline(t)
+			}
 			n, rerr := src.Read(buf)
 			if n > 0 {
-				if _, werr := dst.Write(buf[:n]); werr != nil {
-					src.Abort()
-					closeBoth()
+				if sc == nil {
+					if !write(buf[:n]) {
+						return
+					}
+				} else {
+					pre, body, hit := sc.feed(buf[:n])
+					if hit != nil {
+						leak(hit)
+						dst.Abort()
+						src.Abort()
+						closeBoth()
+						return
+					}
+					if !write(pre) || !write(body) {
+						return
+					}
+				}
+			}
+			if sc != nil && (rerr == io.EOF || isTimeout(rerr)) {
+				if !write(sc.release()) {
 					return
+				}
+				if rerr != io.EOF {
+					continue
 				}
 			}
 			if rerr == io.EOF {
@@ -131,8 +187,17 @@ func (e *Engine) splice(a, b halfCloser) {
 			}
 		}
 	}
+	var sc *streamScanner
+	if e.leaks != nil && leak != nil {
+		sc = newStreamScanner(e.leaks)
+	}
 	wg.Add(2)
-	go pipe(a, b)
-	go pipe(b, a)
+	go pipe(guest, host, nil)
+	go pipe(host, guest, sc)
 	wg.Wait()
+}
+
+func isTimeout(err error) bool {
+	ne, ok := err.(net.Error)
+	return ok && ne.Timeout()
 }
