@@ -359,3 +359,49 @@ func TestNoSecretsNoScanning(t *testing.T) {
 		t.Fatalf("udp: %q %v", got, err)
 	}
 }
+
+// A published port's guest side is scanned too: a guest service echoing the
+// placeholder to a client is reset (TCP) or its datagram dropped (UDP).
+func TestPlaceholderFromAPublishedPortBlocked(t *testing.T) {
+	tp, up := freePort(t, "tcp"), freePort(t, "udp")
+	ports := []map[string]any{
+		{"protocol": "tcp", "bind": "127.0.0.1", "host": tp, "guest": 80},
+		{"protocol": "udp", "bind": "127.0.0.1", "host": up, "guest": 80},
+	}
+	h := startWithSecret(t, rulesPublic, map[string]any{"ports": ports})
+	h.guestServers(t)
+	c, err := net.Dial("tcp", net.JoinHostPort("127.0.0.1", itoa(tp)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if got, err := echoOnce(c, "plain"); err != nil || got != "plain" { // positive control
+		t.Fatalf("tcp port: %q %v", got, err)
+	}
+	if _, err := c.Write([]byte(testPlaceholder)); err != nil {
+		t.Fatal(err)
+	}
+	if !readsReset(c, testPlaceholder[:4]) {
+		t.Fatal("the guest's echo of the placeholder was not reset")
+	}
+	uc, err := net.Dial("udp", net.JoinHostPort("127.0.0.1", itoa(up)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer uc.Close()
+	buf := make([]byte, 128)
+	_ = uc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_, _ = uc.Write([]byte("dgram"))
+	if n, err := uc.Read(buf); err != nil || string(buf[:n]) != "guest:dgram" { // positive control
+		t.Fatalf("udp port: %q %v", buf[:n], err)
+	}
+	_, _ = uc.Write([]byte(testPlaceholder))
+	_ = uc.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+	if n, err := uc.Read(buf); err == nil {
+		t.Fatalf("the guest's datagram with the placeholder reached the client: %q", buf[:n])
+	}
+	evs := h.blockedEvents(t)
+	if len(evs) < 2 || evs[0].Direction != "ingress" || evs[1].Direction != "ingress" {
+		t.Fatalf("secret-blocked events: %+v", evs)
+	}
+}
