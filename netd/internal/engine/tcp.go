@@ -116,10 +116,10 @@ func (h hostConn) Abort() {
 
 // splice copies both ways: an EOF one way is passed on as a half-close the
 // same way, a reset (or any error) reading one side resets the other; both
-// ends close when both directions are done (or Close runs). In a sandbox
-// with secrets, what the guest sends is scanned on the way (scanGuest):
-// a placeholder resets both ends before any of the read that completes it
-// goes out, and leak reports it.
+// ends close when both directions are done (or Close runs). With leak (a
+// sandbox with secrets), what the guest sends is scanned on the way
+// (leaks.go): a placeholder resets both ends before anything of the read
+// that completes it goes out, and leak reports it.
 func (e *Engine) splice(guest, host halfCloser, leak func(*config.Secret)) {
 	closeBoth, done := e.pair(guest, host)
 	defer done()
@@ -138,40 +138,41 @@ func (e *Engine) splice(guest, host halfCloser, leak func(*config.Secret)) {
 			}
 			return true
 		}
+		// While bytes are held back, a read waits HoldFlush at most.
 		deadline := false
-		for {
-			if sc != nil && sc.holding() != deadline {
-				deadline = sc.holding()
-				var t time.Time
-				if deadline {
-					t = time.Now().Add(HoldFlush)
-				}
-				_ = src.SetReadDeadline(t)
+		setDeadline := func(on bool) {
+			if on {
+				_ = src.SetReadDeadline(time.Now().Add(HoldFlush))
+			} else if deadline {
+				_ = src.SetReadDeadline(time.Time{})
 			}
+			deadline = on
+		}
+		for {
 			n, rerr := src.Read(buf)
-			if n > 0 {
-				if sc == nil {
-					if !write(buf[:n]) {
-						return
-					}
-				} else {
-					pre, body, hit := sc.feed(buf[:n])
-					if hit != nil {
-						leak(hit)
-						dst.Abort()
-						src.Abort()
-						closeBoth()
-						return
-					}
-					if !write(pre) || !write(body) {
-						return
-					}
+			if n > 0 && sc == nil {
+				if !write(buf[:n]) {
+					return
 				}
+			} else if n > 0 {
+				pre, body, hit := sc.feed(buf[:n])
+				if hit != nil {
+					leak(hit)
+					dst.Abort()
+					src.Abort()
+					closeBoth()
+					return
+				}
+				if !write(pre) || !write(body) {
+					return
+				}
+				setDeadline(sc.holding())
 			}
 			if sc != nil && (rerr == io.EOF || isTimeout(rerr)) {
 				if !write(sc.release()) {
 					return
 				}
+				setDeadline(false)
 				if rerr != io.EOF {
 					continue
 				}
