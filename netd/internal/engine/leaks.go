@@ -21,6 +21,10 @@ type placeholders struct {
 	raw     [][]byte
 	lower   []string // for DNS names (case-insensitive)
 	max     int      // the longest placeholder's length
+	// common is the placeholders' common prefix (krunbox-secret-) when
+	// there are several: one search for it, then a check of each, costs the
+	// same for any number of secrets.
+	common []byte
 }
 
 func newPlaceholders(secrets []config.Secret) *placeholders {
@@ -35,17 +39,42 @@ func newPlaceholders(secrets []config.Secret) *placeholders {
 		p.lower = append(p.lower, strings.ToLower(s.Placeholder))
 		p.max = max(p.max, len(s.Placeholder))
 	}
+	common := p.raw[0]
+	for _, ph := range p.raw[1:] {
+		n := 0
+		for n < len(common) && n < len(ph) && common[n] == ph[n] {
+			n++
+		}
+		common = common[:n]
+	}
+	if len(p.raw) > 1 && len(common) >= 8 {
+		p.common = common
+	}
 	return p
 }
 
 // in returns the secret whose placeholder b holds (nil: none).
 func (p *placeholders) in(b []byte) *config.Secret {
-	for i, ph := range p.raw {
-		if bytes.Contains(b, ph) {
-			return p.secrets[i]
+	if p.common == nil {
+		for i, ph := range p.raw {
+			if bytes.Contains(b, ph) {
+				return p.secrets[i]
+			}
+		}
+		return nil
+	}
+	for off := 0; ; off++ {
+		j := bytes.Index(b[off:], p.common)
+		if j < 0 {
+			return nil
+		}
+		off += j
+		for i, ph := range p.raw {
+			if bytes.HasPrefix(b[off:], ph) {
+				return p.secrets[i]
+			}
 		}
 	}
-	return nil
 }
 
 // inName returns the secret whose placeholder a (normalised, lower-case)
