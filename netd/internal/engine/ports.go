@@ -96,11 +96,7 @@ func (e *Engine) servePortTCP(ln *net.TCPListener, p config.Port) {
 				_ = c.Close()
 				return
 			}
-			var leak func(*config.Secret)
-			if e.leaks != nil {
-				leak = func(s *config.Secret) { e.secretBlocked(policy.Ingress, "tcp", client, p.Host, "", s) }
-			}
-			e.splice(guestConn{g, ep}, hostConn{c}, leak)
+			e.splice(guestConn{g, ep}, hostConn{c}, e.leakDir(policy.Ingress, "tcp", client, p.Host, ""))
 		}()
 	}
 }

@@ -79,13 +79,19 @@ func (e *Engine) handleTCP(r *tcp.ForwarderRequest) {
 	}()
 }
 
-// leakTo is what reports a placeholder the guest sent on a flow to dst:port
-// (nil without secrets: nothing is scanned).
+// leakTo is what reports a placeholder the guest sent on an egress flow to
+// dst:port (nil without secrets: nothing is scanned).
 func (e *Engine) leakTo(proto string, dst netip.Addr, port int, name string) func(*config.Secret) {
+	return e.leakDir(policy.Egress, proto, dst, port, name)
+}
+
+// leakDir is leakTo for either direction (ingress: addr is the client of a
+// published port, port the host port).
+func (e *Engine) leakDir(dir, proto string, addr netip.Addr, port int, name string) func(*config.Secret) {
 	if e.leaks == nil {
 		return nil
 	}
-	return func(s *config.Secret) { e.secretBlocked(policy.Egress, proto, dst, port, name, s) }
+	return func(s *config.Secret) { e.secretBlocked(dir, proto, addr, port, name, s) }
 }
 
 // halfCloser is a stream whose write side closes alone and that can be
