@@ -161,20 +161,22 @@ func peekHello(c net.Conn) (sni string, raw []byte, ok bool) {
 }
 
 // intercept runs one allowed TCP flow on an intercepted port: an SNI name
-// holding a placeholder or one the policy denies is refused; a bypass name is spliced untouched (but
-// scanned for placeholders); any other name is terminated with a leaf of the
-// sandbox CA once the real upstream has verified for that name, and its
-// HTTP/1.1 requests are checked and rewritten (secrets.go).
+// holding a placeholder or one the policy denies is refused; a bypass name
+// is spliced untouched (but scanned for placeholders); any other name is
+// terminated with a leaf of the sandbox CA once the real upstream has
+// verified for that name, and its HTTP/1.1 requests are checked and
+// rewritten (secrets.go).
 func (e *Engine) intercept(guest guestConn, host hostConn, dst netip.Addr, port int, name string) {
 	sni, raw, ok := peekHello(guest)
+	leaked := e.leaks.inName(sni) // a sandbox with interception has secrets
 	switch {
 	case !ok:
 		e.refuse(dst, port, name, RuleTLSNotTLS)
 	case sni == "":
 		e.refuse(dst, port, name, RuleTLSNoSNI)
-	case e.leaks.inName(sni) != nil:
+	case leaked != nil:
 		// The SNI name would go upstream in the clear.
-		e.secretBlocked(policy.Egress, "tcp", dst, port, name, e.leaks.inName(sni))
+		e.secretBlocked(policy.Egress, "tcp", dst, port, name, leaked)
 	case !e.sniAllowed(dst, port, sni):
 	case e.mitm.bypass[sni]:
 		// Spliced from the ClientHello on, scanned like any flow that is

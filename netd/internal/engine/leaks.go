@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"krunbox.dev/netd/internal/config"
+	"krunbox.dev/netd/internal/policy"
 )
 
 // HoldFlush is how long netd holds back the trailing bytes of a guest's
@@ -172,6 +173,21 @@ func (s *streamScanner) release() []byte {
 	out := s.tail[len(s.tail)-s.held:]
 	s.held = 0
 	return out
+}
+
+// leakTo is what reports a placeholder the guest sent on an egress flow to
+// dst:port (nil without secrets: nothing is scanned).
+func (e *Engine) leakTo(proto string, dst netip.Addr, port int, name string) func(*config.Secret) {
+	return e.leakDir(policy.Egress, proto, dst, port, name)
+}
+
+// leakDir is leakTo for either direction (ingress: addr is the client of a
+// published port, port the host port).
+func (e *Engine) leakDir(dir, proto string, addr netip.Addr, port int, name string) func(*config.Secret) {
+	if e.leaks == nil {
+		return nil
+	}
+	return func(s *config.Secret) { e.secretBlocked(dir, proto, addr, port, name, s) }
 }
 
 // secretBlocked reports a placeholder found in a flow that is not

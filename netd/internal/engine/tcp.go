@@ -14,7 +14,6 @@ import (
 	"gvisor.dev/gvisor/pkg/waiter"
 
 	"krunbox.dev/netd/internal/config"
-	"krunbox.dev/netd/internal/policy"
 )
 
 func (e *Engine) installTCP() {
@@ -77,21 +76,6 @@ func (e *Engine) handleTCP(r *tcp.ForwarderRequest) {
 		}
 		e.splice(guest, hostConn{host}, e.leakTo("tcp", dst, port, name))
 	}()
-}
-
-// leakTo is what reports a placeholder the guest sent on an egress flow to
-// dst:port (nil without secrets: nothing is scanned).
-func (e *Engine) leakTo(proto string, dst netip.Addr, port int, name string) func(*config.Secret) {
-	return e.leakDir(policy.Egress, proto, dst, port, name)
-}
-
-// leakDir is leakTo for either direction (ingress: addr is the client of a
-// published port, port the host port).
-func (e *Engine) leakDir(dir, proto string, addr netip.Addr, port int, name string) func(*config.Secret) {
-	if e.leaks == nil {
-		return nil
-	}
-	return func(s *config.Secret) { e.secretBlocked(dir, proto, addr, port, name, s) }
 }
 
 // halfCloser is a stream whose write side closes alone and that can be
