@@ -339,6 +339,26 @@ func TestSecretsBypassPassesThroughUntouched(t *testing.T) {
 	if len(sh.actions("secret-substituted")) != 0 {
 		t.Error("a substitution on a bypass host")
 	}
+	// A bypassed flow is scanned like any flow not intercepted: the
+	// placeholder in the clear part of the ClientHello (an ALPN name) resets
+	// it before the hello goes out, and the server completes no handshake.
+	before := len(pinned.requests())
+	conn, err := sh.dial("10.0.2.254", pinned.port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+	tc := tls.Client(conn, &tls.Config{ServerName: "pinned.test", RootCAs: own, NextProtos: []string{testPlaceholder, "http/1.1"}})
+	if err := tc.Handshake(); err == nil {
+		t.Fatal("a ClientHello holding the placeholder reached the bypassed server")
+	}
+	if n := len(pinned.requests()); n != before {
+		t.Fatalf("the bypassed server received %d more requests", n-before)
+	}
+	if evs := sh.actions("secret-blocked"); len(evs) != 1 || evs[0].Name != "pinned.test" {
+		t.Fatalf("secret-blocked events: %+v", evs)
+	}
 	sh.noValueAnywhere(t)
 }
 
