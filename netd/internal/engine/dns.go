@@ -168,6 +168,15 @@ func (e *Engine) answer(req *dns.Msg, proto string, local netip.Addr) *dns.Msg {
 		resp.SetRcode(req, dns.RcodeNameError)
 		return resp
 	}
+	if e.leaks != nil {
+		// A placeholder in a name is exfiltration: never answered, never
+		// forwarded (the event names no name: it would hold the placeholder).
+		if s := e.leaks.inName(name); s != nil {
+			e.secretBlocked(policy.Egress, proto, local, 53, "", s)
+			resp.SetRcode(req, dns.RcodeNameError)
+			return resp
+		}
+	}
 	if a, ok := e.localName(name); ok {
 		resp.SetReply(req)
 		resp.Authoritative = true

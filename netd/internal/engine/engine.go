@@ -87,7 +87,8 @@ type Engine struct {
 	names  *policy.Names
 	flows  table
 	up     []netip.AddrPort
-	mitm   *interceptor // nil without secrets: no interception at all
+	mitm   *interceptor  // nil without secrets: no interception at all
+	leaks  *placeholders // nil without secrets: nothing is scanned
 
 	stack *stack.Stack
 	ep    *channel.Endpoint
@@ -141,6 +142,7 @@ func New(cfg *config.Config, out *Output, opts Options) (*Engine, error) {
 		return nil, err
 	}
 	e.mitm = mitm
+	e.leaks = newPlaceholders(cfg.Secrets)
 	e.ctx, e.cancel = context.WithCancel(context.Background())
 	if err := e.buildStack(); err != nil {
 		return nil, err

@@ -133,9 +133,10 @@ type readOnly struct {
 func (c readOnly) Read(p []byte) (int, error)  { return c.r.Read(p) }
 func (c readOnly) Write(p []byte) (int, error) { return 0, io.ErrClosedPipe }
 
-// replay is a conn whose first reads return what a peek consumed.
+// replay is the guest's end of a flow whose first reads return what a peek
+// consumed.
 type replay struct {
-	net.Conn
+	halfCloser
 	r io.Reader
 }
 
@@ -159,22 +160,28 @@ func peekHello(c net.Conn) (sni string, raw []byte, ok bool) {
 	return strings.ToLower(strings.TrimSuffix(sni, ".")), buf.Bytes(), seen
 }
 
-// intercept runs one allowed TCP flow on an intercepted port: a bypass name
-// is spliced untouched; any other name is terminated with a leaf of the
-// sandbox CA once the real upstream has verified for that name, and its
-// HTTP/1.1 requests are checked and rewritten (secrets.go).
+// intercept runs one allowed TCP flow on an intercepted port: an SNI name
+// holding a placeholder or one the policy denies is refused; a bypass name
+// is spliced untouched (but scanned for placeholders); any other name is
+// terminated with a leaf of the sandbox CA once the real upstream has
+// verified for that name, and its HTTP/1.1 requests are checked and
+// rewritten (secrets.go).
 func (e *Engine) intercept(guest guestConn, host hostConn, dst netip.Addr, port int, name string) {
 	sni, raw, ok := peekHello(guest)
+	leaked := e.leaks.inName(sni) // a sandbox with interception has secrets
 	switch {
 	case !ok:
 		e.refuse(dst, port, name, RuleTLSNotTLS)
 	case sni == "":
 		e.refuse(dst, port, name, RuleTLSNoSNI)
+	case leaked != nil:
+		// The SNI name would go upstream in the clear.
+		e.secretBlocked(policy.Egress, "tcp", dst, port, name, leaked)
+	case !e.sniAllowed(dst, port, sni):
 	case e.mitm.bypass[sni]:
-		if _, err := host.Write(raw); err != nil {
-			break
-		}
-		e.splice(guest, host)
+		// Spliced from the ClientHello on, scanned like any flow that is
+		// not intercepted.
+		e.splice(&replay{guest, io.MultiReader(bytes.NewReader(raw), guest)}, host, e.leakTo("tcp", dst, port, sni))
 		return
 	default:
 		e.terminate(guest, host, raw, dst, port, sni)
@@ -182,6 +189,19 @@ func (e *Engine) intercept(guest guestConn, host hostConn, dst netip.Addr, port 
 	}
 	guest.Abort()
 	host.Abort()
+}
+
+// sniAllowed decides the flow again as if its destination had been resolved
+// from the SNI name alone: a name the policy denies there (a deny rule for
+// it, or an allowlist that does not hold it) refuses the flow, with a denied
+// event naming the SNI name and the deciding rule (a guest cannot reach a
+// denied name through an allowed address).
+func (e *Engine) sniAllowed(dst netip.Addr, port int, sni string) bool {
+	d := e.pol.Decide(policy.Flow{Direction: policy.Egress, Protocol: "tcp", Addr: dst, Port: port, Names: []string{sni}})
+	if !d.Allow {
+		e.emit("tcp", dst, port, d, sni)
+	}
+	return d.Allow
 }
 
 func (e *Engine) terminate(guest guestConn, host hostConn, raw []byte, dst netip.Addr, port int, sni string) {

@@ -57,7 +57,7 @@ type recorder struct {
 	conns int
 }
 
-func newRecorder(t *testing.T, cert *tls.Certificate) *recorder {
+func newRecorder(t *testing.T, cert *tls.Certificate, more ...tls.Certificate) *recorder {
 	r := &recorder{}
 	h := http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		body, _ := io.ReadAll(req.Body)
@@ -71,7 +71,7 @@ func newRecorder(t *testing.T, cert *tls.Certificate) *recorder {
 		r.srv = httptest.NewTLSServer(h) // its own cert: netd must refuse it
 	} else {
 		r.srv = httptest.NewUnstartedServer(h)
-		r.srv.TLS = &tls.Config{Certificates: []tls.Certificate{*cert}}
+		r.srv.TLS = &tls.Config{Certificates: append([]tls.Certificate{*cert}, more...)}
 		r.srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
 			if s == http.StateNew {
 				r.mu.Lock()
@@ -339,6 +339,26 @@ func TestSecretsBypassPassesThroughUntouched(t *testing.T) {
 	if len(sh.actions("secret-substituted")) != 0 {
 		t.Error("a substitution on a bypass host")
 	}
+	// A bypassed flow is scanned like any flow not intercepted: the
+	// placeholder in the clear part of the ClientHello (an ALPN name) resets
+	// it before the hello goes out, and the server completes no handshake.
+	before := len(pinned.requests())
+	conn, err := sh.dial("10.0.2.254", pinned.port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+	tc := tls.Client(conn, &tls.Config{ServerName: "pinned.test", RootCAs: own, NextProtos: []string{testPlaceholder, "http/1.1"}})
+	if err := tc.Handshake(); err == nil {
+		t.Fatal("a ClientHello holding the placeholder reached the bypassed server")
+	}
+	if n := len(pinned.requests()); n != before {
+		t.Fatalf("the bypassed server received %d more requests", n-before)
+	}
+	if evs := sh.actions("secret-blocked"); len(evs) != 1 || evs[0].Name != "pinned.test" {
+		t.Fatalf("secret-blocked events: %+v", evs)
+	}
 	sh.noValueAnywhere(t)
 }
 
@@ -393,5 +413,91 @@ func TestSecretsRequestHeadBounded(t *testing.T) {
 	// Positive control: an ordinary request on a new connection passes.
 	if code, _, err := get(sh.client(sh.netdRoots(t)), fmt.Sprintf("https://api.test:%d/ok", api.port), nil); err != nil || code != 200 {
 		t.Fatalf("ordinary request: %d %v", code, err)
+	}
+}
+
+// An intercepted flow is decided by its SNI name too: a guest cannot reach a
+// name the policy denies through an allowed address, even when the server
+// there holds a valid certificate for it.
+func TestSNINameDecidedByThePolicy(t *testing.T) {
+	ca := newTestCA(t)
+	apiCert, otherCert, deniedCert := leaf(t, ca, "api.test"), leaf(t, ca, "other.test"), leaf(t, ca, "denied.test")
+	srv := newRecorder(t, &apiCert, otherCert, deniedCert) // one server, a valid certificate for every name
+	secret := []any{map[string]any{"env": "API_KEY", "placeholder": testPlaceholder, "value": testValue, "hosts": []string{"api.test"}}}
+	tlsCfg := map[string]any{"ports": []int{srv.port}, "bypass": []string{}}
+	handshake := func(h *harness, sni string) error {
+		conn, err := h.dial("10.0.2.254", srv.port)
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+		p := x509.NewCertPool()
+		p.AppendCertsFromPEM([]byte(h.e.CAPem()))
+		tc := tls.Client(conn, &tls.Config{ServerName: sni, RootCAs: p})
+		fmt.Fprintf(tc, "GET /%s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n", sni, sni)
+		resp, err := http.ReadResponse(bufio.NewReader(tc), nil)
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			return fmt.Errorf("status %d", resp.StatusCode)
+		}
+		return nil
+	}
+	paths := func() string {
+		var out []string
+		for _, r := range srv.requests() {
+			out = append(out, r.URL.Path)
+		}
+		return strings.Join(out, ",")
+	}
+
+	// An allowlist: api.test (bound to hostAddress by dns.hosts) only.
+	allow := `[{"action":"allow","direction":"egress","dest":{"kind":"domain","name":"api.test"},"id":"allow@api.test"}]`
+	h := start(t, baseConfig(t, allow, "deny", map[string]any{
+		"trustCa": []string{ca.PEM()}, "tls": tlsCfg, "secrets": secret,
+		"dns": map[string]any{"hosts": map[string]string{"api.test": "10.0.2.254"}},
+	}))
+	if r := h.query("10.0.2.3", "udp", "api.test"); len(answers(r)) != 1 {
+		t.Fatalf("api.test: %v", answers(r))
+	}
+	if err := handshake(h, "api.test"); err != nil { // positive control
+		t.Fatalf("SNI api.test: %v", err)
+	}
+	if err := handshake(h, "other.test"); err == nil {
+		t.Fatal("SNI other.test through api.test's address passed")
+	}
+	if got := paths(); got != "/api.test" {
+		t.Fatalf("the server received %q, want only /api.test", got)
+	}
+	evs := h.eventsWhere(func(ev Event) bool { return ev.Action == "denied" && ev.Name == "other.test" })
+	if len(evs) != 1 || evs[0].Reason != "default" || evs[0].Address != "10.0.2.254" {
+		t.Fatalf("denied events for other.test: %+v", evs)
+	}
+
+	// A deny rule for a name before an allow of the address (the host
+	// group); and an SNI name holding a placeholder.
+	deny := `[{"action":"deny","direction":"egress","dest":{"kind":"domain","name":"denied.test"},"id":"deny@denied.test"},` + rulesHost[1:]
+	h2 := start(t, baseConfig(t, deny, "deny", map[string]any{"trustCa": []string{ca.PEM()}, "tls": tlsCfg, "secrets": secret}))
+	if err := handshake(h2, "other.test"); err != nil { // positive control
+		t.Fatalf("SNI other.test under allow@host: %v", err)
+	}
+	if err := handshake(h2, "denied.test"); err == nil {
+		t.Fatal("SNI denied.test passed")
+	}
+	if err := handshake(h2, testPlaceholder+".other.test"); err == nil {
+		t.Fatal("an SNI name holding the placeholder passed")
+	}
+	if got := paths(); got != "/api.test,/other.test" {
+		t.Fatalf("the server received %q", got)
+	}
+	evs = h2.eventsWhere(func(ev Event) bool { return ev.Action == "denied" && ev.Name == "denied.test" })
+	if len(evs) != 1 || evs[0].Rule != "deny@denied.test" || evs[0].Reason != "rule" {
+		t.Fatalf("denied events for denied.test: %+v", evs)
+	}
+	if evs := h2.blockedEvents(t); len(evs) != 1 || evs[0].Rule != "secret:API_KEY" {
+		t.Fatalf("secret-blocked events: %+v", evs)
 	}
 }

@@ -96,7 +96,7 @@ func (e *Engine) servePortTCP(ln *net.TCPListener, p config.Port) {
 				_ = c.Close()
 				return
 			}
-			e.splice(hostConn{c}, guestConn{g, ep})
+			e.splice(guestConn{g, ep}, hostConn{c}, e.leakDir(policy.Ingress, "tcp", client, p.Host, ""))
 		}()
 	}
 }
@@ -160,6 +160,12 @@ func (e *Engine) servePortUDP(uc *net.UDPConn, p config.Port) {
 					mu.Lock()
 					f.last = time.Now()
 					mu.Unlock()
+					if e.leaks != nil {
+						if s := e.leaks.in(rb[:n]); s != nil {
+							e.secretBlocked(policy.Ingress, "udp", from.Addr(), p.Host, "", s)
+							continue
+						}
+					}
 					if _, err := uc.WriteToUDPAddrPort(rb[:n], from); err != nil {
 						return
 					}

@@ -6,11 +6,14 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/waiter"
+
+	"krunbox.dev/netd/internal/config"
 )
 
 func (e *Engine) installTCP() {
@@ -71,7 +74,7 @@ func (e *Engine) handleTCP(r *tcp.ForwarderRequest) {
 			e.intercept(guest, hostConn{host}, dst, port, name)
 			return
 		}
-		e.splice(guest, hostConn{host})
+		e.splice(guest, hostConn{host}, e.leakTo("tcp", dst, port, name))
 	}()
 }
 
@@ -103,21 +106,65 @@ func (h hostConn) Abort() {
 
 // splice copies both ways: an EOF one way is passed on as a half-close the
 // same way, a reset (or any error) reading one side resets the other; both
-// ends close when both directions are done (or Close runs).
-func (e *Engine) splice(a, b halfCloser) {
-	closeBoth, done := e.pair(a, b)
+// ends close when both directions are done (or Close runs). With leak (a
+// sandbox with secrets), what the guest sends is scanned on the way
+// (leaks.go): a placeholder resets both ends before anything of the read
+// that completes it goes out, and leak reports it.
+func (e *Engine) splice(guest, host halfCloser, leak func(*config.Secret)) {
+	closeBoth, done := e.pair(guest, host)
 	defer done()
 	var wg sync.WaitGroup
-	pipe := func(dst, src halfCloser) {
+	pipe := func(dst, src halfCloser, sc *streamScanner) {
 		defer wg.Done()
 		buf := make([]byte, 64<<10)
+		write := func(b []byte) bool {
+			if len(b) == 0 {
+				return true
+			}
+			if _, werr := dst.Write(b); werr != nil {
+				src.Abort()
+				closeBoth()
+				return false
+			}
+			return true
+		}
+		// While bytes are held back, a read waits HoldFlush at most.
+		deadline := false
+		setDeadline := func(on bool) {
+			if on {
+				_ = src.SetReadDeadline(time.Now().Add(HoldFlush))
+			} else if deadline {
+				_ = src.SetReadDeadline(time.Time{})
+			}
+			deadline = on
+		}
 		for {
 			n, rerr := src.Read(buf)
-			if n > 0 {
-				if _, werr := dst.Write(buf[:n]); werr != nil {
+			if n > 0 && sc == nil {
+				if !write(buf[:n]) {
+					return
+				}
+			} else if n > 0 {
+				pre, body, hit := sc.feed(buf[:n])
+				if hit != nil {
+					leak(hit)
+					dst.Abort()
 					src.Abort()
 					closeBoth()
 					return
+				}
+				if !write(pre) || !write(body) {
+					return
+				}
+				setDeadline(sc.holding())
+			}
+			if sc != nil && (rerr == io.EOF || isTimeout(rerr)) {
+				if !write(sc.release()) {
+					return
+				}
+				setDeadline(false)
+				if rerr != io.EOF {
+					continue
 				}
 			}
 			if rerr == io.EOF {
@@ -131,8 +178,17 @@ func (e *Engine) splice(a, b halfCloser) {
 			}
 		}
 	}
+	var sc *streamScanner
+	if e.leaks != nil && leak != nil {
+		sc = newStreamScanner(e.leaks)
+	}
 	wg.Add(2)
-	go pipe(a, b)
-	go pipe(b, a)
+	go pipe(guest, host, nil)
+	go pipe(host, guest, sc)
 	wg.Wait()
+}
+
+func isTimeout(err error) bool {
+	ne, ok := err.(net.Error)
+	return ok && ne.Timeout()
 }
