@@ -69,14 +69,16 @@ export async function debianRoot(packages: readonly string[] = [], name = "debia
   const stamp = `bookworm minbase ${[...packages].sort().join(",")}`;
   if (await Deno.readTextFile(join(dir, ".complete")).then((s) => s === stamp, () => false)) return dir;
   await Deno.remove(dir, { recursive: true }).catch(() => {});
-  await Deno.mkdir(join(homeLayout().cache, "roots"), { recursive: true });
+  // The target exists (empty, as mmdebstrap allows) and is named by its real path: the cache may be reached
+  // through a link (a test home's), and mmdebstrap refuses a target whose path it cannot resolve.
+  await Deno.mkdir(dir, { recursive: true });
   await runCommand("mmdebstrap", [
     "--variant=minbase",
     "--mode=root",
     "--quiet",
     ...(packages.length ? [`--include=${packages.join(",")}`] : []),
     "bookworm",
-    dir,
+    await Deno.realPath(dir),
   ]);
   await Deno.writeTextFile(join(dir, ".complete"), stamp);
   return dir;

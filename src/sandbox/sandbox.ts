@@ -223,7 +223,6 @@ export class Sandbox implements AsyncDisposable {
     return this.#owns;
   }
 
-  /** Turns an attached sandbox into a detached one: it will outlive this process. */
   /**
    * Saves this running sandbox (memory, processes, files) as snapshot
    * `name`, from which `Sandbox.builder(x).image(sameImage).fromSnapshot(name)`
@@ -234,6 +233,7 @@ export class Sandbox implements AsyncDisposable {
     await this.#agent.request("runner.snapshot", { name });
   }
 
+  /** Turns an attached sandbox into a detached one: it will outlive this process. */
   async detach(): Promise<void> {
     if (!this.#owns) return;
     await this.#agent.request("runner.detach", {});

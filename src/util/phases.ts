@@ -11,8 +11,11 @@
 
 /** One phase of a boot: `startMs` after the clock's origin, lasting `durationMs`. */
 export interface BootPhase {
+  /** What ran, `<part>.<step>`: `host.prepare`, `runner.start`, `vmm.start`, `guest.kernel`, … */
   readonly name: string;
+  /** Milliseconds from the clock's origin (the `create()` call) to the phase's start. */
   readonly startMs: number;
+  /** How long it took, ms (phases are contiguous: the next one starts where this one ends). */
   readonly durationMs: number;
 }
 

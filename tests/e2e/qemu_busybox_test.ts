@@ -10,6 +10,7 @@ import { busyboxRoot } from "../../scripts/roots.ts";
 import { guestPids, guestResources, waitGuestPids } from "../util/guest.ts";
 import { errorFromWire } from "../../src/errors.ts";
 import { Store } from "../../src/store/db.ts";
+import { reconciled } from "../../src/sandbox/state.ts";
 import { homeLayout } from "../../src/store/home.ts";
 import type { RunnerEvent } from "../../src/vmm/runner.ts";
 import {
@@ -259,8 +260,9 @@ Deno.test(
     assert(e.missing.startsWith("virtiofsd exited at start"), e.missing);
     assertEquals(e.fix, `see ${dir}/runner.log`);
     {
+      // The runner reports through its status file (it never opens the database); a reader merges it.
       using store = Store.open(homeLayout().db);
-      const row = store.get(name)!;
+      const { row } = reconciled(store, store.get(name)!);
       assertEquals(row.status, "crashed");
       assert(
         row.stopReason?.startsWith("boot failed: qemu backend unavailable: virtiofsd exited at start"),

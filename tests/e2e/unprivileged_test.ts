@@ -104,8 +104,9 @@ Deno.test({ name: "unprivileged: a throwaway user runs a qemu sandbox; the host 
     const pkg = join(parent, "pkg");
     const shares = join(parent, "shares");
     for (const d of [home, denoDir, pkg, shares, join(shares, "ro"), join(shares, "rw")]) await Deno.mkdir(d);
-    // The provisioned assets, copied (the original home is root's and private).
-    await must("cp", ["-a", await Deno.realPath(homeLayout().assets), join(home, "assets")]);
+    // The provisioned assets, copied with links followed (the original home is root's and private, and a test
+    // before may have made the test home's assets a directory of links: tests/util/fresh_assets.ts).
+    await must("cp", ["-a", "--dereference", await Deno.realPath(homeLayout().assets), join(home, "assets")]);
     const deno = join(parent, "deno");
     await Deno.copyFile(Deno.execPath(), deno);
     await Deno.chmod(deno, 0o755);
