@@ -183,6 +183,16 @@ export class Runner {
       let ready: ReadyParams | undefined;
       if (vm.start?.mode === "restored") {
         const restored = await this.#configureRestored(vm, vm.start, relay);
+        if (typeof restored === "string" && vm.start.snapshot) {
+          // A fork is its snapshot or nothing: no cold boot in its place, and the template stays.
+          this.#bootFailed = true;
+          this.#finished = vm.exited.then((exit) => this.#exited(exit));
+          vm.kill();
+          await this.#finished;
+          const err = new VmCrashedError(this.spec.name, restored);
+          this.#failBoot(err, `boot failed: ${err.code}`);
+          return 1;
+        }
         if (typeof restored === "string") {
           vm = await this.#fallBackCold(vm.start.template, restored, vm);
           if (!vm) return 1;
