@@ -53,7 +53,7 @@ import type { NetEngine } from "./netd.ts";
 import { readRunnerSecrets } from "./runner_secrets.ts";
 import { Relay } from "./relay.ts";
 import { RunnerLog } from "./runner_log.ts";
-import { discardTemplate, saveSnapshot, templatingBackend } from "./template.ts";
+import { bootCold, discardTemplate, saveSnapshot, TemplateRestoreError, templatingBackend } from "./template.ts";
 import { Qmp } from "./qmp.ts";
 import { configureParams } from "../agent/configure.ts";
 import { StatusFile } from "./status_file.ts";
@@ -175,17 +175,34 @@ export class Runner {
 
   /** Boots the VM and serves until it is gone; resolves with the process's exit code. */
   async run(): Promise<number> {
-    const vm = await this.#boot();
+    let vm = await this.#boot();
     if (!vm) return 1;
-    // The terminal status is written before any client hears that the VM is gone.
-    this.#finished = vm.exited.then((exit) => this.#exited(exit));
-    const relay = this.#relay = new Relay(vm.agent, (method, params) => this.#control(method, params), vm.bootConfig);
-    this.#net?.onEvent((e) => relay.publish("runner.netEvent", { event: e as unknown as Record<string, unknown> }));
+    let relay = this.#adopt(vm);
     const listener = await listenFresh(this.paths.agentSocket);
     try {
-      const ready = vm.start?.mode === "restored"
-        ? await this.#configureRestored(vm, vm.start, relay)
-        : await this.#awaitReady(vm, relay);
+      let ready: ReadyParams | undefined;
+      if (vm.start?.mode === "restored") {
+        const restored = await this.#configureRestored(vm, vm.start, relay);
+        if (typeof restored === "string" && vm.start.snapshot) {
+          // A fork is its snapshot or nothing: no cold boot in its place, and the template stays.
+          this.#bootFailed = true;
+          this.#finished = vm.exited.then((exit) => this.#exited(exit));
+          vm.kill();
+          await this.#finished;
+          const err = new VmCrashedError(this.spec.name, restored);
+          this.#failBoot(err, `boot failed: ${err.code}`);
+          return 1;
+        }
+        if (typeof restored === "string") {
+          vm = await this.#fallBackCold(vm.start.template, restored, vm);
+          if (!vm) return 1;
+          relay = this.#adopt(vm);
+        } else ready = restored;
+      }
+      // This VM's exit ends the sandbox (a restored one that failed was replaced above, ending nothing).
+      // The terminal status is written before any client hears that the VM is gone.
+      this.#finished = vm.exited.then((exit) => this.#exited(exit));
+      ready ??= await this.#awaitReady(vm, relay);
       if (!ready) return 1;
       this.#ready = ready;
       await this.#running(vm, ready);
@@ -317,6 +334,50 @@ export class Runner {
 
   // --- steps ----------------------------------------------------------------
 
+  /** Takes `vm` as the sandbox's VM, its agent behind a new relay. */
+  #adopt(vm: Vm): Relay {
+    this.#vm = vm;
+    const relay = this.#relay = new Relay(vm.agent, (method, params) => this.#control(method, params), vm.bootConfig);
+    this.#net?.onEvent((e) => relay.publish("runner.netEvent", { event: e as unknown as Record<string, unknown> }));
+    return relay;
+  }
+
+  /**
+   * A restore from template `key` failed (`why`): the template goes (the
+   * next create builds it anew) and the same sandbox boots cold, its ready
+   * event saying why. Undefined (the failure told) when the cold boot fails too.
+   */
+  async #fallBackCold(key: string, why: string, failed?: Vm): Promise<Vm | undefined> {
+    this.#log(`restoring template ${key.slice(0, 12)} failed: ${why}; booting cold`);
+    if (failed) {
+      this.#vm = undefined;
+      failed.kill();
+      await failed.exited;
+    }
+    await discardTemplate(key);
+    try {
+      if (this.#net) {
+        // netd serves exactly one VMM: the cold one gets a fresh netd (a restorable spec has no secrets).
+        this.#net.kill();
+        await this.#net.exited;
+        this.#net = await this.#startNet({ ...this.spec.netd!, secrets: [] });
+      }
+      this.clock.mark("vmm.restore.failed");
+      const vm = await bootCold(
+        this.spec,
+        `the template could not be restored: ${why}`,
+        this.#bootAbort.signal,
+        this.log,
+        this.clock,
+      );
+      this.#vm = vm;
+      return vm;
+    } catch (e) {
+      await this.#bootFailure(e);
+      return undefined;
+    }
+  }
+
   /** Boots through the spec's backend; undefined (the failure told) when it cannot. */
   async #boot(): Promise<Vm | undefined> {
     try {
@@ -345,18 +406,24 @@ export class Runner {
       this.clock.mark("runner.prepare");
       return this.#vm = await backend.boot(spec, this.#bootAbort.signal, this.log, this.clock);
     } catch (e) {
-      this.#net?.kill();
-      await this.#console?.[Symbol.asyncDispose]();
-      const err = e instanceof KrunboxError ? e : new BackendUnavailableError(
-        this.spec.backend,
-        String((e as Error).message ?? e),
-        `see ${this.paths.runnerLog}`,
-        { cause: e },
-      );
-      this.#failBoot(err, `boot failed: ${err.message}`);
-      this.#log(`boot failed: ${err.message}`);
+      if (e instanceof TemplateRestoreError) return await this.#fallBackCold(e.key, e.message);
+      await this.#bootFailure(e);
       return undefined;
     }
+  }
+
+  /** A boot that threw: netd and the console end, the starter hears why. */
+  async #bootFailure(e: unknown): Promise<void> {
+    this.#net?.kill();
+    await this.#console?.[Symbol.asyncDispose]();
+    const err = e instanceof KrunboxError ? e : new BackendUnavailableError(
+      this.spec.backend,
+      String((e as Error).message ?? e),
+      `see ${this.paths.runnerLog}`,
+      { cause: e },
+    );
+    this.#failBoot(err, `boot failed: ${err.message}`);
+    this.#log(`boot failed: ${err.message}`);
   }
 
   /** Starts netd; its death while the VM lives turns the network off (logged), never the VM's traffic loose. */
@@ -397,14 +464,14 @@ export class Runner {
   /**
    * A guest restored from a template: its clock, entropy, hostname and env
    * set in one `guest.configure`; its ready is the template's with this
-   * restore's time. Undefined (the VM killed, the failure told) when the
-   * guest does not answer.
+   * restore's time. Why not, when the guest does not answer (the runner
+   * then boots cold: {@link Runner.#fallBackCold}).
    */
   async #configureRestored(
     vm: Vm,
     start: Extract<VmStart, { mode: "restored" }>,
     relay: Relay,
-  ): Promise<ReadyParams | undefined> {
+  ): Promise<ReadyParams | string> {
     try {
       // The clock (the saved guest's stood still), fresh host entropy for its kernel (siblings of one
       // template would otherwise draw the same random numbers), this sandbox's hostname and env.
@@ -424,14 +491,7 @@ export class Runner {
       ]);
       if (reply.error) throw new Error(`guest.configure: ${reply.error.message}`);
     } catch (e) {
-      this.#bootFailed = true;
-      vm.kill();
-      await vm.exited;
-      // A template that cannot be restored is rebuilt by the next create.
-      await discardTemplate(start.template);
-      const err = new VmCrashedError(this.spec.name, `the restored guest did not configure: ${(e as Error).message}`);
-      this.#failBoot(err, `boot failed: ${err.code}`);
-      return undefined;
+      return `the restored guest did not configure: ${(e as Error).message}`;
     }
     const restoredMs = Math.round(performance.now() - this.#bootStart);
     // No kernel or agent start of its own: the whole boot is the restore.

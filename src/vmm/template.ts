@@ -15,7 +15,10 @@
  *   The agent, restored past its `ready`, keeps serving its virtio-serial
  *   port; qemu's chardev connects to this sandbox's runner, which then
  *   sends `guest.configure` (the clock, fresh entropy from the host, the
- *   hostname and env: see runner.ts).
+ *   hostname and env: see runner.ts). A restore that fails (qemu cannot
+ *   load the state, the guest does not answer) discards the template and
+ *   the runner boots the same sandbox cold in the same create, its ready
+ *   event saying why; the next create builds the template anew.
  * - **Key**: everything the saved state depends on: the image's lower
  *   (path, by manifest digest, and identity), the kernel, the initramfs and
  *   agent (their versions and file identities), the qemu binary, the host's
@@ -385,11 +388,8 @@ export function templatingBackend(): Backend {
     kind: "qemu",
     async boot(spec: VmSpec, signal: AbortSignal, log: RunnerLog, clock?: PhaseClock): Promise<Vm> {
       // An overlay root's VM keeps a monitor: `runner.snapshot` saves it through it.
-      const monitored = spec.root.kind === "overlay" ? { ...spec, qmp: true } : spec;
-      const cold = async (reason: string): Promise<Vm> => {
-        const vm = await qemuBackend.boot(monitored, signal, log, clock);
-        return { ...vm, start: { mode: "cold", reason } };
-      };
+      const monitored = monitoredSpec(spec);
+      const cold = (reason: string) => bootCold(spec, reason, signal, log, clock);
       const reason = coldReason(spec);
       if (spec.fromSnapshot) {
         return await fromSnapshot({ ...spec, qmp: true }, spec.fromSnapshot, reason, signal, log, clock);
@@ -408,12 +408,19 @@ export function templatingBackend(): Backend {
       const t1 = performance.now();
       await copyDisk(found.paths.upper, spec.root.upper);
       const t2 = performance.now();
-      const vm = await qemuBackend.boot(
-        { ...monitored, incoming: `exec:cat ${shellQuote(found.paths.state)}` },
-        signal,
-        log,
-        clock,
-      );
+      let vm: Vm;
+      try {
+        vm = await qemuBackend.boot(
+          { ...monitored, incoming: `exec:cat ${shellQuote(found.paths.state)}` },
+          signal,
+          log,
+          clock,
+        );
+      } catch (e) {
+        signal.throwIfAborted();
+        // qemu could not even start on it: the runner boots cold in its place (its netd has served its one peer).
+        throw new TemplateRestoreError(key, (e as Error).message, { cause: e });
+      }
       log.line(
         `restoring template ${key.slice(0, 12)}: key and lookup ${Math.round(t1 - t0)} ms, upper copy ${
           Math.round(t2 - t1)
@@ -423,6 +430,56 @@ export function templatingBackend(): Backend {
       return { ...vm, start };
     },
   };
+}
+
+/** An overlay root's VM keeps a monitor: `runner.snapshot` saves it through it. */
+function monitoredSpec(spec: VmSpec): VmSpec {
+  return spec.root.kind === "overlay" ? { ...spec, qmp: true } : spec;
+}
+
+/**
+ * A cold boot of `spec` through qemu (with the monitor an overlay root's VM
+ * keeps), its {@link Vm.start} saying `reason`: what the templating backend
+ * does for a spec it cannot restore, and what the runner does after a
+ * restore failed ({@link TemplateRestoreError}).
+ *
+ * @example
+ * ```ts ignore
+ * // Needs a VM; tests/e2e/template_test.ts ("falls back to a cold boot") boots through it.
+ * import { bootCold } from "./template.ts";
+ * declare const spec: import("./backend.ts").VmSpec;
+ * declare const log: import("./runner_log.ts").RunnerLog;
+ * const vm = await bootCold(spec, "the template could not be restored", new AbortController().signal, log);
+ * console.log(vm.start); // { mode: "cold", reason: "the template could not be restored" }
+ * ```
+ */
+export async function bootCold(
+  spec: VmSpec,
+  reason: string,
+  signal: AbortSignal,
+  log: RunnerLog,
+  clock?: PhaseClock,
+): Promise<Vm> {
+  const vm = await qemuBackend.boot(monitoredSpec(spec), signal, log, clock);
+  return { ...vm, start: { mode: "cold", reason } };
+}
+
+/**
+ * qemu could not start on template `key`'s state: the runner discards the
+ * template and boots the same sandbox cold (never seen by a caller).
+ *
+ * @example
+ * ```ts
+ * import { TemplateRestoreError } from "./template.ts";
+ * console.log(new TemplateRestoreError("ab12", "qemu exited").key); // ab12
+ * ```
+ */
+export class TemplateRestoreError extends Error {
+  /** Creates it for template `key`, with what went wrong. */
+  constructor(readonly key: string, message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.name = "TemplateRestoreError";
+  }
 }
 
 /**
