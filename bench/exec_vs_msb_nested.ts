@@ -16,14 +16,18 @@ import { median } from "./stats.ts";
 
 const runs = Number(Deno.args[0] ?? 5);
 if (!Number.isInteger(runs) || runs < 3) throw new Error(`runs must be an integer >= 3 (got ${Deno.args[0]})`);
-const r = await runInL1<{ cli: number[]; msb: number[]; api: number[] }>("bench/nested/exec_warm.ts", [
-  L1_MSB,
-  String(runs),
-]);
+const r = await runInL1<{ load: string; cli: number[]; version: number[]; msb: number[]; api: number[] }>(
+  "bench/nested/exec_warm.ts",
+  [
+    L1_MSB,
+    String(runs),
+  ],
+);
 const fmt = (xs: number[]) =>
   `${xs.map((x) => (x / 1000).toFixed(2)).join(", ")} s, median ${(median(xs) / 1000).toFixed(2)} s`;
-console.log(`in the L1, ${runs} rounds after a warm-up, one running sandbox a side:`);
+console.log(`in the L1, ${runs} rounds after a warm-up, one running sandbox a side (L1 load average ${r.load}):`);
 console.log(`  krunbox exec NAME true (process): ${fmt(r.cli)}`);
+console.log(`  krunbox --version (process):      ${fmt(r.version)}`);
 console.log(`  msb exec NAME -- true (process):  ${fmt(r.msb)}`);
 console.log(`  sb.exec("true") (API, in process): ${fmt(r.api)}`);
 console.log(`median ratio krunbox CLI / msb = ${(median(r.cli) / median(r.msb)).toFixed(2)} (goal <= 0.5)`);

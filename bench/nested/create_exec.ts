@@ -4,7 +4,9 @@
  * microsandbox's `msb`, on the same busybox root directory with the same
  * vCPUs and memory on both sides. One warm-up run of each is discarded
  * (page cache, first-use work), then `runs` runs alternate; prints one JSON
- * line with the timings and the configuration.
+ * line with the timings, each krunbox run's boot phases
+ * (`Sandbox.bootPhases`: name → durations, one per run), the L1's load
+ * average and the configuration.
  *
  * Usage: create_exec.ts <msb binary> [runs=5] [cpus=1] [memoryMiB=256]
  */
@@ -18,11 +20,19 @@ const cpus = Number(cpusArg ?? 1);
 const memory = Number(memArg ?? 256);
 const root = await busyboxRoot();
 
-async function krunbox(name: string): Promise<number> {
+/** Each boot phase's durations, one per measured krunbox run, in the order the phases come. */
+const phases: Record<string, number[]> = {};
+
+async function krunbox(name: string, measured = true): Promise<number> {
   const t0 = performance.now();
   const sb = await Sandbox.builder(name).image(root).backend("libkrun").cpus(cpus).memory(memory).replace().create();
+  const created = performance.now() - t0;
   await sb.exec("true");
   const ms = performance.now() - t0;
+  if (measured) {
+    for (const p of sb.bootPhases) (phases[p.name] ??= []).push(p.durationMs);
+    (phases["first exec"] ??= []).push(ms - created);
+  }
   await sb.kill();
   await Sandbox.remove(sb.name);
   return ms;
@@ -43,7 +53,7 @@ async function microsandbox(name: string): Promise<number> {
 }
 
 await microsandbox("cmp-m-warm");
-await krunbox("cmp-k-warm");
+await krunbox("cmp-k-warm", false);
 const k: number[] = [];
 const m: number[] = [];
 for (let i = 0; i < runs; i++) {
@@ -56,4 +66,5 @@ for (let i = 0; i < runs; i++) {
     m.push(await microsandbox(`cmp-m${i}`));
   }
 }
-console.log(JSON.stringify({ cpus, memory, krunbox: k, msb: m }));
+const load = (await Deno.readTextFile("/proc/loadavg")).split(" ").slice(0, 3).join(" ");
+console.log(JSON.stringify({ cpus, memory, load, krunbox: k, msb: m, phases }));

@@ -4,7 +4,9 @@
  * alternate, each timing as a process `krunbox exec NAME true` (the CLI:
  * Deno's start, module loading, the agent round trip) and `msb exec NAME --
  * true`, and in this process `sb.exec("true")` (the API round trip the CLI
- * adds to). One warm-up round is discarded. Prints one JSON line.
+ * adds to), and `krunbox --version` as a process (Deno's start and the CLI's
+ * entry module only: the floor of any CLI command). One warm-up round is
+ * discarded. Prints one JSON line (with the L1's load average).
  *
  * Usage: exec_warm.ts <msb binary> [runs=5]
  *
@@ -33,6 +35,7 @@ await timed(msb, ["create", "--quiet", "--name", MSB_NAME, "--memory", "256M", "
 try {
   const round = async () => ({
     cli: await timed(Deno.execPath(), ["run", "-A", "--no-check", cli, "exec", NAME, "true"]),
+    version: await timed(Deno.execPath(), ["run", "-A", "--no-check", cli, "--version"]),
     msb: await timed(msb, ["exec", MSB_NAME, "--", "true"]),
     api: await (async () => {
       const t0 = performance.now();
@@ -43,8 +46,11 @@ try {
   await round();
   const rounds = [];
   for (let i = 0; i < runs; i++) rounds.push(await round());
+  const load = (await Deno.readTextFile("/proc/loadavg")).split(" ").slice(0, 3).join(" ");
   console.log(JSON.stringify({
+    load,
     cli: rounds.map((r) => r.cli),
+    version: rounds.map((r) => r.version),
     msb: rounds.map((r) => r.msb),
     api: rounds.map((r) => r.api),
   }));

@@ -317,3 +317,16 @@ export function parseConfig(raw: unknown): SandboxConfig {
     secrets,
   };
 }
+
+/**
+ * The guest's hostname: the config's, else the name made a valid label.
+ *
+ * @example
+ * ```ts
+ * import { guestHostname, parseConfig } from "./config.ts";
+ * console.log(guestHostname(parseConfig({ name: "job_1", image: { kind: "dir", path: "/" } }))); // job-1
+ * ```
+ */
+export function guestHostname(config: SandboxConfig): string {
+  return config.hostname ?? config.name.replace(/[^a-zA-Z0-9-]/g, "-").slice(0, 63);
+}

@@ -30,7 +30,8 @@ import { isLocked } from "../store/lock.ts";
 import { openStore } from "../store/open.ts";
 import { privateDir, touchPrivate, writePrivate } from "../store/private.ts";
 import { type SandboxPaths, sandboxPaths, type VmSpec } from "../vmm/backend.ts";
-import { bwrapArgs, containHost, withContainFds } from "../vmm/contain.ts";
+import { bwrapArgs, containHost, denoCacheDir, withContainFds } from "../vmm/contain.ts";
+import { warmRunnerCache } from "../vmm/runner_cache.ts";
 import { checkBwrap, checkedPrograms } from "../vmm/prereqs.ts";
 import { shareFilter } from "../vmm/seccomp.ts";
 import type { RunnerEvent } from "../vmm/runner.ts";
@@ -246,6 +247,9 @@ async function contained(spec: VmSpec): Promise<(command: readonly string[]) => 
   // Made anew, never through a link: the directory was writable by a runner that served a guest.
   await writePrivate(paths.seccompFilter, shareFilter());
   await writePrivate(paths.containInfo, new Uint8Array());
+  // The runner reads Deno's cache only: fill it first (a no-op once done for this code and Deno).
+  const denoDir = denoCacheDir();
+  if (denoDir) await warmRunnerCache(denoDir, new URL("../vmm/runner.ts", import.meta.url));
   const args = bwrapArgs(spec, await containHost(homeLayout()));
   return (command) => withContainFds(paths.seccompFilter, paths.containInfo, [bwrap, ...args, "--", ...command]);
 }

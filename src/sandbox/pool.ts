@@ -50,11 +50,10 @@ import { runToCompletion } from "../agent/exec.ts";
 import { DEFAULTS } from "../settings.ts";
 import { openStore } from "../store/open.ts";
 import type { Store } from "../store/db.ts";
-import { isPoolName, POOL_NAME_PREFIX, type SandboxConfig } from "./config.ts";
+import { guestHostname, isPoolName, POOL_NAME_PREFIX, type SandboxConfig } from "./config.ts";
 import type { Booted, Launched } from "./launch.ts";
 import { loadLaunch } from "./handle.ts";
 import type { Sandbox } from "./sandbox.ts";
-import { guestHostname } from "./spec.ts";
 import { deleteState, isLive, linkPooledDir, pathsOf, reconcile, withNameLock } from "./state.ts";
 
 /** The fields a `create()` may set differently from its pool's template and still be handed a pooled sandbox. */

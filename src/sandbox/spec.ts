@@ -20,7 +20,7 @@ import { chooseBackend, probeHost } from "../vmm/detect.ts";
 import { checkedPrograms, libkrunChecks, qemuChecks } from "../vmm/prereqs.ts";
 import { settings } from "../settings.ts";
 import { compileNetd, type NetdConfig } from "../net/engine.ts";
-import { parseConfig, type SandboxConfig } from "./config.ts";
+import { guestHostname, parseConfig, type SandboxConfig } from "./config.ts";
 import { SCRIPTS_DIR } from "./patches.ts";
 import { pathsOf } from "./state.ts";
 
@@ -169,20 +169,6 @@ async function namedVolume(name: string): Promise<string> {
 export function netdOf(config: SandboxConfig, socket: string): NetdConfig | undefined {
   if (config.network.mode !== "user") return undefined;
   return compileNetd({ ...config, secrets: [] }, undefined, { socket, hostname: guestHostname(config) });
-}
-
-/**
- * The guest's hostname: the config's, else the name made a valid label.
- *
- * @example
- * ```ts
- * import { guestHostname } from "./spec.ts";
- * import { parseConfig } from "./config.ts";
- * console.log(guestHostname(parseConfig({ name: "job_1", image: { kind: "dir", path: "/" } }))); // job-1
- * ```
- */
-export function guestHostname(config: SandboxConfig): string {
-  return config.hostname ?? config.name.replace(/[^a-zA-Z0-9-]/g, "-").slice(0, 63);
 }
 
 /**

@@ -224,6 +224,20 @@ export function withContainFds(seccompFile: string, infoFile: string, argv: read
 }
 
 /**
+ * Deno's module cache directory of this process (`DENO_DIR`, else Deno's
+ * default under `$HOME`), whether it exists or not; undefined without either.
+ *
+ * @example
+ * ```ts
+ * import { denoCacheDir } from "./contain.ts";
+ * console.log(typeof (denoCacheDir() ?? "")); // string
+ * ```
+ */
+export function denoCacheDir(): string | undefined {
+  return Deno.env.get("DENO_DIR") || (Deno.env.get("HOME") ? `${Deno.env.get("HOME")}/.cache/deno` : undefined);
+}
+
+/**
  * The host's facts for {@link bwrapArgs}: this process's uid, deno, the
  * package root (when the runner's code is local), Deno's module cache, the
  * state home's assets, and which top-level directories are symlinks.
@@ -235,8 +249,7 @@ export async function containHost(home: { readonly assets: string }): Promise<Co
     const target = await Deno.readLink(d).catch(() => undefined);
     if (target) links[d] = target;
   }
-  const denoDir = Deno.env.get("DENO_DIR") ||
-    (Deno.env.get("HOME") ? `${Deno.env.get("HOME")}/.cache/deno` : undefined);
+  const denoDir = denoCacheDir();
   const hasCache = denoDir ? await Deno.stat(denoDir).then((s) => s.isDirectory, () => false) : false;
   return {
     uid: Deno.uid() ?? 0,

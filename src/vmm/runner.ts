@@ -57,6 +57,7 @@ import { bootCold, discardTemplate, saveSnapshot, TemplateRestoreError, templati
 import { Qmp } from "./qmp.ts";
 import { configureParams } from "../agent/configure.ts";
 import { StatusFile } from "./status_file.ts";
+import { WARM_ARG } from "./runner_cache.ts";
 
 /** The lines a runner prints on stdout for its starter. */
 export type RunnerEvent =
@@ -639,8 +640,15 @@ async function main(dir: string, mode: "attached" | "detached", clock: PhaseCloc
   }
 }
 
+/** `runner.ts --warm`: loads what a runner loads, then exits (src/vmm/runner_cache.ts fills Deno's caches so). */
+async function warmOnly(): Promise<number> {
+  await Promise.all([import("./libkrun.ts"), import("./netd.ts"), import("../net/engine.ts")]);
+  return 0;
+}
+
 if (import.meta.main) {
   const [dir, mode, spawnedAt] = Deno.args;
+  if (dir === WARM_ARG) Deno.exit(await warmOnly());
   if (!dir || (mode !== "attached" && mode !== "detached")) {
     console.error("usage: runner.ts <sandbox dir> attached|detached [spawn time, epoch ms]");
     Deno.exit(2);
