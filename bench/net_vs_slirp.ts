@@ -21,6 +21,7 @@ import { parseConfig } from "../src/sandbox/config.ts";
 import { vmSpecOf } from "../src/sandbox/spec.ts";
 import { assetDir, assetPath } from "../src/store/assets.ts";
 import { encodeCpio } from "../src/vmm/cpio.ts";
+import { NET_PLAN } from "../src/net/engine.ts";
 import { AGENT_CHARDEV, qemuArgs, qemuBootConfig, qemuShares } from "../src/vmm/qemu.ts";
 import { probeHost } from "../src/vmm/detect.ts";
 import { buildGoProgram } from "../tests/util/go_build.ts";
@@ -115,7 +116,9 @@ async function slirpGuest(root: string, benchDir: string): Promise<{ run: Run; c
     memoryMib: 256,
     volumes: [{ kind: "bind", hostPath: benchDir, guestPath: "/bench", readonly: true }],
   });
-  const spec = { ...(await vmSpecOf(config, { kind: "dir", path: root })), dir };
+  const base = await vmSpecOf(config, { kind: "dir", path: root });
+  // slirp's link is 1500 bytes (its own MTU): the device advertises that, not netd's large one.
+  const spec = { ...base, dir, netd: base.netd && { ...base.netd, mtu: NET_PLAN.mtu } };
   const modules = JSON.parse(await Deno.readTextFile(join(assetDir("kernel"), "modules.json"))).modules;
   const initrd = join(dir, "initrd.img");
   await Deno.copyFile(assetPath("initramfs"), initrd);

@@ -21,7 +21,12 @@ import { type SecretConfig, secretValues } from "./secrets.ts";
 /** The version of the configuration line this module writes. */
 export const NETD_CONFIG_VERSION = 1;
 
-/** The guest's address plan (the same on both backends; slirp's, so guests need no new habits). */
+/**
+ * The guest's address plan (the same on both backends; slirp's, so guests
+ * need no new habits). `mtu` is the link's default (libkrun's: its
+ * virtio-net has no VIRTIO_NET_F_MTU, so the guest's receive buffers hold
+ * 1500-byte frames); qemu's link uses {@link QEMU_LINK_MTU}.
+ */
 export const NET_PLAN = Object.freeze({
   mtu: 1500,
   guestIp: "10.0.2.15",
@@ -31,6 +36,17 @@ export const NET_PLAN = Object.freeze({
   hostAddress: "10.0.2.254",
   mac: "5a:94:ef:e4:0c:ee",
 });
+
+/**
+ * The MTU of a qemu guest's link to netd: its virtio-net device advertises
+ * it (`host_mtu`, VIRTIO_NET_F_MTU), so the guest's eth0 comes up with it
+ * and sizes its receive buffers for it; netd's NIC uses the same. One
+ * 64 KiB frame instead of 45 of 1500 bytes: the per-frame cost (qemu's
+ * device, the stream socket, both stacks) dominates the link's throughput
+ * (issue 15). 65520 keeps a frame (MTU + 14) under the stream framing's
+ * 65550 and the IP datagram under 65535.
+ */
+export const QEMU_LINK_MTU = 65520;
 
 /** A rule as netd receives it. */
 export interface NetdRule {
@@ -91,6 +107,8 @@ export interface NetdPlace {
   readonly hostname: string;
   /** The guest's MAC address (default {@link NET_PLAN}.mac). */
   readonly mac?: string;
+  /** The link's MTU, the guest's device's (default {@link NET_PLAN}.mtu; 576..65535). */
+  readonly mtu?: number;
 }
 
 function dest(d: Destination): NetdRule["dest"] {
@@ -143,10 +161,14 @@ export function compileNetd(
     );
   }
   if (!place.socket.startsWith("/")) throw new InvalidConfigError("network.socket", "must be an absolute path");
+  const mtu = place.mtu ?? NET_PLAN.mtu;
+  if (!Number.isInteger(mtu) || mtu < 576 || mtu > 65535) {
+    throw new InvalidConfigError("network.mtu", `must be an integer 576..65535 (got ${mtu})`);
+  }
   return {
     version: NETD_CONFIG_VERSION,
     socket: place.socket,
-    mtu: NET_PLAN.mtu,
+    mtu,
     guest: { mac, ip: NET_PLAN.guestIp, prefix: NET_PLAN.prefix },
     gateway: NET_PLAN.gateway,
     dnsAddress: NET_PLAN.dnsAddress,

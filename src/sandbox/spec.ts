@@ -19,7 +19,7 @@ import type { SandboxPaths, VmRoot, VmSpec } from "../vmm/backend.ts";
 import { chooseBackend, probeHost } from "../vmm/detect.ts";
 import { checkedPrograms, libkrunChecks, qemuChecks } from "../vmm/prereqs.ts";
 import { settings } from "../settings.ts";
-import { compileNetd, type NetdConfig } from "../net/engine.ts";
+import { compileNetd, type NetdConfig, QEMU_LINK_MTU } from "../net/engine.ts";
 import { guestHostname, parseConfig, type SandboxConfig } from "./config.ts";
 import { SCRIPTS_DIR } from "./patches.ts";
 import { pathsOf } from "./state.ts";
@@ -156,7 +156,8 @@ async function namedVolume(name: string): Promise<string> {
  * netd's configuration for a networked config (undefined without a
  * network). It never holds a secret value (it is written into `vm.json`):
  * its `secrets` is empty; the runner adds them, with their values, in memory
- * ({@link VmSpec.secrets}).
+ * ({@link VmSpec.secrets}). Its `mtu` is the backend's link's: qemu's
+ * device advertises {@link QEMU_LINK_MTU}, libkrun's none (1500).
  *
  * @example
  * ```ts
@@ -166,9 +167,17 @@ async function namedVolume(name: string): Promise<string> {
  * console.log(cfg?.policy.rules.map((r) => r.id)); // ["allow@public"]
  * ```
  */
-export function netdOf(config: SandboxConfig, socket: string): NetdConfig | undefined {
+export function netdOf(
+  config: SandboxConfig,
+  socket: string,
+  backend: "qemu" | "libkrun" = "libkrun",
+): NetdConfig | undefined {
   if (config.network.mode !== "user") return undefined;
-  return compileNetd({ ...config, secrets: [] }, undefined, { socket, hostname: guestHostname(config) });
+  return compileNetd({ ...config, secrets: [] }, undefined, {
+    socket,
+    hostname: guestHostname(config),
+    mtu: backend === "qemu" ? QEMU_LINK_MTU : undefined,
+  });
 }
 
 /**
@@ -208,7 +217,7 @@ export async function vmSpecOf(config: SandboxConfig, root: VmRoot): Promise<VmS
     ).then((s) => s.flat()),
     ports: config.ports,
     network: config.network.mode,
-    netd: netdOf(config, paths.netSocket),
+    netd: netdOf(config, paths.netSocket, backend),
     secrets: config.secrets,
     boot: {
       hostname: guestHostname(config),

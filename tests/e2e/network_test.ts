@@ -30,6 +30,8 @@ import {
   TestInternet,
 } from "../util/netns.ts";
 import { HELLO } from "../util/ns_servers.ts";
+import { NET_PLAN, QEMU_LINK_MTU } from "../../src/net/engine.ts";
+import { sandboxPaths } from "../../src/vmm/backend.ts";
 import { buildGoProgram, UDP_ECHO_GO } from "../util/go_build.ts";
 
 const ignore = skipVmReason !== undefined || netnsSkipReason !== undefined;
@@ -246,6 +248,26 @@ Deno.test(
     assert(events.some((e) => e.action === "allowed" && e.address === NS_HOST && e.port === 80), "an allowed event");
     const ev = events.find((e) => e.address === NS_HOST)!;
     assert(ev.timestamp instanceof Date && ev.protocol === "tcp" && ev.direction === "egress", JSON.stringify(ev));
+  },
+);
+
+Deno.test(
+  {
+    name: "the link runs at netd's MTU (qemu's large one): eth0 has it, a download of many frames arrives whole",
+    ignore,
+  },
+  async () => {
+    const w = await setup();
+    // The host's word: the spec the runner booted (netd's config and qemu's host_mtu both come from it).
+    const spec = JSON.parse(await Deno.readTextFile(sandboxPaths(sandboxDir(w.pub.name)).vmSpec));
+    assertEquals(spec.netd.mtu, spec.backend === "qemu" ? QEMU_LINK_MTU : NET_PLAN.mtu, JSON.stringify(spec.netd));
+    const bytes = 3 << 20;
+    const out = await w.pub.shell(
+      `cat /sys/class/net/eth0/mtu; printf 'GET /bytes/${bytes} HTTP/1.0\\r\\n\\r\\n' | timeout 30 nc ${NS_HOST} 80 | wc -c`,
+    );
+    const [mtu, got] = out.stdout.trim().split("\n").map(Number);
+    assertEquals(mtu, spec.netd.mtu, out.stdout + out.stderr);
+    assertEquals(got, `HTTP/1.0 200 OK\r\ncontent-length: ${bytes}\r\n\r\n`.length + bytes, out.stdout + out.stderr);
   },
 );
 

@@ -10,6 +10,8 @@ import { rootDisks } from "../../src/vmm/boot_config.ts";
 import { libkrunBootConfig } from "../../src/vmm/libkrun.ts";
 import { qemuArgs, qemuBaseBootConfig, qemuBootConfig, qemuModules, qemuShares } from "../../src/vmm/qemu.ts";
 import { GUEST_NET } from "../../src/vmm/boot_config.ts";
+import { netdOf } from "../../src/sandbox/spec.ts";
+import { parseConfig } from "../../src/sandbox/config.ts";
 
 const ROOTS: Record<VmRoot["kind"], VmRoot> = {
   dir: { kind: "dir", path: "/roots/busybox" },
@@ -97,6 +99,12 @@ Deno.test("qemu's network is a stream netdev to netd's socket, never slirp, with
   }
   assert(!qemuArgs(spec(ROOTS.dir), { ...host, fsSockets: {} }).includes("-netdev"));
   assertEquals(sandboxPaths("/s").netSocket, "/s/net/net.sock");
+  // The device advertises netd's MTU (the guest's eth0 takes it), 1500 without a netd config; mergeable buffers hold it.
+  assert(dev.split(",").includes("host_mtu=1500") && dev.split(",").includes("mrg_rxbuf=on"), dev);
+  const netd = netdOf(parseConfig({ name: "sb", image: { kind: "dir", path: "/" } }), "/n", "qemu");
+  const big = { ...spec1, netd };
+  const bigDev = qemuArgs(big, { ...host, fsSockets: {}, netSocket: "/n" }).find((a) => a.startsWith("virtio-net-"))!;
+  assert(bigDev.split(",").includes("host_mtu=65520"), bigDev);
 });
 
 Deno.test("a root's disks: the lower read-only, the upper and a disk image writable, as qemu attaches them", () => {

@@ -7,7 +7,9 @@ import {
   NetdLineStream,
   type NetdMessage,
   parseNetdLine,
+  QEMU_LINK_MTU,
 } from "../../src/net/engine.ts";
+import { netdOf } from "../../src/sandbox/spec.ts";
 import { parseConfig } from "../../src/sandbox/config.ts";
 import { SandboxBuilder } from "../../src/sandbox/builder.ts";
 import { InvalidConfigError, ProtocolError, SecretUnavailableError } from "../../src/errors.ts";
@@ -98,6 +100,18 @@ Deno.test("engine: the compiled configuration equals netd/vectors/config.json (t
     inBody: false,
     inQuery: true,
   }]);
+});
+
+Deno.test("engine: the link's MTU is the backend's: qemu's large one, libkrun's 1500; out of range is INVALID_CONFIG", () => {
+  const cfg = parseConfig({ name: "m", image: { kind: "dir", path: "/" } });
+  assertEquals(netdOf(cfg, "/s/net.sock", "qemu")?.mtu, QEMU_LINK_MTU);
+  assertEquals(netdOf(cfg, "/s/net.sock", "libkrun")?.mtu, 1500);
+  assertEquals(QEMU_LINK_MTU + 14 <= 65550 && QEMU_LINK_MTU <= 65535, true); // a frame fits the stream framing
+  for (const mtu of [575, 65536, 1500.5]) {
+    const e = assertThrows(() => compileNetd(cfg, undefined, { ...PLACE, mtu }), InvalidConfigError);
+    assertEquals(e.field, "network.mtu");
+  }
+  assertEquals(compileNetd(cfg, undefined, { ...PLACE, mtu: 9000 }).mtu, 9000);
 });
 
 Deno.test("engine: the value goes only into the netd line; without it compiling is SECRET_UNAVAILABLE", () => {
