@@ -209,8 +209,6 @@ export interface Vm {
    * it), or booted cold and why (no template for this root or backend).
    */
   readonly start?: VmStart;
-  /** Called once the guest agent is ready: per-boot files the VMM has loaded can go. */
-  booted?(): Promise<void>;
 }
 
 /** How a VM came up (the ready event's `start`). */

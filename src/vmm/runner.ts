@@ -206,7 +206,7 @@ export class Runner {
       ready ??= await this.#awaitReady(vm, relay);
       if (!ready) return 1;
       this.#ready = ready;
-      await this.#running(vm, ready);
+      this.#running(vm, ready);
       relay.serve(listener);
       this.clock.mark("runner.ready");
       this.#log(`boot phases: ${this.clock}`);
@@ -232,8 +232,7 @@ export class Runner {
   // --- status transitions -------------------------------------------------
 
   /** creating → running: the agent is ready. */
-  async #running(vm: Vm, ready: ReadyParams): Promise<void> {
-    await vm.booted?.();
+  #running(vm: Vm, ready: ReadyParams): void {
     // A restored guest's own boot steps are the template's: its phase is the restore.
     if (vm.start?.mode === "restored") this.clock.mark("vmm.restore", ready.receivedMs);
     else this.#guestPhases(ready);
