@@ -34,6 +34,7 @@ import { DEFAULTS } from "../settings.ts";
 import { writeAll } from "./bytes.ts";
 import { closeQuietly } from "./close.ts";
 import { fileTail } from "./logs.ts";
+import { createFresh } from "./nofollow.ts";
 
 /** How often a log that a descriptor follows checks its current part's size. */
 export const CHECK_MS = 50;
@@ -231,7 +232,8 @@ export class BoundedLog implements AsyncDisposable {
     if (!cut) return;
     const nl = tail.subarray(0, MIN_CAP).indexOf(10);
     const tmp = `${part}.tmp`;
-    await Deno.writeFile(tmp, nl >= 0 ? tail.subarray(nl + 1) : tail, { mode: 0o600 });
+    // Made anew, never through a link (the directory may have served a contained runner before).
+    await createFresh(tmp, nl >= 0 ? tail.subarray(nl + 1) : tail);
     await Deno.rename(tmp, part);
   }
 
