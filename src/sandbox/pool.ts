@@ -53,6 +53,7 @@ import type { Store } from "../store/db.ts";
 import { guestHostname, isPoolName, POOL_NAME_PREFIX, type SandboxConfig } from "./config.ts";
 import type { Booted, Launched } from "./launch.ts";
 import { loadLaunch } from "./handle.ts";
+import { removeEntry } from "../util/nofollow.ts";
 import type { Sandbox } from "./sandbox.ts";
 import { deleteState, isLive, linkPooledDir, pathsOf, reconcile, withNameLock } from "./state.ts";
 
@@ -300,7 +301,7 @@ export class WarmPool implements AsyncDisposable {
     const failed = [configured, renamed].find((r) => r.status === "rejected");
     // The row moves here, by the host, under the name's lock: the runner never opens the database.
     if (failed || !store.rename(entry.name, config.name, JSON.stringify(config))) {
-      await deleteLink(config.name);
+      deleteLink(config.name);
       throw new DeadEntry("the handout failed", failed ? { cause: failed.reason } : undefined);
     }
     return sandbox.fromLaunch(config, entry.launched, true);
@@ -437,10 +438,13 @@ async function warmUp(entry: Entry): Promise<void> {
 }
 
 /** Removes the link a failed handout made (never a real directory). */
-async function deleteLink(name: string): Promise<void> {
-  const dir = pathsOf(name).dir;
-  const info = await Deno.lstat(dir).catch(() => undefined);
-  if (info?.isSymlink) await Deno.remove(dir).catch(() => {});
+function deleteLink(name: string): void {
+  try {
+    // Unlinked, never followed; a real directory there is refused (StateError) and stays.
+    removeEntry(pathsOf(name).dir);
+  } catch {
+    // not a link of ours
+  }
 }
 
 /**

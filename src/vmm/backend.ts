@@ -123,7 +123,7 @@ export interface SandboxPaths {
   /** Held briefly while the sandbox is created, started or removed. */
   readonly nameLock: string;
   readonly upperDisk: string;
-  /** The VMM's end of the agent channel: the runner listens, the VMM connects (per boot). */
+  /** libkrun: the VMM's end of the agent channel (the runner listens, the VMM connects; per boot). qemu uses its stdio. */
   readonly vmSocket: string;
   /** libkrun: the virtiofs root of a guest whose real root is on disks. */
   readonly trampoline: string;

@@ -9,8 +9,8 @@
  *   vsock port only to a unix socket path: the runner listens on `vm.sock`
  *   in the 0700 sandbox directory before it starts the VM
  *   ({@link listenFresh}), takes the first connection and closes the
- *   listener at once ({@link acceptAgent}), and removes the path when the
- *   agent is ready.
+ *   listener at once ({@link acceptAgent}), and removes the path right
+ *   after that connection.
  *
  * @module
  */

@@ -33,7 +33,7 @@ import { type BootConfig, bootConfig, GUEST_NET, ROOT_TAG, rootDisks } from "./b
 import { acceptAgent, listenFresh, stdioChannel } from "./channel.ts";
 import { ChildGroup } from "./children.ts";
 import type { RunnerLog } from "./runner_log.ts";
-import { probeHost } from "./detect.ts";
+import { type HostVirtualization, probeHost } from "./detect.ts";
 import { loadOrder, type ModuleIndex } from "./modules.ts";
 import { checkedPrograms, qemuChecks } from "./prereqs.ts";
 import { installShareFilter } from "./seccomp.ts";
@@ -302,6 +302,21 @@ export function qemuShares(spec: VmSpec): VmShare[] {
 }
 
 /**
+ * The accelerator qemu runs with on `host`: KVM where the CPU has hardware
+ * virtualization and /dev/kvm works, else TCG (the template key uses the
+ * same rule as the boot, so the two cannot drift apart).
+ *
+ * @example
+ * ```ts
+ * import { qemuAccel } from "./qemu.ts";
+ * console.log(qemuAccel({ hardwareFlag: undefined, kvmUsable: true })); // "tcg"
+ * ```
+ */
+export function qemuAccel(host: Pick<HostVirtualization, "hardwareFlag" | "kvmUsable">): "kvm" | "tcg" {
+  return host.hardwareFlag && host.kvmUsable ? "kvm" : "tcg";
+}
+
+/**
  * The qemu backend. A boot: check the programs, make this boot's config
  * (the runner's relay hands it to the agent when it asks), start a
  * virtiofsd per shared directory, listen for the agent port, start qemu
@@ -331,7 +346,7 @@ export const qemuBackend: Backend = {
       const args = qemuArgs(spec, {
         kernel: assetPath("kernel"),
         initrd: assetPath("initramfs"),
-        accel: host.hardwareFlag && host.kvmUsable ? "kvm" : "tcg",
+        accel: qemuAccel(host),
         tscKhz: host.tscKhz,
         fsSockets,
         netSocket: spec.network === "user" ? paths.netSocket : undefined,

@@ -137,8 +137,6 @@ export class Runner {
   /** The guest console's bounded copy on the host (drained from the VMM's FIFO). */
   #console?: ConsoleLog;
   #finished?: Promise<void>;
-  /** The sandbox's name in the store: the spec's, until a `runner.rename` (a warm pool's handout). */
-  #name: string;
   /** The agent's ready as clients got it (a snapshot keeps it for its forks). */
   #ready?: ReadyParams;
   /** The VM's QMP monitor, opened at the first snapshot. */
@@ -165,7 +163,6 @@ export class Runner {
     secretValues?: ReadonlyMap<string, string>,
   ) {
     this.#attached = attached;
-    this.#name = spec.name;
     this.#secretValues = secretValues;
   }
 
@@ -293,8 +290,7 @@ export class Runner {
    */
   rename(name: unknown): string {
     if (typeof name !== "string" || name.length === 0) throw new Error("runner.rename: a name");
-    this.#log(`renamed: ${this.#name} -> ${name}`);
-    this.#name = name;
+    this.#log(`renamed: ${this.store.current.name} -> ${name}`);
     this.store.rename(name);
     return name;
   }

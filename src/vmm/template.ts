@@ -51,7 +51,7 @@ import type { RunnerLog } from "./runner_log.ts";
 import type { PhaseClock } from "../util/phases.ts";
 import type { Backend, Vm, VmSpec, VmStart } from "./backend.ts";
 import { probeHost } from "./detect.ts";
-import { qemuArgs, qemuBackend } from "./qemu.ts";
+import { qemuAccel, qemuArgs, qemuBackend } from "./qemu.ts";
 import { Qmp } from "./qmp.ts";
 
 /** Bumped when what a template holds changes meaning. */
@@ -142,7 +142,8 @@ async function version(name: "kernel" | "initramfs" | "agent"): Promise<string> 
  */
 export async function templateKey(spec: VmSpec): Promise<string> {
   if (spec.root.kind !== "overlay") throw new TypeError("only an overlay root has a template");
-  const host = await probeHost();
+  // The caller probed the host when it chose the backend (vmSpecOf): not again per create.
+  const host = spec.host ?? await probeHost();
   const { hostname: _h, env: _e, ...boot } = spec.boot;
   const qemu = spec.programs?.["qemu-system-x86_64"];
   const inputs = {
@@ -164,7 +165,7 @@ export async function templateKey(spec: VmSpec): Promise<string> {
     args: qemuArgs({ ...spec, dir: "/S", root: { ...spec.root, lower: "/L", upper: "/U" }, qmp: false }, {
       kernel: "/K",
       initrd: "/I",
-      accel: host.hardwareFlag && host.kvmUsable ? "kvm" : "tcg",
+      accel: qemuAccel(host),
       tscKhz: host.tscKhz,
       fsSockets: {},
       netSocket: spec.network === "user" ? "/N" : undefined,
