@@ -92,8 +92,23 @@ export function denoCounts(run: RunOutput): Counts {
       notes: [`deno test ended (exit ${run.code}) without its summary line`],
     };
   }
-  const c = { passed: Number(m[1]), failed: Number(m[2]), skipped: Number(m[3] ?? 0), notes: [] };
+  const c = { passed: Number(m[1]), failed: Number(m[2]), skipped: Number(m[3] ?? 0), notes: failures(lines) };
   return exitCheck(c, run.code, "deno test");
+}
+
+/**
+ * The names deno test lists under its ` FAILURES ` heading (`name => file:line`),
+ * so the last lines of a run (all a CI log may keep) say which tests failed.
+ */
+function failures(lines: string[]): string[] {
+  const at = lines.findLastIndex((l) => l.trim() === "FAILURES");
+  if (at < 0) return [];
+  const names: string[] = [];
+  for (const l of lines.slice(at + 1)) {
+    if (DENO_SUMMARY.test(l)) break;
+    if (l.includes(" => ")) names.push(`failed: ${l.trim()}`);
+  }
+  return names;
 }
 
 const CARGO_RESULT = /^test result: \w+\. (\d+) passed; (\d+) failed; (\d+) ignored; (\d+) measured;/;

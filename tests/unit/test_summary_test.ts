@@ -15,7 +15,8 @@ const counts = (c: Counts) => [c.passed, c.failed, c.skipped];
 Deno.test("deno: counts come from the final summary (passed, failed, ignored; steps not counted as tests)", () => {
   const c = denoCounts(fixture("deno_mixed"));
   assertEquals(counts(c), [2, 1, 1]);
-  assertEquals(c.notes, []);
+  // The failed test is named from the FAILURES list, so a log's last lines say which.
+  assertEquals(c.notes, ["failed: two => ./a_test.ts:2:6"]);
 });
 
 Deno.test("deno: a run killed after a test echoed the nested suite's summary is a failure, not 9 passed", () => {
