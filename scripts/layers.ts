@@ -12,7 +12,7 @@
  *
  * Rules, each problem printed with its import chain:
  * - **Layers**, bottom to top (see {@link LAYERS}): a module imports only
- *   its own layer or lower ones. `errors` and `settings` are the floor:
+ *   its own layer or lower ones. `errors`, `settings` and `version` are the floor:
  *   every layer throws typed errors and reads its settings, and both import
  *   nothing of krunbox's. ffi and util come next, then store, agent, image,
  *   net, vmm, metrics, sandbox, host (provisioning and the doctor), and the entry points mod.ts, cli.ts and src/cli. This
@@ -53,6 +53,7 @@ export interface Layer {
 export const LAYERS: readonly Layer[] = [
   { name: "errors", paths: ["src/errors.ts"], rank: 0 },
   { name: "settings", paths: ["src/settings.ts"], rank: 0 },
+  { name: "version", paths: ["src/version.ts"], rank: 0 },
   { name: "ffi", paths: ["ffi/"], rank: 1 },
   { name: "util", paths: ["src/util/"], rank: 1 },
   { name: "store", paths: ["src/store/"], rank: 2 },

@@ -17,7 +17,7 @@
 import { type CommandSpec, helpText, parseCommand, type Parsed } from "./command.ts";
 import { errorLine, EXIT_KRUNBOX, exitCodeOf } from "./exit.ts";
 import { settings } from "../settings.ts";
-import { VERSION } from "./version.ts";
+import { VERSION } from "../version.ts";
 
 /** A command: how it parses and what it does (resolves with the exit code). */
 export interface Command {

@@ -22,6 +22,7 @@ import { netdStep } from "./provision/netd.ts";
 import { virtiofsdStep } from "./provision/virtiofsd.ts";
 import { type AssetStep, runStep, type StepContext, type StepOutcome } from "./provision/step.ts";
 import { requireAll } from "./ci.ts";
+import { installFrontDoor } from "./provision/front_door.ts";
 
 const STEPS: readonly AssetStep[] = [
   kernelStep,
@@ -53,6 +54,15 @@ export async function main(): Promise<number> {
 
   const outcomes: StepOutcome[] = [];
   for (const step of STEPS) outcomes.push(await runStep(step, ctx));
+  if (outcomes.find((o) => o.asset === "agent")?.status !== "failed") {
+    try {
+      const bin = await installFrontDoor(home);
+      log(`front door: ${bin} (put ${homeLayout(home).bin} on PATH to run \`krunbox\` natively)`);
+    } catch (e) {
+      log(`front door: FAILED: ${(e as Error).message}`);
+      outcomes.push({ asset: "agent", status: "failed", seconds: 0, error: e as Error });
+    }
+  }
 
   const total = ((performance.now() - started) / 1000).toFixed(1);
   const ci = requireAll();

@@ -219,6 +219,7 @@ export async function vmSpecOf(config: SandboxConfig, root: VmRoot): Promise<VmS
     network: config.network.mode,
     netd: netdOf(config, paths.netSocket, backend),
     secrets: config.secrets,
+    execDefaults: { user: config.user, workdir: config.workdir },
     boot: {
       hostname: guestHostname(config),
       env: { PATH: GUEST_PATH, HOME: "/root", ...config.env },

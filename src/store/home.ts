@@ -44,6 +44,8 @@ export interface HomeLayout {
   readonly snapshots: string;
   /** The SQLite database. */
   readonly db: string;
+  /** Programs for the user's PATH: the native `krunbox` front door and its `krunbox.json`. */
+  readonly bin: string;
 }
 
 /**
@@ -65,5 +67,6 @@ export function homeLayout(root: string = krunboxHome()): HomeLayout {
     templates: join(root, "templates"),
     snapshots: join(root, "snapshots"),
     db: join(root, "db.sqlite"),
+    bin: join(root, "bin"),
   };
 }

@@ -72,6 +72,12 @@ export interface VmSpec {
    * trust: set by the runner in memory after netd is ready, never in `vm.json`.
    */
   readonly caPem?: string;
+  /**
+   * The defaults of an exec that names no user or directory (the sandbox's
+   * `user` and `workdir`), for a client that does not open the store: the
+   * native `krunbox` front door (agent/src/bin/krunbox/) reads them here.
+   */
+  readonly execDefaults?: { readonly user?: string | number; readonly workdir?: string };
   /** The agent's boot config (agent/PROTOCOL.md, "Boot config"), minus what the backend adds. */
   readonly boot: Record<string, unknown>;
   /** Give up when the agent is not ready after this long. */

@@ -28,6 +28,7 @@ import { AgentTimeoutError, ExecOutputLimitError, ExecTimeoutError, FsError, Pro
 import { DEFAULTS } from "../../src/settings.ts";
 import { closeQuietly } from "../../src/util/close.ts";
 import { FLOOD_BYTES, type Mode, PUSH_BYTES } from "./hostile_agent.ts";
+import { homeLayout } from "../../src/store/home.ts";
 
 const MiB = 1 << 20;
 
@@ -394,4 +395,94 @@ Deno.test("a relay client that does not read is cut off at its queue cap; anothe
   assert(m.value!.got < DEFAULTS.relayClientQueueBytes + 16 * MiB);
   assertEquals((await reader.request("ping", {})).result.uptimeMs, 1);
   await honestStillWorks();
+});
+
+/** The native front door setup installs (agent/src/bin/krunbox/), from the provisioned assets. */
+const door = `${homeLayout().assets}/agent/krunbox`;
+
+/**
+ * `krunbox exec sb CMD…` by the front door against `agentSocket`: a state
+ * home of its own whose sandbox `sb` has an empty vm.json and its
+ * agent.sock linked to the socket. `onStdout` sees every chunk with the
+ * process's peak RSS so far (VmHWM); the outcome has the last one read.
+ */
+async function frontDoor(
+  agentSocket: string,
+  cmd: string[],
+  onStdout?: (bytes: number, child: Deno.ChildProcess) => void,
+) {
+  const home = `${dir}/door-${crypto.randomUUID()}`;
+  await Deno.mkdir(`${home}/sandboxes/sb`, { recursive: true });
+  await Deno.writeTextFile(`${home}/sandboxes/sb/vm.json`, "{}");
+  await Deno.symlink(agentSocket, `${home}/sandboxes/sb/agent.sock`);
+  const child = new Deno.Command(door, {
+    args: ["exec", "sb", ...cmd],
+    env: { KRUNBOX_HOME: home },
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  let hwmKib = 0;
+  const peak = async () => {
+    const m = (await Deno.readTextFile(`/proc/${child.pid}/status`).catch(() => "")).match(/VmHWM:\s+(\d+) kB/);
+    if (m) hwmKib = Number(m[1]);
+  };
+  const t0 = performance.now();
+  let bytes = 0;
+  let first = "";
+  const stderr = new Response(child.stderr).text();
+  for await (const chunk of child.stdout) {
+    if (first.length < 64) first += new TextDecoder().decode(chunk.subarray(0, 64));
+    bytes += chunk.length;
+    if (onStdout) {
+      await peak();
+      onStdout(bytes, child);
+    }
+  }
+  const status = await child.status;
+  return {
+    code: status.code,
+    signal: status.signal,
+    stdout: first,
+    bytes,
+    stderr: await stderr,
+    ms: performance.now() - t0,
+    hwmKib,
+  };
+}
+
+Deno.test("front door, positive control: the real agent runs the command and its code comes back", async () => {
+  const r = await frontDoor(honest.socket, ["sh", "-c", "echo ok; exit 3"]);
+  assertEquals([r.code, r.stdout, r.stderr], [3, "ok\n", ""]);
+});
+
+for (const mode of ["empty-flood", "garbage-flood"] as const) {
+  Deno.test(`front door, ${mode}: past ${DEFAULTS.agentMaxBrokenFrames} broken frames it exits 125`, async () => {
+    const r = await frontDoor(socket(mode), ["true"]);
+    console.log(`front door, ${mode}: exit ${r.code} in ${r.ms.toFixed(0)} ms`);
+    assertEquals(r.code, 125, r.stderr);
+    assert(r.stderr.startsWith("krunbox: the agent sent more than 256 broken frames"), r.stderr);
+    assert(r.ms < 10_000, `took ${r.ms} ms`);
+  });
+}
+
+Deno.test("front door: a frame announcing 4 GiB ends the session at its prefix, nothing read or allocated", async () => {
+  const r = await frontDoor(socket("huge-frame"), ["true"]);
+  assertEquals(r.code, 125, r.stderr);
+  assert(r.stderr.includes("frame too large"), r.stderr);
+  assert(r.ms < 5000, `took ${r.ms} ms (the agent is silent after the prefix)`);
+});
+
+Deno.test("front door: 256 MB pushed past the window streams through in bounded memory", async () => {
+  const r = await frontDoor(socket("window-flood"), ["yes"], (bytes, child) => {
+    // The flood never exits: stop once it has all come through.
+    if (bytes >= PUSH_BYTES) child.kill("SIGKILL");
+  });
+  console.log(
+    `front door, window-flood: ${(r.bytes / MiB).toFixed(0)} MiB in ${r.ms.toFixed(0)} ms, peak RSS ${r.hwmKib} KiB`,
+  );
+  assertEquals(r.bytes, PUSH_BYTES);
+  assert(r.hwmKib > 0, "the peak RSS was read");
+  // One frame (256 KiB here, 4 MiB at most) and a read buffer are held at a time.
+  assert(r.hwmKib < 24 * 1024, `peak RSS ${r.hwmKib} KiB`);
 });

@@ -90,6 +90,13 @@ Deno.test(
       const version = await run(Deno.execPath(), ["run", "-A", "cli.ts", "--version"], pkg, env);
       assertEquals(version.code, 0);
       assertMatch(version.stdout, /^krunbox \d+\.\d+\.\d+/);
+      // The native front door setup installed hands over to the package's own CLI.
+      const door = join(home, "bin", "krunbox");
+      const sidecar = JSON.parse(await Deno.readTextFile(join(home, "bin", "krunbox.json")));
+      assertEquals(sidecar.cli, join(await Deno.realPath(pkg), "cli.ts"));
+      assertEquals((await run(door, ["--version"], pkg, env)).stdout, version.stdout);
+      const ls = await run(door, ["ls", "--json"], pkg, env);
+      assertEquals([ls.code, ls.stdout.trim()], [0, "[]"], ls.stderr);
       const doctor = await run(Deno.execPath(), ["run", "-A", "cli.ts", "doctor"], pkg, env);
       assertEquals(doctor.code, 0, `doctor from the package:\n${doctor.stdout}\n${doctor.stderr}`);
       assertMatch(doctor.stdout, /backend auto → /);

@@ -6,7 +6,7 @@ import { parseMemory, parsePublish, parseSecretEnv, parseTmpfs, parseVolume } fr
 import { humanBytes, humanDuration, table } from "../../src/cli/format.ts";
 import { exitCodeOf, exitCodeOfStatus } from "../../src/cli/exit.ts";
 import { PullProgress } from "../../src/cli/progress.ts";
-import { VERSION } from "../../src/cli/version.ts";
+import { VERSION } from "../../src/version.ts";
 import { ExecSpawnError, InvalidConfigError, NotFoundError } from "../../src/errors.ts";
 
 Deno.test("cli: the version is deno.json's", async () => {

@@ -11,7 +11,11 @@ import { type AssetStep, hashFiles, listFiles } from "./step.ts";
 
 const TARGET = "x86_64-unknown-linux-gnu";
 
-/** Provisions `assets/agent/krunbox-agent`. */
+/**
+ * Provisions `assets/agent/krunbox-agent` (the guest agent) and
+ * `assets/agent/krunbox` (the host's native front door, installed into
+ * `bin/` by src/host/provision/front_door.ts): one crate, one build.
+ */
 export const agentStep: AssetStep = {
   asset: "agent",
   async version(ctx) {
@@ -25,13 +29,15 @@ export const agentStep: AssetStep = {
       cwd: dir,
       env: { RUSTFLAGS: "-C target-feature=+crt-static" },
     });
-    const bin = join(dir, "target", TARGET, "release", "krunbox-agent");
-    // ldd exits non-zero for a static binary ("not a dynamic executable").
-    const linked = await runCommand("ldd", [bin]).then((r) => r.stdout.trim(), () => "");
-    if (linked && !linked.includes("statically linked")) {
-      throw new Error(`the agent is not statically linked: ${linked}`);
+    for (const name of ["krunbox-agent", "krunbox"]) {
+      const bin = join(dir, "target", TARGET, "release", name);
+      // ldd exits non-zero for a static binary ("not a dynamic executable").
+      const linked = await runCommand("ldd", [bin]).then((r) => r.stdout.trim(), () => "");
+      if (linked && !linked.includes("statically linked")) {
+        throw new Error(`${name} is not statically linked: ${linked}`);
+      }
+      await Deno.copyFile(bin, join(out, name));
+      await Deno.chmod(join(out, name), 0o755);
     }
-    await Deno.copyFile(bin, join(out, "krunbox-agent"));
-    await Deno.chmod(join(out, "krunbox-agent"), 0o755);
   },
 };

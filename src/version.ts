@@ -1,5 +1,5 @@
 /**
- * krunbox's version, as `krunbox --version` prints it. It must equal
+ * krunbox's version, as `krunbox --version` prints it (the Deno CLI and the native front door). It must equal
  * deno.json's `version` (a unit test holds them together): kept here so the
  * CLI needs no JSON import of the package manifest.
  *
