@@ -95,6 +95,7 @@ export class Relay {
   #nextId = 1;
   #readyFrame: Frame | undefined;
   #draining = false;
+  /** Idle time counts from the agent's ready (a boot is never idle time), then from each client frame. */
   #lastActivity = Date.now();
   readonly #guestErrors = new FrameErrorCounts();
   /** Callers of {@link execsDone} waiting for the last exec to end. */
@@ -127,8 +128,13 @@ export class Relay {
    */
   adoptReady(frame: Frame): void {
     if (this.#readyFrame) return;
+    this.#takeReady(frame, this.#onReady);
+  }
+
+  #takeReady(frame: Frame, onReady: (f: Frame) => void): void {
     this.#readyFrame = frame;
-    this.#onReady(frame);
+    this.#lastActivity = Date.now();
+    onReady(frame);
   }
 
   /** Broken frames seen from the guest (each skipped): counters and the first few messages. */
@@ -136,7 +142,10 @@ export class Relay {
     return this.#guestErrors.summary;
   }
 
-  /** Milliseconds without host activity: since the last client frame, or since the last exec timeout ran out. */
+  /**
+   * Milliseconds without host activity: since the agent's ready, the last
+   * client frame, or the last exec timeout that ran out, whichever is last.
+   */
   get idleMs(): number {
     const now = Date.now();
     this.#sweep(now);
@@ -264,8 +273,7 @@ export class Relay {
           continue;
         }
         if (!this.#readyFrame && f.header.method === "ready") {
-          this.#readyFrame = f;
-          onReady(f);
+          this.#takeReady(f, onReady);
           continue;
         }
         if (f.header.method === "boot.config" && typeof f.header.id === "number") {

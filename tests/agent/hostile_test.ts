@@ -311,10 +311,11 @@ Deno.test("an agent that never answers: every call ends with AGENT_TIMEOUT and i
     await waitFor(() => cancelsMissing("silent").length === 0, 2000);
     assertEquals(cancelsMissing("silent"), []);
     assert(wire.filter((l) => l.mode === "silent" && l.id !== null).length >= calls.length + 1);
-    await honestStillWorks();
   } finally {
     Deno.env.delete("KRUNBOX_AGENT_TIMEOUT_MS");
   }
+  // Under the default deadline, as a caller would meet the real agent (400 ms is tight for its exec on a busy host).
+  await honestStillWorks();
 });
 
 function cancelsMissing(mode: Mode): number[] {
