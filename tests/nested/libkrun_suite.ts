@@ -101,18 +101,20 @@ const exists = (path: string) => {
   }
 };
 
-Deno.test("libkrun runner contained: own namespaces, capabilities cut, host files out of sight, shares in", async () => {
+Deno.test("libkrun runner contained: own namespaces, capabilities cut, host files out of sight, shares in, read-only kept", async () => {
   const tag = crypto.randomUUID().slice(0, 8);
   // Canaries outside every share (the L1's /root, /tmp, another sandbox's directory), one beside the share.
   const canaries = [`/root/canary-${tag}`, `/tmp/canary-${tag}`, `${homeLayout().sandboxes}/other-${tag}/secret`];
   const share = await Deno.makeTempDir({ prefix: `krun-share-${tag}-` });
   await Deno.writeTextFile(`${share}/present`, "from the host\n");
+  const roShare = await Deno.makeTempDir({ prefix: `krun-ro-${tag}-` });
+  await Deno.writeTextFile(`${roShare}/fixed`, "original\n");
   for (const c of canaries) {
     await Deno.mkdir(dirname(c), { recursive: true });
     await Deno.writeTextFile(c, "canary\n");
   }
   const sb = await Sandbox.builder("krun-contain").image(await busyboxRoot()).backend("libkrun").memory(256)
-    .volume("/data", (v) => v.bind(share)).replace().create();
+    .volume("/data", (v) => v.bind(share)).volume("/ro", (v) => v.bind(roShare, { readonly: true })).replace().create();
   try {
     const paths = pathsOf("krun-contain");
     const pids = runnerProcess(paths.dir);
@@ -160,6 +162,13 @@ Deno.test("libkrun runner contained: own namespaces, capabilities cut, host file
     assertEquals((await Deno.stat(`${share}/from-guest`)).mode! & 0o7777, 0o640, out.stdout);
     assert(!exists(`${share}/dev`) || !(await Deno.lstat(`${share}/dev`)).isCharDevice, "no device node on the host");
     assert((await Deno.lstat(`${share}/fifo`)).isFifo, "the fifo (no privilege needed) was made");
+    // A read-only volume stays read-only on the host whatever the guest does to its own mount flag
+    // (positive control: the same writes on /data reached the host above).
+    const ro = await sb.shell(
+      "mount -o remount,rw /ro; echo remount=$?; echo evil > /ro/fixed; echo new > /ro/new; rm -f /ro/fixed; true",
+    );
+    assertEquals(await Deno.readTextFile(`${roShare}/fixed`), "original\n", ro.stdout + ro.stderr);
+    assert(!exists(`${roShare}/new`), `nothing was created on the host: ${ro.stdout}${ro.stderr}`);
     await sb.stopAndWait();
     await Sandbox.remove("krun-contain");
   } finally {
@@ -167,6 +176,7 @@ Deno.test("libkrun runner contained: own namespaces, capabilities cut, host file
     for (const c of canaries) await Deno.remove(c).catch(() => {});
     await Deno.remove(dirname(canaries[2]), { recursive: true }).catch(() => {});
     await Deno.remove(share, { recursive: true }).catch(() => {});
+    await Deno.remove(roShare, { recursive: true }).catch(() => {});
   }
 });
 
