@@ -403,7 +403,7 @@ const door = `${homeLayout().assets}/agent/krunbox`;
 
 /**
  * `krunbox exec sb CMD…` by the front door against `agentSocket`: a state
- * home of its own whose sandbox `sb` has an empty vm.json and its
+ * home of its own whose sandbox `sb` has a vm.json with no exec defaults and its
  * agent.sock linked to the socket. `onStdout` sees every chunk with the
  * process's peak RSS so far (VmHWM); the outcome has the last one read.
  */
@@ -414,7 +414,7 @@ async function frontDoor(
 ) {
   const home = `${dir}/door-${crypto.randomUUID()}`;
   await Deno.mkdir(`${home}/sandboxes/sb`, { recursive: true });
-  await Deno.writeTextFile(`${home}/sandboxes/sb/vm.json`, "{}");
+  await Deno.writeTextFile(`${home}/sandboxes/sb/vm.json`, JSON.stringify({ execDefaults: {} }));
   await Deno.symlink(agentSocket, `${home}/sandboxes/sb/agent.sock`);
   const child = new Deno.Command(door, {
     args: ["exec", "sb", ...cmd],

@@ -181,7 +181,7 @@ async function attempts(sb: Sandbox, targets: readonly (readonly [string, number
 
 /** Events from `sb.networkEvents()` until `done` says enough (or `ms` pass). */
 async function eventsUntil(
-  sb: Sandbox,
+  sb: Pick<Sandbox, "networkEvents">,
   done: (seen: NetworkEvent[]) => boolean,
   ms = 5_000,
 ): Promise<NetworkEvent[]> {
@@ -266,6 +266,14 @@ Deno.test(
     assert(events.some((e) => e.action === "allowed" && e.address === NS_HOST && e.port === 80), "an allowed event");
     const ev = events.find((e) => e.address === NS_HOST)!;
     assert(ev.timestamp instanceof Date && ev.protocol === "tcp" && ev.direction === "egress", JSON.stringify(ev));
+    // The same decisions through a handle, as another process sees them (the runner keeps the recent ones).
+    const viaHandle = await eventsUntil(
+      await Sandbox.get(w.pub.name),
+      (seen) => denied.every((a) => seen.some((e) => e.action === "denied" && e.address === a && e.port === w.port)),
+    );
+    for (const a of denied) {
+      assert(viaHandle.some((e) => e.action === "denied" && e.address === a), `handle: no denied event for ${a}`);
+    }
   },
 );
 

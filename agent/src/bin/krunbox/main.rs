@@ -126,7 +126,8 @@ fn home() -> Option<PathBuf> {
 fn connect(name: &str, mut req: exec::Request) -> Option<(UnixStream, exec::Request)> {
     let dir = home()?.join("sandboxes").join(name);
     let spec = read_json(&dir.join("vm.json"))?;
-    let defaults = &spec["execDefaults"];
+    // A vm.json without them (a sandbox made before they were written) goes to the Deno CLI, which reads the store.
+    let defaults = spec.get("execDefaults").filter(|d| d.is_object())?;
     if req.cwd.is_none() {
         req.cwd = defaults.get("workdir").and_then(Value::as_str).map(str::to_string);
     }
