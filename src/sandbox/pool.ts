@@ -212,6 +212,10 @@ export class WarmPool implements AsyncDisposable {
       if (this.#ready.length >= Math.min(count, this.#size)) return;
       const err = this.lastError;
       if (err !== undefined) throw err;
+      // A caller waiting here keeps the program alive, as an awaited boot does: the refill timer, unref'd so an idle
+      // pool never holds a program open, is ref'd while anyone waits (else the event loop could end with this
+      // promise pending, when the timer was all that was left).
+      if (this.#refillTimer !== undefined) Deno.refTimer(this.#refillTimer);
       await new Promise<void>((r) => this.#waiters.push(r));
     }
   }
@@ -318,7 +322,7 @@ export class WarmPool implements AsyncDisposable {
       this.#refillTimer = undefined;
       this.#fill();
     }, this.#refillDelayMs);
-    Deno.unrefTimer(this.#refillTimer);
+    if (this.#waiters.length === 0) Deno.unrefTimer(this.#refillTimer);
   }
 
   /** Boots sandboxes until ready + booting reaches the size. */

@@ -177,3 +177,25 @@ Deno.test(
     assert(!pids.includes(await vmmPid(sb.name)));
   },
 );
+
+Deno.test(
+  {
+    name: "pool: ready() right after a handout waits for the refill (its timer keeps the program alive)",
+    ignore,
+    ...opts,
+  },
+  async () => {
+    const root = await busyboxRoot();
+    // A refill that starts 1.5 s after the handout: while it waits, its (unref'd) timer is all that is pending.
+    await using pool = Sandbox.pool({ image: root, memory: 256, size: 1, refillDelayMs: 1500 });
+    await pool.ready();
+    const first = pool.vmmPids[0];
+    await using sb = await Sandbox.builder("pool-ready-after").image(root).memory(256).create();
+    assertEquals(await vmmPid(sb.name), first, "the create was a handout (positive control)");
+    assertEquals(pool.stats.ready, 0);
+    // Before the fix, the event loop ended here with this promise pending: the test failed as "still pending".
+    await pool.ready();
+    assertEquals(pool.stats.ready, 1);
+    assert(pool.vmmPids[0] !== first, "a new sandbox refilled the pool");
+  },
+);

@@ -65,7 +65,7 @@ Deno.test("layers: cycles, upward imports (type-only too), unlayered files and i
   const up = problems.find((p) => p.kind === "upward" && p.chain[1] === "src/sandbox/a.ts")!;
   assertEquals(
     up.message,
-    "upward import: src/store/up.ts:1 (store) → src/sandbox/a.ts (sandbox); store may import errors, settings, ffi, util, store",
+    "upward import: src/store/up.ts:1 (store) → src/sandbox/a.ts (sandbox); store may import errors, settings, version, ffi, util, store",
   );
   await Deno.remove(root, { recursive: true });
 });
