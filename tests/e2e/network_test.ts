@@ -8,9 +8,14 @@
  * The "internet" is a network namespace the test creates (tests/util/netns.ts:
  * 203.0.113.200/29 only), plus a dummy interface in the root namespace holding
  * one address of each private range and the metadata address, so nothing
- * leaves this machine. Four VMs are booted: the default policy (shared by
- * the default, port, robustness, host-profile-negative and, last, netd-death
- * cases), a domain allowlist, the `host` profile, and `disableNetwork()`.
+ * leaves this machine. Five VMs are booted: the default policy (shared by
+ * the default, port, robustness, half-close, flood-control,
+ * host-profile-negative and, last, netd-death cases), a small
+ * `maxConnections` (the flood, removed after it), a domain allowlist, the
+ * `host` profile, and `disableNetwork()`. Half-close and the flood use a
+ * static Go prober in the guest (busybox `nc` half-closes unreliably) against
+ * the namespace's echo and half-close servers, whose records say what they
+ * saw.
  */
 
 import dgram from "node:dgram";
@@ -29,10 +34,10 @@ import {
   NS_OTHER,
   TestInternet,
 } from "../util/netns.ts";
-import { HELLO } from "../util/ns_servers.ts";
+import { BANNER, BANNER_PORT, DRAIN_PORT, ECHO_PORT, HELLO, type TcpRecord } from "../util/ns_servers.ts";
 import { NET_PLAN, QEMU_LINK_MTU } from "../../src/net/engine.ts";
 import { sandboxPaths } from "../../src/vmm/backend.ts";
-import { buildGoProgram, UDP_ECHO_GO } from "../util/go_build.ts";
+import { buildGoProgram, probePattern, TCP_PROBE_GO, UDP_ECHO_GO } from "../util/go_build.ts";
 
 const ignore = skipVmReason !== undefined || netnsSkipReason !== undefined;
 if (!skipVmReason && netnsSkipReason) console.log(`SKIPPING network tests: ${netnsSkipReason}`);
@@ -387,6 +392,185 @@ Deno.test(
       after.netTxBytes - before.netTxBytes > 1000 * 40,
       `netTxBytes moved by ${after.netTxBytes - before.netTxBytes}`,
     );
+  },
+);
+
+/** The TCP prober (tests/util/go_build.ts), built once per run. */
+let tcpProbe: Promise<Uint8Array> | undefined;
+
+/** Puts the prober at /tcpprobe in `sb`. */
+async function installProbe(sb: Sandbox): Promise<void> {
+  tcpProbe ??= buildGoProgram("tcpprobe", TCP_PROBE_GO).then((p) => Deno.readFile(p));
+  await sb.fs().write("/tcpprobe", await tcpProbe);
+  await sb.shell("chmod +x /tcpprobe");
+}
+
+/** Runs the prober in `sb` and parses its one JSON line. */
+async function probe(sb: Sandbox, args: string): Promise<Record<string, unknown>> {
+  const out = await sb.shell(`/tcpprobe ${args}`);
+  const line = out.stdout.trim().split("\n").pop() ?? "";
+  try {
+    return JSON.parse(line);
+  } catch {
+    throw new Error(`tcpprobe ${args}: ${out.stdout}${out.stderr}`);
+  }
+}
+
+/** The first TCP record of the namespace's servers after index `from` that `pred` picks (5 s at most). */
+async function tcpRecord<R extends TcpRecord>(
+  inet: TestInternet,
+  from: number,
+  pred: (r: TcpRecord) => r is R,
+): Promise<R | undefined> {
+  for (let i = 0; i < 100; i++) {
+    const r = inet.tcpRecords().slice(from).find(pred);
+    if (r) return r;
+    await new Promise((res) => setTimeout(res, 50));
+  }
+  return undefined;
+}
+
+async function sha256Hex(b: Uint8Array<ArrayBuffer>): Promise<string> {
+  const d = new Uint8Array(await crypto.subtle.digest("SHA-256", b));
+  return [...d].map((x) => x.toString(16).padStart(2, "0")).join("");
+}
+
+Deno.test(
+  { name: "half-close passes through netd both ways: the guest's FIN, then the host's; a reset stays a reset", ignore },
+  async () => {
+    const w = await setup();
+    await installProbe(w.pub);
+    const n = 3 << 20;
+    const digest = await sha256Hex(probePattern(n));
+    const isDrain = (r: TcpRecord): r is Extract<TcpRecord, { server: "drain" }> => r.server === "drain";
+    const isBanner = (r: TcpRecord): r is Extract<TcpRecord, { server: "banner" }> => r.server === "banner";
+
+    // The guest's half-close: the server answers only after reading EOF, so an answer proves the FIN got
+    // through while the guest's read side stayed open for it.
+    let mark = w.inet.tcpRecords().length;
+    const g = await probe(w.pub, `drain ${NS_HOST}:${DRAIN_PORT} ${n}`);
+    console.log(`guest half-close: ${n} bytes, answer ${g.answerMs} ms after CloseWrite`);
+    assertEquals(g.sha256, digest, JSON.stringify(g));
+    // Before the half-close the server held its answer (300 ms of silence): it really waits for EOF.
+    assert(g.early === false && String(g.earlyErr).includes("timeout"), JSON.stringify(g));
+    assertEquals(g.readErr, "", JSON.stringify(g));
+    assertEquals(g.answer, `${n} ${digest}\n`, JSON.stringify(g));
+    const drained = await tcpRecord(w.inet, mark, isDrain);
+    assertEquals(drained, { server: "drain", bytes: n, sha256: digest, end: "eof" }, "what the server read");
+
+    // Control: the same server tells a reset from EOF (a guest that aborts is recorded as no EOF, gets no answer).
+    mark = w.inet.tcpRecords().length;
+    const r = await probe(w.pub, `reset ${NS_HOST}:${DRAIN_PORT} 65536`);
+    assert(r.reset === true && r.writeErr === "", JSON.stringify(r));
+    const aborted = await tcpRecord(w.inet, mark, isDrain);
+    assert(aborted && aborted.end !== "eof", `a guest reset reached the server as ${JSON.stringify(aborted)}`);
+
+    // The host's half-close: the guest reads the banner to EOF, then still writes; the server reads that to EOF.
+    mark = w.inet.tcpRecords().length;
+    const b = await probe(w.pub, `banner ${NS_HOST}:${BANNER_PORT} after-eof`);
+    assertEquals(b, {
+      banner: BANNER,
+      readErr: "",
+      writeErr: "",
+      closeWriteErr: "",
+      rest: "",
+      finalErr: "",
+    });
+    assertEquals(await tcpRecord(w.inet, mark, isBanner), { server: "banner", got: "after-eof", end: "eof" });
+  },
+);
+
+/** What a flood from one sandbox showed: the prober's two reports, netd's counters and the echo server's accepts while it held. */
+interface Flood {
+  holding: Record<string, unknown>;
+  done: Record<string, unknown>;
+  /** netd's open flows while the prober held its connections. */
+  connections: number;
+  /** Connections the echo server accepted from the start until the hold (the first one and the kept ones). */
+  accepted: number;
+}
+
+/** `tcpprobe flood` to the namespace's echo server: `n` dials at once after one connection. */
+async function flood(w: World, sb: Sandbox, n: number): Promise<Flood> {
+  await installProbe(sb);
+  const mark = w.inet.tcpRecords().length;
+  await sb.shell(
+    "rm -f /tmp/flood.release /tmp/flood.log; " +
+      `(/tcpprobe flood ${NS_HOST}:${ECHO_PORT} ${n} /tmp/flood.release >/tmp/flood.log 2>&1 &)`,
+  );
+  const report = async (phase: string) => {
+    for (let i = 0; i < 300; i++) {
+      const log = (await sb.shell("cat /tmp/flood.log")).stdout;
+      for (const line of log.split("\n")) {
+        if (!line.startsWith("{")) continue;
+        const o = JSON.parse(line);
+        if (o.phase === phase) return o as Record<string, unknown>;
+        if (o.error) throw new Error(`tcpprobe flood: ${o.error}`);
+      }
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    throw new Error(`tcpprobe flood never reached ${phase}`);
+  };
+  const holding = await report("holding");
+  const { stats } = await runnerRequest(sb.name, "runner.netStats");
+  assert(stats !== null, "netd's counters");
+  // The echo server's accept records of the held ones (each echoed once, so each was accepted already).
+  const opens = () => w.inet.tcpRecords().slice(mark).filter((r) => r.server === "echo" && r.event === "open").length;
+  for (let i = 0; i < 40 && opens() < Number(holding.held) + 1; i++) await new Promise((r) => setTimeout(r, 50));
+  const accepted = opens();
+  await sb.shell("touch /tmp/flood.release");
+  const done = await report("done");
+  return { holding, done, connections: stats.connections, accepted };
+}
+
+Deno.test(
+  { name: "a guest flooding connections is capped at maxConnections; its existing connection keeps working", ignore },
+  async () => {
+    const w = await setup();
+    const n = 40;
+    const cap = 8;
+    // Control: the same flood under the default cap (256) from the default VM: nothing is refused, so the
+    // refusals below are the cap's, not the echo server's or the guest's.
+    const open = await flood(w, w.pub, n);
+    console.log(`flood of ${n}, default cap: ${JSON.stringify(open.holding)}`);
+    assert(open.holding.held === n && open.holding.refused === 0, JSON.stringify(open.holding));
+    assert(open.connections >= n + 1, `netd's table held ${open.connections}`);
+    assertEquals(open.accepted, n + 1, "the echo server's accepts");
+
+    const sb = await Sandbox.builder("net-flood").image(await busyboxRoot()).memory(256)
+      .network((net) => net.maxConnections(cap)).create();
+    try {
+      const capped = await flood(w, sb, n);
+      const { holding: h, done: d } = capped;
+      console.log(
+        `flood of ${n}, maxConnections ${cap}: ${JSON.stringify(h)}; netd table ${capped.connections}; ` +
+          `server accepted ${capped.accepted}; after: ${JSON.stringify(d)}`,
+      );
+      // The first connection holds one slot; the flood gets the rest, and every other dial is refused (a RST).
+      assertEquals(h.others, [], "dials neither kept nor refused");
+      assertEquals(h.held, cap - 1, JSON.stringify(h));
+      assertEquals(h.refused, n - (cap - 1), JSON.stringify(h));
+      assert(Number(h.maxRefusedMs) < 4000, `a refusal took ${h.maxRefusedMs} ms`);
+      // The host's view: netd's table at the cap, and a refused flow never dialled out (the server saw only the kept).
+      assertEquals(capped.connections, cap, "netd's open flows while held");
+      assertEquals(capped.accepted, cap, "connections the echo server accepted");
+      // The existing connection and the kept ones still work; once the kept ones close, as many new ones fit again.
+      assertEquals(d.firstAfter, "", JSON.stringify(d));
+      assertEquals(d.heldAfter, cap - 1, JSON.stringify(d));
+      assertEquals(d.reopened, cap - 1, JSON.stringify(d));
+      assertEquals(d.firstLast, "", JSON.stringify(d));
+      const limits = await eventsUntil(sb, (s) => s.some((e) => e.reason === "limit"));
+      const limit = limits.find((e) => e.reason === "limit");
+      assert(limit && limit.action === "denied" && limit.address === NS_HOST, JSON.stringify(limits.slice(-3)));
+      let { stats } = await runnerRequest(sb.name, "runner.netStats");
+      for (let i = 0; i < 50 && stats!.connections > 0; i++) {
+        await new Promise((r) => setTimeout(r, 100));
+        stats = (await runnerRequest(sb.name, "runner.netStats")).stats;
+      }
+      assertEquals(stats!.connections, 0, "netd's table after the prober closed everything");
+    } finally {
+      await sb.removePersisted().catch(() => {});
+    }
   },
 );
 

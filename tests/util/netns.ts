@@ -3,7 +3,8 @@
  * and tears down, joined to the root namespace by a veth pair (host side
  * 203.0.113.201/29, namespace side 203.0.113.202/29 and .203: TEST-NET-3,
  * public to netd's classifier, never a real network), with an HTTP and a DNS
- * server inside (tests/util/ns_servers.ts) whose DNS log a test reads.
+ * server inside (tests/util/ns_servers.ts) whose DNS log a test reads, and TCP
+ * echo and half-close servers whose records it reads too.
  *
  * Only a /29 of TEST-NET-3, never the whole /24: on these machines the
  * package registries answer at an address in 203.0.113.0/24 (the proxy every
@@ -20,6 +21,7 @@
  */
 
 import { fileURLToPath } from "node:url";
+import type { TcpRecord } from "./ns_servers.ts";
 
 /** The test internet's prefix length: 203.0.113.200/29 (see the module's note). */
 const PREFIX = 29;
@@ -62,6 +64,7 @@ export const netnsSkipReason: string | undefined = await (async () => {
  */
 export class TestInternet implements AsyncDisposable {
   readonly #queries: string[] = [];
+  readonly #tcp: TcpRecord[] = [];
   #closed = false;
   #lock?: Deno.FsFile;
 
@@ -128,6 +131,11 @@ export class TestInternet implements AsyncDisposable {
     return [...this.#queries];
   }
 
+  /** What the TCP servers saw (ns_servers.ts: echo, drain, banner), in order. */
+  tcpRecords(): readonly TcpRecord[] {
+    return [...this.#tcp];
+  }
+
   /** Resolves once the servers said ready; then records DNS queries as they come. */
   async #readLog(): Promise<void> {
     const lines = this.servers.stdout.pipeThrough(new TextDecoderStream()).getReader();
@@ -146,6 +154,7 @@ export class TestInternet implements AsyncDisposable {
           buf = buf.slice(nl + 1);
           if (line.ready) onReady();
           else if (typeof line.query === "string") this.#queries.push(line.query);
+          else if (line.tcp) this.#tcp.push(line.tcp);
         }
       }
     })().catch(() => {});

@@ -8,6 +8,14 @@
  * - DNS on `<address>:53` (UDP): A records from the hosts map, NXDOMAIN for
  *   any other name; every query it sees is printed as one JSON line
  *   (`{"query":"name"}`) on stdout, so a test can assert it never saw one.
+ * - TCP on every address, each connection's end printed as a `{"tcp":{…}}`
+ *   line ({@link TcpRecord}) so a test sees what the server saw:
+ *   - port {@link ECHO_PORT}: echo; a line at each accept and close with the
+ *     connections open then (a test reads the server's own count of a flood);
+ *   - port {@link DRAIN_PORT}: reads until EOF, only then answers
+ *     `<bytes> <sha256 hex>\n` and closes (the guest's half-close);
+ *   - port {@link BANNER_PORT}: writes {@link BANNER}, half-closes, reads
+ *     until EOF and closes (the host's half-close, then the guest's data).
  *
  * Prints `{"ready":true}` once both listen.
  *
@@ -15,6 +23,7 @@
  */
 
 import dgram from "node:dgram";
+import { createHash } from "node:crypto";
 
 /** What `GET /` answers. */
 export const HELLO = "hello from the test internet\n";
@@ -56,6 +65,99 @@ function answer(msg: Uint8Array, hosts: Record<string, string>): Uint8Array | un
   out.set(question, 12);
   out.set(records, 12 + question.length);
   return out;
+}
+
+/** The echo server's port. */
+export const ECHO_PORT = 7;
+/** The read-to-EOF-then-answer server's port. */
+export const DRAIN_PORT = 9;
+/** The banner-then-half-close server's port. */
+export const BANNER_PORT = 19;
+/** What the banner server writes before its half-close. */
+export const BANNER = "banner from the test internet\n";
+
+/** One `{"tcp":…}` line: what a TCP server of the namespace saw. */
+export type TcpRecord =
+  | { readonly server: "echo"; readonly event: "open" | "close"; readonly open: number; readonly peer: string }
+  /** How the read side ended: `eof` (a FIN), or the error (a reset). */
+  | { readonly server: "drain"; readonly bytes: number; readonly sha256: string; readonly end: string }
+  | { readonly server: "banner"; readonly got: string; readonly end: string };
+
+function record(r: TcpRecord): void {
+  console.log(JSON.stringify({ tcp: r }));
+}
+
+function closeQuietly(conn: Deno.Conn): void {
+  try {
+    conn.close();
+  } catch {
+    // closed
+  }
+}
+
+/** `eof` once `conn` reads EOF; any error (a reset) ends it with the error's name and message. */
+async function readToEnd(conn: Deno.Conn, onData: (b: Uint8Array) => void): Promise<string> {
+  const buf = new Uint8Array(64 * 1024);
+  try {
+    for (let n = await conn.read(buf); n !== null; n = await conn.read(buf)) onData(buf.subarray(0, n));
+    return "eof";
+  } catch (e) {
+    return e instanceof Error ? `${e.name}: ${e.message}` : String(e);
+  }
+}
+
+async function writeAll(conn: Deno.Conn, b: Uint8Array): Promise<void> {
+  for (let at = 0; at < b.length;) at += await conn.write(b.subarray(at));
+}
+
+let echoOpen = 0;
+async function serveEcho(conn: Deno.Conn): Promise<void> {
+  const peer = `${(conn.remoteAddr as Deno.NetAddr).hostname}:${(conn.remoteAddr as Deno.NetAddr).port}`;
+  record({ server: "echo", event: "open", open: ++echoOpen, peer });
+  try {
+    const buf = new Uint8Array(64 * 1024);
+    for (let n = await conn.read(buf); n !== null; n = await conn.read(buf)) await writeAll(conn, buf.subarray(0, n));
+  } catch {
+    // reset
+  } finally {
+    closeQuietly(conn);
+    record({ server: "echo", event: "close", open: --echoOpen, peer });
+  }
+}
+
+async function serveDrain(conn: Deno.Conn): Promise<void> {
+  try {
+    const hash = createHash("sha256");
+    let bytes = 0;
+    const end = await readToEnd(conn, (b) => {
+      bytes += b.length;
+      hash.update(b);
+    });
+    const sha256 = hash.digest("hex");
+    record({ server: "drain", bytes, sha256, end });
+    if (end === "eof") await writeAll(conn, new TextEncoder().encode(`${bytes} ${sha256}\n`));
+  } finally {
+    closeQuietly(conn);
+  }
+}
+
+async function serveBanner(conn: Deno.TcpConn): Promise<void> {
+  try {
+    await writeAll(conn, new TextEncoder().encode(BANNER));
+    await conn.closeWrite();
+    let got = "";
+    const end = await readToEnd(conn, (b) => (got += new TextDecoder().decode(b)));
+    record({ server: "banner", got, end });
+  } finally {
+    closeQuietly(conn);
+  }
+}
+
+function serve(port: number, handle: (conn: Deno.TcpConn) => Promise<void>): void {
+  const listener = Deno.listen({ hostname: "0.0.0.0", port });
+  (async () => {
+    for await (const conn of listener) handle(conn).catch(() => {});
+  })();
 }
 
 const CHUNK = new Uint8Array(64 * 1024).fill(0x61);
@@ -112,6 +214,9 @@ async function main(address: string, hosts: Record<string, string>): Promise<voi
   (async () => {
     for await (const conn of listener) serveHttp(conn).catch(() => {});
   })();
+  serve(ECHO_PORT, serveEcho);
+  serve(DRAIN_PORT, serveDrain);
+  serve(BANNER_PORT, serveBanner);
   console.log(JSON.stringify({ ready: true }));
 }
 
