@@ -206,7 +206,7 @@ impl<R: Read> FrameReader<R> {
 }
 
 /// Fills `buf` unless the stream ends first; returns the bytes read.
-fn read_full<R: Read>(r: &mut R, buf: &mut [u8]) -> Result<usize, FrameError> {
+pub fn read_full<R: Read>(r: &mut R, buf: &mut [u8]) -> Result<usize, FrameError> {
     let mut got = 0;
     while got < buf.len() {
         match r.read(&mut buf[got..]) {

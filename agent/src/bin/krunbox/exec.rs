@@ -290,18 +290,9 @@ impl Frames {
     }
 }
 
-/// Reads until `buf` is full or the stream ends; the count read.
+/// The codec's `read_full`, its I/O error as our message.
 fn read_full(r: &mut impl Read, buf: &mut [u8]) -> Result<usize, String> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(format!("the agent connection failed: {e}")),
-        }
-    }
-    Ok(n)
+    frame::read_full(r, buf).map_err(|e| format!("the agent connection failed: {e}"))
 }
 
 /// Forwards SIGINT, SIGTERM and SIGHUP to the guest process group as
