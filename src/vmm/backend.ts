@@ -107,8 +107,12 @@ export interface VmSpec {
   readonly qmp?: boolean;
   /** qemu: a first boot restored from this snapshot (src/vmm/template.ts) instead of a template. */
   readonly fromSnapshot?: string;
-  /** qemu: restore the VM state from this migration URI (`-incoming`) instead of booting. */
-  readonly incoming?: string;
+  /**
+   * qemu: restore the VM state from this migration stream file instead of
+   * booting (`-incoming fd:3`, the file opened read-only on descriptor 3 of
+   * qemu's start: qemu reads it itself, with no `cat` and pipe between).
+   */
+  readonly incomingFile?: string;
 }
 
 /** Files of a sandbox directory. */

@@ -11,7 +11,8 @@
  *   seen).
  * - **Restore**: the sandbox's upper becomes a copy of the template's
  *   (`cp --sparse=always --reflink=auto`: only written blocks, shared where
- *   the filesystem can), and qemu starts with `-incoming exec:cat state`.
+ *   the filesystem can), and qemu starts with `-incoming fd:3`, `state`
+ *   open on that descriptor (qemu reads the file itself: src/vmm/qemu.ts).
  *   The agent, restored past its `ready`, keeps serving its virtio-serial
  *   port; qemu's chardev connects to this sandbox's runner, which then
  *   sends `guest.configure` (the clock, fresh entropy from the host, the
@@ -43,7 +44,7 @@ import { homeLayout } from "../store/home.ts";
 import { lockWait } from "../store/lock.ts";
 import { runCommand } from "../util/command.ts";
 import { closeQuietly } from "../util/close.ts";
-import { encodeFrame, FrameStream, isDecodeError } from "../agent/frame.ts";
+import { encodeFrame, type Frame, type FrameDecodeError, FrameStream, isDecodeError } from "../agent/frame.ts";
 import type { ByteChannel } from "../agent/writer.ts";
 import { writeAll } from "../util/bytes.ts";
 import { bootConfigAnswer } from "./relay.ts";
@@ -54,8 +55,17 @@ import { probeHost } from "./detect.ts";
 import { qemuAccel, qemuArgs, qemuBackend } from "./qemu.ts";
 import { Qmp } from "./qmp.ts";
 
-/** Bumped when what a template holds changes meaning. */
-const TEMPLATE_FORMAT = 1;
+/** Bumped when what a template holds changes meaning (2: saved after a warm-up exec). */
+const TEMPLATE_FORMAT = 2;
+
+/**
+ * What the template VM runs once before it is saved: the image's shell on
+ * PATH, doing nothing. Its binary and libraries, the PATH lookup and the
+ * agent's spawn path are then in the saved guest's caches, so a restored
+ * sandbox's first exec does not read them from disk (~50 ms of it under
+ * TCG). An image without `sh` answers not_found: nothing warmed, no harm.
+ */
+const WARM_UP_EXEC = { cmd: "sh", args: ["-c", "true"] } as const;
 
 /** The hostname a template boots with (each restore sets its own). */
 export const TEMPLATE_HOSTNAME = "krunbox-template";
@@ -202,13 +212,16 @@ export async function copyDisk(from: string, to: string): Promise<void> {
   await runCommand("cp", ["--sparse=always", "--reflink=auto", from, to]);
 }
 
+/** The template VM's agent frames, read by one reader for the whole build. */
+type FrameReader = ReadableStreamDefaultReader<Frame | FrameDecodeError>;
+
 /** The agent's first frame on a freshly booted VM's stream: its `ready` params. */
 async function readReady(
   agent: ByteChannel,
+  reader: FrameReader,
   exited: Promise<unknown>,
   bootConfig: Readonly<Record<string, unknown>> | undefined,
 ): Promise<Record<string, unknown>> {
-  const reader = agent.readable.pipeThrough(new FrameStream()).getReader();
   let config = bootConfig;
   const next = async () => {
     for (;;) {
@@ -229,6 +242,44 @@ async function readReady(
       throw new BackendUnavailableError("qemu", "the template VM exited before its agent was ready", "see runner.log");
     }),
   ]);
+}
+
+/**
+ * Runs {@link WARM_UP_EXEC} in the template VM and waits for its exit (a
+ * spawn error ends it too). A warm-up still running at the deadline fails
+ * the build: no template may hold a process of its own.
+ */
+async function warmUp(agent: ByteChannel, reader: FrameReader, exited: Promise<unknown>, timeoutMs: number) {
+  const id = 1;
+  await writeAll(agent, encodeFrame({ jsonrpc: "2.0", id, method: "exec.start", params: WARM_UP_EXEC }));
+  const done = async () => {
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) throw new BackendUnavailableError("qemu", "the template VM closed its agent port", "see runner.log");
+      if (isDecodeError(value)) continue;
+      const h = value.header;
+      if (h.id === id && h.error) return; // not started (no shell in the image): nothing to wait for
+      if (h.method === "exec.exit" && (h.params as { ref?: unknown } | undefined)?.ref === id) return;
+    }
+  };
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  try {
+    await Promise.race([
+      done(),
+      exited.then(() => {
+        throw new BackendUnavailableError("qemu", "the template VM exited during its warm-up", "see runner.log");
+      }),
+      new Promise((_, reject) =>
+        timer = setTimeout(
+          () =>
+            reject(new BackendUnavailableError("qemu", "the template's warm-up exec did not end", "see runner.log")),
+          timeoutMs,
+        )
+      ),
+    ]);
+  } finally {
+    clearTimeout(timer);
+  }
 }
 
 /**
@@ -308,7 +359,7 @@ async function buildTemplate(
     root: { ...spec.root, upper },
     boot: { ...spec.boot, hostname: TEMPLATE_HOSTNAME, env: {} },
     qmp: true,
-    incoming: undefined,
+    incomingFile: undefined,
   };
   const peer = spec.network === "user" ? await drainingPeer(join(build, "net", "net.sock")) : undefined;
   const t0 = performance.now();
@@ -318,9 +369,11 @@ async function buildTemplate(
     // A template VM that does not come up in the boot timeout is killed (its exit ends the wait).
     const booting = vm;
     const timer = setTimeout(() => booting.kill(), spec.bootTimeoutMs);
-    const ready = await readReady(vm.agent, vm.exited, vm.bootConfig as Record<string, unknown> | undefined)
+    const reader = vm.agent.readable.pipeThrough(new FrameStream()).getReader();
+    const ready = await readReady(vm.agent, reader, vm.exited, vm.bootConfig as Record<string, unknown> | undefined)
       .finally(() => clearTimeout(timer));
     const bootMs = Math.round(performance.now() - t0);
+    await warmUp(vm.agent, reader, vm.exited, spec.bootTimeoutMs);
     using qmp = await Qmp.open(vm.qmp!);
     const t1 = performance.now();
     await saveState(qmp, join(build, "state"));
@@ -412,7 +465,7 @@ export function templatingBackend(): Backend {
       let vm: Vm;
       try {
         vm = await qemuBackend.boot(
-          { ...monitored, incoming: `exec:cat ${shellQuote(found.paths.state)}` },
+          { ...monitored, incomingFile: found.paths.state },
           signal,
           log,
           clock,
@@ -576,6 +629,6 @@ async function fromSnapshot(
     throw new InvalidConfigError("fromSnapshot", `snapshot ${name} was taken of another image or shape`);
   }
   await copyDisk(paths.upper, spec.root.upper);
-  const vm = await qemuBackend.boot({ ...spec, incoming: `exec:cat ${shellQuote(paths.state)}` }, signal, log, clock);
+  const vm = await qemuBackend.boot({ ...spec, incomingFile: paths.state }, signal, log, clock);
   return { ...vm, start: { mode: "restored", template: meta.key, built: false, ready: meta.ready, snapshot: name } };
 }
