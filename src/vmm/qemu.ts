@@ -37,6 +37,7 @@ import { type HostVirtualization, probeHost } from "./detect.ts";
 import { loadOrder, type ModuleIndex } from "./modules.ts";
 import { checkedPrograms, qemuChecks } from "./prereqs.ts";
 import { installShareFilter } from "./seccomp.ts";
+import { Qmp } from "./qmp.ts";
 
 /**
  * virtio-net without offloads: netd's stack sees plain, checksummed
@@ -112,9 +113,12 @@ export function qemuArgs(spec: VmSpec, host: QemuHost): string[] {
     "rcupdate.rcu_expedited=1",
     ...(host.tscKhz ? [`tsc_early_khz=${host.tscKhz}`, "tsc=reliable"] : []),
   ];
+  // An OCI image root's RAM is a backend object too (snapshot templates, src/vmm/template.ts): anonymous, or a
+  // template's file. One RAM block name ("mem") for every such VM, so any of them can restore any one's stream.
+  const imageRam = !usesVirtiofs && spec.root.kind === "overlay";
   const args = [
     "-M",
-    usesVirtiofs ? "microvm,memory-backend=mem" : "microvm",
+    usesVirtiofs || imageRam ? "microvm,memory-backend=mem" : "microvm",
     "-accel",
     host.accel,
     "-cpu",
@@ -155,9 +159,21 @@ export function qemuArgs(spec: VmSpec, host: QemuHost): string[] {
       "chardev=qmp,mode=control",
     );
   }
-  // The stream file on a descriptor of qemu's own (startQemu): qemu 7.2 has no `file:` URI, and `exec:cat`
-  // put a second process and a pipe between the file and qemu's loader (~50 ms of a 100 MB restore under TCG).
-  if (spec.incomingFile) args.push("-incoming", `fd:${INCOMING_FD}`);
+  // The stream file on a descriptor of qemu's own (startQemu), loaded once the runner has set the migration
+  // capabilities over QMP (restoreIncoming): qemu 7.2 has no `file:` URI, and `exec:cat` put a second process and a
+  // pipe between the file and qemu's loader.
+  if (spec.incomingFile) args.push("-incoming", "defer");
+  if (imageRam) {
+    const size = `${spec.memoryMib}M`;
+    args.push(
+      "-object",
+      spec.ramFile
+        ? `memory-backend-file,id=mem,size=${size},mem-path=${spec.ramFile.path},share=${
+          spec.ramFile.share ? "on" : "off"
+        }`
+        : `memory-backend-ram,id=mem,size=${size}`,
+    );
+  }
   if (usesVirtiofs) {
     args.push("-object", `memory-backend-memfd,id=mem,size=${spec.memoryMib}M,share=on`);
     for (const [tag, sock] of Object.entries(host.fsSockets)) {
@@ -367,7 +383,8 @@ export const qemuBackend: Backend = {
       const qmp = qmpListener ? await acceptAgent(qmpListener, exited, failed) : undefined;
       // One monitor connection: the path goes at once, so nothing else can reach qemu's monitor there.
       if (qmpListener) await Deno.remove(paths.qmpSocket).catch(() => {});
-      return { agent, qmp, exited, vmmPid: vmm.pid, kill: () => children.kill(), bootConfig: config };
+      const monitor = spec.incomingFile && qmp ? await restoreIncoming(qmp, exited) : undefined;
+      return { agent, qmp, monitor, exited, vmmPid: vmm.pid, kill: () => children.kill(), bootConfig: config };
     } catch (e) {
       children.kill();
       if (qmpListener) closeQuietly(qmpListener);
@@ -375,6 +392,31 @@ export const qemuBackend: Backend = {
     }
   },
 };
+
+/**
+ * The migration capabilities of every save and restore of an OCI image
+ * root's VM (src/vmm/template.ts): `x-ignore-shared` leaves shared RAM out
+ * of the stream (a template boot's RAM is its file); private RAM, anonymous
+ * or a restored guest's copy-on-write mapping of a template's file, is
+ * saved whole (sb.snapshot). Both ends of a stream need the same set: it
+ * changes the stream's format.
+ */
+export const STREAM_CAPABILITIES = [{ capability: "x-ignore-shared", state: true }] as const;
+
+/**
+ * Starts loading a restoring qemu's stream (`-incoming defer`: on
+ * {@link INCOMING_FD}) with {@link STREAM_CAPABILITIES}; the opened
+ * monitor. The load goes on in qemu; the guest runs once it is done.
+ */
+async function restoreIncoming(conn: Deno.Conn, exited: Promise<VmExit>): Promise<Qmp> {
+  const gone = exited.then((e) => {
+    throw new BackendUnavailableError("qemu", `qemu exited at start (code ${e.code})`, "see the sandbox's runner.log");
+  });
+  const qmp = await Promise.race([Qmp.open(conn), gone]);
+  await Promise.race([qmp.execute("migrate-set-capabilities", { capabilities: [...STREAM_CAPABILITIES] }), gone]);
+  await Promise.race([qmp.execute("migrate-incoming", { uri: `fd:${INCOMING_FD}` }), gone]);
+  return qmp;
+}
 
 /** The guest kernel's module index (written by provisioning beside the kernel). */
 async function kernelModules(): Promise<ModuleIndex> {

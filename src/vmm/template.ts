@@ -5,14 +5,20 @@
  *
  * - **Build** (the first create of a key): a VM of the same shape boots to
  *   agent-ready with a neutral hostname and env on the template's own upper
- *   disk; QMP stops it and migrates its state to `state`
- *   (`exec:cat > state`: Debian's qemu 7.2 has no `file:` URI); qemu quits,
- *   and the directory is renamed into place (a half-built template is never
- *   seen).
+ *   disk, its RAM a shared mapping of the file `ram`; it runs one warm-up
+ *   exec (`sh -c true`, so a restore's first exec finds the shell and the
+ *   agent's spawn path in the saved caches); QMP migrates its state to
+ *   `state` (`exec:cat > state`: Debian's qemu 7.2 has no `file:` URI) with
+ *   `x-ignore-shared`, so the stream holds the devices only (the RAM is the
+ *   file); qemu quits, `ram` is synced, and the directory is renamed into
+ *   place (a half-built template is never seen).
  * - **Restore**: the sandbox's upper becomes a copy of the template's
  *   (`cp --sparse=always --reflink=auto`: only written blocks, shared where
- *   the filesystem can), and qemu starts with `-incoming fd:3`, `state`
- *   open on that descriptor (qemu reads the file itself: src/vmm/qemu.ts).
+ *   the filesystem can); qemu starts with its RAM a private copy-on-write
+ *   mapping of `ram` (its writes never reach the file: nothing is copied in
+ *   or zeroed first, and unwritten pages stay shared in the page cache) and
+ *   `-incoming defer`, and loads `state` from a descriptor of its own
+ *   (`migrate-incoming fd:3` over QMP: src/vmm/qemu.ts).
  *   The agent, restored past its `ready`, keeps serving its virtio-serial
  *   port; qemu's chardev connects to this sandbox's runner, which then
  *   sends `guest.configure` (the clock, fresh entropy from the host, the
@@ -27,6 +33,10 @@
  *   device and MAC, log level, modules, the boot config but hostname and
  *   env) and qemu's whole command line (with placeholder paths). A change
  *   makes a new key, so a template is never used across them.
+ *
+ * A snapshot (`sb.snapshot`) saves the same way, but its VM's RAM is
+ * private (anonymous, or a restore's copy-on-write mapping), so its stream
+ * holds the RAM too, and a fork restores it into anonymous memory.
  *
  * Directory roots and volumes (virtiofs cannot migrate), disk-image roots
  * (written in place: no per-sandbox copy to restore onto), a later start of
@@ -52,10 +62,10 @@ import type { RunnerLog } from "./runner_log.ts";
 import type { PhaseClock } from "../util/phases.ts";
 import type { Backend, Vm, VmSpec, VmStart } from "./backend.ts";
 import { probeHost } from "./detect.ts";
-import { qemuAccel, qemuArgs, qemuBackend } from "./qemu.ts";
+import { qemuAccel, qemuArgs, qemuBackend, STREAM_CAPABILITIES } from "./qemu.ts";
 import { Qmp } from "./qmp.ts";
 
-/** Bumped when what a template holds changes meaning (2: saved after a warm-up exec). */
+/** Bumped when what a template holds changes meaning (2: its RAM a file of its own, saved after a warm-up exec). */
 const TEMPLATE_FORMAT = 2;
 
 /**
@@ -73,8 +83,10 @@ export const TEMPLATE_HOSTNAME = "krunbox-template";
 /** A template's files. */
 export interface TemplatePaths {
   readonly dir: string;
-  /** The migration stream. */
+  /** The migration stream (a template's: the devices only; a snapshot's: RAM too). */
   readonly state: string;
+  /** A template's guest RAM, mapped copy-on-write by every restore (a snapshot has none: its RAM is in `state`). */
+  readonly ram: string;
   /** The upper disk as the saved guest left it. */
   readonly upper: string;
   /** What the template was made from, and its agent's ready. */
@@ -97,6 +109,7 @@ export function templatePaths(key: string, root: string = homeLayout().templates
   return {
     dir,
     state: join(dir, "state"),
+    ram: join(dir, "ram"),
     upper: join(dir, "upper.ext4"),
     meta: join(dir, "meta.json"),
     lock: `${dir}.lock`,
@@ -197,9 +210,10 @@ interface TemplateMeta {
   readonly saveMs: number;
 }
 
-async function readMeta(paths: TemplatePaths): Promise<TemplateMeta | undefined> {
+async function readMeta(paths: TemplatePaths, ram = false): Promise<TemplateMeta | undefined> {
   try {
     await Deno.stat(paths.state);
+    if (ram) await Deno.stat(paths.ram);
     return JSON.parse(await Deno.readTextFile(paths.meta)) as TemplateMeta;
   } catch {
     return undefined;
@@ -295,9 +309,13 @@ async function saveState(qmp: Qmp, state: string): Promise<void> {
 
 /** Migrates the VM to the file `state`; qemu leaves it paused once done. */
 async function migrateTo(qmp: Qmp, state: string): Promise<void> {
-  await qmp.execute("migrate-set-capabilities", { capabilities: [{ capability: "events", state: true }] });
+  await qmp.execute("migrate-set-capabilities", {
+    capabilities: [{ capability: "events", state: true }, ...STREAM_CAPABILITIES],
+  });
   // Unthrottled: the default (128 MiB/s) would make a 256 MiB guest's save wait for nothing.
   await qmp.execute("migrate-set-parameters", { "max-bandwidth": Number.MAX_SAFE_INTEGER });
+  // Only this migration's events end the wait (a restored VM's monitor has seen its restore's).
+  qmp.dropEvents();
   await qmp.execute("migrate", { uri: `exec:cat > ${shellQuote(state)}` });
   const done = await qmp.event((e) => {
     const status = (e.data as { status?: string } | undefined)?.status;
@@ -360,6 +378,8 @@ async function buildTemplate(
     boot: { ...spec.boot, hostname: TEMPLATE_HOSTNAME, env: {} },
     qmp: true,
     incomingFile: undefined,
+    // Its RAM is the template's file: the save below writes the devices only (x-ignore-shared).
+    ramFile: { path: join(build, "ram"), share: true },
   };
   const peer = spec.network === "user" ? await drainingPeer(join(build, "net", "net.sock")) : undefined;
   const t0 = performance.now();
@@ -378,6 +398,11 @@ async function buildTemplate(
     const t1 = performance.now();
     await saveState(qmp, join(build, "state"));
     await vm.exited;
+    // On disk before the template is: a host crash must not leave a torn RAM file behind a whole meta.json.
+    {
+      using ram = await Deno.open(join(build, "ram"), { read: true });
+      await ram.syncData();
+    }
     const saveMs = Math.round(performance.now() - t1);
     const meta: TemplateMeta = { key, createdAt: new Date().toISOString(), ready, bootMs, saveMs };
     await Deno.writeTextFile(join(build, "meta.json"), JSON.stringify(meta, null, 1));
@@ -410,12 +435,12 @@ async function ensureTemplate(
   log: RunnerLog,
 ): Promise<{ meta: TemplateMeta; paths: TemplatePaths; built: boolean }> {
   const paths = templatePaths(key);
-  const ready = await readMeta(paths);
+  const ready = await readMeta(paths, true);
   if (ready) return { meta: ready, paths, built: false };
   await Deno.mkdir(homeLayout().templates, { recursive: true, mode: 0o700 });
   using lock = await lockWait(paths.lock, spec.bootTimeoutMs * 2, signal);
   if (!lock) throw new BackendUnavailableError("qemu", `template ${key} is being built for too long`, "retry");
-  const meanwhile = await readMeta(paths);
+  const meanwhile = await readMeta(paths, true);
   if (meanwhile) return { meta: meanwhile, paths, built: false };
   return { meta: await buildTemplate(spec, key, paths, signal, log), paths, built: true };
 }
@@ -465,7 +490,8 @@ export function templatingBackend(): Backend {
       let vm: Vm;
       try {
         vm = await qemuBackend.boot(
-          { ...monitored, incomingFile: found.paths.state },
+          // The template's RAM mapped copy-on-write: nothing to copy in or zero first; the stream is the devices.
+          { ...monitored, incomingFile: found.paths.state, ramFile: { path: found.paths.ram, share: false } },
           signal,
           log,
           clock,
