@@ -122,7 +122,10 @@ export function qemuArgs(spec: VmSpec, host: QemuHost): string[] {
     "-accel",
     host.accel,
     "-cpu",
-    host.accel === "kvm" ? "host" : "max",
+    // TCG: every feature qemu emulates but 5-level paging. A guest with la57 walks five page-table levels on
+    // each miss of qemu's software TLB, which a restored guest (every TLB empty) takes on nearly every access
+    // at first: ~50 ms of a restore's create → first exec here. 48-bit addresses (128 TiB) are plenty in a VM.
+    host.accel === "kvm" ? "host" : "max,la57=off",
     "-smp",
     String(spec.cpus),
     "-m",
