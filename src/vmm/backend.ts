@@ -15,6 +15,7 @@ import type { PhaseClock } from "../util/phases.ts";
 import type { BootConfig } from "./boot_config.ts";
 import type { BackendKind, HostVirtualization } from "./detect.ts";
 import type { RunnerLog } from "./runner_log.ts";
+import type { Qmp } from "./qmp.ts";
 
 /** The root filesystem as the VM sees it. */
 export type VmRoot =
@@ -107,8 +108,21 @@ export interface VmSpec {
   readonly qmp?: boolean;
   /** qemu: a first boot restored from this snapshot (src/vmm/template.ts) instead of a template. */
   readonly fromSnapshot?: string;
-  /** qemu: restore the VM state from this migration URI (`-incoming`) instead of booting. */
-  readonly incoming?: string;
+  /**
+   * qemu: restore the VM state from this migration stream file instead of
+   * booting (the file open read-only on descriptor 3 of qemu's start, and
+   * `migrate-incoming fd:3` over QMP: qemu reads it itself, with no `cat`
+   * and pipe between).
+   */
+  readonly incomingFile?: string;
+  /**
+   * qemu, an OCI image root: the guest RAM is this file instead of
+   * anonymous memory. `share`: a template's own boot, whose RAM the file
+   * becomes (a migration with `x-ignore-shared` then saves the devices
+   * only); else a private copy-on-write mapping of a template's RAM, which
+   * the restored guest's writes never reach (src/vmm/template.ts).
+   */
+  readonly ramFile?: { readonly path: string; readonly share: boolean };
 }
 
 /** Files of a sandbox directory. */
@@ -209,6 +223,8 @@ export interface Vm {
   readonly bootConfig?: BootConfig;
   /** qemu with {@link VmSpec.qmp}: the QMP monitor connection. */
   readonly qmp?: Deno.Conn;
+  /** qemu restored ({@link VmSpec.incomingFile}): the monitor on {@link Vm.qmp}, already opened for the restore. */
+  readonly monitor?: Qmp;
   /**
    * How the guest came up: restored from a snapshot template (the agent is
    * past its `ready` and says nothing until asked: the runner configures

@@ -37,6 +37,7 @@ import { type HostVirtualization, probeHost } from "./detect.ts";
 import { loadOrder, type ModuleIndex } from "./modules.ts";
 import { checkedPrograms, qemuChecks } from "./prereqs.ts";
 import { installShareFilter } from "./seccomp.ts";
+import { Qmp } from "./qmp.ts";
 
 /**
  * virtio-net without offloads: netd's stack sees plain, checksummed
@@ -75,6 +76,9 @@ export interface QemuHost {
 /** The agent port's chardev: qemu's stdin and stdout, pipes only the runner holds (no path to connect to). */
 export const AGENT_CHARDEV = "stdio,id=agent,signal=off";
 
+/** The descriptor a restoring qemu reads its migration stream from ({@link VmSpec.incomingFile}). */
+export const INCOMING_FD = 3;
+
 /**
  * The qemu command line for a spec (pure: no I/O).
  *
@@ -109,13 +113,19 @@ export function qemuArgs(spec: VmSpec, host: QemuHost): string[] {
     "rcupdate.rcu_expedited=1",
     ...(host.tscKhz ? [`tsc_early_khz=${host.tscKhz}`, "tsc=reliable"] : []),
   ];
+  // An OCI image root's RAM is a backend object too (snapshot templates, src/vmm/template.ts): anonymous, or a
+  // template's file. One RAM block name ("mem") for every such VM, so any of them can restore any one's stream.
+  const imageRam = !usesVirtiofs && spec.root.kind === "overlay";
   const args = [
     "-M",
-    usesVirtiofs ? "microvm,memory-backend=mem" : "microvm",
+    usesVirtiofs || imageRam ? "microvm,memory-backend=mem" : "microvm",
     "-accel",
     host.accel,
     "-cpu",
-    host.accel === "kvm" ? "host" : "max",
+    // TCG: every feature qemu emulates but 5-level paging. A guest with la57 walks five page-table levels on
+    // each miss of qemu's software TLB, which a restored guest (every TLB empty) takes on nearly every access
+    // at first: ~50 ms of a restore's create → first exec here. 48-bit addresses (128 TiB) are plenty in a VM.
+    host.accel === "kvm" ? "host" : "max,la57=off",
     "-smp",
     String(spec.cpus),
     "-m",
@@ -152,7 +162,21 @@ export function qemuArgs(spec: VmSpec, host: QemuHost): string[] {
       "chardev=qmp,mode=control",
     );
   }
-  if (spec.incoming) args.push("-incoming", spec.incoming);
+  // The stream file on a descriptor of qemu's own (startQemu), loaded once the runner has set the migration
+  // capabilities over QMP (restoreIncoming): qemu 7.2 has no `file:` URI, and `exec:cat` put a second process and a
+  // pipe between the file and qemu's loader.
+  if (spec.incomingFile) args.push("-incoming", "defer");
+  if (imageRam) {
+    const size = `${spec.memoryMib}M`;
+    args.push(
+      "-object",
+      spec.ramFile
+        ? `memory-backend-file,id=mem,size=${size},mem-path=${spec.ramFile.path},share=${
+          spec.ramFile.share ? "on" : "off"
+        }`
+        : `memory-backend-ram,id=mem,size=${size}`,
+    );
+  }
   if (usesVirtiofs) {
     args.push("-object", `memory-backend-memfd,id=mem,size=${spec.memoryMib}M,share=on`);
     for (const [tag, sock] of Object.entries(host.fsSockets)) {
@@ -352,7 +376,7 @@ export const qemuBackend: Backend = {
         netSocket: spec.network === "user" ? paths.netSocket : undefined,
       });
       clock?.mark("vmm.helpers");
-      const vmm = await startQemu(children, programs["qemu-system-x86_64"], args);
+      const vmm = await startQemu(children, programs["qemu-system-x86_64"], args, spec.incomingFile);
       const bootFiles = [paths.qmpSocket, ...Object.values(fsSockets).flatMap((s) => [s, `${s}.pid`])];
       const exited = whenExited(vmm, children, bootFiles);
       // qemu exiting before the agent's ready is the runner's boot failure (VM_CRASHED, with the console's end).
@@ -362,7 +386,8 @@ export const qemuBackend: Backend = {
       const qmp = qmpListener ? await acceptAgent(qmpListener, exited, failed) : undefined;
       // One monitor connection: the path goes at once, so nothing else can reach qemu's monitor there.
       if (qmpListener) await Deno.remove(paths.qmpSocket).catch(() => {});
-      return { agent, qmp, exited, vmmPid: vmm.pid, kill: () => children.kill(), bootConfig: config };
+      const monitor = spec.incomingFile && qmp ? await restoreIncoming(qmp, exited) : undefined;
+      return { agent, qmp, monitor, exited, vmmPid: vmm.pid, kill: () => children.kill(), bootConfig: config };
     } catch (e) {
       children.kill();
       if (qmpListener) closeQuietly(qmpListener);
@@ -370,6 +395,31 @@ export const qemuBackend: Backend = {
     }
   },
 };
+
+/**
+ * The migration capabilities of every save and restore of an OCI image
+ * root's VM (src/vmm/template.ts): `x-ignore-shared` leaves shared RAM out
+ * of the stream (a template boot's RAM is its file); private RAM, anonymous
+ * or a restored guest's copy-on-write mapping of a template's file, is
+ * saved whole (sb.snapshot). Both ends of a stream need the same set: it
+ * changes the stream's format.
+ */
+export const STREAM_CAPABILITIES = [{ capability: "x-ignore-shared", state: true }] as const;
+
+/**
+ * Starts loading a restoring qemu's stream (`-incoming defer`: on
+ * {@link INCOMING_FD}) with {@link STREAM_CAPABILITIES}; the opened
+ * monitor. The load goes on in qemu; the guest runs once it is done.
+ */
+async function restoreIncoming(conn: Deno.Conn, exited: Promise<VmExit>): Promise<Qmp> {
+  const gone = exited.then((e) => {
+    throw new BackendUnavailableError("qemu", `qemu exited at start (code ${e.code})`, "see the sandbox's runner.log");
+  });
+  const qmp = await Promise.race([Qmp.open(conn), gone]);
+  await Promise.race([qmp.execute("migrate-set-capabilities", { capabilities: [...STREAM_CAPABILITIES] }), gone]);
+  await Promise.race([qmp.execute("migrate-incoming", { uri: `fd:${INCOMING_FD}` }), gone]);
+  return qmp;
+}
 
 /** The guest kernel's module index (written by provisioning beside the kernel). */
 async function kernelModules(): Promise<ModuleIndex> {
@@ -486,14 +536,29 @@ async function startVirtiofsd(
   return Object.fromEntries(started.map((s) => [s.tag, s.sock]));
 }
 
-/** Starts qemu with `args`, its command line first in the runner log. */
+/**
+ * Starts qemu with `args`, its command line first in the runner log. With
+ * `incomingFile`, qemu starts with that file open read-only on
+ * {@link INCOMING_FD} (Deno's spawn passes no descriptor beyond stdio: a
+ * shell opens it and execs qemu, under the same `setpriv`); a file that
+ * cannot be opened ends the start with code 70 before qemu runs.
+ */
 async function startQemu(
   children: ChildGroup,
   qemu: string,
   args: readonly string[],
+  incomingFile?: string,
 ): Promise<Deno.ChildProcess> {
-  await children.log.write(`qemu ${args.join(" ")}\n`);
-  return children.spawnPiped(qemu, args);
+  await children.log.write(`qemu ${args.join(" ")}${incomingFile ? ` ${INCOMING_FD}<${incomingFile}` : ""}\n`);
+  if (!incomingFile) return children.spawnPiped(qemu, args);
+  return children.spawnPiped("/bin/sh", [
+    "-c",
+    `exec ${INCOMING_FD}<"$1" || exit 70; shift; exec "$@"`,
+    "sh",
+    incomingFile,
+    qemu,
+    ...args,
+  ]);
 }
 
 /** Resolves when qemu has exited and its helpers with it, this boot's files removed. */

@@ -71,6 +71,15 @@ export class Qmp implements Disposable {
     }
   }
 
+  /**
+   * Forgets the events kept so far: a wait that follows is for events of
+   * what comes next (a restore's own MIGRATION events must not end a later
+   * save's wait).
+   */
+  dropEvents(): void {
+    this.#events.length = 0;
+  }
+
   /** The first event (kept or new) that `match` accepts; the others are kept. */
   async event(match: (e: Record<string, unknown>) => boolean): Promise<Record<string, unknown>> {
     for (;;) {

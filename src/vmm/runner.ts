@@ -561,7 +561,7 @@ export class Runner {
         if (!this.#vm?.qmp || !this.#ready) {
           throw new Error("this sandbox cannot be snapshotted (qemu, OCI image only)");
         }
-        this.#qmp ??= await Qmp.open(this.#vm.qmp);
+        this.#qmp ??= this.#vm.monitor ?? await Qmp.open(this.#vm.qmp);
         await saveSnapshot(
           this.#qmp,
           this.spec,

@@ -5,13 +5,20 @@
  *
  * - **Build** (the first create of a key): a VM of the same shape boots to
  *   agent-ready with a neutral hostname and env on the template's own upper
- *   disk; QMP stops it and migrates its state to `state`
- *   (`exec:cat > state`: Debian's qemu 7.2 has no `file:` URI); qemu quits,
- *   and the directory is renamed into place (a half-built template is never
- *   seen).
+ *   disk, its RAM a shared mapping of the file `ram`; it runs one warm-up
+ *   exec (`sh -c true`, so a restore's first exec finds the shell and the
+ *   agent's spawn path in the saved caches); QMP migrates its state to
+ *   `state` (`exec:cat > state`: Debian's qemu 7.2 has no `file:` URI) with
+ *   `x-ignore-shared`, so the stream holds the devices only (the RAM is the
+ *   file); qemu quits, `ram` is synced, and the directory is renamed into
+ *   place (a half-built template is never seen).
  * - **Restore**: the sandbox's upper becomes a copy of the template's
  *   (`cp --sparse=always --reflink=auto`: only written blocks, shared where
- *   the filesystem can), and qemu starts with `-incoming exec:cat state`.
+ *   the filesystem can); qemu starts with its RAM a private copy-on-write
+ *   mapping of `ram` (its writes never reach the file: nothing is copied in
+ *   or zeroed first, and unwritten pages stay shared in the page cache) and
+ *   `-incoming defer`, and loads `state` from a descriptor of its own
+ *   (`migrate-incoming fd:3` over QMP: src/vmm/qemu.ts).
  *   The agent, restored past its `ready`, keeps serving its virtio-serial
  *   port; qemu's chardev connects to this sandbox's runner, which then
  *   sends `guest.configure` (the clock, fresh entropy from the host, the
@@ -26,6 +33,10 @@
  *   device and MAC, log level, modules, the boot config but hostname and
  *   env) and qemu's whole command line (with placeholder paths). A change
  *   makes a new key, so a template is never used across them.
+ *
+ * A snapshot (`sb.snapshot`) saves the same way, but its VM's RAM is
+ * private (anonymous, or a restore's copy-on-write mapping), so its stream
+ * holds the RAM too, and a fork restores it into anonymous memory.
  *
  * Directory roots and volumes (virtiofs cannot migrate), disk-image roots
  * (written in place: no per-sandbox copy to restore onto), a later start of
@@ -43,7 +54,7 @@ import { homeLayout } from "../store/home.ts";
 import { lockWait } from "../store/lock.ts";
 import { runCommand } from "../util/command.ts";
 import { closeQuietly } from "../util/close.ts";
-import { encodeFrame, FrameStream, isDecodeError } from "../agent/frame.ts";
+import { encodeFrame, type Frame, type FrameDecodeError, FrameStream, isDecodeError } from "../agent/frame.ts";
 import type { ByteChannel } from "../agent/writer.ts";
 import { writeAll } from "../util/bytes.ts";
 import { bootConfigAnswer } from "./relay.ts";
@@ -51,11 +62,20 @@ import type { RunnerLog } from "./runner_log.ts";
 import type { PhaseClock } from "../util/phases.ts";
 import type { Backend, Vm, VmSpec, VmStart } from "./backend.ts";
 import { probeHost } from "./detect.ts";
-import { qemuAccel, qemuArgs, qemuBackend } from "./qemu.ts";
+import { qemuAccel, qemuArgs, qemuBackend, STREAM_CAPABILITIES } from "./qemu.ts";
 import { Qmp } from "./qmp.ts";
 
-/** Bumped when what a template holds changes meaning. */
-const TEMPLATE_FORMAT = 1;
+/** Bumped when what a template holds changes meaning (2: its RAM a file of its own, saved after a warm-up exec). */
+const TEMPLATE_FORMAT = 2;
+
+/**
+ * What the template VM runs once before it is saved: the image's shell on
+ * PATH, doing nothing. Its binary and libraries, the PATH lookup and the
+ * agent's spawn path are then in the saved guest's caches, so a restored
+ * sandbox's first exec does not read them from disk (~50 ms of it under
+ * TCG). An image without `sh` answers not_found: nothing warmed, no harm.
+ */
+const WARM_UP_EXEC = { cmd: "sh", args: ["-c", "true"] } as const;
 
 /** The hostname a template boots with (each restore sets its own). */
 export const TEMPLATE_HOSTNAME = "krunbox-template";
@@ -63,8 +83,10 @@ export const TEMPLATE_HOSTNAME = "krunbox-template";
 /** A template's files. */
 export interface TemplatePaths {
   readonly dir: string;
-  /** The migration stream. */
+  /** The migration stream (a template's: the devices only; a snapshot's: RAM too). */
   readonly state: string;
+  /** A template's guest RAM, mapped copy-on-write by every restore (a snapshot has none: its RAM is in `state`). */
+  readonly ram: string;
   /** The upper disk as the saved guest left it. */
   readonly upper: string;
   /** What the template was made from, and its agent's ready. */
@@ -87,6 +109,7 @@ export function templatePaths(key: string, root: string = homeLayout().templates
   return {
     dir,
     state: join(dir, "state"),
+    ram: join(dir, "ram"),
     upper: join(dir, "upper.ext4"),
     meta: join(dir, "meta.json"),
     lock: `${dir}.lock`,
@@ -187,9 +210,10 @@ interface TemplateMeta {
   readonly saveMs: number;
 }
 
-async function readMeta(paths: TemplatePaths): Promise<TemplateMeta | undefined> {
+async function readMeta(paths: TemplatePaths, ram = false): Promise<TemplateMeta | undefined> {
   try {
     await Deno.stat(paths.state);
+    if (ram) await Deno.stat(paths.ram);
     return JSON.parse(await Deno.readTextFile(paths.meta)) as TemplateMeta;
   } catch {
     return undefined;
@@ -202,13 +226,16 @@ export async function copyDisk(from: string, to: string): Promise<void> {
   await runCommand("cp", ["--sparse=always", "--reflink=auto", from, to]);
 }
 
+/** The template VM's agent frames, read by one reader for the whole build. */
+type FrameReader = ReadableStreamDefaultReader<Frame | FrameDecodeError>;
+
 /** The agent's first frame on a freshly booted VM's stream: its `ready` params. */
 async function readReady(
   agent: ByteChannel,
+  reader: FrameReader,
   exited: Promise<unknown>,
   bootConfig: Readonly<Record<string, unknown>> | undefined,
 ): Promise<Record<string, unknown>> {
-  const reader = agent.readable.pipeThrough(new FrameStream()).getReader();
   let config = bootConfig;
   const next = async () => {
     for (;;) {
@@ -232,6 +259,44 @@ async function readReady(
 }
 
 /**
+ * Runs {@link WARM_UP_EXEC} in the template VM and waits for its exit (a
+ * spawn error ends it too). A warm-up still running at the deadline fails
+ * the build: no template may hold a process of its own.
+ */
+async function warmUp(agent: ByteChannel, reader: FrameReader, exited: Promise<unknown>, timeoutMs: number) {
+  const id = 1;
+  await writeAll(agent, encodeFrame({ jsonrpc: "2.0", id, method: "exec.start", params: WARM_UP_EXEC }));
+  const done = async () => {
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) throw new BackendUnavailableError("qemu", "the template VM closed its agent port", "see runner.log");
+      if (isDecodeError(value)) continue;
+      const h = value.header;
+      if (h.id === id && h.error) return; // not started (no shell in the image): nothing to wait for
+      if (h.method === "exec.exit" && (h.params as { ref?: unknown } | undefined)?.ref === id) return;
+    }
+  };
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  try {
+    await Promise.race([
+      done(),
+      exited.then(() => {
+        throw new BackendUnavailableError("qemu", "the template VM exited during its warm-up", "see runner.log");
+      }),
+      new Promise((_, reject) =>
+        timer = setTimeout(
+          () =>
+            reject(new BackendUnavailableError("qemu", "the template's warm-up exec did not end", "see runner.log")),
+          timeoutMs,
+        )
+      ),
+    ]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/**
  * Writes the VM's state to `state` over QMP, then quits qemu. The VM is
  * migrated running (the idle guest converges at once; qemu pauses it for
  * the last pass), so the stream says "running" and a restore starts the
@@ -244,9 +309,13 @@ async function saveState(qmp: Qmp, state: string): Promise<void> {
 
 /** Migrates the VM to the file `state`; qemu leaves it paused once done. */
 async function migrateTo(qmp: Qmp, state: string): Promise<void> {
-  await qmp.execute("migrate-set-capabilities", { capabilities: [{ capability: "events", state: true }] });
+  await qmp.execute("migrate-set-capabilities", {
+    capabilities: [{ capability: "events", state: true }, ...STREAM_CAPABILITIES],
+  });
   // Unthrottled: the default (128 MiB/s) would make a 256 MiB guest's save wait for nothing.
   await qmp.execute("migrate-set-parameters", { "max-bandwidth": Number.MAX_SAFE_INTEGER });
+  // Only this migration's events end the wait (a restored VM's monitor has seen its restore's).
+  qmp.dropEvents();
   await qmp.execute("migrate", { uri: `exec:cat > ${shellQuote(state)}` });
   const done = await qmp.event((e) => {
     const status = (e.data as { status?: string } | undefined)?.status;
@@ -308,7 +377,9 @@ async function buildTemplate(
     root: { ...spec.root, upper },
     boot: { ...spec.boot, hostname: TEMPLATE_HOSTNAME, env: {} },
     qmp: true,
-    incoming: undefined,
+    incomingFile: undefined,
+    // Its RAM is the template's file: the save below writes the devices only (x-ignore-shared).
+    ramFile: { path: join(build, "ram"), share: true },
   };
   const peer = spec.network === "user" ? await drainingPeer(join(build, "net", "net.sock")) : undefined;
   const t0 = performance.now();
@@ -318,13 +389,20 @@ async function buildTemplate(
     // A template VM that does not come up in the boot timeout is killed (its exit ends the wait).
     const booting = vm;
     const timer = setTimeout(() => booting.kill(), spec.bootTimeoutMs);
-    const ready = await readReady(vm.agent, vm.exited, vm.bootConfig as Record<string, unknown> | undefined)
+    const reader = vm.agent.readable.pipeThrough(new FrameStream()).getReader();
+    const ready = await readReady(vm.agent, reader, vm.exited, vm.bootConfig as Record<string, unknown> | undefined)
       .finally(() => clearTimeout(timer));
     const bootMs = Math.round(performance.now() - t0);
+    await warmUp(vm.agent, reader, vm.exited, spec.bootTimeoutMs);
     using qmp = await Qmp.open(vm.qmp!);
     const t1 = performance.now();
     await saveState(qmp, join(build, "state"));
     await vm.exited;
+    // On disk before the template is: a host crash must not leave a torn RAM file behind a whole meta.json.
+    {
+      using ram = await Deno.open(join(build, "ram"), { read: true });
+      await ram.syncData();
+    }
     const saveMs = Math.round(performance.now() - t1);
     const meta: TemplateMeta = { key, createdAt: new Date().toISOString(), ready, bootMs, saveMs };
     await Deno.writeTextFile(join(build, "meta.json"), JSON.stringify(meta, null, 1));
@@ -357,12 +435,12 @@ async function ensureTemplate(
   log: RunnerLog,
 ): Promise<{ meta: TemplateMeta; paths: TemplatePaths; built: boolean }> {
   const paths = templatePaths(key);
-  const ready = await readMeta(paths);
+  const ready = await readMeta(paths, true);
   if (ready) return { meta: ready, paths, built: false };
   await Deno.mkdir(homeLayout().templates, { recursive: true, mode: 0o700 });
   using lock = await lockWait(paths.lock, spec.bootTimeoutMs * 2, signal);
   if (!lock) throw new BackendUnavailableError("qemu", `template ${key} is being built for too long`, "retry");
-  const meanwhile = await readMeta(paths);
+  const meanwhile = await readMeta(paths, true);
   if (meanwhile) return { meta: meanwhile, paths, built: false };
   return { meta: await buildTemplate(spec, key, paths, signal, log), paths, built: true };
 }
@@ -412,7 +490,8 @@ export function templatingBackend(): Backend {
       let vm: Vm;
       try {
         vm = await qemuBackend.boot(
-          { ...monitored, incoming: `exec:cat ${shellQuote(found.paths.state)}` },
+          // The template's RAM mapped copy-on-write: nothing to copy in or zero first; the stream is the devices.
+          { ...monitored, incomingFile: found.paths.state, ramFile: { path: found.paths.ram, share: false } },
           signal,
           log,
           clock,
@@ -576,6 +655,6 @@ async function fromSnapshot(
     throw new InvalidConfigError("fromSnapshot", `snapshot ${name} was taken of another image or shape`);
   }
   await copyDisk(paths.upper, spec.root.upper);
-  const vm = await qemuBackend.boot({ ...spec, incoming: `exec:cat ${shellQuote(paths.state)}` }, signal, log, clock);
+  const vm = await qemuBackend.boot({ ...spec, incomingFile: paths.state }, signal, log, clock);
   return { ...vm, start: { mode: "restored", template: meta.key, built: false, ready: meta.ready, snapshot: name } };
 }

@@ -157,6 +157,17 @@ Deno.test(
       // And on the host: b's disk has the file's bytes, c's does not.
       assert(await diskHas(join(sandboxDir("tpl-b"), "upper.ext4"), "only-b"), "b's upper holds the name");
       assert(!(await diskHas(join(sandboxDir("tpl-c"), "upper.ext4"), "only-b")), "c's upper does not");
+
+      // Memory too: both map the template's RAM file copy-on-write; what b writes to its RAM (a tmpfs file)
+      // is b's alone, and the file keeps the saved bytes.
+      const tplRam = join(testHome, "templates", key, "ram");
+      const ramBefore = await sha256(tplRam);
+      const marker = `ram-only-b-${crypto.randomUUID()}`;
+      await b.fs().write("/tmp/ram-only-b", marker.repeat(4096));
+      assertEquals((await b.exec("grep", ["-c", marker, "/tmp/ram-only-b"])).stdout, "1\n", "positive control");
+      assertEquals((await c.exec("test", ["-e", "/tmp/ram-only-b"])).code, 1, "c does not see b's memory");
+      assertEquals(await sha256(tplRam), ramBefore, "the template's RAM file is untouched");
+      assert(!(await fileHas(tplRam, marker)), "b's bytes are not in the template's RAM file");
     } finally {
       await b[Symbol.asyncDispose]();
       await c[Symbol.asyncDispose]();
@@ -164,6 +175,16 @@ Deno.test(
     }
   },
 );
+
+async function sha256(path: string): Promise<string> {
+  const digest = await crypto.subtle.digest("SHA-256", await Deno.readFile(path));
+  return Array.from(new Uint8Array(digest), (x) => x.toString(16).padStart(2, "0")).join("");
+}
+
+/** Whether the file holds `text` (grep on the host). */
+async function fileHas(path: string, text: string): Promise<boolean> {
+  return (await new Deno.Command("grep", { args: ["-qaF", text, path] }).output()).code === 0;
+}
 
 /** Whether the upper disk's `/data/etc` (the overlay's upper of /etc) names `entry` (debugfs reads the host file, not the guest). */
 async function diskHas(disk: string, entry: string): Promise<boolean> {
@@ -222,11 +243,12 @@ Deno.test({ name: "a failed restore falls back to a cold boot; the template is b
   } finally {
     await x2[Symbol.asyncDispose]();
   }
-  // The next create builds it again (a whole state file) and is restored from it.
+  // The next create builds it again (a whole state file, the devices', beside the RAM's file) and is restored from it.
   const b = await Sandbox.builder("tpl-x3").image(r).memory(288).disableNetwork().create();
   try {
     assertEquals(await startOf("tpl-x3"), key);
-    assert((await Deno.stat(state)).size > 1 << 20, "the rebuilt state is whole");
+    assert((await Deno.stat(state)).size > 64 << 10, "the rebuilt state is whole");
+    assertEquals((await Deno.stat(join(testHome, "templates", key, "ram"))).size, 288 << 20, "the template's RAM file");
     assertEquals((await b.exec("true")).code, 0);
   } finally {
     await b[Symbol.asyncDispose]();

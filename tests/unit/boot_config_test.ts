@@ -181,3 +181,25 @@ Deno.test("the shared initramfs's base config: the transport and its modules, an
   assertEquals(full.modules.slice(0, 3), baseConfig.modules);
   assertEquals("fromHost" in full, false);
 });
+
+Deno.test("an OCI image VM's RAM is one backend object: anonymous, a template's shared file, or a restore's private copy", () => {
+  const host = { kernel: "/k", initrd: "/i", accel: "tcg" as const, tscKhz: undefined, fsSockets: {} };
+  const after = (args: string[], flag: string) => args.flatMap((a, i) => (args[i - 1] === flag ? [a] : []));
+  const image = { ...spec(ROOTS.overlay), shares: [] };
+  const cold = qemuArgs(image, host);
+  assertEquals(after(cold, "-M"), ["microvm,memory-backend=mem"]);
+  assertEquals(after(cold, "-object"), ["memory-backend-ram,id=mem,size=256M"]);
+  assertEquals(after(cold, "-incoming"), []);
+  const template = qemuArgs({ ...image, ramFile: { path: "/t/ram", share: true } }, host);
+  assertEquals(after(template, "-object"), ["memory-backend-file,id=mem,size=256M,mem-path=/t/ram,share=on"]);
+  const restore = qemuArgs({ ...image, ramFile: { path: "/t/ram", share: false }, incomingFile: "/t/state" }, host);
+  assertEquals(after(restore, "-object"), ["memory-backend-file,id=mem,size=256M,mem-path=/t/ram,share=off"]);
+  // The stream comes over QMP (migrate-incoming fd:3) once its capabilities are set: never a path on the line.
+  assertEquals(after(restore, "-incoming"), ["defer"]);
+  assert(!restore.join(" ").includes("/t/state"), restore.join(" "));
+  // A disk or directory root keeps qemu's own RAM (a directory's is virtiofs' memfd).
+  assertEquals(after(qemuArgs(spec(ROOTS.disk), host), "-M"), ["microvm"]);
+  assertEquals(after(qemuArgs(spec(ROOTS.dir), { ...host, fsSockets: { root: "/s/fs.sock" } }), "-object"), [
+    "memory-backend-memfd,id=mem,size=256M,share=on",
+  ]);
+});
