@@ -334,6 +334,9 @@ export class WarmPool implements AsyncDisposable {
       const p: Promise<void> = this.#bootOne().finally(() => {
         this.#booting.delete(p);
         this.#wake();
+        // A failed boot is tried again after the refill delay (until poolMaxBootFailures in a row): without this, a
+        // pool one short after a failure stayed short, and ready() waited for a boot nobody would start.
+        if (this.#ready.length + this.#booting.size < this.#size) this.#scheduleFill();
       });
       this.#booting.add(p);
     }

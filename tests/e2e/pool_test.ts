@@ -199,3 +199,26 @@ Deno.test(
     assert(pool.vmmPids[0] !== first, "a new sandbox refilled the pool");
   },
 );
+
+Deno.test(
+  { name: "pool: a failed boot is tried again, so ready() resolves once boots work", ignore, ...opts },
+  async () => {
+    const root = await busyboxRoot();
+    // The first boot fails (a 300 ms boot deadline no TCG boot meets); the deadline is back before the retry.
+    const saved = Deno.env.get("KRUNBOX_BOOT_TIMEOUT_MS");
+    Deno.env.set("KRUNBOX_BOOT_TIMEOUT_MS", "300");
+    await using pool = Sandbox.pool({ image: root, memory: 256, size: 1, refillDelayMs: 1000 });
+    try {
+      const t0 = performance.now();
+      while (pool.stats.bootFailures === 0 && performance.now() - t0 < 60_000) {
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      assertEquals(pool.stats.bootFailures, 1, "the first boot failed (positive control of the set-up)");
+    } finally {
+      saved === undefined ? Deno.env.delete("KRUNBOX_BOOT_TIMEOUT_MS") : Deno.env.set("KRUNBOX_BOOT_TIMEOUT_MS", saved);
+    }
+    // Before: nothing booted again, and this waited for ever (the event loop ended with it pending).
+    await pool.ready();
+    assertEquals([pool.stats.ready, pool.stats.bootFailures], [1, 1]);
+  },
+);
