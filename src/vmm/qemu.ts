@@ -122,10 +122,12 @@ export function qemuArgs(spec: VmSpec, host: QemuHost): string[] {
     "-accel",
     host.accel,
     "-cpu",
-    // TCG: every feature qemu emulates but 5-level paging. A guest with la57 walks five page-table levels on
-    // each miss of qemu's software TLB, which a restored guest (every TLB empty) takes on nearly every access
-    // at first: ~50 ms of a restore's create → first exec here. 48-bit addresses (128 TiB) are plenty in a VM.
-    host.accel === "kvm" ? "host" : "max,la57=off",
+    // TCG: every feature qemu emulates; for an OCI image root (templates and their restores, which must agree)
+    // all but 5-level paging. A guest with la57 walks five page-table levels on each miss of qemu's software TLB,
+    // which a restored guest (every TLB empty) takes on nearly every access at first: ~50 ms of a restore's
+    // create → first exec here. A cold directory-root boot was ~130 ms slower without it (2 A/B pairs of 7 boots),
+    // so those keep plain `max`. 48-bit addresses (128 TiB) are plenty in a VM.
+    host.accel === "kvm" ? "host" : imageRam ? "max,la57=off" : "max",
     "-smp",
     String(spec.cpus),
     "-m",
