@@ -45,13 +45,18 @@ export async function installFrontDoor(home: string, config?: Partial<FrontDoorC
   const { assets, bin } = homeLayout(home);
   await Deno.mkdir(bin, { recursive: true, mode: 0o755 });
   const target = join(bin, "krunbox");
-  const fresh = `${target}.new-${Deno.pid}`;
-  await Deno.copyFile(join(assets, "agent", "krunbox"), fresh);
-  await Deno.chmod(fresh, 0o755);
-  await Deno.rename(fresh, target);
+  await replace(target, async (fresh) => {
+    await Deno.copyFile(join(assets, "agent", "krunbox"), fresh);
+    await Deno.chmod(fresh, 0o755);
+  });
   const full: FrontDoorConfig = { deno: Deno.execPath(), cli: cliModule(), version: VERSION, ...config };
-  const json = join(bin, "krunbox.json");
-  await Deno.writeTextFile(`${json}.new-${Deno.pid}`, JSON.stringify(full, null, 1) + "\n");
-  await Deno.rename(`${json}.new-${Deno.pid}`, json);
+  await replace(join(bin, "krunbox.json"), (fresh) => Deno.writeTextFile(fresh, JSON.stringify(full, null, 1) + "\n"));
   return target;
+}
+
+/** Makes `path` anew: `write` fills a temporary beside it, which is then renamed over it. */
+async function replace(path: string, write: (fresh: string) => Promise<void>): Promise<void> {
+  const fresh = `${path}.new-${Deno.pid}`;
+  await write(fresh);
+  await Deno.rename(fresh, path);
 }

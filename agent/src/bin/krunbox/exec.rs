@@ -12,7 +12,7 @@ use krunbox_agent::frame;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, BufReader, Write};
 use std::mem::ManuallyDrop;
 use std::os::fd::FromRawFd;
 use std::os::unix::net::UnixStream;
@@ -123,10 +123,10 @@ fn session(stream: UnixStream, req: &Request) -> Result<Outcome, String> {
     let sender = Sender { stream: Arc::new(Mutex::new(writer)), next_id: Arc::new(AtomicU64::new(START_ID)) };
     // SO_RCVTIMEO belongs to the socket, so a clone of the fd sets it for the reader.
     let socket = stream.try_clone().map_err(io_err)?;
-    let mut frames = Frames { reader: BufReader::with_capacity(64 << 10, stream), socket, broken: 0 };
-    frames.reader_timeout(Some(READY_TIMEOUT))?;
+    let mut frames = Frames { reader: BufReader::with_capacity(64 << 10, stream), socket, broken: 0, waiting: None };
+    frames.deadline(Some(("the agent sent no ready", READY_TIMEOUT)))?;
 
-    let ready = frames.next().map_err(|e| timed_out(e, "the agent sent no ready", READY_TIMEOUT))?;
+    let ready = frames.next()?;
     if method(&ready) != Some("ready") {
         return Err("the agent's first message is not ready".into());
     }
@@ -139,10 +139,10 @@ fn session(stream: UnixStream, req: &Request) -> Result<Outcome, String> {
     if let Some(user) = &req.user {
         params["user"] = user.clone();
     }
-    frames.reader_timeout(Some(START_TIMEOUT))?;
+    frames.deadline(Some(("exec.start got no answer", START_TIMEOUT)))?;
     sender.request("exec.start", params).map_err(io_err)?;
     loop {
-        let f = frames.next().map_err(|e| timed_out(e, "exec.start got no answer", START_TIMEOUT))?;
+        let f = frames.next()?;
         if f.get("method").is_some() || f.get("id").and_then(Value::as_u64) != Some(START_ID) {
             continue; // nothing else is ours before the answer
         }
@@ -151,7 +151,7 @@ fn session(stream: UnixStream, req: &Request) -> Result<Outcome, String> {
         }
         break;
     }
-    frames.reader_timeout(None)?;
+    frames.deadline(None)?;
     let forwarder = forward_signals(sender.clone());
 
     let (mut out, mut err) = (Output::fd(1), Output::fd(2));
@@ -230,14 +230,6 @@ fn method(v: &Value) -> Option<&str> {
     v.get("method").and_then(Value::as_str)
 }
 
-fn timed_out(e: String, what: &str, after: Duration) -> String {
-    if e.contains("timed out") || e.contains("would block") || e.contains("temporarily unavailable") {
-        format!("{what} within {} ms", after.as_millis())
-    } else {
-        e
-    }
-}
-
 /// A guest string for a terminal: control characters escaped, length capped.
 pub fn printable(s: &str) -> String {
     s.chars()
@@ -253,28 +245,44 @@ struct Frames {
     reader: BufReader<UnixStream>,
     socket: UnixStream,
     broken: u32,
+    /// What a read is waiting for and how long it may take (None: no deadline).
+    waiting: Option<(&'static str, Duration)>,
 }
 
 impl Frames {
-    fn reader_timeout(&mut self, t: Option<Duration>) -> Result<(), String> {
-        self.socket.set_read_timeout(t).map_err(|e| format!("the agent connection failed: {e}"))
+    /// Sets the deadline of the reads that follow, named for the error it gives.
+    fn deadline(&mut self, waiting: Option<(&'static str, Duration)>) -> Result<(), String> {
+        self.waiting = waiting;
+        self.socket.set_read_timeout(waiting.map(|(_, t)| t)).map_err(|e| format!("the agent connection failed: {e}"))
     }
 
     fn next(&mut self) -> Result<Value, String> {
         self.next_with_attachment().map(|(h, _)| h)
     }
 
+    /// The codec's `read_full`; a read past the deadline says what it waited for.
+    fn read_full(&mut self, buf: &mut [u8]) -> Result<usize, String> {
+        frame::read_full(&mut self.reader, buf).map_err(|e| match (&e, self.waiting) {
+            (frame::FrameError::Io(io), Some((what, t)))
+                if matches!(io.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) =>
+            {
+                format!("{what} within {} ms", t.as_millis())
+            }
+            _ => format!("the agent connection failed: {e}"),
+        })
+    }
+
     fn next_with_attachment(&mut self) -> Result<(Value, Vec<u8>), String> {
         loop {
             let mut prefix = [0u8; frame::PREFIX_LEN];
-            match read_full(&mut self.reader, &mut prefix)? {
+            match self.read_full(&mut prefix)? {
                 0 => return Err("the agent connection closed".into()),
                 frame::PREFIX_LEN => {}
                 _ => return Err("the agent connection closed inside a frame".into()),
             }
             let (h, b) = frame::parse_prefix(&prefix).map_err(|e| format!("the agent sent a {e}"))?;
             let mut bytes = vec![0u8; h + b];
-            if read_full(&mut self.reader, &mut bytes)? < bytes.len() {
+            if self.read_full(&mut bytes)? < bytes.len() {
                 return Err("the agent connection closed inside a frame".into());
             }
             match frame::parse_header(&bytes[..h]) {
@@ -288,11 +296,6 @@ impl Frames {
             }
         }
     }
-}
-
-/// The codec's `read_full`, its I/O error as our message.
-fn read_full(r: &mut impl Read, buf: &mut [u8]) -> Result<usize, String> {
-    frame::read_full(r, buf).map_err(|e| format!("the agent connection failed: {e}"))
 }
 
 /// Forwards SIGINT, SIGTERM and SIGHUP to the guest process group as
