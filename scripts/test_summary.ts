@@ -96,19 +96,45 @@ export function denoCounts(run: RunOutput): Counts {
   return exitCheck(c, run.code, "deno test");
 }
 
+/** How much of each failed test's error the summary repeats. */
+const ERROR_LINES = 4;
+const ERROR_LINE_CHARS = 240;
+/** A test's heading in deno's ERRORS and FAILURES sections: `name => ./file.ts:12:6`. */
+const TEST_HEADING = / => \S+:\d+:\d+$/;
+
 /**
  * The names deno test lists under its ` FAILURES ` heading (`name => file:line`),
- * so the last lines of a run (all a CI log may keep) say which tests failed.
+ * each followed by the first lines of its error from the ` ERRORS ` section,
+ * so the last lines of a run (all a CI log may keep) say which tests failed
+ * and why.
  */
 function failures(lines: string[]): string[] {
   const at = lines.findLastIndex((l) => l.trim() === "FAILURES");
   if (at < 0) return [];
-  const names: string[] = [];
+  const errorsAt = lines.findLastIndex((l, i) => i < at && l.trim() === "ERRORS");
+  const errors = errorsAt < 0 ? [] : lines.slice(errorsAt + 1, at);
+  const notes: string[] = [];
   for (const l of lines.slice(at + 1)) {
     if (DENO_SUMMARY.test(l)) break;
-    if (l.includes(" => ")) names.push(`failed: ${l.trim()}`);
+    if (!TEST_HEADING.test(l)) continue;
+    notes.push(`failed: ${l.trim()}`);
+    notes.push(...errorOf(errors, l.trim()).map((e) => `  ${e}`));
   }
-  return names;
+  return notes;
+}
+
+/** The first lines of the error deno printed under `heading` (`name => file:line`) in its ERRORS section. */
+function errorOf(errors: string[], heading: string): string[] {
+  const start = errors.findIndex((l) => l.trim() === heading);
+  if (start < 0) return [];
+  const out: string[] = [];
+  for (const l of errors.slice(start + 1)) {
+    // The next test's heading, or the stack: the message is over.
+    if (TEST_HEADING.test(l) || /^\s+at /.test(l)) break;
+    out.push(l.length > ERROR_LINE_CHARS ? `${l.slice(0, ERROR_LINE_CHARS)}…` : l);
+    if (out.length === ERROR_LINES) break;
+  }
+  return out;
 }
 
 const CARGO_RESULT = /^test result: \w+\. (\d+) passed; (\d+) failed; (\d+) ignored; (\d+) measured;/;
