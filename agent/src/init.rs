@@ -353,9 +353,20 @@ fn user_mount(m: &Mount) -> io::Result<()> {
 /// sethostname(2), then /etc/hostname where /etc is writable (a read-only
 /// image keeps its own file).
 pub fn set_hostname(name: &str) -> io::Result<()> {
-    crate::sys::check(unsafe { libc::sethostname(name.as_ptr() as *const libc::c_char, name.len()) })?;
-    let _ = std::fs::write("/etc/hostname", format!("{name}\n"));
+    apply_hostname(name)?;
+    write_hostname_file(name);
     Ok(())
+}
+
+/// The kernel's hostname (what `hostname` and `uname -n` say).
+pub fn apply_hostname(name: &str) -> io::Result<()> {
+    crate::sys::check(unsafe { libc::sethostname(name.as_ptr() as *const libc::c_char, name.len()) }).map(|_| ())
+}
+
+/// `/etc/hostname`, for programs that read the file; best effort (a
+/// read-only root keeps the image's).
+pub fn write_hostname_file(name: &str) {
+    let _ = std::fs::write("/etc/hostname", format!("{name}\n"));
 }
 
 fn network(cfg: &BootConfig) {

@@ -216,7 +216,11 @@ fn dispatch(conn: &Arc<Conn>, id: Option<u64>, method: &str, params: Value, atta
         "exec.signal" => conn.reply(id, exec::signal(conn, params)),
         "exec.resize" => conn.reply(id, exec::resize(conn, params)),
         "shutdown" => crate::shutdown::start(conn, id, params),
-        "guest.configure" => conn.reply(id, crate::configure::call(params)),
+        "guest.configure" => {
+            let (reply, after) = crate::configure::call(params);
+            conn.reply(id, reply);
+            after.run();
+        }
         m if crate::fs::is_method(m) => queue_fs(conn, FsJob { id, method: m.to_string(), params, attachment }),
         _ => conn.reply(id, Err(RpcError::new(rpc::METHOD_NOT_FOUND, format!("method not found: {method}")))),
     }

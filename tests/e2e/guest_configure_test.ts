@@ -44,6 +44,9 @@ Deno.test({
     time: future * 1e6,
     seed: crypto.getRandomValues(new Uint8Array(64)),
   });
+  // The agent writes /etc/hostname after its reply, before it reads the next request: a file read right after
+  // the reply (served by the agent's fs thread, not the one that wrote) already sees it.
+  assertEquals((await sb.fs().readText("/etc/hostname")).trim(), "handed-out");
   assertEquals((await sb.exec("hostname")).stdout.trim(), "handed-out");
   assertEquals((await sb.exec("cat", ["/etc/hostname"])).stdout.trim(), "handed-out");
   assertEquals((await sb.shell("echo ${BOOT:-none} ${POOLED:-none} ${PATH:+path}")).stdout.trim(), "none yes path");

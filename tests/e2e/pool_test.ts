@@ -126,13 +126,22 @@ Deno.test(
     await using pool = Sandbox.pool({ image: root, memory: 256, size: 2 });
     await pool.ready();
     const [victim, survivor] = pool.vmmPids;
+    // What the pool did, on one line: a failure on a CI machine says which step went otherwise.
+    const trace: string[] = [];
+    const note = (what: string) =>
+      trace.push(`${what} ${JSON.stringify(pool.stats)} ready=${pool.vmmPids} victim=${victim} survivor=${survivor}`);
     Deno.kill(victim, "SIGKILL");
     // No wait: the handouts race the runner noticing its VM's death.
     const sbs = await Promise.all(
       ["pool-kill-a", "pool-kill-b"].map((n) => Sandbox.builder(n).image(root).memory(256).create()),
-    );
+    ).catch((e) => {
+      note("create failed:");
+      throw new Error(`${trace.join("; ")}: ${e}`, { cause: e });
+    });
+    note("created:");
     try {
       const pids = await Promise.all(sbs.map((sb) => vmmPid(sb.name)));
+      note(`handed ${pids}:`);
       assert(!pids.includes(victim), `the killed VMM ${victim} was handed out: ${pids}`);
       assert(pids.includes(survivor), `the live pooled VMM ${survivor} was handed out (positive control): ${pids}`);
       for (const sb of sbs) assertEquals((await sb.exec("echo", ["ok"])).stdout, "ok\n");
@@ -147,6 +156,9 @@ Deno.test(
       await using other = await Sandbox.builder("pool-other-shape").image(root).memory(320).create();
       assertEquals((await other.exec("echo", ["cold"])).stdout, "cold\n");
       assertEquals([pool.stats.handedOut, pool.vmmPids.includes(await vmmPid(other.name))], [handed, false]);
+    } catch (e) {
+      note("failed:");
+      throw new Error(`${(e as Error).message.split("\n")[0]} | ${trace.join("; ")}`, { cause: e });
     } finally {
       await Promise.all(sbs.map((sb) => sb.kill().catch(() => {})));
     }
