@@ -368,7 +368,9 @@ export class WarmPool implements AsyncDisposable {
         this.#ready.splice(i, 1);
         this.#stats.replaced++;
         this.#discard(entry);
-        this.#fill();
+        // After the refill delay, as after a handout: a death seen while a handout runs does not put a boot's
+        // CPU burst on it (the pool's other sandbox is likely the one being handed out).
+        this.#scheduleFill();
       }
     });
     if (this.#closed) return this.#discard(entry);
@@ -380,12 +382,21 @@ export class WarmPool implements AsyncDisposable {
     const p: Promise<void> = (async () => {
       const { agent, runner } = entry.launched;
       if (!entry.exited) {
-        await agent.request("runner.kill", {}, { timeoutMs: DEFAULTS.killWaitMs }).catch(() => {});
-        const gone = await Promise.race([
-          runner.status.then(() => true),
-          new Promise<false>((r) => setTimeout(() => r(false), DEFAULTS.killWaitMs)),
-        ]);
-        if (!gone) runner.kill("SIGKILL");
+        // The pool unref'd it (an idle pool holds no program open); a discard in progress does, or the event loop
+        // could end while close() waits here for a runner slow to exit.
+        runner.ref();
+        // One deadline for the request and the exit it causes: a runner that does not answer is not waited for twice.
+        let timer: ReturnType<typeof setTimeout> | undefined;
+        const deadline = new Promise<false>((r) => timer = setTimeout(() => r(false), DEFAULTS.killWaitMs));
+        agent.request("runner.kill", {}, { timeoutMs: DEFAULTS.killWaitMs }).catch(() => {});
+        const gone = await Promise.race([runner.status.then(() => true), deadline]).finally(() => clearTimeout(timer));
+        if (!gone) {
+          try {
+            runner.kill("SIGKILL");
+          } catch {
+            // it exited meanwhile
+          }
+        }
         await runner.status.catch(() => {});
       }
       await agent.close();

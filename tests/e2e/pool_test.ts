@@ -15,6 +15,7 @@ import { AlreadyExistsError, Sandbox } from "../../mod.ts";
 import { AgentClient } from "../../src/agent/client.ts";
 import { openStore } from "../../src/store/open.ts";
 import { isPoolName } from "../../src/sandbox/config.ts";
+import { DEFAULTS } from "../../src/settings.ts";
 
 const ignore = skipVmReason !== undefined;
 const opts = { sanitizeResources: false, sanitizeOps: false };
@@ -232,5 +233,35 @@ Deno.test(
     // Before: nothing booted again, and this waited for ever (the event loop ended with it pending).
     await pool.ready();
     assertEquals([pool.stats.ready, pool.stats.bootFailures], [1, 1]);
+  },
+);
+
+/** A process's parent pid (the runner is its VMM's parent). */
+function parentPid(pid: number): number {
+  const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
+  return Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
+}
+
+Deno.test(
+  {
+    name: "pool: close() kills a pooled runner that does not answer, the program kept alive while it waits",
+    ignore,
+    ...opts,
+  },
+  async () => {
+    const root = await busyboxRoot();
+    const pool = Sandbox.pool({ image: root, memory: 256, size: 1 });
+    await pool.ready();
+    const [vmm] = pool.vmmPids;
+    const runner = parentPid(vmm);
+    assert(Deno.readTextFileSync(`/proc/${runner}/cmdline`).includes("runner"), `${runner} is the VMM's runner`);
+    // A runner that cannot answer runner.kill nor exit: close() waits the kill deadline, then SIGKILLs it. Before the
+    // fix, the pool's unref'd runner was all close() waited on after that, and the event loop ended with it pending.
+    Deno.kill(runner, "SIGSTOP");
+    const t0 = performance.now();
+    await pool.close();
+    const waited = performance.now() - t0;
+    assertEquals([alive(runner), alive(vmm)], [false, false], "runner and VMM gone");
+    assert(waited < 2 * DEFAULTS.killWaitMs, `one kill deadline, not two: ${waited.toFixed(0)} ms`);
   },
 );
