@@ -22,6 +22,8 @@ import { shareFilter } from "../vmm/seccomp.ts";
 import { virtiofsdArgs } from "../vmm/qemu.ts";
 import { which } from "../util/command.ts";
 import { join } from "node:path";
+import type { FrontDoorConfig } from "./provision/front_door.ts";
+import { VERSION } from "../version.ts";
 
 const MIN_DENO = [2, 9, 0];
 
@@ -421,6 +423,48 @@ function templatesLine(): Check {
   };
 }
 
+/**
+ * The native front door (src/host/provision/front_door.ts): installed, runs
+ * (its `--version` is this package's), hands over to a Deno and CLI that
+ * exist, and is the `krunbox` a shell finds first. A warning at most: the
+ * Deno CLI (`deno task krunbox`, `./dev krunbox`) does everything it does.
+ */
+async function frontDoorLine(): Promise<Line> {
+  const name = "native front door";
+  const { bin } = homeLayout();
+  const path = join(bin, "krunbox");
+  const warn = (detail: string, fix: string): Line => ({ name, ok: true, warn: true, detail, fix });
+  const out = await new Deno.Command(path, { args: ["--version"], stdout: "piped", stderr: "piped" }).output()
+    .catch((e: Error) => e);
+  if (out instanceof Error) return warn(`${path}: ${out.message.split("\n")[0]}`, "run `./dev setup` (it installs it)");
+  const printed = new TextDecoder().decode(out.stdout).trim();
+  if (!out.success || !printed.includes(VERSION)) {
+    return warn(`${path} --version printed "${printed}" (exit ${out.code}), not ${VERSION}`, "run `./dev setup`");
+  }
+  let config: Partial<FrontDoorConfig>;
+  try {
+    config = JSON.parse(await Deno.readTextFile(join(bin, "krunbox.json")));
+  } catch (e) {
+    return warn(`${join(bin, "krunbox.json")}: ${(e as Error).message}`, "run `./dev setup`");
+  }
+  const gone = (f: string) => Deno.stat(f).then(() => false, () => true);
+  const missing: string[] = [];
+  for (const f of [config.deno, config.cli?.startsWith("/") ? config.cli : undefined]) {
+    if (f !== undefined && await gone(f)) missing.push(f);
+  }
+  if (!config.deno || missing.length > 0) {
+    return warn(`it hands over to ${missing.join(" and ") || "no Deno"}, which is gone`, "run `./dev setup` again");
+  }
+  const first = await which("krunbox");
+  if (first !== path) {
+    return warn(
+      `${path} works; ${first ? `\`krunbox\` on PATH is ${first}` : `${bin} is not on PATH`}`,
+      `put ${bin} first on PATH to run \`krunbox exec\` without starting Deno`,
+    );
+  }
+  return { name, ok: true, detail: `${path} (on PATH), hands over to ${config.deno}` };
+}
+
 /** Runs the doctor: prints every check; resolves 0 when a backend can run. */
 export async function main(): Promise<number> {
   const host = await probeHost();
@@ -446,6 +490,7 @@ export async function main(): Promise<number> {
     libraryCheck("ISA-L inflate", isalLibrary, "image pulls", "pulls use the slower built-in gunzip", "libisal2"),
     libraryCheck("libzstd", zstdLibrary, "tar+zstd layers", "images with zstd layers cannot be pulled", "libzstd1"),
     templatesLine(),
+    await frontDoorLine(),
   ];
   const shares = await shareChecks(qemu.find((c) => c.name === "virtiofsd")!);
   const containment: Line[] = [
@@ -458,7 +503,7 @@ export async function main(): Promise<number> {
   const print = (c: Line) =>
     console.log(
       `${c.warn ? "warn" : c.ok ? " ok " : "FAIL"}  ${c.name.padEnd(width)}  ${c.detail}${
-        c.ok || !c.fix ? "" : `\n      ${"".padEnd(width)}  fix: ${c.fix}`
+        (c.ok && !c.warn) || !c.fix ? "" : `\n      ${"".padEnd(width)}  fix: ${c.fix}`
       }`,
     );
   checks.forEach(print);

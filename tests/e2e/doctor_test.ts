@@ -13,9 +13,10 @@
 
 import { join } from "node:path";
 import { assert, assertEquals, assertMatch } from "../util/assert.ts";
-import { assetPath } from "../../src/store/assets.ts";
+import { assetDir, assetPath } from "../../src/store/assets.ts";
 import { need } from "../util/require.ts";
 import { checkBwrap } from "../../src/vmm/prereqs.ts";
+import { installFrontDoor } from "../../src/host/provision/front_door.ts";
 
 const doctor = new URL("../../src/host/doctor.ts", import.meta.url).pathname;
 const repo = new URL("../../", import.meta.url).pathname;
@@ -25,6 +26,12 @@ const haveVirtiofsd = need(
   "qemu",
   await Deno.stat(virtiofsd).then(() => undefined, () => `${virtiofsd} is missing`),
   "doctor containment tests",
+) === undefined;
+const frontDoor = join(assetDir("agent"), "krunbox");
+const haveFrontDoor = need(
+  "qemu",
+  await Deno.stat(frontDoor).then(() => undefined, () => `${frontDoor} is missing`),
+  "doctor front door test",
 ) === undefined;
 const haveSetpriv = await new Deno.Command("setpriv", { args: ["--version"], stdout: "null", stderr: "null" }).output()
   .then((o) => o.success, () => false);
@@ -144,5 +151,37 @@ Deno.test({
     }
   } finally {
     await Deno.remove(parent, { recursive: true });
+  }
+});
+
+Deno.test({
+  name: "doctor: the front door line says whether the `krunbox` on PATH is it, and when its Deno is gone",
+  ignore: !haveFrontDoor,
+}, async () => {
+  const home = await Deno.makeTempDir({ prefix: "krunbox-doctor-door-" });
+  try {
+    // The provisioned assets (the front door among the agent's), shared read-only with this private home.
+    await Deno.symlink(join(assetDir("agent"), ".."), join(home, "assets"));
+    const door = await installFrontDoor(home);
+    const bin = join(home, "bin");
+    const others = (Deno.env.get("PATH") ?? "").split(":").filter((d) => d !== bin).join(":");
+    const doctorWith = async (path: string) =>
+      (await run(Deno.execPath(), ["run", "-A", doctor], { KRUNBOX_HOME: home, NO_COLOR: "1", PATH: path })).stdout;
+    // Positive control: installed, first on PATH, its --version this package's.
+    const first = await doctorWith(`${bin}:${others}`);
+    assertMatch(line(first, "native front door"), new RegExp(`^ ok .*${door} \\(on PATH\\), hands over to /`));
+    const off = await doctorWith(others);
+    assertMatch(line(off, "native front door"), /^warn .*(is not on PATH|`krunbox` on PATH is \/)/);
+    assertMatch(fixOf(off, "native front door"), new RegExp(`put ${bin} first on PATH`));
+    // Its krunbox.json names a Deno that is gone: every command it hands over would fail.
+    await Deno.writeTextFile(
+      join(bin, "krunbox.json"),
+      JSON.stringify({ ...JSON.parse(await Deno.readTextFile(join(bin, "krunbox.json"))), deno: "/nonexistent/deno" }),
+    );
+    const gone = await doctorWith(`${bin}:${others}`);
+    assertMatch(line(gone, "native front door"), /^warn .*\/nonexistent\/deno, which is gone/);
+    assertMatch(fixOf(gone, "native front door"), /\.\/dev setup/);
+  } finally {
+    await Deno.remove(home, { recursive: true });
   }
 });
