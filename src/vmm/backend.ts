@@ -104,7 +104,7 @@ export interface VmSpec {
    * (src/vmm/template.ts). A later start boots its own disk cold.
    */
   readonly firstBoot?: boolean;
-  /** qemu: a QMP monitor connection for the runner ({@link Vm.qmp}; snapshot templates). */
+  /** qemu: a QMP monitor for the runner ({@link Vm.monitor}; snapshot templates). */
   readonly qmp?: boolean;
   /** qemu: a first boot restored from this snapshot (src/vmm/template.ts) instead of a template. */
   readonly fromSnapshot?: string;
@@ -221,9 +221,7 @@ export interface Vm {
    * config). A backend that hands the config over otherwise has none here.
    */
   readonly bootConfig?: BootConfig;
-  /** qemu with {@link VmSpec.qmp}: the QMP monitor connection. */
-  readonly qmp?: Deno.Conn;
-  /** qemu restored ({@link VmSpec.incomingFile}): the monitor on {@link Vm.qmp}, already opened for the restore. */
+  /** qemu with {@link VmSpec.qmp}: its QMP monitor, opened (a restore's has started loading its stream). */
   readonly monitor?: Qmp;
   /**
    * How the guest came up: restored from a snapshot template (the agent is

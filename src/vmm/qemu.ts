@@ -388,8 +388,8 @@ export const qemuBackend: Backend = {
       const qmp = qmpListener ? await acceptAgent(qmpListener, exited, failed) : undefined;
       // One monitor connection: the path goes at once, so nothing else can reach qemu's monitor there.
       if (qmpListener) await Deno.remove(paths.qmpSocket).catch(() => {});
-      const monitor = spec.incomingFile && qmp ? await restoreIncoming(qmp, exited) : undefined;
-      return { agent, qmp, monitor, exited, vmmPid: vmm.pid, kill: () => children.kill(), bootConfig: config };
+      const monitor = qmp ? await openMonitor(qmp, exited, spec.incomingFile !== undefined) : undefined;
+      return { agent, monitor, exited, vmmPid: vmm.pid, kill: () => children.kill(), bootConfig: config };
     } catch (e) {
       children.kill();
       if (qmpListener) closeQuietly(qmpListener);
@@ -409,15 +409,17 @@ export const qemuBackend: Backend = {
 export const STREAM_CAPABILITIES = [{ capability: "x-ignore-shared", state: true }] as const;
 
 /**
- * Starts loading a restoring qemu's stream (`-incoming defer`: on
- * {@link INCOMING_FD}) with {@link STREAM_CAPABILITIES}; the opened
- * monitor. The load goes on in qemu; the guest runs once it is done.
+ * Opens qemu's monitor; for a restore (`incoming`), then starts loading its
+ * stream (`-incoming defer`: on {@link INCOMING_FD}) with
+ * {@link STREAM_CAPABILITIES}. The load goes on in qemu; the guest runs
+ * once it is done.
  */
-async function restoreIncoming(conn: Deno.Conn, exited: Promise<VmExit>): Promise<Qmp> {
+async function openMonitor(conn: Deno.Conn, exited: Promise<VmExit>, incoming: boolean): Promise<Qmp> {
   const gone = exited.then((e) => {
     throw new BackendUnavailableError("qemu", `qemu exited at start (code ${e.code})`, "see the sandbox's runner.log");
   });
   const qmp = await Promise.race([Qmp.open(conn), gone]);
+  if (!incoming) return qmp;
   await Promise.race([qmp.execute("migrate-set-capabilities", { capabilities: [...STREAM_CAPABILITIES] }), gone]);
   await Promise.race([qmp.execute("migrate-incoming", { uri: `fd:${INCOMING_FD}` }), gone]);
   return qmp;

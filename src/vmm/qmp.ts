@@ -5,8 +5,9 @@
  * socket,server=off` + `-mon mode=control`), like the agent port, so no
  * side polls for a socket.
  *
- * One command at a time; events (lines with `event`) are kept for
- * {@link Qmp.event}.
+ * One command at a time; every line is read as qemu writes it, events
+ * (lines with `event`) kept for {@link Qmp.event}, the newest
+ * {@link QMP_KEPT_EVENTS} of them.
  *
  * @module
  */
@@ -18,20 +19,36 @@ import { writeAll } from "../util/bytes.ts";
 /** A QMP reply's `return` value. */
 export type QmpReturn = Record<string, unknown> | unknown[];
 
+/**
+ * Events kept for {@link Qmp.event} at most; the oldest go first. A
+ * monitor is read as qemu writes (its socket never fills), and what a guest
+ * makes qemu report (RTC_CHANGE, …) while nobody waits stays bounded.
+ */
+export const QMP_KEPT_EVENTS = 256;
+
+/** The longest line read from qemu's monitor; a longer one ends the connection. */
+const QMP_MAX_LINE = 1 << 20;
+
 /** One QMP connection (after the capabilities handshake). */
 export class Qmp implements Disposable {
   readonly #conn: Deno.Conn;
-  readonly #lines: AsyncIterator<string>;
   readonly #events: Record<string, unknown>[] = [];
+  /** The greeting and command replies not yet taken, in order (qemu answers commands in order). */
+  readonly #replies: Record<string, unknown>[] = [];
+  #wake: (() => void)[] = [];
+  #ended: BackendUnavailableError | undefined;
+  /** The command in flight: the next waits for it (one at a time, so replies match commands). */
+  #turn: Promise<unknown> = Promise.resolve();
 
   private constructor(conn: Deno.Conn) {
     this.#conn = conn;
-    this.#lines = lines(conn.readable)[Symbol.asyncIterator]();
+    this.#read();
   }
 
   /**
    * Takes over qemu's connection: reads its greeting and leaves
-   * capabilities negotiation mode.
+   * capabilities negotiation mode. From here on every line qemu writes is
+   * read as it comes.
    *
    * @example
    * ```ts ignore
@@ -44,21 +61,26 @@ export class Qmp implements Disposable {
    */
   static async open(conn: Deno.Conn): Promise<Qmp> {
     const q = new Qmp(conn);
-    await q.#next(); // {"QMP": {...}}
-    await q.execute("qmp_capabilities");
+    try {
+      await q.#until(() => q.#replies.shift()); // {"QMP": {...}}
+      await q.execute("qmp_capabilities");
+    } catch (e) {
+      q[Symbol.dispose]();
+      throw e;
+    }
     return q;
   }
 
-  /** Runs one command; its `return`, or a {@link BackendUnavailableError} with qemu's error text. */
-  async execute(command: string, args?: Record<string, unknown>): Promise<QmpReturn> {
-    const line = JSON.stringify(args ? { execute: command, arguments: args } : { execute: command }) + "\n";
-    await writeAll(this.#conn, new TextEncoder().encode(line));
-    for (;;) {
-      const msg = await this.#next();
-      if ("event" in msg) {
-        this.#events.push(msg);
-        continue;
-      }
+  /** Runs one command (after the one in flight); its `return`, or a {@link BackendUnavailableError} with qemu's error text. */
+  execute(command: string, args?: Record<string, unknown>): Promise<QmpReturn> {
+    const run = this.#turn.then(async () => {
+      const line = JSON.stringify(args ? { execute: command, arguments: args } : { execute: command }) + "\n";
+      // After qemu closed its end, the connection is gone (Deno closes it at EOF): the same typed error as a read.
+      if (this.#ended) throw this.#ended;
+      await writeAll(this.#conn, new TextEncoder().encode(line)).catch((e) => {
+        throw this.#ended ?? closedMonitor(e);
+      });
+      const msg = await this.#until(() => this.#replies.shift());
       if ("error" in msg) {
         const e = msg.error as { class?: string; desc?: string };
         throw new BackendUnavailableError(
@@ -68,44 +90,82 @@ export class Qmp implements Disposable {
         );
       }
       return (msg.return ?? {}) as QmpReturn;
-    }
+    });
+    this.#turn = run.catch(() => {});
+    return run;
   }
 
   /**
    * Forgets the events kept so far: a wait that follows is for events of
    * what comes next (a restore's own MIGRATION events must not end a later
-   * save's wait).
+   * save's wait). Every event qemu wrote before the reply to an awaited
+   * command is among them: lines are read in order.
    */
   dropEvents(): void {
     this.#events.length = 0;
   }
 
   /** The first event (kept or new) that `match` accepts; the others are kept. */
-  async event(match: (e: Record<string, unknown>) => boolean): Promise<Record<string, unknown>> {
-    for (;;) {
+  event(match: (e: Record<string, unknown>) => boolean): Promise<Record<string, unknown>> {
+    return this.#until(() => {
       const i = this.#events.findIndex(match);
-      if (i >= 0) return this.#events.splice(i, 1)[0];
-      const msg = await this.#next();
-      if ("event" in msg) this.#events.push(msg);
-    }
+      return i >= 0 ? this.#events.splice(i, 1)[0] : undefined;
+    });
   }
 
-  async #next(): Promise<Record<string, unknown>> {
-    const r = await this.#lines.next();
-    if (r.done) {
-      throw new BackendUnavailableError(
-        "qemu",
-        "qemu closed its QMP monitor connection",
-        "see the sandbox's runner.log",
-      );
+  /** How many events are kept now (at most {@link QMP_KEPT_EVENTS}). */
+  get keptEvents(): number {
+    return this.#events.length;
+  }
+
+  /** Reads every line qemu writes until the connection ends. */
+  async #read(): Promise<void> {
+    try {
+      for await (const line of lines(this.#conn.readable)) {
+        const msg = JSON.parse(line);
+        if (typeof msg !== "object" || msg === null || Array.isArray(msg)) throw new Error("not a QMP message");
+        if ("event" in msg) {
+          this.#events.push(msg);
+          if (this.#events.length > QMP_KEPT_EVENTS) this.#events.shift();
+        } else this.#replies.push(msg);
+        this.#notify();
+      }
+    } catch {
+      // a closed or broken connection: the end of this monitor, said below
     }
-    return JSON.parse(r.value) as Record<string, unknown>;
+    this.#ended = closedMonitor();
+    this.#notify();
+  }
+
+  #notify(): void {
+    const w = this.#wake;
+    this.#wake = [];
+    for (const r of w) r();
+  }
+
+  /** Waits until `take` gives something; rejects once the connection has ended with nothing to give. */
+  async #until<T>(take: () => T | undefined): Promise<T> {
+    for (;;) {
+      const v = take();
+      if (v !== undefined) return v;
+      if (this.#ended) throw this.#ended;
+      await new Promise<void>((r) => this.#wake.push(r));
+    }
   }
 
   /** Closes the connection. */
   [Symbol.dispose](): void {
     closeQuietly(this.#conn);
   }
+}
+
+function closedMonitor(cause?: unknown): BackendUnavailableError {
+  return new BackendUnavailableError(
+    "qemu",
+    "qemu closed its QMP monitor connection",
+    "see the sandbox's runner.log",
+    cause === undefined ? undefined : { cause },
+  );
 }
 
 async function* lines(stream: ReadableStream<Uint8Array>): AsyncGenerator<string> {
@@ -118,5 +178,6 @@ async function* lines(stream: ReadableStream<Uint8Array>): AsyncGenerator<string
       buf = buf.slice(nl + 1);
       if (line) yield line;
     }
+    if (buf.length > QMP_MAX_LINE) throw new Error(`a QMP line over ${QMP_MAX_LINE} bytes`);
   }
 }

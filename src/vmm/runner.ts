@@ -54,7 +54,6 @@ import { readRunnerSecrets } from "./runner_secrets.ts";
 import { Relay } from "./relay.ts";
 import { RunnerLog } from "./runner_log.ts";
 import { bootCold, discardTemplate, saveSnapshot, TemplateRestoreError, templatingBackend } from "./template.ts";
-import { Qmp } from "./qmp.ts";
 import { configureParams } from "../agent/configure.ts";
 import { StatusFile } from "./status_file.ts";
 import { WARM_ARG } from "./runner_cache.ts";
@@ -140,7 +139,6 @@ export class Runner {
   /** The agent's ready as clients got it (a snapshot keeps it for its forks). */
   #ready?: ReadyParams;
   /** The VM's QMP monitor, opened at the first snapshot. */
-  #qmp?: Qmp;
   /** When the backend's boot began (performance.now()). */
   #bootStart = 0;
 
@@ -558,12 +556,11 @@ export class Runner {
         this.drain();
         return { status: "draining" };
       case "runner.snapshot": {
-        if (!this.#vm?.qmp || !this.#ready) {
+        if (!this.#vm?.monitor || !this.#ready) {
           throw new Error("this sandbox cannot be snapshotted (qemu, OCI image only)");
         }
-        this.#qmp ??= this.#vm.monitor ?? await Qmp.open(this.#vm.qmp);
         await saveSnapshot(
-          this.#qmp,
+          this.#vm.monitor,
           this.spec,
           String(params.name),
           this.#ready as unknown as Record<string, unknown>,

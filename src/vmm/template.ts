@@ -63,7 +63,7 @@ import type { PhaseClock } from "../util/phases.ts";
 import type { Backend, Vm, VmSpec, VmStart } from "./backend.ts";
 import { probeHost } from "./detect.ts";
 import { qemuAccel, qemuArgs, qemuBackend, STREAM_CAPABILITIES } from "./qemu.ts";
-import { Qmp } from "./qmp.ts";
+import type { Qmp } from "./qmp.ts";
 
 /** Bumped when what a template holds changes meaning (2: its RAM a file of its own, saved after a warm-up exec). */
 const TEMPLATE_FORMAT = 2;
@@ -394,9 +394,10 @@ async function buildTemplate(
       .finally(() => clearTimeout(timer));
     const bootMs = Math.round(performance.now() - t0);
     await warmUp(vm.agent, reader, vm.exited, spec.bootTimeoutMs);
-    using qmp = await Qmp.open(vm.qmp!);
+    using monitor = vm.monitor;
+    if (!monitor) throw new Error("the template VM has no monitor");
     const t1 = performance.now();
-    await saveState(qmp, join(build, "state"));
+    await saveState(monitor, join(build, "state"));
     await vm.exited;
     // On disk before the template is: a host crash must not leave a torn RAM file behind a whole meta.json.
     {
