@@ -212,11 +212,9 @@ export class WarmPool implements AsyncDisposable {
       if (this.#ready.length >= Math.min(count, this.#size)) return;
       const err = this.lastError;
       if (err !== undefined) throw err;
-      // A caller waiting here keeps the program alive, as an awaited boot does: the refill timer, unref'd so an idle
-      // pool never holds a program open, is ref'd while anyone waits (else the event loop could end with this
-      // promise pending, when the timer was all that was left).
-      if (this.#refillTimer !== undefined) Deno.refTimer(this.#refillTimer);
-      await new Promise<void>((r) => this.#waiters.push(r));
+      const woken = new Promise<void>((r) => this.#waiters.push(r));
+      this.#holdWhileWaited();
+      await woken;
     }
   }
 
@@ -322,7 +320,19 @@ export class WarmPool implements AsyncDisposable {
       this.#refillTimer = undefined;
       this.#fill();
     }, this.#refillDelayMs);
-    if (this.#waiters.length === 0) Deno.unrefTimer(this.#refillTimer);
+    this.#holdWhileWaited();
+  }
+
+  /**
+   * A caller waiting in ready() keeps the program alive, as an awaited boot
+   * does: the refill timer, unref'd so an idle pool never holds a program
+   * open, is ref'd exactly while anyone waits (else the event loop could end
+   * with ready() pending, when the timer was all that was left).
+   */
+  #holdWhileWaited(): void {
+    if (this.#refillTimer === undefined) return;
+    if (this.#waiters.length > 0) Deno.refTimer(this.#refillTimer);
+    else Deno.unrefTimer(this.#refillTimer);
   }
 
   /** Boots sandboxes until ready + booting reaches the size. */
@@ -409,6 +419,7 @@ export class WarmPool implements AsyncDisposable {
   #wake(): void {
     const w = this.#waiters;
     this.#waiters = [];
+    this.#holdWhileWaited();
     for (const r of w) r();
   }
 
