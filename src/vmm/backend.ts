@@ -246,14 +246,24 @@ export type VmStart =
   }
   | { readonly mode: "cold"; readonly reason: string };
 
+/** What a boot is given beside its spec. */
+export interface BootOptions {
+  /** Gets the backend's host-side phases (`vmm.*`), its last mark the VMM's exec. */
+  readonly clock?: PhaseClock;
+  /**
+   * Settles once the sandbox's netd listens on `net.sock` (rejects when it
+   * could not start): the runner starts netd and the boot together, and the
+   * backend waits for it only where the VMM is about to connect to it.
+   */
+  readonly netReady?: Promise<unknown>;
+}
+
 /** A backend boots a spec. */
 export interface Backend {
   readonly kind: BackendKind;
   /**
    * Boots the VM (its helpers' output and its own lines into `log`);
-   * resolves once the agent stream is connected (not yet ready). `clock`,
-   * when given, gets the backend's host-side phases (`vmm.*`), its last
-   * mark the VMM's exec.
+   * resolves once the agent stream is connected (not yet ready).
    */
-  boot(spec: VmSpec, signal: AbortSignal, log: RunnerLog, clock?: PhaseClock): Promise<Vm>;
+  boot(spec: VmSpec, signal: AbortSignal, log: RunnerLog, options?: BootOptions): Promise<Vm>;
 }

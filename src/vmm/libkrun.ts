@@ -35,6 +35,7 @@ import { BackendUnavailableError } from "../errors.ts";
 import { assetPath } from "../store/assets.ts";
 import {
   type Backend,
+  type BootOptions,
   type SandboxPaths,
   sandboxPaths,
   type Vm,
@@ -42,7 +43,6 @@ import {
   type VmLogLevel,
   type VmSpec,
 } from "./backend.ts";
-import type { PhaseClock } from "../util/phases.ts";
 import { NET_PLAN } from "../net/engine.ts";
 import { type BootConfig, bootConfig, GUEST_NET, rootDisks } from "./boot_config.ts";
 import { acceptAgent, listenFresh } from "./channel.ts";
@@ -236,10 +236,13 @@ export function macBytes(mac: string): Uint8Array {
  */
 export const libkrunBackend: Backend = {
   kind: "libkrun",
-  async boot(spec: VmSpec, signal: AbortSignal, log: RunnerLog, clock?: PhaseClock): Promise<Vm> {
+  async boot(spec: VmSpec, signal: AbortSignal, log: RunnerLog, options: BootOptions = {}): Promise<Vm> {
+    const { clock } = options;
     const arena = new CStrings();
     const paths = sandboxPaths(spec.dir);
     const listener = await listenFresh(paths.vmSocket);
+    // The context's net device is netd's socket: netd listens by now.
+    await options.netReady;
     const ctx = await configureContext(spec, paths.vmSocket, arena);
     const k = load(spec.logLevel).symbols;
     clock?.mark("vmm.prepare");

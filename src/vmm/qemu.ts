@@ -17,9 +17,9 @@ import { join } from "node:path";
 import { BackendUnavailableError } from "../errors.ts";
 import { assetDir, assetPath } from "../store/assets.ts";
 import { closeQuietly } from "../util/close.ts";
-import type { PhaseClock } from "../util/phases.ts";
 import {
   type Backend,
+  type BootOptions,
   KERNEL_LOGLEVEL,
   type SandboxPaths,
   sandboxPaths,
@@ -356,7 +356,8 @@ export function qemuAccel(host: Pick<HostVirtualization, "hardwareFlag" | "kvmUs
  */
 export const qemuBackend: Backend = {
   kind: "qemu",
-  async boot(spec: VmSpec, signal: AbortSignal, log: RunnerLog, clock?: PhaseClock): Promise<Vm> {
+  async boot(spec: VmSpec, signal: AbortSignal, log: RunnerLog, options: BootOptions = {}): Promise<Vm> {
+    const { clock } = options;
     const paths = sandboxPaths(spec.dir);
     const programs = spec.programs ?? await checkedPrograms("qemu", await qemuChecks());
     const host = spec.host ?? await probeHost();
@@ -378,6 +379,8 @@ export const qemuBackend: Backend = {
         netSocket: spec.network === "user" ? paths.netSocket : undefined,
       });
       clock?.mark("vmm.helpers");
+      // qemu connects to netd's socket as it starts: netd listens by now.
+      await options.netReady;
       const vmm = await startQemu(children, programs["qemu-system-x86_64"], args, spec.incomingFile);
       const bootFiles = [paths.qmpSocket, ...Object.values(fsSockets).flatMap((s) => [s, `${s}.pid`])];
       const exited = whenExited(vmm, children, bootFiles);

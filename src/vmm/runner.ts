@@ -46,7 +46,15 @@ import { closeQuietly } from "../util/close.ts";
 import { logTail } from "../util/logs.ts";
 import type { NotificationParams } from "../agent/rpc.ts";
 import { type BootPhase, epochMs, PhaseClock } from "../util/phases.ts";
-import { type SandboxPaths, sandboxPaths, type Vm, type VmExit, type VmSpec, type VmStart } from "./backend.ts";
+import {
+  type Backend,
+  type SandboxPaths,
+  sandboxPaths,
+  type Vm,
+  type VmExit,
+  type VmSpec,
+  type VmStart,
+} from "./backend.ts";
 import { listenFresh } from "./channel.ts";
 import { ConsoleLog } from "./console.ts";
 import type { NetEngine } from "./netd.ts";
@@ -133,6 +141,8 @@ export class Runner {
   #vm?: Vm;
   #relay?: Relay;
   #net?: NetEngine;
+  /** netd's start while it may be in flight (settles either way): whoever ends or replaces netd waits for it. */
+  #netStarting?: Promise<NetEngine | undefined>;
   /** The guest console's bounded copy on the host (drained from the VMM's FIFO). */
   #console?: ConsoleLog;
   #finished?: Promise<void>;
@@ -350,11 +360,12 @@ export class Runner {
     }
     await discardTemplate(key);
     try {
+      await this.#netStarting;
       if (this.#net) {
         // netd serves exactly one VMM: the cold one gets a fresh netd (a restorable spec has no secrets).
         this.#net.kill();
         await this.#net.exited;
-        this.#net = await this.#startNet({ ...this.spec.netd!, secrets: [] });
+        await this.#startNet({ ...this.spec.netd!, secrets: [] });
       }
       this.clock.mark("vmm.restore.failed");
       const vm = await bootCold(
@@ -362,7 +373,7 @@ export class Runner {
         `the template could not be restored: ${why}`,
         this.#bootAbort.signal,
         this.log,
-        this.clock,
+        { clock: this.clock },
       );
       this.#vm = vm;
       return vm;
@@ -375,30 +386,39 @@ export class Runner {
   /** Boots through the spec's backend; undefined (the failure told) when it cannot. */
   async #boot(): Promise<Vm | undefined> {
     try {
-      const backend = this.spec.backend === "qemu"
-        ? templatingBackend()
-        : (await import("./libkrun.ts")).libkrunBackend;
       this.#bootStart = performance.now();
-      this.#console = await ConsoleLog.start(this.paths, settings.consoleMaxBytes());
       let spec = this.spec;
+      let netReady: Promise<unknown> | undefined;
       if (spec.netd) {
         const { netdSecrets } = await import("../net/engine.ts");
         const secrets = netdSecrets(spec.name, spec.secrets ?? [], this.#secretValues);
-        this.#net = await this.#startNet({ ...spec.netd, secrets });
+        // netd starts while the rest of the boot is prepared (the backend's code, the console, qemu's helpers, a
+        // template's disk): the backend waits for it only where the VMM connects to it.
+        const starting = this.#startNet({ ...spec.netd, secrets });
+        this.#netStarting = starting.catch(() => undefined);
         if (secrets.length > 0) {
           // The guest trusts netd's CA: it reaches the VMM's boot config only, never vm.json.
-          if (!this.#net.caPem) {
+          const net = await starting;
+          if (!net.caPem) {
             throw new BackendUnavailableError(
               spec.backend,
               "netd sent no CA for a sandbox with secrets",
               "run `./dev setup` (it rebuilds netd)",
             );
           }
-          spec = { ...spec, caPem: this.#net.caPem };
+          spec = { ...spec, caPem: net.caPem };
         }
+        netReady = starting;
       }
+      const [backend, consoleLog] = await Promise.all([
+        this.spec.backend === "qemu"
+          ? templatingBackend()
+          : import("./libkrun.ts").then((m) => m.libkrunBackend as Backend),
+        ConsoleLog.start(this.paths, settings.consoleMaxBytes()),
+      ]);
+      this.#console = consoleLog;
       this.clock.mark("runner.prepare");
-      return this.#vm = await backend.boot(spec, this.#bootAbort.signal, this.log, this.clock);
+      return this.#vm = await backend.boot(spec, this.#bootAbort.signal, this.log, { clock: this.clock, netReady });
     } catch (e) {
       if (e instanceof TemplateRestoreError) return await this.#fallBackCold(e.key, e.message);
       await this.#bootFailure(e);
@@ -408,6 +428,8 @@ export class Runner {
 
   /** A boot that threw: netd and the console end, the starter hears why. */
   async #bootFailure(e: unknown): Promise<void> {
+    // A netd still starting (the boot failed before it waited for it) ends too.
+    await this.#netStarting;
     this.#net?.kill();
     await this.#console?.[Symbol.asyncDispose]();
     const err = e instanceof KrunboxError ? e : new BackendUnavailableError(
@@ -424,6 +446,7 @@ export class Runner {
   async #startNet(config: NonNullable<VmSpec["netd"]>): Promise<NetEngine> {
     const { NetEngine } = await import("./netd.ts");
     const net = await NetEngine.start(this.spec.backend, config, this.paths, this.log);
+    this.#net = net;
     this.#log(`netd ${net.version} ready (pid ${net.pid})`);
     net.exited.then((s) => {
       if (this.#vm && this.#status !== "stopped" && this.#status !== "crashed" && !this.#orderly) {

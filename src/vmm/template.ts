@@ -59,8 +59,7 @@ import type { ByteChannel } from "../agent/writer.ts";
 import { writeAll } from "../util/bytes.ts";
 import { bootConfigAnswer } from "./relay.ts";
 import type { RunnerLog } from "./runner_log.ts";
-import type { PhaseClock } from "../util/phases.ts";
-import type { Backend, Vm, VmSpec, VmStart } from "./backend.ts";
+import type { Backend, BootOptions, Vm, VmSpec, VmStart } from "./backend.ts";
 import { probeHost } from "./detect.ts";
 import { qemuAccel, qemuArgs, qemuBackend, STREAM_CAPABILITIES } from "./qemu.ts";
 import type { Qmp } from "./qmp.ts";
@@ -466,13 +465,13 @@ async function ensureTemplate(
 export function templatingBackend(): Backend {
   return {
     kind: "qemu",
-    async boot(spec: VmSpec, signal: AbortSignal, log: RunnerLog, clock?: PhaseClock): Promise<Vm> {
+    async boot(spec: VmSpec, signal: AbortSignal, log: RunnerLog, options: BootOptions = {}): Promise<Vm> {
       // An overlay root's VM keeps a monitor: `runner.snapshot` saves it through it.
       const monitored = monitoredSpec(spec);
-      const cold = (reason: string) => bootCold(spec, reason, signal, log, clock);
+      const cold = (reason: string) => bootCold(spec, reason, signal, log, options);
       const reason = coldReason(spec);
       if (spec.fromSnapshot) {
-        return await fromSnapshot({ ...spec, qmp: true }, spec.fromSnapshot, reason, signal, log, clock);
+        return await fromSnapshot({ ...spec, qmp: true }, spec.fromSnapshot, reason, signal, log, options);
       }
       if (reason || spec.root.kind !== "overlay") return await cold(reason ?? "not an overlay root");
       const t0 = performance.now();
@@ -488,6 +487,9 @@ export function templatingBackend(): Backend {
       const t1 = performance.now();
       await copyDisk(found.paths.upper, spec.root.upper);
       const t2 = performance.now();
+      // A netd that could not start fails this boot as itself, never as a failed restore (that would boot cold).
+      await options.netReady;
+      const t3 = performance.now();
       let vm: Vm;
       try {
         vm = await qemuBackend.boot(
@@ -495,7 +497,7 @@ export function templatingBackend(): Backend {
           { ...monitored, incomingFile: found.paths.state, ramFile: { path: found.paths.ram, share: false } },
           signal,
           log,
-          clock,
+          options,
         );
       } catch (e) {
         signal.throwIfAborted();
@@ -505,7 +507,9 @@ export function templatingBackend(): Backend {
       log.line(
         `restoring template ${key.slice(0, 12)}: key and lookup ${Math.round(t1 - t0)} ms, upper copy ${
           Math.round(t2 - t1)
-        } ms, qemu started and connected ${Math.round(performance.now() - t2)} ms`,
+        } ms, then waited for netd ${Math.round(t3 - t2)} ms, qemu started and connected ${
+          Math.round(performance.now() - t3)
+        } ms`,
       );
       const start: VmStart = { mode: "restored", template: key, built: found.built, ready: found.meta.ready };
       return { ...vm, start };
@@ -539,9 +543,9 @@ export async function bootCold(
   reason: string,
   signal: AbortSignal,
   log: RunnerLog,
-  clock?: PhaseClock,
+  options: BootOptions = {},
 ): Promise<Vm> {
-  const vm = await qemuBackend.boot(monitoredSpec(spec), signal, log, clock);
+  const vm = await qemuBackend.boot(monitoredSpec(spec), signal, log, options);
   return { ...vm, start: { mode: "cold", reason } };
 }
 
@@ -645,7 +649,7 @@ async function fromSnapshot(
   refused: string | undefined,
   signal: AbortSignal,
   log: RunnerLog,
-  clock?: PhaseClock,
+  options: BootOptions = {},
 ): Promise<Vm> {
   if (refused) throw new InvalidConfigError("fromSnapshot", `cannot fork snapshot ${name}: ${refused}`);
   if (spec.root.kind !== "overlay") throw new InvalidConfigError("fromSnapshot", "only an OCI image root can fork");
@@ -656,6 +660,6 @@ async function fromSnapshot(
     throw new InvalidConfigError("fromSnapshot", `snapshot ${name} was taken of another image or shape`);
   }
   await copyDisk(paths.upper, spec.root.upper);
-  const vm = await qemuBackend.boot({ ...spec, incomingFile: paths.state }, signal, log, clock);
+  const vm = await qemuBackend.boot({ ...spec, incomingFile: paths.state }, signal, log, options);
   return { ...vm, start: { mode: "restored", template: meta.key, built: false, ready: meta.ready, snapshot: name } };
 }
