@@ -53,7 +53,7 @@ export interface Layer {
 export const LAYERS: readonly Layer[] = [
   { name: "errors", paths: ["src/errors.ts"], rank: 0 },
   { name: "settings", paths: ["src/settings.ts"], rank: 0 },
-  { name: "version", paths: ["src/version.ts"], rank: 0 },
+  { name: "version", paths: ["src/version.ts", "src/setup_command.ts"], rank: 0 },
   { name: "ffi", paths: ["ffi/"], rank: 1 },
   { name: "util", paths: ["src/util/"], rank: 1 },
   { name: "store", paths: ["src/store/"], rank: 2 },

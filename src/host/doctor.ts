@@ -24,6 +24,7 @@ import { which } from "../util/command.ts";
 import { join } from "node:path";
 import type { FrontDoorConfig } from "./provision/front_door.ts";
 import { VERSION } from "../version.ts";
+import { setupCommand } from "../setup_command.ts";
 
 const MIN_DENO = [2, 9, 0];
 
@@ -85,7 +86,7 @@ function libkrunfwLoadable(): Check {
       name: "libkrunfw loads",
       ok: false,
       detail: (e as Error).message.split("\n")[0],
-      fix: "run `./dev setup`",
+      fix: `run ${setupCommand()}`,
     };
   }
 }
@@ -99,7 +100,7 @@ function libkrunLoadable(): Check {
         name: "libkrun loads",
         ok: false,
         detail: `krun_create_ctx returned ${ctx}`,
-        fix: "rebuild with `./dev setup`",
+        fix: `rebuild with ${setupCommand()}`,
       };
     }
     lib.symbols.krun_free_ctx(ctx);
@@ -110,7 +111,7 @@ function libkrunLoadable(): Check {
       name: "libkrun loads",
       ok: false,
       detail: (e as Error).message.split("\n")[0],
-      fix: "run `./dev setup`, or set KRUNBOX_LIBKRUN_PATH",
+      fix: `run ${setupCommand()}, or set KRUNBOX_LIBKRUN_PATH`,
     };
   }
 }
@@ -151,7 +152,7 @@ async function shareChecks(virtiofsd: Check): Promise<Check[]> {
       name: "virtiofsd version",
       ok: false,
       detail: text,
-      fix: "apt-get install libseccomp2 libcap-ng0, or rebuild with `./dev setup`",
+      fix: `apt-get install libseccomp2 libcap-ng0, or rebuild with ${setupCommand()}`,
     },
   );
   const dir = await Deno.makeTempDir({ prefix: "krunbox-doctor-" });
@@ -433,19 +434,30 @@ async function frontDoorLine(): Promise<Line> {
   const name = "native front door";
   const { bin } = homeLayout();
   const path = join(bin, "krunbox");
+  const fix = `run ${setupCommand()} (it installs it)`;
   const warn = (detail: string, fix: string): Line => ({ name, ok: true, warn: true, detail, fix });
-  const out = await new Deno.Command(path, { args: ["--version"], stdout: "piped", stderr: "piped" }).output()
-    .catch((e: Error) => e);
-  if (out instanceof Error) return warn(`${path}: ${out.message.split("\n")[0]}`, "run `./dev setup` (it installs it)");
-  const printed = new TextDecoder().decode(out.stdout).trim();
-  if (!out.success || !printed.includes(VERSION)) {
-    return warn(`${path} --version printed "${printed}" (exit ${out.code}), not ${VERSION}`, "run `./dev setup`");
-  }
   let config: Partial<FrontDoorConfig>;
   try {
     config = JSON.parse(await Deno.readTextFile(join(bin, "krunbox.json")));
   } catch (e) {
-    return warn(`${join(bin, "krunbox.json")}: ${(e as Error).message}`, "run `./dev setup`");
+    const why = e instanceof Deno.errors.NotFound ? "is missing" : `cannot be read: ${(e as Error).message}`;
+    return warn(`not installed: ${join(bin, "krunbox.json")} ${why}`, fix);
+  }
+  let out: Deno.CommandOutput;
+  try {
+    // Bounded: a front door that hands --version over (an older krunbox.json) must not hold the doctor.
+    out = await new Deno.Command(path, {
+      args: ["--version"],
+      stdout: "piped",
+      stderr: "piped",
+      signal: AbortSignal.timeout(FRONT_DOOR_PROBE_MS),
+    }).output();
+  } catch (e) {
+    return warn(`${path}: ${(e as Error).message.split("\n")[0]}`, fix);
+  }
+  const printed = new TextDecoder().decode(out.stdout).trim();
+  if (!out.success || printed !== `krunbox ${VERSION}`) {
+    return warn(`${path} --version printed "${printed}" (exit ${out.code}), not krunbox ${VERSION}`, fix);
   }
   const gone = (f: string) => Deno.stat(f).then(() => false, () => true);
   const missing: string[] = [];
@@ -453,16 +465,26 @@ async function frontDoorLine(): Promise<Line> {
     if (f !== undefined && await gone(f)) missing.push(f);
   }
   if (!config.deno || missing.length > 0) {
-    return warn(`it hands over to ${missing.join(" and ") || "no Deno"}, which is gone`, "run `./dev setup` again");
+    return warn(`it hands over to ${missing.join(" and ") || "no Deno"}, which is gone`, fix);
   }
   const first = await which("krunbox");
-  if (first !== path) {
+  const same = first !== undefined && await sameFile(first, path);
+  if (!same) {
     return warn(
       `${path} works; ${first ? `\`krunbox\` on PATH is ${first}` : `${bin} is not on PATH`}`,
       `put ${bin} first on PATH to run \`krunbox exec\` without starting Deno`,
     );
   }
   return { name, ok: true, detail: `${path} (on PATH), hands over to ${config.deno}` };
+}
+
+/** How long the doctor waits for `krunbox --version`. */
+const FRONT_DOOR_PROBE_MS = 5_000;
+
+/** Whether two paths name one file (a PATH entry may be a link or end in `/`). */
+async function sameFile(a: string, b: string): Promise<boolean> {
+  const [x, y] = await Promise.all([Deno.stat(a), Deno.stat(b)]).catch(() => [undefined, undefined]);
+  return x !== undefined && y !== undefined && x.dev === y.dev && x.ino === y.ino;
 }
 
 /** Runs the doctor: prints every check; resolves 0 when a backend can run. */

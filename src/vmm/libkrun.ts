@@ -28,6 +28,7 @@
  * @module
  */
 
+import { setupCommand } from "../setup_command.ts";
 import { CStrings } from "../../ffi/cstring.ts";
 import { checkKrun, KRUN_DISK_FORMAT, KRUN_FS_ROOT_TAG, KRUN_LOG_LEVEL, KRUN_MAC_BYTES } from "../../ffi/libkrun.ts";
 import { type Libkrun, loadLibkrun, loadLibkrunfw } from "../../ffi/load.ts";
@@ -94,7 +95,11 @@ function load(level: VmLogLevel = "warn"): Libkrun {
 
 function required<T>(fn: T | null, name: string): T {
   if (!fn) {
-    throw new BackendUnavailableError("libkrun", `this libkrun lacks ${name}`, "use libkrun >= 1.19 (`./dev setup`)");
+    throw new BackendUnavailableError(
+      "libkrun",
+      `this libkrun lacks ${name}`,
+      `use libkrun >= 1.19 (${setupCommand()} builds it)`,
+    );
   }
   return fn;
 }

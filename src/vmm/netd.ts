@@ -17,6 +17,7 @@
  * @module
  */
 
+import { setupCommand } from "../setup_command.ts";
 import { BackendUnavailableError } from "../errors.ts";
 import {
   netdCommand,
@@ -120,7 +121,7 @@ export class NetEngine implements Disposable {
       outcome === "timeout"
         ? `netd did not become ready within ${DEFAULTS.netdReadyMs} ms`
         : `netd exited at start (code ${status.code}): ${why}`,
-      `see ${runnerLog.path}; \`./dev setup\` builds netd`,
+      `see ${runnerLog.path}; ${setupCommand()} builds netd`,
     );
   }
 

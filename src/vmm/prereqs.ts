@@ -6,6 +6,7 @@
  * @module
  */
 
+import { setupCommand } from "../setup_command.ts";
 import { BackendUnavailableError } from "../errors.ts";
 import { type AssetName, assetPath, assetVersion } from "../store/assets.ts";
 import { which } from "../util/command.ts";
@@ -23,7 +24,8 @@ export interface Check {
   readonly program?: boolean;
 }
 
-const SETUP_FIX = "run `./dev setup` (or `deno task setup`)";
+/** The fix for anything setup provisions, naming the setup command that exists where krunbox runs. */
+const setupFix = (): string => `run ${setupCommand()}`;
 
 /**
  * The layout of the qemu initramfs this code boots, part of its version
@@ -46,13 +48,13 @@ export async function checkAsset(name: AssetName, label: string = name, layout?:
   const version = await assetVersion(name);
   const path = assetPath(name);
   const exists = await Deno.stat(path).then(() => true, () => false);
-  if (!version || !exists) return { name: label, ok: false, detail: `${path} is missing`, fix: SETUP_FIX };
+  if (!version || !exists) return { name: label, ok: false, detail: `${path} is missing`, fix: setupFix() };
   if (layout && !version.split("+").includes(layout)) {
     return {
       name: label,
       ok: false,
       detail: `${path} (${version}) is older than this krunbox (${layout})`,
-      fix: SETUP_FIX,
+      fix: setupFix(),
     };
   }
   return { name: label, ok: true, detail: `${path} (${version})` };
@@ -73,7 +75,7 @@ export async function checkProgram(program: string, debianPackage: string, extra
     name: program,
     ok: false,
     detail: "not found",
-    fix: `${SETUP_FIX}, or: apt-get install ${debianPackage}`,
+    fix: `${setupFix()}, or: apt-get install ${debianPackage}`,
   };
 }
 
@@ -98,7 +100,7 @@ export async function checkVirtiofsd(): Promise<Check> {
     ok: false,
     detail: `the Rust virtiofsd (crates.io) is not provisioned: ${asset.detail}; ` +
       "qemu shares (read-only ones above all) are served only by it",
-    fix: `${SETUP_FIX}; it builds virtiofsd with cargo and needs Debian's libcap-ng-dev and libseccomp-dev`,
+    fix: `${setupFix()}; it builds virtiofsd with cargo and needs Debian's libcap-ng-dev and libseccomp-dev`,
   };
 }
 
@@ -187,5 +189,5 @@ export function checkedPrograms(backend: string, checks: readonly Check[]): Reco
  */
 export function requireChecks(backend: string, checks: readonly Check[]): void {
   const failed = checks.find((c) => !c.ok);
-  if (failed) throw new BackendUnavailableError(backend, `${failed.name}: ${failed.detail}`, failed.fix ?? SETUP_FIX);
+  if (failed) throw new BackendUnavailableError(backend, `${failed.name}: ${failed.detail}`, failed.fix ?? setupFix());
 }

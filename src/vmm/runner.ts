@@ -29,6 +29,7 @@
  * @module
  */
 
+import { setupCommand } from "../setup_command.ts";
 import { basename } from "node:path";
 import {
   BackendUnavailableError,
@@ -148,7 +149,6 @@ export class Runner {
   #finished?: Promise<void>;
   /** The agent's ready as clients got it (a snapshot keeps it for its forks). */
   #ready?: ReadyParams;
-  /** The VM's QMP monitor, opened at the first snapshot. */
   /** When the backend's boot began (performance.now()). */
   #bootStart = 0;
 
@@ -403,7 +403,7 @@ export class Runner {
             throw new BackendUnavailableError(
               spec.backend,
               "netd sent no CA for a sandbox with secrets",
-              "run `./dev setup` (it rebuilds netd)",
+              `run ${setupCommand()} (it rebuilds netd)`,
             );
           }
           spec = { ...spec, caPem: net.caPem };

@@ -180,7 +180,13 @@ Deno.test({
     );
     const gone = await doctorWith(`${bin}:${others}`);
     assertMatch(line(gone, "native front door"), /^warn .*\/nonexistent\/deno, which is gone/);
-    assertMatch(fixOf(gone, "native front door"), /\.\/dev setup/);
+    assertMatch(fixOf(gone, "native front door"), /dev setup/);
+    // Not installed at all: a warning with the fix, and every other line still printed (it crashed the doctor once).
+    await Deno.remove(bin, { recursive: true });
+    const none = await doctorWith(others);
+    assertMatch(line(none, "native front door"), /^warn .*not installed: .*krunbox\.json is missing/);
+    assertMatch(fixOf(none, "native front door"), /dev setup` \(it installs it\)/);
+    assertMatch(none, /\nbackend auto → /);
   } finally {
     await Deno.remove(home, { recursive: true });
   }

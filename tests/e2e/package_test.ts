@@ -80,6 +80,23 @@ Deno.test(
         NO_COLOR: "1",
       };
 
+      const program = join(pkg, "job.ts");
+      await Deno.writeTextFile(
+        program,
+        `import { Sandbox } from "./mod.ts";\n` +
+          `await using sb = await Sandbox.builder("pkg-1").image(${JSON.stringify(await busyboxRoot())})` +
+          `.memory(256).create();\n` +
+          `const out = await sb.exec("sh", ["-c", "echo from-the-package $((6*7))"]);\n` +
+          `console.log(out.stdout.trim());\n`,
+      );
+      // Before setup: the error's fix names the setup that exists here (the package's own), never a checkout's ./dev.
+      const before = await run(Deno.execPath(), ["run", "-A", program], pkg, env);
+      assert(before.code !== 0, "nothing is provisioned yet");
+      const fix = before.stderr.match(/Fix: run `deno run -A (\S+)`/);
+      assert(fix, `the error names a setup command:\n${before.stderr}`);
+      assertEquals(await Deno.realPath(fix[1]), await Deno.realPath(join(pkg, "src", "host", "setup.ts")));
+      assert(!before.stderr.includes("./dev"), before.stderr);
+
       const setup = await run(Deno.execPath(), ["run", "-A", "src/host/setup.ts"], pkg, env);
       assertEquals(setup.code, 0, `setup from the package failed:\n${setup.stdout}\n${setup.stderr}`);
       for (const built of ["agent", "netd", "initramfs"]) {
@@ -101,15 +118,6 @@ Deno.test(
       assertEquals(doctor.code, 0, `doctor from the package:\n${doctor.stdout}\n${doctor.stderr}`);
       assertMatch(doctor.stdout, /backend auto → /);
 
-      const program = join(pkg, "job.ts");
-      await Deno.writeTextFile(
-        program,
-        `import { Sandbox } from "./mod.ts";\n` +
-          `await using sb = await Sandbox.builder("pkg-1").image(${JSON.stringify(await busyboxRoot())})` +
-          `.memory(256).create();\n` +
-          `const out = await sb.exec("sh", ["-c", "echo from-the-package $((6*7))"]);\n` +
-          `console.log(out.stdout.trim());\n`,
-      );
       const job = await run(Deno.execPath(), ["run", "-A", program], pkg, env);
       assertEquals(job.code, 0, `a program on the package alone:\n${job.stdout}\n${job.stderr}`);
       assertEquals(job.stdout.trim(), "from-the-package 42");
