@@ -39,6 +39,8 @@ export class Qmp implements Disposable {
   #ended: BackendUnavailableError | undefined;
   /** The command in flight: the next waits for it (one at a time, so replies match commands). */
   #turn: Promise<unknown> = Promise.resolve();
+  /** The operation of {@link Qmp.exclusive} in progress: the next waits for it. */
+  #exclusive: Promise<unknown> = Promise.resolve();
 
   private constructor(conn: Deno.Conn) {
     this.#conn = conn;
@@ -92,6 +94,19 @@ export class Qmp implements Disposable {
       return (msg.return ?? {}) as QmpReturn;
     });
     this.#turn = run.catch(() => {});
+    return run;
+  }
+
+  /**
+   * Runs `op` once no other exclusive operation of this monitor runs, and
+   * makes the next one wait for it: a save's commands, its events and the
+   * resume it ends with belong to it alone (a second save of the same VM
+   * meanwhile would fail its capabilities and resume the VM while the first
+   * one copies its disk).
+   */
+  exclusive<T>(op: () => Promise<T>): Promise<T> {
+    const run = this.#exclusive.then(op);
+    this.#exclusive = run.catch(() => {});
     return run;
   }
 

@@ -626,13 +626,18 @@ export async function saveSnapshot(
   await Deno.mkdir(build, { mode: 0o700 });
   try {
     const key = await templateKey(spec);
-    try {
-      await migrateTo(qmp, join(build, "state"));
-      // Paused: the disk holds what the saved memory last flushed to it.
-      await copyDisk(spec.root.upper, join(build, "upper.ext4"));
-    } finally {
-      await qmp.execute("cont").catch(() => {});
-    }
+    const upper = spec.root.upper;
+    // One save of this VM at a time (snapshots under other names wait): the pause, the disk copy and the resume
+    // are this save's alone.
+    await qmp.exclusive(async () => {
+      try {
+        await migrateTo(qmp, join(build, "state"));
+        // Paused: the disk holds what the saved memory last flushed to it.
+        await copyDisk(upper, join(build, "upper.ext4"));
+      } finally {
+        await qmp.execute("cont").catch(() => {});
+      }
+    });
     const meta: TemplateMeta = { key, createdAt: new Date().toISOString(), ready, bootMs: 0, saveMs: 0 };
     await Deno.writeTextFile(join(build, "meta.json"), JSON.stringify(meta, null, 1));
     await Deno.rename(build, paths.dir);

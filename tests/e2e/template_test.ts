@@ -7,6 +7,7 @@
  * changes with the shape.
  */
 
+import { AgentClient } from "../../src/agent/client.ts";
 import { join } from "node:path";
 import { leftovers, processesMentioning, sandboxDir, skipVmReason, testHome } from "../util/e2e.ts";
 import { assert, assertEquals } from "../util/assert.ts";
@@ -286,6 +287,18 @@ Deno.test({ name: "fork: sb.snapshot(name) and fromSnapshot(name) branch a runni
     // Writes of the fork stay its own.
     await fork.fs().write("/root/fork-only", "f");
     assertEquals((await src.exec("test", ["-e", "/root/fork-only"])).code, 1);
+    // Two snapshots of one sandbox at once: each its own whole save (before, the second failed its migration's
+    // capabilities and resumed the VM while the first one copied its disk).
+    await src.fs().write("/root/on-disk", "for both");
+    // Two clients (one client's requests are served in turn): the sandbox's own and a second connection.
+    {
+      await using other = await AgentClient.connect(join(sandboxDir("tpl-src"), "agent.sock"));
+      await Promise.all([src.snapshot("snap-a"), other.request("runner.snapshot", { name: "snap-b" })]);
+    }
+    for (const [snap, name] of [["snap-a", "tpl-fork-a"], ["snap-b", "tpl-fork-b"]]) {
+      await using f = await Sandbox.builder(name).image(r).memory(256).disableNetwork().fromSnapshot(snap).create();
+      assertEquals(await f.fs().readText("/root/on-disk"), "for both", snap);
+    }
     // A taken name is refused; another shape cannot fork it.
     let taken = "";
     await src.snapshot("snap1").catch((e) => taken = String(e.message));
@@ -295,6 +308,6 @@ Deno.test({ name: "fork: sb.snapshot(name) and fromSnapshot(name) branch a runni
     assert(other.startsWith("INVALID_CONFIG:") && /another image or shape/.test(other), other);
   } finally {
     await src[Symbol.asyncDispose]();
-    await remove("tpl-src", "tpl-fork", "tpl-fork2");
+    await remove("tpl-src", "tpl-fork", "tpl-fork2", "tpl-fork-a", "tpl-fork-b");
   }
 });
