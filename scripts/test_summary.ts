@@ -99,8 +99,11 @@ export function denoCounts(run: RunOutput): Counts {
 /** How much of each failed test's error the summary repeats. */
 const ERROR_LINES = 4;
 const ERROR_LINE_CHARS = 240;
-/** A test's heading in deno's ERRORS and FAILURES sections: `name => ./file.ts:12:6`. */
-const TEST_HEADING = / => \S+:\d+:\d+$/;
+/**
+ * A failure's heading in deno's ERRORS and FAILURES sections: a test's
+ * `name => ./file.ts:12:6`, or a module's `./file.ts (uncaught error)`.
+ */
+const TEST_HEADING = / => \S+:\d+:\d+$|^\S+ \(uncaught error\)$/;
 
 /**
  * The names deno test lists under its ` FAILURES ` heading (`name => file:line`),
@@ -131,6 +134,11 @@ function errorOf(errors: string[], heading: string): string[] {
   for (const l of errors.slice(start + 1)) {
     // The next test's heading, or the stack: the message is over.
     if (TEST_HEADING.test(l) || /^\s+at /.test(l)) break;
+    // deno echoes the throwing source line with a caret under it: the message is what says why.
+    if (/^\s*\^+\s*$/.test(l)) {
+      if (out.length > 1) out.pop();
+      continue;
+    }
     out.push(l.length > ERROR_LINE_CHARS ? `${l.slice(0, ERROR_LINE_CHARS)}…` : l);
     if (out.length === ERROR_LINES) break;
   }

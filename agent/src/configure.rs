@@ -111,7 +111,9 @@ pub struct AfterReply {
     /// reply; the file (an ext4 write on the root, the slowest step, ~45 ms on
     /// a restored guest whose code is not yet translated under TCG) is
     /// written after it, by the same thread before it reads the next request,
-    /// so every later request sees it. Its result was never reported.
+    /// so every later request of the host (all of them come through this one
+    /// stream) sees it. A guest process already running may read the old file
+    /// for those few ms. Its result was never reported.
     hostname_file: Option<String>,
 }
 

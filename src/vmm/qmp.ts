@@ -135,6 +135,7 @@ export class Qmp implements Disposable {
 
   /** Reads every line qemu writes until the connection ends. */
   async #read(): Promise<void> {
+    let cause: unknown;
     try {
       for await (const line of lines(this.#conn.readable)) {
         const msg = JSON.parse(line);
@@ -145,10 +146,11 @@ export class Qmp implements Disposable {
         } else this.#replies.push(msg);
         this.#notify();
       }
-    } catch {
-      // a closed or broken connection: the end of this monitor, said below
+    } catch (e) {
+      // A broken line, or the connection failed: the end of this monitor too, said below with why.
+      cause = e;
     }
-    this.#ended = closedMonitor();
+    this.#ended = closedMonitor(cause);
     this.#notify();
   }
 

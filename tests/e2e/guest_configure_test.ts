@@ -45,7 +45,9 @@ Deno.test({
     seed: crypto.getRandomValues(new Uint8Array(64)),
   });
   // The agent writes /etc/hostname after its reply, before it reads the next request: a file read right after
-  // the reply (served by the agent's fs thread, not the one that wrote) already sees it.
+  // the reply (served by the agent's fs thread, not the one that wrote) already sees it. A smoke check of that
+  // order (the old code, which wrote before replying, passes it too; a write moved to another thread would
+  // fail it only sometimes).
   assertEquals((await sb.fs().readText("/etc/hostname")).trim(), "handed-out");
   assertEquals((await sb.exec("hostname")).stdout.trim(), "handed-out");
   assertEquals((await sb.exec("cat", ["/etc/hostname"])).stdout.trim(), "handed-out");

@@ -12,6 +12,7 @@ import { join } from "node:path";
 import { assert, assertEquals, assertRejects } from "../util/assert.ts";
 import { Qmp, QMP_KEPT_EVENTS } from "../../src/vmm/qmp.ts";
 import { BackendUnavailableError } from "../../src/errors.ts";
+import { writeAll } from "../../src/util/bytes.ts";
 
 const enc = new TextEncoder();
 
@@ -50,7 +51,7 @@ async function* commands(peer: Deno.Conn): AsyncGenerator<Record<string, unknown
 }
 
 const send = (peer: Deno.Conn, ...msgs: unknown[]) =>
-  peer.write(enc.encode(msgs.map((m) => JSON.stringify(m) + "\n").join("")));
+  writeAll(peer, enc.encode(msgs.map((m) => JSON.stringify(m) + "\n").join("")));
 
 Deno.test("qmp: replies match commands in order; events in between are kept for event()", async () => {
   await using p = await pair();
@@ -93,6 +94,7 @@ Deno.test("qmp: a flood of events nobody waits for keeps the newest QMP_KEPT_EVE
   while (qmp.keptEvents < QMP_KEPT_EVENTS && performance.now() - t0 < 10_000) {
     await new Promise((r) => setTimeout(r, 5));
   }
+  assertEquals(qmp.keptEvents, QMP_KEPT_EVENTS, "the flood was read while no command waited");
   await qmp.execute("query-status");
   assertEquals(qmp.keptEvents, QMP_KEPT_EVENTS, "bounded");
   const last = await qmp.event((e) => e.event === "RTC_CHANGE" && (e.data as { i: number }).i === flood - 1);
@@ -130,4 +132,57 @@ Deno.test("qmp: a peer that never greets fails open() once it closes, and open()
   const opening = Qmp.open(p.client);
   p.peer.close();
   await assertRejects(() => opening, BackendUnavailableError);
+});
+
+Deno.test("qmp: commands go one at a time: the second is written only after the first one's reply", async () => {
+  await using p = await pair();
+  const seen: string[] = [];
+  const script = (async () => {
+    await send(p.peer, { QMP: { version: {} } });
+    const cmds = commands(p.peer);
+    await cmds.next();
+    await send(p.peer, { return: {} });
+    const first = (await cmds.next()).value as { execute: string };
+    seen.push(first.execute);
+    // Nothing else arrives while the first is unanswered.
+    const next = cmds.next();
+    const early = await Promise.race([next.then(() => "early"), new Promise((r) => setTimeout(() => r("none"), 200))]);
+    seen.push(String(early));
+    await send(p.peer, { return: { n: 1 } });
+    seen.push(((await next).value as { execute: string }).execute);
+    await send(p.peer, { return: { n: 2 } });
+  })();
+  using qmp = await Qmp.open(p.client);
+  const [a, b] = await Promise.all([qmp.execute("first"), qmp.execute("second")]);
+  assertEquals([a, b], [{ n: 1 }, { n: 2 }]);
+  await script;
+  assertEquals(seen, ["first", "none", "second"]);
+});
+
+Deno.test("qmp: open() that fails on an error reply closes the connection (the peer sees its end)", async () => {
+  await using p = await pair();
+  const script = (async () => {
+    await send(p.peer, { QMP: { version: {} } });
+    const cmds = commands(p.peer);
+    await cmds.next();
+    await send(p.peer, { error: { class: "CommandNotFound", desc: "no" } });
+    // The client's end closes: the peer's read ends (bounded, so a client that keeps it open fails here, not hangs).
+    const end = await Promise.race([
+      cmds.next().then((r) => (r.done ? "closed" : "a line")),
+      new Promise((r) => setTimeout(() => r("still open after 5 s"), 5000)),
+    ]);
+    assertEquals(end, "closed");
+  })();
+  await assertRejects(() => Qmp.open(p.client), BackendUnavailableError, "CommandNotFound");
+  await script;
+});
+
+Deno.test("qmp: a line that is not a QMP message ends the monitor with its cause", async () => {
+  await using p = await pair();
+  await send(p.peer, { QMP: { version: {} } });
+  const opening = Qmp.open(p.client);
+  await writeAll(p.peer, enc.encode("not json\n"));
+  const e = await opening.then(() => undefined, (e) => e);
+  assert(e instanceof BackendUnavailableError, String(e));
+  assert(e.cause instanceof SyntaxError, `cause ${e.cause}`);
 });

@@ -16,9 +16,8 @@ Deno.test("deno: counts come from the final summary (passed, failed, ignored; st
   const c = denoCounts(fixture("deno_mixed"));
   assertEquals(counts(c), [2, 1, 1]);
   // The failed test is named from the FAILURES list, so a log's last lines say which.
-  assertEquals(c.notes.slice(0, 2), ["failed: two => ./a_test.ts:2:6", "  error: Error: boom"]);
-  // The error's first lines follow its name (the stack does not).
-  assert(c.notes.every((n) => !n.includes(" at ")), c.notes.join("\n"));
+  // The error's first line follows its name; not the source line deno echoes, its caret or the stack.
+  assertEquals(c.notes, ["failed: two => ./a_test.ts:2:6", "  error: Error: boom"]);
 });
 
 Deno.test("deno: a run killed after a test echoed the nested suite's summary is a failure, not 9 passed", () => {
@@ -80,4 +79,27 @@ Deno.test("go: tests from -json events; a package that does not build or whose b
 Deno.test("go: a green run", () => {
   assertEquals(counts(goCounts(fixture("go_ok"))), [2, 0, 0]);
   assertEquals(counts(goCounts({ stdout: "", stderr: "go: cannot find main module", code: 1 })), [0, 1, 0]);
+});
+
+Deno.test("deno: a module's uncaught error is named with its message (it has no `=>` heading)", () => {
+  const stdout = [
+    "running 1 test from ./b_test.ts",
+    "ok one ... ok (1ms)",
+    "",
+    " ERRORS ",
+    "",
+    "./b_test.ts (uncaught error)",
+    "error: (in promise) Error: dangling",
+    "    at file:///tmp/b_test.ts:3:9",
+    "This error was not caught from a test and caused the test runner to fail on the referenced module.",
+    "",
+    " FAILURES ",
+    "",
+    "./b_test.ts (uncaught error)",
+    "",
+    "FAILED | 1 passed | 1 failed (5ms)",
+  ].join("\n");
+  const c = denoCounts({ stdout, stderr: "", code: 1 });
+  assertEquals(counts(c), [1, 1, 0]);
+  assertEquals(c.notes, ["failed: ./b_test.ts (uncaught error)", "  error: (in promise) Error: dangling"]);
 });
