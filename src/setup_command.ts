@@ -1,8 +1,9 @@
 /**
- * The command that provisions krunbox where this copy of it runs, for every
- * "Fix:" that says to run setup: a checkout has `./dev setup`; a copy of
- * the package on disk (the files `deno publish` uploads) has its own
- * `src/host/setup.ts`; the package from JSR has its `setup` entry point.
+ * The commands that provision and check krunbox where this copy of it
+ * runs, for every "Fix:" that says to run setup or the doctor: a checkout
+ * has `./dev setup`; a copy of the package on disk (the files `deno
+ * publish` uploads) has its own `src/host/setup.ts`; the package from JSR
+ * has its `setup` and `doctor` entry points.
  *
  * @example
  * ```ts
@@ -20,16 +21,28 @@ const ROOT = new URL("../", import.meta.url);
 
 /** The setup command for this copy of krunbox, in backticks. */
 export function setupCommand(root: URL = ROOT): string {
+  return entryCommand("setup", root);
+}
+
+/** The doctor command for this copy of krunbox, in backticks. */
+export function doctorCommand(root: URL = ROOT): string {
+  return entryCommand("doctor", root);
+}
+
+/** `./dev <entry>` in a checkout, the package's `src/host/<entry>.ts` on disk, its `<entry>` export on JSR. */
+function entryCommand(entry: "setup" | "doctor", root: URL): string {
   if (root.protocol !== "file:") {
     return root.hostname === "jsr.io"
-      ? `\`deno run -A jsr:@krunbox/krunbox@${VERSION}/setup\``
-      : `\`deno run -A ${new URL("src/host/setup.ts", root).href}\``;
+      ? `\`deno run -A jsr:@krunbox/krunbox@${VERSION}/${entry}\``
+      : `\`deno run -A ${new URL(`src/host/${entry}.ts`, root).href}\``;
   }
   const dir = decodeURIComponent(root.pathname).replace(/\/$/, "");
   try {
-    if (Deno.statSync(`${dir}/dev`).isFile) return dir === Deno.cwd() ? "`./dev setup`" : `\`${dir}/dev setup\``;
+    if (Deno.statSync(`${dir}/dev`).isFile) {
+      return dir === Deno.cwd() ? `\`./dev ${entry}\`` : `\`${dir}/dev ${entry}\``;
+    }
   } catch {
     // not a checkout (or not allowed to look): the package's own entry point
   }
-  return `\`deno run -A ${dir}/src/host/setup.ts\``;
+  return `\`deno run -A ${dir}/src/host/${entry}.ts\``;
 }

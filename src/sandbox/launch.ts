@@ -12,6 +12,7 @@
  * @module
  */
 
+import { doctorCommand } from "../setup_command.ts";
 import { AgentClient } from "../agent/client.ts";
 import {
   AlreadyExistsError,
@@ -337,7 +338,7 @@ export async function launchRunner(
     throw new BackendUnavailableError(
       "runner",
       `the runner of "${name}" exited before the VM was ready${tail ? `; its logs end with:\n${tail}\n` : ""}`,
-      `see ${paths.runnerLog} and run \`./dev doctor\``,
+      `see ${paths.runnerLog} and run ${doctorCommand()}`,
     );
   }
   let agent: AgentClient;

@@ -28,7 +28,7 @@
  * @module
  */
 
-import { setupCommand } from "../setup_command.ts";
+import { doctorCommand, setupCommand } from "../setup_command.ts";
 import { CStrings } from "../../ffi/cstring.ts";
 import { checkKrun, KRUN_DISK_FORMAT, KRUN_FS_ROOT_TAG, KRUN_LOG_LEVEL, KRUN_MAC_BYTES } from "../../ffi/libkrun.ts";
 import { type Libkrun, loadLibkrun, loadLibkrunfw } from "../../ffi/load.ts";
@@ -264,7 +264,7 @@ export const libkrunBackend: Backend = {
       new BackendUnavailableError(
         "libkrun",
         `krun_start_enter failed with errno ${-(e.code ?? 0)}`,
-        "see the sandbox's console.log; `./dev doctor` checks KVM",
+        `see the sandbox's console.log; ${doctorCommand()} checks KVM`,
       ));
     signal.removeEventListener("abort", kill);
     // One VMM, one agent stream: the listener is closed; the path goes too, so nothing can be reached there.

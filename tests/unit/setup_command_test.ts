@@ -8,7 +8,7 @@
 
 import { join } from "node:path";
 import { assertEquals } from "../util/assert.ts";
-import { setupCommand } from "../../src/setup_command.ts";
+import { doctorCommand, setupCommand } from "../../src/setup_command.ts";
 import { VERSION } from "../../src/version.ts";
 
 Deno.test("setupCommand: a checkout's dev script, a package copy's setup.ts, JSR's entry point", async () => {
@@ -16,12 +16,13 @@ Deno.test("setupCommand: a checkout's dev script, a package copy's setup.ts, JSR
   try {
     const root = new URL(`file://${dir}/`);
     assertEquals(setupCommand(root), `\`deno run -A ${dir}/src/host/setup.ts\``);
+    assertEquals(doctorCommand(root), `\`deno run -A ${dir}/src/host/doctor.ts\``);
     await Deno.writeTextFile(join(dir, "dev"), "#!/bin/sh\n");
     assertEquals(setupCommand(root), `\`${dir}/dev setup\``);
     const cwd = Deno.cwd();
     Deno.chdir(dir);
     try {
-      assertEquals(setupCommand(root), "`./dev setup`");
+      assertEquals([setupCommand(root), doctorCommand(root)], ["`./dev setup`", "`./dev doctor`"]);
     } finally {
       Deno.chdir(cwd);
     }
