@@ -335,9 +335,15 @@ export async function launchRunner(
     if (!status) runner.kill("SIGKILL");
     if (event?.event === "failed") throw runnerError(event, name, settings.bootTimeoutMs());
     const tail = [await logTail(paths.runnerLog, 5), await logTail(paths.consoleLog, 10)].filter(Boolean).join("\n");
+    // How it ended says what to look for: a signal (a crash in the VMM's code), or an exit code of its own.
+    const how = !status
+      ? "did not exit (killed)"
+      : status.signal
+      ? `killed by ${status.signal}`
+      : `exit code ${status.code}`;
     throw new BackendUnavailableError(
       "runner",
-      `the runner of "${name}" exited before the VM was ready${tail ? `; its logs end with:\n${tail}\n` : ""}`,
+      `the runner of "${name}" exited before the VM was ready (${how})${tail ? `; its logs end with:\n${tail}\n` : ""}`,
       `see ${paths.runnerLog} and run ${doctorCommand()}`,
     );
   }
