@@ -65,7 +65,8 @@ export const SANDBOX_HELP: Record<string, string> = {
   network: "network profile: none, public (default), host, all (repeatable)",
   allow: "allow a destination, e.g. .pypi.org:tcp:443 (repeatable, first match wins)",
   deny: "deny a destination, e.g. 10.0.0.0/8 (repeatable)",
-  "secret-env": "a secret ENV=VALUE@HOST: the guest sees a placeholder, HOST gets VALUE",
+  "secret-env": "a secret ENV=VALUE@HOST (or ENV@HOST: VALUE from krunbox's own $ENV, out of the command line): " +
+    "the guest sees a placeholder, HOST gets VALUE",
   "no-network": "no network device at all (DNS included)",
   pull: "when to pull: always, if-missing (default), never",
   backend: "auto (default), libkrun or qemu",
@@ -116,12 +117,27 @@ export function parseTmpfs(v: string): { guest: string; sizeMib: number } {
   return { guest, sizeMib: s ? parseMemory(s) : 64 };
 }
 
-/** `ENV=VALUE@HOST`, split at the first `=` and the last `@`. */
+/**
+ * `ENV=VALUE@HOST`, split at the first `=` and the last `@`; or `ENV@HOST`,
+ * the value taken from krunbox's own environment variable ENV, so it is
+ * never in a command line (`/proc/PID/cmdline`, shell history).
+ */
 export function parseSecretEnv(v: string): { env: string; value: string; host: string } {
   const eq = v.indexOf("=");
   const at = v.lastIndexOf("@");
+  if (eq < 0 && at > 0 && at < v.length - 1) {
+    const env = v.slice(0, at);
+    const value = Deno.env.get(env);
+    if (value === undefined || value === "") {
+      throw new InvalidConfigError("--secret-env", `${env}@HOST takes the value of ${env}, which is not set here`);
+    }
+    return { env, value, host: v.slice(at + 1) };
+  }
   if (eq <= 0 || at < eq + 1 || at === v.length - 1) {
-    throw new InvalidConfigError("--secret-env", "wants ENV=VALUE@HOST");
+    throw new InvalidConfigError(
+      "--secret-env",
+      "wants ENV=VALUE@HOST, or ENV@HOST with ENV set in krunbox's environment",
+    );
   }
   return { env: v.slice(0, eq), value: v.slice(eq + 1, at), host: v.slice(at + 1) };
 }

@@ -80,6 +80,18 @@ Deno.test("cli: docker's flag forms", () => {
     host: "api.example.com",
   });
   assertThrows(() => parseSecretEnv("TOKEN=value"), InvalidConfigError);
+  // ENV@HOST: the value from krunbox's own environment, never on the command line.
+  Deno.env.set("KRUNBOX_TEST_SECRET", "s3cret");
+  try {
+    assertEquals(parseSecretEnv("KRUNBOX_TEST_SECRET@api.example.com"), {
+      env: "KRUNBOX_TEST_SECRET",
+      value: "s3cret",
+      host: "api.example.com",
+    });
+  } finally {
+    Deno.env.delete("KRUNBOX_TEST_SECRET");
+  }
+  assertThrows(() => parseSecretEnv("KRUNBOX_TEST_SECRET@api.example.com"), InvalidConfigError, "not set");
   assertThrows(() => parseSecretEnv("=v@h"), InvalidConfigError);
 });
 
