@@ -1,7 +1,9 @@
 /**
  * The CLI as a person meets it: every command spawned as a process (`deno
  * run -A cli.ts …`) with its exit code and output checked (`--json` parsed),
- * against real qemu VMs; and the interactive path driven through a real
+ * against real qemu VMs and a real registry (pull, images, rmi, prune), the
+ * streaming commands (`logs -f`, `metrics --watch`) read while they run and
+ * seen to end with the sandbox; and the interactive path driven through a real
  * terminal (tmux): typing, a resize seen by `stty size` in the guest, Ctrl-C
  * of a `sleep`, the guest shell's exit code, and the local terminal restored.
  */
@@ -10,6 +12,8 @@ import { join } from "node:path";
 import { skipVmReason, testHome } from "../util/e2e.ts";
 import { assert, assertEquals, assertMatch } from "../util/assert.ts";
 import { busyboxRoot } from "../../scripts/roots.ts";
+import { LocalRegistry, missingRegistryTools, pushImage } from "../util/registry.ts";
+import { skipped } from "../util/require.ts";
 
 const ignore = skipVmReason !== undefined;
 const root = ignore ? "" : await busyboxRoot();
@@ -243,3 +247,117 @@ Deno.test({ name: "cli: run -it in tmux — typing, resize, Ctrl-C, exit code, t
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+// ---- images, and the streaming commands ----
+
+/** A `krunbox …` process whose stdout is read line by line while it runs. */
+function spawnKrunbox(...args: string[]) {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", cli, ...args],
+    env: { KRUNBOX_HOME: testHome, KRUNBOX_BACKEND: "qemu", NO_COLOR: "1" },
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  let buf = "";
+  /** The next line, or undefined at the end of stdout (bounded by `ms`). */
+  const line = async (ms = 60_000): Promise<string | undefined> => {
+    const end = Date.now() + ms;
+    for (;;) {
+      const nl = buf.indexOf("\n");
+      if (nl >= 0) {
+        const l = buf.slice(0, nl);
+        buf = buf.slice(nl + 1);
+        return l;
+      }
+      const left = end - Date.now();
+      if (left <= 0) throw new Error(`krunbox ${args.join(" ")}: no line in ${ms} ms (so far: ${buf})`);
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const r = await Promise.race([
+        reader.read(),
+        new Promise<"late">((res) => (timer = setTimeout(() => res("late"), left))),
+      ]).finally(() => clearTimeout(timer));
+      if (r === "late") continue;
+      if (r.done) {
+        const rest = buf;
+        buf = "";
+        return rest === "" ? undefined : rest;
+      }
+      buf += r.value;
+    }
+  };
+  return { child, line };
+}
+
+Deno.test(
+  { name: "cli: pull, images (table and --json), rmi and prune against a local registry", ignore },
+  async () => {
+    const missing = await missingRegistryTools();
+    if (skipped("registry", missing)) return;
+    await using registry = await LocalRegistry.start();
+    await pushImage(registry.host, "cli/tools:1", [root], { cmd: ["sh"] });
+    const ref = `${registry.host}/cli/tools:1`;
+    const pulled = await krunbox("pull", "-q", "--insecure", ref);
+    assertEquals(pulled.code, 0, pulled.stderr);
+    assertMatch(pulled.stdout.trim(), /^sha256:[0-9a-f]{64}$/);
+    const list = JSON.parse((await krunbox("images", "--json")).stdout) as { reference: string; size: number }[];
+    const mine = list.find((i) => i.reference === ref);
+    assert(mine && mine.size > 0, JSON.stringify(list));
+    const tableOut = await krunbox("images");
+    assertMatch(tableOut.stdout, /^REFERENCE\s+DIGEST\s+SIZE\s+PULLED$/m);
+    assert(tableOut.stdout.split("\n").some((l) => l.startsWith(ref)), tableOut.stdout);
+    const rmi = await krunbox("rmi", ref);
+    assertEquals([rmi.code, rmi.stdout.trim()], [0, ref], rmi.stderr);
+    const after = JSON.parse((await krunbox("images", "--json")).stdout) as { reference: string }[];
+    assert(!after.some((i) => i.reference === ref), "rmi removed it");
+    const again = await krunbox("rmi", ref);
+    assertEquals(again.code, 125, "a second rmi is an error");
+    const prune = await krunbox("prune");
+    assertEquals(prune.code, 0, prune.stderr);
+    const m = prune.stdout.match(/^removed \d+ images, (\d+) blobs, .+ freed$/m);
+    assert(m && Number(m[1]) > 0, `prune freed the removed image's blobs: ${prune.stdout}`);
+    const nothing = await krunbox("prune");
+    assertMatch(nothing.stdout, /^removed 0 images, 0 blobs/m, "a second prune finds nothing");
+  },
+);
+
+Deno.test(
+  { name: "cli: logs -f and metrics --watch stream while the sandbox runs and end when it stops", ignore },
+  async () => {
+    const created = await krunbox("create", "--name", "cli-follow", "--memory", "256", root);
+    assertEquals(created.code, 0, created.stderr);
+    try {
+      const logs = spawnKrunbox("logs", "-f", "cli-follow");
+      const watch = spawnKrunbox("metrics", "--watch", "--json", "--interval", "200", "cli-follow");
+      // metrics --watch: a sample per interval, the guest's uptime moving on.
+      const samples: { uptimeMs: number }[] = [];
+      for (let i = 0; i < 3; i++) samples.push(JSON.parse((await watch.line()) ?? "null"));
+      assert(samples[2].uptimeMs > samples[0].uptimeMs, JSON.stringify(samples));
+      // logs -f: a line the guest writes to its console after the follow printed what was there reaches it.
+      for (let l = await logs.line(); l !== undefined && !/ ready: kernel /.test(l); l = await logs.line()) {
+        // the logs so far
+      }
+      const marker = `follow-marker-${crypto.randomUUID()}`;
+      const wrote = await krunbox("exec", "cli-follow", "sh", "-c", `echo ${marker} > /dev/console`);
+      assertEquals(wrote.code, 0, wrote.stderr);
+      let seen = false;
+      for (let l = await logs.line(); l !== undefined; l = await logs.line()) {
+        if (l.includes(marker)) {
+          seen = true;
+          break;
+        }
+      }
+      assert(seen, "logs -f printed the line written after it started");
+      // Both end on their own when the sandbox stops, with code 0.
+      assertEquals((await krunbox("stop", "cli-follow")).code, 0);
+      for (const p of [logs, watch]) {
+        while ((await p.line()) !== undefined) { /* drain to the end */ }
+        const status = await p.child.status;
+        assertEquals(status.code, 0, new TextDecoder().decode((await p.child.stderr.getReader().read()).value));
+      }
+    } finally {
+      await krunbox("rm", "-f", "cli-follow");
+    }
+  },
+);
