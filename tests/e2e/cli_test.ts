@@ -178,6 +178,19 @@ async function tmux(...args: string[]): Promise<string> {
   return new TextDecoder().decode(out.stdout);
 }
 
+/** A new detached session "kb" running `script`; a server still exiting from the last kill-server is waited out. */
+async function newSession(script: string): Promise<void> {
+  for (let attempt = 1;; attempt++) {
+    try {
+      await tmux("-f", "/dev/null", "new-session", "-d", "-s", "kb", "-x", "100", "-y", "30", `sh '${script}'`);
+      return;
+    } catch (e) {
+      if (attempt === 10) throw e;
+      await new Promise((r) => setTimeout(r, 300));
+    }
+  }
+}
+
 async function screen(): Promise<string> {
   return await tmux("capture-pane", "-p", "-t", "kb");
 }
@@ -205,7 +218,7 @@ Deno.test({ name: "cli: run -it in tmux — typing, resize, Ctrl-C, exit code, t
       `'${Deno.execPath()}' run -A '${cli}' run -it --rm --memory 256 '${root}' sh\n` +
       `code=$?\nstty -a > '${dir}/stty'\necho "$code" > '${done}'\nsleep 600\n`,
   );
-  await tmux("-f", "/dev/null", "new-session", "-d", "-s", "kb", "-x", "100", "-y", "30", `sh '${script}'`);
+  await newSession(script);
   try {
     await tmux("set-option", "-g", "status", "off");
     await waitFor(/^\/ # *$/m); // busybox ash's prompt (tmux trims trailing blanks)
@@ -358,6 +371,78 @@ Deno.test(
       }
     } finally {
       await krunbox("rm", "-f", "cli-follow");
+    }
+  },
+);
+
+Deno.test(
+  {
+    name: "cli: shell and exec -it in tmux — typing, the exit code back, the terminal restored after an error too",
+    ignore,
+  },
+  async () => {
+    const created = await krunbox("create", "--name", "cli-tty", "--memory", "256", root);
+    assertEquals(created.code, 0, created.stderr);
+    const dir = await Deno.makeTempDir({ prefix: "krunbox-tty-" });
+    try {
+      for (const [i, command] of [["shell", "cli-tty"], ["exec", "-it", "cli-tty", "sh"]].entries()) {
+        const done = join(dir, `done-${i}`);
+        const script = join(dir, `session-${i}.sh`);
+        await Deno.writeTextFile(
+          script,
+          `export KRUNBOX_HOME='${testHome}' KRUNBOX_BACKEND=qemu\n` +
+            `'${Deno.execPath()}' run -A '${cli}' ${command.join(" ")}\n` +
+            `code=$?\nstty -a > '${dir}/stty-${i}'\necho "$code" > '${done}'\nsleep 600\n`,
+        );
+        await newSession(script);
+        try {
+          await tmux("set-option", "-g", "status", "off");
+          await waitFor(/^\/ # *$/m);
+          await tmux("send-keys", "-t", "kb", `echo typed-${i}-$((2+3))`, "Enter");
+          await waitFor(new RegExp(`^typed-${i}-5$`, "m"));
+          await tmux("send-keys", "-t", "kb", `exit ${4 + i}`, "Enter");
+          const end = Date.now() + 60_000;
+          let code = "";
+          while (Date.now() < end && !code) {
+            code = await Deno.readTextFile(done).then((t) => t.trim(), () => "");
+            if (!code) await new Promise((r) => setTimeout(r, 200));
+          }
+          assertEquals(code, String(4 + i), `${command[0]}: the guest shell's exit code`);
+          assertMatch(await Deno.readTextFile(join(dir, `stty-${i}`)), /(^|\s)icanon(\s|$)/, "canonical mode is back");
+        } finally {
+          await tmux("kill-server").catch(() => {});
+        }
+      }
+      // An error path: the sandbox is removed under a running `exec -it`; krunbox fails, and the terminal is back.
+      const done = join(dir, "done-err");
+      const script = join(dir, "session-err.sh");
+      await Deno.writeTextFile(
+        script,
+        `export KRUNBOX_HOME='${testHome}' KRUNBOX_BACKEND=qemu\n` +
+          `'${Deno.execPath()}' run -A '${cli}' exec -it cli-tty sh\n` +
+          `code=$?\nstty -a > '${dir}/stty-err'\necho "$code" > '${done}'\nsleep 600\n`,
+      );
+      await newSession(script);
+      try {
+        await tmux("set-option", "-g", "status", "off");
+        await waitFor(/^\/ # *$/m);
+        assertEquals((await krunbox("rm", "-f", "cli-tty")).code, 0);
+        const end = Date.now() + 60_000;
+        let code = "";
+        while (Date.now() < end && !code) {
+          code = await Deno.readTextFile(done).then((t) => t.trim(), () => "");
+          if (!code) await new Promise((r) => setTimeout(r, 200));
+        }
+        assert(code !== "" && code !== "0", `exec -it of a removed sandbox fails (code ${code})`);
+        const stty = await Deno.readTextFile(join(dir, "stty-err"));
+        assertMatch(stty, /(^|\s)icanon(\s|$)/, "canonical mode is back after the error");
+        assertMatch(stty, /(^|\s)echo(\s|$)/, "echo is back after the error");
+      } finally {
+        await tmux("kill-server").catch(() => {});
+      }
+    } finally {
+      await krunbox("rm", "-f", "cli-tty");
+      await Deno.remove(dir, { recursive: true });
     }
   },
 );
