@@ -98,7 +98,7 @@ export async function createAndLaunch(
   using store = await openStore();
   return await withNameLock(requested.name, async () => {
     await clearName(store, requested.name, replace);
-    // 0700: the only boundary of the sockets the runner, qemu and virtiofsd make in it (agent.sock, vm.sock,
+    // 0700: the only boundary of the sockets the runner, libkrun and virtiofsd make in it (agent.sock, vm.sock,
     // net.sock, fs-*.sock). Deno cannot read SO_PEERCRED of an accepted unix connection (no fd access), so
     // no peer-uid check is possible there: no other uid may reach this directory.
     await privateDir(pathsOf(requested.name).dir);

@@ -5,7 +5,7 @@
  * an existing home with looser modes is tightened when the store opens.
  *
  * The directory mode is the only boundary of the unix sockets in a sandbox
- * directory (`agent.sock`, `vm.sock`, `net.sock`, `fs-*.sock`): Deno cannot
+ * directory (`agent.sock`, libkrun's `vm.sock`, `net.sock`, `fs-*.sock`): Deno cannot
  * read `SO_PEERCRED` of an accepted unix connection, so no other uid may
  * reach the directory they live in.
  *

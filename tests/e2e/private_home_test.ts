@@ -7,8 +7,8 @@
  * directory the test makes with the same loose umask in the sandbox's
  * directory do have them, so the walk sees modes), and a second uid
  * (`setpriv --reuid=65534`) running a tiny client with the same deno binary
- * fails to connect to agent.sock, vm.sock (which exists only while qemu boots:
- * the directory refuses the lookup before its absence shows) and
+ * fails to connect to agent.sock, vm.sock (libkrun's agent port, which a qemu
+ * sandbox never has: the directory refuses the lookup before its absence shows) and
  * fs-root.sock and to open db.sqlite, each with
  * EACCES, while the same client as root gets the agent's ready frame (and as
  * 65534 connects to a socket of the test's own in an open directory). Last,
@@ -160,8 +160,8 @@ Deno.test({
         const expect = umask === "000" ? [0o666, 0o777] : [0o664, 0o775];
         assertEquals([controls.get("control-file"), controls.get("control-dir")], expect, "the walk sees loose modes");
         assertEquals(loose, [], "nothing krunbox made is open to group or others");
-        // vm.sock exists only while qemu boots (the runner unlinks it once the agent port is connected); agent.sock
-        // and the virtiofsd sockets stay for the VM's life.
+        // qemu's agent port is its stdio (no vm.sock, which is libkrun's and unlinked once connected); agent.sock and
+        // the virtiofsd sockets stay for the VM's life.
         assert(sockets.has("agent.sock") && sockets.has("fs-root.sock"), `sockets: ${[...sockets.keys()]}`);
         for (const [s, m] of sockets) assertEquals(m & 0o077, 0, `${s} is in a 0700 directory`);
         for (const f of ["db.sqlite", "sandboxes", `sandboxes/${NAME}/vm.json`, `sandboxes/${NAME}/console.log`]) {
@@ -196,7 +196,7 @@ Deno.test({
           for (
             const [kind, path] of [
               ["connect", join(dir, "agent.sock")],
-              ["connect", join(dir, "vm.sock")], // gone after boot: the directory refuses the lookup first
+              ["connect", join(dir, "vm.sock")], // absent on qemu: the directory refuses the lookup first
               ["connect", join(dir, "fs-root.sock")],
               ["open", join(home, "db.sqlite")],
             ] as const
