@@ -38,6 +38,8 @@ const SYMBOLS = {
   __errno_location: { parameters: [], result: "pointer" },
   // int prctl(int option, unsigned long arg2, unsigned long arg3, unsigned long arg4, unsigned long arg5)
   prctl: { parameters: ["i32", "u64", "u64", "u64", "u64"], result: "i32" },
+  // int setrlimit(int resource, const struct rlimit *rlim)
+  setrlimit: { parameters: ["i32", "buffer"], result: "i32" },
   // long syscall(long number, ...): here seccomp(unsigned int operation, unsigned int flags, void *args)
   syscall: { parameters: ["i64", "u64", "u64", "buffer"], result: "i64" },
   // int mkfifo(const char *pathname, mode_t mode)
@@ -162,6 +164,12 @@ export interface Libc {
    */
   installSeccompFilter(program: Uint8Array): number;
   /**
+   * No core dump of this process or of any it starts: `RLIMIT_CORE` 0, soft
+   * and hard (children cannot raise it), and `PR_SET_DUMPABLE` 0 (which also
+   * keeps same-uid ptrace out). 0, or the first errno.
+   */
+  noCoreDumps(): number;
+  /**
    * `openat(2)` of `path` relative to the directory `dirfd` ({@link AT_FDCWD}
    * for the working directory) with {@link O} flags (`O_CLOEXEC` always
    * added): a file descriptor, or minus the errno. With `O.nofollow` a
@@ -238,6 +246,8 @@ const O_RDWR = 0o2;
 const O_CREAT = 0o100;
 const O_CLOEXEC = 0o2000000;
 const PR_SET_NO_NEW_PRIVS = 38;
+const PR_SET_DUMPABLE = 4;
+const RLIMIT_CORE = 4;
 const SYS_SECCOMP = 317n; // x86_64
 const SECCOMP_SET_MODE_FILTER = 1n;
 const SECCOMP_FILTER_FLAG_TSYNC = 1n;
@@ -314,6 +324,11 @@ export function loadLibc(): Libc | undefined {
     flock: (fd, operation) => check(s.flock(fd, operation)),
     close: (fd) => void s.close(fd),
     dup2: (oldfd, newfd) => check(s.dup2(oldfd, newfd)),
+    noCoreDumps() {
+      // struct rlimit { rlim_t rlim_cur; rlim_t rlim_max; }: both 0.
+      const rc = check(s.setrlimit(RLIMIT_CORE, new Uint8Array(16)));
+      return rc || check(s.prctl(PR_SET_DUMPABLE, 0n, 0n, 0n, 0n));
+    },
     installSeccompFilter(program) {
       if (program.length === 0 || program.length % 8 !== 0 || program.length / 8 > 4096) return 22; // EINVAL
       if (s.prctl(PR_SET_NO_NEW_PRIVS, 1n, 0n, 0n, 0n) < 0) return errno() || ENOSYS;

@@ -14,6 +14,8 @@ import (
 	"os"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"krunbox.dev/netd/internal/config"
 	"krunbox.dev/netd/internal/engine"
 )
@@ -28,7 +30,20 @@ const maxConfigLine = 4 << 20
 const closeTimeout = 3 * time.Second
 
 func main() {
+	if err := noCoreDumps(); err != nil {
+		fmt.Fprintln(os.Stderr, "netd: core dumps stay possible:", err)
+	}
 	os.Exit(run(os.Stdin, os.Stdout, os.Stderr, os.Args[1:]))
+}
+
+// noCoreDumps keeps netd out of core files (it holds secret values, which
+// never rest on disk): RLIMIT_CORE 0, soft and hard, and PR_SET_DUMPABLE 0,
+// which also keeps same-uid ptrace out.
+func noCoreDumps() error {
+	if err := unix.Setrlimit(unix.RLIMIT_CORE, &unix.Rlimit{}); err != nil {
+		return err
+	}
+	return unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0)
 }
 
 func run(stdin io.Reader, stdout, stderr io.Writer, args []string) int {

@@ -29,6 +29,7 @@
  * @module
  */
 
+import { errnoName, loadLibc } from "../../ffi/libc.ts";
 import { setupCommand } from "../setup_command.ts";
 import { basename } from "node:path";
 import {
@@ -643,6 +644,10 @@ async function main(dir: string, mode: "attached" | "detached", clock: PhaseCloc
   // Its close waits for queued lines at most DEFAULTS.logFlushMs: the exit never waits on the log.
   await using log = await RunnerLog.open(paths.runnerLog);
   log.captureStderr();
+  // The runner holds secret values (on their way to netd) and its VMM holds the guest's memory: neither may end up
+  // in a core file. Its children (netd, qemu, virtiofsd) inherit the hard limit of 0.
+  const noCore = loadLibc()?.noCoreDumps() ?? -1;
+  if (noCore !== 0) log.line(`core dumps stay possible (${noCore < 0 ? "no FFI" : errnoName(noCore)})`);
   try {
     const spec = JSON.parse(await Deno.readTextFile(paths.vmSpec)) as VmSpec;
     // With secrets, their values are the starter's first line on stdin (runner_secrets.ts).
