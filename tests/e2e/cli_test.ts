@@ -25,14 +25,19 @@ interface Run {
   stderr: string;
 }
 
-async function krunbox(...args: string[]): Promise<Run> {
-  const out = await new Deno.Command(Deno.execPath(), {
+/** `krunbox ARGS…` as a process of the Deno CLI, on the test home. */
+function krunboxCommand(args: string[]): Deno.Command {
+  return new Deno.Command(Deno.execPath(), {
     args: ["run", "-A", cli, ...args],
     env: { KRUNBOX_HOME: testHome, KRUNBOX_BACKEND: "qemu", NO_COLOR: "1" },
     stdin: "null",
     stdout: "piped",
     stderr: "piped",
-  }).output();
+  });
+}
+
+async function krunbox(...args: string[]): Promise<Run> {
+  const out = await krunboxCommand(args).output();
   const dec = new TextDecoder();
   return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
 }
@@ -265,13 +270,7 @@ Deno.test({ name: "cli: run -it in tmux — typing, resize, Ctrl-C, exit code, t
 
 /** A `krunbox …` process whose stdout is read line by line while it runs. */
 function spawnKrunbox(...args: string[]) {
-  const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", cli, ...args],
-    env: { KRUNBOX_HOME: testHome, KRUNBOX_BACKEND: "qemu", NO_COLOR: "1" },
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
+  const child = krunboxCommand(args).spawn();
   const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
   let buf = "";
   /** The next line, or undefined at the end of stdout (bounded by `ms`). */

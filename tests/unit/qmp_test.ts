@@ -50,15 +50,21 @@ async function* commands(peer: Deno.Conn): AsyncGenerator<Record<string, unknown
   }
 }
 
+/** The peer greets and reads the client's `qmp_capabilities`; its commands from there on. */
+async function greeted(peer: Deno.Conn): Promise<AsyncGenerator<Record<string, unknown>>> {
+  await send(peer, { QMP: { version: {} } });
+  const cmds = commands(peer);
+  assertEquals((await cmds.next()).value, { execute: "qmp_capabilities" });
+  return cmds;
+}
+
 const send = (peer: Deno.Conn, ...msgs: unknown[]) =>
   writeAll(peer, enc.encode(msgs.map((m) => JSON.stringify(m) + "\n").join("")));
 
 Deno.test("qmp: replies match commands in order; events in between are kept for event()", async () => {
   await using p = await pair();
   const script = (async () => {
-    await send(p.peer, { QMP: { version: {} } });
-    const cmds = commands(p.peer);
-    assertEquals((await cmds.next()).value, { execute: "qmp_capabilities" });
+    const cmds = await greeted(p.peer);
     await send(p.peer, { event: "EARLY" }, { return: {} });
     assertEquals((await cmds.next()).value, { execute: "query-status" });
     await send(p.peer, { event: "MIGRATION", data: { status: "active" } }, { return: { status: "running" } });
@@ -79,9 +85,7 @@ Deno.test("qmp: a flood of events nobody waits for keeps the newest QMP_KEPT_EVE
   await using p = await pair();
   const flood = 20 * QMP_KEPT_EVENTS;
   const script = (async () => {
-    await send(p.peer, { QMP: { version: {} } });
-    const cmds = commands(p.peer);
-    await cmds.next();
+    const cmds = await greeted(p.peer);
     await send(p.peer, { return: {} });
     await send(p.peer, ...Array.from({ length: flood }, (_, i) => ({ event: "RTC_CHANGE", data: { i } })));
     assertEquals((await cmds.next()).value, { execute: "query-status" });
@@ -111,9 +115,7 @@ Deno.test("qmp: a flood of events nobody waits for keeps the newest QMP_KEPT_EVE
 Deno.test("qmp: a monitor that closes fails the command in flight and any wait, typed", async () => {
   await using p = await pair();
   const script = (async () => {
-    await send(p.peer, { QMP: { version: {} } });
-    const cmds = commands(p.peer);
-    await cmds.next();
+    const cmds = await greeted(p.peer);
     await send(p.peer, { return: {} });
     await cmds.next(); // the migrate below: never answered
     p.peer.close();
@@ -138,9 +140,7 @@ Deno.test("qmp: commands go one at a time: the second is written only after the 
   await using p = await pair();
   const seen: string[] = [];
   const script = (async () => {
-    await send(p.peer, { QMP: { version: {} } });
-    const cmds = commands(p.peer);
-    await cmds.next();
+    const cmds = await greeted(p.peer);
     await send(p.peer, { return: {} });
     const first = (await cmds.next()).value as { execute: string };
     seen.push(first.execute);
@@ -162,9 +162,7 @@ Deno.test("qmp: commands go one at a time: the second is written only after the 
 Deno.test("qmp: open() that fails on an error reply closes the connection (the peer sees its end)", async () => {
   await using p = await pair();
   const script = (async () => {
-    await send(p.peer, { QMP: { version: {} } });
-    const cmds = commands(p.peer);
-    await cmds.next();
+    const cmds = await greeted(p.peer);
     await send(p.peer, { error: { class: "CommandNotFound", desc: "no" } });
     // The client's end closes: the peer's read ends (bounded, so a client that keeps it open fails here, not hangs).
     const end = await Promise.race([
