@@ -15,11 +15,24 @@ import { qemuChecks } from "../../src/vmm/prereqs.ts";
 import { need } from "./require.ts";
 
 const realHome = homeLayout();
+/**
+ * The directory a path names, links resolved: each test module of a run
+ * evaluates this file anew while KRUNBOX_HOME already names the previous
+ * module's test home, so linking to the path as given made a chain of links
+ * one longer per module, until exec failed with ELOOP (40 links).
+ */
+function resolved(path: string): string {
+  try {
+    return Deno.realPathSync(path);
+  } catch {
+    return path; // not there yet (unprovisioned): the link says so when used
+  }
+}
 /** The isolated state home of this test process. */
 export const testHome = await Deno.makeTempDir({ prefix: "krunbox-e2e-home-" });
-await Deno.symlink(realHome.assets, join(testHome, "assets"));
+await Deno.symlink(resolved(realHome.assets), join(testHome, "assets"));
 await Deno.mkdir(realHome.cache, { recursive: true });
-await Deno.symlink(realHome.cache, join(testHome, "cache"));
+await Deno.symlink(resolved(realHome.cache), join(testHome, "cache"));
 Deno.env.set("KRUNBOX_HOME", testHome);
 Deno.env.set("KRUNBOX_BACKEND", "qemu");
 
