@@ -22,7 +22,7 @@ import { shareFilter } from "../vmm/seccomp.ts";
 import { virtiofsdArgs } from "../vmm/qemu.ts";
 import { which } from "../util/command.ts";
 import { join } from "node:path";
-import type { FrontDoorConfig } from "./provision/front_door.ts";
+import { type FrontDoorConfig, readFrontDoorConfig } from "./provision/front_door.ts";
 import { VERSION } from "../version.ts";
 import { setupCommand } from "../setup_command.ts";
 
@@ -438,7 +438,7 @@ async function frontDoorLine(): Promise<Line> {
   const warn = (detail: string, fix: string): Line => ({ name, ok: true, warn: true, detail, fix });
   let config: Partial<FrontDoorConfig>;
   try {
-    config = JSON.parse(await Deno.readTextFile(join(bin, "krunbox.json")));
+    config = await readFrontDoorConfig(bin);
   } catch (e) {
     const why = e instanceof Deno.errors.NotFound ? "is missing" : `cannot be read: ${(e as Error).message}`;
     return warn(`not installed: ${join(bin, "krunbox.json")} ${why}`, fix);

@@ -37,10 +37,10 @@ export class Qmp implements Disposable {
   readonly #replies: Record<string, unknown>[] = [];
   #wake: (() => void)[] = [];
   #ended: BackendUnavailableError | undefined;
-  /** The command in flight: the next waits for it (one at a time, so replies match commands). */
-  #turn: Promise<unknown> = Promise.resolve();
-  /** The operation of {@link Qmp.exclusive} in progress: the next waits for it. */
-  #exclusive: Promise<unknown> = Promise.resolve();
+  /** Commands one at a time, so replies match commands. */
+  readonly #commands = new Turns();
+  /** {@link Qmp.exclusive} operations one at a time. */
+  readonly #exclusive = new Turns();
 
   private constructor(conn: Deno.Conn) {
     this.#conn = conn;
@@ -75,7 +75,7 @@ export class Qmp implements Disposable {
 
   /** Runs one command (after the one in flight); its `return`, or a {@link BackendUnavailableError} with qemu's error text. */
   execute(command: string, args?: Record<string, unknown>): Promise<QmpReturn> {
-    const run = this.#turn.then(async () => {
+    return this.#commands.run(async () => {
       const line = JSON.stringify(args ? { execute: command, arguments: args } : { execute: command }) + "\n";
       // After qemu closed its end, the connection is gone (Deno closes it at EOF): the same typed error as a read.
       if (this.#ended) throw this.#ended;
@@ -93,8 +93,6 @@ export class Qmp implements Disposable {
       }
       return (msg.return ?? {}) as QmpReturn;
     });
-    this.#turn = run.catch(() => {});
-    return run;
   }
 
   /**
@@ -105,9 +103,7 @@ export class Qmp implements Disposable {
    * one copies its disk).
    */
   exclusive<T>(op: () => Promise<T>): Promise<T> {
-    const run = this.#exclusive.then(op);
-    this.#exclusive = run.catch(() => {});
-    return run;
+    return this.#exclusive.run(op);
   }
 
   /**
@@ -173,6 +169,16 @@ export class Qmp implements Disposable {
   /** Closes the connection. */
   [Symbol.dispose](): void {
     closeQuietly(this.#conn);
+  }
+}
+
+/** Operations in turn: each starts once the one before it has settled. */
+class Turns {
+  #last: Promise<unknown> = Promise.resolve();
+  run<T>(op: () => Promise<T>): Promise<T> {
+    const run = this.#last.then(op);
+    this.#last = run.catch(() => {});
+    return run;
   }
 }
 

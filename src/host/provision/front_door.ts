@@ -54,6 +54,11 @@ export async function installFrontDoor(home: string, config?: Partial<FrontDoorC
   return target;
 }
 
+/** The `krunbox.json` setup wrote under `bin` (throws as `Deno.readTextFile` does when it is not there). */
+export async function readFrontDoorConfig(bin: string): Promise<Partial<FrontDoorConfig>> {
+  return JSON.parse(await Deno.readTextFile(join(bin, "krunbox.json")));
+}
+
 /** Makes `path` anew: `write` fills a temporary beside it, which is then renamed over it. */
 async function replace(path: string, write: (fresh: string) => Promise<void>): Promise<void> {
   const fresh = `${path}.new-${Deno.pid}`;
