@@ -7,7 +7,7 @@
  */
 
 import { join } from "node:path";
-import { sandboxDir, skipVmReason } from "../util/e2e.ts";
+import { parentPid, sandboxDir, skipVmReason } from "../util/e2e.ts";
 import { assert, assertEquals } from "../util/assert.ts";
 import { busyboxRoot } from "../../scripts/roots.ts";
 import { Sandbox } from "../../mod.ts";
@@ -23,17 +23,12 @@ function coreLimit(pid: number | "self"): [string, string] {
   return [soft, hard];
 }
 
-function parentOf(pid: number): number {
-  const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
-  return Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
-}
-
 function childrenOf(pid: number): number[] {
   const out: number[] = [];
   for (const e of Deno.readDirSync("/proc")) {
     if (!/^\d+$/.test(e.name)) continue;
     try {
-      if (parentOf(Number(e.name)) === pid) out.push(Number(e.name));
+      if (parentPid(Number(e.name)) === pid) out.push(Number(e.name));
     } catch {
       // gone meanwhile
     }
@@ -48,7 +43,7 @@ Deno.test(
     await using sb = await Sandbox.builder("core-limit").image(await busyboxRoot()).memory(256).create();
     await using agent = await AgentClient.connect(join(sandboxDir(sb.name), "agent.sock"));
     const { vmmPid } = (await agent.request("runner.info", {})).result;
-    const runner = parentOf(vmmPid);
+    const runner = parentPid(vmmPid);
     assert(Deno.readTextFileSync(`/proc/${runner}/cmdline`).includes("runner"), `${runner} is the runner`);
     const netd = childrenOf(runner).find((p) => Deno.readLinkSync(`/proc/${p}/exe`).endsWith("/netd"));
     assert(netd, `netd among the runner's children: ${childrenOf(runner)}`);

@@ -8,7 +8,7 @@
  */
 
 import { join } from "node:path";
-import { processesMentioning, sandboxDir, skipVmReason, testHome } from "../util/e2e.ts";
+import { parentPid, processesMentioning, sandboxDir, skipVmReason, testHome } from "../util/e2e.ts";
 import { assert, assertEquals, assertRejects } from "../util/assert.ts";
 import { busyboxRoot } from "../../scripts/roots.ts";
 import { AlreadyExistsError, Sandbox } from "../../mod.ts";
@@ -235,12 +235,6 @@ Deno.test(
     assertEquals([pool.stats.ready, pool.stats.bootFailures], [1, 1]);
   },
 );
-
-/** A process's parent pid (the runner is its VMM's parent). */
-function parentPid(pid: number): number {
-  const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
-  return Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
-}
 
 Deno.test(
   {

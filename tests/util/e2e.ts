@@ -86,3 +86,9 @@ export async function leftovers(name: string, ms = 15_000): Promise<number[]> {
   }
   return left;
 }
+
+/** A process's parent pid, from /proc (a sandbox's runner is its VMM's parent). */
+export function parentPid(pid: number): number {
+  const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
+  return Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
+}
