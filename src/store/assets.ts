@@ -15,7 +15,7 @@ export type AssetName = "kernel" | "agent" | "netd" | "initramfs" | "libkrunfw" 
 
 /** Where each asset's main file lives, relative to its directory. */
 export const ASSET_MAIN_FILE: Readonly<Record<AssetName, string>> = {
-  kernel: "vmlinuz",
+  kernel: "vmlinux",
   agent: "krunbox-agent",
   netd: "netd",
   initramfs: "initramfs.cpio",
@@ -57,7 +57,7 @@ export function assetPath(name: AssetName, home?: string): string {
  * @example
  * ```ts
  * import { assetVersion } from "./assets.ts";
- * console.log(await assetVersion("kernel") ?? "not provisioned"); // e.g. linux-image-6.1.0-57-cloud-amd64=6.1.192-3
+ * console.log(await assetVersion("kernel") ?? "not provisioned"); // e.g. linux-image-6.1.0-57-cloud-amd64=6.1.192-3 vmlinux-pvh
  * ```
  */
 export async function assetVersion(name: AssetName, home?: string): Promise<string | undefined> {

@@ -27,6 +27,7 @@ export const HOST_PACKAGES: Readonly<Record<string, string>> = {
   "apache2-utils": "htpasswd for the tests' authenticated registry",
   "openssl": "certificates for the tests' token-auth registry",
   "kmod": "depmod, for the guest kernel's module index",
+  "lz4": "unpacking the guest kernel into the ELF qemu boots directly",
   "cpio": "tests: reading initramfs archives back",
   "qemu-utils": "tests: qcow2 disk-image roots (qemu-img)",
   "tmux": "tests: the CLI's interactive terminal path",

@@ -11,19 +11,23 @@ import { GUEST_MODULES, loadOrder, NESTED_HOST_MODULES, parseModulesDep } from "
 import { runCommand } from "../../util/command.ts";
 import { candidateVersion, downloadAndUnpack, firstDependency, withFreshLists } from "./apt.ts";
 import type { AssetStep } from "./step.ts";
+import { extractVmlinux } from "./vmlinux.ts";
 
 const META_PACKAGE = "linux-image-cloud-amd64";
+
+/** What the asset holds of the kernel: the ELF qemu boots directly (./vmlinux.ts); a new value rebuilds it. */
+const KERNEL_FORM = "vmlinux-pvh";
 
 async function kernelPackage(): Promise<string> {
   return await withFreshLists(() => firstDependency(META_PACKAGE));
 }
 
-/** Provisions `assets/kernel`: vmlinuz, config, modules/*.ko, modules.json. */
+/** Provisions `assets/kernel`: vmlinux (the uncompressed ELF), config, modules/*.ko, modules.json. */
 export const kernelStep: AssetStep = {
   asset: "kernel",
   async version() {
     const pkg = await kernelPackage();
-    return `${pkg}=${await withFreshLists(() => candidateVersion(pkg))}`;
+    return `${pkg}=${await withFreshLists(() => candidateVersion(pkg))} ${KERNEL_FORM}`;
   },
   async build(ctx, out) {
     const pkg = await kernelPackage();
@@ -34,7 +38,8 @@ export const kernelStep: AssetStep = {
       const boot = join(unpacked, "boot");
       const release = [...Deno.readDirSync(boot)].find((e) => e.name.startsWith("vmlinuz-"))?.name.slice(8);
       if (!release) throw new Error(`${pkg} has no /boot/vmlinuz-*`);
-      await Deno.copyFile(join(boot, `vmlinuz-${release}`), join(out, "vmlinuz"));
+      ctx.log("unpacking the kernel image to the ELF qemu boots directly");
+      await extractVmlinux(join(boot, `vmlinuz-${release}`), join(out, "vmlinux"));
       await Deno.copyFile(join(boot, `config-${release}`), join(out, "config"));
       const modDir = join(unpacked, "lib", "modules", release);
       // The package does not ship modules.dep (dpkg's postinst makes it): make it.
