@@ -12,17 +12,21 @@ import { runCommand } from "../../util/command.ts";
 import { candidateVersion, downloadAndUnpack, firstDependency, withFreshLists } from "./apt.ts";
 import type { AssetStep } from "./step.ts";
 import { extractVmlinux } from "./vmlinux.ts";
+import { stripModuleSignature } from "./module_sig.ts";
 
 const META_PACKAGE = "linux-image-cloud-amd64";
 
-/** What the asset holds of the kernel: the ELF qemu boots directly (./vmlinux.ts); a new value rebuilds it. */
-const KERNEL_FORM = "vmlinux-pvh";
+/**
+ * What the asset makes of the package: the ELF qemu boots directly (./vmlinux.ts) and modules without their
+ * signatures (./module_sig.ts). A new value rebuilds the asset.
+ */
+const KERNEL_FORM = "vmlinux-pvh unsigned-modules";
 
 async function kernelPackage(): Promise<string> {
   return await withFreshLists(() => firstDependency(META_PACKAGE));
 }
 
-/** Provisions `assets/kernel`: vmlinux (the uncompressed ELF), config, modules/*.ko, modules.json. */
+/** Provisions `assets/kernel`: vmlinux (the uncompressed ELF), config, modules/*.ko (unsigned), modules.json. */
 export const kernelStep: AssetStep = {
   asset: "kernel",
   async version() {
@@ -50,7 +54,10 @@ export const kernelStep: AssetStep = {
       const kept: Record<string, { file: string; deps: readonly string[] }> = {};
       for (const name of names) {
         const file = `modules/${name}.ko`;
-        await Deno.copyFile(join(modDir, index[name].file), join(out, file));
+        await Deno.writeFile(
+          join(out, file),
+          stripModuleSignature(await Deno.readFile(join(modDir, index[name].file))),
+        );
         kept[name] = { file, deps: index[name].deps };
       }
       await Deno.writeTextFile(

@@ -1,6 +1,7 @@
 import { join } from "node:path";
 import { assert, assertEquals, assertRejects, assertThrows } from "../util/assert.ts";
 import { bzImagePayload, extractVmlinux, hasPvhEntry } from "../../src/host/provision/vmlinux.ts";
+import { stripModuleSignature } from "../../src/host/provision/module_sig.ts";
 import { BackendUnavailableError } from "../../src/errors.ts";
 import { runCommand } from "../../src/util/command.ts";
 
@@ -120,4 +121,19 @@ Deno.test("a bzImage without a header, too old, with a payload past its end or o
     const e = assertThrows(() => bzImagePayload(image), BackendUnavailableError);
     assert(e.message.includes(text), e.message);
   }
+});
+
+Deno.test("a module's signature trailer is cut off exactly; unsigned modules pass as they are; a bad trailer is refused", () => {
+  const marker = new TextEncoder().encode("~Module signature appended~\n");
+  const body = new TextEncoder().encode("\x7fELF module body");
+  const sig = new Uint8Array(37).fill(0xab);
+  const info = new Uint8Array(12);
+  info[2] = 2; // PKEY_ID_PKCS7
+  new DataView(info.buffer).setUint32(8, sig.length, false);
+  const signed = new Uint8Array([...body, ...sig, ...info, ...marker]);
+  assertEquals(stripModuleSignature(signed), body);
+  assertEquals(stripModuleSignature(body), body);
+  new DataView(info.buffer).setUint32(8, 1 << 20, false);
+  const lying = new Uint8Array([...body, ...sig, ...info, ...marker]);
+  assertThrows(() => stripModuleSignature(lying), BackendUnavailableError);
 });
