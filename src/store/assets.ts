@@ -57,7 +57,7 @@ export function assetPath(name: AssetName, home?: string): string {
  * @example
  * ```ts
  * import { assetVersion } from "./assets.ts";
- * console.log(await assetVersion("kernel") ?? "not provisioned"); // e.g. linux-image-6.1.0-57-cloud-amd64=6.1.192-3 vmlinux-pvh
+ * console.log(await assetVersion("kernel") ?? "not provisioned"); // e.g. linux-image-6.1.0-57-cloud-amd64=6.1.192-3 vmlinux-pvh unsigned-modules
  * ```
  */
 export async function assetVersion(name: AssetName, home?: string): Promise<string | undefined> {

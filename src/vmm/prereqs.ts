@@ -44,7 +44,12 @@ export const INITRAMFS_LAYOUT = "base1";
  * console.log(await checkAsset("kernel"));
  * ```
  */
-export async function checkAsset(name: AssetName, label: string = name, layout?: string): Promise<Check> {
+export async function checkAsset(
+  name: AssetName,
+  label: string = name,
+  layout?: string,
+  madeFrom: readonly AssetName[] = [],
+): Promise<Check> {
   const version = await assetVersion(name);
   const path = assetPath(name);
   const exists = await Deno.stat(path).then(() => true, () => false);
@@ -57,7 +62,24 @@ export async function checkAsset(name: AssetName, label: string = name, layout?:
       fix: setupFix(),
     };
   }
+  // An asset built from others names their stamps in its own: a setup stopped between the two leaves it stale.
+  for (const source of madeFrom) {
+    const current = await assetVersion(source);
+    if (current && !madeWith(version, current)) {
+      return {
+        name: label,
+        ok: false,
+        detail: `${path} was built from another ${source} than the one installed (${current})`,
+        fix: setupFix(),
+      };
+    }
+  }
   return { name: label, ok: true, detail: `${path} (${version})` };
+}
+
+/** Whether stamp `version` names `source` whole: after its start, a `+` or a `-` (agent-…), before a `+` or its end. */
+function madeWith(version: string, source: string): boolean {
+  return new RegExp(`(^|[+-])${source.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}(\\+|$)`).test(version);
 }
 
 /**
@@ -120,7 +142,7 @@ export async function qemuChecks(): Promise<Check[]> {
     checkVirtiofsd(),
     checkProgram("mkfs.ext4", "e2fsprogs"),
     checkAsset("kernel", "guest kernel"),
-    checkAsset("initramfs", "guest initramfs", INITRAMFS_LAYOUT),
+    checkAsset("initramfs", "guest initramfs", INITRAMFS_LAYOUT, ["agent", "kernel"]),
     checkAsset("agent", "guest agent"),
   ]);
 }

@@ -16,6 +16,8 @@ import { BackendUnavailableError } from "../../errors.ts";
 const MARKER = new TextEncoder().encode("~Module signature appended~\n");
 /** `struct module_signature`: algo, hash, id_type, signer_len, key_id_len, pad[3], sig_len (be32). */
 const INFO_BYTES = 12;
+/** `id_type` of every signature `sign-file` writes. */
+const PKEY_ID_PKCS7 = 2;
 
 /**
  * A module's bytes without its appended signature (the same bytes when it
@@ -33,7 +35,8 @@ export function stripModuleSignature(ko: Uint8Array<ArrayBuffer>): Uint8Array<Ar
   if (tail < 0 || !MARKER.every((b, i) => ko[tail + i] === b)) return ko;
   const infoAt = tail - INFO_BYTES;
   const sigLen = infoAt < 0 ? -1 : new DataView(ko.buffer, ko.byteOffset + infoAt + 8, 4).getUint32(0, false);
-  if (sigLen < 0 || sigLen > infoAt) {
+  // As the kernel's mod_check_sig: a PKCS#7 signature that leaves a module before it.
+  if (sigLen < 0 || sigLen >= infoAt || ko[infoAt + 2] !== PKEY_ID_PKCS7) {
     throw new BackendUnavailableError(
       "qemu",
       "a guest kernel module with a readable signature trailer",

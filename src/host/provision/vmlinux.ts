@@ -30,11 +30,12 @@ export interface BzImagePayload {
   readonly size?: number;
 }
 
-function bad(what: string): BackendUnavailableError {
+function bad(what: string, cause?: unknown): BackendUnavailableError {
   return new BackendUnavailableError(
     "qemu",
     `a guest kernel qemu can boot directly (${what})`,
-    "the Debian kernel package changed format; pin the previous one or report it",
+    "the Debian kernel package changed format or is damaged: run setup again, or pin the previous package",
+    cause === undefined ? undefined : { cause },
   );
 }
 
@@ -102,6 +103,7 @@ export function hasPvhEntry(elf: Uint8Array): boolean {
       const type = view.getUint32(n + 8, true);
       const name = new TextDecoder().decode(elf.subarray(n + 12, n + 12 + namesz)).replace(/\0+$/, "");
       if (name === "Xen" && type === PVH_ENTRY_NOTE && descsz >= 4) return true;
+      // Sizes are the file's word: a huge one moves past the end and ends the walk (align4 never wraps to negative).
       n += 12 + align4(namesz) + align4(descsz);
     }
   }
@@ -109,7 +111,7 @@ export function hasPvhEntry(elf: Uint8Array): boolean {
 }
 
 function align4(n: number): number {
-  return (n + 3) & ~3;
+  return n + (4 - n % 4) % 4;
 }
 
 /**
@@ -124,22 +126,29 @@ function align4(n: number): number {
  */
 export async function extractVmlinux(bzImage: string, out: string): Promise<void> {
   const payload = bzImagePayload(await Deno.readFile(bzImage));
-  if (payload.format === "gzip") {
-    const stream = new Blob([payload.bytes]).stream().pipeThrough(new DecompressionStream("gzip"));
-    await Deno.writeFile(out, stream);
-  } else {
-    const dir = await Deno.makeTempDir({ prefix: "krunbox-vmlinux-" });
-    try {
-      const compressed = join(dir, "vmlinux.lz4");
-      await Deno.writeFile(compressed, payload.bytes);
-      await runCommand("lz4", ["-d", "-f", "-q", compressed, out]);
-    } finally {
-      await Deno.remove(dir, { recursive: true });
-    }
+  try {
+    await unpack(payload, out);
+  } catch (e) {
+    throw bad(`its ${payload.format} payload did not unpack: ${(e as Error).message}`, e);
   }
   const elf = await Deno.readFile(out);
   if (payload.size !== undefined && elf.length !== payload.size) {
     throw bad(`the payload unpacked to ${elf.length} bytes, its header says ${payload.size}`);
   }
   if (!hasPvhEntry(elf)) throw bad("the unpacked kernel is not an ELF with a PVH entry note");
+}
+
+async function unpack(payload: BzImagePayload, out: string): Promise<void> {
+  if (payload.format === "gzip") {
+    await Deno.writeFile(out, new Blob([payload.bytes]).stream().pipeThrough(new DecompressionStream("gzip")));
+    return;
+  }
+  const dir = await Deno.makeTempDir({ prefix: "krunbox-vmlinux-" });
+  try {
+    const compressed = join(dir, "vmlinux.lz4");
+    await Deno.writeFile(compressed, payload.bytes);
+    await runCommand("lz4", ["-d", "-f", "-q", compressed, out]);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 }
