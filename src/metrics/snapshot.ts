@@ -9,6 +9,7 @@
  */
 
 import type { AgentClient } from "../agent/client.ts";
+import { statFields } from "../util/proc.ts";
 
 /** One sample of a sandbox's resource use. Counters are cumulative since boot. */
 export interface SandboxMetrics {
@@ -55,9 +56,7 @@ export interface ProcessUsage {
  */
 export async function processUsage(pid: number): Promise<ProcessUsage> {
   const at = performance.now();
-  const stat = await Deno.readTextFile(`/proc/${pid}/stat`);
-  // Fields after the command name (which may contain spaces) start at ") ".
-  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  const fields = statFields(await Deno.readTextFile(`/proc/${pid}/stat`));
   const utime = Number(fields[11]);
   const stime = Number(fields[12]);
   const rssPages = Number(fields[21]);

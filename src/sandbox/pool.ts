@@ -54,6 +54,7 @@ import { guestHostname, isPoolName, POOL_NAME_PREFIX, type SandboxConfig } from 
 import type { Booted, Launched } from "./launch.ts";
 import { loadLaunch } from "./handle.ts";
 import { removeEntry } from "../util/nofollow.ts";
+import { parentPid, processAlive } from "../util/proc.ts";
 import type { Sandbox } from "./sandbox.ts";
 import { deleteState, isLive, linkPooledDir, pathsOf, reconcile, withNameLock } from "./state.ts";
 
@@ -108,15 +109,19 @@ function randomName(): string {
   return POOL_NAME_PREFIX + [...b].map((x) => x.toString(16).padStart(2, "0")).join("");
 }
 
-/** Whether a process exists and is not a zombie. */
-function processAlive(pid: number): boolean {
+/** Sends a signal to a process that may have exited meanwhile. */
+function killQuietly(kill: () => void): void {
   try {
-    const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
-    const state = stat.slice(stat.lastIndexOf(")") + 2, stat.lastIndexOf(")") + 3);
-    return state !== "Z" && state !== "X";
+    kill();
   } catch {
-    return false;
+    // it exited meanwhile
   }
+}
+
+/** Waits until `pid` is gone (reaped or a zombie), at most `ms`. */
+async function ended(pid: number, ms: number): Promise<void> {
+  const until = performance.now() + ms;
+  while (processAlive(pid) && performance.now() < until) await new Promise((r) => setTimeout(r, 5));
 }
 
 /** A pooled sandbox that cannot be handed out (dead, or not answering). */
@@ -400,14 +405,15 @@ export class WarmPool implements AsyncDisposable {
         const deadline = new Promise<false>((r) => timer = setTimeout(() => r(false), DEFAULTS.killWaitMs));
         agent.request("runner.kill", {}, { timeoutMs: DEFAULTS.killWaitMs }).catch(() => {});
         const gone = await Promise.race([runner.status.then(() => true), deadline]).finally(() => clearTimeout(timer));
+        const vmm = entry.launched.ready.vmmPid;
         if (!gone) {
-          try {
-            runner.kill("SIGKILL");
-          } catch {
-            // it exited meanwhile
-          }
+          // The VMM first, while it is surely this runner's child (a pid not reused), then the runner: left to its
+          // pdeathsig, the VMM could still be dying when close() resolved.
+          if (vmm !== runner.pid && parentPid(vmm) === runner.pid) killQuietly(() => Deno.kill(vmm, "SIGKILL"));
+          killQuietly(() => runner.kill("SIGKILL"));
         }
         await runner.status.catch(() => {});
+        await ended(vmm, DEFAULTS.killWaitMs);
       }
       await agent.close();
       using store = await openStore();

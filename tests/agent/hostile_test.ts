@@ -29,6 +29,7 @@ import { DEFAULTS } from "../../src/settings.ts";
 import { closeQuietly } from "../../src/util/close.ts";
 import { FLOOD_BYTES, type Mode, PUSH_BYTES } from "./hostile_agent.ts";
 import { homeLayout } from "../../src/store/home.ts";
+import { statFields } from "../../src/util/proc.ts";
 
 const MiB = 1 << 20;
 
@@ -267,7 +268,7 @@ function childrenRunning(parent: number, comm: string, seen: number[]): boolean 
     if (!/^\d+$/.test(e.name)) continue;
     try {
       const stat = Deno.readTextFileSync(`/proc/${e.name}/stat`);
-      const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+      const fields = statFields(stat);
       if (stat.includes(`(${comm})`) && Number(fields[1]) === parent && processAlive(Number(e.name))) {
         seen.push(Number(e.name));
         return true;

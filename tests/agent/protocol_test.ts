@@ -8,6 +8,7 @@ import { ExecProcess, runToCompletion } from "../../src/agent/exec.ts";
 import { GuestFs } from "../../src/agent/fs.ts";
 import { encodeFrame, FrameDecoder, isDecodeError, type RpcMessage } from "../../src/agent/frame.ts";
 import { AgentError, ExecAbortedError, ExecSpawnError, ExecTimeoutError, FsError } from "../../src/errors.ts";
+import { statFields } from "../../src/util/proc.ts";
 
 const agent = await HostAgent.start();
 const client = await agent.connect();
@@ -97,7 +98,7 @@ function childrenOf(pid: number): number[] {
     if (!/^\d+$/.test(e.name)) continue;
     try {
       const stat = Deno.readTextFileSync(`/proc/${e.name}/stat`);
-      if (Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]) === pid) kids.push(Number(e.name));
+      if (Number(statFields(stat)[1]) === pid) kids.push(Number(e.name));
     } catch {
       // gone meanwhile
     }

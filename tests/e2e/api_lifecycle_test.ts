@@ -12,6 +12,7 @@ import { leftovers, processesMentioning, sandboxDir, skipVmReason, testHome } fr
 import { assert, assertEquals, assertRejects } from "../util/assert.ts";
 import { busyboxRoot } from "../../scripts/roots.ts";
 import { NotFoundError, Sandbox, StillRunningError } from "../../mod.ts";
+import { statFields } from "../../src/util/proc.ts";
 
 const ignore = skipVmReason !== undefined;
 
@@ -57,7 +58,7 @@ function hostProcesses(name: string): HostProcess[] {
   return processesMentioning(sandboxDir(name)).flatMap((pid) => {
     try {
       const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
-      return [{ pid, start: stat.slice(stat.lastIndexOf(")") + 2).split(" ")[19] }];
+      return [{ pid, start: statFields(stat)[19] }];
     } catch {
       return [];
     }
@@ -67,7 +68,7 @@ function hostProcesses(name: string): HostProcess[] {
 function alive(p: HostProcess): boolean {
   try {
     const stat = Deno.readTextFileSync(`/proc/${p.pid}/stat`);
-    const rest = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    const rest = statFields(stat);
     return rest[19] === p.start && rest[0] !== "Z";
   } catch {
     return false;

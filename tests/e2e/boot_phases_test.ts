@@ -10,6 +10,7 @@ import { assert, assertEquals } from "../util/assert.ts";
 import { busyboxRoot } from "../../scripts/roots.ts";
 import { assetPath } from "../../src/store/assets.ts";
 import { type BootPhase, Sandbox } from "../../mod.ts";
+import { statFields } from "../../src/util/proc.ts";
 
 const ignore = skipVmReason !== undefined;
 const root = ignore ? "" : await busyboxRoot();
@@ -90,7 +91,7 @@ function checkPhases(phases: readonly BootPhase[], wallMs: number, lagMs: number
 /** The host's wall clock at the kernel's idea of a process's start (10 ms ticks). */
 async function processStartEpochMs(pid: number): Promise<number> {
   const stat = await Deno.readTextFile(`/proc/${pid}/stat`);
-  const startTicks = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[19]);
+  const startTicks = Number(statFields(stat)[19]);
   const uptimeS = Number((await Deno.readTextFile("/proc/uptime")).split(" ")[0]);
   return Date.now() - uptimeS * 1000 + startTicks * 10;
 }

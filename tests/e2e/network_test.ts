@@ -38,6 +38,7 @@ import { BANNER, BANNER_PORT, DRAIN_PORT, ECHO_PORT, HELLO, type TcpRecord } fro
 import { NET_PLAN, QEMU_LINK_MTU } from "../../src/net/engine.ts";
 import { sandboxPaths } from "../../src/vmm/backend.ts";
 import { buildGoProgram, probePattern, TCP_PROBE_GO, UDP_ECHO_GO } from "../util/go_build.ts";
+import { statFields } from "../../src/util/proc.ts";
 
 const ignore = skipVmReason !== undefined || netnsSkipReason !== undefined;
 if (!skipVmReason && netnsSkipReason) console.log(`SKIPPING network tests: ${netnsSkipReason}`);
@@ -213,7 +214,7 @@ function netdPid(name: string): number | undefined {
     try {
       const stat = Deno.readTextFileSync(`/proc/${e.name}/stat`);
       const comm = stat.slice(stat.indexOf("(") + 1, stat.lastIndexOf(")"));
-      const ppid = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
+      const ppid = Number(statFields(stat)[1]);
       if (comm === "netd" && parents.has(ppid)) return Number(e.name);
     } catch {
       // gone meanwhile

@@ -16,6 +16,7 @@ import { AgentClient } from "../../src/agent/client.ts";
 import { openStore } from "../../src/store/open.ts";
 import { isPoolName } from "../../src/sandbox/config.ts";
 import { DEFAULTS } from "../../src/settings.ts";
+import { processAlive } from "../../src/util/proc.ts";
 
 const ignore = skipVmReason !== undefined;
 const opts = { sanitizeResources: false, sanitizeOps: false };
@@ -30,15 +31,6 @@ async function vmmPid(name: string): Promise<number> {
 async function pooledRows(): Promise<string[]> {
   using store = await openStore();
   return store.list().map((r) => r.name).filter(isPoolName);
-}
-
-function alive(pid: number): boolean {
-  try {
-    const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
-    return !/^\d+ \(.*\) [ZX]/.test(stat);
-  } catch {
-    return false;
-  }
 }
 
 Deno.test(
@@ -178,11 +170,11 @@ Deno.test(
     assertEquals(rows.length, 2);
     const procs = rows.flatMap((n) => processesMentioning(sandboxDir(n)));
     // Positive control: runner, qemu, virtiofsd of each are there.
-    assert(procs.length >= 4 && pids.every(alive), `processes ${procs}, vmms ${pids}`);
+    assert(procs.length >= 4 && pids.every(processAlive), `processes ${procs}, vmms ${pids}`);
     assertEquals((await Sandbox.list()).filter((h) => rows.includes(h.name)).length, 0, "pooled ones are not listed");
     await pool.close();
-    assertEquals(pids.filter(alive), [], "VMMs gone");
-    assertEquals(procs.filter(alive), [], "runners and helpers gone");
+    assertEquals(pids.filter(processAlive), [], "VMMs gone");
+    assertEquals(procs.filter(processAlive), [], "runners and helpers gone");
     assertEquals((await pooledRows()).filter((n) => rows.includes(n)), [], "rows deleted");
     for (const n of rows) assert(!(await Deno.lstat(sandboxDir(n)).then(() => true, () => false)), `${n} deleted`);
     // A closed pool hands nothing out: this create boots cold.
@@ -255,7 +247,7 @@ Deno.test(
     const t0 = performance.now();
     await pool.close();
     const waited = performance.now() - t0;
-    assertEquals([alive(runner), alive(vmm)], [false, false], "runner and VMM gone");
+    assertEquals([processAlive(runner), processAlive(vmm)], [false, false], "runner and VMM gone");
     assert(waited < 2 * DEFAULTS.killWaitMs, `one kill deadline, not two: ${waited.toFixed(0)} ms`);
   },
 );

@@ -13,6 +13,7 @@ import { join } from "node:path";
 import { homeLayout } from "../../src/store/home.ts";
 import { qemuChecks } from "../../src/vmm/prereqs.ts";
 import { need } from "./require.ts";
+import { parentPid as procParentPid } from "../../src/util/proc.ts";
 
 const realHome = homeLayout();
 /**
@@ -87,8 +88,9 @@ export async function leftovers(name: string, ms = 15_000): Promise<number[]> {
   return left;
 }
 
-/** A process's parent pid, from /proc (a sandbox's runner is its VMM's parent). */
+/** A live process's parent pid (a sandbox's runner is its VMM's parent); throws for a process that is gone. */
 export function parentPid(pid: number): number {
-  const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
-  return Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
+  const parent = procParentPid(pid);
+  if (parent === undefined) throw new Error(`process ${pid} is gone`);
+  return parent;
 }
