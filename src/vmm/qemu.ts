@@ -73,6 +73,29 @@ export interface QemuHost {
   readonly netSocket?: string;
 }
 
+/**
+ * The TCG guest CPU: every feature qemu emulates (svm too, for the nested
+ * test host) but three that make a TCG guest slower, not faster:
+ * - `erms`: with it, the kernel's page clears and user copies and glibc's
+ *   large memcpy use `rep movsb`/`stosb`, which TCG runs one byte per
+ *   iteration; without it they use the 8-byte forms. `dd` of 200 MiB from
+ *   /dev/zero in a guest: 115–154 ms against 640–739 ms with it.
+ * - `mpx`, `pku`: their XSAVE components grow the FPU state each context
+ *   switch saves and restores from 832 to 2696 bytes (MPX is unused by
+ *   Linux since 5.6; protection keys are an optional hardening).
+ * A bare kernel boot to /init took 1.83 s of qemu CPU against 2.38 s with
+ * `max` (5 alternating boots each).
+ *
+ * For an OCI image root (templates and their restores, which must agree)
+ * also no 5-level paging: a guest with la57 walks five page-table levels on
+ * each miss of qemu's software TLB, which a restored guest (every TLB empty)
+ * takes on nearly every access at first: ~50 ms of a restore's create →
+ * first exec here. A cold directory-root boot was ~130 ms slower without it
+ * (2 A/B pairs of 7 boots), so those keep it. 48-bit addresses (128 TiB) are
+ * plenty in a VM.
+ */
+export const TCG_CPU = "max,erms=off,mpx=off,pku=off";
+
 /** The agent port's chardev: qemu's stdin and stdout, pipes only the runner holds (no path to connect to). */
 export const AGENT_CHARDEV = "stdio,id=agent,signal=off";
 
@@ -122,12 +145,7 @@ export function qemuArgs(spec: VmSpec, host: QemuHost): string[] {
     "-accel",
     host.accel,
     "-cpu",
-    // TCG: every feature qemu emulates; for an OCI image root (templates and their restores, which must agree)
-    // all but 5-level paging. A guest with la57 walks five page-table levels on each miss of qemu's software TLB,
-    // which a restored guest (every TLB empty) takes on nearly every access at first: ~50 ms of a restore's
-    // create → first exec here. A cold directory-root boot was ~130 ms slower without it (2 A/B pairs of 7 boots),
-    // so those keep plain `max`. 48-bit addresses (128 TiB) are plenty in a VM.
-    host.accel === "kvm" ? "host" : imageRam ? "max,la57=off" : "max",
+    host.accel === "kvm" ? "host" : imageRam ? `${TCG_CPU},la57=off` : TCG_CPU,
     "-smp",
     String(spec.cpus),
     "-m",
