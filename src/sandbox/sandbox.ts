@@ -302,7 +302,10 @@ export class Sandbox implements AsyncDisposable {
         this.#config.cpus,
         this.#config.memoryMib,
         this.#lastUsage,
-      );
+      ).catch(async (e) => {
+        // The VMM's /proc entry went before the agent's connection closed: a VM that just stopped, not an I/O error.
+        throw e instanceof Deno.errors.NotFound ? await this.#notRunning(e) : e;
+      });
       this.#lastUsage = usage;
       return metrics;
     });
