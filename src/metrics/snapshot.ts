@@ -9,6 +9,7 @@
  */
 
 import type { AgentClient } from "../agent/client.ts";
+import { NotRunningError } from "../errors.ts";
 import { statFields } from "../util/proc.ts";
 
 /** One sample of a sandbox's resource use. Counters are cumulative since boot. */
@@ -63,11 +64,23 @@ export async function processUsage(pid: number): Promise<ProcessUsage> {
   return { cpuSeconds: (utime + stime) / USER_HZ, rssBytes: rssPages * 4096, at };
 }
 
+/** The VMM's usage; its /proc entry gone (the VM just ended, its agent's connection not yet closed) is NotRunningError. */
+async function vmmUsage(sandbox: string, vmmPid: number): Promise<ProcessUsage> {
+  try {
+    return await processUsage(vmmPid);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) throw new NotRunningError(sandbox, "stopped", { cause: e });
+    throw e;
+  }
+}
+
 /**
- * Samples a sandbox; `previous` (the last sample's host usage) gives the
+ * Samples sandbox `sandbox`; `previous` (the last sample's host usage) gives the
  * interval for `cpuPercent`; without it the first sample covers a 50 ms window.
+ * A VMM that has ended is a {@link NotRunningError}.
  */
 export async function sampleMetrics(
+  sandbox: string,
   agent: AgentClient,
   vmmPid: number,
   cpus: number,
@@ -76,12 +89,12 @@ export async function sampleMetrics(
 ): Promise<{ metrics: SandboxMetrics; usage: ProcessUsage }> {
   let base = previous;
   if (!base) {
-    base = await processUsage(vmmPid);
+    base = await vmmUsage(sandbox, vmmPid);
     await new Promise((r) => setTimeout(r, 50));
   }
   const [guest, usage, net] = await Promise.all([
     agent.request("metrics", {}).then((r) => r.result),
-    processUsage(vmmPid),
+    vmmUsage(sandbox, vmmPid),
     agent.request("runner.netStats", {})
       .then((r) => r.result.stats),
   ]);

@@ -101,7 +101,7 @@ export class SandboxHandle {
     await using agent = await this.#connectAgent();
     const info = await agent.request("runner.info", {});
     const cfg = this.config();
-    return (await sampleMetrics(agent, info.result.vmmPid, cfg.cpus, cfg.memoryMib, undefined)).metrics;
+    return (await sampleMetrics(this.name, agent, info.result.vmmPid, cfg.cpus, cfg.memoryMib, undefined)).metrics;
   }
 
   /**

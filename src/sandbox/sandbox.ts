@@ -297,15 +297,13 @@ export class Sandbox implements AsyncDisposable {
   async metrics(): Promise<SandboxMetrics> {
     return await this.#guard(async () => {
       const { metrics, usage } = await sampleMetrics(
+        this.name,
         this.#agent,
         this.#vmmPid,
         this.#config.cpus,
         this.#config.memoryMib,
         this.#lastUsage,
-      ).catch(async (e) => {
-        // The VMM's /proc entry went before the agent's connection closed: a VM that just stopped, not an I/O error.
-        throw e instanceof Deno.errors.NotFound ? await this.#notRunning(e) : e;
-      });
+      );
       this.#lastUsage = usage;
       return metrics;
     });

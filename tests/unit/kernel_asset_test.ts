@@ -4,7 +4,7 @@ import { bzImagePayload, extractVmlinux, hasPvhEntry } from "../../src/host/prov
 import { stripModuleSignature } from "../../src/host/provision/module_sig.ts";
 import { BackendUnavailableError } from "../../src/errors.ts";
 import { runCommand } from "../../src/util/command.ts";
-import { checkAsset } from "../../src/vmm/prereqs.ts";
+import { INITRAMFS_LAYOUT, qemuChecks } from "../../src/vmm/prereqs.ts";
 import { inHome } from "../util/temp_home.ts";
 
 /** One ELF note: name, type, desc length (Linux's Xen notes have 6-, 8- and 41-byte descs). */
@@ -186,28 +186,36 @@ Deno.test("a module's signature trailer is cut off exactly; unsigned modules pas
   assertThrows(() => stripModuleSignature(signed(body, 37, { idType: 1 })), BackendUnavailableError);
 });
 
-Deno.test("the initramfs check fails when the kernel or agent it was built from is no longer the installed one", async () => {
+Deno.test("the initramfs check fails when the kernel, the agent or the layout it was built for is not this one", async () => {
   await inHome(async (home) => {
     const put = async (asset: string, file: string, version: string) => {
       await Deno.mkdir(join(home, "assets", asset), { recursive: true });
       await Deno.writeTextFile(join(home, "assets", asset, file), "x");
       await Deno.writeTextFile(join(home, "assets", asset, "VERSION"), version);
     };
-    await put("kernel", "vmlinux", "linux-image-6.1=6.1.1-1 vmlinux-pvh unsigned-modules");
+    const kernel = "linux-image-6.1=6.1.1-1 vmlinux-pvh unsigned-modules";
+    await put("kernel", "vmlinux", kernel);
     await put("agent", "krunbox-agent", "src-aaaa");
-    await put(
-      "initramfs",
-      "initramfs.cpio",
-      "agent-src-aaaa+linux-image-6.1=6.1.1-1 vmlinux-pvh unsigned-modules+base1",
-    );
-    const check = () => checkAsset("initramfs", "guest initramfs", "base1", ["agent", "kernel"]);
+    await put("initramfs", "initramfs.cpio", `agent-src-aaaa+${kernel}+${INITRAMFS_LAYOUT}`);
+    const check = async () => (await qemuChecks()).find((c) => c.name === "guest initramfs")!;
+    const stale = async (why: string) => {
+      const c = await check();
+      assert(
+        !c.ok && c.detail.includes("was built for other assets") && c.fix?.includes("setup"),
+        `${why}: ${c.detail}`,
+      );
+    };
     assertEquals((await check()).ok, true, "built from the installed ones");
+    // A kernel stamp that is a prefix of the one the archive names is another kernel.
     await put("kernel", "vmlinux", "linux-image-6.1=6.1.1-1 vmlinux-pvh");
-    const stale = await check();
-    assert(!stale.ok && stale.detail.includes("another kernel"), stale.detail);
-    await put("kernel", "vmlinux", "linux-image-6.1=6.1.1-1 vmlinux-pvh unsigned-modules");
+    await stale("another kernel");
+    await put("kernel", "vmlinux", kernel);
     await put("agent", "krunbox-agent", "src-bbbb");
-    const agent = await check();
-    assert(!agent.ok && agent.detail.includes("another agent"), agent.detail);
+    await stale("another agent");
+    await put("agent", "krunbox-agent", "src-aaaa");
+    assertEquals((await check()).ok, true, "the installed ones again");
+    // An archive provisioned before the base boot config: its agent would wait for a config no host sends.
+    await put("initramfs", "initramfs.cpio", `agent-src-aaaa+${kernel}`);
+    await stale("an older layout");
   });
 });

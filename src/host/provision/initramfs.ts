@@ -12,7 +12,7 @@ import { join } from "node:path";
 import { assetDir, assetPath, assetVersion } from "../../store/assets.ts";
 import { type CpioEntry, encodeCpio } from "../../vmm/cpio.ts";
 import { qemuBaseBootConfig } from "../../vmm/qemu.ts";
-import { INITRAMFS_LAYOUT } from "../../vmm/prereqs.ts";
+import { initramfsVersion } from "../../vmm/prereqs.ts";
 import type { AssetStep } from "./step.ts";
 
 /** Provisions `assets/initramfs/initramfs.cpio`. */
@@ -22,8 +22,8 @@ export const initramfsStep: AssetStep = {
     const agent = await assetVersion("agent", ctx.home);
     const kernel = await assetVersion("kernel", ctx.home);
     if (!agent || !kernel) throw new Error("needs the agent and kernel assets first");
-    // The layout (the base boot config; the agent asks the host for the rest): checked by qemuChecks.
-    return `agent-${agent}+${kernel}+${INITRAMFS_LAYOUT}`;
+    // Checked whole by qemuChecks: the agent, the kernel and the layout this code boots.
+    return initramfsVersion(agent, kernel);
   },
   async build(ctx, out) {
     const kernelDir = assetDir("kernel", ctx.home);

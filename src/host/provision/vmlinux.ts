@@ -11,7 +11,6 @@
  * @module
  */
 
-import { join } from "node:path";
 import { BackendUnavailableError } from "../../errors.ts";
 import { runCommand } from "../../util/command.ts";
 
@@ -143,12 +142,6 @@ async function unpack(payload: BzImagePayload, out: string): Promise<void> {
     await Deno.writeFile(out, new Blob([payload.bytes]).stream().pipeThrough(new DecompressionStream("gzip")));
     return;
   }
-  const dir = await Deno.makeTempDir({ prefix: "krunbox-vmlinux-" });
-  try {
-    const compressed = join(dir, "vmlinux.lz4");
-    await Deno.writeFile(compressed, payload.bytes);
-    await runCommand("lz4", ["-d", "-f", "-q", compressed, out]);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
+  // The payload goes in on stdin ("-" is stdin), the ELF straight to `out`: no temporary copy.
+  await runCommand("lz4", ["-d", "-f", "-q", "-", out], { stdin: payload.bytes });
 }
