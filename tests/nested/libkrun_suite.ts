@@ -10,7 +10,7 @@
 
 import { assert, assertEquals } from "../util/assert.ts";
 import { busyboxRoot } from "../../scripts/roots.ts";
-import { Images, Sandbox } from "../../mod.ts";
+import { type ExecOutput, Images, Sandbox } from "../../mod.ts";
 import { chooseBackend, probeHost } from "../../src/vmm/detect.ts";
 import { need } from "../util/require.ts";
 import { dirname } from "node:path";
@@ -18,6 +18,15 @@ import { AgentClient } from "../../src/agent/client.ts";
 import { homeLayout } from "../../src/store/home.ts";
 import { pathsOf } from "../../src/sandbox/state.ts";
 import { runnerCapMask } from "../../src/vmm/contain.ts";
+
+/**
+ * `sb.shell(script)` with a deadline: the guest command is killed after a
+ * minute, and the host stops waiting half a minute later, so a hang fails its
+ * test with a message instead of using up the suite's 15 minutes.
+ */
+function shell(sb: Sandbox, script: string): Promise<ExecOutput> {
+  return sb.shell(script, { timeout: 60_000, signal: AbortSignal.timeout(90_000) });
+}
 
 const noImage = need(
   "nested",
@@ -35,7 +44,7 @@ Deno.test("libkrun, directory root, attached: create → exec → fs → metrics
   const t0 = performance.now();
   const sb = await Sandbox.builder("krun-dir").image(root).backend("libkrun").memory(256).replace().create();
   const createMs = performance.now() - t0;
-  const out = await sb.shell("echo hello from $(uname -r); cat /proc/cpuinfo | grep -c ^processor");
+  const out = await shell(sb, "echo hello from $(uname -r); cat /proc/cpuinfo | grep -c ^processor");
   console.log(`create ${createMs.toFixed(0)} ms, first exec ${(performance.now() - t0 - createMs).toFixed(0)} ms`);
   assert(out.stdout.startsWith("hello from"), out.stdout + out.stderr);
   await sb.fs().write("/tmp/x", "via libkrun");
@@ -68,7 +77,7 @@ Deno.test({
   const ref = Deno.env.get("KRUNBOX_NESTED_IMAGE")!;
   await Images.pull(ref, { insecure: true });
   const sb = await Sandbox.builder("krun-oci").image(ref).backend("libkrun").memory(256).replace().create();
-  assertEquals((await sb.shell("cat /etc/replaced; test -e /etc/lower-only || echo gone")).stdout, "new\ngone\n");
+  assertEquals((await shell(sb, "cat /etc/replaced; test -e /etc/lower-only || echo gone")).stdout, "new\ngone\n");
   assert(/^overlay \/ overlay/m.test((await sb.exec("cat", ["/proc/mounts"])).stdout));
   await sb.stopAndWait();
   await Sandbox.remove("krun-oci");
@@ -154,7 +163,7 @@ Deno.test("libkrun runner contained: own namespaces, capabilities cut, host file
     await sb.fs().write("/data/from-guest", "hi");
     assertEquals(await Deno.readTextFile(`${share}/from-guest`), "hi");
     // The share filter on libkrun, checked on the host: chmod 0640 applies, the setuid bit and a device node do not.
-    const out = await sb.shell(
+    const out = await shell(sb, 
       "chmod 0640 /data/from-guest; echo plain=$?; chmod 4755 /data/from-guest; echo setuid=$?; " +
         "mknod /data/dev c 1 3; echo mknod=$?; mkfifo /data/fifo; echo fifo=$?",
     );
@@ -164,7 +173,7 @@ Deno.test("libkrun runner contained: own namespaces, capabilities cut, host file
     assert((await Deno.lstat(`${share}/fifo`)).isFifo, "the fifo (no privilege needed) was made");
     // A read-only volume stays read-only on the host whatever the guest does to its own mount flag
     // (positive control: the same writes on /data reached the host above).
-    const ro = await sb.shell(
+    const ro = await shell(sb, 
       "mount -o remount,rw /ro; echo remount=$?; echo evil > /ro/fixed; echo new > /ro/new; rm -f /ro/fixed; true",
     );
     assertEquals(await Deno.readTextFile(`${roShare}/fixed`), "original\n", ro.stdout + ro.stderr);
@@ -198,7 +207,7 @@ Deno.test(
     try {
       const sb = await Sandbox.builder("krun-net").image(await busyboxRoot()).backend("libkrun").memory(256).replace()
         .create();
-      const out = await sb.shell(
+      const out = await shell(sb, 
         `ip -o -4 addr show eth0; ${HTTP_GET} | timeout 10 nc ${INET} 80; echo "rc=$?"; ` +
           `for a in 10.0.2.2 10.0.2.254 127.0.0.1; do timeout 5 nc $a ${port} </dev/null; echo "$a rc=$?"; done`,
       );
@@ -228,7 +237,7 @@ Deno.test({
 }, async () => {
   const sb = await Sandbox.builder("krun-allow").image(await busyboxRoot()).backend("libkrun").memory(256).replace()
     .network((n) => n.policy("none").allow("allowed.test").dns({ upstream: [`${INET}:53`] })).create();
-  const out = await sb.shell(
+  const out = await shell(sb, 
     `nslookup allowed.test; echo ---; nslookup other.test; echo ---; ` +
       `${HTTP_GET} | timeout 10 nc ${INET} 80; echo "rc=$?"; echo ---; ${HTTP_GET} | timeout 5 nc ${INET_OTHER} 80; echo "rc=$?"`,
   );
@@ -255,7 +264,7 @@ Deno.test({
   const sb = await Sandbox.builder("krun-ports").image(await busyboxRoot()).backend("libkrun").memory(256).replace()
     .port(tcp, 8000).portUdp(udp, 9000).create();
   await sb.fs().write("/udpecho", await Deno.readFile(Deno.env.get("KRUNBOX_NESTED_UDPECHO")!));
-  await sb.shell(
+  await shell(sb, 
     "chmod +x /udpecho; (nc -ll -p 8000 -e echo tcp-hi >/dev/null 2>&1 &); (/udpecho 9000 >/dev/null 2>&1 &); sleep 0.5",
   );
   const conn = await Deno.connect({ hostname: "127.0.0.1", port: tcp });
