@@ -9,8 +9,7 @@
  */
 
 import type { AgentClient } from "../agent/client.ts";
-import { NotRunningError } from "../errors.ts";
-import { statFields } from "../util/proc.ts";
+import { processAlive, statFields } from "../util/proc.ts";
 
 /** One sample of a sandbox's resource use. Counters are cumulative since boot. */
 export interface SandboxMetrics {
@@ -57,44 +56,59 @@ export interface ProcessUsage {
  */
 export async function processUsage(pid: number): Promise<ProcessUsage> {
   const at = performance.now();
-  const fields = statFields(await Deno.readTextFile(`/proc/${pid}/stat`));
+  return usageOf(statFields(await Deno.readTextFile(`/proc/${pid}/stat`)), at);
+}
+
+/** CPU seconds and RSS from the fields of a /proc/PID/stat line (after the command). */
+function usageOf(fields: readonly string[], at: number): ProcessUsage {
   const utime = Number(fields[11]);
   const stime = Number(fields[12]);
   const rssPages = Number(fields[21]);
   return { cpuSeconds: (utime + stime) / USER_HZ, rssBytes: rssPages * 4096, at };
 }
 
-/** The VMM's usage; its /proc entry gone (the VM just ended, its agent's connection not yet closed) is NotRunningError. */
-async function vmmUsage(sandbox: string, vmmPid: number): Promise<ProcessUsage> {
+/**
+ * The VMM's usage. A VMM that has ended while its agent's connection is
+ * still open (a VM that just stopped or crashed) is `gone(cause)`, the
+ * caller's typed error: its /proc entry missing (NotFound), reaped between
+ * the open and the read (ESRCH), or a zombie whose stat still reads but
+ * counts nothing.
+ */
+async function vmmUsage(vmmPid: number, gone: (cause: unknown) => Promise<Error>): Promise<ProcessUsage> {
+  const at = performance.now();
+  let stat: string;
   try {
-    return await processUsage(vmmPid);
+    stat = await Deno.readTextFile(`/proc/${vmmPid}/stat`);
   } catch (e) {
-    if (e instanceof Deno.errors.NotFound) throw new NotRunningError(sandbox, "stopped", { cause: e });
-    throw e;
+    throw processAlive(vmmPid) ? e : await gone(e);
   }
+  const fields = statFields(stat);
+  if (fields[0] === "Z" || fields[0] === "X") throw await gone(new Error(`the VMM (pid ${vmmPid}) has exited`));
+  return usageOf(fields, at);
 }
 
 /**
- * Samples sandbox `sandbox`; `previous` (the last sample's host usage) gives the
+ * Samples a sandbox; `previous` (the last sample's host usage) gives the
  * interval for `cpuPercent`; without it the first sample covers a 50 ms window.
- * A VMM that has ended is a {@link NotRunningError}.
+ * A VMM that has ended is `gone(cause)` (the caller's NotRunningError, with the
+ * sandbox's real status).
  */
 export async function sampleMetrics(
-  sandbox: string,
   agent: AgentClient,
   vmmPid: number,
   cpus: number,
   memoryMib: number,
   previous: ProcessUsage | undefined,
+  gone: (cause: unknown) => Promise<Error>,
 ): Promise<{ metrics: SandboxMetrics; usage: ProcessUsage }> {
   let base = previous;
   if (!base) {
-    base = await vmmUsage(sandbox, vmmPid);
+    base = await vmmUsage(vmmPid, gone);
     await new Promise((r) => setTimeout(r, 50));
   }
   const [guest, usage, net] = await Promise.all([
     agent.request("metrics", {}).then((r) => r.result),
-    vmmUsage(sandbox, vmmPid),
+    vmmUsage(vmmPid, gone),
     agent.request("runner.netStats", {})
       .then((r) => r.result.stats),
   ]);

@@ -101,7 +101,8 @@ export class SandboxHandle {
     await using agent = await this.#connectAgent();
     const info = await agent.request("runner.info", {});
     const cfg = this.config();
-    return (await sampleMetrics(this.name, agent, info.result.vmmPid, cfg.cpus, cfg.memoryMib, undefined)).metrics;
+    const gone = (cause: unknown) => this.#notRunning(cause);
+    return (await sampleMetrics(agent, info.result.vmmPid, cfg.cpus, cfg.memoryMib, undefined, gone)).metrics;
   }
 
   /**
@@ -125,9 +126,14 @@ export class SandboxHandle {
     try {
       return await AgentClient.connect(pathsOf(this.name).agentSocket, { timeoutMs: DEFAULTS.relayConnectMs });
     } catch (cause) {
-      using store = await openStore();
-      throw new NotRunningError(this.name, reconcile(store, requireRow(store, this.name)), { cause });
+      throw await this.#notRunning(cause);
     }
+  }
+
+  /** NotRunningError with the sandbox's status as the store reconciles it now. */
+  async #notRunning(cause: unknown): Promise<NotRunningError> {
+    using store = await openStore();
+    return new NotRunningError(this.name, reconcile(store, requireRow(store, this.name)), { cause });
   }
 }
 

@@ -297,12 +297,12 @@ export class Sandbox implements AsyncDisposable {
   async metrics(): Promise<SandboxMetrics> {
     return await this.#guard(async () => {
       const { metrics, usage } = await sampleMetrics(
-        this.name,
         this.#agent,
         this.#vmmPid,
         this.#config.cpus,
         this.#config.memoryMib,
         this.#lastUsage,
+        (cause) => this.#notRunning(cause),
       );
       this.#lastUsage = usage;
       return metrics;

@@ -81,16 +81,22 @@ export async function runCommand(cmd: string, args: string[], options: RunOption
   } catch (cause) {
     throw new CommandError(commandLine, undefined, "", { cause });
   }
+  // Output is read while stdin is written: a child that writes before it has read all its input never blocks.
+  const output = child.output();
+  let writeError: unknown;
   if (options.stdin) {
     const w = child.stdin.getWriter();
-    await w.write(options.stdin);
-    await w.close();
+    // A child that exits before reading everything (bad input) breaks the pipe: its exit and stderr say why.
+    await w.write(options.stdin).then(() => w.close()).catch((e) => writeError = e);
   }
-  const out = await child.output();
+  const out = await output;
   const dec = new TextDecoder();
   const stdout = options.inherit ? "" : dec.decode(out.stdout);
   const stderr = options.inherit ? "" : dec.decode(out.stderr);
   if (!out.success) throw new CommandError(commandLine, out.code, stderr || stdout);
+  if (writeError) {
+    throw new CommandError(commandLine, out.code, "it did not read all of its input", { cause: writeError });
+  }
   return { stdout, stderr };
 }
 

@@ -163,7 +163,8 @@ Deno.test("libkrun runner contained: own namespaces, capabilities cut, host file
     await sb.fs().write("/data/from-guest", "hi");
     assertEquals(await Deno.readTextFile(`${share}/from-guest`), "hi");
     // The share filter on libkrun, checked on the host: chmod 0640 applies, the setuid bit and a device node do not.
-    const out = await shell(sb, 
+    const out = await shell(
+      sb,
       "chmod 0640 /data/from-guest; echo plain=$?; chmod 4755 /data/from-guest; echo setuid=$?; " +
         "mknod /data/dev c 1 3; echo mknod=$?; mkfifo /data/fifo; echo fifo=$?",
     );
@@ -173,7 +174,8 @@ Deno.test("libkrun runner contained: own namespaces, capabilities cut, host file
     assert((await Deno.lstat(`${share}/fifo`)).isFifo, "the fifo (no privilege needed) was made");
     // A read-only volume stays read-only on the host whatever the guest does to its own mount flag
     // (positive control: the same writes on /data reached the host above).
-    const ro = await shell(sb, 
+    const ro = await shell(
+      sb,
       "mount -o remount,rw /ro; echo remount=$?; echo evil > /ro/fixed; echo new > /ro/new; rm -f /ro/fixed; true",
     );
     assertEquals(await Deno.readTextFile(`${roShare}/fixed`), "original\n", ro.stdout + ro.stderr);
@@ -207,7 +209,8 @@ Deno.test(
     try {
       const sb = await Sandbox.builder("krun-net").image(await busyboxRoot()).backend("libkrun").memory(256).replace()
         .create();
-      const out = await shell(sb, 
+      const out = await shell(
+        sb,
         `ip -o -4 addr show eth0; ${HTTP_GET} | timeout 10 nc ${INET} 80; echo "rc=$?"; ` +
           `for a in 10.0.2.2 10.0.2.254 127.0.0.1; do timeout 5 nc $a ${port} </dev/null; echo "$a rc=$?"; done`,
       );
@@ -237,7 +240,8 @@ Deno.test({
 }, async () => {
   const sb = await Sandbox.builder("krun-allow").image(await busyboxRoot()).backend("libkrun").memory(256).replace()
     .network((n) => n.policy("none").allow("allowed.test").dns({ upstream: [`${INET}:53`] })).create();
-  const out = await shell(sb, 
+  const out = await shell(
+    sb,
     `nslookup allowed.test; echo ---; nslookup other.test; echo ---; ` +
       `${HTTP_GET} | timeout 10 nc ${INET} 80; echo "rc=$?"; echo ---; ${HTTP_GET} | timeout 5 nc ${INET_OTHER} 80; echo "rc=$?"`,
   );
@@ -264,7 +268,8 @@ Deno.test({
   const sb = await Sandbox.builder("krun-ports").image(await busyboxRoot()).backend("libkrun").memory(256).replace()
     .port(tcp, 8000).portUdp(udp, 9000).create();
   await sb.fs().write("/udpecho", await Deno.readFile(Deno.env.get("KRUNBOX_NESTED_UDPECHO")!));
-  await shell(sb, 
+  await shell(
+    sb,
     "chmod +x /udpecho; (nc -ll -p 8000 -e echo tcp-hi >/dev/null 2>&1 &); (/udpecho 9000 >/dev/null 2>&1 &); sleep 0.5",
   );
   const conn = await Deno.connect({ hostname: "127.0.0.1", port: tcp });
