@@ -7,10 +7,12 @@
  * @module
  */
 
-import { InvalidConfigError } from "../errors.ts";
+import { InvalidConfigError, NotRunningError } from "../errors.ts";
 
 /**
- * Samples `sample()` every `intervalMs`, first one at once.
+ * Samples `sample()` every `intervalMs`, first one at once. A sample that
+ * finds the sandbox stopped (NotRunningError: its VMM gone before its
+ * connection closed) ends the stream, as the connection's close does.
  *
  * @example
  * ```ts
@@ -52,7 +54,7 @@ export async function* metricsStream<T>(
       try {
         value = await sample();
       } catch (e) {
-        if (stopper.signal.aborted) return;
+        if (stopper.signal.aborted || e instanceof NotRunningError) return;
         throw e;
       }
       yield value;

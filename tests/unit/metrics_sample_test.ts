@@ -8,6 +8,7 @@
 import { assert, assertEquals, assertRejects } from "../util/assert.ts";
 import type { AgentClient } from "../../src/agent/client.ts";
 import { processUsage, sampleMetrics } from "../../src/metrics/snapshot.ts";
+import { metricsStream } from "../../src/metrics/stream.ts";
 import { NotRunningError } from "../../src/errors.ts";
 
 /** The first read of the VMM's usage comes before any request, so no agent is reached. */
@@ -34,14 +35,15 @@ Deno.test("sampling a VMM that has exited and been reaped is the caller's NotRun
 });
 
 Deno.test("sampling a VMM that is a zombie (its stat still reads, counting nothing) is NotRunningError too", async () => {
-  // `true` runs in the background and exits; its parent execs into a sleep that never waits for it.
-  await using parent = new Deno.Command("sh", { args: ["-c", "true & echo $!; exec sleep 30"], stdout: "piped" })
+  // A child exits a second after its parent has exec'd into a sleep that never waits for it (a child that exits
+  // before the exec may be reaped by the shell).
+  await using parent = new Deno.Command("sh", { args: ["-c", "sleep 1 & echo $!; exec sleep 30"], stdout: "piped" })
     .spawn();
   const reader = parent.stdout.pipeThrough(new TextDecoderStream()).getReader();
   const zombie = Number((await reader.read()).value);
   reader.releaseLock();
   let state = "";
-  for (let i = 0; i < 100 && state !== "Z"; i++) {
+  for (let i = 0; i < 500 && state !== "Z"; i++) {
     await new Promise((r) => setTimeout(r, 20));
     state = (await Deno.readTextFile(`/proc/${zombie}/stat`)).split(") ")[1][0];
   }
@@ -51,4 +53,15 @@ Deno.test("sampling a VMM that is a zombie (its stat still reads, counting nothi
   assert((await processUsage(parent.pid)).cpuSeconds >= 0);
   parent.kill();
   await parent.stdout.cancel().catch(() => {});
+});
+
+Deno.test("metricsStream ends when a sample finds the sandbox stopped; any other failure still throws", async () => {
+  const run = async (failure: Error) => {
+    let n = 0;
+    const seen: number[] = [];
+    for await (const v of metricsStream(() => ++n < 3 ? Promise.resolve(n) : Promise.reject(failure), 1)) seen.push(v);
+    return seen;
+  };
+  assertEquals(await run(new NotRunningError("job-1", "stopped")), [1, 2]);
+  await assertRejects(() => run(new TypeError("a real bug")), TypeError);
 });
