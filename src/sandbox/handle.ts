@@ -15,7 +15,15 @@ import type { SandboxRow } from "../store/db.ts";
 import { openStore } from "../store/open.ts";
 import { isPoolName, parseConfig, type SandboxConfig } from "./config.ts";
 import type { Sandbox } from "./sandbox.ts";
-import { pathsOf, reconcile, reconciled, removeSandbox, requireRow, type SandboxStatus } from "./state.ts";
+import {
+  notRunningStatus,
+  pathsOf,
+  reconcile,
+  reconciled,
+  removeSandbox,
+  requireRow,
+  type SandboxStatus,
+} from "./state.ts";
 import { DEFAULTS } from "../settings.ts";
 
 /**
@@ -101,7 +109,7 @@ export class SandboxHandle {
     await using agent = await this.#connectAgent();
     const info = await agent.request("runner.info", {});
     const cfg = this.config();
-    const gone = (cause: unknown) => this.#notRunning(cause);
+    const gone = (cause: unknown) => this.#notRunning(cause, true);
     return (await sampleMetrics(agent, info.result.vmmPid, cfg.cpus, cfg.memoryMib, undefined, gone)).metrics;
   }
 
@@ -130,10 +138,14 @@ export class SandboxHandle {
     }
   }
 
-  /** NotRunningError with the sandbox's status as the store reconciles it now. */
-  async #notRunning(cause: unknown): Promise<NotRunningError> {
+  /**
+   * NotRunningError with the sandbox's status as the store reconciles it now;
+   * with `vmmGone` (its VMM has exited), a runner still winding down is `stopping`.
+   */
+  async #notRunning(cause: unknown, vmmGone = false): Promise<NotRunningError> {
     using store = await openStore();
-    return new NotRunningError(this.name, reconcile(store, requireRow(store, this.name)), { cause });
+    const status = reconcile(store, requireRow(store, this.name));
+    return new NotRunningError(this.name, vmmGone ? notRunningStatus(status) : status, { cause });
   }
 }
 

@@ -128,6 +128,22 @@ export function reconcile(store: Store, row: SandboxRow): SandboxStatus {
 }
 
 /**
+ * The status a {@link NotRunningError} names for a sandbox whose VMM or
+ * agent connection is known to have ended: the store's, except `running`,
+ * which means here that its runner still holds the lock while it winds down
+ * (`stopping`).
+ *
+ * @example
+ * ```ts
+ * import { notRunningStatus } from "./state.ts";
+ * console.log(notRunningStatus("running"), notRunningStatus("crashed")); // stopping crashed
+ * ```
+ */
+export function notRunningStatus(status: SandboxStatus): string {
+  return status === "running" ? "stopping" : status;
+}
+
+/**
  * Loads a stored sandbox or throws {@link NotFoundError}.
  *
  * @example
