@@ -20,12 +20,21 @@ import { pathsOf } from "../../src/sandbox/state.ts";
 import { runnerCapMask } from "../../src/vmm/contain.ts";
 
 /**
- * `sb.shell(script)` with a deadline: the guest command is killed after a
- * minute, and the host stops waiting half a minute later, so a hang fails its
- * test with a message instead of using up the suite's 15 minutes.
+ * A guest command's deadline: killed in the guest after a minute, and the
+ * host stops waiting half a minute later, so a hang fails its test with a
+ * message instead of using up the suite's 15 minutes. (fs calls have the
+ * agent's per-request deadline; create() has the boot timeout.)
  */
+const deadline = () => ({ timeout: 60_000, signal: AbortSignal.timeout(90_000) });
+
+/** `sb.shell(script)` with the {@link deadline}. */
 function shell(sb: Sandbox, script: string): Promise<ExecOutput> {
-  return sb.shell(script, { timeout: 60_000, signal: AbortSignal.timeout(90_000) });
+  return sb.shell(script, deadline());
+}
+
+/** `sb.exec(cmd, args)` with the {@link deadline}. */
+function exec(sb: Sandbox, cmd: string, args: readonly string[]): Promise<ExecOutput> {
+  return sb.execWith(cmd, { args, ...deadline() });
 }
 
 const noImage = need(
@@ -63,7 +72,7 @@ Deno.test("libkrun, detached: outlives its handle, reconnects, stops", async () 
   const handle = await Sandbox.get("krun-det");
   assertEquals(handle.status, "running");
   const sb = await handle.connect();
-  assertEquals((await sb.exec("echo", ["again"])).stdout, "again\n");
+  assertEquals((await exec(sb, "echo", ["again"])).stdout, "again\n");
   await sb[Symbol.asyncDispose]();
   await handle.stop();
   assertEquals((await Sandbox.get("krun-det")).status, "stopped");
@@ -78,7 +87,7 @@ Deno.test({
   await Images.pull(ref, { insecure: true });
   const sb = await Sandbox.builder("krun-oci").image(ref).backend("libkrun").memory(256).replace().create();
   assertEquals((await shell(sb, "cat /etc/replaced; test -e /etc/lower-only || echo gone")).stdout, "new\ngone\n");
-  assert(/^overlay \/ overlay/m.test((await sb.exec("cat", ["/proc/mounts"])).stdout));
+  assert(/^overlay \/ overlay/m.test((await exec(sb, "cat", ["/proc/mounts"])).stdout));
   await sb.stopAndWait();
   await Sandbox.remove("krun-oci");
 });
@@ -159,7 +168,7 @@ Deno.test("libkrun runner contained: own namespaces, capabilities cut, host file
     assert(Deno.readTextFileSync(`/proc/${pid}/root/proc/1/cmdline`).includes("runner.ts"), "its pid 1 is itself");
 
     // The guest still works: exec, fs, the share both ways.
-    assertEquals((await sb.exec("cat", ["/data/present"])).stdout, "from the host\n");
+    assertEquals((await exec(sb, "cat", ["/data/present"])).stdout, "from the host\n");
     await sb.fs().write("/data/from-guest", "hi");
     assertEquals(await Deno.readTextFile(`${share}/from-guest`), "hi");
     // The share filter on libkrun, checked on the host: chmod 0640 applies, the setuid bit and a device node do not.
