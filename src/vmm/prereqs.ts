@@ -53,6 +53,32 @@ export function initramfsVersion(agent: string, kernel: string): string {
 }
 
 /**
+ * Why an initramfs stamp is not {@link initramfsVersion}`(agent, kernel)`,
+ * part by part (stamps may hold `+` themselves, as Debian versions do, so
+ * they are matched as prefixes, never split), or undefined when it is.
+ *
+ * @example
+ * ```ts
+ * import { initramfsMismatch } from "./prereqs.ts";
+ * console.log(initramfsMismatch("agent-src-1+linux-1+base1", "src-2", "linux-1")); // "it was built with another agent (agent-src-1)"
+ * ```
+ */
+export function initramfsMismatch(stamp: string, agent: string, kernel: string): string | undefined {
+  if (stamp === initramfsVersion(agent, kernel)) return undefined;
+  const agentPart = `agent-${agent}+`;
+  // The agent's own stamps (`src-<hash>`) hold no `+`.
+  if (!stamp.startsWith(agentPart)) return `it was built with another agent (${stamp.split("+")[0]})`;
+  const rest = stamp.slice(agentPart.length);
+  // This layout at the end: what lies between is the kernel's stamp, and it is not the installed one.
+  if (rest.endsWith(`+${INITRAMFS_LAYOUT}`)) return "it was built for another kernel than the installed one";
+  if (rest === kernel) return `it has an older layout than this krunbox boots (${INITRAMFS_LAYOUT})`;
+  if (rest.startsWith(`${kernel}+`)) {
+    return `it has layout ${rest.slice(kernel.length + 1)}, this krunbox boots ${INITRAMFS_LAYOUT}`;
+  }
+  return `it was built for another kernel, in another layout than this krunbox boots (${INITRAMFS_LAYOUT})`;
+}
+
+/**
  * Checks one provisioned asset: its file and its version stamp exist and,
  * given `expected`, the stamp is exactly that.
  *
@@ -63,27 +89,24 @@ export function initramfsVersion(agent: string, kernel: string): string {
  * ```
  */
 export async function checkAsset(name: AssetName, label: string = name, expected?: string): Promise<Check> {
-  return await checkAssetVersion(name, label, await assetVersion(name), expected);
+  const stale = expected === undefined
+    ? undefined
+    : (v: string) => v === expected ? undefined : `it is not the one this krunbox wants (${expected})`;
+  return await checkAssetVersion(name, label, await assetVersion(name), stale);
 }
 
-/** {@link checkAsset} with the stamp already read (`undefined`: none). */
+/** {@link checkAsset} with the stamp already read (`undefined`: none); `stale` says why a stamp will not do. */
 async function checkAssetVersion(
   name: AssetName,
   label: string,
   version: string | undefined,
-  expected?: string,
+  stale?: (version: string) => string | undefined,
 ): Promise<Check> {
   const path = assetPath(name);
   const exists = await Deno.stat(path).then(() => true, () => false);
   if (!version || !exists) return { name: label, ok: false, detail: `${path} is missing`, fix: setupFix() };
-  if (expected !== undefined && version !== expected) {
-    return {
-      name: label,
-      ok: false,
-      detail: `${path} (${version}) was built for other assets or another krunbox than these (${expected})`,
-      fix: setupFix(),
-    };
-  }
+  const why = stale?.(version);
+  if (why) return { name: label, ok: false, detail: `${path} (${version}) is stale: ${why}`, fix: setupFix() };
   return { name: label, ok: true, detail: `${path} (${version})` };
 }
 
@@ -155,7 +178,7 @@ export async function qemuChecks(): Promise<Check[]> {
       "initramfs",
       "guest initramfs",
       initramfs,
-      agent && kernel ? initramfsVersion(agent, kernel) : undefined,
+      agent && kernel ? (v) => initramfsMismatch(v, agent, kernel) : undefined,
     ),
     checkAssetVersion("agent", "guest agent", agent),
   ]);

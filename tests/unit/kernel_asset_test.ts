@@ -201,21 +201,27 @@ Deno.test("the initramfs check fails when the kernel, the agent or the layout it
     const stale = async (why: string) => {
       const c = await check();
       assert(
-        !c.ok && c.detail.includes("was built for other assets") && c.fix?.includes("setup"),
+        !c.ok && c.detail.includes(`is stale: it ${why}`) && c.fix?.includes("setup"),
         `${why}: ${c.detail}`,
       );
     };
     assertEquals((await check()).ok, true, "built from the installed ones");
     // A kernel stamp that is a prefix of the one the archive names is another kernel.
     await put("kernel", "vmlinux", "linux-image-6.1=6.1.1-1 vmlinux-pvh");
-    await stale("another kernel");
+    await stale("was built for another kernel");
     await put("kernel", "vmlinux", kernel);
     await put("agent", "krunbox-agent", "src-bbbb");
-    await stale("another agent");
+    await stale("was built with another agent");
     await put("agent", "krunbox-agent", "src-aaaa");
     assertEquals((await check()).ok, true, "the installed ones again");
     // An archive provisioned before the base boot config: its agent would wait for a config no host sends.
     await put("initramfs", "initramfs.cpio", `agent-src-aaaa+${kernel}`);
-    await stale("an older layout");
+    await stale("has an older layout");
+    await put("initramfs", "initramfs.cpio", `agent-src-aaaa+${kernel}+base0`);
+    await stale("has layout base0");
+    // Debian versions hold `+` (6.1.158-1+deb12u1): an archive for a kernel whose stamp extends the installed one's
+    // with a `+` part is another kernel, not another layout.
+    await put("initramfs", "initramfs.cpio", `agent-src-aaaa+${kernel}+deb12u1+${INITRAMFS_LAYOUT}`);
+    await stale("was built for another kernel");
   });
 });
