@@ -85,7 +85,19 @@ Deno.test({
 }, async () => {
   const ref = Deno.env.get("KRUNBOX_NESTED_IMAGE")!;
   await Images.pull(ref, { insecure: true });
-  const sb = await Sandbox.builder("krun-oci").image(ref).backend("libkrun").memory(256).replace().create();
+  const create = () => Sandbox.builder("krun-oci").image(ref).backend("libkrun").memory(256).replace().create();
+  const sb = await create().catch(async (e) => {
+    // Seen twice in about ten runs of this nested host, both times in this case: the L2 guest ends before it
+    // prints a line (libkrun exits 0: a reset under the L1's emulated SVM) and the runner dies with it. That is
+    // retried once, said here with what the sandbox left, so a regression (every boot failing) still fails.
+    if (!/exited before the VM was ready \(exit code 0\)/.test(String(e))) throw e;
+    const dir = pathsOf("krun-oci");
+    const left = await Promise.all([dir.runnerLog, dir.consoleLog].map((f) => Deno.readTextFile(f).catch(() => "")));
+    console.log(
+      `RETRIED once: ${e.message}\nrunner.log:\n${left[0]}\nconsole.log (${left[1].length} bytes):\n${left[1]}`,
+    );
+    return await create();
+  });
   assertEquals((await shell(sb, "cat /etc/replaced; test -e /etc/lower-only || echo gone")).stdout, "new\ngone\n");
   assert(/^overlay \/ overlay/m.test((await exec(sb, "cat", ["/proc/mounts"])).stdout));
   await sb.stopAndWait();
