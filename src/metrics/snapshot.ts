@@ -9,7 +9,7 @@
  */
 
 import type { AgentClient } from "../agent/client.ts";
-import { processAlive, statFields } from "../util/proc.ts";
+import { hasEnded, processAlive, statFields } from "../util/proc.ts";
 
 /** One sample of a sandbox's resource use. Counters are cumulative since boot. */
 export interface SandboxMetrics {
@@ -83,7 +83,7 @@ async function vmmUsage(vmmPid: number, gone: (cause: unknown) => Promise<Error>
     throw processAlive(vmmPid) ? e : await gone(e);
   }
   const fields = statFields(stat);
-  if (fields[0] === "Z" || fields[0] === "X") throw await gone(new Error(`the VMM (pid ${vmmPid}) has exited`));
+  if (hasEnded(fields)) throw await gone(new Error(`the VMM (pid ${vmmPid}) has exited`));
   return usageOf(fields, at);
 }
 

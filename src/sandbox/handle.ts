@@ -9,21 +9,12 @@
 import { AgentClient } from "../agent/client.ts";
 import type { NetworkEvent } from "../net/engine.ts";
 import { type NetworkEventsOptions, networkEventStream } from "./net_events.ts";
-import { NotRunningError } from "../errors.ts";
 import { sampleMetrics, type SandboxMetrics } from "../metrics/snapshot.ts";
 import type { SandboxRow } from "../store/db.ts";
 import { openStore } from "../store/open.ts";
 import { isPoolName, parseConfig, type SandboxConfig } from "./config.ts";
 import type { Sandbox } from "./sandbox.ts";
-import {
-  notRunningStatus,
-  pathsOf,
-  reconcile,
-  reconciled,
-  removeSandbox,
-  requireRow,
-  type SandboxStatus,
-} from "./state.ts";
+import { notRunningError, pathsOf, reconciled, removeSandbox, requireRow, type SandboxStatus } from "./state.ts";
 import { DEFAULTS } from "../settings.ts";
 
 /**
@@ -109,7 +100,7 @@ export class SandboxHandle {
     await using agent = await this.#connectAgent();
     const info = await agent.request("runner.info", {});
     const cfg = this.config();
-    const gone = (cause: unknown) => this.#notRunning(cause, true);
+    const gone = (cause: unknown) => notRunningError(this.name, true, cause);
     return (await sampleMetrics(agent, info.result.vmmPid, cfg.cpus, cfg.memoryMib, undefined, gone)).metrics;
   }
 
@@ -134,18 +125,9 @@ export class SandboxHandle {
     try {
       return await AgentClient.connect(pathsOf(this.name).agentSocket, { timeoutMs: DEFAULTS.relayConnectMs });
     } catch (cause) {
-      throw await this.#notRunning(cause);
+      // The sandbox may still be booting: the store's status as it is.
+      throw await notRunningError(this.name, false, cause);
     }
-  }
-
-  /**
-   * NotRunningError with the sandbox's status as the store reconciles it now;
-   * with `vmmGone` (its VMM has exited), a runner still winding down is `stopping`.
-   */
-  async #notRunning(cause: unknown, vmmGone = false): Promise<NotRunningError> {
-    using store = await openStore();
-    const status = reconcile(store, requireRow(store, this.name));
-    return new NotRunningError(this.name, vmmGone ? notRunningStatus(status) : status, { cause });
   }
 }
 

@@ -16,7 +16,7 @@ import { openStore } from "../store/open.ts";
 import type { BootPhase, PhaseClock } from "../util/phases.ts";
 import type { SandboxConfig } from "./config.ts";
 import type { Launched } from "./launch.ts";
-import { notRunningStatus, reconcile, reconciled, removeSandbox, requireRow } from "./state.ts";
+import { notRunningError, reconciled, removeSandbox } from "./state.ts";
 import { SandboxFs } from "./fs.ts";
 import { type NetworkEventsOptions, networkEventStream } from "./net_events.ts";
 import type { NetworkEvent } from "../net/engine.ts";
@@ -421,10 +421,7 @@ export class Sandbox implements AsyncDisposable {
 
   async #notRunning(cause?: unknown): Promise<NotRunningError> {
     try {
-      using store = await openStore();
-      return new NotRunningError(this.name, notRunningStatus(reconcile(store, requireRow(store, this.name))), {
-        cause,
-      });
+      return await notRunningError(this.name, true, cause);
     } catch {
       return new NotRunningError(this.name, "stopped", { cause });
     }

@@ -14,7 +14,7 @@
  */
 
 import { join } from "node:path";
-import { NotFoundError, StateError, StillRunningError } from "../errors.ts";
+import { NotFoundError, NotRunningError, StateError, StillRunningError } from "../errors.ts";
 import type { SandboxRow, Store } from "../store/db.ts";
 import { homeLayout } from "../store/home.ts";
 import { isLocked, lockWait } from "../store/lock.ts";
@@ -128,19 +128,22 @@ export function reconcile(store: Store, row: SandboxRow): SandboxStatus {
 }
 
 /**
- * The status a {@link NotRunningError} names for a sandbox whose VMM or
- * agent connection is known to have ended: the store's, except `running`,
- * which means here that its runner still holds the lock while it winds down
- * (`stopping`).
+ * The {@link NotRunningError} for sandbox `name`, with its status as the
+ * store reconciles it now. With `ended` (its VMM or agent connection is known
+ * to have ended), `running` means its runner still holds the lock while it
+ * winds down, and is said as `stopping`. A sandbox no longer stored is
+ * {@link NotFoundError}.
  *
  * @example
  * ```ts
- * import { notRunningStatus } from "./state.ts";
- * console.log(notRunningStatus("running"), notRunningStatus("crashed")); // stopping crashed
+ * import { notRunningError } from "./state.ts";
+ * await notRunningError("no-such-sandbox", true).catch((e) => console.log(e.code)); // NOT_FOUND
  * ```
  */
-export function notRunningStatus(status: SandboxStatus): string {
-  return status === "running" ? "stopping" : status;
+export async function notRunningError(name: string, ended: boolean, cause?: unknown): Promise<NotRunningError> {
+  using store = await openStore();
+  const status = reconcile(store, requireRow(store, name));
+  return new NotRunningError(name, ended && status === "running" ? "stopping" : status, { cause });
 }
 
 /**

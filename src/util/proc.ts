@@ -21,6 +21,20 @@ export function statFields(stat: string): string[] {
 }
 
 /**
+ * Whether stat fields (from {@link statFields}) are a process that has
+ * ended: a zombie (`Z`) or dead (`X`), its stat still readable.
+ *
+ * @example
+ * ```ts
+ * import { hasEnded, statFields } from "./proc.ts";
+ * console.log(hasEnded(statFields(Deno.readTextFileSync("/proc/self/stat")))); // false
+ * ```
+ */
+export function hasEnded(fields: readonly string[]): boolean {
+  return fields[0] === "Z" || fields[0] === "X";
+}
+
+/**
  * The stat fields of a live process (not a zombie), or undefined.
  *
  * @example
@@ -37,7 +51,7 @@ export function liveStat(pid: number): string[] | undefined {
     return undefined;
   }
   const fields = statFields(stat);
-  return fields[0] === "Z" || fields[0] === "X" ? undefined : fields;
+  return hasEnded(fields) ? undefined : fields;
 }
 
 /**
